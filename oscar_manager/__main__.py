@@ -1,0 +1,3 @@
+from oscar_manager.cli import main
+
+main()

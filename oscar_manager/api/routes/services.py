@@ -1,0 +1,93 @@
+"""``/system/services``: the upstream CRUD with its status codes (201, 200, 204) and JSON shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response, status
+
+from oscar_manager.api.deps import BodyDep, CallerDep, SettingsDep, TransactionDep
+from oscar_manager.domain.service import public_view
+from oscar_manager.operations import services
+
+router = APIRouter(prefix="/system/services", tags=["services"])
+
+_SERVICE_REF = {"$ref": "#/components/schemas/Service"}
+# The body is read raw (JSON or YAML, one service or an FDL document), so describe it by hand.
+_DEFINITION_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _SERVICE_REF},
+            "application/yaml": {
+                "schema": {"type": "string", "description": "A service, or an FDL document (functions.oscar)"}
+            },
+        },
+    }
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Malformed or invalid definition"},
+    401: {"description": "Missing or wrong credentials"},
+    413: {"description": "Body larger than OSCAR_MAX_BODY_BYTES"},
+}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_class=Response,
+    summary="Create a service, or every service of an FDL document",
+    openapi_extra=_DEFINITION_BODY,
+    responses={**_ERRORS, 409: {"description": "A service with that name exists"}},
+)
+async def create_service(settings: SettingsDep, caller: CallerDep, tx: TransactionDep, body: BodyDep) -> Response:
+    await services.create(tx, settings=settings, principal=caller, body=body)
+    return Response(status_code=status.HTTP_201_CREATED)
+
+
+@router.get(
+    "",
+    summary="List the services the caller may see",
+    responses={200: {"content": {"application/json": {"schema": {"type": "array", "items": _SERVICE_REF}}}}},
+)
+async def list_services(caller: CallerDep, tx: TransactionDep) -> list[dict[str, Any]]:
+    return [public_view(service) for service in await services.list_visible(tx, principal=caller)]
+
+
+@router.get(
+    "/{name}",
+    summary="Read one service",
+    responses={
+        200: {"content": {"application/json": {"schema": _SERVICE_REF}}},
+        400: {"description": "Not a valid service name"},
+        403: {"description": "Not visible to the caller"},
+        404: {"description": "No such service"},
+    },
+)
+async def read_service(name: str, caller: CallerDep, tx: TransactionDep) -> dict[str, Any]:
+    return public_view(await services.read(tx, principal=caller, name=name))
+
+
+@router.put(
+    "",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    summary="Replace a service's definition (the body's name selects it); its token is kept",
+    openapi_extra=_DEFINITION_BODY,
+    responses={**_ERRORS, 403: {"description": "Not the owner"}, 404: {"description": "No such service"}},
+)
+async def update_service(settings: SettingsDep, caller: CallerDep, tx: TransactionDep, body: BodyDep) -> Response:
+    await services.update(tx, settings=settings, principal=caller, body=body)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.delete(
+    "/{name}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    summary="Delete a service (its buckets and their objects are kept)",
+    responses={403: {"description": "Not the owner"}, 404: {"description": "No such service"}},
+)
+async def delete_service(name: str, caller: CallerDep, tx: TransactionDep) -> Response:
+    await services.delete(tx, principal=caller, name=name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

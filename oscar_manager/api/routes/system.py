@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from oscar_manager.api.deps import CallerDep, SettingsDep
+from oscar_manager.operations import system
+
+router = APIRouter(prefix="/system", tags=["system"])
+
+
+@router.get("/info", summary="Version and platform of this manager")
+async def get_info(request: Request, settings: SettingsDep, _caller: CallerDep) -> dict[str, Any]:
+    commit: str = request.app.state.git_commit
+    return system.info(settings, commit=commit)
+
+
+# oscar-python asks for ``/system/config/`` (trailing slash), others without: serve both directly.
+@router.get("/config", summary="Cluster configuration and the MinIO provider clients use")
+@router.get("/config/", include_in_schema=False)
+async def get_config(settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
+    return system.config(settings, principal=caller)

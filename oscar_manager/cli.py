@@ -1,0 +1,70 @@
+"""``oscar-manager serve | migrate | openapi``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvicorn
+
+from oscar_manager.app import create_app
+from oscar_manager.registry import migrations
+from oscar_manager.settings import Settings
+
+DEFAULT_OPENAPI_PATH = Path("openapi/openapi.json")
+
+
+def _prepare_data_dir(settings: Settings) -> None:
+    settings.oscar_data_dir.mkdir(parents=True, exist_ok=True)
+
+
+def migrate(settings: Settings) -> None:
+    _prepare_data_dir(settings)
+    migrations.upgrade(settings.database_url)
+
+
+def serve(settings: Settings) -> None:
+    migrate(settings)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.oscar_host,
+        port=settings.oscar_service_port,
+        timeout_keep_alive=30,
+        log_level="info",
+    )
+
+
+def openapi_document() -> str:
+    """The OpenAPI document of the app as built with default settings, stably formatted."""
+    app = create_app(Settings(oscar_password="unused-for-the-schema"))
+    return json.dumps(app.openapi(), indent=2, sort_keys=True) + "\n"
+
+
+def write_openapi(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(openapi_document())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="oscar-manager", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="apply pending migrations and run the API server")
+    commands.add_parser("migrate", help="apply pending database migrations and exit")
+    export = commands.add_parser("openapi", help="write the OpenAPI document")
+    export.add_argument("--output", "-o", type=Path, default=DEFAULT_OPENAPI_PATH)
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "openapi":
+        write_openapi(args.output)
+        print(f"wrote {args.output}", file=sys.stderr)
+        return
+    settings = Settings()
+    if args.command == "migrate":
+        migrate(settings)
+    else:
+        serve(settings)

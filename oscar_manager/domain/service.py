@@ -1,0 +1,363 @@
+"""The OSCAR service definition (upstream ``pkg/types/service.go``) and its server-side normalisation.
+
+``Service`` mirrors the full upstream schema so that every client's body round-trips. ``normalise_new``
+and ``normalise_update`` apply the upstream defaults (``checkValues`` in ``create.go``) and our stricter
+validation, so what reaches the registry is always complete and valid.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
+
+from oscar_manager.domain.gomodel import GoModel
+from oscar_manager.errors import BadRequest
+
+DEFAULT_OWNER = "cluster_admin"
+DEFAULT_MEMORY = "256Mi"
+DEFAULT_CPU = "0.2"
+DEFAULT_PROVIDER_ID = "default"
+HIDDEN = "hidden"
+SERVICE_LABEL = "oscar_service"
+LOG_LEVELS = frozenset({"NOTSET", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
+VISIBILITIES = ("private", "public", "restricted")
+# Types a service may read events from, and types it may write to (upstream ``createBuckets``).
+INPUT_PROVIDER_TYPES = frozenset({"minio", "webdav", "rucio"})
+OUTPUT_PROVIDER_TYPES = frozenset({"minio", "s3", "onedata", "webdav"})
+BUCKET_PROVIDER_TYPES = frozenset({"minio", "s3"})
+
+MAX_NAME_LENGTH = 39
+# A Kubernetes label value: what upstream checks before reading a service.
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+# A DNS-1123 label: the name becomes Kubernetes object names and a bucket name, so it must be one.
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# A Kubernetes resource quantity (apimachinery ``resource.Quantity``).
+_QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[KMGTPE]i|[numkMGTPE])?$")
+
+
+def _number_as_text(value: Any) -> Any:
+    """YAML turns ``cpu: 1.0`` into a float; quantities are strings in the schema, so accept both."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+def _scalars_as_text(value: Any) -> Any:
+    """Map values (env vars, labels) written as YAML numbers or booleans become their text."""
+    if not isinstance(value, dict):
+        return value
+    out: dict[Any, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, bool):
+            out[key] = "true" if item else "false"
+        elif isinstance(item, int | float):
+            out[key] = str(item)
+        else:
+            out[key] = item
+    return out
+
+
+def _scalar_as_list(value: Any) -> Any:
+    """OSCAR v3 had scalar ``api_port``/``nodePort``; v4 has lists. Accept both, 0 meaning none."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return [] if value == 0 else [value]
+    return value
+
+
+Quantity = Annotated[str, BeforeValidator(_number_as_text)]
+TextMap = Annotated[dict[str, str], BeforeValidator(_scalars_as_text)]
+PortList = Annotated[list[int], BeforeValidator(_scalar_as_list)]
+
+
+class StorageIOConfig(GoModel):
+    storage_provider: str = ""
+    path: str = ""
+    suffix: list[str] = Field(default_factory=list)
+    prefix: list[str] = Field(default_factory=list)
+
+
+class MountConfig(StorageIOConfig):
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Synchronous(GoModel):
+    min_scale: int = 0
+    max_scale: int = 0
+
+
+class Expose(GoModel):
+    min_scale: int = 0
+    max_scale: int = 0
+    api_port: PortList = Field(default_factory=list)
+    cpu_threshold: int = 0
+    rewrite_target: bool = False
+    node_port: PortList = Field(default_factory=list, alias="nodePort")
+    default_command: bool = False
+    set_auth: bool = False
+    auth_type: str = ""
+    health_path: str = ""
+    probe_mode: str = ""
+
+
+class Environment(GoModel):
+    variables: TextMap = Field(default_factory=dict)
+    secrets: TextMap = Field(default_factory=dict)
+
+
+class VolumeStatus(GoModel):
+    enabled: bool = False
+
+
+class Service(GoModel):
+    """Field order follows the Go struct, so dumps read like upstream's."""
+
+    name: str
+    cluster_id: str = ""
+    memory: Quantity = ""
+    cpu: Quantity = ""
+    total_memory: Quantity = ""
+    total_cpu: Quantity = ""
+    ephemeral_storage_request: Quantity = ""
+    enable_gpu: bool = False
+    enable_sgx: bool = False
+    image_prefetch: bool = False
+    synchronous: Synchronous = Field(default_factory=Synchronous)
+    federation: dict[str, Any] | None = None
+    log_level: str = ""
+    image: str
+    alpine: bool = False
+    token: str = ""
+    file_stage_in: bool = False
+    input: list[StorageIOConfig] = Field(default_factory=list)
+    output: list[StorageIOConfig] = Field(default_factory=list)
+    script: str
+    image_pull_secrets: list[str] = Field(default_factory=list)
+    expose: Expose = Field(default_factory=Expose)
+    environment: Environment = Field(default_factory=Environment)
+    annotations: TextMap = Field(default_factory=dict)
+    vo: str = ""
+    labels: TextMap = Field(default_factory=dict)
+    storage_providers: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+    clusters: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    owner: str = ""
+    namespace: str = ""
+    interlink_node_name: str = ""
+    visibility: str = ""
+    allowed_users: list[str] = Field(default_factory=list)
+    isolation_level: str = ""
+    bucket_list: list[str] = Field(default_factory=list)
+    mount: MountConfig = Field(default_factory=MountConfig)
+    volume: dict[str, Any] | None = None
+    kserve: dict[str, Any] | None = None
+
+    @field_validator("storage_providers", mode="before")
+    @classmethod
+    def _provider_types_lower_case(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(key).lower(): item for key, item in value.items()}
+        return value
+
+
+class ProviderRef:
+    """A parsed ``<type>[.<id>]`` storage provider reference."""
+
+    __slots__ = ("id", "type")
+
+    def __init__(self, reference: str) -> None:
+        kind, _, ident = reference.strip().partition(".")
+        self.type = kind.lower()
+        self.id = ident or DEFAULT_PROVIDER_ID
+
+    def __str__(self) -> str:
+        return f"{self.type}.{self.id}"
+
+
+class MinioDefault:
+    """What the server says about its own ``minio.default`` provider in every service."""
+
+    __slots__ = ("endpoint", "region", "verify")
+
+    def __init__(self, *, endpoint: str, region: str, verify: bool) -> None:
+        self.endpoint = endpoint
+        self.region = region
+        self.verify = verify
+
+    def as_provider(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint,
+            "verify": self.verify,
+            "access_key": HIDDEN,
+            "secret_key": HIDDEN,
+            "region": self.region,
+        }
+
+
+def parse_service(data: Any) -> Service:
+    """Validate one service definition, turning pydantic's errors into one readable 400."""
+    if not isinstance(data, dict):
+        raise BadRequest("a service definition must be a JSON object (or a YAML mapping)")
+    try:
+        return Service.model_validate(data)
+    except ValidationError as exc:
+        raise BadRequest(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False):
+        location = ".".join(str(item) for item in error["loc"]) or "body"
+        parts.append(f"{location}: {error['msg']}")
+    return "invalid service definition: " + "; ".join(parts)
+
+
+def check_name_readable(name: str) -> None:
+    """Upstream answers 400 on a read whose name is not a valid Kubernetes label value."""
+    if len(name) > 63 or not _LABEL_VALUE.match(name):
+        raise BadRequest(f"invalid service name {name!r}: not a valid Kubernetes label value")
+
+
+def validate_name(name: str) -> None:
+    if not 1 <= len(name) <= MAX_NAME_LENGTH:
+        raise BadRequest(f"invalid service name {name!r}: must be 1 to {MAX_NAME_LENGTH} characters long")
+    if not _DNS_LABEL.match(name):
+        raise BadRequest(
+            f"invalid service name {name!r}: use lower-case letters, digits and '-', starting and ending"
+            " with a letter or digit (it names Kubernetes objects and buckets)"
+        )
+
+
+def _check_quantity(field: str, value: str) -> None:
+    if value and not _QUANTITY.match(value):
+        raise BadRequest(f"invalid {field} {value!r}: not a Kubernetes resource quantity (e.g. 256Mi, 0.5, 500m)")
+
+
+def _normalise_path(service_name: str, io: StorageIOConfig, *, kind: str) -> StorageIOConfig:
+    ref = ProviderRef(io.storage_provider or "minio")
+    path = io.path.strip().strip("/").strip()
+    if not path:
+        raise BadRequest(f"{kind} path cannot be empty")
+    if ref.type in BUCKET_PROVIDER_TYPES:
+        segments = path.split("/")
+        if any(segment in ("", ".", "..") for segment in segments):
+            raise BadRequest(f"invalid {kind} path {io.path!r}: empty, '.' or '..' segments are not allowed")
+        if "/" not in path:
+            path = f"{service_name}/{path}"
+    return io.model_copy(update={"storage_provider": str(ref), "path": path})
+
+
+def _check_providers(service: Service) -> None:
+    declared = service.storage_providers
+    for kind, entries, allowed in (
+        ("input", service.input, INPUT_PROVIDER_TYPES),
+        ("output", service.output, OUTPUT_PROVIDER_TYPES),
+    ):
+        for io in entries:
+            ref = ProviderRef(io.storage_provider)
+            if ref.type not in allowed:
+                names = ", ".join(sorted(allowed))
+                raise BadRequest(f"unrecognized {kind} storage provider {io.storage_provider!r} (valid: {names})")
+            if ref.id != DEFAULT_PROVIDER_ID and ref.id not in declared.get(ref.type, {}):
+                raise BadRequest(
+                    f"{kind} storage provider {io.storage_provider!r} is not declared in storage_providers"
+                )
+
+
+def _normalise_common(service: Service, *, minio: MinioDefault) -> Service:
+    validate_name(service.name)
+    if not service.image.strip():
+        raise BadRequest("image cannot be empty")
+    if not service.script.strip():
+        raise BadRequest("script cannot be empty")
+    memory = service.memory or DEFAULT_MEMORY
+    cpu = service.cpu or DEFAULT_CPU
+    for field, value in (
+        ("memory", memory),
+        ("cpu", cpu),
+        ("total_memory", service.total_memory),
+        ("total_cpu", service.total_cpu),
+        ("ephemeral_storage_request", service.ephemeral_storage_request),
+    ):
+        _check_quantity(field, value)
+    log_level = service.log_level.strip().upper()
+    if log_level not in LOG_LEVELS:
+        log_level = "INFO"
+    visibility = service.visibility.strip().lower() or "private"
+    if visibility not in VISIBILITIES:
+        raise BadRequest(f"invalid visibility {service.visibility!r} (valid: {', '.join(VISIBILITIES)})")
+    inputs = [_normalise_path(service.name, io, kind="input") for io in service.input]
+    outputs = [_normalise_path(service.name, io, kind="output") for io in service.output]
+    providers = {kind: dict(entries) for kind, entries in service.storage_providers.items()}
+    providers.setdefault("minio", {})[DEFAULT_PROVIDER_ID] = minio.as_provider()
+    federation = service.federation
+    if federation is not None:
+        federation = {**federation}
+        federation["topology"] = federation.get("topology") or "none"
+        federation["group_id"] = federation.get("group_id") or service.name
+    normalised = service.model_copy(
+        update={
+            "memory": memory,
+            "cpu": cpu,
+            "log_level": log_level,
+            "visibility": visibility,
+            "script": service.script.replace("\r\n", "\n"),
+            "input": inputs,
+            "output": outputs,
+            "storage_providers": providers,
+            "allowed_users": [user.strip() for user in service.allowed_users if user.strip()],
+            "labels": {**service.labels, SERVICE_LABEL: service.name},
+            "federation": federation,
+        }
+    )
+    _check_providers(normalised)
+    return normalised
+
+
+def new_token() -> str:
+    """32 random bytes as 64 hex characters, as upstream (``pkg/utils/token.go``)."""
+    return secrets.token_hex(32)
+
+
+def normalise_new(service: Service, *, owner: str, namespace: str, minio: MinioDefault) -> Service:
+    """Defaults for a service being created: a fresh token, the caller as owner."""
+    service = _normalise_common(service, minio=minio)
+    return service.model_copy(update={"token": new_token(), "owner": owner, "namespace": namespace})
+
+
+def normalise_update(service: Service, *, current: Service, minio: MinioDefault) -> Service:
+    """Defaults for a replacement definition: token, owner and namespace are kept from ``current``.
+
+    A secret sent back with an empty value (as the masked responses show it) keeps its stored value, so a
+    client that round-trips a GET into a PUT does not wipe the service's secrets.
+    """
+    service = _normalise_common(service, minio=minio)
+    kept = current.environment.secrets
+    secrets_ = {
+        key: (value if value else kept.get(key, "")) for key, value in service.environment.secrets.items()
+    }
+    environment = service.environment.model_copy(update={"secrets": secrets_})
+    return service.model_copy(
+        update={
+            "token": current.token,
+            "owner": current.owner,
+            "namespace": current.namespace,
+            "environment": environment,
+        }
+    )
+
+
+def public_view(service: Service) -> dict[str, Any]:
+    """The JSON clients get: every field present with Go zero values, secret values never echoed."""
+    data = service.model_dump(mode="json", by_alias=True)
+    data["environment"]["secrets"] = {key: "" for key in service.environment.secrets}
+    data["volume_status"] = VolumeStatus().model_dump(mode="json")
+    for optional in ("federation", "volume", "kserve"):
+        if data.get(optional) is None:
+            data.pop(optional, None)
+    return data

@@ -1,0 +1,95 @@
+"""Create, read, update and delete services.
+
+A request's definitions are all validated before anything is written, and everything happens inside the
+caller's transaction, so a failure part-way leaves the registry exactly as it was.
+"""
+
+from __future__ import annotations
+
+from oscar_manager.domain.access import can_change, can_view
+from oscar_manager.domain.definitions import load_document, service_definitions
+from oscar_manager.domain.principal import Principal
+from oscar_manager.domain.service import (
+    MinioDefault,
+    Service,
+    check_name_readable,
+    normalise_new,
+    normalise_update,
+    parse_service,
+)
+from oscar_manager.errors import BadRequest, Conflict, Forbidden, NotFound
+from oscar_manager.registry import Transaction
+from oscar_manager.settings import Settings
+
+
+def minio_default(settings: Settings) -> MinioDefault:
+    return MinioDefault(
+        endpoint=settings.minio_endpoint, region=settings.minio_region, verify=settings.minio_tls_verify
+    )
+
+
+def _not_found(name: str) -> NotFound:
+    return NotFound(f"service {name!r} not found")
+
+
+async def create(tx: Transaction, *, settings: Settings, principal: Principal, body: bytes) -> list[Service]:
+    """Create every service in ``body`` (one service, or each one of an FDL document), or none."""
+    definitions = [parse_service(item) for item in service_definitions(load_document(body))]
+    names = [definition.name for definition in definitions]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise BadRequest(f"the document defines {', '.join(map(repr, duplicates))} more than once")
+    minio = minio_default(settings)
+    services = [
+        normalise_new(
+            definition, owner=principal.uid, namespace=settings.oscar_services_namespace, minio=minio
+        )
+        for definition in definitions
+    ]
+    for service in services:
+        if await tx.services.exists(service.name):
+            raise Conflict(f"a service named {service.name!r} already exists")
+    for service in services:
+        await tx.services.add(service)
+    return services
+
+
+async def list_visible(tx: Transaction, *, principal: Principal) -> list[Service]:
+    return [service for service in await tx.services.list() if can_view(principal, service)]
+
+
+async def read(tx: Transaction, *, principal: Principal, name: str) -> Service:
+    check_name_readable(name)
+    service = await tx.services.get(name)
+    if service is None:
+        raise _not_found(name)
+    if not can_view(principal, service):
+        raise Forbidden(f"you are not allowed to see service {name!r}")
+    return service
+
+
+async def update(tx: Transaction, *, settings: Settings, principal: Principal, body: bytes) -> Service:
+    definitions = service_definitions(load_document(body))
+    if len(definitions) != 1:
+        raise BadRequest("an update takes exactly one service definition")
+    definition = parse_service(definitions[0])
+    check_name_readable(definition.name)
+    current = await tx.services.get(definition.name)
+    if current is None:
+        raise _not_found(definition.name)
+    if not can_change(principal, current):
+        raise Forbidden(f"only the owner may update service {definition.name!r}")
+    service = normalise_update(definition, current=current, minio=minio_default(settings))
+    await tx.services.replace(service)
+    return service
+
+
+async def delete(tx: Transaction, *, principal: Principal, name: str) -> Service:
+    check_name_readable(name)
+    service = await tx.services.get(name)
+    if service is None:
+        raise _not_found(name)
+    if not can_change(principal, service):
+        raise Forbidden(f"only the owner may delete service {name!r}")
+    await tx.services.delete(name)
+    return service

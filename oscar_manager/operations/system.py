@@ -1,0 +1,73 @@
+"""What /system/info and /system/config report."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from oscar_manager import OSCAR_API_VERSION, __version__
+from oscar_manager.domain.principal import Principal
+from oscar_manager.settings import Settings
+
+# Go's names for the machine types clients may compare against.
+_GO_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm"}
+
+
+def git_commit(settings: Settings) -> str:
+    """The commit this manager runs: from OSCAR_GIT_COMMIT (set in images), else the checkout's HEAD."""
+    if settings.oscar_git_commit:
+        return settings.oscar_git_commit
+    source = Path(__file__).resolve().parent
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else "unknown"
+
+
+def info(settings: Settings, *, commit: str) -> dict[str, Any]:
+    machine = platform.machine().lower()
+    return {
+        "version": f"v{OSCAR_API_VERSION}",
+        "git_commit": commit,
+        "architecture": _GO_ARCH.get(machine, machine),
+        "kubernetes_version": "",
+        "manager": {"name": "oscar-manager", "version": __version__},
+        "execution": {"backend": settings.oscar_backend.value},
+    }
+
+
+def config(settings: Settings, *, principal: Principal) -> dict[str, Any]:
+    # Only the admin exists until OIDC arrives; it gets the MinIO root keys, as upstream.
+    show_keys = principal.is_admin
+    return {
+        "config": {
+            "name": settings.oscar_name,
+            "namespace": settings.oscar_namespace,
+            "services_namespace": settings.oscar_services_namespace,
+            "controller_service_account": settings.oscar_controller_service_account,
+            "gpu_available": False,
+            "interLink_available": False,
+            "yunikorn_enable": False,
+            "kueue_enable": False,
+            "volume_enable": False,
+            "oidc_groups": list(settings.oidc_groups),
+            "minio_quota_enabled": False,
+        },
+        "minio_provider": {
+            "endpoint": settings.minio_endpoint,
+            "verify": settings.minio_tls_verify,
+            "access_key": settings.minio_access_key if show_keys else "",
+            "secret_key": settings.minio_secret_key if show_keys else "",
+            "region": settings.minio_region,
+        },
+        "allowed_image_repositories": [],
+    }

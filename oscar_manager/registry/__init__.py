@@ -1,0 +1,9 @@
+"""Persistence: the only package that imports SQLAlchemy and Alembic.
+
+One code path serves PostgreSQL (asyncpg) and SQLite (aiosqlite); what differs between them is confined
+to ``database.py``.
+"""
+
+from oscar_manager.registry.database import Database, Transaction
+
+__all__ = ["Database", "Transaction"]

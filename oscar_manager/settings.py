@@ -1,0 +1,106 @@
+"""Every setting of the manager, read once from the environment.
+
+Upstream OSCAR's variable names are kept where they exist (``OSCAR_USERNAME``, ``MINIO_ENDPOINT``,
+``OIDC_ISSUERS``, ``TTL_JOB`` ...), so an existing deployment's environment carries over. Our own
+additions are prefixed ``OSCAR_``. With nothing set the manager runs on its embedded default: SQLite under
+the data directory, local storage and the local executor.
+"""
+
+from __future__ import annotations
+
+import secrets
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class BackendKind(StrEnum):
+    LOCAL = "local"
+    KUBERNETES = "kubernetes"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", populate_by_name=True)
+
+    # --- the HTTP server -------------------------------------------------------------------------
+    oscar_username: str = "oscar"
+    # Empty means: generate one on first start and keep it in the data directory.
+    oscar_password: str = ""
+    oscar_host: str = "127.0.0.1"
+    oscar_service_port: int = Field(default=8080, ge=1, le=65535)
+    read_timeout: int = Field(default=300, gt=0)
+    write_timeout: int = Field(default=300, gt=0)
+    # Bodies parsed in memory (service definitions, events) are refused above this size with 413.
+    oscar_max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+
+    # --- identity of this deployment (as upstream) -----------------------------------------------
+    oscar_name: str = "oscar"
+    oscar_namespace: str = "oscar"
+    oscar_services_namespace: str = "oscar-svc"
+    oscar_controller_service_account: str = "oscar-sa"
+
+    # --- our own ---------------------------------------------------------------------------------
+    oscar_data_dir: Path = Path("oscar-data")
+    # Empty means: SQLite file ``oscar.db`` inside the data directory.
+    oscar_database_url: str = ""
+    oscar_backend: BackendKind = BackendKind.LOCAL
+    oscar_git_commit: str = ""
+
+    # --- MinIO (the ``minio.default`` storage provider) ------------------------------------------
+    minio_endpoint: str = ""
+    minio_access_key: str = ""
+    minio_secret_key: str = ""
+    minio_region: str = "us-east-1"
+    minio_tls_verify: bool = True
+
+    # --- OIDC ------------------------------------------------------------------------------------
+    oidc_enable: bool = False
+    oidc_issuers: CommaList = Field(default_factory=list)
+    oidc_subject: str = ""
+    oidc_groups: CommaList = Field(default_factory=list)
+    oidc_client_id: str = ""
+    oidc_client_secret: str = ""
+    users_admin: CommaList = Field(default_factory=list)
+
+    # --- jobs ------------------------------------------------------------------------------------
+    ttl_job: int = Field(default=2_592_000, ge=0)
+    job_listing_limit: int = Field(default=70, gt=0)
+
+    @field_validator("oidc_issuers", "oidc_groups", "users_admin", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @property
+    def database_url(self) -> str:
+        if self.oscar_database_url:
+            return self.oscar_database_url
+        return f"sqlite+aiosqlite:///{(self.oscar_data_dir / 'oscar.db').resolve()}"
+
+    @property
+    def password_file(self) -> Path:
+        return self.oscar_data_dir / "admin-password"
+
+    def with_admin_password(self) -> Settings:
+        """Return settings whose admin password is set, generating and keeping one if none was given.
+
+        The generated password is stored (mode 0600) in the data directory so that it survives restarts.
+        """
+        if self.oscar_password:
+            return self
+        path = self.password_file
+        if path.exists():
+            password = path.read_text().strip()
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            password = secrets.token_urlsafe(18)
+            path.touch(mode=0o600)
+            path.write_text(password + "\n")
+        return self.model_copy(update={"oscar_password": password})
