@@ -336,6 +336,8 @@ def normalise_update(service: Service, *, current: Service, minio: MinioDefault)
     A secret sent back with an empty value (as the masked responses show it) keeps its stored value, so a
     client that round-trips a GET into a PUT does not wipe the service's secrets.
     """
+    if service.volume != current.volume:
+        raise BadRequest("volume updates are not supported after service creation")
     service = _normalise_common(service, minio=minio)
     kept = current.environment.secrets
     secrets_ = {
