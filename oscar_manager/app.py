@@ -111,9 +111,7 @@ def _install_docs(app: FastAPI) -> None:
 def build_openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
-    schema = get_openapi(
-        title=app.title, version=app.version, description=app.description, routes=app.routes
-    )
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     service_schema = Service.model_json_schema(ref_template="#/components/schemas/{model}")
     components = schema.setdefault("components", {})
     schemas = components.setdefault("schemas", {})

@@ -24,7 +24,7 @@ def postgres_databases() -> Iterator[PostgresDatabases]:
     if not url:
         try:
             server = PostgresServer.start()
-        except Exception as exc:  # noqa: BLE001 - any failure to start means: unavailable
+        except Exception as exc:
             unavailable(f"cannot start a PostgreSQL server: {exc}")
         url = server.url
     try:

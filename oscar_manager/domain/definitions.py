@@ -23,13 +23,13 @@ from oscar_manager.errors import BadRequest
 
 
 class _NoAliasLoader(yaml.SafeLoader):
-    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+            event = self.peek_event()  # type: ignore[no-untyped-call]
             raise yaml.composer.ComposerError(
                 None, None, "YAML aliases are not allowed in service definitions", event.start_mark
             )
-        return super().compose_node(parent, index)  # type: ignore[no-untyped-call, no-any-return]
+        return super().compose_node(parent, index)
 
 
 def load_document(body: bytes) -> Any:
@@ -58,7 +58,9 @@ def load_document(body: bytes) -> Any:
 def service_definitions(document: Any) -> list[dict[str, Any]]:
     """The service definitions in a parsed body: the body itself, or each entry of ``functions.oscar``."""
     if not isinstance(document, dict):
-        raise BadRequest("expected a service definition (a JSON object) or an FDL document with functions.oscar")
+        raise BadRequest(
+            "expected a service definition (a JSON object) or an FDL document with functions.oscar"
+        )
     if "functions" not in document:
         return [document]
     functions = document["functions"]
@@ -72,10 +74,14 @@ def service_definitions(document: Any) -> list[dict[str, Any]]:
     definitions = []
     for position, entry in enumerate(oscar):
         if not isinstance(entry, dict) or len(entry) != 1:
-            raise BadRequest(f"FDL document: functions.oscar[{position}] must be a mapping {{<cluster-id>: service}}")
+            raise BadRequest(
+                f"FDL document: functions.oscar[{position}] must be a mapping {{<cluster-id>: service}}"
+            )
         ((cluster_id, service),) = entry.items()
         if not isinstance(service, dict):
-            raise BadRequest(f"FDL document: functions.oscar[{position}].{cluster_id} must be a service mapping")
+            raise BadRequest(
+                f"FDL document: functions.oscar[{position}].{cluster_id} must be a service mapping"
+            )
         merged = dict(service)
         merged.setdefault("cluster_id", str(cluster_id))
         if shared_providers:
@@ -90,7 +96,9 @@ def _merge_providers(shared: dict[str, Any], own: Any) -> dict[str, Any]:
     """The service's own provider entries win over the document's shared ones."""
     if not isinstance(own, dict):
         return dict(shared)
-    merged = {kind: dict(entries) if isinstance(entries, dict) else entries for kind, entries in shared.items()}
+    merged = {
+        kind: dict(entries) if isinstance(entries, dict) else entries for kind, entries in shared.items()
+    }
     for kind, entries in own.items():
         if isinstance(entries, dict) and isinstance(merged.get(kind), dict):
             merged[kind] = {**merged[kind], **entries}

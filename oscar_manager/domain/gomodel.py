@@ -23,15 +23,14 @@ class GoModel(BaseModel):
             return data
         exact: dict[str, str] = {}
         for name, field in cls.model_fields.items():
-            key = field.alias or name
-            exact[key] = key
+            exact[field.alias or name] = field.alias or name
         folded = {key.lower(): key for key in exact}
         matched: dict[str, Any] = {}
         extras: dict[str, Any] = {}
         for raw_key, value in data.items():
             if not isinstance(raw_key, str):
                 raise ValueError(f"keys must be strings, got {raw_key!r}")
-            key = exact.get(raw_key) or folded.get(raw_key.lower())
+            key: str | None = exact.get(raw_key) or folded.get(raw_key.lower())
             if key is None:
                 extras[raw_key] = value
                 continue

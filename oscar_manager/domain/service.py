@@ -235,7 +235,9 @@ def validate_name(name: str) -> None:
 
 def _check_quantity(field: str, value: str) -> None:
     if value and not _QUANTITY.match(value):
-        raise BadRequest(f"invalid {field} {value!r}: not a Kubernetes resource quantity (e.g. 256Mi, 0.5, 500m)")
+        raise BadRequest(
+            f"invalid {field} {value!r}: not a Kubernetes resource quantity (e.g. 256Mi, 0.5, 500m)"
+        )
 
 
 def _normalise_path(service_name: str, io: StorageIOConfig, *, kind: str) -> StorageIOConfig:
@@ -262,7 +264,9 @@ def _check_providers(service: Service) -> None:
             ref = ProviderRef(io.storage_provider)
             if ref.type not in allowed:
                 names = ", ".join(sorted(allowed))
-                raise BadRequest(f"unrecognized {kind} storage provider {io.storage_provider!r} (valid: {names})")
+                raise BadRequest(
+                    f"unrecognized {kind} storage provider {io.storage_provider!r} (valid: {names})"
+                )
             if ref.id != DEFAULT_PROVIDER_ID and ref.id not in declared.get(ref.type, {}):
                 raise BadRequest(
                     f"{kind} storage provider {io.storage_provider!r} is not declared in storage_providers"

@@ -73,12 +73,16 @@ class PostgresServer:
         if as_root:
             shutil.chown(datadir, "postgres", "postgres")
         server = cls(bindir=bindir, datadir=datadir, port=free_port(), as_postgres_user=as_root)
-        server._run("initdb", "-D", str(datadir), "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--no-sync")
+        server._run(
+            "initdb", "-D", str(datadir), "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--no-sync"
+        )
         options = (
             f"-c listen_addresses=127.0.0.1 -p {server.port} -k {datadir} "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
         )
-        server._run("pg_ctl", "-D", str(datadir), "-l", str(datadir / "server.log"), "-w", "-o", options, "start")
+        server._run(
+            "pg_ctl", "-D", str(datadir), "-l", str(datadir / "server.log"), "-w", "-o", options, "start"
+        )
         return server
 
     def stop(self) -> None:

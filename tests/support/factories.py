@@ -25,7 +25,7 @@ def service_body(name: str = "cowsay", **fields: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "name": name,
         "image": "ghcr.io/grycap/cowsay",
-        "script": "#!/bin/sh\ncat \"$INPUT_FILE_PATH\" | /usr/games/cowsay\n",
+        "script": '#!/bin/sh\ncat "$INPUT_FILE_PATH" | /usr/games/cowsay\n',
     }
     body.update(fields)
     return body

@@ -40,7 +40,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     openapi_extra=_DEFINITION_BODY,
     responses={**_ERRORS, 409: {"description": "A service with that name exists"}},
 )
-async def create_service(settings: SettingsDep, caller: CallerDep, tx: TransactionDep, body: BodyDep) -> Response:
+async def create_service(
+    settings: SettingsDep, caller: CallerDep, tx: TransactionDep, body: BodyDep
+) -> Response:
     await services.create(tx, settings=settings, principal=caller, body=body)
     return Response(status_code=status.HTTP_201_CREATED)
 
@@ -76,7 +78,9 @@ async def read_service(name: str, caller: CallerDep, tx: TransactionDep) -> dict
     openapi_extra=_DEFINITION_BODY,
     responses={**_ERRORS, 403: {"description": "Not the owner"}, 404: {"description": "No such service"}},
 )
-async def update_service(settings: SettingsDep, caller: CallerDep, tx: TransactionDep, body: BodyDep) -> Response:
+async def update_service(
+    settings: SettingsDep, caller: CallerDep, tx: TransactionDep, body: BodyDep
+) -> Response:
     await services.update(tx, settings=settings, principal=caller, body=body)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

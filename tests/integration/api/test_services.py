@@ -121,7 +121,9 @@ storage_providers:
   minio:
     store: {endpoint: "http://other:9000", access_key: ak, secret_key: sk, region: us-east-1, verify: true}
 """
-        response = await client.post("/system/services", content=fdl, headers={"content-type": "application/yaml"})
+        response = await client.post(
+            "/system/services", content=fdl, headers={"content-type": "application/yaml"}
+        )
         assert response.status_code == 201, response.text
         assert await names(client) == ["first", "second"]
         second = (await client.get("/system/services/second")).json()
@@ -142,7 +144,7 @@ storage_providers:
         assert service["cluster_id"] == "oscar-cluster"
 
     async def test_yaml_numbers_accepted_for_quantities_and_env(self, client: httpx.AsyncClient) -> None:
-        fdl = "name: num\nimage: img\nscript: echo\ncpu: 1.5\nmemory: 512Mi\nenvironment:\n  variables: {N: 5, B: true}\n"
+        fdl = "name: num\nimage: img\nscript: echo\ncpu: 1.5\nenvironment:\n  variables: {N: 5, B: true}\n"
         assert (await client.post("/system/services", content=fdl)).status_code == 201
         service = (await client.get("/system/services/num")).json()
         assert service["cpu"] == "1.5"
@@ -164,7 +166,9 @@ class TestCreateRejects:
         assert await names(client) == []
 
     async def test_malformed_json(self, client: httpx.AsyncClient) -> None:
-        response = await client.post("/system/services", content=b'{"name": "x", ', headers={"content-type": "application/json"})
+        response = await client.post(
+            "/system/services", content=b'{"name": "x", ', headers={"content-type": "application/json"}
+        )
         await self.assert_rejected(client, response, 400, "malformed JSON")
 
     async def test_malformed_yaml(self, client: httpx.AsyncClient) -> None:
@@ -193,12 +197,16 @@ class TestCreateRejects:
         response = await create(client, service_body(**{field: value}))
         await self.assert_rejected(client, response, 400, field)
 
-    @pytest.mark.parametrize("name", ["Cowsay", "cow_say", "-cow", "cow-", "a" * 40, "", "cow.say", "cow say"])
+    @pytest.mark.parametrize(
+        "name", ["Cowsay", "cow_say", "-cow", "cow-", "a" * 40, "", "cow.say", "cow say"]
+    )
     async def test_invalid_names(self, client: httpx.AsyncClient, name: str) -> None:
         response = await create(client, service_body(name))
         await self.assert_rejected(client, response, 400, "invalid service name")
 
-    @pytest.mark.parametrize(("field", "value"), [("memory", "lots"), ("cpu", "1 core"), ("total_memory", "5X")])
+    @pytest.mark.parametrize(
+        ("field", "value"), [("memory", "lots"), ("cpu", "1 core"), ("total_memory", "5X")]
+    )
     async def test_invalid_quantities(self, client: httpx.AsyncClient, field: str, value: str) -> None:
         response = await create(client, service_body(**{field: value}))
         await self.assert_rejected(client, response, 400, f"invalid {field}")
@@ -256,10 +264,12 @@ class TestCreateRejects:
         await self.assert_rejected(client, await create(client, fdl), 400, "more than once")
 
     async def test_fdl_without_services(self, client: httpx.AsyncClient) -> None:
-        await self.assert_rejected(client, await create(client, {"functions": {"oscar": []}}), 400, "functions.oscar")
+        await self.assert_rejected(
+            client, await create(client, {"functions": {"oscar": []}}), 400, "functions.oscar"
+        )
 
     async def test_yaml_aliases_refused(self, client: httpx.AsyncClient) -> None:
-        bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b]\n"
+        bomb = "a: &a [x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b]\n"
         response = await client.post("/system/services", content=bomb)
         await self.assert_rejected(client, response, 400, "aliases are not allowed")
 
@@ -295,7 +305,9 @@ class TestRead:
         await create(client, service_body(environment={"secrets": {"API_KEY": "s3cr3t"}}))
         for response in (await client.get("/system/services/cowsay"), await client.get("/system/services")):
             assert "s3cr3t" not in response.text
-        assert (await client.get("/system/services/cowsay")).json()["environment"]["secrets"] == {"API_KEY": ""}
+        assert (await client.get("/system/services/cowsay")).json()["environment"]["secrets"] == {
+            "API_KEY": ""
+        }
 
 
 class TestUpdate:
@@ -319,7 +331,9 @@ class TestUpdate:
         assert after["memory"] == "256Mi"
         assert after["log_level"] == "INFO"
 
-    async def test_round_tripped_secrets_are_kept_and_new_ones_stored(self, client: httpx.AsyncClient) -> None:
+    async def test_round_tripped_secrets_are_kept_and_new_ones_stored(
+        self, client: httpx.AsyncClient
+    ) -> None:
         await create(client, service_body(environment={"secrets": {"KEEP": "one", "DROP": "two"}}))
         current = (await client.get("/system/services/cowsay")).json()
         current["environment"]["secrets"] = {"KEEP": "", "NEW": "three"}
@@ -337,7 +351,9 @@ class TestUpdate:
         before = (await client.get("/system/services/cowsay")).json()
         for bad in (service_body(memory="huge"), {"name": "cowsay"}, service_body(image=7)):
             assert (await client.put("/system/services", json=bad)).status_code == 400
-        bad_json = await client.put("/system/services", content=b"{", headers={"content-type": "application/json"})
+        bad_json = await client.put(
+            "/system/services", content=b"{", headers={"content-type": "application/json"}
+        )
         assert bad_json.status_code == 400
         assert (await client.get("/system/services/cowsay")).json() == before
 

@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from oscar_manager.domain.access import can_change, can_view
+from oscar_manager.domain.principal import Principal
+from oscar_manager.domain.service import (
+    MinioDefault,
+    ProviderRef,
+    Service,
+    normalise_new,
+    normalise_update,
+    parse_service,
+    public_view,
+)
+from oscar_manager.errors import BadRequest
+from tests.support.factories import service_body
+
+MINIO = MinioDefault(endpoint="http://minio:9000", region="us-east-1", verify=True)
+
+
+def new(**fields: Any) -> Service:
+    return normalise_new(
+        parse_service(service_body(**fields)), owner="cluster_admin", namespace="ns", minio=MINIO
+    )
+
+
+class TestGoTolerance:
+    def test_exact_key_wins_over_case_folded_one(self) -> None:
+        service = parse_service({"Name": "upper", "name": "lower", "image": "i", "script": "s"})
+        assert service.name == "lower"
+        service = parse_service({"name": "lower", "NAME": "upper", "image": "i", "script": "s"})
+        assert service.name == "lower"
+
+    def test_null_means_zero_value(self) -> None:
+        service = parse_service(service_body(memory=None, input=None, environment=None, enable_gpu=None))
+        assert service.memory == ""
+        assert service.input == []
+        assert service.environment.variables == {}
+        assert service.enable_gpu is False
+
+    def test_nested_keys_folded(self) -> None:
+        service = parse_service(service_body(Expose={"MAX_SCALE": 3, "NodePort": 30000}))
+        assert service.expose.max_scale == 3
+        assert service.expose.node_port == [30000]
+
+    def test_scalar_ports_of_oscar_v3(self) -> None:
+        service = parse_service(service_body(expose={"api_port": 8080, "nodePort": 0}))
+        assert service.expose.api_port == [8080]
+        assert service.expose.node_port == []
+
+    def test_non_string_keys_rejected(self) -> None:
+        with pytest.raises(BadRequest, match="keys must be strings"):
+            parse_service({**service_body(), 5: "x"})
+
+    def test_map_values_are_text(self) -> None:
+        service = parse_service(service_body(labels={"n": 1, "f": 1.5, "b": False}))
+        assert service.labels == {"n": "1", "f": "1.5", "b": "false"}
+
+    def test_boolean_quantity_rejected(self) -> None:
+        with pytest.raises(BadRequest, match="cpu"):
+            parse_service(service_body(cpu=True))
+
+
+class TestNormalisation:
+    def test_provider_reference(self) -> None:
+        ref = ProviderRef("minio")
+        assert (ref.type, ref.id) == ("minio", "default")
+        ref = ProviderRef("S3.aws")
+        assert (ref.type, ref.id) == ("s3", "aws")
+        assert str(ProviderRef("webdav.dcache")) == "webdav.dcache"
+
+    def test_bare_path_prefixed_with_service_name(self) -> None:
+        service = new(input=[{"storage_provider": "minio", "path": "in"}])
+        assert service.input[0].path == "cowsay/in"
+
+    def test_non_bucket_paths_kept(self) -> None:
+        service = new(
+            output=[{"storage_provider": "webdav.dcache", "path": "/home/user/out/"}],
+            storage_providers={"webdav": {"dcache": {"hostname": "h", "login": "l", "password": "p"}}},
+        )
+        assert service.output[0].path == "home/user/out"
+
+    def test_missing_provider_means_minio_default(self) -> None:
+        assert new(input=[{"path": "cowsay/in"}]).input[0].storage_provider == "minio.default"
+
+    def test_server_minio_provider_overrides_client_one(self) -> None:
+        service = new(
+            storage_providers={"minio": {"default": {"endpoint": "http://evil", "access_key": "x"}}}
+        )
+        assert service.storage_providers["minio"]["default"] == MINIO.as_provider()
+
+    def test_allowed_users_trimmed(self) -> None:
+        assert new(allowed_users=[" a ", "", "  ", "b"]).allowed_users == ["a", "b"]
+
+    def test_federation_defaults(self) -> None:
+        service = new(federation={"members": []})
+        assert service.federation == {"members": [], "topology": "none", "group_id": "cowsay"}
+        assert new().federation is None
+
+    def test_new_token_owner_namespace(self) -> None:
+        service = normalise_new(
+            parse_service(service_body()), owner="alice", namespace="oscar-svc", minio=MINIO
+        )
+        assert service.owner == "alice"
+        assert service.namespace == "oscar-svc"
+        assert len(service.token) == 64
+
+    def test_update_keeps_identity_and_merges_secrets(self) -> None:
+        current = new(environment={"secrets": {"KEEP": "one", "DROP": "two"}})
+        incoming = parse_service(
+            service_body(token="x", owner="mallory", environment={"secrets": {"KEEP": "", "NEW": "3"}})
+        )
+        updated = normalise_update(incoming, current=current, minio=MINIO)
+        assert updated.token == current.token
+        assert updated.owner == current.owner
+        assert updated.environment.secrets == {"KEEP": "one", "NEW": "3"}
+
+    def test_public_view_masks_secrets_and_drops_absent_optionals(self) -> None:
+        view = public_view(new(environment={"secrets": {"K": "v"}}))
+        assert view["environment"]["secrets"] == {"K": ""}
+        assert "federation" not in view
+        assert "kserve" not in view
+        assert view["volume_status"] == {"enabled": False}
+        assert view["expose"]["nodePort"] == []
+
+
+def principal(uid: str) -> Principal:
+    return Principal(uid=uid)
+
+
+class TestVisibilityMatrix:
+    """Upstream TestMakeReadHandlerVisibility: who may see and change whose service."""
+
+    @pytest.mark.parametrize(
+        ("visibility", "allowed", "caller", "visible"),
+        [
+            ("public", [], "stranger", True),
+            ("public", [], "owner", True),
+            ("private", [], "owner", True),
+            ("private", [], "stranger", False),
+            ("restricted", ["friend"], "friend", True),
+            ("restricted", ["friend"], "owner", True),
+            ("restricted", ["friend"], "stranger", False),
+        ],
+    )
+    def test_view(self, visibility: str, allowed: list[str], caller: str, visible: bool) -> None:
+        service = normalise_new(
+            parse_service(service_body(visibility=visibility, allowed_users=allowed)),
+            owner="owner",
+            namespace="ns",
+            minio=MINIO,
+        )
+        assert can_view(principal(caller), service) is visible
+        assert can_view(Principal.admin("oscar"), service) is True
+
+    @pytest.mark.parametrize("visibility", ["public", "private", "restricted"])
+    def test_only_owner_or_admin_changes(self, visibility: str) -> None:
+        service = normalise_new(
+            parse_service(service_body(visibility=visibility, allowed_users=["friend"])),
+            owner="owner",
+            namespace="ns",
+            minio=MINIO,
+        )
+        assert can_change(principal("owner"), service)
+        assert can_change(Principal.admin("oscar"), service)
+        assert not can_change(principal("friend"), service)
+        assert not can_change(principal("stranger"), service)
