@@ -2,13 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -16,62 +9,9 @@ import pytest
 
 from tests.support.components import free_port
 from tests.support.factories import COWSAY_FDL
+from tests.support.server import RunningServer, start_server, stop_server
 
 pytestmark = pytest.mark.server
-
-
-@dataclass
-class RunningServer:
-    url: str
-    workdir: Path
-    process: subprocess.Popen[bytes]
-
-    def password(self) -> str:
-        return (self.workdir / "oscar-data" / "admin-password").read_text().strip()
-
-
-def _executable() -> list[str]:
-    found = shutil.which("oscar-manager", path=str(Path(sys.executable).parent))
-    return [found] if found else [sys.executable, "-m", "oscar_manager"]
-
-
-def start_server(workdir: Path, port: int) -> RunningServer:
-    # Only what a fresh shell would have: no OSCAR_*/MINIO_*/OIDC_* settings at all.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OSCAR_", "MINIO_", "OIDC_"))}
-    env["OSCAR_SERVICE_PORT"] = str(port)
-    with (workdir / "server.log").open("ab") as log:
-        process = subprocess.Popen([*_executable(), "serve"], cwd=workdir, env=env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError((workdir / "server.log").read_text())
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return RunningServer(url=url, workdir=workdir, process=process)
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise AssertionError("server did not become healthy:\n" + (workdir / "server.log").read_text())
-
-
-def stop_server(server: RunningServer) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
-    running = start_server(tmp_path, free_port())
-    try:
-        yield running
-    finally:
-        stop_server(running)
 
 
 def test_embedded_default_round_trips_the_cowsay_example(server: RunningServer, tmp_path: Path) -> None:
