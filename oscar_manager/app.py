@@ -17,12 +17,12 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from oscar_manager import __version__
-from oscar_manager.api.routes import health, services, system
+from oscar_manager.api.routes import buckets, health, invocations, logs, services, system
 from oscar_manager.auth.basic import BasicAuthenticator
 from oscar_manager.domain.service import Service
 from oscar_manager.errors import OscarError
-from oscar_manager.operations import Database
 from oscar_manager.operations.system import git_commit
+from oscar_manager.runtime import Runtime
 from oscar_manager.settings import Settings
 
 log = logging.getLogger("oscar_manager")
@@ -62,8 +62,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         username=settings.oscar_username, password=settings.oscar_password
     )
     app.state.git_commit = git_commit(settings)
-    database = Database(settings.database_url)
-    app.state.database = database
+    runtime = Runtime(settings)
+    # The routers read these lower-level objects; they never see the runtime itself.
+    app.state.database = runtime.database
+    app.state.backend = runtime.backend
+    app.state.stores = runtime.stores
+    app.state.intake = runtime.intake
+    app.state.presigner = runtime.presigner
+    await runtime.start()
     if generated:
         log.warning(
             "Basic auth: user %r, generated password %r (kept in %s; set OSCAR_PASSWORD to choose one)",
@@ -74,7 +80,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await database.dispose()
+        await runtime.stop()
 
 
 def _install_docs(app: FastAPI) -> None:
@@ -138,7 +144,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings or Settings()
     app.add_exception_handler(OscarError, _oscar_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    for router in (health.router, system.router, services.router):
+    for router in (
+        health.router,
+        system.router,
+        services.router,
+        invocations.router,
+        logs.router,
+        buckets.router,
+        buckets.presigned_router,
+    ):
         app.include_router(router)
     _install_docs(app)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]

@@ -50,6 +50,22 @@ class Settings(BaseSettings):
     oscar_database_url: str = ""
     oscar_backend: BackendKind = BackendKind.LOCAL
     oscar_git_commit: str = ""
+    # Bodies of /run (base64 files) may be larger than definitions: they have their own limit.
+    oscar_max_run_body_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    # How long a sync /run may take before the caller gets 504 (and the run is killed).
+    oscar_run_timeout: float = Field(default=300, gt=0)
+
+    # --- execution and the event intake ----------------------------------------------------------
+    # False: record events and acknowledge them, but run nothing (maintenance); they run once it is true.
+    oscar_dispatch: bool = True
+    # After this many failed submissions an event is marked failed (visible, not retried).
+    oscar_dispatch_max_attempts: int = Field(default=8, ge=1)
+    oscar_dispatch_interval: float = Field(default=1.0, gt=0)
+    # Local executor: jobs at once, and the longest a job may run.
+    oscar_local_concurrency: int = Field(default=4, ge=1)
+    oscar_job_timeout: float = Field(default=3600, gt=0)
+    # Refuse to start the local executor without bubblewrap (instead of running scripts unsandboxed).
+    oscar_require_sandbox: bool = False
 
     # --- MinIO (the ``minio.default`` storage provider) ------------------------------------------
     minio_endpoint: str = ""
@@ -83,6 +99,14 @@ class Settings(BaseSettings):
         if self.oscar_database_url:
             return self.oscar_database_url
         return f"sqlite+aiosqlite:///{(self.oscar_data_dir / 'oscar.db').resolve()}"
+
+    @property
+    def buckets_dir(self) -> Path:
+        return self.oscar_data_dir / "buckets"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.oscar_data_dir / "work"
 
     @property
     def password_file(self) -> Path:

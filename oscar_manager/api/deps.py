@@ -8,10 +8,14 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from oscar_manager.auth.basic import BasicAuthenticator
+from oscar_manager.backends.base import Backend
 from oscar_manager.domain.principal import Principal
 from oscar_manager.errors import PayloadTooLarge
 from oscar_manager.operations import Database, Transaction
+from oscar_manager.operations.intake import Intake
 from oscar_manager.settings import Settings
+from oscar_manager.storage.presign import PresignSigner
+from oscar_manager.storage.providers import Stores
 
 
 def get_settings(request: Request) -> Settings:
@@ -24,6 +28,31 @@ def get_database(request: Request) -> Database:
     return database
 
 
+def get_backend(request: Request) -> Backend:
+    backend: Backend = request.app.state.backend
+    return backend
+
+
+def get_stores(request: Request) -> Stores:
+    stores: Stores = request.app.state.stores
+    return stores
+
+
+def get_intake(request: Request) -> Intake:
+    intake: Intake = request.app.state.intake
+    return intake
+
+
+def get_presigner(request: Request) -> PresignSigner:
+    presigner: PresignSigner = request.app.state.presigner
+    return presigner
+
+
+def get_basic(request: Request) -> BasicAuthenticator:
+    authenticator: BasicAuthenticator = request.app.state.authenticator
+    return authenticator
+
+
 async def get_transaction(request: Request) -> AsyncIterator[Transaction]:
     """The request's unit of work: committed when the route returns, before the response is sent."""
     async with get_database(request).transaction() as tx:
@@ -31,13 +60,20 @@ async def get_transaction(request: Request) -> AsyncIterator[Transaction]:
 
 
 def authenticate(request: Request) -> Principal:
-    authenticator: BasicAuthenticator = request.app.state.authenticator
-    return authenticator.authenticate(request.headers.get("authorization"))
+    return get_basic(request).authenticate(request.headers.get("authorization"))
 
 
 async def read_body(request: Request) -> bytes:
     """The whole body, refused with 413 as soon as it passes ``OSCAR_MAX_BODY_BYTES``."""
-    limit = get_settings(request).oscar_max_body_bytes
+    return await read_limited(request, get_settings(request).oscar_max_body_bytes)
+
+
+async def read_run_body(request: Request) -> bytes:
+    """A sync invocation's body (usually a base64 file), limited by ``OSCAR_MAX_RUN_BODY_BYTES``."""
+    return await read_limited(request, get_settings(request).oscar_max_run_body_bytes)
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
@@ -52,6 +88,13 @@ async def read_body(request: Request) -> bytes:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
+BackendDep = Annotated[Backend, Depends(get_backend)]
+StoresDep = Annotated[Stores, Depends(get_stores)]
+IntakeDep = Annotated[Intake, Depends(get_intake)]
+PresignerDep = Annotated[PresignSigner, Depends(get_presigner)]
+BasicDep = Annotated[BasicAuthenticator, Depends(get_basic)]
+RunBodyDep = Annotated[bytes, Depends(read_run_body)]
 TransactionDep = Annotated[Transaction, Depends(get_transaction, scope="function")]
 CallerDep = Annotated[Principal, Depends(authenticate)]
 BodyDep = Annotated[bytes, Depends(read_body)]

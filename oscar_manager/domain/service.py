@@ -367,3 +367,42 @@ def public_view(service: Service) -> dict[str, Any]:
         if data.get(optional) is None:
             data.pop(optional, None)
     return data
+
+
+_SUFFIXES = {
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+    "m": 1,  # milli-bytes make no sense for memory; treated as bytes rounded up below
+}
+_QUANTITY_PARTS = re.compile(r"^([+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)([KMGTPE]i|[kMGTPEm])?$")
+
+
+def quantity_bytes(quantity: str) -> int | None:
+    """A memory quantity in bytes (``256Mi`` -> 268435456); None when empty or not understood."""
+    match = _QUANTITY_PARTS.match(quantity.strip())
+    if match is None:
+        return None
+    number, suffix = match.group(1), match.group(2) or ""
+    value = float(number) * _SUFFIXES[suffix]
+    if suffix == "m":
+        value /= 1000
+    return max(int(value + 0.999), 0)
+
+
+# A service that needs network access from the local executor says so with this annotation.
+LOCAL_NETWORK_ANNOTATION = "oscar-manager/network"
+
+
+def wants_network(service: Service) -> bool:
+    return service.annotations.get(LOCAL_NETWORK_ANNOTATION, "").lower() in ("true", "1", "yes", "enabled")

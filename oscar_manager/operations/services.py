@@ -6,11 +6,13 @@ caller's transaction, so a failure part-way leaves the registry exactly as it wa
 
 from __future__ import annotations
 
+from oscar_manager.backends.base import Backend
 from oscar_manager.domain.access import can_change, can_view
 from oscar_manager.domain.definitions import load_document, service_definitions
 from oscar_manager.domain.principal import Principal
 from oscar_manager.domain.service import (
     MinioDefault,
+    ProviderRef,
     Service,
     check_name_readable,
     normalise_new,
@@ -20,6 +22,8 @@ from oscar_manager.domain.service import (
 from oscar_manager.errors import BadRequest, Conflict, Forbidden, NotFound
 from oscar_manager.registry import Transaction
 from oscar_manager.settings import Settings
+from oscar_manager.storage.providers import DEFAULT_PROVIDER, Stores
+from oscar_manager.supervisor.stage import split_path
 
 
 def minio_default(settings: Settings) -> MinioDefault:
@@ -32,7 +36,25 @@ def _not_found(name: str) -> NotFound:
     return NotFound(f"service {name!r} not found")
 
 
-async def create(tx: Transaction, *, settings: Settings, principal: Principal, body: bytes) -> list[Service]:
+async def prepare_storage(service: Service, *, stores: Stores) -> None:
+    """Buckets and folders for every input and output the manager's own storage serves.
+
+    Existing buckets and folders are reused, never an error. Runs inside the caller's transaction: if it
+    fails, the service is not recorded.
+    """
+    for io_config in [*service.input, *service.output]:
+        if str(ProviderRef(io_config.storage_provider)) != DEFAULT_PROVIDER:
+            continue
+        bucket, folder = split_path(io_config.path)
+        if folder:
+            await stores.default.ensure_folder(bucket, folder)
+        else:
+            await stores.default.ensure_bucket(bucket)
+
+
+async def create(
+    tx: Transaction, *, settings: Settings, principal: Principal, body: bytes, stores: Stores
+) -> list[Service]:
     """Create every service in ``body`` (one service, or each one of an FDL document), or none."""
     definitions = [parse_service(item) for item in service_definitions(load_document(body))]
     names = [definition.name for definition in definitions]
@@ -51,6 +73,8 @@ async def create(tx: Transaction, *, settings: Settings, principal: Principal, b
             raise Conflict(f"a service named {service.name!r} already exists")
     for service in services:
         await tx.services.add(service)
+    for service in services:
+        await prepare_storage(service, stores=stores)
     return services
 
 
@@ -68,7 +92,9 @@ async def read(tx: Transaction, *, principal: Principal, name: str) -> Service:
     return service
 
 
-async def update(tx: Transaction, *, settings: Settings, principal: Principal, body: bytes) -> Service:
+async def update(
+    tx: Transaction, *, settings: Settings, principal: Principal, body: bytes, stores: Stores
+) -> Service:
     definitions = service_definitions(load_document(body))
     if len(definitions) != 1:
         raise BadRequest("an update takes exactly one service definition")
@@ -81,15 +107,21 @@ async def update(tx: Transaction, *, settings: Settings, principal: Principal, b
         raise Forbidden(f"only the owner may update service {definition.name!r}")
     service = normalise_update(definition, current=current, minio=minio_default(settings))
     await tx.services.replace(service)
+    await prepare_storage(service, stores=stores)
     return service
 
 
-async def delete(tx: Transaction, *, principal: Principal, name: str) -> Service:
+async def delete(tx: Transaction, *, principal: Principal, name: str, backend: Backend) -> Service:
+    """Delete the service with its job records and queued events; its buckets and objects are kept."""
     check_name_readable(name)
     service = await tx.services.get(name)
     if service is None:
         raise _not_found(name)
     if not can_change(principal, service):
         raise Forbidden(f"only the owner may delete service {name!r}")
+    for job in await tx.jobs.unfinished(service=name):
+        await backend.cancel(job.id)
+    await tx.jobs.delete_where(name, statuses=None)
+    await tx.events.delete_for_service(name)
     await tx.services.delete(name)
     return service

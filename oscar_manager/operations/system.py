@@ -33,7 +33,7 @@ def git_commit(settings: Settings) -> str:
     return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else "unknown"
 
 
-def info(settings: Settings, *, commit: str) -> dict[str, Any]:
+def info(*, commit: str, execution: dict[str, Any]) -> dict[str, Any]:
     machine = platform.machine().lower()
     return {
         "version": f"v{OSCAR_API_VERSION}",
@@ -41,7 +41,7 @@ def info(settings: Settings, *, commit: str) -> dict[str, Any]:
         "architecture": _GO_ARCH.get(machine, machine),
         "kubernetes_version": "",
         "manager": {"name": "oscar-manager", "version": __version__},
-        "execution": {"backend": settings.oscar_backend.value},
+        "execution": execution,
     }
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from oscar_manager.registry.repository import ServiceRepository
+from oscar_manager.registry.repository import EventRepository, JobRepository, ServiceRepository
 
 
 class Transaction:
@@ -18,6 +18,8 @@ class Transaction:
 
     def __init__(self, session: AsyncSession) -> None:
         self.services = ServiceRepository(session)
+        self.events = EventRepository(session)
+        self.jobs = JobRepository(session)
 
 
 def _tune_sqlite(engine: AsyncEngine) -> None:

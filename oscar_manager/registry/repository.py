@@ -5,16 +5,19 @@ Repositories flush but never commit: the transaction belongs to the caller (``Da
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from oscar_manager.domain.events import InputRoute
+from oscar_manager.domain.jobs import JobOutcome, JobRecord, JobStatus
 from oscar_manager.domain.service import Service
 from oscar_manager.errors import Conflict
-from oscar_manager.registry.tables import ServiceRow
+from oscar_manager.registry.tables import EventRow, JobRow, ServiceRow
 
 
 def _definition(service: Service) -> dict[str, Any]:
@@ -42,6 +45,26 @@ class ServiceRepository:
     async def exists(self, name: str) -> bool:
         found = await self._session.scalar(select(ServiceRow.name).where(ServiceRow.name == name))
         return found is not None
+
+    async def input_routes(self) -> list[InputRoute]:
+        """Every service input as (service, provider, bucket, folder, since): what routes object events."""
+        rows = await self._session.execute(
+            select(ServiceRow.name, ServiceRow.definition, ServiceRow.created_at)
+        )
+        routes = []
+        for name, definition, created_at in rows.tuples():
+            for entry in definition.get("input") or []:
+                bucket, _, folder = str(entry.get("path", "")).partition("/")
+                routes.append(
+                    InputRoute(
+                        service=name,
+                        provider=str(entry.get("storage_provider", "")),
+                        bucket=bucket,
+                        folder=folder,
+                        since=_aware(created_at),
+                    )
+                )
+        return routes
 
     async def list(self) -> list[Service]:
         rows = await self._session.scalars(select(ServiceRow).order_by(ServiceRow.name))
@@ -85,3 +108,223 @@ class ServiceRepository:
             delete(ServiceRow).where(ServiceRow.name == name).returning(ServiceRow.name)
         )
         return result.scalar_one_or_none() is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedEvent:
+    id: int
+    service: str
+    job_id: str
+    payload: bytes
+    attempts: int
+
+
+class EventRepository:
+    """The intake queue. Claims use ``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite serialises writers."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def enqueue(self, *, dedup_key: str, service: str, job_id: str, payload: bytes) -> bool:
+        """Record an event; False when an event with the same dedup key is already recorded."""
+        existing = await self._session.scalar(select(EventRow.id).where(EventRow.dedup_key == dedup_key))
+        if existing is not None:
+            return False
+        now = datetime.now(UTC)
+        row = EventRow(
+            dedup_key=dedup_key,
+            service=service,
+            job_id=job_id,
+            payload=payload,
+            status="pending",
+            attempts=0,
+            available_at=now,
+            created_at=now,
+        )
+        try:
+            # A savepoint, so a concurrent duplicate loses only this insert, not the caller's transaction.
+            async with self._session.begin_nested():
+                self._session.add(row)
+        except IntegrityError:
+            return False
+        return True
+
+    async def claim(self, *, limit: int) -> list[ClaimedEvent]:
+        now = datetime.now(UTC)
+        rows = (
+            await self._session.scalars(
+                select(EventRow)
+                .where(EventRow.status == "pending", EventRow.available_at <= now)
+                .order_by(EventRow.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        claimed = []
+        for row in rows:
+            row.status = "claimed"
+            row.claimed_at = now
+            row.attempts += 1
+            claimed.append(
+                ClaimedEvent(
+                    id=row.id,
+                    service=row.service,
+                    job_id=row.job_id,
+                    payload=row.payload,
+                    attempts=row.attempts,
+                )
+            )
+        await self._session.flush()
+        return claimed
+
+    async def complete(self, event_id: int) -> None:
+        await self._session.execute(update(EventRow).where(EventRow.id == event_id).values(status="done"))
+
+    async def complete_for_job(self, job_id: str) -> None:
+        await self._session.execute(
+            update(EventRow).where(EventRow.job_id == job_id, EventRow.status != "done").values(status="done")
+        )
+
+    async def retry(self, event_id: int, *, error: str, delay: float) -> None:
+        available = datetime.now(UTC) + timedelta(seconds=delay)
+        await self._session.execute(
+            update(EventRow)
+            .where(EventRow.id == event_id)
+            .values(status="pending", available_at=available, last_error=error)
+        )
+
+    async def fail(self, event_id: int, *, error: str) -> None:
+        await self._session.execute(
+            update(EventRow).where(EventRow.id == event_id).values(status="failed", last_error=error)
+        )
+
+    async def release_claimed(self) -> int:
+        """Return events a previous run claimed but never completed to the queue (crash recovery)."""
+        result = await self._session.execute(
+            update(EventRow).where(EventRow.status == "claimed").values(status="pending", claimed_at=None)
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self._session.execute(select(EventRow.status, func.count()).group_by(EventRow.status))
+        return {status: int(count) for status, count in rows.tuples()}
+
+    async def delete_for_service(self, service: str) -> None:
+        await self._session.execute(delete(EventRow).where(EventRow.service == service))
+
+
+def _job(row: JobRow) -> JobRecord:
+    return JobRecord(
+        id=row.id,
+        service=row.service,
+        status=JobStatus(row.status),
+        created_at=_aware(row.created_at),
+        started_at=_aware(row.started_at) if row.started_at else None,
+        finished_at=_aware(row.finished_at) if row.finished_at else None,
+        exit_code=row.exit_code,
+        attempts=row.attempts,
+    )
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes even for timezone-aware columns; everything we store is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class JobRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def prepare(self, *, job_id: str, service: str, event_id: int | None) -> JobRecord:
+        """The job row for a (re)dispatched event: created, or reset to Pending for another attempt."""
+        now = datetime.now(UTC)
+        row = await self._session.get(JobRow, job_id, with_for_update=True)
+        if row is None:
+            row = JobRow(
+                id=job_id,
+                service=service,
+                event_id=event_id,
+                status=JobStatus.PENDING.value,
+                attempts=1,
+                created_at=now,
+                log="",
+            )
+            self._session.add(row)
+        else:
+            row.status = JobStatus.PENDING.value
+            row.attempts += 1
+            row.started_at = None
+            row.finished_at = None
+            row.exit_code = None
+        await self._session.flush()
+        return _job(row)
+
+    async def mark_running(self, job_id: str, *, at: datetime) -> None:
+        await self._session.execute(
+            update(JobRow).where(JobRow.id == job_id).values(status=JobStatus.RUNNING.value, started_at=at)
+        )
+
+    async def finish(self, job_id: str, *, outcome: JobOutcome) -> None:
+        await self._session.execute(
+            update(JobRow)
+            .where(JobRow.id == job_id)
+            .values(
+                status=outcome.status.value,
+                exit_code=outcome.exit_code,
+                log=outcome.log,
+                finished_at=outcome.finished_at,
+            )
+        )
+
+    async def get(self, service: str, job_id: str) -> JobRecord | None:
+        row = await self._session.get(JobRow, job_id)
+        return _job(row) if row is not None and row.service == service else None
+
+    async def log(self, service: str, job_id: str) -> str | None:
+        row = await self._session.get(JobRow, job_id)
+        return row.log if row is not None and row.service == service else None
+
+    @staticmethod
+    def _listing(service: str, after: tuple[datetime, str] | None) -> Any:
+        condition = JobRow.service == service
+        if after is not None:
+            created, job_id = after
+            older = or_(JobRow.created_at < created, and_(JobRow.created_at == created, JobRow.id < job_id))
+            condition = and_(condition, older)
+        return condition
+
+    async def page(self, service: str, *, limit: int, after: tuple[datetime, str] | None) -> list[JobRecord]:
+        """Newest first; ``after`` is the (created_at, id) of the last job of the previous page."""
+        query = (
+            select(JobRow)
+            .where(self._listing(service, after))
+            .order_by(JobRow.created_at.desc(), JobRow.id.desc())
+            .limit(limit)
+        )
+        return [_job(row) for row in await self._session.scalars(query)]
+
+    async def count(self, service: str, *, after: tuple[datetime, str] | None = None) -> int:
+        query = select(func.count()).select_from(JobRow).where(self._listing(service, after))
+        return int(await self._session.scalar(query) or 0)
+
+    async def delete(self, service: str, job_id: str) -> bool:
+        result = await self._session.execute(
+            delete(JobRow).where(JobRow.service == service, JobRow.id == job_id).returning(JobRow.id)
+        )
+        return result.scalar_one_or_none() is not None
+
+    async def delete_where(self, service: str, *, statuses: list[JobStatus] | None) -> list[str]:
+        query = delete(JobRow).where(JobRow.service == service)
+        if statuses is not None:
+            query = query.where(JobRow.status.in_([status.value for status in statuses]))
+        result = await self._session.execute(query.returning(JobRow.id))
+        return list(result.scalars())
+
+    async def unfinished(self, *, service: str) -> list[JobRecord]:
+        rows = await self._session.scalars(
+            select(JobRow).where(
+                JobRow.service == service,
+                JobRow.status.in_([JobStatus.PENDING.value, JobStatus.RUNNING.value]),
+            )
+        )
+        return [_job(row) for row in rows]

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response, status
 
-from oscar_manager.api.deps import BodyDep, CallerDep, SettingsDep, TransactionDep
+from oscar_manager.api.deps import BackendDep, BodyDep, CallerDep, SettingsDep, StoresDep, TransactionDep
 from oscar_manager.domain.service import public_view
 from oscar_manager.operations import services
 
@@ -41,9 +41,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     responses={**_ERRORS, 409: {"description": "A service with that name exists"}},
 )
 async def create_service(
-    settings: SettingsDep, caller: CallerDep, tx: TransactionDep, body: BodyDep
+    settings: SettingsDep, caller: CallerDep, tx: TransactionDep, body: BodyDep, stores: StoresDep
 ) -> Response:
-    await services.create(tx, settings=settings, principal=caller, body=body)
+    await services.create(tx, settings=settings, principal=caller, body=body, stores=stores)
     return Response(status_code=status.HTTP_201_CREATED)
 
 
@@ -79,9 +79,9 @@ async def read_service(name: str, caller: CallerDep, tx: TransactionDep) -> dict
     responses={**_ERRORS, 403: {"description": "Not the owner"}, 404: {"description": "No such service"}},
 )
 async def update_service(
-    settings: SettingsDep, caller: CallerDep, tx: TransactionDep, body: BodyDep
+    settings: SettingsDep, caller: CallerDep, tx: TransactionDep, body: BodyDep, stores: StoresDep
 ) -> Response:
-    await services.update(tx, settings=settings, principal=caller, body=body)
+    await services.update(tx, settings=settings, principal=caller, body=body, stores=stores)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -92,6 +92,6 @@ async def update_service(
     summary="Delete a service (its buckets and their objects are kept)",
     responses={403: {"description": "Not the owner"}, 404: {"description": "No such service"}},
 )
-async def delete_service(name: str, caller: CallerDep, tx: TransactionDep) -> Response:
-    await services.delete(tx, principal=caller, name=name)
+async def delete_service(name: str, caller: CallerDep, tx: TransactionDep, backend: BackendDep) -> Response:
+    await services.delete(tx, principal=caller, name=name, backend=backend)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

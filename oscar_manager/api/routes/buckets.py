@@ -1,0 +1,151 @@
+"""``/system/buckets``: list, inspect and create buckets, move objects in and out, presign URLs.
+
+``/storage/{bucket}/{key}`` serves presigned URLs of the local store: the signature in the query is the
+only credential, so a browser or ``curl`` can use them directly.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request, Response, status
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from oscar_manager.api.deps import CallerDep, PresignerDep, SettingsDep, StoresDep
+from oscar_manager.operations import buckets
+
+router = APIRouter(prefix="/system/buckets", tags=["buckets"])
+presigned_router = APIRouter(prefix="/storage", tags=["buckets"])
+
+
+class BucketCreate(BaseModel):
+    bucket_name: str
+    visibility: str = "private"
+    allowed_users: list[str] = Field(default_factory=list)
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class PresignRequest(BaseModel):
+    object_key: str
+    operation: str = "download"
+    expires_in: int | None = None
+    # oscar-python sends ``expires``; both are accepted.
+    expires: int | None = None
+    content_type: str = ""
+
+
+def _object_headers(size: int, etag: str) -> dict[str, str]:
+    return {"Content-Length": str(size), "ETag": f'"{etag}"'}
+
+
+@router.get("", summary="List buckets")
+async def list_buckets(_caller: CallerDep, stores: StoresDep) -> list[dict[str, Any]]:
+    return await buckets.list_buckets(stores.default)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_class=Response, summary="Create a bucket")
+async def create_bucket(body: BucketCreate, _caller: CallerDep, stores: StoresDep) -> Response:
+    await buckets.create_bucket(stores.default, bucket=body.bucket_name)
+    return Response(status_code=status.HTTP_201_CREATED)
+
+
+@router.get("/{bucket}", summary="A bucket and its objects (paged by next_page)")
+async def get_bucket(
+    bucket: str, _caller: CallerDep, stores: StoresDep, settings: SettingsDep, page: str = ""
+) -> dict[str, Any]:
+    return await buckets.get_bucket(
+        stores.default, bucket=bucket, page=page, limit=settings.job_listing_limit
+    )
+
+
+@router.put(
+    "/{bucket}/objects/{key:path}",
+    status_code=status.HTTP_201_CREATED,
+    summary="Upload an object (streamed; replaces an existing one)",
+)
+async def upload_object(
+    bucket: str, key: str, request: Request, _caller: CallerDep, stores: StoresDep
+) -> dict[str, Any]:
+    await buckets.writable_bucket(stores.default, bucket=bucket, key=key)
+    info = await stores.default.put_stream(bucket, key, request.stream())
+    return {"bucket": info.bucket, "key": info.key, "size": info.size, "etag": info.etag}
+
+
+@router.get("/{bucket}/objects/{key:path}", response_class=StreamingResponse, summary="Download an object")
+async def download_object(bucket: str, key: str, _caller: CallerDep, stores: StoresDep) -> StreamingResponse:
+    info = await buckets.existing_object(stores.default, bucket=bucket, key=key)
+    return StreamingResponse(
+        stores.default.read_stream(bucket, key),
+        media_type="application/octet-stream",
+        headers=_object_headers(info.size, info.etag),
+    )
+
+
+@router.post("/{bucket}/presign", summary="A short-lived URL to upload or download one object")
+async def presign(
+    bucket: str,
+    body: PresignRequest,
+    request: Request,
+    _caller: CallerDep,
+    stores: StoresDep,
+    signer: PresignerDep,
+) -> dict[str, Any]:
+    signed = await buckets.presign(
+        stores.default,
+        signer,
+        bucket=bucket,
+        key=body.object_key,
+        operation=body.operation,
+        expires_in=body.expires_in or body.expires,
+    )
+    base = str(request.base_url).rstrip("/")
+    answer: dict[str, Any] = {
+        "object_key": signed.object_key,
+        "operation": signed.operation,
+        "method": signed.method,
+        "url": base + signed.path,
+        "expires_at": datetime.fromtimestamp(signed.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    if body.content_type and signed.method == "PUT":
+        answer["headers"] = {"Content-Type": body.content_type}
+    return answer
+
+
+@presigned_router.put("/{bucket}/{key:path}", status_code=status.HTTP_201_CREATED, include_in_schema=False)
+async def presigned_upload(
+    bucket: str,
+    key: str,
+    request: Request,
+    stores: StoresDep,
+    signer: PresignerDep,
+    operation: str = "",
+    expires: int = 0,
+    signature: str = "",
+) -> dict[str, Any]:
+    del operation  # the signature covers the operation: only an upload signature verifies here
+    signer.verify(bucket=bucket, key=key, operation="upload", expires_at=expires, signature=signature)
+    await buckets.writable_bucket(stores.default, bucket=bucket, key=key)
+    info = await stores.default.put_stream(bucket, key, request.stream())
+    return {"bucket": info.bucket, "key": info.key, "size": info.size, "etag": info.etag}
+
+
+@presigned_router.get("/{bucket}/{key:path}", response_class=StreamingResponse, include_in_schema=False)
+async def presigned_download(
+    bucket: str,
+    key: str,
+    stores: StoresDep,
+    signer: PresignerDep,
+    operation: str = "",
+    expires: int = 0,
+    signature: str = "",
+) -> StreamingResponse:
+    del operation  # the signature covers the operation: only a download signature verifies here
+    signer.verify(bucket=bucket, key=key, operation="download", expires_at=expires, signature=signature)
+    info = await buckets.existing_object(stores.default, bucket=bucket, key=key)
+    return StreamingResponse(
+        stores.default.read_stream(bucket, key),
+        media_type="application/octet-stream",
+        headers=_object_headers(info.size, info.etag),
+    )

@@ -1,0 +1,89 @@
+"""``POST /job/{service}`` (async, also the MinIO webhook target) and ``POST /run/{service}`` (sync)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response, status
+
+from oscar_manager.api.deps import BackendDep, BasicDep, DatabaseDep, IntakeDep, SettingsDep, read_limited
+from oscar_manager.operations import invocations
+
+router = APIRouter(tags=["invocations"])
+
+_BODY = {
+    "requestBody": {
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "description": "A MinIO/S3 event, or any JSON"}
+            },
+            "text/plain": {"schema": {"type": "string", "description": "base64 of the input file"}},
+        }
+    }
+}
+
+
+@router.post(
+    "/job/{name}",
+    status_code=status.HTTP_201_CREATED,
+    response_class=Response,
+    summary="Start a job asynchronously: answered once the event is durably recorded",
+    openapi_extra=_BODY,
+    responses={
+        400: {"description": "Malformed event, or a body that is neither JSON nor base64"},
+        401: {"description": "Missing or wrong service token"},
+        404: {"description": "No such service"},
+    },
+)
+async def start_job(
+    name: str,
+    request: Request,
+    settings: SettingsDep,
+    database: DatabaseDep,
+    basic: BasicDep,
+    intake: IntakeDep,
+) -> Response:
+    service = await invocations.service_for_invocation(
+        database, name=name, authorization=request.headers.get("authorization"), basic=basic
+    )
+    body = await read_limited(request, settings.oscar_max_body_bytes)
+    accepted = await intake.invocation(
+        service=service, body=body, idempotency_key=request.headers.get("idempotency-key")
+    )
+    return Response(
+        status_code=status.HTTP_201_CREATED, headers={"X-Oscar-Job-Ids": ",".join(accepted.job_ids)}
+    )
+
+
+@router.post(
+    "/run/{name}",
+    response_class=Response,
+    summary="Run a service synchronously and return what it produced",
+    openapi_extra=_BODY,
+    responses={
+        200: {
+            "content": {"text/plain": {}},
+            "description": "One output file base64-encoded, several as a "
+            "base64 zip, or else the script's output",
+        },
+        400: {"description": "Body neither JSON nor base64"},
+        401: {"description": "Missing or wrong service token"},
+        404: {"description": "No such service"},
+        500: {"description": "The script failed"},
+        504: {"description": "The script did not finish in time"},
+    },
+)
+async def run_service(
+    name: str,
+    request: Request,
+    settings: SettingsDep,
+    database: DatabaseDep,
+    basic: BasicDep,
+    backend: BackendDep,
+) -> Response:
+    service = await invocations.service_for_invocation(
+        database, name=name, authorization=request.headers.get("authorization"), basic=basic
+    )
+    body = await read_limited(request, settings.oscar_max_run_body_bytes)
+    output = await invocations.run_sync(
+        backend, service=service, body=body, time_limit=settings.oscar_run_timeout
+    )
+    return Response(content=output, media_type="text/plain; charset=utf-8")

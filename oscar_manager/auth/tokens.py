@@ -1,0 +1,18 @@
+"""Per-service tokens: the 64-hex ``token`` of a service admits callers of ``/job`` and ``/run``."""
+
+from __future__ import annotations
+
+import hmac
+
+BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="OSCAR service"'}
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def token_matches(expected: str, presented: str) -> bool:
+    # An empty expected token must never match (a service without a token admits nobody this way).
+    return bool(expected) and hmac.compare_digest(expected.encode(), presented.encode())

@@ -1,0 +1,69 @@
+"""The ``Backend`` protocol: where jobs and sync runs execute (local processes or Kubernetes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from oscar_manager.domain.jobs import JobOutcome
+from oscar_manager.domain.service import Service
+from oscar_manager.errors import OscarError
+
+
+class BackendUnavailable(OscarError):
+    """The backend could not take the job now; the dispatcher retries with backoff."""
+
+    status_code = 503
+
+
+class RunTimeout(OscarError):
+    status_code = 504
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    job_id: str
+    service: Service
+    payload: bytes
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class SyncRequest:
+    service: Service
+    body: bytes
+    timeout: float
+
+
+class JobReporter(Protocol):
+    """Where a backend reports job progress (the registry, in the manager)."""
+
+    async def started(self, job_id: str, *, at: datetime) -> None: ...
+
+    async def finished(self, job_id: str, *, outcome: JobOutcome) -> None: ...
+
+
+class Backend(Protocol):
+    # True when an accepted submission survives a manager crash (a Kubernetes Job object); False when it
+    # lives in this process only (local jobs), so its event must stay claimed until the job finishes.
+    durable_submissions: bool
+
+    async def start(self, reporter: JobReporter) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def free_slots(self) -> int:
+        """How many more jobs it would accept right now (the dispatcher claims no more than that)."""
+        ...
+
+    async def submit(self, request: JobRequest) -> None:
+        """Accept a job; idempotent per ``job_id``. Raise ``BackendUnavailable`` to be retried."""
+
+    async def run_sync(self, request: SyncRequest) -> bytes:
+        """Run the service on ``body`` and return what the supervisor renders; ``RunTimeout`` past timeout."""
+
+    async def cancel(self, job_id: str) -> None:
+        """Stop a job if it is running or queued; nothing if it is unknown."""
+
+    def describe(self) -> dict[str, Any]: ...

@@ -1,0 +1,252 @@
+"""The local executor: jobs and sync runs on this machine, with no cluster.
+
+Stage-in and stage-out run here, in the manager, through the supervisor functions and the manager's own
+storage clients; only the user's script runs in a child process, sandboxed by bubblewrap when available.
+Credentials therefore never enter the sandbox, and no interpreter is started per job. The service's
+``image`` is recorded but not pulled: scripts run with this machine's tools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from oscar_manager.backends.base import BackendUnavailable, JobReporter, JobRequest, RunTimeout, SyncRequest
+from oscar_manager.backends.sandbox import Sandbox, ScriptResult, ScriptRun
+from oscar_manager.domain.jobs import JobOutcome, JobStatus
+from oscar_manager.domain.service import Service, quantity_bytes, wants_network
+from oscar_manager.errors import OscarError
+from oscar_manager.supervisor.log import SupervisorLog
+from oscar_manager.supervisor.stage import (
+    Invocation,
+    StoreResolver,
+    render_response,
+    script_environment,
+    stage_in,
+    stage_out,
+)
+from oscar_manager.supervisor.workspace import SCRIPT_NAME, Workspace
+
+log = logging.getLogger(__name__)
+
+
+class ScriptFailed(OscarError):
+    """A sync run whose script exited non-zero: the caller sees the exit code and the script's output."""
+
+    status_code = 500
+
+
+@dataclass
+class _Run:
+    """The outcome of staging in and running the script once."""
+
+    invocation: Invocation
+    result: ScriptResult
+
+    @property
+    def succeeded(self) -> bool:
+        return not self.result.timed_out and self.result.exit_code == 0
+
+
+class LocalBackend:
+    durable_submissions = False
+
+    def __init__(
+        self,
+        *,
+        stores: StoreResolver,
+        sandbox: Sandbox,
+        work_root: Path,
+        concurrency: int,
+        job_timeout: float | None,
+    ) -> None:
+        self._stores = stores
+        self._sandbox = sandbox
+        self._work_root = work_root
+        self._concurrency = concurrency
+        self._job_timeout = job_timeout
+        self._queue: asyncio.Queue[JobRequest] = asyncio.Queue()
+        self._queued: set[str] = set()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._workers: list[asyncio.Task[None]] = []
+        self._sync_slots = asyncio.Semaphore(concurrency)
+        self._reporter: JobReporter | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self, reporter: JobReporter) -> None:
+        self._reporter = reporter
+        self._work_root.mkdir(parents=True, exist_ok=True)
+        self._workers = [
+            asyncio.create_task(self._worker(), name=f"local-job-worker-{n}")
+            for n in range(self._concurrency)
+        ]
+
+    async def stop(self) -> None:
+        """Stop taking jobs and kill running scripts; their events stay claimed and run again on restart."""
+        for task in [*self._workers, *self._running.values()]:
+            task.cancel()
+        await asyncio.gather(*self._workers, *self._running.values(), return_exceptions=True)
+        self._workers = []
+        self._running.clear()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": "local",
+            "sandbox": "bubblewrap" if self._sandbox.sandboxed else "none",
+            "images_pulled": False,
+            "note": "service images are recorded, not pulled: scripts run with this machine's tools",
+            "concurrency": self._concurrency,
+        }
+
+    # --- async jobs --------------------------------------------------------------------------------
+
+    def free_slots(self) -> int:
+        return max(self._concurrency - len(self._queued) - len(self._running), 0)
+
+    async def submit(self, request: JobRequest) -> None:
+        if not self._workers:
+            raise BackendUnavailable("the local executor is not running")
+        if request.job_id in self._queued or request.job_id in self._running:
+            return
+        self._queued.add(request.job_id)
+        await self._queue.put(request)
+
+    async def cancel(self, job_id: str) -> None:
+        self._queued.discard(job_id)
+        task = self._running.get(job_id)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _worker(self) -> None:
+        while True:
+            request = await self._queue.get()
+            if request.job_id not in self._queued:  # cancelled while queued
+                continue
+            self._queued.discard(request.job_id)
+            task = asyncio.create_task(self._execute(request), name=f"job-{request.job_id}")
+            self._running[request.job_id] = task
+            try:
+                await task
+            except asyncio.CancelledError:
+                if not task.cancelled():
+                    raise  # the worker itself is being stopped
+            except Exception:
+                log.exception("job %s crashed", request.job_id)
+            finally:
+                self._running.pop(request.job_id, None)
+
+    async def _execute(self, request: JobRequest) -> None:
+        assert self._reporter is not None
+        await self._reporter.started(request.job_id, at=datetime.now(UTC))
+        supervisor_log = SupervisorLog(request.service.log_level)
+        workspace = Workspace.create(self._work_root)
+        try:
+            outcome = await self._job_outcome(request, workspace, supervisor_log)
+        finally:
+            await asyncio.to_thread(workspace.cleanup)
+        await self._reporter.finished(request.job_id, outcome=outcome)
+
+    async def _job_outcome(
+        self, request: JobRequest, workspace: Workspace, slog: SupervisorLog
+    ) -> JobOutcome:
+        exit_code: int | None = None
+        try:
+            run = await self._run(
+                service=request.service,
+                body=request.payload,
+                job_id=request.job_id,
+                workspace=workspace,
+                slog=slog,
+                time_limit=self._job_timeout,
+            )
+            exit_code = run.result.exit_code
+            if run.succeeded:
+                await stage_out(service=request.service, stores=self._stores, workspace=workspace, log=slog)
+                status = JobStatus.SUCCEEDED
+            else:
+                status = JobStatus.FAILED
+        except OscarError as exc:
+            slog.error(f"{type(exc).__name__}: {exc.message}")
+            status = JobStatus.FAILED
+        return JobOutcome(status=status, exit_code=exit_code, log=slog.text(), finished_at=datetime.now(UTC))
+
+    # --- sync runs ---------------------------------------------------------------------------------
+
+    async def run_sync(self, request: SyncRequest) -> bytes:
+        async with self._sync_slots:
+            slog = SupervisorLog(request.service.log_level)
+            workspace = Workspace.create(self._work_root, prefix="run-")
+            try:
+                run = await self._run(
+                    service=request.service,
+                    body=request.body,
+                    job_id=f"{request.service.name}-run",
+                    workspace=workspace,
+                    slog=slog,
+                    time_limit=request.timeout,
+                )
+                if run.result.timed_out:
+                    raise RunTimeout(f"the script did not finish within {request.timeout:g} s and was killed")
+                if run.result.exit_code != 0:
+                    tail = run.result.output[-2000:].decode("utf-8", errors="replace")
+                    raise ScriptFailed(f"the script exited with code {run.result.exit_code}: {tail}")
+                await stage_out(service=request.service, stores=self._stores, workspace=workspace, log=slog)
+                return await asyncio.to_thread(
+                    render_response,
+                    invocation=run.invocation,
+                    workspace=workspace,
+                    script_output=run.result.output,
+                )
+            finally:
+                await asyncio.to_thread(workspace.cleanup)
+
+    # --- shared ------------------------------------------------------------------------------------
+
+    async def _run(
+        self,
+        *,
+        service: Service,
+        body: bytes,
+        job_id: str,
+        workspace: Workspace,
+        slog: SupervisorLog,
+        time_limit: float | None,
+    ) -> _Run:
+        invocation = Invocation.read(body)
+        input_path = await stage_in(
+            invocation=invocation, service=service, stores=self._stores, workspace=workspace, log=slog
+        )
+        env = script_environment(
+            service=service,
+            invocation=invocation,
+            input_path=input_path,
+            workspace=workspace,
+            job_id=job_id,
+            visible_path=lambda path: self._sandbox.job_path(workspace.root, path),
+        )
+        await asyncio.to_thread(workspace.write_script, service.script)
+        slog.info("Running the user script")
+        result = await self._sandbox.run(
+            ScriptRun(
+                workdir=workspace.root,
+                script=SCRIPT_NAME,
+                env=env,
+                timeout=time_limit,
+                memory_bytes=quantity_bytes(service.memory),
+                network=wants_network(service),
+            )
+        )
+        slog.output(result.output.decode("utf-8", errors="replace"))
+        if result.timed_out:
+            slog.error(f"The script was killed after the {time_limit:g} s timeout")
+        elif result.exit_code != 0:
+            slog.error(f"The script exited with code {result.exit_code}")
+        return _Run(invocation=invocation, result=result)

@@ -1,0 +1,159 @@
+"""Bucket notifications (MinIO / S3 ``Records``) and the invocation bodies jobs receive.
+
+MinIO posts its S3-style notification to ``/job/{service}``; the local folder watcher and, later, the
+MinIO listener produce the same shape, so jobs and the supervisor see one kind of storage event.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote, unquote_plus
+
+from oscar_manager.errors import BadRequest
+
+STORAGE_EVENT_SOURCES = frozenset({"aws:s3", "minio:s3"})
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectEvent:
+    """One object-created notification: which object, which version of it."""
+
+    bucket: str
+    key: str  # decoded: the real object key
+    etag: str
+    size: int
+    event_time: str
+    event_name: str = "s3:ObjectCreated:Put"
+    principal: str = ""
+
+    def dedup_key(self, service: str) -> str:
+        """Same object, same content, same service: the same event, however often it is delivered."""
+        return f"object:{service}:{self.bucket}/{self.key}@{self.etag}"
+
+
+@dataclass(frozen=True, slots=True)
+class InputRoute:
+    """One service input: events for objects under ``bucket/folder/`` go to ``service``."""
+
+    service: str
+    provider: str
+    bucket: str
+    folder: str
+    # Objects older than the service are not its events (used when reconciling after a restart).
+    since: datetime
+
+    def matches(self, bucket: str, key: str) -> bool:
+        return bucket == self.bucket and (not self.folder or key.startswith(self.folder + "/"))
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def notification(event: ObjectEvent) -> dict[str, Any]:
+    """A MinIO-style notification body for ``event`` (what scripts find in ``$EVENT``)."""
+    encoded_key = quote(event.key, safe="")
+    return {
+        "EventName": event.event_name,
+        "Key": f"{event.bucket}/{event.key}",
+        "Records": [
+            {
+                "eventVersion": "2.0",
+                "eventSource": "minio:s3",
+                "awsRegion": "",
+                "eventTime": event.event_time,
+                "eventName": event.event_name,
+                "userIdentity": {"principalId": event.principal},
+                "requestParameters": {"principalId": event.principal, "region": "", "sourceIPAddress": ""},
+                "responseElements": {},
+                "s3": {
+                    "s3SchemaVersion": "1.0",
+                    "configurationId": "Config",
+                    "bucket": {
+                        "name": event.bucket,
+                        "ownerIdentity": {"principalId": event.principal},
+                        "arn": f"arn:aws:s3:::{event.bucket}",
+                    },
+                    "object": {"key": encoded_key, "size": event.size, "eTag": event.etag},
+                },
+            }
+        ],
+    }
+
+
+def _record_event(record: Any) -> ObjectEvent | None:
+    if not isinstance(record, dict) or record.get("eventSource") not in STORAGE_EVENT_SOURCES:
+        return None
+    s3 = record.get("s3")
+    if not isinstance(s3, dict):
+        raise BadRequest("malformed notification record: 's3' must be an object")
+    bucket = (s3.get("bucket") or {}).get("name") if isinstance(s3.get("bucket"), dict) else None
+    obj = s3.get("object")
+    if not isinstance(bucket, str) or not bucket or not isinstance(obj, dict):
+        raise BadRequest("malformed notification record: missing s3.bucket.name or s3.object")
+    raw_key = obj.get("key")
+    if not isinstance(raw_key, str) or not raw_key:
+        raise BadRequest("malformed notification record: missing s3.object.key")
+    identity = record.get("userIdentity")
+    principal = identity.get("principalId", "") if isinstance(identity, dict) else ""
+    size = obj.get("size", 0)
+    return ObjectEvent(
+        bucket=bucket,
+        # Keys arrive URL-encoded (``input%2Fmy+file.txt``), as faas-supervisor decodes them.
+        key=unquote_plus(raw_key),
+        etag=str(obj.get("eTag") or obj.get("versionId") or obj.get("sequencer") or ""),
+        size=size if isinstance(size, int) else 0,
+        event_time=str(record.get("eventTime") or ""),
+        event_name=str(record.get("eventName") or ""),
+        principal=principal if isinstance(principal, str) else "",
+    )
+
+
+def object_events(document: Any) -> list[ObjectEvent] | None:
+    """The object events in a parsed body, or None when it is not a storage notification at all."""
+    if not isinstance(document, dict) or "Records" not in document:
+        return None
+    records = document["Records"]
+    if not isinstance(records, list):
+        raise BadRequest("malformed notification: 'Records' must be a list")
+    events = [event for event in map(_record_event, records) if event is not None]
+    return events if events or not records else None
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON value of a body, or None when it is not JSON."""
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def decode_payload(body: bytes) -> bytes:
+    """The input file of a non-storage invocation: a JSON body as JSON text, anything else base64-decoded.
+
+    That is what the OSCAR supervisor does, so clients send files base64-encoded. Whitespace (line breaks
+    from ``base64`` tools) is ignored; anything else that is not base64 is a 400.
+    """
+    document = parse_json(body)
+    if document is not None:
+        return json.dumps(document).encode()
+    compact = b"".join(body.split())
+    try:
+        return base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("the request body must be base64-encoded (or a JSON document)") from None
+
+
+def payload_dedup_key(service: str, idempotency_key: str | None) -> str:
+    """Plain invocations are distinct unless the client names them with an Idempotency-Key."""
+    if idempotency_key:
+        digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
+        return f"request:{service}:{digest}"
+    return f"request:{service}:{uuid.uuid4().hex}"

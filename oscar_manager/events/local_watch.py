@@ -1,0 +1,164 @@
+"""Files dropped into local buckets become events (inotify), and files missed while down are found again.
+
+The whole buckets tree is watched, so creating a service needs no watch bookkeeping: each batch of file
+events is routed against the services' inputs as they are at that moment. Only finished files count:
+``IN_CLOSE_WRITE`` (written in place) and ``IN_MOVED_TO`` (renamed in, as our own uploads do), never a
+half-written file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from asyncinotify import Event, Inotify, Mask
+
+from oscar_manager.domain.events import InputRoute, ObjectEvent, now_rfc3339
+from oscar_manager.storage.base import InvalidKey, ObjectInfo
+from oscar_manager.storage.keys import validate_bucket, validate_key
+from oscar_manager.storage.local import LocalObjectStore
+
+log = logging.getLogger(__name__)
+
+_DIRECTORY_MASK = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.CREATE | Mask.ONLYDIR | Mask.DONT_FOLLOW
+LOCAL_PROVIDER_TYPES = ("minio.default",)
+
+Routes = Callable[[], Awaitable[list[InputRoute]]]
+Enqueue = Callable[[str, ObjectEvent], Awaitable[None]]
+
+
+def object_event(info: ObjectInfo) -> ObjectEvent:
+    return ObjectEvent(
+        bucket=info.bucket,
+        key=info.key,
+        etag=info.etag,
+        size=info.size,
+        event_time=now_rfc3339(),
+        principal="local",
+    )
+
+
+class LocalBucketWatcher:
+    def __init__(self, store: LocalObjectStore, *, routes: Routes, enqueue: Enqueue) -> None:
+        self._store = store
+        self._root = store.root
+        self._routes = routes
+        self._enqueue = enqueue
+        self._inotify: Inotify | None = None
+        self._watched: dict[Path, object] = {}
+        self.ready = asyncio.Event()
+
+    async def reconcile(self) -> int:
+        """Enqueue objects under service inputs that arrived after the service and have no event yet."""
+        count = 0
+        for route in await self._routes():
+            if route.provider not in LOCAL_PROVIDER_TYPES:
+                continue
+            prefix = f"{route.folder}/" if route.folder else ""
+            if not await self._store.bucket_exists(route.bucket):
+                continue
+            for info in await self._store.list_objects(route.bucket, prefix):
+                if info.last_modified >= route.since:
+                    await self._enqueue(route.service, object_event(info))
+                    count += 1
+        return count
+
+    async def run(self) -> None:
+        self._root.mkdir(parents=True, exist_ok=True)
+        with Inotify() as inotify:
+            self._inotify = inotify
+            await asyncio.to_thread(self._watch_tree, self._root)
+            self.ready.set()
+            # Watches are in place: whatever arrived before (or while we were down) is found now.
+            found = await self.reconcile()
+            if found:
+                log.info("reconciled %d object(s) in local input folders", found)
+            try:
+                async for event in inotify:
+                    await self._handle([event, *self._drain(inotify)])
+            finally:
+                self._inotify = None
+                self._watched.clear()
+
+    def _drain(self, inotify: Inotify) -> list[Event]:
+        """Events already read and waiting: handled as one batch so routes are loaded once per batch."""
+        batch: list[Event] = []
+        while (event := inotify.sync_get()) is not None:
+            batch.append(event)
+        return batch
+
+    def _watch_tree(self, top: Path) -> None:
+        for directory, subdirs, _files in os.walk(top, followlinks=False):
+            subdirs[:] = [name for name in subdirs if not name.startswith(".")]
+            self._add_watch(Path(directory))
+
+    def _add_watch(self, directory: Path) -> None:
+        if directory in self._watched or self._inotify is None:
+            return
+        try:
+            self._watched[directory] = self._inotify.add_watch(directory, _DIRECTORY_MASK)
+        except OSError as exc:  # vanished meanwhile, or not a directory any more
+            log.debug("cannot watch %s: %s", directory, exc)
+
+    async def _handle(self, events: list[Event]) -> None:
+        files: list[Path] = []
+        for event in events:
+            if event.mask & Mask.Q_OVERFLOW:
+                log.warning("inotify queue overflowed: reconciling the bucket folders")
+                await self.reconcile()
+                continue
+            if event.path is None:
+                continue
+            if event.mask & Mask.ISDIR:
+                if event.mask & (Mask.CREATE | Mask.MOVED_TO) and not event.path.name.startswith("."):
+                    # Files may already be inside a folder moved in or created before its watch existed.
+                    await asyncio.to_thread(self._watch_tree, event.path)
+                    files.extend(await asyncio.to_thread(_files_under, event.path))
+                continue
+            if event.mask & (Mask.CLOSE_WRITE | Mask.MOVED_TO):
+                files.append(event.path)
+        if files:
+            await self._route(files)
+
+    async def _route(self, files: list[Path]) -> None:
+        routes = [route for route in await self._routes() if route.provider in LOCAL_PROVIDER_TYPES]
+        for path in files:
+            located = self._locate(path)
+            if located is None:
+                continue
+            bucket, key = located
+            targets = [route for route in routes if route.matches(bucket, key)]
+            if not targets:
+                continue
+            info = await self._store.stat(bucket, key)
+            if info is None:  # gone again, or a symlink
+                continue
+            for route in targets:
+                await self._enqueue(route.service, object_event(info))
+
+    def _locate(self, path: Path) -> tuple[str, str] | None:
+        try:
+            relative = path.relative_to(self._root)
+        except ValueError:
+            return None
+        parts = relative.parts
+        if len(parts) < 2 or parts[0].startswith("."):
+            return None
+        bucket, key = parts[0], "/".join(parts[1:])
+        try:
+            validate_bucket(bucket)
+            validate_key(key)
+        except InvalidKey:
+            log.warning("ignoring %s: not a valid bucket/key", path)
+            return None
+        return bucket, key
+
+
+def _files_under(directory: Path) -> list[Path]:
+    found: list[Path] = []
+    for folder, _subdirs, files in os.walk(directory, followlinks=False):
+        found.extend(Path(folder) / name for name in files)
+    return found

@@ -1,0 +1,110 @@
+"""Buckets and objects over HTTP: listing, upload, download and presigned URLs.
+
+On the embedded default the store is local folders and presigned URLs point back at this manager (signed
+with a key kept in the data directory); with MinIO they will be MinIO's own.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from oscar_manager.errors import BadRequest
+from oscar_manager.storage.base import BucketNotFound, ObjectInfo, ObjectNotFound, ObjectStore
+from oscar_manager.storage.keys import validate_bucket, validate_key
+from oscar_manager.storage.presign import PresignSigner, expiry
+
+OPERATIONS = {"upload": "PUT", "download": "GET"}
+
+
+@dataclass(frozen=True, slots=True)
+class Presigned:
+    object_key: str
+    operation: str
+    method: str
+    path: str  # absolute path and query on this manager
+    expires_at: int
+
+
+def _bucket_view(name: str) -> dict[str, Any]:
+    return {"bucket_name": name, "visibility": "private", "allowed_users": [], "owner": "", "metadata": {}}
+
+
+async def list_buckets(store: ObjectStore) -> list[dict[str, Any]]:
+    return [_bucket_view(name) for name in await store.list_buckets()]
+
+
+async def get_bucket(store: ObjectStore, *, bucket: str, page: str, limit: int) -> dict[str, Any]:
+    validate_bucket(bucket)
+    if not await store.bucket_exists(bucket):
+        raise BucketNotFound(f"bucket {bucket!r} not found")
+    objects = [info for info in await store.list_objects(bucket) if info.key > page]
+    shown = objects[:limit]
+    truncated = len(objects) > limit
+    return {
+        **_bucket_view(bucket),
+        "objects": [
+            {
+                "object_name": info.key,
+                "size_bytes": info.size,
+                "last_modified": info.last_modified.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+            for info in shown
+        ],
+        "next_page": shown[-1].key if truncated else "",
+        "is_truncated": truncated,
+        "returned_items": len(shown),
+    }
+
+
+async def create_bucket(store: ObjectStore, *, bucket: str) -> None:
+    await store.ensure_bucket(validate_bucket(bucket))
+
+
+async def existing_object(store: ObjectStore, *, bucket: str, key: str) -> ObjectInfo:
+    validate_bucket(bucket)
+    validate_key(key)
+    info = await store.stat(bucket, key)
+    if info is None:
+        raise ObjectNotFound(f"object {key!r} not found in bucket {bucket!r}")
+    return info
+
+
+async def writable_bucket(store: ObjectStore, *, bucket: str, key: str) -> None:
+    validate_bucket(bucket)
+    validate_key(key)
+    if not await store.bucket_exists(bucket):
+        raise BucketNotFound(f"bucket {bucket!r} not found")
+
+
+async def presign(
+    store: ObjectStore,
+    signer: PresignSigner,
+    *,
+    bucket: str,
+    key: str,
+    operation: str,
+    expires_in: int | None,
+) -> Presigned:
+    method = OPERATIONS.get(operation)
+    if method is None:
+        raise BadRequest(f"invalid operation {operation!r}: use 'upload' or 'download'")
+    if operation == "download":
+        await existing_object(store, bucket=bucket, key=key)
+    else:
+        await writable_bucket(store, bucket=bucket, key=key)
+    expires_at = expiry(expires_in, time.time())
+    query = signer.query(bucket=bucket, key=key, operation=operation, expires_at=expires_at)
+    return Presigned(
+        object_key=key,
+        operation=operation,
+        method=method,
+        path=presigned_path(bucket, key, query),
+        expires_at=expires_at,
+    )
+
+
+def presigned_path(bucket: str, key: str, query: dict[str, str]) -> str:
+    return f"/storage/{bucket}/{quote(key, safe='/')}?{urlencode(query)}"

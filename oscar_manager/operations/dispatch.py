@@ -1,0 +1,93 @@
+"""Turn recorded events into jobs on the backend, with retries and crash recovery."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from oscar_manager.backends.base import Backend, BackendUnavailable, JobRequest
+from oscar_manager.domain.jobs import JobOutcome, JobStatus
+from oscar_manager.domain.service import Service
+from oscar_manager.registry import Database
+from oscar_manager.registry.repository import ClaimedEvent
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 64
+
+
+def backoff(attempt: int) -> float:
+    """Seconds before retry ``attempt`` + 1: 1, 2, 4 ... capped at five minutes."""
+    return float(min(2 ** (attempt - 1), 300))
+
+
+async def recover(database: Database) -> int:
+    """At start-up: events a previous run claimed but never finished go back to the queue.
+
+    A job of the local executor dies with the manager, so it is run again; a Kubernetes Job that was
+    created answers 409 to the resubmission, which counts as done. Assumes one manager per database.
+    """
+    async with database.transaction() as tx:
+        released = await tx.events.release_claimed()
+    if released:
+        log.info("recovered %d event(s) left claimed by a previous run", released)
+    return released
+
+
+class Dispatcher:
+    def __init__(self, database: Database, backend: Backend, *, max_attempts: int) -> None:
+        self._database = database
+        self._backend = backend
+        self._max_attempts = max_attempts
+
+    async def dispatch_once(self) -> int:
+        """Claim what the backend can take and submit it; return how many events were claimed."""
+        slots = min(self._backend.free_slots(), MAX_BATCH)
+        if slots <= 0:
+            return 0
+        ready: list[tuple[ClaimedEvent, Service]] = []
+        async with self._database.transaction() as tx:
+            claimed = await tx.events.claim(limit=slots)
+            services: dict[str, Service | None] = {}
+            for event in claimed:
+                if event.service not in services:
+                    services[event.service] = await tx.services.get(event.service)
+                service = services[event.service]
+                if service is None:
+                    await tx.events.fail(event.id, error=f"service {event.service!r} no longer exists")
+                    continue
+                await tx.jobs.prepare(job_id=event.job_id, service=event.service, event_id=event.id)
+                ready.append((event, service))
+        for event, service in ready:
+            await self._submit(event, service)
+        return len(claimed)
+
+    async def _submit(self, event: ClaimedEvent, service: Service) -> None:
+        request = JobRequest(
+            job_id=event.job_id, service=service, payload=event.payload, attempt=event.attempts
+        )
+        try:
+            await self._backend.submit(request)
+        except BackendUnavailable as exc:
+            await self._failed_submission(event, exc.message)
+            return
+        if self._backend.durable_submissions:
+            async with self._database.transaction() as tx:
+                await tx.events.complete(event.id)
+
+    async def _failed_submission(self, event: ClaimedEvent, reason: str) -> None:
+        async with self._database.transaction() as tx:
+            if event.attempts < self._max_attempts:
+                delay = backoff(event.attempts)
+                log.warning("job %s not submitted (%s); retry in %.0f s", event.job_id, reason, delay)
+                await tx.events.retry(event.id, error=reason, delay=delay)
+                return
+            log.error("job %s given up after %d attempts: %s", event.job_id, event.attempts, reason)
+            await tx.events.fail(event.id, error=reason)
+            message = f"the job could not be submitted after {event.attempts} attempts: {reason}\n"
+            await tx.jobs.finish(
+                event.job_id,
+                outcome=JobOutcome(
+                    status=JobStatus.FAILED, exit_code=None, log=message, finished_at=datetime.now(UTC)
+                ),
+            )

@@ -1,0 +1,82 @@
+"""The durable intake: every event is recorded, with its dedup key, before it is acknowledged."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from oscar_manager.domain.events import (
+    ObjectEvent,
+    decode_payload,
+    notification,
+    object_events,
+    parse_json,
+    payload_dedup_key,
+)
+from oscar_manager.domain.jobs import job_name
+from oscar_manager.domain.service import Service
+from oscar_manager.registry import Database, Transaction
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    job_ids: list[str]
+    new: int
+
+
+def _single_record(document: dict[str, Any], record: Any) -> bytes:
+    return json.dumps({**document, "Records": [record]}).encode()
+
+
+def _items(service: Service, body: bytes, idempotency_key: str | None) -> list[tuple[str, bytes]]:
+    """(dedup key, job payload) for each job a body asks for; raises 400 before anything is written."""
+    document = parse_json(body)
+    events = object_events(document)
+    if events:
+        assert isinstance(document, dict)
+        records = [r for r in document["Records"] if isinstance(r, dict) and "s3" in r]
+        if len(events) == 1:
+            return [(events[0].dedup_key(service.name), body)]
+        return [
+            (event.dedup_key(service.name), _single_record(document, record))
+            for event, record in zip(events, records, strict=True)
+        ]
+    decode_payload(body)  # a plain invocation must be JSON or base64, as the supervisor will read it
+    return [(payload_dedup_key(service.name, idempotency_key), body)]
+
+
+async def _record(tx: Transaction, service: str, items: list[tuple[str, bytes]]) -> Accepted:
+    job_ids: list[str] = []
+    new = 0
+    for dedup_key, payload in items:
+        job_id = job_name(service, dedup_key)
+        if await tx.events.enqueue(dedup_key=dedup_key, service=service, job_id=job_id, payload=payload):
+            new += 1
+        job_ids.append(job_id)
+    return Accepted(job_ids=job_ids, new=new)
+
+
+class Intake:
+    """Records events in their own transaction and wakes the dispatcher once they are committed."""
+
+    def __init__(self, database: Database, *, wake: Callable[[], None]) -> None:
+        self._database = database
+        self._wake = wake
+
+    async def invocation(self, *, service: Service, body: bytes, idempotency_key: str | None) -> Accepted:
+        items = _items(service, body, idempotency_key)
+        async with self._database.transaction() as tx:
+            accepted = await _record(tx, service.name, items)
+        if accepted.new:
+            self._wake()
+        return accepted
+
+    async def object_event(self, *, service: str, event: ObjectEvent) -> Accepted:
+        payload = json.dumps(notification(event)).encode()
+        async with self._database.transaction() as tx:
+            accepted = await _record(tx, service, [(event.dedup_key(service), payload)])
+        if accepted.new:
+            self._wake()
+        return accepted

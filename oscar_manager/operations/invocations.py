@@ -1,0 +1,35 @@
+"""Who may invoke a service (``/job``, ``/run``) and the sync run itself."""
+
+from __future__ import annotations
+
+from oscar_manager.auth.basic import BasicAuthenticator
+from oscar_manager.auth.tokens import BEARER_CHALLENGE, bearer_token, token_matches
+from oscar_manager.backends.base import Backend, SyncRequest
+from oscar_manager.domain.service import Service
+from oscar_manager.errors import NotFound, Unauthorized
+from oscar_manager.registry import Database
+
+
+async def service_for_invocation(
+    database: Database, *, name: str, authorization: str | None, basic: BasicAuthenticator
+) -> Service:
+    """The service, if the caller presents its token (Bearer) or the admin's Basic credentials."""
+    if not authorization:
+        raise Unauthorized(
+            "an Authorization header is required (Bearer <service token>)", headers=BEARER_CHALLENGE
+        )
+    async with database.transaction() as tx:
+        service = await tx.services.get(name)
+    if service is None:
+        raise NotFound(f"service {name!r} not found")
+    token = bearer_token(authorization)
+    if token is not None:
+        if not token_matches(service.token, token):
+            raise Unauthorized("invalid token for this service", headers=BEARER_CHALLENGE)
+        return service
+    basic.authenticate(authorization)  # the admin may invoke any service; raises 401 otherwise
+    return service
+
+
+async def run_sync(backend: Backend, *, service: Service, body: bytes, time_limit: float) -> bytes:
+    return await backend.run_sync(SyncRequest(service=service, body=body, timeout=time_limit))

@@ -1,0 +1,97 @@
+"""Job records: progress reported by backends, listing, logs and deletion."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import datetime
+
+from oscar_manager.backends.base import Backend
+from oscar_manager.domain.jobs import JobOutcome, JobRecord, JobStatus
+from oscar_manager.domain.principal import Principal
+from oscar_manager.errors import BadRequest, NotFound
+from oscar_manager.operations import services
+from oscar_manager.registry import Database, Transaction
+
+
+class DatabaseJobReporter:
+    """Backends report here; rows are updated in their own short transactions."""
+
+    def __init__(self, database: Database, *, complete_events_on_finish: bool) -> None:
+        self._database = database
+        self._complete_events = complete_events_on_finish
+
+    async def started(self, job_id: str, *, at: datetime) -> None:
+        async with self._database.transaction() as tx:
+            await tx.jobs.mark_running(job_id, at=at)
+
+    async def finished(self, job_id: str, *, outcome: JobOutcome) -> None:
+        async with self._database.transaction() as tx:
+            await tx.jobs.finish(job_id, outcome=outcome)
+            if self._complete_events:
+                await tx.events.complete_for_job(job_id)
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    jobs: list[JobRecord]
+    next_page: str | None
+    remaining: int
+
+
+def _encode_cursor(job: JobRecord) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(token: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        created, _, job_id = raw.partition("|")
+        return datetime.fromisoformat(created), job_id
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadRequest(f"invalid page token {token!r}") from None
+
+
+async def page(tx: Transaction, *, principal: Principal, service: str, page: str, limit: int) -> JobPage:
+    await services.read(tx, principal=principal, name=service)
+    after = _decode_cursor(page) if page else None
+    jobs = await tx.jobs.page(service, limit=limit + 1, after=after)
+    has_more = len(jobs) > limit
+    jobs = jobs[:limit]
+    next_page = _encode_cursor(jobs[-1]) if has_more else None
+    remaining = await tx.jobs.count(service, after=(jobs[-1].created_at, jobs[-1].id)) if has_more else 0
+    return JobPage(jobs=jobs, next_page=next_page, remaining=remaining)
+
+
+async def log(tx: Transaction, *, principal: Principal, service: str, job_id: str) -> str:
+    await services.read(tx, principal=principal, name=service)
+    text = await tx.jobs.log(service, job_id)
+    if text is None:
+        raise NotFound(f"job {job_id!r} of service {service!r} not found")
+    return text
+
+
+async def delete(
+    tx: Transaction, *, principal: Principal, backend: Backend, service: str, job_id: str
+) -> None:
+    await services.read(tx, principal=principal, name=service)
+    if await tx.jobs.get(service, job_id) is None:
+        raise NotFound(f"job {job_id!r} of service {service!r} not found")
+    await backend.cancel(job_id)
+    await tx.jobs.delete(service, job_id)
+    await tx.events.complete_for_job(job_id)
+
+
+async def delete_many(
+    tx: Transaction, *, principal: Principal, backend: Backend, service: str, everything: bool
+) -> list[str]:
+    """Delete the service's succeeded jobs (as upstream), or all of them with ``everything``."""
+    await services.read(tx, principal=principal, name=service)
+    statuses = None if everything else [JobStatus.SUCCEEDED]
+    deleted = await tx.jobs.delete_where(service, statuses=statuses)
+    for job_id in deleted:
+        await backend.cancel(job_id)
+        await tx.events.complete_for_job(job_id)
+    return deleted

@@ -1,0 +1,90 @@
+"""Everything the running manager owns, built from the settings, started and stopped in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from pathlib import Path
+
+from oscar_manager.backends.local import LocalBackend
+from oscar_manager.backends.sandbox import Sandbox
+from oscar_manager.domain.events import InputRoute, ObjectEvent
+from oscar_manager.events.local_watch import LocalBucketWatcher
+from oscar_manager.operations import Database
+from oscar_manager.operations.dispatch import Dispatcher, recover
+from oscar_manager.operations.intake import Intake
+from oscar_manager.operations.jobs import DatabaseJobReporter
+from oscar_manager.settings import Settings
+from oscar_manager.storage.local import LocalObjectStore
+from oscar_manager.storage.presign import PresignSigner
+from oscar_manager.storage.providers import Stores
+from oscar_manager.workers.base import LoopWorker, SupervisedTask
+
+log = logging.getLogger(__name__)
+
+
+def _presign_secret(path: Path) -> bytes:
+    """Kept in the data directory, so URLs handed out stay valid across a restart until they expire."""
+    if path.exists():
+        return bytes.fromhex(path.read_text().strip())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_bytes(32)
+    path.touch(mode=0o600)
+    path.write_text(secret.hex() + "\n")
+    return secret
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.database = Database(settings.database_url)
+        self.local_store = LocalObjectStore(settings.buckets_dir)
+        self.stores = Stores(self.local_store)
+        self.presigner = PresignSigner(_presign_secret(settings.oscar_data_dir / "presign-key"))
+        self.sandbox = Sandbox(require=settings.oscar_require_sandbox)
+        self.backend = LocalBackend(
+            stores=self.stores,
+            sandbox=self.sandbox,
+            work_root=settings.work_dir,
+            concurrency=settings.oscar_local_concurrency,
+            job_timeout=settings.oscar_job_timeout,
+        )
+        self.dispatcher = Dispatcher(
+            self.database, self.backend, max_attempts=settings.oscar_dispatch_max_attempts
+        )
+        self.dispatch_loop = LoopWorker(
+            "dispatcher", self.dispatcher.dispatch_once, interval=settings.oscar_dispatch_interval
+        )
+        self.intake = Intake(self.database, wake=self.dispatch_loop.wake)
+        self.watcher = LocalBucketWatcher(self.local_store, routes=self._routes, enqueue=self._enqueue)
+        self.watch_task = SupervisedTask("local-bucket-watcher", self.watcher.run)
+
+    async def _routes(self) -> list[InputRoute]:
+        async with self.database.transaction() as tx:
+            return await tx.services.input_routes()
+
+    async def _enqueue(self, service: str, event: ObjectEvent) -> None:
+        await self.intake.object_event(service=service, event=event)
+
+    async def start(self) -> None:
+        await recover(self.database)
+        reporter = DatabaseJobReporter(
+            self.database, complete_events_on_finish=not self.backend.durable_submissions
+        )
+        await self.backend.start(reporter)
+        self.watch_task.start()
+        try:
+            await asyncio.wait_for(self.watcher.ready.wait(), timeout=30)
+        except TimeoutError:
+            log.error("the local bucket watcher did not start within 30 s")
+        if self.settings.oscar_dispatch:
+            self.dispatch_loop.start()
+        else:
+            log.warning("OSCAR_DISPATCH is off: events are recorded but no job runs")
+
+    async def stop(self) -> None:
+        await self.dispatch_loop.stop()
+        await self.watch_task.stop()
+        await self.backend.stop()
+        await self.database.dispose()

@@ -1,0 +1,73 @@
+"""The seam between the manager and wherever objects live."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from oscar_manager.errors import BadRequest, NotFound, OscarError
+
+
+class StorageError(OscarError):
+    """The storage backend failed (unreachable, refused): the caller may retry later."""
+
+    status_code = 502
+
+
+class InvalidKey(BadRequest):
+    """A bucket name or object key that is not allowed (traversal, empty segments, control characters)."""
+
+
+class ObjectNotFound(NotFound):
+    pass
+
+
+class BucketNotFound(NotFound):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    bucket: str
+    key: str
+    size: int
+    last_modified: datetime
+    # Changes whenever the content changes: part of the dedup key of the event the object causes.
+    etag: str
+
+
+class ObjectStore(Protocol):
+    """Buckets of objects. Keys use ``/`` as separator; folders are key prefixes ending in ``/``."""
+
+    async def ensure_bucket(self, bucket: str) -> None:
+        """Create the bucket unless it exists (an existing bucket is never an error)."""
+
+    async def ensure_folder(self, bucket: str, folder: str) -> None:
+        """Make the folder ``folder/`` visible in ``bucket`` (creating the bucket if needed)."""
+
+    async def bucket_exists(self, bucket: str) -> bool: ...
+
+    async def list_buckets(self) -> list[str]: ...
+
+    async def list_objects(self, bucket: str, prefix: str = "") -> list[ObjectInfo]:
+        """Every object under ``prefix`` (recursively), sorted by key; folder markers excluded."""
+
+    async def stat(self, bucket: str, key: str) -> ObjectInfo | None: ...
+
+    async def put_file(self, bucket: str, key: str, source: Path) -> ObjectInfo:
+        """Store a local file's content; the object appears whole or not at all."""
+
+    async def put_stream(self, bucket: str, key: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
+        """Store streamed content without holding it all in memory; appears whole or not at all."""
+
+    async def get_file(self, bucket: str, key: str, target: Path) -> ObjectInfo:
+        """Write the object's content to ``target`` (streamed)."""
+
+    def read_stream(self, bucket: str, key: str) -> AsyncIterator[bytes]:
+        """The object's content in chunks; raises ``ObjectNotFound`` on first iteration if missing."""
+        ...
+
+    async def delete_object(self, bucket: str, key: str) -> bool: ...

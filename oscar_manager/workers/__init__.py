@@ -1,0 +1,1 @@
+"""Supervised background loops, started and stopped with the application."""
