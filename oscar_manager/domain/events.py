@@ -136,13 +136,14 @@ def parse_json(body: bytes) -> Any:
 
 
 def decode_payload(body: bytes) -> bytes:
-    """The input file of a non-storage invocation: a JSON body as JSON text, anything else base64-decoded.
+    """The input file of a non-storage invocation: a JSON object as JSON text, anything else base64-decoded.
 
     That is what the OSCAR supervisor does, so clients send files base64-encoded. Whitespace (line breaks
     from ``base64`` tools) is ignored; anything else that is not base64 is a 400.
     """
     document = parse_json(body)
-    if document is not None:
+    # Only a JSON object counts as JSON: "1234" is valid base64 as well as a JSON number.
+    if isinstance(document, dict):
         return json.dumps(document).encode()
     compact = b"".join(body.split())
     try:

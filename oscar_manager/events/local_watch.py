@@ -68,7 +68,8 @@ class LocalBucketWatcher:
 
     async def run(self) -> None:
         self._root.mkdir(parents=True, exist_ok=True)
-        with Inotify() as inotify:
+        # sync_timeout=0: draining already-read events must never block the event loop.
+        with Inotify(sync_timeout=0) as inotify:
             self._inotify = inotify
             await asyncio.to_thread(self._watch_tree, self._root)
             self.ready.set()

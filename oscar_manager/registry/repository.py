@@ -52,7 +52,7 @@ class ServiceRepository:
             select(ServiceRow.name, ServiceRow.definition, ServiceRow.created_at)
         )
         routes = []
-        for name, definition, created_at in rows.tuples():
+        for name, definition, created_at in rows:
             for entry in definition.get("input") or []:
                 bucket, _, folder = str(entry.get("path", "")).partition("/")
                 routes.append(
@@ -207,7 +207,7 @@ class EventRepository:
 
     async def counts(self) -> dict[str, int]:
         rows = await self._session.execute(select(EventRow.status, func.count()).group_by(EventRow.status))
-        return {status: int(count) for status, count in rows.tuples()}
+        return {status: int(count) for status, count in rows}
 
     async def delete_for_service(self, service: str) -> None:
         await self._session.execute(delete(EventRow).where(EventRow.service == service))

@@ -238,6 +238,10 @@ class LocalObjectStore:
                 raise Conflict(
                     f"cannot create folder {folder!r} in bucket {bucket!r}: a file or symlink is in the way"
                 ) from None
+            if exc.errno == errno.ENAMETOOLONG:
+                raise InvalidKey(
+                    f"invalid folder {folder!r}: a segment is too long for the filesystem"
+                ) from None
             raise _storage_error(f"create folder {folder!r} in bucket {bucket!r}", exc) from None
 
     def _bucket_exists(self, bucket: str) -> bool:
@@ -264,40 +268,43 @@ class LocalObjectStore:
 
     def _list_objects(self, bucket: str, prefix: str) -> list[ObjectInfo]:
         found: list[ObjectInfo] = []
-        pending = [("", self._open_bucket(bucket))]
+
+        # Depth first, holding one descriptor per level (depth is bounded by the key length), never
+        # one per pending sibling.
+        def walk(fd: int, folder: str) -> None:
+            with os.scandir(fd) as scan:
+                entries = list(scan)
+            for entry in entries:
+                key = folder + entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    sub = key + "/"
+                    # String-prefix semantics: only descend where a match is still possible.
+                    if not (sub.startswith(prefix) or prefix.startswith(sub)):
+                        continue
+                    if not _is_valid_key(sub, folder=True):
+                        continue
+                    try:
+                        sub_fd = _open_dir(entry.name, dir_fd=fd, create=False)
+                    except OSError as exc:  # replaced since scandir saw it
+                        if exc.errno in _ABSENT:
+                            continue
+                        raise
+                    try:
+                        walk(sub_fd, sub)
+                    finally:
+                        os.close(sub_fd)
+                # A file named so that it could not be read back is not an object.
+                elif key.startswith(prefix) and entry.is_file(follow_symlinks=False) and _is_valid_key(key):
+                    with contextlib.suppress(FileNotFoundError):
+                        found.append(_info(bucket, key, entry.stat(follow_symlinks=False)))
+
+        fd = self._open_bucket(bucket)
         try:
-            while pending:
-                folder, fd = pending.pop()
-                try:
-                    with os.scandir(fd) as entries:
-                        for entry in entries:
-                            key = folder + entry.name
-                            if entry.is_dir(follow_symlinks=False):
-                                sub = key + "/"
-                                # String-prefix semantics: only descend where a match is still possible.
-                                if (sub.startswith(prefix) or prefix.startswith(sub)) and _is_valid_key(
-                                    sub, folder=True
-                                ):
-                                    try:
-                                        pending.append((sub, _open_dir(entry.name, dir_fd=fd, create=False)))
-                                    except OSError as exc:  # replaced since scandir saw it
-                                        if exc.errno not in _ABSENT:
-                                            raise
-                            elif (
-                                key.startswith(prefix)
-                                and entry.is_file(follow_symlinks=False)
-                                # A file named so that it could not be read back is not an object.
-                                and _is_valid_key(key)
-                            ):
-                                with contextlib.suppress(FileNotFoundError):
-                                    found.append(_info(bucket, key, entry.stat(follow_symlinks=False)))
-                finally:
-                    os.close(fd)
+            walk(fd, "")
         except OSError as exc:
             raise _storage_error(f"list bucket {bucket!r}", exc) from None
         finally:
-            for _, fd in pending:
-                os.close(fd)
+            os.close(fd)
         found.sort(key=lambda info: info.key)
         return found
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from oscar_manager.domain.events import ObjectEvent, decode_payload, object_events, parse_json
 from oscar_manager.domain.service import BUCKET_PROVIDER_TYPES, ProviderRef, Service, StorageIOConfig
-from oscar_manager.storage.base import ObjectStore
+from oscar_manager.storage.base import InvalidKey, ObjectStore
+from oscar_manager.storage.keys import validate_key
 from oscar_manager.supervisor.log import SupervisorLog
 from oscar_manager.supervisor.workspace import Workspace
 
@@ -151,6 +152,11 @@ async def stage_out(
             if not matches_filters(name, output):
                 continue
             key = f"{folder}/{name}" if folder else name
+            try:
+                validate_key(key)
+            except InvalidKey as exc:
+                log.warning(f"Not uploading {name!r}: {exc.message}")
+                continue
             log.info(f"Uploading '{name}' to '{bucket}/{key}' on '{ref}'")
             await stores(str(ref)).put_file(bucket, key, workspace.output_dir / name)
             uploaded.append(f"{bucket}/{key}")

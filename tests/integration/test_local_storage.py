@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import os
+import resource
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -323,11 +327,6 @@ async def local_bucket(local: LocalObjectStore) -> str:
     return "bucket"
 
 
-def test_local_store_is_an_object_store(local: LocalObjectStore) -> None:
-    store: ObjectStore = local  # checked by mypy
-    assert store is local
-
-
 async def test_layout_on_disk(local: LocalObjectStore, tmp_path: Path) -> None:
     await local.ensure_folder("photos", "input")
     await local.put_stream("photos", "output/a b/é.txt", chunks(b"content"))
@@ -564,12 +563,33 @@ async def test_put_file_refuses_symlinked_or_missing_source(
 
 
 async def test_fifo_is_not_an_object(local: LocalObjectStore, local_bucket: str, tmp_path: Path) -> None:
-    os.mkfifo(local.bucket_path(local_bucket) / "pipe")
-    assert await local.list_objects(local_bucket) == []
-    assert await local.stat(local_bucket, "pipe") is None
-    async with asyncio.timeout(5):  # opening a FIFO for reading must not block
+    fifo = local.bucket_path(local_bucket) / "pipe"
+    os.mkfifo(fifo)
+
+    done = threading.Event()
+
+    def unblock() -> None:
+        # A reader stuck in open() cannot be cancelled: keep opening the write end so that the test
+        # fails instead of hanging.
+        done.wait(5)
+        while not done.wait(0.05):
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    watchdog = threading.Thread(target=unblock, daemon=True)
+    watchdog.start()
+    started = time.monotonic()
+    try:
+        assert await local.list_objects(local_bucket) == []
+        assert await local.stat(local_bucket, "pipe") is None
         with pytest.raises(ObjectNotFound):
             await local.get_file(local_bucket, "pipe", tmp_path / "out")
+        with pytest.raises(ObjectNotFound):
+            await read_all(local, local_bucket, "pipe")
+    finally:
+        done.set()
+        watchdog.join()
+    assert time.monotonic() - started < 4, "opening a FIFO blocked"
 
 
 async def test_files_dropped_by_other_programs(local: LocalObjectStore, local_bucket: str) -> None:
@@ -631,6 +651,8 @@ async def test_too_long_segment_is_an_invalid_key(local: LocalObjectStore, local
     assert await local.stat(local_bucket, key) is None
     with pytest.raises(InvalidKey, match="too long"):
         await local.put_stream(local_bucket, key, chunks(b"x"))
+    with pytest.raises(InvalidKey, match="too long"):
+        await local.ensure_folder(local_bucket, key)
     assert list((local.root / STAGING).iterdir()) == []
 
 
@@ -651,3 +673,26 @@ async def test_concurrent_puts_of_one_key(local: LocalObjectStore, local_bucket:
     content = await read_all(local, local_bucket, "same")
     assert content in bodies  # one whole version, never a mix
     assert list((local.root / STAGING).iterdir()) == []
+
+
+async def test_listing_many_folders_holds_few_descriptors(local: LocalObjectStore, local_bucket: str) -> None:
+    base = local.bucket_path(local_bucket)
+    for n in range(300):
+        (base / f"folder-{n:03}").mkdir()
+        (base / f"folder-{n:03}" / "file").write_bytes(b"")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # Fewer descriptors than there are sibling folders.
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 100, hard))
+    try:
+        listed = await keys(local, local_bucket)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert listed == [f"folder-{n:03}/file" for n in range(300)]
+
+
+async def test_deeply_nested_keys(local: LocalObjectStore, local_bucket: str) -> None:
+    key = "d/" * 400 + "leaf.txt"
+    await local.put_stream(local_bucket, key, chunks(b"deep"))
+    assert await keys(local, local_bucket) == [key]
+    assert await keys(local, local_bucket, "d/d/d/") == [key]
+    assert await read_all(local, local_bucket, key) == b"deep"

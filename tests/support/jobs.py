@@ -1,0 +1,32 @@
+"""Waiting for jobs through the API, as a client would."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+
+FINISHED = ("Succeeded", "Failed")
+
+
+async def wait_for_jobs(
+    client: httpx.AsyncClient, service: str, *, count: int, timeout: float = 30.0
+) -> dict[str, dict[str, Any]]:
+    """Poll ``/system/logs/{service}`` until ``count`` jobs have finished; return them."""
+    deadline = time.monotonic() + timeout
+    jobs: dict[str, dict[str, Any]] = {}
+    while time.monotonic() < deadline:
+        response = await client.get(f"/system/logs/{service}")
+        assert response.status_code == 200, response.text
+        jobs = response.json()["jobs"]
+        if len(jobs) >= count and all(job["status"] in FINISHED for job in jobs.values()):
+            return jobs
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"expected {count} finished job(s) of {service}, got {jobs}")
+
+
+async def settle(seconds: float = 0.5) -> None:
+    """Give background work a chance to (wrongly) do something before asserting it did not."""
+    await asyncio.sleep(seconds)
