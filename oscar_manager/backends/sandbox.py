@@ -186,13 +186,12 @@ class Sandbox:
                     await proc.wait()
             except TimeoutError:
                 timed_out = True
-                _kill_group(proc.pid, signal.SIGTERM)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(KILL_GRACE_SECONDS):
-                        await proc.wait()
-            # Like a container whose main process ends: whatever the script left running goes too.
-            _kill_group(proc.pid, signal.SIGKILL)
-            await proc.wait()
+                await self._stop(proc)
+            if self._bwrap is None:
+                # Like a container whose main process ends, whatever the script left running goes too
+                # (bubblewrap's pid namespace does that by itself). The group id cannot have been reused
+                # while any of its members is left.
+                _kill_group(proc.pid, signal.SIGKILL)
             duration = time.monotonic() - started
             await asyncio.wait([output.closed], timeout=DRAIN_SECONDS)
         finally:
@@ -211,6 +210,21 @@ class Sandbox:
         return ScriptResult(
             exit_code=exit_code, timed_out=timed_out, output=output.result(), duration=duration
         )
+
+    async def _stop(self, proc: asyncio.subprocess.Process) -> None:
+        """SIGTERM to the script's process group, a grace period, then SIGKILL."""
+        group = proc.pid
+        if self._bwrap is not None:
+            # The script runs in the session of bwrap's child (pid 1 of the sandbox); a signal to bwrap
+            # itself would kill the sandbox at once, with no grace.
+            group = _first_child(proc.pid) or proc.pid
+        _kill_group(group, signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(KILL_GRACE_SECONDS):
+                await proc.wait()
+        # With bubblewrap this kills bwrap, whose death (--die-with-parent) kills the whole sandbox.
+        _kill_group(proc.pid, signal.SIGKILL)
+        await proc.wait()
 
     def _bwrap_args(self, run: ScriptRun, env: Mapping[str, str]) -> list[str]:
         assert self._bwrap is not None
@@ -281,6 +295,14 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _first_child(pid: int) -> int | None:
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
 
 
 def _kill_group(pgid: int, sig: signal.Signals) -> None:

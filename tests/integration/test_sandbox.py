@@ -405,6 +405,15 @@ async def test_the_timeout_kills_the_script_and_all_its_descendants(sandbox: San
     assert await _wait_for_processes(argv, present=False) == []
 
 
+async def test_the_timeout_lets_the_script_clean_up_on_sigterm(sandbox: Sandbox, workdir: Path) -> None:
+    script = "trap 'echo cleaned > output/cleanup; exit 0' TERM\necho up\nwhile :; do sleep 0.05; done\n"
+    result = await run_script(sandbox, workdir, script, seconds=1)
+    assert result.timed_out
+    assert result.exit_code is None
+    assert result.output.startswith(b"up\n")  # sh may add that its `sleep` was terminated
+    assert (workdir / "output" / "cleanup").read_text() == "cleaned\n"
+
+
 async def test_a_script_ignoring_sigterm_is_killed_after_the_grace(sandbox: Sandbox, workdir: Path) -> None:
     result = await run_script(
         sandbox, workdir, "trap '' TERM\necho up\nwhile :; do sleep 0.05; done\n", seconds=1
@@ -528,11 +537,10 @@ async def test_without_stdin_the_script_reads_end_of_file(sandbox: Sandbox, work
 
 async def test_concurrent_runs_stay_apart(sandbox: Sandbox, tmp_path: Path) -> None:
     workdirs = [tmp_path / f"job {n}" for n in range(8)]
+    peek = f"if ls {shlex.quote(str(tmp_path))} >/dev/null 2>&1; then echo visible; fi\n"
     for root in workdirs:
         (root / "output").mkdir(parents=True)
-        (root / "script.sh").write_text(
-            f'echo "$N" > output/n\nif ls {shlex.quote(str(tmp_path))} >/dev/null 2>&1; then echo visible; fi\n'
-        )
+        (root / "script.sh").write_text(f'echo "$N" > output/n\n{peek}')
     runs = [
         ScriptRun(workdir=root, script="script.sh", env={"N": str(n)}, timeout=30, memory_bytes=256 * MiB)
         for n, root in enumerate(workdirs)

@@ -18,13 +18,25 @@ async def wait_for_jobs(
     deadline = time.monotonic() + timeout
     jobs: dict[str, dict[str, Any]] = {}
     while time.monotonic() < deadline:
-        response = await client.get(f"/system/logs/{service}")
-        assert response.status_code == 200, response.text
-        jobs = response.json()["jobs"]
+        jobs = await all_jobs(client, service)
         if len(jobs) >= count and all(job["status"] in FINISHED for job in jobs.values()):
             return jobs
         await asyncio.sleep(0.05)
     raise AssertionError(f"expected {count} finished job(s) of {service}, got {jobs}")
+
+
+async def all_jobs(client: httpx.AsyncClient, service: str) -> dict[str, dict[str, Any]]:
+    """Every job of the service, following ``next_page``."""
+    jobs: dict[str, dict[str, Any]] = {}
+    page = ""
+    while True:
+        response = await client.get(f"/system/logs/{service}", params={"page": page})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        jobs.update(body["jobs"])
+        page = body.get("next_page", "")
+        if not page:
+            return jobs
 
 
 async def settle(seconds: float = 0.5) -> None:

@@ -1,0 +1,219 @@
+"""/system/logs paging and deletion; /system/buckets objects, uploads and presigned URLs."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from oscar_manager.settings import Settings
+from tests.support.app import app_client
+from tests.support.jobs import wait_for_jobs
+
+pytestmark = pytest.mark.asyncio
+
+
+async def service_with_jobs(client: httpx.AsyncClient, *, count: int, script: str = "echo done\n") -> list[str]:
+    body = {"name": "svc", "image": "img", "script": script, "input": [{"path": "svc/in"}]}
+    assert (await client.post("/system/services", json=body)).status_code == 201
+    ids = []
+    for n in range(count):
+        response = await client.post("/job/svc", content=base64.b64encode(f"job {n}".encode()))
+        ids.append(response.headers["x-oscar-job-ids"])
+    await wait_for_jobs(client, "svc", count=count)
+    return ids
+
+
+@pytest.fixture
+async def paged_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(settings.model_copy(update={"job_listing_limit": 2})) as http:
+        yield http
+
+
+class TestJobList:
+    async def test_pages_cover_every_job_once(self, paged_client: httpx.AsyncClient) -> None:
+        ids = await service_with_jobs(paged_client, count=5)
+        seen: list[str] = []
+        page = ""
+        pages = 0
+        while True:
+            body = (await paged_client.get("/system/logs/svc", params={"page": page})).json()
+            assert len(body["jobs"]) <= 2
+            seen.extend(body["jobs"])
+            pages += 1
+            if "next_page" not in body:
+                break
+            assert body["remaining_jobs"] == 5 - len(seen)
+            page = body["next_page"]
+        assert pages == 3
+        assert sorted(seen) == sorted(ids)
+
+    async def test_newest_first(self, client: httpx.AsyncClient) -> None:
+        await service_with_jobs(client, count=3)
+        jobs = (await client.get("/system/logs/svc")).json()["jobs"]
+        created = [job["creation_time"] for job in jobs.values()]
+        assert created == sorted(created, reverse=True)
+
+    async def test_bad_page_token(self, client: httpx.AsyncClient) -> None:
+        await service_with_jobs(client, count=1)
+        assert (await client.get("/system/logs/svc", params={"page": "!!garbage"})).status_code == 400
+
+    async def test_unknown_service(self, client: httpx.AsyncClient) -> None:
+        assert (await client.get("/system/logs/ghost")).status_code == 404
+        assert (await client.get("/system/logs/ghost/job")).status_code == 404
+        assert (await client.delete("/system/logs/ghost")).status_code == 404
+
+    async def test_requires_admin(self, client: httpx.AsyncClient) -> None:
+        await service_with_jobs(client, count=1)
+        assert (await client.get("/system/logs/svc", auth=None)).status_code == 401
+
+
+class TestJobDeletion:
+    async def test_delete_one(self, client: httpx.AsyncClient) -> None:
+        first, second = await service_with_jobs(client, count=2)
+        assert (await client.delete(f"/system/logs/svc/{first}")).status_code == 204
+        assert (await client.get(f"/system/logs/svc/{first}")).status_code == 404
+        assert (await client.delete(f"/system/logs/svc/{first}")).status_code == 404
+        assert list((await client.get("/system/logs/svc")).json()["jobs"]) == [second]
+
+    async def test_job_of_another_service_is_404(self, client: httpx.AsyncClient) -> None:
+        (job,) = await service_with_jobs(client, count=1)
+        other = {"name": "other", "image": "img", "script": "true"}
+        await client.post("/system/services", json=other)
+        assert (await client.get(f"/system/logs/other/{job}")).status_code == 404
+        assert (await client.delete(f"/system/logs/other/{job}")).status_code == 404
+        assert (await client.get(f"/system/logs/svc/{job}")).status_code == 200
+
+    async def test_delete_all_default_removes_only_succeeded(self, client: httpx.AsyncClient) -> None:
+        script = 'grep -q fail "$INPUT_FILE_PATH" && exit 1; echo ok\n'
+        body = {"name": "svc", "image": "img", "script": script}
+        await client.post("/system/services", json=body)
+        await client.post("/job/svc", content=base64.b64encode(b"fail"))
+        await client.post("/job/svc", content=base64.b64encode(b"pass"))
+        jobs = await wait_for_jobs(client, "svc", count=2)
+        assert sorted(job["status"] for job in jobs.values()) == ["Failed", "Succeeded"]
+        assert (await client.delete("/system/logs/svc")).status_code == 204
+        left = (await client.get("/system/logs/svc")).json()["jobs"]
+        assert [job["status"] for job in left.values()] == ["Failed"]
+        assert (await client.delete("/system/logs/svc", params={"all": "true"})).status_code == 204
+        assert (await client.get("/system/logs/svc")).json()["jobs"] == {}
+
+    async def test_deleting_a_running_job_stops_it(self, client: httpx.AsyncClient) -> None:
+        body = {"name": "svc", "image": "img", "script": "echo started\nsleep 30\n"}
+        await client.post("/system/services", json=body)
+        job = (await client.post("/job/svc", content=base64.b64encode(b"x"))).headers["x-oscar-job-ids"]
+        for _ in range(200):
+            jobs = (await client.get("/system/logs/svc")).json()["jobs"]
+            if jobs.get(job, {}).get("status") == "Running":
+                break
+            await asyncio.sleep(0.05)
+        assert (await client.delete(f"/system/logs/svc/{job}")).status_code == 204
+        await asyncio.sleep(0.5)
+        # Not resurrected by the finished report of the killed run.
+        assert (await client.get("/system/logs/svc")).json()["jobs"] == {}
+
+    async def test_deleting_the_service_deletes_jobs_but_keeps_files(self, client: httpx.AsyncClient) -> None:
+        await service_with_jobs(client, count=1)
+        await client.put("/system/buckets/svc/objects/in/keep.txt", content=b"data")
+        await wait_for_jobs(client, "svc", count=2)
+        assert (await client.delete("/system/services/svc")).status_code == 204
+        assert (await client.get("/system/buckets/svc/objects/in/keep.txt")).content == b"data"
+        await client.post("/system/services", json={"name": "svc", "image": "img", "script": "true"})
+        assert (await client.get("/system/logs/svc")).json()["jobs"] == {}
+
+
+class TestObjects:
+    async def test_upload_list_download(self, client: httpx.AsyncClient) -> None:
+        assert (await client.post("/system/buckets", json={"bucket_name": "data"})).status_code == 201
+        up = await client.put("/system/buckets/data/objects/a dir/ü.bin", content=b"\x00\x01binary")
+        assert up.status_code == 201
+        assert up.json()["size"] == 8
+        bucket = (await client.get("/system/buckets/data")).json()
+        assert bucket["bucket_name"] == "data"
+        assert [(o["object_name"], o["size_bytes"]) for o in bucket["objects"]] == [("a dir/ü.bin", 8)]
+        down = await client.get("/system/buckets/data/objects/a dir/ü.bin")
+        assert down.content == b"\x00\x01binary"
+        assert "data" in [b["bucket_name"] for b in (await client.get("/system/buckets")).json()]
+
+    # Percent-encoded dots reach the server as dot segments (clients normalise literal ones away).
+    @pytest.mark.parametrize("key", ["%2E%2E/escape.txt", "a/%2E%2E/%2E%2E/b", "%2E/x", "a//b", "x/%2E%2E"])
+    async def test_traversal_refused(self, client: httpx.AsyncClient, key: str, settings: Settings) -> None:
+        await client.post("/system/buckets", json={"bucket_name": "data"})
+        response = await client.put(f"/system/buckets/data/objects/{key}", content=b"x")
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == "InvalidKey"
+        escaped = [p for p in settings.oscar_data_dir.rglob("*escape*")] + list(settings.buckets_dir.glob("b"))
+        assert escaped == []
+
+    async def test_unknown_bucket_and_object(self, client: httpx.AsyncClient) -> None:
+        assert (await client.get("/system/buckets/nothing")).status_code == 404
+        assert (await client.put("/system/buckets/nothing/objects/x", content=b"x")).status_code == 404
+        await client.post("/system/buckets", json={"bucket_name": "data"})
+        assert (await client.get("/system/buckets/data/objects/missing")).status_code == 404
+
+    async def test_invalid_bucket_name(self, client: httpx.AsyncClient) -> None:
+        assert (await client.post("/system/buckets", json={"bucket_name": "Bad_Name"})).status_code == 400
+
+    async def test_requires_admin(self, client: httpx.AsyncClient) -> None:
+        assert (await client.get("/system/buckets", auth=None)).status_code == 401
+        assert (await client.put("/system/buckets/x/objects/y", content=b"x", auth=None)).status_code == 401
+
+
+class TestPresign:
+    async def presign(self, client: httpx.AsyncClient, **body: object) -> httpx.Response:
+        return await client.post("/system/buckets/data/presign", json=body)
+
+    async def test_upload_then_download_without_credentials(self, client: httpx.AsyncClient) -> None:
+        await client.post("/system/buckets", json={"bucket_name": "data"})
+        up = await self.presign(client, object_key="in/file one.txt", operation="upload", expires_in=60)
+        assert up.status_code == 200
+        assert up.json()["method"] == "PUT"
+        target = urlsplit(up.json()["url"])
+        put = await client.put(f"{target.path}?{target.query}", content=b"presigned!", auth=None)
+        assert put.status_code == 201, put.text
+        down = await self.presign(client, object_key="in/file one.txt", operation="download")
+        assert down.json()["method"] == "GET"
+        target = urlsplit(down.json()["url"])
+        got = await client.get(f"{target.path}?{target.query}", auth=None)
+        assert got.status_code == 200
+        assert got.content == b"presigned!"
+
+    async def test_signature_is_bound_to_key_and_operation(self, client: httpx.AsyncClient) -> None:
+        await client.post("/system/buckets", json={"bucket_name": "data"})
+        await client.put("/system/buckets/data/objects/secret.txt", content=b"s")
+        await client.put("/system/buckets/data/objects/public.txt", content=b"p")
+        url = urlsplit((await self.presign(client, object_key="public.txt")).json()["url"])
+        assert (await client.get(f"{url.path}?{url.query}", auth=None)).status_code == 200
+        other = url.path.replace("public.txt", "secret.txt")
+        assert (await client.get(f"{other}?{url.query}", auth=None)).status_code == 403
+        # A download signature does not allow an upload.
+        assert (await client.put(f"{url.path}?{url.query}", content=b"x", auth=None)).status_code == 403
+        tampered = url.query.replace("signature=", "signature=0")
+        assert (await client.get(f"{url.path}?{tampered}", auth=None)).status_code == 403
+        assert (await client.get(url.path, auth=None)).status_code == 403
+
+    async def test_expired_url(self, client: httpx.AsyncClient) -> None:
+        await client.post("/system/buckets", json={"bucket_name": "data"})
+        await client.put("/system/buckets/data/objects/x.txt", content=b"x")
+        url = urlsplit((await self.presign(client, object_key="x.txt", expires_in=1)).json()["url"])
+        await asyncio.sleep(2.1)
+        assert (await client.get(f"{url.path}?{url.query}", auth=None)).status_code == 403
+
+    @pytest.mark.parametrize(
+        ("body", "status"),
+        [
+            ({"object_key": "x.txt", "operation": "delete"}, 400),
+            ({"object_key": "x.txt", "expires_in": 604801}, 400),
+            ({"object_key": "../x.txt", "operation": "upload"}, 400),
+            ({"object_key": "missing.txt"}, 404),
+            ({"operation": "upload"}, 400),
+        ],
+    )
+    async def test_bad_requests(self, client: httpx.AsyncClient, body: dict[str, object], status: int) -> None:
+        await client.post("/system/buckets", json={"bucket_name": "data"})
+        await client.put("/system/buckets/data/objects/x.txt", content=b"x")
+        assert (await self.presign(client, **body)).status_code == status
