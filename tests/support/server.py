@@ -18,8 +18,11 @@ class RunningServer:
     url: str
     workdir: Path
     process: subprocess.Popen[bytes]
+    given_password: str = ""
 
     def password(self) -> str:
+        if self.given_password:
+            return self.given_password
         return (self.workdir / "oscar-data" / "admin-password").read_text().strip()
 
 
@@ -28,12 +31,15 @@ def _executable() -> list[str]:
     return [found] if found else [sys.executable, "-m", "oscar_manager"]
 
 
-def start_server(workdir: Path, port: int) -> RunningServer:
-    # Only what a fresh shell would have: no OSCAR_*/MINIO_*/OIDC_* settings at all.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OSCAR_", "MINIO_", "OIDC_"))}
-    env["OSCAR_SERVICE_PORT"] = str(port)
+def start_server(workdir: Path, port: int, *, env: dict[str, str] | None = None) -> RunningServer:
+    # Only what a fresh shell would have: no OSCAR_*/MINIO_*/OIDC_* settings but those given.
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OSCAR_", "MINIO_", "OIDC_"))}
+    environment.update(env or {})
+    environment["OSCAR_SERVICE_PORT"] = str(port)
     with (workdir / "server.log").open("ab") as log:
-        process = subprocess.Popen([*_executable(), "serve"], cwd=workdir, env=env, stdout=log, stderr=log)
+        process = subprocess.Popen(
+            [*_executable(), "serve"], cwd=workdir, env=environment, stdout=log, stderr=log
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -41,7 +47,9 @@ def start_server(workdir: Path, port: int) -> RunningServer:
             raise AssertionError((workdir / "server.log").read_text())
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return RunningServer(url=url, workdir=workdir, process=process)
+                return RunningServer(
+                    url=url, workdir=workdir, process=process, given_password=environment.get("OSCAR_PASSWORD", "")
+                )
         except httpx.TransportError:
             pass
         time.sleep(0.1)
@@ -56,3 +64,9 @@ def stop_server(server: RunningServer) -> None:
     except subprocess.TimeoutExpired:
         server.process.kill()
         server.process.wait()
+
+
+def crash_server(server: RunningServer) -> None:
+    """SIGKILL: no shutdown code runs, as in a power cut or an OOM kill."""
+    server.process.kill()
+    server.process.wait()

@@ -1,0 +1,127 @@
+"""No event lost, none run twice: the manager killed at the worst moments, then started again."""
+
+from __future__ import annotations
+
+import base64
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.components import free_port
+from tests.support.server import RunningServer, crash_server, start_server, stop_server
+
+pytestmark = pytest.mark.server
+
+# Each run leaves a file with a unique name, so a second run of the same event would show.
+SCRIPT = 'sleep "${DELAY:-0}"\necho run > "$TMP_OUTPUT_DIR/out-$(date +%s%N)"\n'
+
+
+def client(server: RunningServer) -> httpx.Client:
+    return httpx.Client(base_url=server.url, auth=("oscar", server.password()), timeout=10)
+
+
+def create_service(server: RunningServer, *, delay: int = 0) -> None:
+    body = {
+        "name": "durable",
+        "image": "img",
+        "script": SCRIPT,
+        "environment": {"variables": {"DELAY": str(delay)}},
+        "input": [{"path": "durable/in"}],
+        "output": [{"path": "durable/out"}],
+    }
+    with client(server) as http:
+        assert http.post("/system/services", json=body).status_code == 201
+
+
+def jobs(server: RunningServer) -> dict[str, Any]:
+    with client(server) as http:
+        result: dict[str, Any] = http.get("/system/logs/durable").json()["jobs"]
+        return result
+
+
+def wait_finished(server: RunningServer, count: int, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    current: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        current = jobs(server)
+        if len(current) >= count and all(j["status"] in ("Succeeded", "Failed") for j in current.values()):
+            return current
+        time.sleep(0.1)
+    raise AssertionError(f"expected {count} finished jobs, got {current}")
+
+
+def outputs(workdir: Path) -> list[str]:
+    folder = workdir / "oscar-data" / "buckets" / "durable" / "out"
+    return sorted(path.name for path in folder.iterdir()) if folder.exists() else []
+
+
+def test_events_recorded_before_a_crash_run_exactly_once(tmp_path: Path) -> None:
+    env = {"OSCAR_PASSWORD": "pw", "OSCAR_DISPATCH": "false"}
+    server = start_server(tmp_path, free_port(), env=env)
+    create_service(server)
+    with client(server) as http:
+        for n in range(3):
+            assert http.post("/job/durable", content=base64.b64encode(b"%d" % n)).status_code == 201
+    (tmp_path / "oscar-data" / "buckets" / "durable" / "in" / "dropped.txt").write_text("file")
+    time.sleep(0.5)  # the watcher records the dropped file
+    assert jobs(server) == {}  # recorded, not run
+    crash_server(server)
+
+    restarted = start_server(tmp_path, free_port(), env={"OSCAR_PASSWORD": "pw"})
+    try:
+        finished = wait_finished(restarted, 4)
+        time.sleep(1)
+        assert len(jobs(restarted)) == 4
+        assert {job["status"] for job in finished.values()} == {"Succeeded"}
+        assert len(outputs(tmp_path)) == 4
+    finally:
+        stop_server(restarted)
+
+
+def test_job_killed_mid_run_runs_again_and_finishes_once(tmp_path: Path) -> None:
+    env = {"OSCAR_PASSWORD": "pw"}
+    server = start_server(tmp_path, free_port(), env=env)
+    create_service(server, delay=2)
+    with client(server) as http:
+        job_id = http.post("/job/durable", content=base64.b64encode(b"x")).headers["x-oscar-job-ids"]
+    deadline = time.monotonic() + 20
+    while jobs(server).get(job_id, {}).get("status") != "Running":
+        assert time.monotonic() < deadline, jobs(server)
+        time.sleep(0.05)
+    crash_server(server)
+    assert outputs(tmp_path) == []
+
+    restarted = start_server(tmp_path, free_port(), env=env)
+    try:
+        finished = wait_finished(restarted, 1)
+        assert list(finished) == [job_id]
+        assert finished[job_id]["status"] == "Succeeded"
+        assert len(outputs(tmp_path)) == 1
+    finally:
+        stop_server(restarted)
+
+
+def test_files_dropped_while_down_are_processed_once(tmp_path: Path) -> None:
+    env = {"OSCAR_PASSWORD": "pw"}
+    server = start_server(tmp_path, free_port(), env=env)
+    create_service(server)
+    stop_server(server)
+    inbox = tmp_path / "oscar-data" / "buckets" / "durable" / "in"
+    for name in ("a.txt", "b c.txt"):
+        (inbox / name).write_text(name)
+
+    restarted = start_server(tmp_path, free_port(), env=env)
+    try:
+        wait_finished(restarted, 2)
+    finally:
+        stop_server(restarted)
+    again = start_server(tmp_path, free_port(), env=env)
+    try:
+        time.sleep(1.5)
+        assert len(jobs(again)) == 2
+        assert len(outputs(tmp_path)) == 2
+    finally:
+        stop_server(again)
