@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
+import pwd
 import secrets
+import tempfile
 from pathlib import Path
 
 from oscar_manager.backends.local import LocalBackend
@@ -35,6 +39,27 @@ def _presign_secret(path: Path) -> bytes:
     return secret
 
 
+def unprivileged_user() -> tuple[int, int]:
+    """Who scripts run as when the manager runs as root: ``nobody``."""
+    try:
+        entry = pwd.getpwnam("nobody")
+    except KeyError:
+        return 65534, 65534
+    return entry.pw_uid, entry.pw_gid
+
+
+def shared_work_root(settings: Settings) -> Path:
+    """Job folders for scripts run as another user: under the system temp dir, which that user can reach
+    (the data directory may sit under a private home or temp folder)."""
+    digest = hashlib.sha256(str(settings.oscar_data_dir.resolve()).encode()).hexdigest()[:12]
+    top = Path(tempfile.gettempdir()) / "oscar-manager"
+    root = top / digest
+    for folder in (top, root):
+        folder.mkdir(exist_ok=True)
+        os.chmod(folder, 0o711)  # noqa: S103 - traversable, not listable, by the script user
+    return root
+
+
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -42,11 +67,15 @@ class Runtime:
         self.local_store = LocalObjectStore(settings.buckets_dir)
         self.stores = Stores(self.local_store)
         self.presigner = PresignSigner(_presign_secret(settings.oscar_data_dir / "presign-key"))
-        self.sandbox = Sandbox(require=settings.oscar_require_sandbox)
+        run_as = unprivileged_user() if os.geteuid() == 0 else None
+        # The data directory (database, admin password, presign key, every bucket) is invisible to scripts.
+        self.sandbox = Sandbox(
+            require=settings.oscar_require_sandbox, hidden_paths=[settings.oscar_data_dir], run_as=run_as
+        )
         self.backend = LocalBackend(
             stores=self.stores,
             sandbox=self.sandbox,
-            work_root=settings.work_dir,
+            work_root=settings.work_dir if self.sandbox.runs_as is None else shared_work_root(settings),
             concurrency=settings.oscar_local_concurrency,
             job_timeout=settings.oscar_job_timeout,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -147,7 +148,7 @@ class LocalBackend:
         assert self._reporter is not None
         await self._reporter.started(request.job_id, at=datetime.now(UTC))
         supervisor_log = SupervisorLog(request.service.log_level)
-        workspace = Workspace.create(self._work_root)
+        workspace = self._workspace()
         try:
             outcome = await self._job_outcome(request, workspace, supervisor_log)
         finally:
@@ -183,7 +184,7 @@ class LocalBackend:
     async def run_sync(self, request: SyncRequest) -> bytes:
         async with self._sync_slots:
             slog = SupervisorLog(request.service.log_level)
-            workspace = Workspace.create(self._work_root, prefix="run-")
+            workspace = self._workspace(prefix="run-")
             try:
                 run = await self._run(
                     service=request.service,
@@ -209,6 +210,15 @@ class LocalBackend:
                 await asyncio.to_thread(workspace.cleanup)
 
     # --- shared ------------------------------------------------------------------------------------
+
+    def _workspace(self, prefix: str = "job-") -> Workspace:
+        workspace = Workspace.create(self._work_root, prefix=prefix)
+        owner = self._sandbox.runs_as
+        if owner is not None:
+            # Scripts run as an unprivileged user: their folders must be theirs.
+            for path in (workspace.root, workspace.input_dir, workspace.output_dir):
+                os.chown(path, *owner)
+        return workspace
 
     async def _run(
         self,

@@ -59,12 +59,12 @@ AUTO: Final = _Auto.AUTO
 
 @dataclass(frozen=True, slots=True)
 class ScriptRun:
-    workdir: Path
-    script: str
-    env: Mapping[str, str]
-    timeout: float | None
-    memory_bytes: int | None
-    network: bool = False
+    workdir: Path  # the job's directory, made by the caller; the script's working directory
+    script: str  # file name of the script in ``workdir``, run with /bin/sh
+    env: Mapping[str, str]  # the script's whole environment (PATH is the manager's if not given)
+    timeout: float | None  # seconds, then SIGTERM, a grace period and SIGKILL to everything it started
+    memory_bytes: int | None  # address-space limit (RLIMIT_AS) of the script and its children
+    network: bool = False  # under bubblewrap, False means no network at all, not even the host's loopback
     stdin: bytes = b""
 
 
@@ -73,7 +73,7 @@ class ScriptResult:
     # The script's exit status; 128+N when a signal N ended it; None when the timeout killed it.
     exit_code: int | None
     timed_out: bool
-    output: bytes
+    output: bytes  # stdout and stderr as one stream; past max_output_bytes, head + marker line + tail
     duration: float
 
 
@@ -85,6 +85,8 @@ class _Bwrap:
 
 
 class Sandbox:
+    """Runs scripts under bubblewrap if it works here, else as plain processes; safe for concurrent runs."""
+
     def __init__(
         self,
         *,
@@ -92,23 +94,37 @@ class Sandbox:
         require: bool = False,
         max_output_bytes: int = 1 << 20,
         hidden_paths: Iterable[Path] = (),
+        run_as: tuple[int, int] | None = None,
     ) -> None:
-        """``bwrap``: AUTO finds it on PATH; None never sandboxes. It is probed once (one short run).
+        """``bwrap``: AUTO finds it on PATH; None never sandboxes. A bwrap is probed once per process (one
+        short blocking run, at start-up); ``require`` raises ``SandboxUnavailable`` when it does not work.
 
         ``hidden_paths`` (directories or files) are replaced by an empty tmpfs or by /dev/null inside the
         sandbox; without bubblewrap nothing can be hidden.
+
+        ``run_as`` (uid, gid): a manager running as root drops to this user (with ``setpriv``) before
+        starting the sandbox or the script, so the script cannot read what only root may read. The job's
+        working directory must then be reachable and writable by that user.
         """
         if max_output_bytes < 0:
             raise ValueError("max_output_bytes must be >= 0")
         self._max_output = max_output_bytes
         self._bwrap: _Bwrap | None = None
+        self._drop: tuple[str, ...] = ()
+        if run_as is not None:
+            setpriv = shutil.which("setpriv")
+            if setpriv is None:
+                log.warning("setpriv is not installed: scripts keep the manager's user")
+            else:
+                uid, gid = run_as
+                self._drop = (setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--")
         reason = "disabled"
         if bwrap is not None:
             path = shutil.which("bwrap") if bwrap is AUTO else bwrap
             if path is None:
                 reason = "bwrap is not installed"
             else:
-                probed = _probe(path)
+                probed = _probe(path, self._drop)
                 if isinstance(probed, _Bwrap):
                     self._bwrap = probed
                 else:
@@ -118,11 +134,21 @@ class Sandbox:
                 raise SandboxUnavailable(f"bubblewrap is required but unusable: {reason}")
             if bwrap is not None:
                 log.warning("Scripts run without a sandbox: %s", reason)
-        self._hidden = _hide_flags(hidden_paths)
+        hidden = [path for path in hidden_paths if _needs_hiding(path, dropped=bool(self._drop))]
+        self._hidden = _hide_flags(hidden)
 
     @property
     def sandboxed(self) -> bool:
         return self._bwrap is not None
+
+    @property
+    def runs_as(self) -> tuple[int, int] | None:
+        """The (uid, gid) scripts run as when the manager drops privileges for them, else None."""
+        if not self._drop:
+            return None
+        uid = int(self._drop[1].partition("=")[2])
+        gid = int(self._drop[2].partition("=")[2])
+        return uid, gid
 
     def job_path(self, workdir: Path, host_path: Path) -> str:
         """The path the script sees for ``host_path``, which must be ``workdir`` or lie under it."""
@@ -148,6 +174,8 @@ class Sandbox:
                 os.lseek(args_fd, 0, os.SEEK_SET)
                 program, argv = self._bwrap.path, ["--args", str(args_fd), "--", *command]
                 cwd, child_env = None, {}
+            if self._drop:
+                program, argv = self._drop[0], [*self._drop[1:], program, *argv]
             started = time.monotonic()
             proc = await asyncio.create_subprocess_exec(
                 program,
@@ -255,10 +283,17 @@ def _sandbox_flags(*, workdir: Path, extra: tuple[str, ...], network: bool, hidd
         "--tmpfs", "/run",
     ]  # fmt: skip
     if network:
-        flags += ["--ro-bind-try", "/run/systemd/resolve", "/run/systemd/resolve"]
+        flags.extend(_resolver_binds())
     flags += [*hidden, "--tmpfs", SANDBOX_TMP, "--bind", str(workdir), str(JOB_DIR)]
     flags += ["--chdir", str(JOB_DIR), "--clearenv"]
     return flags
+
+
+@functools.cache
+def _resolver_binds() -> tuple[str, ...]:
+    # Where /etc/resolv.conf links into /run (systemd-resolved, resolvconf), the tmpfs on /run would hide it.
+    real = os.path.realpath("/etc/resolv.conf")
+    return ("--ro-bind-try", real, real) if real.startswith("/run/") else ()
 
 
 def _script_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -278,6 +313,23 @@ def _shell_command(script: str, memory_bytes: int | None) -> list[str]:
     # A failing ulimit means a stricter hard limit is already in place, or an OS without RLIMIT_AS.
     kib = max(memory_bytes // 1024, 1)
     return [SHELL, "-c", f'ulimit -v {kib} 2>/dev/null; exec {SHELL} "$0"', script]
+
+
+def _needs_hiding(path: Path, *, dropped: bool) -> bool:
+    """Paths under /tmp are hidden by the sandbox's private /tmp already; a script running as another
+    user cannot reach a path below a folder closed to others (and bwrap, running as that user, could not
+    mount over it either)."""
+    absolute = path.absolute()
+    if absolute.is_relative_to(SANDBOX_TMP):
+        return False
+    if dropped:
+        for ancestor in absolute.parents:
+            try:
+                if not os.stat(ancestor).st_mode & 0o001:
+                    return False
+            except OSError:
+                return False
+    return True
 
 
 def _hide_flags(paths: Iterable[Path]) -> list[str]:
@@ -360,7 +412,7 @@ class _Output(asyncio.Protocol):
 
 
 @functools.cache
-def _probe(path: str) -> _Bwrap | str:
+def _probe(path: str, drop: tuple[str, ...] = ()) -> _Bwrap | str:
     """Run the strictest sandbox once: a _Bwrap if it works here, else why not."""
     try:
         usage = subprocess.run([path, "--help"], capture_output=True, timeout=10, check=False).stdout
@@ -371,18 +423,19 @@ def _probe(path: str) -> _Bwrap | str:
     candidates = [("--unshare-user", "--disable-userns"), ()] if b"--disable-userns" in usage else [()]
     reason = ""
     for extra in candidates:
-        reason = _try_bwrap(path, extra)
+        reason = _try_bwrap(path, extra, drop)
         if not reason:
             return _Bwrap(path=path, extra_flags=extra)
     return reason
 
 
-def _try_bwrap(path: str, extra: tuple[str, ...]) -> str:
+def _try_bwrap(path: str, extra: tuple[str, ...], drop: tuple[str, ...]) -> str:
     try:
         with tempfile.TemporaryDirectory(prefix="oscar-bwrap-probe-") as workdir:
+            os.chmod(workdir, 0o755)  # noqa: S103 - reachable by the user scripts run as
             flags = _sandbox_flags(workdir=Path(workdir), extra=extra, network=False, hidden=[])
             done = subprocess.run(
-                [path, *flags, "--", SHELL, "-c", "exit 0"],
+                [*drop, path, *flags, "--", SHELL, "-c", "exit 0"],
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 timeout=30,

@@ -526,8 +526,23 @@ async def test_unread_stdin_does_not_hang_the_run(sandbox: Sandbox, workdir: Pat
     assert result.exit_code == 0
 
 
+@pytest.fixture
+def manager_stdin_open() -> Iterator[None]:
+    """The manager's own stdin is a pipe nobody closes (as under a supervisor): no script may inherit it."""
+    read_end, write_end = os.pipe()
+    saved = os.dup(0)
+    os.dup2(read_end, 0)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 0)
+        for fd in (saved, read_end, write_end):
+            os.close(fd)
+
+
+@pytest.mark.usefixtures("manager_stdin_open")
 async def test_without_stdin_the_script_reads_end_of_file(sandbox: Sandbox, workdir: Path) -> None:
-    result = await run_script(sandbox, workdir, "cat\necho read-all\n", seconds=20)
+    result = await run_script(sandbox, workdir, "cat\necho read-all\n", seconds=5)
     assert not result.timed_out
     assert result.output == b"read-all\n"
 

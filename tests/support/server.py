@@ -48,7 +48,10 @@ def start_server(workdir: Path, port: int, *, env: dict[str, str] | None = None)
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                 return RunningServer(
-                    url=url, workdir=workdir, process=process, given_password=environment.get("OSCAR_PASSWORD", "")
+                    url=url,
+                    workdir=workdir,
+                    process=process,
+                    given_password=environment.get("OSCAR_PASSWORD", ""),
                 )
         except httpx.TransportError:
             pass

@@ -21,7 +21,9 @@ pytestmark = pytest.mark.asyncio
 UPPER = '#!/bin/sh\necho "processing $(basename "$INPUT_FILE_PATH")"\ntr a-z A-Z < "$INPUT_FILE_PATH" > "$TMP_OUTPUT_DIR/$(basename "$INPUT_FILE_PATH")"\n'
 
 
-async def make_service(client: httpx.AsyncClient, name: str = "upper", script: str = UPPER, **fields: Any) -> str:
+async def make_service(
+    client: httpx.AsyncClient, name: str = "upper", script: str = UPPER, **fields: Any
+) -> str:
     body = service_body(
         name,
         script=script,
@@ -176,7 +178,9 @@ class TestStorageEvents:
 
     def event_for(self, info: dict[str, Any]) -> dict[str, Any]:
         return notification(
-            ObjectEvent(bucket=info["bucket"], key=info["key"], etag=info["etag"], size=info["size"], event_time="t")
+            ObjectEvent(
+                bucket=info["bucket"], key=info["key"], etag=info["etag"], size=info["size"], event_time="t"
+            )
         )
 
     async def test_upload_triggers_a_job_and_the_output_appears(self, client: httpx.AsyncClient) -> None:
@@ -244,12 +248,16 @@ class TestStorageEvents:
         assert response.status_code == 201
         assert response.json()["size"] == size
         await wait_for_jobs(client, "upper", count=1)
-        assert (await client.get("/system/buckets/upper/objects/out/size")).content.strip() == str(size).encode()
+        assert (await client.get("/system/buckets/upper/objects/out/size")).content.strip() == str(
+            size
+        ).encode()
 
     async def test_event_for_unknown_object_fails_the_job_clearly(self, client: httpx.AsyncClient) -> None:
         token = await make_service(client)
         event = self.event_for({"bucket": "upper", "key": "in/missing.txt", "etag": "e", "size": 1})
-        assert (await client.post("/job/upper", json=event, headers=bearer(token), auth=None)).status_code == 201
+        assert (
+            await client.post("/job/upper", json=event, headers=bearer(token), auth=None)
+        ).status_code == 201
         ((job_id, job),) = (await wait_for_jobs(client, "upper", count=1)).items()
         assert job["status"] == "Failed"
         assert "not found" in (await client.get(f"/system/logs/upper/{job_id}")).text.lower()
@@ -265,7 +273,9 @@ class TestStorageEvents:
 class TestRun:
     async def test_single_output_is_base64(self, client: httpx.AsyncClient) -> None:
         token = await make_service(client)
-        response = await client.post("/run/upper", content=b64(b"hello oscar"), headers=bearer(token), auth=None)
+        response = await client.post(
+            "/run/upper", content=b64(b"hello oscar"), headers=bearer(token), auth=None
+        )
         assert response.status_code == 200
         assert base64.b64decode(response.content) == b"HELLO OSCAR"
 
@@ -287,7 +297,9 @@ class TestRun:
 
     async def test_not_base64_is_400(self, client: httpx.AsyncClient) -> None:
         token = await make_service(client)
-        response = await client.post("/run/upper", content=b"%%% not base64", headers=bearer(token), auth=None)
+        response = await client.post(
+            "/run/upper", content=b"%%% not base64", headers=bearer(token), auth=None
+        )
         assert response.status_code == 400
 
     async def test_failing_script_is_500_with_output(self, client: httpx.AsyncClient) -> None:
@@ -306,7 +318,9 @@ class TestRun:
         assert missing.status_code == 404
         assert (await client.post("/run/upper", content=b64(b"x"))).status_code == 200
 
-    async def test_sandbox_has_no_manager_secrets(self, client: httpx.AsyncClient, settings: Settings) -> None:
+    async def test_sandbox_has_no_manager_secrets(
+        self, client: httpx.AsyncClient, settings: Settings
+    ) -> None:
         token = await make_service(client, script="env; ls -la /proc/1/root 2>&1 | head -3; echo end\n")
         response = await client.post("/run/upper", content=b64(b"x"), headers=bearer(token), auth=None)
         assert response.status_code == 200

@@ -17,7 +17,9 @@ from tests.support.jobs import wait_for_jobs
 pytestmark = pytest.mark.asyncio
 
 
-async def service_with_jobs(client: httpx.AsyncClient, *, count: int, script: str = "echo done\n") -> list[str]:
+async def service_with_jobs(
+    client: httpx.AsyncClient, *, count: int, script: str = "echo done\n"
+) -> list[str]:
     body = {"name": "svc", "image": "img", "script": script, "input": [{"path": "svc/in"}]}
     assert (await client.post("/system/services", json=body)).status_code == 201
     ids = []
@@ -146,7 +148,9 @@ class TestObjects:
         response = await client.put(f"/system/buckets/data/objects/{key}", content=b"x")
         assert response.status_code == 400, response.text
         assert response.json()["error"] == "InvalidKey"
-        escaped = [p for p in settings.oscar_data_dir.rglob("*escape*")] + list(settings.buckets_dir.glob("b"))
+        escaped = [p for p in settings.oscar_data_dir.rglob("*escape*")] + list(
+            settings.buckets_dir.glob("b")
+        )
         assert escaped == []
 
     async def test_unknown_bucket_and_object(self, client: httpx.AsyncClient) -> None:
@@ -213,7 +217,9 @@ class TestPresign:
             ({"operation": "upload"}, 400),
         ],
     )
-    async def test_bad_requests(self, client: httpx.AsyncClient, body: dict[str, object], status: int) -> None:
+    async def test_bad_requests(
+        self, client: httpx.AsyncClient, body: dict[str, object], status: int
+    ) -> None:
         await client.post("/system/buckets", json={"bucket_name": "data"})
         await client.put("/system/buckets/data/objects/x.txt", content=b"x")
         assert (await self.presign(client, **body)).status_code == status
