@@ -1,0 +1,3 @@
+from oscar_manager.supervisor.cli import main
+
+main()

@@ -1,0 +1,204 @@
+"""``oscar-supervisor``: the supervisor as a program, for job containers.
+
+It reads what faas-supervisor reads, where faas-supervisor reads it, so OSCAR's pod layout works as is:
+
+- the event on standard input (or in ``EVENT`` when standard input is empty);
+- the service definition from ``/oscar/config/function_config.yaml``, else ``FUNCTION_CONFIG`` (base64 YAML);
+- the script from ``SCRIPT`` (base64) if set, else ``/oscar/config/script.sh``;
+- ``minio.default`` credentials from ``/var/run/secrets/providers/minio.default/{accessKey,secretKey}``, other
+  providers' credentials from the definition's ``storage_providers``.
+
+It stages the input in, runs ``/bin/sh script.sh`` with the container's environment plus the OSCAR
+variables, stages the outputs out when the script succeeds, prints the sync response on standard output and
+its own log and the script's output on standard error, and exits with the script's exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from oscar_manager.domain.service import DEFAULT_PROVIDER_ID, ProviderRef, Service, parse_service
+from oscar_manager.errors import BadRequest, OscarError
+from oscar_manager.storage.base import ObjectStore
+from oscar_manager.storage.s3 import S3ObjectStore
+from oscar_manager.supervisor.log import SupervisorLog
+from oscar_manager.supervisor.stage import (
+    Invocation,
+    render_response,
+    script_environment,
+    stage_in,
+    stage_out,
+)
+from oscar_manager.supervisor.workspace import Workspace
+
+CONFIG_FILE = Path("/oscar/config/function_config.yaml")
+SCRIPT_FILE = Path("/oscar/config/script.sh")
+CREDENTIALS_DIR = Path("/var/run/secrets/providers")
+SHELL = "/bin/sh"
+
+
+class ConfigurationError(OscarError):
+    status_code = 500
+
+
+def read_definition(env: Mapping[str, str], config_file: Path = CONFIG_FILE) -> Service:
+    if config_file.is_file():
+        text = config_file.read_text()
+    elif env.get("FUNCTION_CONFIG"):
+        text = _b64_text(env["FUNCTION_CONFIG"], "FUNCTION_CONFIG")
+    else:
+        raise ConfigurationError(f"no service definition: neither {config_file} nor FUNCTION_CONFIG exists")
+    document = yaml.safe_load(text) or {}
+    if not isinstance(document, dict):
+        raise ConfigurationError("the service definition is not a mapping")
+    # The stored definition has its script blanked; the script comes on its own (SCRIPT or script.sh).
+    document.setdefault("name", env.get("OSCAR_SERVICE_NAME", "service"))
+    document.setdefault("image", "")
+    document["script"] = document.get("script") or ""
+    return parse_service(document)
+
+
+def read_script(env: Mapping[str, str], script_file: Path = SCRIPT_FILE) -> str:
+    if env.get("SCRIPT"):
+        return _b64_text(env["SCRIPT"], "SCRIPT")
+    if script_file.is_file():
+        return script_file.read_text()
+    raise ConfigurationError(f"no script: neither SCRIPT nor {script_file} exists")
+
+
+def _b64_text(value: str, name: str) -> str:
+    try:
+        return base64.b64decode(value, validate=False).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"{name} is not base64-encoded UTF-8 text: {exc}") from None
+
+
+def provider_settings(service: Service, reference: ProviderRef, credentials_dir: Path) -> dict[str, Any]:
+    """Endpoint and keys of a provider: the definition's entry, with mounted credentials for minio.default."""
+    entry = dict(service.storage_providers.get(reference.type, {}).get(reference.id) or {})
+    mounted = credentials_dir / str(reference)
+    if reference.type == "minio" and reference.id == DEFAULT_PROVIDER_ID and mounted.is_dir():
+        for key, filename in (("access_key", "accessKey"), ("secret_key", "secretKey")):
+            if (mounted / filename).is_file():
+                entry[key] = (mounted / filename).read_text().strip()
+    return entry
+
+
+async def open_stores(
+    service: Service, stack: contextlib.AsyncExitStack, credentials_dir: Path
+) -> dict[str, ObjectStore]:
+    """One store per provider the service's inputs and outputs use (MinIO and S3 speak the same API)."""
+    stores: dict[str, ObjectStore] = {}
+    for io_config in [*service.input, *service.output]:
+        reference = ProviderRef(io_config.storage_provider or "minio")
+        if str(reference) in stores or reference.type not in ("minio", "s3"):
+            continue
+        entry = provider_settings(service, reference, credentials_dir)
+        endpoint = str(entry.get("endpoint") or "")
+        if reference.type == "minio" and not endpoint:
+            endpoint = "http://minio-service.minio:9000"  # faas-supervisor's default
+        stores[str(reference)] = await stack.enter_async_context(
+            S3ObjectStore.connect(
+                endpoint=endpoint,
+                access_key=str(entry.get("access_key") or ""),
+                secret_key=str(entry.get("secret_key") or ""),
+                region=str(entry.get("region") or "us-east-1"),
+                verify=bool(entry.get("verify", True)),
+            )
+        )
+    return stores
+
+
+async def run_script(script: Path, env: Mapping[str, str], cwd: Path) -> tuple[int, bytes]:
+    process = await asyncio.create_subprocess_exec(
+        SHELL,
+        str(script),
+        cwd=cwd,
+        env=dict(env),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await process.communicate()
+    return process.returncode if process.returncode is not None else 1, output
+
+
+async def supervise(
+    event: bytes,
+    *,
+    env: Mapping[str, str],
+    config_file: Path = CONFIG_FILE,
+    script_file: Path = SCRIPT_FILE,
+    credentials_dir: Path = CREDENTIALS_DIR,
+) -> tuple[int, bytes, str]:
+    """Run one invocation; return (exit code, sync response, log)."""
+    service = read_definition(env, config_file)
+    service = service.model_copy(update={"script": read_script(env, script_file)})
+    log = SupervisorLog(env.get("LOG_LEVEL") or service.log_level or "INFO")
+    workspace = Workspace.create(Path(env["TMPDIR"]) if env.get("TMPDIR") else None, prefix="oscar-")
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            stores = await open_stores(service, stack, credentials_dir)
+
+            def resolve(provider: str) -> ObjectStore:
+                store = stores.get(str(ProviderRef(provider)))
+                if store is None:
+                    raise BadRequest(f"storage provider {provider!r} is not configured for this service")
+                return store
+
+            invocation = Invocation.read(event)
+            input_path = await stage_in(
+                invocation=invocation, service=service, stores=resolve, workspace=workspace, log=log
+            )
+            script_env = {
+                **env,
+                **script_environment(
+                    service=service,
+                    invocation=invocation,
+                    input_path=input_path,
+                    workspace=workspace,
+                    job_id=env.get("JOB_UUID", ""),
+                    visible_path=str,
+                ),
+            }
+            # The container's own PATH wins over the default one.
+            if env.get("PATH"):
+                script_env["PATH"] = env["PATH"]
+            workspace.write_script(service.script)
+            log.info("Running the user script")
+            code, output = await run_script(workspace.script, script_env, workspace.root)
+            log.output(output.decode("utf-8", errors="replace"))
+            if code != 0:
+                log.error(f"The script exited with code {code}")
+                return code, output, log.text()
+            await stage_out(service=service, stores=resolve, workspace=workspace, log=log)
+            return 0, render_response(invocation=invocation, workspace=workspace, script_output=output), log.text()
+    finally:
+        workspace.cleanup()
+
+
+def main() -> None:
+    event = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+    if not event.strip():
+        event = os.environ.get("EVENT", "").encode()
+    try:
+        code, response, log = asyncio.run(supervise(event, env=os.environ))
+    except OscarError as exc:
+        sys.stderr.write(f"supervisor: {type(exc).__name__}: {exc.message}\n")
+        sys.exit(1)
+    sys.stderr.write(log)
+    sys.stderr.flush()
+    if code == 0:
+        sys.stdout.buffer.write(response)
+        sys.stdout.flush()
+    sys.exit(code)
