@@ -1,0 +1,610 @@
+"""Buckets in MinIO or AWS S3, through aiobotocore: the storage of the cluster deployment.
+
+Open a store with :meth:`S3ObjectStore.connect`, an async context manager that owns the client (and its
+connection pool)::
+
+    async with S3ObjectStore.connect(endpoint="https://minio.example", access_key=a, secret_key=s) as store:
+        await store.ensure_folder("photos", "input")
+
+A long-lived owner (the manager, for its whole lifetime) enters it on an ``AsyncExitStack`` at startup and
+closes the stack at shutdown::
+
+    stack = contextlib.AsyncExitStack()
+    store = await stack.enter_async_context(S3ObjectStore.connect(...))
+    ...
+    await stack.aclose()
+
+Semantics follow ``LocalObjectStore`` where S3 allows: every operation on a missing bucket raises
+``BucketNotFound``; a missing object is ``None`` (``stat``), ``False`` (``delete_object``) or
+``ObjectNotFound``. Folders are zero-byte ``folder/`` marker objects, as OSCAR creates them, and are never
+listed as objects. Differences that S3 imposes:
+
+- ``last_modified`` is truncated to whole seconds: ``HEAD`` and ``GET`` report seconds only while listings
+  carry milliseconds, and the same object must look the same whichever way it was found.
+- ``etag`` is the S3 ETag without quotes (the MD5 of the content, or ``<md5>-<parts>`` for multipart
+  uploads): re-uploading identical content keeps it.
+- A file and a folder may share a name (``a`` and ``a/b``), so there are no ``Conflict`` errors.
+- ``put_stream`` reads up to one part (8 MiB) before its first request, so an unknown bucket is reported
+  after that much of the stream has been consumed.
+
+Every botocore, aiobotocore and aiohttp exception is converted to the errors of ``storage.base``; this
+is the only module that imports them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import secrets
+import stat as stat_module
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TypeVar, cast
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from oscar_manager.errors import Conflict
+from oscar_manager.storage.base import BucketNotFound, InvalidKey, ObjectInfo, ObjectNotFound, StorageError
+from oscar_manager.storage.keys import validate_bucket, validate_key
+
+if TYPE_CHECKING:
+    from aiobotocore.response import StreamingBody
+    from types_aiobotocore_s3.client import S3Client
+    from types_aiobotocore_s3.literals import BucketLocationConstraintType
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
+
+log = logging.getLogger(__name__)
+
+# Multipart part size: the memory one upload holds. S3 allows 10,000 parts, so the size doubles every
+# 1,000 parts (8 MiB parts up to 8 GiB, 16 MiB up to 24 GiB, ...) to stay within the limit.
+PART_SIZE = 8 * 1024 * 1024
+PARTS_PER_DOUBLING = 1000
+MAX_PARTS = 10_000
+READ_CHUNK = 64 * 1024
+COPY_CHUNK = 1024 * 1024
+
+_T = TypeVar("_T")
+
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+_NOT_FOUND_CODES = {"404", "NotFound", "NoSuchKey"}
+_INVALID_CODES = {"InvalidBucketName", "KeyTooLongError", "InvalidObjectName"}
+_ACCESS_CODES = {
+    "403",
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AllAccessDisabled",
+    "ExpiredToken",
+    "InvalidToken",
+}
+# Raised by aiohttp or the event loop underneath aiobotocore when a connection breaks.
+_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError)
+
+
+def _etag(value: str) -> str:
+    return value.strip('"')
+
+
+def _seconds(value: datetime) -> datetime:
+    return value.astimezone(UTC).replace(microsecond=0)
+
+
+def _now() -> datetime:
+    return _seconds(datetime.now(UTC))
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _is_valid_key(key: str) -> bool:
+    try:
+        validate_key(key)
+    except InvalidKey:
+        return False
+    return True
+
+
+async def _blocking(fn: Callable[[], _T]) -> _T:
+    """Run ``fn`` in a worker thread; if cancelled, still wait for it before raising ``CancelledError``.
+
+    A blocking call cannot be interrupted: returning early would let cleanup (closing or unlinking a
+    file) race the call that is still running.
+    """
+    future = asyncio.ensure_future(asyncio.to_thread(fn))
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.wait({future})
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return future.result()
+
+
+class _StagedFile:
+    """A download being written under a temporary name next to its target."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.path = target.parent / f".{target.name}.{secrets.token_hex(6)}.part"
+        self.out: BinaryIO | None = None
+
+    def create(self) -> None:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.out = os.fdopen(os.open(self.path, _CREATE_FLAGS, 0o666), "wb")
+
+    def write(self, data: bytes) -> None:
+        assert self.out is not None
+        self.out.write(data)
+
+    def publish(self) -> None:
+        assert self.out is not None
+        self.out.close()
+        os.replace(self.path, self.target)
+
+    def discard(self) -> None:
+        if self.out is not None:
+            with contextlib.suppress(OSError):
+                self.out.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def _open_source(source: Path) -> BinaryIO:
+    """``source`` opened for reading; a symlink or anything but a regular file is refused.
+
+    Uploaded files may come from a job's sandbox, where a planted symlink could point anywhere.
+    """
+    try:
+        fd = os.open(source, _READ_FLAGS)
+    except OSError as exc:
+        raise StorageError(f"cannot read {str(source)!r}: {exc.strerror or exc}") from None
+    try:
+        if not stat_module.S_ISREG(os.fstat(fd).st_mode):
+            raise StorageError(f"cannot read {str(source)!r}: not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+async def _file_chunks(handle: BinaryIO, source: Path) -> AsyncIterator[bytes]:
+    def read() -> bytes:
+        try:
+            return handle.read(COPY_CHUNK)
+        except OSError as exc:
+            raise StorageError(f"cannot read {str(source)!r}: {exc.strerror or exc}") from None
+
+    while data := await _blocking(read):
+        yield data
+
+
+class S3ObjectStore:
+    """An ``ObjectStore`` over the buckets of one S3 endpoint (MinIO, AWS or any S3-compatible server)."""
+
+    def __init__(self, client: S3Client, *, where: str, region: str = "") -> None:
+        """Wrap an open aiobotocore S3 client (closed by its owner); prefer :meth:`connect`."""
+        self._client = client
+        self._where = where
+        self._region = region
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(
+        cls,
+        *,
+        endpoint: str,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        region: str = "",
+        verify: bool | str = True,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        max_attempts: int = 3,
+        max_pool_connections: int = 32,
+    ) -> AsyncIterator[S3ObjectStore]:
+        """A store on ``endpoint`` (``""`` for AWS S3), with its client open until the block exits.
+
+        ``endpoint`` is a URL such as ``https://minio.example:9000``; custom endpoints use path-style
+        addressing (``endpoint/bucket/key``) as MinIO needs. Without ``access_key`` the usual AWS
+        credential chain (environment, profile, instance role) is used. ``verify`` is ``False`` to skip TLS
+        verification or the path of a CA bundle. ``max_attempts`` counts the first try: each request is
+        retried (with backoff) on throttling, 5xx answers and connection failures.
+        """
+        if endpoint and not endpoint.startswith(("http://", "https://")):
+            raise StorageError(f"invalid S3 endpoint {endpoint!r}: expected http(s)://host[:port]")
+        where = endpoint.rstrip("/") if endpoint else f"AWS S3 ({region or 'default region'})"
+        options: dict[str, Any] = {
+            "connect_timeout": connect_timeout,
+            "read_timeout": read_timeout,
+            "retries": {"total_max_attempts": max_attempts, "mode": "standard"},
+            "max_pool_connections": max_pool_connections,
+            "signature_version": "s3v4",
+            "s3": {"addressing_style": "path" if endpoint else "auto"},
+        }
+        if endpoint:
+            # S3-compatible servers differ in their support of the CRC trailers that botocore sends and
+            # checks by default since 1.36; send and check them only where S3 requires them.
+            options["request_checksum_calculation"] = "when_required"
+            options["response_checksum_validation"] = "when_required"
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                client = await stack.enter_async_context(
+                    get_session().create_client(
+                        "s3",
+                        endpoint_url=endpoint or None,
+                        region_name=region or ("us-east-1" if endpoint else None),
+                        aws_access_key_id=access_key or None,
+                        aws_secret_access_key=secret_key or None,
+                        verify=verify,
+                        config=AioConfig(**options),
+                    )
+                )
+            except (BotoCoreError, ValueError) as exc:
+                raise StorageError(f"S3 storage at {where}: cannot create a client: {exc}") from None
+            yield cls(client, where=where, region=region)
+
+    @property
+    def where(self) -> str:
+        """The endpoint, as named in error messages."""
+        return self._where
+
+    # --- errors -------------------------------------------------------------------------------------
+
+    def _fail(self, action: str, exc: Exception, bucket: str | None, key: str | None) -> NoReturn:
+        if isinstance(exc, ClientError):
+            code = _code(exc)
+            message = exc.response.get("Error", {}).get("Message") or code or f"HTTP {_status(exc)}"
+            if code == "NoSuchBucket" and bucket is not None:
+                raise BucketNotFound(f"bucket {bucket!r} does not exist") from None
+            if code in _NOT_FOUND_CODES and key is not None and bucket is not None:
+                raise ObjectNotFound(f"object {key!r} not found in bucket {bucket!r}") from None
+            if code in _INVALID_CODES:
+                raise InvalidKey(f"S3 storage at {self._where} refused to {action}: {message}") from None
+            if code in _ACCESS_CODES:
+                raise StorageError(
+                    f"S3 storage at {self._where}: access denied: cannot {action} ({code}: {message})"
+                ) from None
+            raise StorageError(f"S3 storage at {self._where}: cannot {action}: {code}: {message}") from None
+        if isinstance(exc, BotoCoreError | asyncio.TimeoutError | aiohttp.ClientError | OSError):
+            raise StorageError(f"S3 storage at {self._where}: cannot {action}: {exc}") from None
+        raise exc
+
+    @contextlib.contextmanager
+    def _translate(self, action: str, bucket: str | None = None, key: str | None = None) -> Iterator[None]:
+        """Convert the S3 client's exceptions raised in the block into the errors of ``storage.base``."""
+        try:
+            yield
+        except (ClientError, BotoCoreError, *_TRANSPORT_ERRORS) as exc:
+            self._fail(action, exc, bucket, key)
+
+    async def _call(
+        self, action: str, request: Awaitable[_T], bucket: str | None = None, key: str | None = None
+    ) -> _T:
+        """Await one S3 request, converting its exceptions."""
+        try:
+            return await request
+        except (ClientError, BotoCoreError, *_TRANSPORT_ERRORS) as exc:
+            self._fail(action, exc, bucket, key)
+
+    async def _require_bucket(self, bucket: str) -> None:
+        """Raise ``BucketNotFound`` unless ``bucket`` exists (after a 404 that may mean either)."""
+        if not await self.bucket_exists(bucket):
+            raise BucketNotFound(f"bucket {bucket!r} does not exist")
+
+    # --- the ObjectStore protocol -------------------------------------------------------------------
+
+    async def ensure_bucket(self, bucket: str) -> None:
+        """Create ``bucket``: if it exists and is ours, fine; if someone else's, a ``Conflict``."""
+        validate_bucket(bucket)
+        action = f"create bucket {bucket!r}"
+        try:
+            if self._region and self._region != "us-east-1":
+                await self._client.create_bucket(
+                    Bucket=bucket,
+                    CreateBucketConfiguration={
+                        "LocationConstraint": cast("BucketLocationConstraintType", self._region)
+                    },
+                )
+            else:
+                await self._client.create_bucket(Bucket=bucket)
+        except ClientError as exc:
+            code = _code(exc)
+            if code == "BucketAlreadyOwnedByYou":
+                return
+            # Some S3-compatible servers answer this for the caller's own buckets too.
+            if code == "BucketAlreadyExists":
+                if await self._bucket_accessible(bucket):
+                    return
+                raise Conflict(f"bucket name {bucket!r} is already taken by another account") from None
+            self._fail(action, exc, None, None)
+        except (BotoCoreError, *_TRANSPORT_ERRORS) as exc:
+            self._fail(action, exc, None, None)
+
+    async def _bucket_accessible(self, bucket: str) -> bool:
+        try:
+            await self._call(f"check bucket {bucket!r}", self._client.head_bucket(Bucket=bucket))
+        except StorageError:
+            return False
+        return True
+
+    async def ensure_folder(self, bucket: str, folder: str) -> None:
+        """Create ``bucket`` if needed and the zero-byte marker ``folder/`` unless it exists already.
+
+        Only the folder's own marker is created (``a/b`` does not create ``a/``), as OSCAR does. An
+        existing marker is not rewritten: that would be a new upload, and an event for the folder itself.
+        """
+        validate_bucket(bucket)
+        marker = validate_key(folder, folder=True).removesuffix("/") + "/"
+        await self.ensure_bucket(bucket)
+        if await self._head(bucket, marker) is not None:
+            return
+        await self._call(
+            f"create folder {marker!r} in bucket {bucket!r}",
+            self._client.put_object(Bucket=bucket, Key=marker, Body=b""),
+            bucket,
+        )
+
+    async def bucket_exists(self, bucket: str) -> bool:
+        """Whether ``bucket`` exists; one we may not access is a ``StorageError`` (access denied)."""
+        validate_bucket(bucket)
+        try:
+            await self._client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            if _status(exc) == 404 or _code(exc) in {"404", "NoSuchBucket", "NotFound"}:
+                return False
+            self._fail(f"check bucket {bucket!r}", exc, None, None)
+        except (BotoCoreError, *_TRANSPORT_ERRORS) as exc:
+            self._fail(f"check bucket {bucket!r}", exc, None, None)
+        return True
+
+    async def list_buckets(self) -> list[str]:
+        names: list[str] = []
+        with self._translate("list buckets"):
+            async for page in self._client.get_paginator("list_buckets").paginate():
+                names.extend(bucket["Name"] for bucket in page.get("Buckets", []))
+        valid = []
+        for name in names:
+            with contextlib.suppress(InvalidKey):  # legacy names we could not address
+                valid.append(validate_bucket(name))
+        return sorted(valid)
+
+    async def list_objects(self, bucket: str, prefix: str = "") -> list[ObjectInfo]:
+        """Objects whose key starts with ``prefix`` (a plain string match), sorted; markers excluded.
+
+        Keys that this API could not address (``a//b``, control characters, written by other clients)
+        are skipped, as the local store skips such file names.
+        """
+        validate_bucket(bucket)
+        found: list[ObjectInfo] = []
+        with self._translate(f"list bucket {bucket!r}", bucket):
+            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            async for page in pages:
+                for item in page.get("Contents", []):
+                    key = item["Key"]
+                    if key.endswith("/") or not _is_valid_key(key):
+                        continue
+                    found.append(
+                        ObjectInfo(
+                            bucket=bucket,
+                            key=key,
+                            size=item["Size"],
+                            last_modified=_seconds(item["LastModified"]),
+                            etag=_etag(item["ETag"]),
+                        )
+                    )
+        found.sort(key=lambda info: info.key)
+        return found
+
+    async def _head(self, bucket: str, key: str) -> ObjectInfo | None:
+        try:
+            head = await self._call(
+                f"stat {bucket}/{key}", self._client.head_object(Bucket=bucket, Key=key), bucket, key
+            )
+        except ObjectNotFound:
+            await self._require_bucket(bucket)
+            return None
+        return ObjectInfo(
+            bucket=bucket,
+            key=key,
+            size=head["ContentLength"],
+            last_modified=_seconds(head["LastModified"]),
+            etag=_etag(head["ETag"]),
+        )
+
+    async def stat(self, bucket: str, key: str) -> ObjectInfo | None:
+        validate_bucket(bucket)
+        validate_key(key)
+        return await self._head(bucket, key)
+
+    async def put_file(self, bucket: str, key: str, source: Path) -> ObjectInfo:
+        """Store ``source``'s content; ``source`` must be a regular file (a symlink is refused).
+
+        The file is streamed in multipart parts, never read whole into memory.
+        """
+        validate_bucket(bucket)
+        validate_key(key)
+        handle = await _blocking(lambda: _open_source(source))
+        try:
+            return await self.put_stream(bucket, key, _file_chunks(handle, source))
+        finally:
+            handle.close()
+
+    async def put_stream(self, bucket: str, key: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
+        """Store streamed content: one ``PutObject`` if it fits in a part, else a multipart upload.
+
+        Memory is bounded by one part plus one incoming chunk. A multipart upload that fails (or is
+        cancelled) is aborted, so no object and no pending upload remain.
+        """
+        validate_bucket(bucket)
+        validate_key(key)
+        action = f"store {bucket}/{key}"
+        buffer = bytearray()
+        upload_id: str | None = None
+        parts: list[CompletedPartTypeDef] = []
+        size = 0
+
+        async def upload_part(data: bytes) -> None:
+            nonlocal upload_id
+            if upload_id is None:
+                created = await self._call(
+                    action, self._client.create_multipart_upload(Bucket=bucket, Key=key), bucket
+                )
+                upload_id = created["UploadId"]
+            if len(parts) >= MAX_PARTS:
+                raise StorageError(
+                    f"S3 storage at {self._where}: cannot {action}: more than {MAX_PARTS} parts"
+                )
+            number = len(parts) + 1
+            uploaded = await self._call(
+                action,
+                self._client.upload_part(
+                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
+                ),
+                bucket,
+            )
+            parts.append({"PartNumber": number, "ETag": uploaded["ETag"]})
+
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                buffer += chunk
+                part_size = PART_SIZE << (len(parts) // PARTS_PER_DOUBLING)
+                if len(buffer) < part_size:
+                    continue
+                offset = 0
+                with memoryview(buffer) as view:
+                    while len(buffer) - offset >= part_size:
+                        await upload_part(bytes(view[offset : offset + part_size]))
+                        offset += part_size
+                        part_size = PART_SIZE << (len(parts) // PARTS_PER_DOUBLING)
+                del buffer[:offset]
+            if upload_id is None:
+                put = await self._call(
+                    action, self._client.put_object(Bucket=bucket, Key=key, Body=bytes(buffer)), bucket
+                )
+                etag = _etag(put["ETag"])
+            else:
+                if buffer:
+                    await upload_part(bytes(buffer))
+                buffer.clear()
+                completed = await self._call(
+                    action,
+                    self._client.complete_multipart_upload(
+                        Bucket=bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        MultipartUpload={"Parts": parts},
+                    ),
+                    bucket,
+                )
+                etag = _etag(completed["ETag"])
+        except BaseException:
+            if upload_id is not None:
+                await asyncio.shield(self._abort(bucket, key, upload_id))
+            raise
+        return await self._info_after_put(bucket, key, size, etag)
+
+    async def _abort(self, bucket: str, key: str, upload_id: str) -> None:
+        try:
+            await self._client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        except (ClientError, BotoCoreError, *_TRANSPORT_ERRORS) as exc:
+            # The server's lifecycle rules (or a later abort) must clean it up.
+            log.warning(
+                "S3 storage at %s: cannot abort the upload of %s/%s: %s", self._where, bucket, key, exc
+            )
+
+    async def _info_after_put(self, bucket: str, key: str, size: int, etag: str) -> ObjectInfo:
+        """The stored object's info, as ``stat`` reports it (a PUT's answer lacks the date)."""
+        try:
+            head = await self._client.head_object(Bucket=bucket, Key=key)
+        except (ClientError, BotoCoreError, *_TRANSPORT_ERRORS):
+            head = None
+        if head is not None and _etag(head["ETag"]) == etag:
+            return ObjectInfo(
+                bucket=bucket,
+                key=key,
+                size=head["ContentLength"],
+                last_modified=_seconds(head["LastModified"]),
+                etag=etag,
+            )
+        # Replaced or deleted by someone else in the meantime: describe what we stored.
+        return ObjectInfo(bucket=bucket, key=key, size=size, last_modified=_now(), etag=etag)
+
+    async def _get(self, bucket: str, key: str) -> tuple[ObjectInfo, StreamingBody]:
+        got = await self._call(
+            f"read {bucket}/{key}", self._client.get_object(Bucket=bucket, Key=key), bucket, key
+        )
+        info = ObjectInfo(
+            bucket=bucket,
+            key=key,
+            size=got["ContentLength"],
+            last_modified=_seconds(got["LastModified"]),
+            etag=_etag(got["ETag"]),
+        )
+        body: StreamingBody = got["Body"]
+        return info, body
+
+    async def _read(self, body: StreamingBody, size: int, bucket: str, key: str) -> bytes:
+        try:
+            data: bytes = await body.read(size)
+        except (ClientError, BotoCoreError, *_TRANSPORT_ERRORS) as exc:
+            self._fail(f"read {bucket}/{key}", exc, bucket, key)
+        return data
+
+    async def get_file(self, bucket: str, key: str, target: Path) -> ObjectInfo:
+        """Download the object to ``target`` (replaced atomically; parent directories are created)."""
+        validate_bucket(bucket)
+        validate_key(key)
+        info, body = await self._get(bucket, key)
+        staged = _StagedFile(target)
+        try:
+            try:
+                await _blocking(staged.create)
+                while data := await self._read(body, COPY_CHUNK, bucket, key):
+                    await _blocking(functools.partial(staged.write, data))
+                await _blocking(staged.publish)
+            except OSError as exc:
+                raise StorageError(
+                    f"cannot copy {bucket}/{key} to {str(target)!r}: {exc.strerror or exc}"
+                ) from None
+        finally:
+            body.close()
+            await _blocking(staged.discard)
+        return info
+
+    async def read_stream(self, bucket: str, key: str) -> AsyncIterator[bytes]:
+        validate_bucket(bucket)
+        validate_key(key)
+        _, body = await self._get(bucket, key)
+        try:
+            while data := await self._read(body, READ_CHUNK, bucket, key):
+                yield data
+        finally:
+            body.close()
+
+    async def delete_object(self, bucket: str, key: str) -> bool:
+        """Remove ``key``; ``False`` if there was no such object (S3's DELETE itself cannot tell)."""
+        validate_bucket(bucket)
+        validate_key(key)
+        if await self._head(bucket, key) is None:
+            return False
+        await self._call(
+            f"delete {bucket}/{key}", self._client.delete_object(Bucket=bucket, Key=key), bucket, key
+        )
+        return True
