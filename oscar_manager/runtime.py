@@ -20,7 +20,7 @@ from oscar_manager.operations import Database
 from oscar_manager.operations.dispatch import Dispatcher, recover
 from oscar_manager.operations.intake import Intake
 from oscar_manager.operations.jobs import DatabaseJobReporter
-from oscar_manager.settings import Settings
+from oscar_manager.settings import Settings, kept_secret
 from oscar_manager.storage.local import LocalObjectStore
 from oscar_manager.storage.presign import PresignSigner
 from oscar_manager.storage.providers import Stores
@@ -31,13 +31,7 @@ log = logging.getLogger(__name__)
 
 def _presign_secret(path: Path) -> bytes:
     """Kept in the data directory, so URLs handed out stay valid across a restart until they expire."""
-    if path.exists():
-        return bytes.fromhex(path.read_text().strip())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_bytes(32)
-    path.touch(mode=0o600)
-    path.write_text(secret.hex() + "\n")
-    return secret
+    return bytes.fromhex(kept_secret(path, lambda: secrets.token_hex(32)))
 
 
 def unprivileged_user() -> tuple[int, int]:

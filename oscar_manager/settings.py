@@ -9,6 +9,7 @@ the data directory, local storage and the local executor.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -119,12 +120,16 @@ class Settings(BaseSettings):
         """
         if self.oscar_password:
             return self
-        path = self.password_file
-        if path.exists():
-            password = path.read_text().strip()
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            password = secrets.token_urlsafe(18)
-            path.touch(mode=0o600)
-            path.write_text(password + "\n")
+        password = kept_secret(self.password_file, lambda: secrets.token_urlsafe(18))
         return self.model_copy(update={"oscar_password": password})
+
+
+def kept_secret(path: Path, generate: Callable[[], str]) -> str:
+    """The secret stored in ``path`` (mode 0600), generated and stored on first use."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = generate()
+    path.touch(mode=0o600)
+    path.write_text(value + "\n")
+    return value

@@ -32,8 +32,12 @@ def minio_default(settings: Settings) -> MinioDefault:
     )
 
 
-def _not_found(name: str) -> NotFound:
-    return NotFound(f"service {name!r} not found")
+async def _existing(tx: Transaction, name: str) -> Service:
+    check_name_readable(name)
+    service = await tx.services.get(name)
+    if service is None:
+        raise NotFound(f"service {name!r} not found")
+    return service
 
 
 async def prepare_storage(service: Service, *, stores: Stores) -> None:
@@ -83,10 +87,7 @@ async def list_visible(tx: Transaction, *, principal: Principal) -> list[Service
 
 
 async def read(tx: Transaction, *, principal: Principal, name: str) -> Service:
-    check_name_readable(name)
-    service = await tx.services.get(name)
-    if service is None:
-        raise _not_found(name)
+    service = await _existing(tx, name)
     if not can_view(principal, service):
         raise Forbidden(f"you are not allowed to see service {name!r}")
     return service
@@ -99,10 +100,7 @@ async def update(
     if len(definitions) != 1:
         raise BadRequest("an update takes exactly one service definition")
     definition = parse_service(definitions[0])
-    check_name_readable(definition.name)
-    current = await tx.services.get(definition.name)
-    if current is None:
-        raise _not_found(definition.name)
+    current = await _existing(tx, definition.name)
     if not can_change(principal, current):
         raise Forbidden(f"only the owner may update service {definition.name!r}")
     service = normalise_update(definition, current=current, minio=minio_default(settings))
@@ -113,10 +111,7 @@ async def update(
 
 async def delete(tx: Transaction, *, principal: Principal, name: str, backend: Backend) -> Service:
     """Delete the service with its job records and queued events; its buckets and objects are kept."""
-    check_name_readable(name)
-    service = await tx.services.get(name)
-    if service is None:
-        raise _not_found(name)
+    service = await _existing(tx, name)
     if not can_change(principal, service):
         raise Forbidden(f"only the owner may delete service {name!r}")
     for job in await tx.jobs.unfinished(service=name):

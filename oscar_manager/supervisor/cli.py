@@ -182,7 +182,11 @@ async def supervise(
                 log.error(f"The script exited with code {code}")
                 return code, output, log.text()
             await stage_out(service=service, stores=resolve, workspace=workspace, log=log)
-            return 0, render_response(invocation=invocation, workspace=workspace, script_output=output), log.text()
+            return (
+                0,
+                render_response(invocation=invocation, workspace=workspace, script_output=output),
+                log.text(),
+            )
     finally:
         workspace.cleanup()
 

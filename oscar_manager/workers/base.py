@@ -14,20 +14,19 @@ from collections.abc import Awaitable, Callable
 log = logging.getLogger(__name__)
 
 
-class LoopWorker:
-    def __init__(self, name: str, run_once: Callable[[], Awaitable[int]], *, interval: float) -> None:
+class _OwnedTask:
+    """A named task started once and cancelled (and awaited) on stop."""
+
+    def __init__(self, name: str) -> None:
         self.name = name
-        self._run_once = run_once
-        self._interval = interval
-        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def wake(self) -> None:
-        self._wake.set()
+    async def _main(self) -> None:
+        raise NotImplementedError
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name=self.name)
+            self._task = asyncio.create_task(self._main(), name=self.name)
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -36,7 +35,18 @@ class LoopWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _loop(self) -> None:
+
+class LoopWorker(_OwnedTask):
+    def __init__(self, name: str, run_once: Callable[[], Awaitable[int]], *, interval: float) -> None:
+        super().__init__(name)
+        self._run_once = run_once
+        self._interval = interval
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _main(self) -> None:
         failures = 0
         while True:
             self._wake.clear()
@@ -55,27 +65,15 @@ class LoopWorker:
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
 
 
-class SupervisedTask:
+class SupervisedTask(_OwnedTask):
     """A long-running coroutine (a listener) restarted with backoff when it ends or fails."""
 
     def __init__(self, name: str, run: Callable[[], Awaitable[None]], *, restart_delay: float = 1.0) -> None:
-        self.name = name
+        super().__init__(name)
         self._run = run
         self._restart_delay = restart_delay
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._supervise(), name=self.name)
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _supervise(self) -> None:
+    async def _main(self) -> None:
         delay = self._restart_delay
         while True:
             try:

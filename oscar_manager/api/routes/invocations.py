@@ -5,7 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response, status
 
 from oscar_manager.api.deps import BackendDep, BasicDep, DatabaseDep, IntakeDep, SettingsDep, read_limited
-from oscar_manager.operations import invocations
+from oscar_manager.auth.basic import BasicAuthenticator
+from oscar_manager.domain.service import Service
+from oscar_manager.operations import Database, invocations
 
 router = APIRouter(tags=["invocations"])
 
@@ -19,6 +21,17 @@ _BODY = {
         }
     }
 }
+
+
+async def _authorized_call(
+    request: Request, name: str, database: Database, basic: BasicAuthenticator, *, limit: int
+) -> tuple[Service, bytes]:
+    """The service, once the caller is admitted, and only then the body (so strangers cannot make the
+    manager read large bodies)."""
+    service = await invocations.service_for_invocation(
+        database, name=name, authorization=request.headers.get("authorization"), basic=basic
+    )
+    return service, await read_limited(request, limit)
 
 
 @router.post(
@@ -41,10 +54,9 @@ async def start_job(
     basic: BasicDep,
     intake: IntakeDep,
 ) -> Response:
-    service = await invocations.service_for_invocation(
-        database, name=name, authorization=request.headers.get("authorization"), basic=basic
+    service, body = await _authorized_call(
+        request, name, database, basic, limit=settings.oscar_max_body_bytes
     )
-    body = await read_limited(request, settings.oscar_max_body_bytes)
     accepted = await intake.invocation(
         service=service, body=body, idempotency_key=request.headers.get("idempotency-key")
     )
@@ -79,10 +91,9 @@ async def run_service(
     basic: BasicDep,
     backend: BackendDep,
 ) -> Response:
-    service = await invocations.service_for_invocation(
-        database, name=name, authorization=request.headers.get("authorization"), basic=basic
+    service, body = await _authorized_call(
+        request, name, database, basic, limit=settings.oscar_max_run_body_bytes
     )
-    body = await read_limited(request, settings.oscar_max_run_body_bytes)
     output = await invocations.run_sync(
         backend, service=service, body=body, time_limit=settings.oscar_run_timeout
     )
