@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 
 from oscar_manager.operations import Database
 from oscar_manager.settings import Settings
+from oscar_manager.storage.s3 import S3ObjectStore
 from tests.support.app import app_client
 from tests.support.components import PostgresServer, unavailable
 from tests.support.databases import PostgresDatabases, SqliteDatabases
@@ -83,3 +85,32 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The app on a fresh database, driven in-process, authenticated as the admin."""
     async with app_client(settings) as http:
         yield http
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """moto's S3 server in a thread of this process, one for the whole session (tests use unique buckets)."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:
+        unavailable(f"moto's S3 server is not installed: {exc}")
+    werkzeug_log = logging.getLogger("werkzeug")
+    werkzeug_log.setLevel(logging.WARNING)  # one line per request otherwise
+    try:
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+    except Exception as exc:
+        unavailable(f"cannot start moto's S3 server: {exc}")
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+async def s3_store(moto_endpoint: str) -> AsyncIterator[S3ObjectStore]:
+    async with S3ObjectStore.connect(
+        endpoint=moto_endpoint, access_key="testing", secret_key="testing", region="us-east-1"
+    ) as store:
+        yield store

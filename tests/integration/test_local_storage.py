@@ -11,7 +11,7 @@ import resource
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,7 +28,6 @@ from oscar_manager.storage.base import (
 )
 from oscar_manager.storage.local import READ_CHUNK, STAGING, LocalObjectStore, file_etag
 from oscar_manager.storage.s3 import S3ObjectStore
-from tests.support.components import unavailable
 
 MiB = 1024 * 1024
 
@@ -52,31 +51,6 @@ def files_under(path: Path) -> list[str]:
     return sorted(
         str(Path(dirpath, name).relative_to(path)) for dirpath, _, names in os.walk(path) for name in names
     )
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """The URL of a moto S3 server, started once per session in a thread of this process."""
-    try:
-        from moto.server import ThreadedMotoServer
-
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-    except Exception as exc:
-        unavailable(f"cannot start a moto S3 server: {exc}")
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
-async def s3_store(moto_endpoint: str) -> AsyncIterator[S3ObjectStore]:
-    async with S3ObjectStore.connect(
-        endpoint=moto_endpoint, access_key="testing", secret_key="testing", region="us-east-1"
-    ) as store:
-        yield store
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -16,7 +16,10 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges only applies to a root manager"),
 ]
 
-PROBE = "id -u; cat /etc/shadow >/dev/null 2>&1 && echo shadow-readable || echo shadow-denied\necho x > output/o\n"
+PROBE = (
+    "id -u; cat /etc/shadow >/dev/null 2>&1 && echo shadow-readable || echo shadow-denied\n"
+    "echo x > output/o\n"
+)
 
 
 def workdir(tmp_path: Path) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from oscar_manager.domain.events import ObjectEvent, notification
+from oscar_manager.storage.s3 import S3ObjectStore
 from oscar_manager.supervisor.cli import supervise
 
 UPPER = 'tr a-z A-Z < "$INPUT_FILE_PATH" > "$TMP_OUTPUT_DIR/$(basename "$INPUT_FILE_PATH")"\necho done\n'
@@ -73,19 +75,19 @@ def test_container_environment_reaches_the_script() -> None:
 
 
 @pytest.mark.asyncio
-async def test_storage_event_downloads_and_uploads_through_s3(s3_endpoint: str, tmp_path: Path) -> None:
-    from oscar_manager.storage.s3 import S3ObjectStore
-
+async def test_storage_event_downloads_and_uploads_through_s3(moto_endpoint: str, tmp_path: Path) -> None:
     credentials = tmp_path / "providers" / "minio.default"
     credentials.mkdir(parents=True)
     (credentials / "accessKey").write_text("testing")
     (credentials / "secretKey").write_text("testing")
     async with S3ObjectStore.connect(
-        endpoint=s3_endpoint, access_key="testing", secret_key="testing", region="us-east-1", verify=False
+        endpoint=moto_endpoint, access_key="testing", secret_key="testing", region="us-east-1", verify=False
     ) as store:
         await store.ensure_folder("cli-bucket", "in")
         info = await store.put_stream("cli-bucket", "in/my file+é.txt", _chunks(b"object content"))
-        providers = {"minio": {"default": {"endpoint": s3_endpoint, "region": "us-east-1", "verify": False}}}
+        providers = {
+            "minio": {"default": {"endpoint": moto_endpoint, "region": "us-east-1", "verify": False}}
+        }
         definition = tmp_path / "function_config.yaml"
         definition.write_text(
             yaml.safe_dump(
@@ -101,8 +103,6 @@ async def test_storage_event_downloads_and_uploads_through_s3(s3_endpoint: str, 
         event = notification(
             ObjectEvent(bucket="cli-bucket", key=info.key, etag=info.etag, size=info.size, event_time="t")
         )
-        import json
-
         code, response, log = await supervise(
             json.dumps(event).encode(),
             env={"SCRIPT": b64(UPPER), "PATH": os.environ["PATH"]},

@@ -23,13 +23,11 @@ import importlib.metadata
 import importlib.util
 import io
 import json
-import logging
 import os
 import subprocess
 import sys
 import uuid
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,29 +80,6 @@ def faas_supervisor() -> None:
     # It prefers this file to FUNCTION_CONFIG: on such a machine we could not give it our service.
     if Path("/oscar/config/function_config.yaml").exists():
         unavailable("/oscar/config/function_config.yaml exists and would override FUNCTION_CONFIG")
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    try:
-        from moto.server import ThreadedMotoServer
-    except ImportError as exc:
-        unavailable(f"moto's S3 server is not installed (uv pip install 'moto[s3,server]'): {exc}")
-    werkzeug_log = logging.getLogger("werkzeug")
-    level = werkzeug_log.level
-    werkzeug_log.setLevel(logging.WARNING)  # one line per request otherwise
-    try:
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-    except Exception as exc:
-        werkzeug_log.setLevel(level)
-        unavailable(f"cannot start moto's S3 server: {exc}")
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-        werkzeug_log.setLevel(level)
 
 
 @pytest.fixture

@@ -9,6 +9,9 @@ from oscar_manager.app import create_app
 from oscar_manager.settings import Settings
 from tests.support.factories import ADMIN_PASSWORD
 
+# Per request: send no credentials even though the client has some.
+NO_AUTH = httpx.Auth()
+
 
 @asynccontextmanager
 async def app_client(settings: Settings, *, auth: bool = True) -> AsyncIterator[httpx.AsyncClient]:

@@ -12,10 +12,10 @@ FINISHED = ("Succeeded", "Failed")
 
 
 async def wait_for_jobs(
-    client: httpx.AsyncClient, service: str, *, count: int, timeout: float = 30.0
+    client: httpx.AsyncClient, service: str, *, count: int, within: float = 30.0
 ) -> dict[str, dict[str, Any]]:
     """Poll ``/system/logs/{service}`` until ``count`` jobs have finished; return them."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     jobs: dict[str, dict[str, Any]] = {}
     while time.monotonic() < deadline:
         jobs = await all_jobs(client, service)

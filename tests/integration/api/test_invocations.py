@@ -12,13 +12,16 @@ import pytest
 
 from oscar_manager.domain.events import ObjectEvent, notification
 from oscar_manager.settings import Settings
-from tests.support.app import app_client
+from tests.support.app import NO_AUTH, app_client
 from tests.support.factories import service_body
 from tests.support.jobs import settle, wait_for_jobs
 
 pytestmark = pytest.mark.asyncio
 
-UPPER = '#!/bin/sh\necho "processing $(basename "$INPUT_FILE_PATH")"\ntr a-z A-Z < "$INPUT_FILE_PATH" > "$TMP_OUTPUT_DIR/$(basename "$INPUT_FILE_PATH")"\n'
+UPPER = (
+    '#!/bin/sh\necho "processing $(basename "$INPUT_FILE_PATH")"\n'
+    'tr a-z A-Z < "$INPUT_FILE_PATH" > "$TMP_OUTPUT_DIR/$(basename "$INPUT_FILE_PATH")"\n'
+)
 
 
 async def make_service(
@@ -48,24 +51,24 @@ def b64(data: bytes) -> bytes:
 class TestJobAuth:
     async def test_no_credentials(self, client: httpx.AsyncClient) -> None:
         await make_service(client)
-        response = await client.post("/job/upper", content=b64(b"x"), auth=None)
+        response = await client.post("/job/upper", content=b64(b"x"), auth=NO_AUTH)
         assert response.status_code == 401
         assert response.headers["www-authenticate"].startswith("Bearer")
 
     async def test_wrong_token(self, client: httpx.AsyncClient) -> None:
         await make_service(client)
         for token in ("0" * 64, "short", ""):
-            response = await client.post("/job/upper", content=b64(b"x"), headers=bearer(token), auth=None)
+            response = await client.post("/job/upper", content=b64(b"x"), headers=bearer(token), auth=NO_AUTH)
             assert response.status_code == 401
 
     async def test_token_of_another_service(self, client: httpx.AsyncClient) -> None:
         await make_service(client, "first")
         other = await make_service(client, "second")
-        response = await client.post("/job/first", content=b64(b"x"), headers=bearer(other), auth=None)
+        response = await client.post("/job/first", content=b64(b"x"), headers=bearer(other), auth=NO_AUTH)
         assert response.status_code == 401
 
     async def test_unknown_service(self, client: httpx.AsyncClient) -> None:
-        response = await client.post("/job/ghost", content=b64(b"x"), headers=bearer("a" * 64), auth=None)
+        response = await client.post("/job/ghost", content=b64(b"x"), headers=bearer("a" * 64), auth=NO_AUTH)
         assert response.status_code == 404
 
     async def test_wrong_basic_password(self, client: httpx.AsyncClient) -> None:
@@ -74,7 +77,7 @@ class TestJobAuth:
 
     async def test_refused_calls_record_nothing(self, client: httpx.AsyncClient) -> None:
         await make_service(client)
-        await client.post("/job/upper", content=b64(b"x"), headers=bearer("0" * 64), auth=None)
+        await client.post("/job/upper", content=b64(b"x"), headers=bearer("0" * 64), auth=NO_AUTH)
         await settle()
         assert (await client.get("/system/logs/upper")).json()["jobs"] == {}
 
@@ -82,7 +85,7 @@ class TestJobAuth:
 class TestJobs:
     async def test_base64_body_runs_and_logs_survive(self, client: httpx.AsyncClient) -> None:
         token = await make_service(client)
-        response = await client.post("/job/upper", content=b64(b"hello"), headers=bearer(token), auth=None)
+        response = await client.post("/job/upper", content=b64(b"hello"), headers=bearer(token), auth=NO_AUTH)
         assert response.status_code == 201
         assert response.content == b""
         (job_id,) = response.headers["x-oscar-job-ids"].split(",")
@@ -106,13 +109,15 @@ class TestJobs:
 
     async def test_json_body_is_the_input_file(self, client: httpx.AsyncClient) -> None:
         token = await make_service(client, script='cat "$INPUT_FILE_PATH"\n')
-        await client.post("/job/upper", json={"message": "hi"}, headers=bearer(token), auth=None)
+        await client.post("/job/upper", json={"message": "hi"}, headers=bearer(token), auth=NO_AUTH)
         (job_id,) = await wait_for_jobs(client, "upper", count=1)
         assert '{"message": "hi"}' in (await client.get(f"/system/logs/upper/{job_id}")).text
 
     async def test_not_base64_is_400_and_records_nothing(self, client: httpx.AsyncClient) -> None:
         token = await make_service(client)
-        response = await client.post("/job/upper", content=b"not base64 !!", headers=bearer(token), auth=None)
+        response = await client.post(
+            "/job/upper", content=b"not base64 !!", headers=bearer(token), auth=NO_AUTH
+        )
         assert response.status_code == 400
         assert "base64" in response.json()["detail"]
         await settle()
@@ -128,14 +133,14 @@ class TestJobs:
     )
     async def test_malformed_notifications(self, client: httpx.AsyncClient, body: dict[str, Any]) -> None:
         token = await make_service(client)
-        response = await client.post("/job/upper", json=body, headers=bearer(token), auth=None)
+        response = await client.post("/job/upper", json=body, headers=bearer(token), auth=NO_AUTH)
         assert response.status_code == 400
         await settle(0.2)
         assert (await client.get("/system/logs/upper")).json()["jobs"] == {}
 
     async def test_failing_script(self, client: httpx.AsyncClient) -> None:
         token = await make_service(client, script="echo about to fail\nexit 3\n")
-        await client.post("/job/upper", content=b64(b"x"), headers=bearer(token), auth=None)
+        await client.post("/job/upper", content=b64(b"x"), headers=bearer(token), auth=NO_AUTH)
         jobs = await wait_for_jobs(client, "upper", count=1)
         ((job_id, job),) = jobs.items()
         assert job["status"] == "Failed"
@@ -155,7 +160,7 @@ async def quick_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 async def test_hanging_job_is_killed_and_failed(quick_client: httpx.AsyncClient) -> None:
     token = await make_service(quick_client, script="echo started\nsleep 60\n")
-    await quick_client.post("/job/upper", content=b64(b"x"), headers=bearer(token), auth=None)
+    await quick_client.post("/job/upper", content=b64(b"x"), headers=bearer(token), auth=NO_AUTH)
     ((job_id, job),) = (await wait_for_jobs(quick_client, "upper", count=1)).items()
     assert job["status"] == "Failed"
     log = (await quick_client.get(f"/system/logs/upper/{job_id}")).text
@@ -165,7 +170,7 @@ async def test_hanging_job_is_killed_and_failed(quick_client: httpx.AsyncClient)
 
 async def test_hanging_run_is_504(quick_client: httpx.AsyncClient) -> None:
     token = await make_service(quick_client, script="sleep 60\n")
-    response = await quick_client.post("/run/upper", content=b64(b"x"), headers=bearer(token), auth=None)
+    response = await quick_client.post("/run/upper", content=b64(b"x"), headers=bearer(token), auth=NO_AUTH)
     assert response.status_code == 504
 
 
@@ -199,7 +204,7 @@ class TestStorageEvents:
         event = self.event_for(stat)
         ids = set()
         for _ in range(3):
-            response = await client.post("/job/upper", json=event, headers=bearer(token), auth=None)
+            response = await client.post("/job/upper", json=event, headers=bearer(token), auth=NO_AUTH)
             assert response.status_code == 201
             ids.add(response.headers["x-oscar-job-ids"])
         assert len(ids) == 1
@@ -211,9 +216,9 @@ class TestStorageEvents:
     async def test_idempotency_key_dedups_plain_invocations(self, client: httpx.AsyncClient) -> None:
         token = await make_service(client)
         headers = {**bearer(token), "Idempotency-Key": "upload-42"}
-        first = await client.post("/job/upper", content=b64(b"a"), headers=headers, auth=None)
-        again = await client.post("/job/upper", content=b64(b"a"), headers=headers, auth=None)
-        other = await client.post("/job/upper", content=b64(b"a"), headers=bearer(token), auth=None)
+        first = await client.post("/job/upper", content=b64(b"a"), headers=headers, auth=NO_AUTH)
+        again = await client.post("/job/upper", content=b64(b"a"), headers=headers, auth=NO_AUTH)
+        other = await client.post("/job/upper", content=b64(b"a"), headers=bearer(token), auth=NO_AUTH)
         assert first.headers["x-oscar-job-ids"] == again.headers["x-oscar-job-ids"]
         assert other.headers["x-oscar-job-ids"] != first.headers["x-oscar-job-ids"]
         await wait_for_jobs(client, "upper", count=2)
@@ -256,7 +261,7 @@ class TestStorageEvents:
         token = await make_service(client)
         event = self.event_for({"bucket": "upper", "key": "in/missing.txt", "etag": "e", "size": 1})
         assert (
-            await client.post("/job/upper", json=event, headers=bearer(token), auth=None)
+            await client.post("/job/upper", json=event, headers=bearer(token), auth=NO_AUTH)
         ).status_code == 201
         ((job_id, job),) = (await wait_for_jobs(client, "upper", count=1)).items()
         assert job["status"] == "Failed"
@@ -274,47 +279,49 @@ class TestRun:
     async def test_single_output_is_base64(self, client: httpx.AsyncClient) -> None:
         token = await make_service(client)
         response = await client.post(
-            "/run/upper", content=b64(b"hello oscar"), headers=bearer(token), auth=None
+            "/run/upper", content=b64(b"hello oscar"), headers=bearer(token), auth=NO_AUTH
         )
         assert response.status_code == 200
         assert base64.b64decode(response.content) == b"HELLO OSCAR"
 
     async def test_no_output_file_returns_script_output(self, client: httpx.AsyncClient) -> None:
         token = await make_service(client, script='echo "got $(cat "$INPUT_FILE_PATH")"\n')
-        response = await client.post("/run/upper", content=b64(b"abc"), headers=bearer(token), auth=None)
+        response = await client.post("/run/upper", content=b64(b"abc"), headers=bearer(token), auth=NO_AUTH)
         assert response.text == "got abc\n"
 
     async def test_json_body(self, client: httpx.AsyncClient) -> None:
         token = await make_service(client, script='cat "$INPUT_FILE_PATH"\n')
-        response = await client.post("/run/upper", json={"message": "hi"}, headers=bearer(token), auth=None)
+        response = await client.post(
+            "/run/upper", json={"message": "hi"}, headers=bearer(token), auth=NO_AUTH
+        )
         assert json.loads(response.text) == {"message": "hi"}
 
     async def test_base64_with_line_breaks(self, client: httpx.AsyncClient) -> None:
         token = await make_service(client, script='cat "$INPUT_FILE_PATH"\n')
         wrapped = base64.encodebytes(b"x" * 200)  # 76-column lines, like the base64 tool
-        response = await client.post("/run/upper", content=wrapped, headers=bearer(token), auth=None)
+        response = await client.post("/run/upper", content=wrapped, headers=bearer(token), auth=NO_AUTH)
         assert response.text == "x" * 200
 
     async def test_not_base64_is_400(self, client: httpx.AsyncClient) -> None:
         token = await make_service(client)
         response = await client.post(
-            "/run/upper", content=b"%%% not base64", headers=bearer(token), auth=None
+            "/run/upper", content=b"%%% not base64", headers=bearer(token), auth=NO_AUTH
         )
         assert response.status_code == 400
 
     async def test_failing_script_is_500_with_output(self, client: httpx.AsyncClient) -> None:
         token = await make_service(client, script="echo broken >&2\nexit 2\n")
-        response = await client.post("/run/upper", content=b64(b"x"), headers=bearer(token), auth=None)
+        response = await client.post("/run/upper", content=b64(b"x"), headers=bearer(token), auth=NO_AUTH)
         assert response.status_code == 500
         assert "broken" in response.json()["detail"]
         assert "code 2" in response.json()["detail"]
 
     async def test_auth(self, client: httpx.AsyncClient) -> None:
         await make_service(client)
-        assert (await client.post("/run/upper", content=b64(b"x"), auth=None)).status_code == 401
-        wrong = await client.post("/run/upper", content=b64(b"x"), headers=bearer("f" * 64), auth=None)
+        assert (await client.post("/run/upper", content=b64(b"x"), auth=NO_AUTH)).status_code == 401
+        wrong = await client.post("/run/upper", content=b64(b"x"), headers=bearer("f" * 64), auth=NO_AUTH)
         assert wrong.status_code == 401
-        missing = await client.post("/run/ghost", content=b64(b"x"), headers=bearer("f" * 64), auth=None)
+        missing = await client.post("/run/ghost", content=b64(b"x"), headers=bearer("f" * 64), auth=NO_AUTH)
         assert missing.status_code == 404
         assert (await client.post("/run/upper", content=b64(b"x"))).status_code == 200
 
@@ -322,7 +329,7 @@ class TestRun:
         self, client: httpx.AsyncClient, settings: Settings
     ) -> None:
         token = await make_service(client, script="env; ls -la /proc/1/root 2>&1 | head -3; echo end\n")
-        response = await client.post("/run/upper", content=b64(b"x"), headers=bearer(token), auth=None)
+        response = await client.post("/run/upper", content=b64(b"x"), headers=bearer(token), auth=NO_AUTH)
         assert response.status_code == 200
         assert settings.oscar_password not in response.text
         assert "OSCAR_PASSWORD" not in response.text

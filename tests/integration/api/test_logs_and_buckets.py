@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from oscar_manager.settings import Settings
-from tests.support.app import app_client
+from tests.support.app import NO_AUTH, app_client
 from tests.support.jobs import wait_for_jobs
 
 pytestmark = pytest.mark.asyncio
@@ -71,7 +71,7 @@ class TestJobList:
 
     async def test_requires_admin(self, client: httpx.AsyncClient) -> None:
         await service_with_jobs(client, count=1)
-        assert (await client.get("/system/logs/svc", auth=None)).status_code == 401
+        assert (await client.get("/system/logs/svc", auth=NO_AUTH)).status_code == 401
 
 
 class TestJobDeletion:
@@ -163,8 +163,10 @@ class TestObjects:
         assert (await client.post("/system/buckets", json={"bucket_name": "Bad_Name"})).status_code == 400
 
     async def test_requires_admin(self, client: httpx.AsyncClient) -> None:
-        assert (await client.get("/system/buckets", auth=None)).status_code == 401
-        assert (await client.put("/system/buckets/x/objects/y", content=b"x", auth=None)).status_code == 401
+        assert (await client.get("/system/buckets", auth=NO_AUTH)).status_code == 401
+        assert (
+            await client.put("/system/buckets/x/objects/y", content=b"x", auth=NO_AUTH)
+        ).status_code == 401
 
 
 class TestPresign:
@@ -177,12 +179,12 @@ class TestPresign:
         assert up.status_code == 200
         assert up.json()["method"] == "PUT"
         target = urlsplit(up.json()["url"])
-        put = await client.put(f"{target.path}?{target.query}", content=b"presigned!", auth=None)
+        put = await client.put(f"{target.path}?{target.query}", content=b"presigned!", auth=NO_AUTH)
         assert put.status_code == 201, put.text
         down = await self.presign(client, object_key="in/file one.txt", operation="download")
         assert down.json()["method"] == "GET"
         target = urlsplit(down.json()["url"])
-        got = await client.get(f"{target.path}?{target.query}", auth=None)
+        got = await client.get(f"{target.path}?{target.query}", auth=NO_AUTH)
         assert got.status_code == 200
         assert got.content == b"presigned!"
 
@@ -191,21 +193,21 @@ class TestPresign:
         await client.put("/system/buckets/data/objects/secret.txt", content=b"s")
         await client.put("/system/buckets/data/objects/public.txt", content=b"p")
         url = urlsplit((await self.presign(client, object_key="public.txt")).json()["url"])
-        assert (await client.get(f"{url.path}?{url.query}", auth=None)).status_code == 200
+        assert (await client.get(f"{url.path}?{url.query}", auth=NO_AUTH)).status_code == 200
         other = url.path.replace("public.txt", "secret.txt")
-        assert (await client.get(f"{other}?{url.query}", auth=None)).status_code == 403
+        assert (await client.get(f"{other}?{url.query}", auth=NO_AUTH)).status_code == 403
         # A download signature does not allow an upload.
-        assert (await client.put(f"{url.path}?{url.query}", content=b"x", auth=None)).status_code == 403
+        assert (await client.put(f"{url.path}?{url.query}", content=b"x", auth=NO_AUTH)).status_code == 403
         tampered = url.query.replace("signature=", "signature=0")
-        assert (await client.get(f"{url.path}?{tampered}", auth=None)).status_code == 403
-        assert (await client.get(url.path, auth=None)).status_code == 403
+        assert (await client.get(f"{url.path}?{tampered}", auth=NO_AUTH)).status_code == 403
+        assert (await client.get(url.path, auth=NO_AUTH)).status_code == 403
 
     async def test_expired_url(self, client: httpx.AsyncClient) -> None:
         await client.post("/system/buckets", json={"bucket_name": "data"})
         await client.put("/system/buckets/data/objects/x.txt", content=b"x")
         url = urlsplit((await self.presign(client, object_key="x.txt", expires_in=1)).json()["url"])
         await asyncio.sleep(2.1)
-        assert (await client.get(f"{url.path}?{url.query}", auth=None)).status_code == 403
+        assert (await client.get(f"{url.path}?{url.query}", auth=NO_AUTH)).status_code == 403
 
     @pytest.mark.parametrize(
         ("body", "status"),
