@@ -121,7 +121,14 @@ def test_files_dropped_while_down_are_processed_once(tmp_path: Path) -> None:
     again = start_server(tmp_path, free_port(), env=env)
     try:
         time.sleep(1.5)
-        assert len(jobs(again)) == 2
+        finished = jobs(again)
+        assert len(finished) == 2
         assert len(outputs(tmp_path)) == 2
+        # Logs are kept in the registry: still there after a restart.
+        with client(again) as http:
+            for job_id in finished:
+                log = http.get(f"/system/logs/durable/{job_id}")
+                assert log.status_code == 200
+                assert "Downloading 'durable/in/" in log.text
     finally:
         stop_server(again)

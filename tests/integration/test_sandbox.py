@@ -21,7 +21,9 @@ from oscar_manager.backends.sandbox import JOB_DIR, Sandbox, SandboxUnavailable,
 from tests.support.components import unavailable
 
 MODES = ["bwrap", "fallback"]
-PYTHON = sys.executable
+# Scripts see a private /tmp: a virtualenv under /tmp (a CI clone, say) is not visible inside the sandbox,
+# so they use the interpreter itself, wherever it really lives.
+PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else os.path.realpath(sys.executable)
 MiB = 1 << 20
 
 
