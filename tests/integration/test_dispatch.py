@@ -1,0 +1,127 @@
+"""The dispatcher: retries with backoff, giving up visibly, crash recovery (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from oscar_manager.backends.base import BackendUnavailable, JobReporter, JobRequest, SyncRequest
+from oscar_manager.domain.jobs import JobStatus
+from oscar_manager.domain.service import MinioDefault, normalise_new, parse_service
+from oscar_manager.operations import Database, dispatch
+from oscar_manager.operations.dispatch import Dispatcher, recover
+from oscar_manager.operations.intake import Intake
+from tests.support.factories import service_body
+
+pytestmark = pytest.mark.asyncio
+
+
+class FlakyBackend:
+    """Refuses the first ``failures`` submissions, then records what it accepts."""
+
+    def __init__(self, *, failures: int, durable: bool = True) -> None:
+        self.durable_submissions = durable
+        self.failures = failures
+        self.accepted: list[str] = []
+        self.attempts = 0
+
+    async def start(self, reporter: JobReporter) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def free_slots(self) -> int:
+        return 10
+
+    async def submit(self, request: JobRequest) -> None:
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise BackendUnavailable("the cluster is away")
+        self.accepted.append(request.job_id)
+
+    async def run_sync(self, request: SyncRequest) -> bytes:
+        raise NotImplementedError
+
+    async def cancel(self, job_id: str) -> None: ...
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+
+@pytest.fixture(autouse=True)
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dispatch, "backoff", lambda attempt: 0.0)
+
+
+async def one_event(database: Database) -> str:
+    service = normalise_new(
+        parse_service(service_body()),
+        owner="o",
+        namespace="ns",
+        minio=MinioDefault(endpoint="", region="", verify=True),
+    )
+    async with database.transaction() as tx:
+        await tx.services.add(service)
+    accepted = await Intake(database, wake=lambda: None).invocation(
+        service=service, body=b"aGVsbG8=", idempotency_key=None
+    )
+    return accepted.job_ids[0]
+
+
+async def event_status(database: Database) -> dict[str, int]:
+    async with database.transaction() as tx:
+        return await tx.events.counts()
+
+
+async def test_retried_until_accepted(database: Database) -> None:
+    job_id = await one_event(database)
+    backend = FlakyBackend(failures=2)
+    dispatcher = Dispatcher(database, backend, max_attempts=5)
+    for _ in range(3):
+        assert await dispatcher.dispatch_once() == 1
+    assert backend.accepted == [job_id]
+    assert await event_status(database) == {"done": 1}
+    assert await dispatcher.dispatch_once() == 0
+
+
+async def test_gives_up_visibly_after_max_attempts(database: Database) -> None:
+    job_id = await one_event(database)
+    dispatcher = Dispatcher(database, FlakyBackend(failures=99), max_attempts=3)
+    for _ in range(3):
+        await dispatcher.dispatch_once()
+    assert await dispatcher.dispatch_once() == 0
+    assert await event_status(database) == {"failed": 1}
+    async with database.transaction() as tx:
+        job = await tx.jobs.get("cowsay", job_id)
+        log = await tx.jobs.log("cowsay", job_id)
+    assert job is not None
+    assert job.status is JobStatus.FAILED
+    assert log is not None
+    assert "after 3 attempts" in log
+    assert "the cluster is away" in log
+
+
+async def test_local_submissions_stay_claimed_until_recovered(database: Database) -> None:
+    job_id = await one_event(database)
+    backend = FlakyBackend(failures=0, durable=False)
+    assert await Dispatcher(database, backend, max_attempts=3).dispatch_once() == 1
+    # Not durable: the event stays claimed while the job lives in this process only.
+    assert await event_status(database) == {"claimed": 1}
+    assert await recover(database) == 1  # what a restart does
+    again = FlakyBackend(failures=0, durable=False)
+    assert await Dispatcher(database, again, max_attempts=3).dispatch_once() == 1
+    assert again.accepted == [job_id]
+    async with database.transaction() as tx:
+        job = await tx.jobs.get("cowsay", job_id)
+    assert job is not None
+    assert job.attempts == 2
+
+
+async def test_events_of_deleted_services_fail_without_a_job(database: Database) -> None:
+    await one_event(database)
+    async with database.transaction() as tx:
+        await tx.services.delete("cowsay")
+    backend = FlakyBackend(failures=0)
+    assert await Dispatcher(database, backend, max_attempts=3).dispatch_once() == 1
+    assert backend.accepted == []
+    assert await event_status(database) == {"failed": 1}
