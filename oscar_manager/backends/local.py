@@ -137,8 +137,10 @@ class LocalBackend:
             try:
                 await task
             except asyncio.CancelledError:
-                if not task.cancelled():
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
                     raise  # the worker itself is being stopped
+                # else only the job was cancelled (deleted): keep serving the queue
             except Exception:
                 log.exception("job %s crashed", request.job_id)
             finally:
