@@ -92,9 +92,21 @@ class LocalBucketWatcher:
         return batch
 
     def _watch_tree(self, top: Path) -> None:
-        for directory, subdirs, _files in os.walk(top, followlinks=False):
-            subdirs[:] = [name for name in subdirs if not name.startswith(".")]
-            self._add_watch(Path(directory))
+        pending = [top]
+        while pending:
+            directory = pending.pop()
+            # Watch first, then list: a folder created in between is then either listed here or reported
+            # by the new watch, never missed.
+            self._add_watch(directory)
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue
+            pending.extend(
+                Path(entry.path)
+                for entry in entries
+                if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".")
+            )
 
     def _add_watch(self, directory: Path) -> None:
         if directory in self._watched or self._inotify is None:
