@@ -35,6 +35,9 @@ def serve(settings: Settings) -> None:
         port=settings.oscar_service_port,
         timeout_keep_alive=30,
         log_level="info",
+        # Not uvloop: its subprocess spawn forks the whole server per script (about 9 ms, blocking the loop)
+        # and it can close a pipe's descriptor twice (MagicStack/uvloop#763).
+        loop="asyncio",
     )
 
 

@@ -105,7 +105,9 @@ class Runtime:
         _fast_child_watcher()
         await recover(self.database)
         reporter = DatabaseJobReporter(
-            self.database, complete_events_on_finish=not self.backend.durable_submissions
+            self.database,
+            complete_events_on_finish=not self.backend.durable_submissions,
+            wake=self.dispatch_loop.wake,
         )
         await self.backend.start(reporter)
         self.watch_task.start()

@@ -18,59 +18,60 @@ from oscar_manager.storage.presign import PresignSigner
 from oscar_manager.storage.providers import Stores
 
 
-def get_settings(request: Request) -> Settings:
+# Dependencies are ``async def``: FastAPI runs plain ``def`` ones on a worker thread, a hop per request each.
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:
     database: Database = request.app.state.database
     return database
 
 
-def get_backend(request: Request) -> Backend:
+async def get_backend(request: Request) -> Backend:
     backend: Backend = request.app.state.backend
     return backend
 
 
-def get_stores(request: Request) -> Stores:
+async def get_stores(request: Request) -> Stores:
     stores: Stores = request.app.state.stores
     return stores
 
 
-def get_intake(request: Request) -> Intake:
+async def get_intake(request: Request) -> Intake:
     intake: Intake = request.app.state.intake
     return intake
 
 
-def get_presigner(request: Request) -> PresignSigner:
+async def get_presigner(request: Request) -> PresignSigner:
     presigner: PresignSigner = request.app.state.presigner
     return presigner
 
 
-def get_basic(request: Request) -> BasicAuthenticator:
+async def get_basic(request: Request) -> BasicAuthenticator:
     authenticator: BasicAuthenticator = request.app.state.authenticator
     return authenticator
 
 
 async def get_transaction(request: Request) -> AsyncIterator[Transaction]:
     """The request's unit of work: committed when the route returns, before the response is sent."""
-    async with get_database(request).transaction() as tx:
+    async with (await get_database(request)).transaction() as tx:
         yield tx
 
 
-def authenticate(request: Request) -> Principal:
-    return get_basic(request).authenticate(request.headers.get("authorization"))
+async def authenticate(request: Request) -> Principal:
+    return (await get_basic(request)).authenticate(request.headers.get("authorization"))
 
 
 async def read_body(request: Request) -> bytes:
     """The whole body, refused with 413 as soon as it passes ``OSCAR_MAX_BODY_BYTES``."""
-    return await read_limited(request, get_settings(request).oscar_max_body_bytes)
+    return await read_limited(request, (await get_settings(request)).oscar_max_body_bytes)
 
 
 async def read_run_body(request: Request) -> bytes:
     """A sync invocation's body (usually a base64 file), limited by ``OSCAR_MAX_RUN_BODY_BYTES``."""
-    return await read_limited(request, get_settings(request).oscar_max_run_body_bytes)
+    return await read_limited(request, (await get_settings(request)).oscar_max_run_body_bytes)
 
 
 async def read_limited(request: Request, limit: int) -> bytes:

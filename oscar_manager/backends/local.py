@@ -179,6 +179,10 @@ class LocalBackend:
         except OscarError as exc:
             slog.error(f"{type(exc).__name__}: {exc.message}")
             status = JobStatus.FAILED
+        except Exception as exc:  # a bug or an unexpected OS error: the job must still end, as Failed
+            log.exception("job %s failed unexpectedly", request.job_id)
+            slog.error(f"internal error: {type(exc).__name__}: {exc}")
+            status = JobStatus.FAILED
         return JobOutcome(status=status, exit_code=exit_code, log=slog.text(), finished_at=datetime.now(UTC))
 
     # --- sync runs ---------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,9 +19,13 @@ from oscar_manager.registry import Database, Transaction
 class DatabaseJobReporter:
     """Backends report here; rows are updated in their own short transactions."""
 
-    def __init__(self, database: Database, *, complete_events_on_finish: bool) -> None:
+    def __init__(
+        self, database: Database, *, complete_events_on_finish: bool, wake: Callable[[], None] = lambda: None
+    ) -> None:
         self._database = database
         self._complete_events = complete_events_on_finish
+        # Called once a finished job is recorded: a slot is free, so the dispatcher may claim more now.
+        self._wake = wake
 
     async def started(self, job_id: str, *, at: datetime) -> None:
         async with self._database.transaction() as tx:
@@ -31,6 +36,7 @@ class DatabaseJobReporter:
             await tx.jobs.finish(job_id, outcome=outcome)
             if self._complete_events:
                 await tx.events.complete_for_job(job_id)
+        self._wake()
 
 
 @dataclass(frozen=True, slots=True)
