@@ -14,20 +14,20 @@ because of what is already on disk (``a`` is a folder, or ``a`` is a file and ``
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import functools
 import os
 import secrets
 import stat as stat_module
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO
 
 from oscar_manager.errors import Conflict
 from oscar_manager.storage.base import BucketNotFound, InvalidKey, ObjectInfo, ObjectNotFound, StorageError
+from oscar_manager.storage.blocking import run_blocking as _blocking
 from oscar_manager.storage.keys import validate_bucket, validate_key
 
 STAGING = ".staging"
@@ -35,7 +35,6 @@ READ_CHUNK = 64 * 1024
 # File-to-file copies and coalesced small upload chunks cross into threads in pieces of this size.
 COPY_CHUNK = 1024 * 1024
 
-_T = TypeVar("_T")
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO someone left in a bucket must not hang a worker thread.
@@ -71,27 +70,6 @@ def _is_valid_key(key: str, *, folder: bool = False) -> bool:
 
 def _storage_error(action: str, exc: OSError) -> StorageError:
     return StorageError(f"local storage: cannot {action}: {exc.strerror or exc}")
-
-
-async def _blocking(fn: Callable[[], _T], *, discard: Callable[[_T], object] | None = None) -> _T:
-    """Run ``fn`` in a worker thread; if cancelled, still wait for it before raising ``CancelledError``.
-
-    A blocking call cannot be interrupted, so returning early would let cleanup race the call that is
-    still running (unlink a file the thread is about to create, close a descriptor it reads). If the
-    call succeeds after all, ``discard`` releases what it returned.
-    """
-    future = asyncio.ensure_future(asyncio.to_thread(fn))
-    cancelled = False
-    while not future.done():
-        try:
-            await asyncio.wait({future})
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
-        if not future.cancelled() and future.exception() is None and discard is not None:
-            discard(future.result())
-        raise asyncio.CancelledError
-    return future.result()
 
 
 def _open_dir(name: str, *, dir_fd: int, create: bool) -> int:

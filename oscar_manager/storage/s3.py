@@ -40,7 +40,7 @@ import logging
 import os
 import secrets
 import stat as stat_module
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TypeVar, cast
@@ -52,6 +52,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from oscar_manager.errors import Conflict
 from oscar_manager.storage.base import BucketNotFound, InvalidKey, ObjectInfo, ObjectNotFound, StorageError
+from oscar_manager.storage.blocking import run_blocking as _blocking
 from oscar_manager.storage.keys import validate_bucket, validate_key
 
 if TYPE_CHECKING:
@@ -115,24 +116,6 @@ def _is_valid_key(key: str) -> bool:
     except InvalidKey:
         return False
     return True
-
-
-async def _blocking(fn: Callable[[], _T]) -> _T:
-    """Run ``fn`` in a worker thread; if cancelled, still wait for it before raising ``CancelledError``.
-
-    A blocking call cannot be interrupted: returning early would let cleanup (closing or unlinking a
-    file) race the call that is still running.
-    """
-    future = asyncio.ensure_future(asyncio.to_thread(fn))
-    cancelled = False
-    while not future.done():
-        try:
-            await asyncio.wait({future})
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
-    return future.result()
 
 
 class _StagedFile:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from oscar_manager.api.deps import CallerDep, PresignerDep, SettingsDep, StoresDep
 from oscar_manager.operations import buckets
+from oscar_manager.storage.providers import Stores
 
 router = APIRouter(prefix="/system/buckets", tags=["buckets"])
 presigned_router = APIRouter(prefix="/storage", tags=["buckets"])
@@ -36,8 +37,21 @@ class PresignRequest(BaseModel):
     content_type: str = ""
 
 
-def _object_headers(size: int, etag: str) -> dict[str, str]:
-    return {"Content-Length": str(size), "ETag": f'"{etag}"'}
+async def _receive(stores: Stores, bucket: str, key: str, request: Request) -> dict[str, Any]:
+    """Stream the request body into the object (authenticated and presigned uploads alike)."""
+    await buckets.writable_bucket(stores.default, bucket=bucket, key=key)
+    info = await stores.default.put_stream(bucket, key, request.stream())
+    return {"bucket": info.bucket, "key": info.key, "size": info.size, "etag": info.etag}
+
+
+async def _send(stores: Stores, bucket: str, key: str) -> StreamingResponse:
+    """Stream the object out (authenticated and presigned downloads alike)."""
+    info = await buckets.existing_object(stores.default, bucket=bucket, key=key)
+    return StreamingResponse(
+        stores.default.read_stream(bucket, key),
+        media_type="application/octet-stream",
+        headers={"Content-Length": str(info.size), "ETag": f'"{info.etag}"'},
+    )
 
 
 @router.get("", summary="List buckets")
@@ -68,19 +82,12 @@ async def get_bucket(
 async def upload_object(
     bucket: str, key: str, request: Request, _caller: CallerDep, stores: StoresDep
 ) -> dict[str, Any]:
-    await buckets.writable_bucket(stores.default, bucket=bucket, key=key)
-    info = await stores.default.put_stream(bucket, key, request.stream())
-    return {"bucket": info.bucket, "key": info.key, "size": info.size, "etag": info.etag}
+    return await _receive(stores, bucket, key, request)
 
 
 @router.get("/{bucket}/objects/{key:path}", response_class=StreamingResponse, summary="Download an object")
 async def download_object(bucket: str, key: str, _caller: CallerDep, stores: StoresDep) -> StreamingResponse:
-    info = await buckets.existing_object(stores.default, bucket=bucket, key=key)
-    return StreamingResponse(
-        stores.default.read_stream(bucket, key),
-        media_type="application/octet-stream",
-        headers=_object_headers(info.size, info.etag),
-    )
+    return await _send(stores, bucket, key)
 
 
 @router.post("/{bucket}/presign", summary="A short-lived URL to upload or download one object")
@@ -126,9 +133,7 @@ async def presigned_upload(
 ) -> dict[str, Any]:
     del operation  # the signature covers the operation: only an upload signature verifies here
     signer.verify(bucket=bucket, key=key, operation="upload", expires_at=expires, signature=signature)
-    await buckets.writable_bucket(stores.default, bucket=bucket, key=key)
-    info = await stores.default.put_stream(bucket, key, request.stream())
-    return {"bucket": info.bucket, "key": info.key, "size": info.size, "etag": info.etag}
+    return await _receive(stores, bucket, key, request)
 
 
 @presigned_router.get("/{bucket}/{key:path}", response_class=StreamingResponse, include_in_schema=False)
@@ -143,9 +148,4 @@ async def presigned_download(
 ) -> StreamingResponse:
     del operation  # the signature covers the operation: only a download signature verifies here
     signer.verify(bucket=bucket, key=key, operation="download", expires_at=expires, signature=signature)
-    info = await buckets.existing_object(stores.default, bucket=bucket, key=key)
-    return StreamingResponse(
-        stores.default.read_stream(bucket, key),
-        media_type="application/octet-stream",
-        headers=_object_headers(info.size, info.etag),
-    )
+    return await _send(stores, bucket, key)
