@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from oscar_manager import __version__
-from oscar_manager.api.routes import buckets, health, invocations, logs, services, system
+from oscar_manager.api.routes import buckets, events, health, invocations, logs, services, system
 from oscar_manager.auth.basic import BasicAuthenticator
 from oscar_manager.domain.service import Service
 from oscar_manager.errors import OscarError
@@ -62,14 +62,21 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         username=settings.oscar_username, password=settings.oscar_password
     )
     app.state.git_commit = git_commit(settings)
-    runtime = Runtime(settings)
-    # The routers read these lower-level objects; they never see the runtime itself.
-    app.state.database = runtime.database
-    app.state.backend = runtime.backend
-    app.state.stores = runtime.stores
-    app.state.intake = runtime.intake
-    app.state.presigner = runtime.presigner
-    await runtime.start()
+    async with Runtime.open(settings) as runtime:
+        # The routers read these lower-level objects; they never see the runtime itself.
+        app.state.database = runtime.database
+        app.state.backend = runtime.backend
+        app.state.stores = runtime.stores
+        app.state.intake = runtime.intake
+        app.state.presigner = runtime.presigner
+        app.state.webhook_rules = runtime.webhook_rules
+        app.state.webhook_token = runtime.webhook_token
+        app.state.services_changed = runtime.services_changed
+        _announce(settings, generated=generated)
+        yield
+
+
+def _announce(settings: Settings, *, generated: bool) -> None:
     if generated:
         log.warning(
             "Basic auth: user %r, generated password %r (kept in %s; set OSCAR_PASSWORD to choose one)",
@@ -77,10 +84,6 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             settings.oscar_password,
             settings.password_file,
         )
-    try:
-        yield
-    finally:
-        await runtime.stop()
 
 
 def _install_docs(app: FastAPI) -> None:
@@ -152,6 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logs.router,
         buckets.router,
         buckets.presigned_router,
+        events.router,
     ):
         app.include_router(router)
     _install_docs(app)
