@@ -185,6 +185,10 @@ class Runtime:
             log.debug("periodic reconcile offered %d object(s) to the intake", found)
         return 0  # never "more to do at once": the next round comes after the interval
 
+    def listening(self) -> list[str]:
+        """The buckets whose event streams are connected right now."""
+        return sorted(self.listener.connected) if self.listener is not None else []
+
     def services_changed(self) -> None:
         """Called once a change to services is committed: follow the input buckets as they are now."""
         if self.listener is not None:

@@ -200,6 +200,8 @@ async def purge_storage(tx: Transaction, service: Service, *, stores: Stores) ->
             continue
         for info in await store.list_objects(bucket, f"{folder}/" if folder else ""):
             await store.delete_object(bucket, info.key)
+        if folder:
+            await store.remove_folder(bucket, folder)
     for bucket in sorted(buckets):
         if await using_bucket(tx, bucket):
             continue

@@ -47,7 +47,7 @@ def info(*, commit: str, execution: dict[str, Any], storage: dict[str, Any]) -> 
     }
 
 
-def storage(settings: Settings, *, events: Mapping[str, int]) -> dict[str, Any]:
+def storage(settings: Settings, *, events: Mapping[str, int], listening: list[str]) -> dict[str, Any]:
     """Where ``minio.default`` lives and how new objects reach the manager, with event counts."""
     if settings.uses_minio:
         sources = ["listen"] if settings.oscar_minio_listen else []
@@ -59,6 +59,7 @@ def storage(settings: Settings, *, events: Mapping[str, int]) -> dict[str, Any]:
         "kind": kind,
         "endpoint": endpoint,
         "event_sources": sources,
+        "listening": listening,
         "events": {name: int(events.get(name, 0)) for name in ("new", "duplicates", "ignored")},
     }
 

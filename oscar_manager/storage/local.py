@@ -505,6 +505,26 @@ class LocalObjectStore:
         self.object_path(bucket, key)
         return await _blocking(lambda: self._delete(bucket, key))
 
+    async def remove_folder(self, bucket: str, folder: str) -> None:
+        validate_bucket(bucket)
+        segments = self._segments(bucket, validate_key(folder, folder=True).removesuffix("/"))
+
+        def remove() -> None:
+            # Innermost first; a folder that still holds anything stays, and so do its parents.
+            for depth in range(len(segments), 0, -1):
+                try:
+                    parent = self._open_parent(bucket, segments[:depth])
+                    if parent is None:
+                        return
+                    try:
+                        os.rmdir(segments[depth - 1], dir_fd=parent)
+                    finally:
+                        os.close(parent)
+                except OSError:
+                    return
+
+        await _blocking(remove)
+
     async def delete_bucket(self, bucket: str) -> int:
         validate_bucket(bucket)
         if not await self.bucket_exists(bucket):

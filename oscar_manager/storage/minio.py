@@ -32,6 +32,7 @@ OBJECT_CREATED = "s3:ObjectCreated:*"
 RULE_ID_PREFIX = "oscar-manager"
 # A stream silent this long is dead (MinIO writes a keep-alive byte every 0.5 s).
 LISTEN_READ_TIMEOUT = 30.0
+TARGET_LOAD_GRACE = 10.0
 _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 
 
@@ -164,7 +165,17 @@ class MinioExtras:
                 queue_config_list=[*foreign, *ours],
                 topic_config_list=current.topic_config_list,
             )
-            await self._client.set_bucket_notification(bucket, config)
+            # A MinIO that has just (re)started serves S3 before it has loaded its targets, and refuses
+            # their ARNs meanwhile: retry for a few seconds.
+            deadline = time.monotonic() + TARGET_LOAD_GRACE
+            while True:
+                try:
+                    await self._client.set_bucket_notification(bucket, config)
+                    return
+                except S3Error as exc:
+                    if exc.code != "InvalidArgument" or time.monotonic() > deadline:
+                        raise
+                await asyncio.sleep(0.1)
 
     # --- the webhook target (admin API) ------------------------------------------------------------
 

@@ -592,6 +592,13 @@ class S3ObjectStore:
         )
         return True
 
+    async def remove_folder(self, bucket: str, folder: str) -> None:
+        validate_bucket(bucket)
+        marker = validate_key(folder, folder=True).removesuffix("/") + "/"
+        await self._call(
+            f"remove folder {bucket}/{marker}", self._client.delete_object(Bucket=bucket, Key=marker), bucket
+        )
+
     async def delete_bucket(self, bucket: str) -> int:
         validate_bucket(bucket)
         await self._require_bucket(bucket)

@@ -146,7 +146,6 @@ async def test_stage_in_reads_from_the_provider_of_the_matching_input(
     def stores(provider: str) -> ObjectStore:
         return by_provider[str(ProviderRef(provider))]
 
-
     matching = await stage_in(
         invocation=Invocation.read(storage_body("shared", "in%2Fx.txt")),
         service=service,

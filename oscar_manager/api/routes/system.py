@@ -15,10 +15,11 @@ async def get_info(
     request: Request, backend: BackendDep, settings: SettingsDep, intake: IntakeDep, _caller: CallerDep
 ) -> dict[str, Any]:
     commit: str = request.app.state.git_commit
+    listening: list[str] = request.app.state.listening()
     return system.info(
         commit=commit,
         execution=backend.describe(),
-        storage=system.storage(settings, events=intake.counters),
+        storage=system.storage(settings, events=intake.counters, listening=listening),
     )
 
 
