@@ -98,19 +98,25 @@ def main() -> None:
     try:
         with httpx.Client(base_url=server.url, auth=("oscar", "bench"), timeout=30) as http:
             s3.create_bucket(Bucket="bench-raw")
-            raw_puts = [
-                timed(lambda i=i: s3.put_object(Bucket="bench-raw", Key=f"k{i}", Body=b"x"))
-                for i in range(args.creates)
-            ]
+            raw_puts = []
+            for i in range(args.creates):
+
+                def put(i: int = i) -> None:
+                    s3.put_object(Bucket="bench-raw", Key=f"k{i}", Body=b"x")
+
+                raw_puts.append(timed(put))
             creates = []
             for _ in range(args.creates):
-                body = service(f"c-{uuid.uuid4().hex[:10]}")
-                creates.append(timed(lambda body=body: http.post("/system/services", json=body)))
+                new = service(f"c-{uuid.uuid4().hex[:10]}")
+
+                def create(body: dict[str, Any] = new) -> None:
+                    http.post("/system/services", json=body).raise_for_status()
+
+                creates.append(timed(create))
             print(f"service create ({args.creates}x, MinIO)    {percentiles(creates)}")
             print(f"raw S3 PutObject (baseline)       {percentiles(raw_puts)}")
-            print(
-                f"ratio create/put (p50)            {statistics.median(creates) / statistics.median(raw_puts):.1f}x"
-            )
+            ratio = statistics.median(creates) / statistics.median(raw_puts)
+            print(f"ratio create/put (p50)            {ratio:.1f}x")
 
             name = f"u-{uuid.uuid4().hex[:10]}"
             http.post("/system/services", json=service(name)).raise_for_status()
@@ -118,14 +124,20 @@ def main() -> None:
                 wait_until(lambda: name in http.get("/system/info").json()["storage"]["listening"])
             else:
                 wait_until(lambda: http.get("/system/info").json()["storage"]["event_sources"] == ["webhook"])
-            to_job, to_output, puts = [], [], []
+            to_job: list[float] = []
+            to_output: list[float] = []
+            puts: list[float] = []
             for index in range(args.uploads):
                 seen = len(http.get(f"/system/logs/{name}").json()["jobs"])
                 key = f"in/{index:04d}.txt"
                 started = time.perf_counter()
                 s3.put_object(Bucket=name, Key=key, Body=b"payload")
                 puts.append(time.perf_counter() - started)
-                wait_until(lambda seen=seen: len(http.get(f"/system/logs/{name}").json()["jobs"]) > seen)
+
+                def job_recorded(seen: int = seen) -> bool:
+                    return len(http.get(f"/system/logs/{name}").json()["jobs"]) > seen
+
+                wait_until(job_recorded)
                 to_job.append(time.perf_counter() - started)
 
                 def output_exists(index: int = index) -> bool:
@@ -137,9 +149,8 @@ def main() -> None:
             print(f"upload -> job recorded ({args.source})    {percentiles(to_job)}")
             print(f"upload -> output in MinIO         {percentiles(to_output)}")
             print(f"the PutObject itself (baseline)   {percentiles(puts)}")
-            print(
-                f"ratio job/put (p50)               {statistics.median(to_job) / statistics.median(puts):.1f}x"
-            )
+            ratio = statistics.median(to_job) / statistics.median(puts)
+            print(f"ratio job/put (p50)               {ratio:.1f}x")
     finally:
         stop_server(server)
         minio.stop()
