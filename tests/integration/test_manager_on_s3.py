@@ -22,7 +22,7 @@ from tests.support.components import free_port
 from tests.support.databases import SqliteDatabases
 from tests.support.factories import make_settings
 from tests.support.jobs import all_jobs, settle, wait_for_jobs
-from tests.support.minio import MinioServer
+from tests.support.minio import MinioServer, start_minio
 
 UPPERCASE = 'tr a-z A-Z < "$INPUT_FILE_PATH" > "$TMP_OUTPUT_DIR/$(basename "$INPUT_FILE_PATH")"\n'
 
@@ -291,3 +291,68 @@ async def _until_following(http: httpx.AsyncClient, bucket: str, within: float =
     while bucket not in (await http.get("/system/info")).json()["storage"]["listening"]:
         assert time.monotonic() < deadline, f"not listening to {bucket}"
         await asyncio.sleep(0.02)
+
+
+async def test_minio_down_while_events_flow_loses_nothing(
+    minio_binary: Path, tmp_path: Path, sqlite_url: str
+) -> None:
+    server = await start_minio(minio_binary)
+    try:
+        minio = S3Server("minio", server.endpoint, server.access_key, server.secret_key)
+        s3 = minio.client()
+        name = unique("outage")
+        async with app_client(s3_settings(minio, tmp_path, sqlite_url)) as http:
+            body = service(name, inputs=[f"{name}/in"], outputs=[f"{name}/out"])
+            assert (await http.post("/system/services", json=body)).status_code == 201
+            await _until_following(http, name)
+            s3.put_object(Bucket=name, Key="in/before.txt", Body=b"before")
+            await wait_for_jobs(http, name, count=1)
+
+            await asyncio.to_thread(server.kill)
+            # The intake does not need MinIO: a direct invocation is still recorded and answered.
+            token = (await http.get(f"/system/services/{name}")).json()["token"]
+            direct = await http.post(
+                f"/job/{name}", content=b"aGk=", headers={"Authorization": f"Bearer {token}"}
+            )
+            assert direct.status_code == 201
+            await asyncio.to_thread(server.revive)
+            # Uploaded before the listener is back: found by the reconcile that follows its reconnect.
+            s3.put_object(Bucket=name, Key="in/after.txt", Body=b"after")
+
+            jobs = await wait_for_jobs(http, name, count=3, within=60)
+            await _until_following(http, name)
+            await settle()
+            assert len(await all_jobs(http, name)) == 3
+            assert await wait_for_object(s3, name, "out/after.txt") == b"AFTER"
+            assert sorted(job["status"] for job in jobs.values()).count("Succeeded") >= 2
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def test_a_services_own_s3_provider_receives_its_outputs(
+    minio_manager: httpx.AsyncClient, minio: S3Server, moto_endpoint: str
+) -> None:
+    """Input on the manager's MinIO, output on another S3 server named in the service's storage_providers."""
+    name = unique("twostores")
+    elsewhere = S3Server("moto", moto_endpoint, "testing", "testing").client()
+    elsewhere.create_bucket(Bucket=name)
+    body = service(name, inputs=[f"{name}/in"], outputs=[])
+    body["output"] = [{"storage_provider": "minio.other", "path": f"{name}/results"}]
+    body["storage_providers"] = {
+        "minio": {
+            "other": {
+                "endpoint": moto_endpoint,
+                "access_key": "testing",
+                "secret_key": "testing",
+                "region": "us-east-1",
+                "verify": False,
+            }
+        }
+    }
+    assert (await minio_manager.post("/system/services", json=body)).status_code == 201
+    await _until_following(minio_manager, name)
+    minio.client().put_object(Bucket=name, Key="in/data.txt", Body=b"to moto")
+    jobs = await wait_for_jobs(minio_manager, name, count=1)
+    assert [job["status"] for job in jobs.values()] == ["Succeeded"]
+    assert await wait_for_object(elsewhere, name, "results/data.txt") == b"TO MOTO"
+    assert "results/" not in keys(minio.client(), name)  # nothing went to the manager's own storage
