@@ -22,7 +22,7 @@ from tests.support.components import free_port
 from tests.support.databases import SqliteDatabases
 from tests.support.factories import make_settings
 from tests.support.jobs import all_jobs, settle, wait_for_jobs
-from tests.support.minio import MinioServer, start_minio
+from tests.support.minio import MinioServer, start_minio, webhook_env
 
 UPPERCASE = 'tr a-z A-Z < "$INPUT_FILE_PATH" > "$TMP_OUTPUT_DIR/$(basename "$INPUT_FILE_PATH")"\n'
 
@@ -59,15 +59,15 @@ def minio(minio_server: MinioServer) -> S3Server:
 
 
 def s3_settings(server: S3Server, tmp_path: Path, database_url: str, **overrides: Any) -> Settings:
+    # moto has no ListenBucketNotification.
+    options: dict[str, Any] = {"oscar_minio_listen": server.kind == "minio", **overrides}
     return make_settings(
         database_url=database_url,
         data_dir=tmp_path / "data",
         minio_endpoint=server.endpoint,
         minio_access_key=server.access_key,
         minio_secret_key=server.secret_key,
-        # moto has no ListenBucketNotification.
-        oscar_minio_listen=server.kind == "minio",
-        **overrides,
+        **options,
     )
 
 
@@ -356,3 +356,65 @@ async def test_a_services_own_s3_provider_receives_its_outputs(
     assert [job["status"] for job in jobs.values()] == ["Succeeded"]
     assert await wait_for_object(elsewhere, name, "results/data.txt") == b"TO MOTO"
     assert "results/" not in keys(minio.client(), name)  # nothing went to the manager's own storage
+
+
+def webhook_rules(s3: Any, bucket: str) -> list[tuple[str, str]]:
+    config = s3.get_bucket_notification_configuration(Bucket=bucket)
+    rules = []
+    for rule in config.get("QueueConfigurations", []):
+        filters = rule.get("Filter", {}).get("Key", {}).get("FilterRules", [])
+        prefix = next((item["Value"] for item in filters if item["Name"].lower() == "prefix"), "")
+        rules.append((rule["QueueArn"], prefix))
+    return sorted(rules)
+
+
+async def test_webhook_rules_follow_the_services_and_keep_foreign_ones(
+    minio_binary: Path, tmp_path: Path, sqlite_url: str
+) -> None:
+    target = "OSCAR"
+    arn = f"arn:minio:sqs::{target}:webhook"
+    foreign_arn = "arn:minio:sqs::OTHER:webhook"
+    env = {
+        **webhook_env(target, "http://127.0.0.1:9/unused", "t"),
+        **webhook_env("OTHER", "http://127.0.0.1:9/unused", "t"),
+    }
+    server = await start_minio(minio_binary, env)
+    try:
+        minio = S3Server("minio", server.endpoint, server.access_key, server.secret_key)
+        s3 = minio.client()
+        bucket = unique("rules")
+        s3.create_bucket(Bucket=bucket)
+        s3.put_bucket_notification_configuration(
+            Bucket=bucket,
+            NotificationConfiguration={
+                "QueueConfigurations": [
+                    {"Id": "someone-else", "QueueArn": foreign_arn, "Events": ["s3:ObjectCreated:*"]}
+                ]
+            },
+        )
+        settings = s3_settings(
+            minio,
+            tmp_path,
+            sqlite_url,
+            oscar_minio_listen=False,
+            oscar_minio_webhook_url="http://127.0.0.1:9",
+        )
+        async with app_client(settings) as http:
+            deadline = time.monotonic() + 20
+            while (await http.get("/system/info")).json()["storage"]["event_sources"] != ["webhook"]:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            for name, folder in (("one", "in"), ("two", "in/deeper"), ("three", "other")):
+                body = service(f"{bucket}-{name}", inputs=[f"{bucket}/{folder}"], outputs=[f"{bucket}/out"])
+                assert (await http.post("/system/services", json=body)).status_code == 201
+            # in/ covers in/deeper/: one rule for both.
+            assert webhook_rules(s3, bucket) == sorted([(foreign_arn, ""), (arn, "in/"), (arn, "other/")])
+            assert (await http.delete(f"/system/services/{bucket}-one")).status_code == 204
+            assert webhook_rules(s3, bucket) == sorted(
+                [(foreign_arn, ""), (arn, "in/deeper/"), (arn, "other/")]
+            )
+            for name in ("two", "three"):
+                assert (await http.delete(f"/system/services/{bucket}-{name}")).status_code == 204
+            assert webhook_rules(s3, bucket) == [(foreign_arn, "")]
+    finally:
+        await asyncio.to_thread(server.stop)
