@@ -8,7 +8,6 @@ already has), so an outage of MinIO or of the manager loses nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,6 +17,7 @@ from oscar_manager.errors import OscarError
 from oscar_manager.events.reconcile import Enqueue, Routes, reconcile
 from oscar_manager.storage.base import ObjectStore, StorageError
 from oscar_manager.storage.minio import MinioExtras
+from oscar_manager.waiting import wait_or_timeout
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,7 @@ class MinioListener:
             while True:
                 self._wake.clear()
                 await self.refresh()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._refresh_interval)
+                await wait_or_timeout(self._wake, self._refresh_interval)
         finally:
             await self._stop_streams(set(self._streams))
 

@@ -7,9 +7,10 @@ its interval passes when there was nothing to do, and backs off after errors ins
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+
+from oscar_manager.waiting import wait_or_timeout
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,12 @@ class _OwnedTask:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # our caller is being cancelled too: do not swallow that
 
 
 class LoopWorker(_OwnedTask):
@@ -61,8 +66,7 @@ class LoopWorker(_OwnedTask):
                 continue
             if done:
                 continue  # there may be more: go again at once
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
+            await wait_or_timeout(self._wake, self._interval)
 
 
 class SupervisedTask(_OwnedTask):
