@@ -7,6 +7,7 @@ its interval passes when there was nothing to do, and backs off after errors ins
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -33,12 +34,8 @@ class _OwnedTask:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise  # our caller is being cancelled too: do not swallow that
 
 
 class LoopWorker(_OwnedTask):

@@ -11,10 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import pytest
-from botocore.config import Config
 
 from oscar_manager.settings import Settings
 from tests.support.app import app_client
@@ -22,7 +20,7 @@ from tests.support.components import free_port
 from tests.support.databases import SqliteDatabases
 from tests.support.factories import make_settings
 from tests.support.jobs import all_jobs, settle, wait_for_jobs
-from tests.support.minio import MinioServer, start_minio, webhook_env
+from tests.support.minio import MinioServer, boto3_client, start_minio, webhook_env
 
 UPPERCASE = 'tr a-z A-Z < "$INPUT_FILE_PATH" > "$TMP_OUTPUT_DIR/$(basename "$INPUT_FILE_PATH")"\n'
 
@@ -35,14 +33,7 @@ class S3Server:
     secret_key: str
 
     def client(self) -> Any:
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-            config=Config(retries={"total_max_attempts": 1}),
-        )
+        return boto3_client(self.endpoint, self.access_key, self.secret_key)
 
 
 @pytest.fixture(params=["minio", "moto"])

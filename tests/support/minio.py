@@ -80,9 +80,11 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
+import boto3
 from aiohttp import web
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
+from botocore.config import Config
 from botocore.credentials import Credentials
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.hashes import SHA256
@@ -271,6 +273,18 @@ class MinioServer:
         finally:
             shutil.rmtree(self.datadir, ignore_errors=True)
             self.log_path.unlink(missing_ok=True)
+
+
+def boto3_client(endpoint: str, access_key: str, secret_key: str) -> Any:
+    """A plain synchronous S3 client, as a user's own tool would be; no retries, so errors show."""
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        config=Config(retries={"total_max_attempts": 1}),
+    )
 
 
 def _spawn(
