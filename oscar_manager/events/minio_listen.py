@@ -48,7 +48,6 @@ class MinioListener:
         self._route_sets: dict[str, frozenset[tuple[str, str]]] = {}
         self._wake = asyncio.Event()
         self.connected: set[str] = set()
-        self.reconnects = 0
 
     def wake(self) -> None:
         """Services changed: look at the input buckets again now."""
@@ -126,6 +125,5 @@ class MinioListener:
                 # The intake (database) may fail too: keep following; the reconcile will catch up.
                 log.exception("listening to bucket %s failed; retrying in %.1f s", bucket, delay)
             self.connected.discard(bucket)
-            self.reconnects += 1
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._max_backoff)
