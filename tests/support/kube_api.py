@@ -1,0 +1,263 @@
+"""An in-process double of the Kubernetes API server, over real HTTP, for kubernetes-asyncio to talk to.
+
+It keeps ConfigMaps, Secrets, Jobs and Pods per namespace and validates every body it is sent against the
+official schema (``tests.support.kubernetes.validate``), answering as the API server does: ``Status``
+objects with 201/200, 404 NotFound, 409 AlreadyExists and 422 Invalid (naming the field). A created Job
+gets a Pod at once; the test decides how it ends with :meth:`KubeApiDouble.finish_pod`. Watches of Jobs
+stream ADDED/MODIFIED/DELETED events (newline-delimited JSON) from a resourceVersion; a resourceVersion
+older than the kept history answers 410 Gone, as a compacted etcd would.
+
+Covered: ``/api/v1/namespaces/{ns}/{configmaps,secrets,pods}``, ``/apis/batch/v1/namespaces/{ns}/jobs``,
+``.../pods/{name}/log``; labelSelector of the form ``k=v[,k=v]``. ``delay`` adds latency to every answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from tests.support.kubernetes import Invalid, validate
+
+KINDS = {
+    ("", "configmaps"): "ConfigMap",
+    ("", "secrets"): "Secret",
+    ("", "pods"): "Pod",
+    ("batch", "jobs"): "Job",
+}
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def status(code: int, reason: str, message: str, **details: Any) -> web.Response:
+    body = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure" if code >= 400 else "Success",
+        "message": message,
+        "reason": reason,
+        "details": details,
+        "code": code,
+    }
+    return web.json_response(body, status=code)
+
+
+def _selected(obj: dict[str, Any], selector: str) -> bool:
+    labels = obj["metadata"].get("labels") or {}
+    for term in filter(None, selector.split(",")):
+        key, _, value = term.partition("=")
+        if labels.get(key) != value:
+            return False
+    return True
+
+
+@dataclass
+class KubeApiDouble:
+    delay: float = 0.0
+    objects: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)  # (kind, ns, name)
+    logs: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, pod) -> log
+    requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
+    refused: list[str] = field(default_factory=list)  # validation messages, for assertions
+    history: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)  # (rv, type, job)
+    max_history: int = 1000
+    fail_next: list[int] = field(default_factory=list)  # HTTP statuses to answer next, in order
+    _version: int = 1
+    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware])
+        for group_path in ("/api/v1", "/apis/batch/v1"):
+            base = group_path + "/namespaces/{ns}/{plural}"
+            app.router.add_post(base, self._create)
+            app.router.add_get(base, self._list)
+            app.router.add_get(base + "/{name}", self._read)
+            app.router.add_delete(base + "/{name}", self._delete)
+        app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}/log", self._log)
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+        self.requests.append((request.method, request.path))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail_next:
+            code = self.fail_next.pop(0)
+            return status(code, "InternalError" if code >= 500 else "Forbidden", f"injected {code}")
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    # --- helpers for tests ---------------------------------------------------------------------------
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.objects.get((kind, namespace, name))
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [obj for (k, _ns, _name), obj in self.objects.items() if k == kind]
+
+    async def finish_pod(self, namespace: str, job_name: str, *, succeeded: bool, log: str = "") -> None:
+        """End the job's pod (and the job) the way the kubelet and the Job controller would."""
+        pods = [pod for pod in self.of_kind("Pod") if pod["metadata"]["labels"].get("job-name") == job_name]
+        for pod in pods:
+            pod["status"] = {"phase": "Succeeded" if succeeded else "Failed", "startTime": _now()}
+            self.logs[(namespace, pod["metadata"]["name"])] = log
+        job = self.get("Job", namespace, job_name)
+        if job is not None:
+            condition = "Complete" if succeeded else "Failed"
+            job["status"] = {
+                "succeeded" if succeeded else "failed": 1,
+                "conditions": [{"type": condition, "status": "True"}],
+                "completionTime": _now(),
+            }
+            await self._record("MODIFIED", job)
+
+    # --- handlers ------------------------------------------------------------------------------------
+
+    def _kind(self, request: web.Request) -> str:
+        group = "batch" if request.path.startswith("/apis/batch") else ""
+        return KINDS[(group, request.match_info["plural"])]
+
+    async def _record(self, event: str, obj: dict[str, Any]) -> None:
+        self._version += 1
+        obj["metadata"]["resourceVersion"] = str(self._version)
+        if obj["kind"] == "Job":
+            self.history.append((self._version, event, copy.deepcopy(obj)))
+            del self.history[: -self.max_history]
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _create(self, request: web.Request) -> web.StreamResponse:
+        namespace, kind = request.match_info["ns"], self._kind(request)
+        try:
+            body = await request.json()
+        except json.JSONDecodeError:
+            return status(400, "BadRequest", "the body is not JSON")
+        body.setdefault("kind", kind)
+        body.setdefault("apiVersion", "batch/v1" if kind == "Job" else "v1")
+        try:
+            validate(body)
+        except Invalid as exc:
+            self.refused.append(str(exc))
+            name = body.get("metadata", {}).get("name", "")
+            return status(422, "Invalid", f"{kind} {name!r} is invalid: {exc}", name=name, kind=kind)
+        name = body["metadata"]["name"]
+        key = (kind, namespace, name)
+        if key in self.objects:
+            return status(409, "AlreadyExists", f'{kind.lower()}s "{name}" already exists', name=name)
+        body["metadata"].update(namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp=_now())
+        if kind == "Secret" and "stringData" in body:  # as the API server stores it
+            encoded = {k: base64.b64encode(v.encode()).decode() for k, v in body.pop("stringData").items()}
+            body["data"] = {**body.get("data", {}), **encoded}
+        self.objects[key] = body
+        await self._record("ADDED", body)
+        if kind == "Job":
+            await self._start_pod(namespace, body)
+        return web.json_response(body, status=201)
+
+    async def _start_pod(self, namespace: str, job: dict[str, Any]) -> None:
+        name = f"{job['metadata']['name']}-{uuid.uuid4().hex[:5]}"
+        labels = {
+            **(job["spec"]["template"]["metadata"].get("labels") or {}),
+            "job-name": job["metadata"]["name"],
+        }
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": copy.deepcopy(job["spec"]["template"]["spec"]),
+            "status": {"phase": "Running", "startTime": _now()},
+        }
+        self.objects[("Pod", namespace, name)] = pod
+        job["status"] = {"active": 1, "startTime": _now()}
+        await self._record("MODIFIED", job)
+
+    async def _read(self, request: web.Request) -> web.StreamResponse:
+        kind = self._kind(request)
+        obj = self.get(kind, request.match_info["ns"], request.match_info["name"])
+        if obj is None:
+            name = request.match_info["name"]
+            return status(404, "NotFound", f'{kind.lower()}s "{name}" not found', name=name)
+        return web.json_response(obj)
+
+    async def _delete(self, request: web.Request) -> web.StreamResponse:
+        kind, namespace, name = self._kind(request), request.match_info["ns"], request.match_info["name"]
+        obj = self.objects.pop((kind, namespace, name), None)
+        if obj is None:
+            return status(404, "NotFound", f'{kind.lower()}s "{name}" not found', name=name)
+        if kind == "Job":  # background propagation: its pods go too
+            for key, pod in list(self.objects.items()):
+                if key[0] == "Pod" and pod["metadata"]["labels"].get("job-name") == name:
+                    del self.objects[key]
+            await self._record("DELETED", obj)
+        return status(200, "", "deleted", name=name, kind=kind)
+
+    async def _list(self, request: web.Request) -> web.StreamResponse:
+        kind, namespace = self._kind(request), request.match_info["ns"]
+        selector = request.query.get("labelSelector", "")
+        if request.query.get("watch", "").lower() in ("true", "1") and kind == "Job":
+            return await self._watch(request, namespace, selector)
+        items = [
+            obj
+            for (k, ns, _name), obj in sorted(self.objects.items())
+            if k == kind and ns == namespace and _selected(obj, selector)
+        ]
+        return web.json_response(
+            {
+                "kind": f"{kind}List",
+                "apiVersion": "batch/v1" if kind == "Job" else "v1",
+                "metadata": {"resourceVersion": str(self._version)},
+                "items": items,
+            }
+        )
+
+    async def _watch(self, request: web.Request, namespace: str, selector: str) -> web.StreamResponse:
+        since = int(request.query.get("resourceVersion") or self._version)
+        response = web.StreamResponse()
+        response.content_type = "application/json"
+        await response.prepare(request)
+        if self.history and since < self.history[0][0] - 1:
+            # As the API server does once etcd has compacted that far: an ERROR event, then the end.
+            gone = {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "status": "Failure",
+                "code": 410,
+                "reason": "Expired",
+            }
+            gone["message"] = f"too old resource version: {since}"
+            await response.write((json.dumps({"type": "ERROR", "object": gone}) + "\n").encode())
+            return response
+        timeout = float(request.query.get("timeoutSeconds", "30"))
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            for version, event, job in list(self.history):
+                if version <= since:
+                    continue
+                since = version
+                if job["metadata"]["namespace"] == namespace and _selected(job, selector):
+                    line = json.dumps({"type": event, "object": job}) + "\n"
+                    await response.write(line.encode())
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return response
+            async with self._changed:
+                try:
+                    await asyncio.wait_for(self._changed.wait(), timeout=remaining)
+                except TimeoutError:
+                    return response
+
+    async def _log(self, request: web.Request) -> web.StreamResponse:
+        key = (request.match_info["ns"], request.match_info["name"])
+        if ("Pod", *key) not in self.objects:
+            return status(404, "NotFound", f'pods "{key[1]}" not found')
+        return web.Response(text=self.logs.get(key, ""))
