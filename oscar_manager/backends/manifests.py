@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from oscar_manager.domain.service import SERVICE_LABEL, Service, public_view
+from oscar_manager.domain.service import SERVICE_LABEL, Service, job_view
 
 CONTAINER = "oscar-container"
 INIT_CONTAINER = "oscar-supervisor"
@@ -45,9 +45,8 @@ def _metadata(service: Service, name: str) -> dict[str, Any]:
 
 def function_config(service: Service) -> str:
     """The definition the supervisor reads (script apart, secret values blanked), as upstream stores it."""
-    data = public_view(service)
+    data = job_view(service)
     data.pop("script", None)
-    data.pop("volume_status", None)
     return yaml.safe_dump(data, sort_keys=False)
 
 

@@ -350,6 +350,7 @@ def normalise_update(service: Service, *, current: Service, minio: MinioDefault)
     environment = service.environment.model_copy(update={"secrets": secrets_})
     return service.model_copy(
         update={
+            "storage_providers": _keep_provider_secrets(service, current),
             "token": current.token,
             "owner": current.owner,
             "namespace": current.namespace,
@@ -358,15 +359,52 @@ def normalise_update(service: Service, *, current: Service, minio: MinioDefault)
     )
 
 
-def public_view(service: Service) -> dict[str, Any]:
-    """The JSON clients get: every field present with Go zero values, secret values never echoed."""
+# Keys of a storage provider entry that hold credentials.
+PROVIDER_SECRET_KEYS = ("secret_key", "password", "token")
+
+
+def _without_secret_values(service: Service) -> dict[str, Any]:
     data = service.model_dump(mode="json", by_alias=True)
     data["environment"]["secrets"] = {key: "" for key in service.environment.secrets}
-    data["volume_status"] = VolumeStatus().model_dump(mode="json")
     for optional in ("federation", "volume", "kserve"):
         if data.get(optional) is None:
             data.pop(optional, None)
     return data
+
+
+def job_view(service: Service) -> dict[str, Any]:
+    """The definition a job's supervisor reads: storage credentials in, secret values out (those reach the
+    job through its environment)."""
+    return _without_secret_values(service)
+
+
+def public_view(service: Service, *, reveal_credentials: bool = False) -> dict[str, Any]:
+    """The JSON clients get: every field present with Go zero values, ``environment.secrets`` values
+    never echoed. The credentials of declared storage providers only to who may change the service (its
+    owner, an admin: oscar-python's storage client needs them); a public service would otherwise show
+    them to every user."""
+    data = _without_secret_values(service)
+    for entries in data["storage_providers"].values() if not reveal_credentials else []:
+        for entry in entries.values():
+            for key in PROVIDER_SECRET_KEYS:
+                if isinstance(entry, dict) and entry.get(key) and entry[key] != HIDDEN:
+                    entry[key] = ""
+    data["volume_status"] = VolumeStatus().model_dump(mode="json")
+    return data
+
+
+def _keep_provider_secrets(service: Service, current: Service) -> dict[str, dict[str, dict[str, Any]]]:
+    """Provider credentials sent back empty (as responses show them) keep their stored values."""
+    providers: dict[str, dict[str, dict[str, Any]]] = {}
+    for kind, entries in service.storage_providers.items():
+        providers[kind] = {}
+        for provider_id, entry in entries.items():
+            stored = current.storage_providers.get(kind, {}).get(provider_id) or {}
+            kept = {
+                key: stored[key] for key in PROVIDER_SECRET_KEYS if entry.get(key) == "" and stored.get(key)
+            }
+            providers[kind][provider_id] = {**entry, **kept}
+    return providers
 
 
 _SUFFIXES = {

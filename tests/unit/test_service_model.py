@@ -10,6 +10,7 @@ from oscar_manager.domain.service import (
     MinioDefault,
     ProviderRef,
     Service,
+    job_view,
     normalise_new,
     normalise_update,
     parse_service,
@@ -125,6 +126,37 @@ class TestNormalisation:
         assert "kserve" not in view
         assert view["volume_status"] == {"enabled": False}
         assert view["expose"]["nodePort"] == []
+
+    def test_storage_provider_credentials_are_masked_and_kept_on_a_round_trip(self) -> None:
+        providers = {
+            "s3": {"aws": {"access_key": "AKIA", "secret_key": "s3-secret", "region": "eu-west-1"}},
+            "webdav": {"dcache": {"hostname": "h", "login": "me", "password": "dav-secret"}},
+        }
+        current = new(storage_providers=providers)
+        view = public_view(current)
+        assert view["storage_providers"]["s3"]["aws"] == {
+            "access_key": "AKIA",
+            "secret_key": "",
+            "region": "eu-west-1",
+        }
+        assert view["storage_providers"]["webdav"]["dcache"]["password"] == ""
+        assert view["storage_providers"]["minio"]["default"]["secret_key"] == "hidden"
+        assert "s3-secret" not in str(view)
+        assert "dav-secret" not in str(view)
+
+        # GET -> PUT: the masked values keep what is stored; a new value replaces it.
+        sent_back = {**view, "storage_providers": {**view["storage_providers"]}}
+        sent_back["storage_providers"]["webdav"] = {
+            "dcache": {"hostname": "h", "login": "me", "password": "new"}
+        }
+        updated = normalise_update(parse_service(sent_back), current=current, minio=MINIO)
+        assert updated.storage_providers["s3"]["aws"]["secret_key"] == "s3-secret"
+        assert updated.storage_providers["webdav"]["dcache"]["password"] == "new"
+        # Who may change the service (owner, admin) sees them, as oscar-python's storage client needs.
+        owners_view = public_view(current, reveal_credentials=True)
+        assert owners_view["storage_providers"]["s3"]["aws"]["secret_key"] == "s3-secret"
+        # What a job reads still has the credentials.
+        assert job_view(updated)["storage_providers"]["s3"]["aws"]["secret_key"] == "s3-secret"
 
 
 def principal(uid: str) -> Principal:

@@ -16,6 +16,7 @@ from oscar_manager.api.deps import (
     TransactionDep,
     after_services_change,
 )
+from oscar_manager.domain.access import can_change
 from oscar_manager.domain.service import public_view
 from oscar_manager.operations import services
 
@@ -75,7 +76,10 @@ async def create_service(
     responses={200: {"content": {"application/json": {"schema": {"type": "array", "items": _SERVICE_REF}}}}},
 )
 async def list_services(caller: CallerDep, tx: TransactionDep) -> list[dict[str, Any]]:
-    return [public_view(service) for service in await services.list_visible(tx, principal=caller)]
+    return [
+        public_view(service, reveal_credentials=can_change(caller, service))
+        for service in await services.list_visible(tx, principal=caller)
+    ]
 
 
 @router.get(
@@ -89,7 +93,8 @@ async def list_services(caller: CallerDep, tx: TransactionDep) -> list[dict[str,
     },
 )
 async def read_service(name: str, caller: CallerDep, tx: TransactionDep) -> dict[str, Any]:
-    return public_view(await services.read(tx, principal=caller, name=name))
+    service = await services.read(tx, principal=caller, name=name)
+    return public_view(service, reveal_credentials=can_change(caller, service))
 
 
 @router.put(
