@@ -14,7 +14,10 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from oscar_manager.backends.base import Backend
+from oscar_manager.backends.kubernetes import KubernetesBackend
 from oscar_manager.backends.local import LocalBackend
+from oscar_manager.backends.manifests import ClusterConfig
 from oscar_manager.backends.sandbox import Sandbox
 from oscar_manager.domain.events import InputRoute, ObjectEvent
 from oscar_manager.events.local_watch import LocalBucketWatcher
@@ -25,7 +28,7 @@ from oscar_manager.operations import Database
 from oscar_manager.operations.dispatch import Dispatcher, recover
 from oscar_manager.operations.intake import Intake
 from oscar_manager.operations.jobs import DatabaseJobReporter
-from oscar_manager.settings import Settings, kept_secret
+from oscar_manager.settings import BackendKind, Settings, kept_secret
 from oscar_manager.storage.base import ObjectStore
 from oscar_manager.storage.local import LocalObjectStore
 from oscar_manager.storage.minio import MinioEndpoint, MinioExtras
@@ -74,6 +77,21 @@ def _fast_child_watcher() -> None:
     asyncio.get_event_loop_policy().set_child_watcher(watcher)
 
 
+def local_backend(settings: Settings, stores: Stores) -> LocalBackend:
+    run_as = unprivileged_user() if os.geteuid() == 0 else None
+    # The data directory (database, admin password, presign key, every bucket) is invisible to scripts.
+    sandbox = Sandbox(
+        require=settings.oscar_require_sandbox, hidden_paths=[settings.oscar_data_dir], run_as=run_as
+    )
+    return LocalBackend(
+        stores=stores,
+        sandbox=sandbox,
+        work_root=settings.work_dir if sandbox.runs_as is None else shared_work_root(settings),
+        concurrency=settings.oscar_local_concurrency,
+        job_timeout=settings.oscar_job_timeout,
+    )
+
+
 def _webhook_token(settings: Settings) -> str:
     if settings.oscar_minio_webhook_token:
         return settings.oscar_minio_webhook_token
@@ -93,23 +111,19 @@ def minio_endpoint(settings: Settings) -> MinioEndpoint:
 class Runtime:
     """Open with :meth:`open`, which connects the storage first (MinIO when ``MINIO_ENDPOINT`` is set)."""
 
-    def __init__(self, settings: Settings, *, default_store: ObjectStore, minio: MinioExtras | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        default_store: ObjectStore,
+        minio: MinioExtras | None,
+        backend: Backend | None = None,
+    ) -> None:
         self.settings = settings
         self.database = Database(settings.database_url)
         self.stores = Stores(default_store)
         self.presigner = PresignSigner(_presign_secret(settings.oscar_data_dir / "presign-key"))
-        run_as = unprivileged_user() if os.geteuid() == 0 else None
-        # The data directory (database, admin password, presign key, every bucket) is invisible to scripts.
-        self.sandbox = Sandbox(
-            require=settings.oscar_require_sandbox, hidden_paths=[settings.oscar_data_dir], run_as=run_as
-        )
-        self.backend = LocalBackend(
-            stores=self.stores,
-            sandbox=self.sandbox,
-            work_root=settings.work_dir if self.sandbox.runs_as is None else shared_work_root(settings),
-            concurrency=settings.oscar_local_concurrency,
-            job_timeout=settings.oscar_job_timeout,
-        )
+        self.backend = backend if backend is not None else local_backend(settings, self.stores)
         self.dispatcher = Dispatcher(
             self.database, self.backend, max_attempts=settings.oscar_dispatch_max_attempts
         )
@@ -165,7 +179,19 @@ class Runtime:
                 minio = await stack.enter_async_context(MinioExtras.connect(endpoint))
             else:
                 default_store = LocalObjectStore(settings.buckets_dir)
-            runtime = cls(settings, default_store=default_store, minio=minio)
+            backend: Backend | None = None
+            if settings.oscar_backend == BackendKind.KUBERNETES:
+                backend = await stack.enter_async_context(
+                    KubernetesBackend.connect(
+                        kubeconfig=settings.oscar_kubeconfig,
+                        namespace=settings.oscar_services_namespace,
+                        cluster=ClusterConfig(
+                            manager_image=settings.oscar_manager_image, ttl_seconds=settings.ttl_job
+                        ),
+                        concurrency=settings.oscar_kubernetes_concurrency,
+                    )
+                )
+            runtime = cls(settings, default_store=default_store, minio=minio, backend=backend)
             await runtime.start()
             try:
                 yield runtime

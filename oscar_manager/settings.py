@@ -68,6 +68,14 @@ class Settings(BaseSettings):
     # Refuse to start the local executor without bubblewrap (instead of running scripts unsandboxed).
     oscar_require_sandbox: bool = False
 
+    # --- Kubernetes (OSCAR_BACKEND=kubernetes) --------------------------------------------------
+    # Empty: the pod's service account in a cluster, else $KUBECONFIG or ~/.kube/config.
+    oscar_kubeconfig: Path | None = None
+    # The image jobs take the supervisor executable from (the manager's own image).
+    oscar_manager_image: str = "oscar-manager:latest"
+    # Job creations in flight at once (no fixed requests-per-second throttle).
+    oscar_kubernetes_concurrency: int = Field(default=64, ge=1)
+
     # --- MinIO (the ``minio.default`` storage provider) ------------------------------------------
     minio_endpoint: str = ""
     minio_access_key: str = ""

@@ -17,6 +17,12 @@ class BackendUnavailable(OscarError):
     status_code = 503
 
 
+class SubmissionRefused(OscarError):
+    """The backend refused the job for good (an invalid manifest, no permission): retrying cannot help."""
+
+    status_code = 502
+
+
 class RunTimeout(OscarError):
     status_code = 504
 
@@ -65,5 +71,12 @@ class Backend(Protocol):
 
     async def cancel(self, job_id: str) -> None:
         """Stop a job if it is running or queued; nothing if it is unknown."""
+
+    async def prepare_service(self, service: Service) -> None:
+        """Whatever the backend keeps per service (Kubernetes: its ConfigMap and Secret), created or
+        replaced; raising fails the create or update, which is then rolled back."""
+
+    async def remove_service(self, service: Service) -> None:
+        """Remove what ``prepare_service`` made, and the service's jobs."""
 
     def describe(self) -> dict[str, Any]: ...

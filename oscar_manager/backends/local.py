@@ -119,6 +119,12 @@ class LocalBackend:
         self._queued.add(request.job_id)
         await self._queue.put(request)
 
+    async def prepare_service(self, service: Service) -> None:
+        """Nothing to prepare: a local job reads its service from the manager itself."""
+
+    async def remove_service(self, service: Service) -> None:
+        """Nothing kept per service (its jobs are cancelled one by one by the caller)."""
+
     async def cancel(self, job_id: str) -> None:
         self._queued.discard(job_id)
         task = self._running.get(job_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from oscar_manager.backends.base import Backend, BackendUnavailable, JobRequest
+from oscar_manager.backends.base import Backend, BackendUnavailable, JobRequest, SubmissionRefused
 from oscar_manager.domain.jobs import JobOutcome, JobStatus
 from oscar_manager.domain.service import Service
 from oscar_manager.registry import Database
@@ -71,13 +71,16 @@ class Dispatcher:
         except BackendUnavailable as exc:
             await self._failed_submission(event, exc.message)
             return
+        except SubmissionRefused as exc:
+            await self._failed_submission(event, exc.message, final=True)
+            return
         if self._backend.durable_submissions:
             async with self._database.transaction() as tx:
                 await tx.events.complete(event.id)
 
-    async def _failed_submission(self, event: ClaimedEvent, reason: str) -> None:
+    async def _failed_submission(self, event: ClaimedEvent, reason: str, *, final: bool = False) -> None:
         async with self._database.transaction() as tx:
-            if event.attempts < self._max_attempts:
+            if event.attempts < self._max_attempts and not final:
                 delay = backoff(event.attempts)
                 log.warning("job %s not submitted (%s); retry in %.0f s", event.job_id, reason, delay)
                 await tx.events.retry(event.id, error=reason, delay=delay)

@@ -107,6 +107,7 @@ async def create(
     principal: Principal,
     body: bytes,
     stores: Stores,
+    backend: Backend,
     notifications: InputNotifications | None = None,
 ) -> list[Service]:
     """Create every service in ``body`` (one service, or each one of an FDL document), or none."""
@@ -129,6 +130,7 @@ async def create(
         await tx.services.add(service)
     for service in services:
         await prepare_storage(service, stores=stores)
+        await backend.prepare_service(service)
     await _notify_inputs(tx, notifications, set().union(*map(input_buckets, services)))
     return services
 
@@ -160,6 +162,7 @@ async def update(
     principal: Principal,
     body: bytes,
     stores: Stores,
+    backend: Backend,
     notifications: InputNotifications | None = None,
 ) -> Service:
     definitions = service_definitions(load_document(body))
@@ -172,6 +175,7 @@ async def update(
     service = normalise_update(definition, current=current, minio=minio_default(settings))
     await tx.services.replace(service)
     await prepare_storage(service, stores=stores)
+    await backend.prepare_service(service)
     await _notify_inputs(tx, notifications, input_buckets(current) | input_buckets(service))
     return service
 
@@ -196,6 +200,7 @@ async def delete(
     await tx.jobs.delete_where(name, statuses=None)
     await tx.events.delete_for_service(name)
     await tx.services.delete(name)
+    await backend.remove_service(service)
     await _notify_inputs(tx, notifications, input_buckets(service))
     if purge:
         await purge_storage(tx, service, stores=stores)

@@ -8,7 +8,7 @@ import pytest
 
 from oscar_manager.backends.base import BackendUnavailable, JobReporter, JobRequest, SyncRequest
 from oscar_manager.domain.jobs import JobStatus
-from oscar_manager.domain.service import MinioDefault, normalise_new, parse_service
+from oscar_manager.domain.service import MinioDefault, Service, normalise_new, parse_service
 from oscar_manager.operations import Database, dispatch
 from oscar_manager.operations.dispatch import Dispatcher, recover
 from oscar_manager.operations.intake import Intake
@@ -43,6 +43,10 @@ class FlakyBackend:
         raise NotImplementedError
 
     async def cancel(self, job_id: str) -> None: ...
+
+    async def prepare_service(self, service: Service) -> None: ...
+
+    async def remove_service(self, service: Service) -> None: ...
 
     def describe(self) -> dict[str, Any]:
         return {}

@@ -8,7 +8,8 @@ stream ADDED/MODIFIED/DELETED events (newline-delimited JSON) from a resourceVer
 older than the kept history answers 410 Gone, as a compacted etcd would.
 
 Covered: ``/api/v1/namespaces/{ns}/{configmaps,secrets,pods}``, ``/apis/batch/v1/namespaces/{ns}/jobs``,
-``.../pods/{name}/log``; labelSelector of the form ``k=v[,k=v]``. ``delay`` adds latency to every answer.
+``.../pods/{name}/log``; labelSelector of the form ``k[=v][,...]``. ``delay`` adds latency to every answer;
+``fail_next`` injects errors into chosen requests.
 """
 
 from __future__ import annotations
@@ -54,10 +55,11 @@ def status(code: int, reason: str, message: str, **details: Any) -> web.Response
 
 
 def _selected(obj: dict[str, Any], selector: str) -> bool:
+    """``k=v`` terms must match; a bare ``k`` means the label exists."""
     labels = obj["metadata"].get("labels") or {}
     for term in filter(None, selector.split(",")):
-        key, _, value = term.partition("=")
-        if labels.get(key) != value:
+        key, equals, value = term.partition("=")
+        if key not in labels or (equals and labels[key] != value):
             return False
     return True
 
@@ -71,7 +73,8 @@ class KubeApiDouble:
     refused: list[str] = field(default_factory=list)  # validation messages, for assertions
     history: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)  # (rv, type, job)
     max_history: int = 1000
-    fail_next: list[int] = field(default_factory=list)  # HTTP statuses to answer next, in order
+    # (method, path fragment, HTTP status): the next matching request gets that status, once each.
+    fail_next: list[tuple[str, str, int]] = field(default_factory=list)
     _version: int = 1
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
@@ -81,7 +84,9 @@ class KubeApiDouble:
             base = group_path + "/namespaces/{ns}/{plural}"
             app.router.add_post(base, self._create)
             app.router.add_get(base, self._list)
+            app.router.add_delete(base, self._delete_collection)
             app.router.add_get(base + "/{name}", self._read)
+            app.router.add_put(base + "/{name}", self._replace)
             app.router.add_delete(base + "/{name}", self._delete)
         app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}/log", self._log)
         return app
@@ -91,9 +96,10 @@ class KubeApiDouble:
         self.requests.append((request.method, request.path))
         if self.delay:
             await asyncio.sleep(self.delay)
-        if self.fail_next:
-            code = self.fail_next.pop(0)
-            return status(code, "InternalError" if code >= 500 else "Forbidden", f"injected {code}")
+        for index, (method, fragment, code) in enumerate(self.fail_next):
+            if request.method == method and fragment in request.path:
+                del self.fail_next[index]
+                return status(code, "InternalError" if code >= 500 else "Forbidden", f"injected {code}")
         response: web.StreamResponse = await handler(request)
         return response
 
@@ -181,6 +187,25 @@ class KubeApiDouble:
         job["status"] = {"active": 1, "startTime": _now()}
         await self._record("MODIFIED", job)
 
+    async def _replace(self, request: web.Request) -> web.StreamResponse:
+        kind, namespace, name = self._kind(request), request.match_info["ns"], request.match_info["name"]
+        if (kind, namespace, name) not in self.objects:
+            return status(404, "NotFound", f'{kind.lower()}s "{name}" not found', name=name)
+        del self.objects[(kind, namespace, name)]
+        return await self._create(request)
+
+    async def _delete_collection(self, request: web.Request) -> web.StreamResponse:
+        kind, namespace = self._kind(request), request.match_info["ns"]
+        selector = request.query.get("labelSelector", "")
+        doomed = [
+            name
+            for (k, ns, name), obj in list(self.objects.items())
+            if k == kind and ns == namespace and _selected(obj, selector)
+        ]
+        for name in doomed:
+            await self._remove(kind, namespace, name)
+        return status(200, "", f"deleted {len(doomed)}", kind=kind)
+
     async def _read(self, request: web.Request) -> web.StreamResponse:
         kind = self._kind(request)
         obj = self.get(kind, request.match_info["ns"], request.match_info["name"])
@@ -191,15 +216,20 @@ class KubeApiDouble:
 
     async def _delete(self, request: web.Request) -> web.StreamResponse:
         kind, namespace, name = self._kind(request), request.match_info["ns"], request.match_info["name"]
+        if not await self._remove(kind, namespace, name):
+            return status(404, "NotFound", f'{kind.lower()}s "{name}" not found', name=name)
+        return status(200, "", "deleted", name=name, kind=kind)
+
+    async def _remove(self, kind: str, namespace: str, name: str) -> bool:
         obj = self.objects.pop((kind, namespace, name), None)
         if obj is None:
-            return status(404, "NotFound", f'{kind.lower()}s "{name}" not found', name=name)
+            return False
         if kind == "Job":  # background propagation: its pods go too
             for key, pod in list(self.objects.items()):
                 if key[0] == "Pod" and pod["metadata"]["labels"].get("job-name") == name:
                     del self.objects[key]
             await self._record("DELETED", obj)
-        return status(200, "", "deleted", name=name, kind=kind)
+        return True
 
     async def _list(self, request: web.Request) -> web.StreamResponse:
         kind, namespace = self._kind(request), request.match_info["ns"]
@@ -261,3 +291,20 @@ class KubeApiDouble:
         if ("Pod", *key) not in self.objects:
             return status(404, "NotFound", f'pods "{key[1]}" not found')
         return web.Response(text=self.logs.get(key, ""))
+
+
+def kubeconfig(url: str, namespace: str = "oscar-svc") -> str:
+    """A kubeconfig document pointing kubernetes-asyncio at the double."""
+    return f"""apiVersion: v1
+kind: Config
+clusters:
+- name: double
+  cluster: {{server: "{url}"}}
+users:
+- name: tester
+  user: {{token: test-token}}
+contexts:
+- name: double
+  context: {{cluster: double, user: tester, namespace: {namespace}}}
+current-context: double
+"""

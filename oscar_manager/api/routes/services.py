@@ -62,10 +62,17 @@ async def create_service(
     tx: TransactionDep,
     body: BodyDep,
     stores: StoresDep,
+    backend: BackendDep,
     notifications: NotificationsDep,
 ) -> Response:
     await services.create(
-        tx, settings=settings, principal=caller, body=body, stores=stores, notifications=notifications
+        tx,
+        settings=settings,
+        principal=caller,
+        body=body,
+        stores=stores,
+        backend=backend,
+        notifications=notifications,
     )
     return Response(status_code=status.HTTP_201_CREATED)
 
@@ -112,10 +119,17 @@ async def update_service(
     tx: TransactionDep,
     body: BodyDep,
     stores: StoresDep,
+    backend: BackendDep,
     notifications: NotificationsDep,
 ) -> Response:
     await services.update(
-        tx, settings=settings, principal=caller, body=body, stores=stores, notifications=notifications
+        tx,
+        settings=settings,
+        principal=caller,
+        body=body,
+        stores=stores,
+        backend=backend,
+        notifications=notifications,
     )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -1,0 +1,289 @@
+"""Jobs as Kubernetes Jobs, through kubernetes-asyncio (the only module that imports it).
+
+Submitting creates a Job named after the intake's dedup key, so a resubmission (after a crash, or of a
+redelivered event) answers 409 AlreadyExists and counts as done. One watch on the namespace's Jobs keeps the
+job rows current: it resumes from the last resourceVersion, and lists again after 410 Gone. When a Job
+ends, its pod's log is copied into the registry, so logs outlive the pod and its TTL.
+
+Not here yet: sync ``/run`` (answered 503), per-user namespaces, Kueue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import aiohttp
+from kubernetes_asyncio import client, config, watch
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from oscar_manager.backends import manifests
+from oscar_manager.backends.base import (
+    BackendUnavailable,
+    JobReporter,
+    JobRequest,
+    SubmissionRefused,
+    SyncRequest,
+)
+from oscar_manager.domain.jobs import JobOutcome, JobStatus
+from oscar_manager.domain.service import SERVICE_LABEL, Service
+from oscar_manager.errors import OscarError
+
+log = logging.getLogger(__name__)
+
+WATCH_SECONDS = 60
+_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+
+
+class KubernetesError(OscarError):
+    """The API server refused a change to a service's objects (RBAC, validation): the reason is passed on."""
+
+    status_code = 502
+
+
+def _reason(exc: ApiException) -> str:
+    return f"{exc.status} {exc.reason}: {str(exc.body or '')[:500]}"
+
+
+@contextlib.contextmanager
+def _answers(action: str) -> Any:
+    """Kubernetes answers in the manager's terms: 5xx and lost connections are worth retrying."""
+    try:
+        yield
+    except ApiException as exc:
+        if exc.status >= 500 or exc.status == 429:
+            raise BackendUnavailable(f"Kubernetes could not {action}: {_reason(exc)}") from None
+        raise KubernetesError(f"Kubernetes refused to {action}: {_reason(exc)}") from None
+    except _TRANSPORT_ERRORS as exc:
+        raise BackendUnavailable(f"Kubernetes API unreachable: cannot {action}: {exc}") from None
+
+
+async def new_api_client(kubeconfig: Path | None) -> client.ApiClient:
+    """In a pod: its service account. Elsewhere: ``kubeconfig``, ``$KUBECONFIG`` or ``~/.kube/config``."""
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        return client.ApiClient()
+    return await config.new_client_from_config(config_file=str(kubeconfig) if kubeconfig else None)
+
+
+class KubernetesBackend:
+    durable_submissions = True
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        *,
+        namespace: str,
+        cluster: manifests.ClusterConfig,
+        concurrency: int = 64,
+    ) -> None:
+        self._batch = client.BatchV1Api(api)
+        self._core = client.CoreV1Api(api)
+        self._namespace = namespace
+        self._cluster = cluster
+        self._concurrency = concurrency
+        self._inflight = 0
+        self._reporter: JobReporter | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._started: set[str] = set()
+        self._finished: set[str] = set()
+        self.watching = asyncio.Event()
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(
+        cls, *, kubeconfig: Path | None, namespace: str, cluster: manifests.ClusterConfig, concurrency: int
+    ) -> AsyncIterator[KubernetesBackend]:
+        try:
+            api = await new_api_client(kubeconfig)
+        except (config.ConfigException, OSError) as exc:
+            raise BackendUnavailable(f"no Kubernetes configuration: {exc}") from None
+        async with api:
+            yield cls(api, namespace=namespace, cluster=cluster, concurrency=concurrency)
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self, reporter: JobReporter) -> None:
+        self._reporter = reporter
+        self._watcher = asyncio.create_task(self._watch_jobs(), name="kubernetes-job-watcher")
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "kubernetes", "namespace": self._namespace, "image_pulled": True}
+
+    def free_slots(self) -> int:
+        return max(self._concurrency - self._inflight, 0)
+
+    # --- services ----------------------------------------------------------------------------------
+
+    async def prepare_service(self, service: Service) -> None:
+        """Create or replace the service's ConfigMap (definition, script) and Secret (its secrets)."""
+        await self._apply("configmap", manifests.config_map(service))
+        secret = manifests.secret(service)
+        if secret is not None:
+            await self._apply("secret", secret)
+        else:
+            await self._delete_quietly("secret", service.name)
+
+    async def remove_service(self, service: Service) -> None:
+        """Delete the service's ConfigMap, Secret and Jobs (their pods go with them, in the background)."""
+        await self._delete_quietly("configmap", service.name)
+        await self._delete_quietly("secret", service.name)
+        with _answers(f"delete the jobs of {service.name}"):
+            await self._batch.delete_collection_namespaced_job(
+                self._namespace,
+                label_selector=f"{SERVICE_LABEL}={service.name}",
+                propagation_policy="Background",
+            )
+
+    async def _apply(self, kind: str, body: dict[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        create = getattr(self._core, f"create_namespaced_{_api_kind(kind)}")
+        replace = getattr(self._core, f"replace_namespaced_{_api_kind(kind)}")
+        with _answers(f"store {kind} {name}"):
+            try:
+                await create(self._namespace, body)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                await replace(name, self._namespace, body)
+
+    async def _delete_quietly(self, kind: str, name: str) -> None:
+        delete = getattr(self._core, f"delete_namespaced_{_api_kind(kind)}")
+        with _answers(f"delete {kind} {name}"):
+            try:
+                await delete(name, self._namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+
+    # --- jobs --------------------------------------------------------------------------------------
+
+    async def submit(self, request: JobRequest) -> None:
+        body = manifests.job(
+            request.service, job_id=request.job_id, event=request.payload, cluster=self._cluster
+        )
+        self._inflight += 1
+        try:
+            # The client is typed for its models; it serialises plain dicts all the same.
+            await self._batch.create_namespaced_job(self._namespace, cast("client.V1Job", body))
+        except ApiException as exc:
+            if exc.status == 409:
+                return  # created before (a resubmission): already done
+            if exc.status >= 500 or exc.status == 429:
+                raise BackendUnavailable(f"Kubernetes could not create the job: {_reason(exc)}") from None
+            raise SubmissionRefused(f"Kubernetes refused the job: {_reason(exc)}") from None
+        except _TRANSPORT_ERRORS as exc:
+            raise BackendUnavailable(f"Kubernetes API unreachable: {exc}") from None
+        finally:
+            self._inflight -= 1
+
+    async def cancel(self, job_id: str) -> None:
+        with _answers(f"delete job {job_id}"):
+            try:
+                await self._batch.delete_namespaced_job(
+                    job_id, self._namespace, propagation_policy="Background"
+                )
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+
+    async def run_sync(self, request: SyncRequest) -> bytes:
+        raise BackendUnavailable("synchronous runs are not available on the Kubernetes backend yet")
+
+    # --- the job watcher ---------------------------------------------------------------------------
+
+    async def _watch_jobs(self) -> None:
+        version: str | None = None
+        delay = 0.5
+        while True:
+            try:
+                if version is None:
+                    listed = await self._batch.list_namespaced_job(
+                        self._namespace, label_selector=SERVICE_LABEL
+                    )
+                    for job in listed.items:
+                        await self._observe(job)
+                    version = listed.metadata.resource_version
+                self.watching.set()
+                async with watch.Watch() as stream:
+                    async for event in stream.stream(
+                        self._batch.list_namespaced_job,
+                        self._namespace,
+                        label_selector=SERVICE_LABEL,
+                        resource_version=version,
+                        timeout_seconds=WATCH_SECONDS,
+                    ):
+                        job = event["object"]
+                        version = job.metadata.resource_version
+                        if event["type"] != "DELETED":
+                            await self._observe(job)
+                delay = 0.5
+            except ApiException as exc:
+                if exc.status == 410:
+                    log.info("job watch expired at resourceVersion %s: listing again", version)
+                    version = None
+                    continue
+                log.warning("job watch failed: %s; retrying in %.1f s", _reason(exc), delay)
+            except _TRANSPORT_ERRORS as exc:
+                log.warning("job watch lost the API server (%s); retrying in %.1f s", exc, delay)
+            except Exception:
+                log.exception("job watch failed; retrying in %.1f s", delay)
+            self.watching.clear()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _observe(self, job: client.V1Job) -> None:
+        assert self._reporter is not None
+        name = job.metadata.name
+        status = job.status
+        conditions = {c.type for c in (status.conditions or []) if c.status == "True"} if status else set()
+        if "Complete" in conditions or "Failed" in conditions:
+            if name not in self._finished:
+                self._finished.add(name)
+                succeeded = "Complete" in conditions
+                await self._reporter.finished(name, outcome=await self._outcome(name, succeeded))
+        elif status is not None and status.active and name not in self._started:
+            self._started.add(name)
+            await self._reporter.started(name, at=status.start_time or datetime.now(UTC))
+
+    async def _outcome(self, job_name: str, succeeded: bool) -> JobOutcome:
+        """The job's end, with its pod's log copied (so it outlives the pod)."""
+        text = ""
+        exit_code: int | None = 0 if succeeded else None
+        try:
+            pods = await self._core.list_namespaced_pod(
+                self._namespace, label_selector=f"job-name={job_name}"
+            )
+            for pod in pods.items[:1]:
+                text = await self._core.read_namespaced_pod_log(
+                    pod.metadata.name, self._namespace, container=manifests.CONTAINER
+                )
+                for container in (pod.status.container_statuses or []) if pod.status else []:
+                    terminated = container.state.terminated if container.state else None
+                    if container.name == manifests.CONTAINER and terminated is not None:
+                        exit_code = terminated.exit_code
+        except ApiException as exc:
+            text = f"(the log could not be read: {_reason(exc)})\n"
+        return JobOutcome(
+            status=JobStatus.SUCCEEDED if succeeded else JobStatus.FAILED,
+            exit_code=exit_code,
+            log=text,
+            finished_at=datetime.now(UTC),
+        )
+
+
+def _api_kind(kind: str) -> str:
+    return {"configmap": "config_map", "secret": "secret"}[kind]

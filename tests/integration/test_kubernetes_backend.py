@@ -1,0 +1,196 @@
+"""``OSCAR_BACKEND=kubernetes``: the manager driving the Kubernetes API double over HTTP with
+kubernetes-asyncio, through the same API the local backend serves."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp.test_utils import TestServer
+
+from oscar_manager.settings import Settings
+from tests.support.app import NO_AUTH, app_client
+from tests.support.jobs import settle, wait_for_jobs
+from tests.support.kube_api import KubeApiDouble, kubeconfig
+
+NS = "oscar-svc"
+
+
+@pytest.fixture
+async def double() -> AsyncIterator[tuple[KubeApiDouble, str]]:
+    api = KubeApiDouble()
+    server = TestServer(api.app(), host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield api, f"http://127.0.0.1:{server.port}"
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+async def manager(
+    settings: Settings, double: tuple[KubeApiDouble, str], tmp_path: Path
+) -> AsyncIterator[httpx.AsyncClient]:
+    config = tmp_path / "kubeconfig"
+    config.write_text(kubeconfig(double[1]))
+    kube_settings = settings.model_copy(
+        update={
+            "oscar_backend": "kubernetes",
+            "oscar_kubeconfig": config,
+            "oscar_manager_image": "registry.example/oscar-manager:test",
+            "oscar_dispatch_interval": 0.05,
+        }
+    )
+    async with app_client(kube_settings) as http:
+        yield http
+
+
+def definition(name: str = "grayify", **fields: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": "ghcr.io/grycap/imagemagick",
+        "script": "echo hi\n",
+        "input": [{"path": f"{name}/in"}],
+        "output": [{"path": f"{name}/out"}],
+        **fields,
+    }
+
+
+async def invoke(http: httpx.AsyncClient, name: str, body: bytes, **headers: str) -> httpx.Response:
+    token = (await http.get(f"/system/services/{name}")).json()["token"]
+    return await http.post(
+        f"/job/{name}", content=body, headers={"Authorization": f"Bearer {token}", **headers}, auth=NO_AUTH
+    )
+
+
+async def until(check: Any, within: float = 10) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "gave up waiting"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_service_gets_its_config_map_and_secret_and_loses_them_on_delete(
+    manager: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
+) -> None:
+    api, _url = double
+    body = definition(environment={"secrets": {"API_KEY": "s3cr3t"}})
+    assert (await manager.post("/system/services", json=body)).status_code == 201
+    config_map = api.get("ConfigMap", NS, "grayify")
+    assert config_map is not None
+    assert config_map["data"]["script.sh"] == "echo hi\n"
+    secret = api.get("Secret", NS, "grayify")
+    assert secret is not None
+    assert base64.b64decode(secret["data"]["API_KEY"]) == b"s3cr3t"
+
+    body["script"] = "echo updated\n"
+    body["environment"] = {}
+    assert (await manager.put("/system/services", json=body)).status_code == 204
+    assert api.get("ConfigMap", NS, "grayify")["data"]["script.sh"] == "echo updated\n"  # type: ignore[index]
+    assert api.get("Secret", NS, "grayify") is None
+
+    assert (await manager.delete("/system/services/grayify")).status_code == 204
+    assert api.get("ConfigMap", NS, "grayify") is None
+
+
+async def test_an_invocation_becomes_a_job_whose_log_outlives_the_pod(
+    manager: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
+) -> None:
+    api, _url = double
+    assert (await manager.post("/system/services", json=definition())).status_code == 201
+    answer = await invoke(manager, "grayify", base64.b64encode(b"hello"), **{"Idempotency-Key": "k1"})
+    assert answer.status_code == 201
+    (job_id,) = answer.headers["X-Oscar-Job-Ids"].split(",")
+    await until(lambda: api.get("Job", NS, job_id) is not None)
+    job = api.get("Job", NS, job_id)
+    assert job is not None
+    assert (
+        job["spec"]["template"]["spec"]["initContainers"][0]["image"] == "registry.example/oscar-manager:test"
+    )
+    env = {
+        item["name"]: item.get("value") for item in job["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["JOB_UUID"] == job_id
+    assert base64.b64decode(env["EVENT"]) == b"hello"
+
+    # The same request again: the same job, no second Job object.
+    again = await invoke(manager, "grayify", base64.b64encode(b"hello"), **{"Idempotency-Key": "k1"})
+    assert again.headers["X-Oscar-Job-Ids"] == job_id
+
+    await until(lambda: ("POST", f"/apis/batch/v1/namespaces/{NS}/jobs") in api.requests)
+    await api.finish_pod(NS, job_id, succeeded=True, log="supervisor says hi\n")
+    jobs = await wait_for_jobs(manager, "grayify", count=1)
+    assert jobs[job_id]["status"] == "Succeeded"
+    assert len(api.of_kind("Job")) == 1
+
+    # The pod and its Job are gone (TTL); the log is still served from the registry.
+    api.objects.clear()
+    logs = await manager.get(f"/system/logs/grayify/{job_id}")
+    assert logs.status_code == 200
+    assert logs.text == "supervisor says hi\n"
+
+
+async def test_a_failed_pod_is_a_failed_job(
+    manager: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
+) -> None:
+    api, _url = double
+    assert (await manager.post("/system/services", json=definition("failing"))).status_code == 201
+    job_id = (await invoke(manager, "failing", b"e30=")).headers["X-Oscar-Job-Ids"]
+    await until(lambda: api.get("Job", NS, job_id) is not None)
+    await api.finish_pod(NS, job_id, succeeded=False, log="boom\n")
+    jobs = await wait_for_jobs(manager, "failing", count=1)
+    assert jobs[job_id]["status"] == "Failed"
+    assert (await manager.get(f"/system/logs/failing/{job_id}")).text == "boom\n"
+
+
+async def test_api_server_errors_are_retried_and_the_job_created_once(
+    manager: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
+) -> None:
+    api, _url = double
+    assert (await manager.post("/system/services", json=definition("retried"))).status_code == 201
+    api.fail_next = [("POST", "/jobs", 503)]
+    job_id = (await invoke(manager, "retried", b"e30=")).headers["X-Oscar-Job-Ids"]
+    # Retried after the dispatcher's backoff (1 s for the first retry).
+    await until(lambda: api.get("Job", NS, job_id) is not None, within=15)
+    creates = [path for method, path in api.requests if method == "POST" and path.endswith("/jobs")]
+    assert len(creates) == 2
+    await settle(0.2)
+    assert len(api.of_kind("Job")) == 1
+
+
+async def test_a_refused_job_fails_at_once_with_the_reason(
+    manager: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
+) -> None:
+    api, _url = double
+    assert (await manager.post("/system/services", json=definition("forbidden"))).status_code == 201
+    api.fail_next = [("POST", "/jobs", 403)]
+    job_id = (await invoke(manager, "forbidden", b"e30=")).headers["X-Oscar-Job-Ids"]
+    jobs = await wait_for_jobs(manager, "forbidden", count=1)
+    assert jobs[job_id]["status"] == "Failed"
+    log = (await manager.get(f"/system/logs/forbidden/{job_id}")).text
+    assert "403" in log
+    assert api.of_kind("Job") == []
+
+
+async def test_the_api_server_refusing_service_objects_fails_the_create_and_records_nothing(
+    manager: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
+) -> None:
+    api, _url = double
+    api.fail_next = [("POST", "/configmaps", 403)]
+    answer = await manager.post("/system/services", json=definition("rbac"))
+    assert answer.status_code == 502
+    assert "403" in answer.json()["detail"]
+    assert (await manager.get("/system/services/rbac")).status_code == 404
+    assert api.get("ConfigMap", NS, "rbac") is None
+
+
+async def test_system_info_describes_the_kubernetes_backend(manager: httpx.AsyncClient) -> None:
+    execution = (await manager.get("/system/info")).json()["execution"]
+    assert execution["kind"] == "kubernetes"
+    assert execution["namespace"] == NS
