@@ -7,7 +7,7 @@ caller's transaction, so a failure part-way leaves the registry exactly as it wa
 from __future__ import annotations
 
 from oscar_manager.backends.base import Backend
-from oscar_manager.domain.access import can_change, can_view
+from oscar_manager.domain.access import can_change, can_view, service_vo
 from oscar_manager.domain.definitions import load_document, service_definitions
 from oscar_manager.domain.principal import Principal
 from oscar_manager.domain.service import (
@@ -68,7 +68,12 @@ async def create(
     minio = minio_default(settings)
     services = [
         normalise_new(
-            definition, owner=principal.uid, namespace=settings.oscar_services_namespace, minio=minio
+            definition.model_copy(
+                update={"vo": service_vo(principal, definition.vo, cluster_groups=settings.oidc_groups)}
+            ),
+            owner=principal.uid,
+            namespace=settings.oscar_services_namespace,
+            minio=minio,
         )
         for definition in definitions
     ]
@@ -103,6 +108,12 @@ async def update(
     current = await _existing(tx, definition.name)
     if not can_change(principal, current):
         raise Forbidden(f"only the owner may update service {definition.name!r}")
+    if not principal.is_admin:
+        # A user keeps the service's VO by leaving it out; changing it needs membership of the new one.
+        vo = definition.vo.strip() or current.vo
+        if vo != current.vo:
+            vo = service_vo(principal, vo, cluster_groups=settings.oidc_groups)
+        definition = definition.model_copy(update={"vo": vo})
     service = normalise_update(definition, current=current, minio=minio_default(settings))
     await tx.services.replace(service)
     await prepare_storage(service, stores=stores)
