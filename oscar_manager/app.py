@@ -127,7 +127,7 @@ def _install_docs(app: FastAPI) -> None:
 
 def oidc_scheme_names(settings: Settings) -> list[str]:
     """One openIdConnect scheme per trusted issuer: ``OIDC``, then ``OIDC2``, ``OIDC3``..."""
-    return [f"OIDC{index or ''}" for index in range(len(settings.oidc_issuers))]
+    return ["OIDC" if index == 0 else f"OIDC{index + 1}" for index in range(len(settings.oidc_issuers))]
 
 
 def swagger_oauth(settings: Settings) -> dict[str, Any] | None:
