@@ -79,6 +79,8 @@ class OidcOptions:
     metadata_ttl: float = 3600.0
     # The least time between two key-set fetches caused by an unknown ``kid``.
     jwks_refresh_interval: float = 60.0
+    # After a failed fetch, requests fail at once (503) for this long before the issuer is asked again.
+    retry_after: float = 5.0
     max_token_bytes: int = 8192
     # Clock skew allowed on ``exp``, ``nbf`` and ``iat``.
     leeway: int = 30
@@ -101,10 +103,13 @@ class Issuer:
         self._http = http
         self._options = options
         self._clock = clock
+        never = float("-inf")
         self._metadata: IssuerMetadata | None = None
-        self._metadata_at = 0.0
+        self._metadata_at = never  # when the document in hand was fetched
+        self._metadata_tried_at = never  # when a fetch was last attempted, successful or not
         self._keys: KeySet | None = None
-        self._keys_at = 0.0
+        self._keys_at = never
+        self._keys_tried_at = never
         # One fetch of each at a time: a burst of requests on a cold or rotated issuer makes one request.
         # Two locks, because fetching the keys may need the discovery document first.
         self._metadata_lock = asyncio.Lock()
@@ -153,57 +158,67 @@ class Issuer:
     def _fresh(self, fetched_at: float) -> bool:
         return self._clock() - fetched_at < self._options.metadata_ttl
 
+    def _may_try(self, tried_at: float, *, have: bool, interval: float) -> bool:
+        # While an issuer is down, requests fail fast instead of each waiting for its own timeout.
+        return self._clock() - tried_at >= (interval if have else self._options.retry_after)
+
     async def metadata(self) -> IssuerMetadata:
         if self._metadata is not None and self._fresh(self._metadata_at):
             return self._metadata
         async with self._metadata_lock:
             if self._metadata is not None and self._fresh(self._metadata_at):
                 return self._metadata
-            try:
-                self._metadata = await self._discover()
-            except IssuerUnavailable as exc:
-                if self._metadata is None:
-                    raise
-                # Keep what we had: an issuer briefly down must not lock out every user.
-                log.warning("%s; keeping the discovery document fetched before", exc.message)
-            self._metadata_at = self._clock()
+            have = self._metadata is not None
+            if self._may_try(self._metadata_tried_at, have=have, interval=self._options.retry_after):
+                self._metadata_tried_at = self._clock()
+                try:
+                    self._metadata, self._metadata_at = await self._discover(), self._clock()
+                except IssuerUnavailable as exc:
+                    if not have:
+                        raise
+                    # Keep what we had: an issuer briefly down must not lock out every user.
+                    log.warning("%s; keeping the discovery document fetched before", exc.message)
+            if self._metadata is None:
+                raise IssuerUnavailable(f"the discovery document of {self.url} could not be fetched just now")
             return self._metadata
 
-    async def _fetch_keys(self) -> KeySet:
-        document = await self._get_json((await self.metadata()).jwks_uri, "key set")
-        try:
-            keys = KeySet.import_key_set(document)  # type: ignore[arg-type]
-        except (JoseError, ValueError, KeyError, TypeError) as exc:
-            raise IssuerUnavailable(f"the key set of {self.url} is unusable: {exc}") from None
-        self._keys, self._keys_at = keys, self._clock()
-        return keys
-
-    async def _key_set(self) -> KeySet:
-        if self._keys is not None and self._fresh(self._keys_at):
-            return self._keys
-        async with self._keys_lock:
-            if self._keys is not None and self._fresh(self._keys_at):
-                return self._keys
+    async def _refresh_keys(self, *, interval: float) -> KeySet:
+        """The key set, fetched again unless a fetch was tried less than ``interval`` ago (whatever its
+        outcome: failures must not be retried by every request either). Called under the keys lock."""
+        have = self._keys is not None
+        if self._may_try(self._keys_tried_at, have=have, interval=interval):
+            self._keys_tried_at = self._clock()
             try:
-                return await self._fetch_keys()
+                document = await self._get_json((await self.metadata()).jwks_uri, "key set")
+                try:
+                    keys = KeySet.import_key_set(document)  # type: ignore[arg-type]
+                except (JoseError, ValueError, KeyError, TypeError) as exc:
+                    raise IssuerUnavailable(f"the key set of {self.url} is unusable: {exc}") from None
+                self._keys, self._keys_at = keys, self._clock()
             except IssuerUnavailable as exc:
-                if self._keys is None:
+                if not have:
                     raise
                 log.warning("%s; keeping the key set fetched before", exc.message)
-                self._keys_at = self._clock()
-                return self._keys
+        if self._keys is None:
+            raise IssuerUnavailable(f"the key set of {self.url} could not be fetched just now")
+        return self._keys
 
     async def signing_key(self, kid: str | None) -> Key:
-        keys = await self._key_set()
+        keys = self._keys
+        if keys is None or not self._fresh(self._keys_at):
+            async with self._keys_lock:
+                keys = await self._refresh_keys(interval=self._options.retry_after)
         try:
             return keys.get_by_kid(kid)
         except InvalidKeyIdError:
             pass
+        # An unknown kid: the issuer may have rotated its keys. Ask again, but at most once per interval,
+        # so made-up kids cannot make us fetch the key set on every request.
         async with self._keys_lock:
-            if self._keys is keys and self._clock() - self._keys_at >= self._options.jwks_refresh_interval:
-                keys = await self._fetch_keys()
-            elif self._keys is not None:
-                keys = self._keys  # refreshed meanwhile by another request, or refreshed too recently
+            if self._keys is keys:
+                keys = await self._refresh_keys(interval=self._options.jwks_refresh_interval)
+            else:
+                keys = self._keys or keys  # another request refreshed it meanwhile
         try:
             return keys.get_by_kid(kid)
         except InvalidKeyIdError:

@@ -226,15 +226,34 @@ async def test_rotated_key_is_picked_up(verifier: OidcVerifier, egi: FakeIssuer,
     "failure", [httpx.Response(500), httpx.ConnectError("down"), httpx.Response(200, text="<html>")]
 )
 async def test_discovery_down(
-    verifier: OidcVerifier, egi: FakeIssuer, failure: httpx.Response | Exception
+    verifier: OidcVerifier, egi: FakeIssuer, clock: Clock, failure: httpx.Response | Exception
 ) -> None:
     egi.discovery.mock(side_effect=[failure])
     with pytest.raises(IssuerUnavailable) as caught:
         await verifier.identify(egi.token("alice@egi.test"))
     assert caught.value.status_code == 503
-    # A failure is not remembered: once the issuer answers again, users get in.
     egi.discovery.mock(side_effect=egi._discovery)
+    # Requests right behind a failure fail fast rather than each waiting on a down issuer...
+    for _ in range(3):
+        with pytest.raises(IssuerUnavailable):
+            await verifier.identify(egi.token("alice@egi.test"))
+    assert egi.discovery.call_count == 1
+    # ...and a few seconds later the issuer is asked again: once it answers, users get in.
+    clock.now += 6
     assert (await verifier.identify(egi.token("alice@egi.test"))).subject == "alice@egi.test"
+    assert egi.discovery.call_count == 2
+
+
+async def test_issuer_briefly_down_keeps_what_was_fetched(
+    verifier: OidcVerifier, egi: FakeIssuer, clock: Clock
+) -> None:
+    await verifier.identify(egi.token("alice@egi.test"))
+    clock.now += 3601  # discovery document and key set are due for a refresh...
+    egi.discovery.mock(side_effect=httpx.ConnectError("down"))
+    egi.jwks.mock(side_effect=httpx.ConnectError("down"))
+    # ...which fails: the ones in hand keep serving.
+    assert (await verifier.identify(egi.token("alice@egi.test"))).subject == "alice@egi.test"
+    assert (egi.discovery.call_count, egi.jwks.call_count) == (2, 2)  # both tried, both failed
 
 
 async def test_discovery_for_another_issuer_is_refused(verifier: OidcVerifier, egi: FakeIssuer) -> None:
