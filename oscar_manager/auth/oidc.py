@@ -57,6 +57,12 @@ def invalid_token(reason: str) -> Unauthorized:
     return Unauthorized(f"invalid bearer token: {reason}", headers=INVALID_TOKEN)
 
 
+def shown(value: object) -> str:
+    """A value read from an unverified token, safe for a log line or an answer: escaped and short."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def fingerprint(token: str) -> str:
     """What the logs name a token by: enough to correlate two lines, useless to replay."""
     return hashlib.sha256(token.encode()).hexdigest()[:12]
@@ -222,7 +228,7 @@ class Issuer:
         try:
             return keys.get_by_kid(kid)
         except InvalidKeyIdError:
-            raise invalid_token(f"no signing key {kid!r} at {self.url}") from None
+            raise invalid_token(f"no signing key {shown(kid)} at {self.url}") from None
 
     async def userinfo(self, token: str) -> dict[str, Any]:
         endpoint = (await self.metadata()).userinfo_endpoint
@@ -345,11 +351,11 @@ class OidcVerifier:
         header, unverified = _unverified(token)
         alg = header.get("alg")
         if alg not in ALGORITHMS:
-            raise invalid_token(f"algorithm {alg!r} is not accepted")
+            raise invalid_token(f"algorithm {shown(alg)} is not accepted")
         iss = unverified.get("iss")
         issuer = self.issuers.get(iss.rstrip("/")) if isinstance(iss, str) else None
         if issuer is None:
-            raise invalid_token(f"issuer {iss!r} is not trusted here")
+            raise invalid_token(f"issuer {shown(iss)} is not trusted here")
         kid = header.get("kid")
         key = await issuer.signing_key(kid if isinstance(kid, str) else None)
         try:

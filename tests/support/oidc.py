@@ -6,8 +6,12 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -41,17 +45,29 @@ class FakeIssuer:
     """One issuer. ``users`` maps a subject to the extra claims its userinfo answers with."""
 
     url: str
-    router: respx.MockRouter
+    router: respx.MockRouter | None
     keys: list[RSAKey] = field(default_factory=lambda: [rsa_key("key-1")])
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
     discovery_issuer: str | None = None
 
     def __post_init__(self) -> None:
+        if self.router is None:
+            return  # answered by serve_issuer() on loopback instead
         self.discovery = self.router.get(f"{self.url}/.well-known/openid-configuration").mock(
             side_effect=self._discovery
         )
         self.jwks = self.router.get(f"{self.url}/keys").mock(side_effect=self._jwks)
         self.userinfo = self.router.get(f"{self.url}/userinfo").mock(side_effect=self._userinfo)
+
+    def answer(self, request: httpx.Request) -> httpx.Response:
+        """The issuer's answer to any request (for a real HTTP server in front of it)."""
+        path = request.url.path.removeprefix(httpx.URL(self.url).path)
+        handler = {
+            "/.well-known/openid-configuration": self._discovery,
+            "/keys": self._jwks,
+            "/userinfo": self._userinfo,
+        }.get(path)
+        return handler(request) if handler else httpx.Response(404)
 
     def _discovery(self, _request: httpx.Request) -> httpx.Response:
         return httpx.Response(
@@ -118,3 +134,38 @@ def unsigned(claims: dict[str, Any], header: dict[str, Any]) -> str:
         return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
 
     return f"{part(header)}.{part(claims)}."
+
+
+@contextmanager
+def serve_issuer(realm: str = "egi") -> Iterator[FakeIssuer]:
+    """A fake issuer over real HTTP on loopback, for a manager running as its own process (which then
+    needs ``AUTHLIB_INSECURE_TRANSPORT=1``: the issuer is plain http)."""
+    holder: list[FakeIssuer] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            request = httpx.Request(
+                "GET", holder[0].url.split("/realms")[0] + self.path, headers=dict(self.headers)
+            )
+            response = holder[0].answer(request)
+            self.send_response(response.status_code)
+            for name, value in response.headers.items():
+                if name.lower() not in ("content-length", "transfer-encoding"):
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(response.content)))
+            self.end_headers()
+            self.wfile.write(response.content)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    holder.append(FakeIssuer(f"http://127.0.0.1:{server.server_port}/realms/{realm}", None))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield holder[0]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -305,3 +305,15 @@ async def test_refusals_are_logged_without_the_token(
     assert "expired" in caplog.text
     assert token not in caplog.text
     assert token.split(".")[2] not in caplog.text
+
+
+async def test_claims_of_refused_tokens_are_escaped_and_short(
+    verifier: OidcVerifier, router: respx.MockRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Whatever an attacker puts in an unverified claim must not forge log lines or flood them.
+    stranger = FakeIssuer("https://evil.test/realms/egi", router)
+    token = stranger.token("alice@egi.test", iss="https://evil.test/\nWARNING forged line" + "x" * 4000)
+    with caplog.at_level(logging.WARNING, logger="oscar_manager.auth.oidc"):
+        error = await refused(verifier, token, "not trusted")
+    assert "\n" not in caplog.records[-1].getMessage()
+    assert len(error.message) < 200
