@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 
 from oscar_manager import __version__
 from oscar_manager.api.deps import require_admin
-from oscar_manager.api.routes import buckets, health, invocations, logs, services, system
+from oscar_manager.api.routes import buckets, events, health, invocations, logs, services, system
 from oscar_manager.auth.authenticator import build_authenticator
 from oscar_manager.auth.groups import realm
 from oscar_manager.domain.service import Service
@@ -71,14 +71,25 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.oidc_enable and not settings.oidc_issuers:
         log.warning("OIDC_ENABLE is set but OIDC_ISSUERS is empty: every bearer token will be refused")
     app.state.git_commit = git_commit(settings)
-    runtime = Runtime(settings)
-    # The routers read these lower-level objects; they never see the runtime itself.
-    app.state.database = runtime.database
-    app.state.backend = runtime.backend
-    app.state.stores = runtime.stores
-    app.state.intake = runtime.intake
-    app.state.presigner = runtime.presigner
-    await runtime.start()
+    try:
+        async with Runtime.open(settings) as runtime:
+            # The routers read these lower-level objects; they never see the runtime itself.
+            app.state.database = runtime.database
+            app.state.backend = runtime.backend
+            app.state.stores = runtime.stores
+            app.state.intake = runtime.intake
+            app.state.presigner = runtime.presigner
+            app.state.webhook_rules = runtime.webhook_rules
+            app.state.webhook_token = runtime.webhook_token
+            app.state.services_changed = runtime.services_changed
+            app.state.listening = runtime.listening
+            _announce(settings, generated=generated)
+            yield
+    finally:
+        await authenticator.aclose()
+
+
+def _announce(settings: Settings, *, generated: bool) -> None:
     if generated:
         log.warning(
             "Basic auth: user %r, generated password %r (kept in %s; set OSCAR_PASSWORD to choose one)",
@@ -86,11 +97,6 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             settings.oscar_password,
             settings.password_file,
         )
-    try:
-        yield
-    finally:
-        await runtime.stop()
-        await authenticator.aclose()
 
 
 def _install_docs(app: FastAPI) -> None:
@@ -225,6 +231,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         invocations.router,
         logs.router,
         buckets.presigned_router,
+        events.router,
     ):
         app.include_router(router)
     # Buckets have no owners yet: with OIDC on, users must not reach everyone's objects.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -10,20 +11,27 @@ import pwd
 import secrets
 import sys
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from oscar_manager.backends.local import LocalBackend
 from oscar_manager.backends.sandbox import Sandbox
-from oscar_manager.domain.events import InputRoute, ObjectEvent
+from oscar_manager.domain.events import InputRoute, ObjectEvent, watched
 from oscar_manager.events.local_watch import LocalBucketWatcher
+from oscar_manager.events.minio_listen import MinioListener
+from oscar_manager.events.minio_webhook import WEBHOOK_PATH, WebhookRules, ensure_target
+from oscar_manager.events.reconcile import reconcile
 from oscar_manager.operations import Database
 from oscar_manager.operations.dispatch import Dispatcher, recover
 from oscar_manager.operations.intake import Intake
 from oscar_manager.operations.jobs import DatabaseJobReporter
 from oscar_manager.settings import Settings, kept_secret
+from oscar_manager.storage.base import ObjectStore, StorageError
 from oscar_manager.storage.local import LocalObjectStore
+from oscar_manager.storage.minio import MinioEndpoint, MinioExtras
 from oscar_manager.storage.presign import PresignSigner
 from oscar_manager.storage.providers import Stores
+from oscar_manager.storage.s3 import S3ObjectStore
 from oscar_manager.workers.base import LoopWorker, SupervisedTask
 
 log = logging.getLogger(__name__)
@@ -65,12 +73,29 @@ def _fast_child_watcher() -> None:
     asyncio.get_event_loop_policy().set_child_watcher(watcher)
 
 
+def _webhook_token(settings: Settings) -> str:
+    if settings.oscar_minio_webhook_token:
+        return settings.oscar_minio_webhook_token
+    return kept_secret(settings.webhook_token_file, lambda: secrets.token_hex(32))
+
+
+def minio_endpoint(settings: Settings) -> MinioEndpoint:
+    return MinioEndpoint(
+        url=settings.minio_endpoint,
+        access_key=settings.minio_access_key,
+        secret_key=settings.minio_secret_key,
+        region=settings.minio_region,
+        verify=settings.minio_tls_verify,
+    )
+
+
 class Runtime:
-    def __init__(self, settings: Settings) -> None:
+    """Open with :meth:`open`, which connects the storage first (MinIO when ``MINIO_ENDPOINT`` is set)."""
+
+    def __init__(self, settings: Settings, *, default_store: ObjectStore, minio: MinioExtras | None) -> None:
         self.settings = settings
         self.database = Database(settings.database_url)
-        self.local_store = LocalObjectStore(settings.buckets_dir)
-        self.stores = Stores(self.local_store)
+        self.stores = Stores(default_store)
         self.presigner = PresignSigner(_presign_secret(settings.oscar_data_dir / "presign-key"))
         run_as = unprivileged_user() if os.geteuid() == 0 else None
         # The data directory (database, admin password, presign key, every bucket) is invisible to scripts.
@@ -91,8 +116,59 @@ class Runtime:
             "dispatcher", self.dispatcher.dispatch_once, interval=settings.oscar_dispatch_interval
         )
         self.intake = Intake(self.database, wake=self.dispatch_loop.wake)
-        self.watcher = LocalBucketWatcher(self.local_store, routes=self._routes, enqueue=self._enqueue)
-        self.watch_task = SupervisedTask("local-bucket-watcher", self.watcher.run)
+        self.webhook_token = _webhook_token(settings)
+        self._minio = minio
+        self._tasks: list[SupervisedTask | LoopWorker] = []
+        self.watcher: LocalBucketWatcher | None = None
+        self.listener: MinioListener | None = None
+        self.webhook_rules: WebhookRules | None = None
+        if isinstance(default_store, LocalObjectStore):
+            self.watcher = LocalBucketWatcher(default_store, routes=self._routes, enqueue=self._enqueue)
+            self._tasks.append(SupervisedTask("local-bucket-watcher", self.watcher.run))
+        if minio is not None and settings.oscar_minio_listen:
+            self.listener = MinioListener(
+                minio,
+                default_store,
+                routes=self._routes,
+                enqueue=self._enqueue,
+                deliver=self.intake.storage_events,
+            )
+            self._tasks.append(SupervisedTask("minio-listener", self.listener.run))
+        if minio is not None and settings.oscar_minio_webhook_url:
+            self.webhook_rules = WebhookRules(
+                minio, default_store, target=settings.oscar_minio_webhook_target
+            )
+        if minio is not None and settings.oscar_reconcile_interval > 0:
+            self._tasks.append(
+                LoopWorker("reconciler", self._reconcile_all, interval=settings.oscar_reconcile_interval)
+            )
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, settings: Settings) -> AsyncIterator[Runtime]:
+        async with contextlib.AsyncExitStack() as stack:
+            minio: MinioExtras | None = None
+            default_store: ObjectStore
+            if settings.uses_minio:
+                endpoint = minio_endpoint(settings)
+                default_store = await stack.enter_async_context(
+                    S3ObjectStore.connect(
+                        endpoint=endpoint.url,
+                        access_key=endpoint.access_key,
+                        secret_key=endpoint.secret_key,
+                        region=endpoint.region,
+                        verify=endpoint.verify,
+                    )
+                )
+                minio = await stack.enter_async_context(MinioExtras.connect(endpoint))
+            else:
+                default_store = LocalObjectStore(settings.buckets_dir)
+            runtime = cls(settings, default_store=default_store, minio=minio)
+            await runtime.start()
+            try:
+                yield runtime
+            finally:
+                await runtime.stop()
 
     async def _routes(self) -> list[InputRoute]:
         async with self.database.transaction() as tx:
@@ -100,6 +176,40 @@ class Runtime:
 
     async def _enqueue(self, service: str, event: ObjectEvent) -> None:
         await self.intake.object_event(service=service, event=event)
+
+    async def _reconcile_all(self) -> int:
+        found = await reconcile(
+            self.stores.default, await self._routes(), self._enqueue, principal="reconciler"
+        )
+        if found:
+            log.debug("periodic reconcile offered %d object(s) to the intake", found)
+        return 0  # never "more to do at once": the next round comes after the interval
+
+    def listening(self) -> list[str]:
+        """The buckets whose event streams are connected right now."""
+        return sorted(self.listener.connected) if self.listener is not None else []
+
+    def services_changed(self) -> None:
+        """Called once a change to services is committed: follow the input buckets as they are now."""
+        if self.listener is not None:
+            self.listener.wake()
+
+    async def _prepare_webhook(self) -> None:
+        assert self._minio is not None
+        assert self.webhook_rules is not None
+        endpoint = self.settings.oscar_minio_webhook_url.rstrip("/") + WEBHOOK_PATH
+        try:
+            await ensure_target(
+                self._minio,
+                target=self.settings.oscar_minio_webhook_target,
+                endpoint=endpoint,
+                token=self.webhook_token,
+            )
+            routes = await self._routes()
+            await self.webhook_rules.apply(routes, {route.bucket for route in watched(routes)})
+        except StorageError as exc:
+            # The manager still serves (and the listener, if on, still delivers); say why webhooks may not.
+            log.error("MinIO webhook delivery is not set up: %s", exc.message)
 
     async def start(self) -> None:
         _fast_child_watcher()
@@ -110,11 +220,15 @@ class Runtime:
             wake=self.dispatch_loop.wake,
         )
         await self.backend.start(reporter)
-        self.watch_task.start()
-        try:
-            await asyncio.wait_for(self.watcher.ready.wait(), timeout=30)
-        except TimeoutError:
-            log.error("the local bucket watcher did not start within 30 s")
+        if self.webhook_rules is not None:
+            await self._prepare_webhook()
+        for task in self._tasks:
+            task.start()
+        if self.watcher is not None:
+            try:
+                await asyncio.wait_for(self.watcher.ready.wait(), timeout=30)
+            except TimeoutError:
+                log.error("the local bucket watcher did not start within 30 s")
         if self.settings.oscar_dispatch:
             self.dispatch_loop.start()
         else:
@@ -122,6 +236,8 @@ class Runtime:
 
     async def stop(self) -> None:
         await self.dispatch_loop.stop()
-        await self.watch_task.stop()
+        for task in reversed(self._tasks):
+            await task.stop()
         await self.backend.stop()
+        await self.stores.close()
         await self.database.dispose()

@@ -74,6 +74,20 @@ class Settings(BaseSettings):
     minio_secret_key: str = ""
     minio_region: str = "us-east-1"
     minio_tls_verify: bool = True
+    # How uploads to input folders reach the manager (both may be on; the intake drops duplicates):
+    # the manager's own ListenBucketNotification streams (nothing to configure in MinIO) ...
+    oscar_minio_listen: bool = True
+    # ... and/or MinIO's webhook target posting to ``<this URL>/events/minio``: the manager's base URL as
+    # MinIO reaches it (e.g. http://oscar.oscar:8080). Empty: no webhook.
+    oscar_minio_webhook_url: str = ""
+    # The webhook target's name in MinIO (ARN ``arn:minio:sqs::<name>:webhook``). If MinIO lacks it, the
+    # manager registers it with the admin API and restarts MinIO once (not per service).
+    oscar_minio_webhook_target: str = "OSCAR"
+    # The Bearer token MinIO sends; empty: generated once and kept in the data directory.
+    oscar_minio_webhook_token: str = ""
+    # Input folders are listed again this often (seconds; 0: only at start and on reconnect), a safety
+    # net for deliveries MinIO dropped (it keeps no queue for a webhook target unless told to).
+    oscar_reconcile_interval: float = Field(default=300, ge=0)
 
     # --- OIDC ------------------------------------------------------------------------------------
     oidc_enable: bool = False
@@ -110,6 +124,15 @@ class Settings(BaseSettings):
         if self.oscar_database_url:
             return self.oscar_database_url
         return f"sqlite+aiosqlite:///{(self.oscar_data_dir / 'oscar.db').resolve()}"
+
+    @property
+    def uses_minio(self) -> bool:
+        """``minio.default`` is a MinIO (or S3) server rather than local folders."""
+        return bool(self.minio_endpoint)
+
+    @property
+    def webhook_token_file(self) -> Path:
+        return self.oscar_data_dir / "minio-webhook-token"
 
     @property
     def buckets_dir(self) -> Path:

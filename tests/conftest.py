@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from tests.support.app import app_client
 from tests.support.components import PostgresServer, unavailable
 from tests.support.databases import PostgresDatabases, SqliteDatabases
 from tests.support.factories import make_settings
+from tests.support.minio import MinioServer, locate_minio_binary, start_minio
 
 DATABASE_KINDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
@@ -114,3 +117,22 @@ async def s3_store(moto_endpoint: str) -> AsyncIterator[S3ObjectStore]:
         endpoint=moto_endpoint, access_key="testing", secret_key="testing", region="us-east-1"
     ) as store:
         yield store
+
+
+@pytest.fixture(scope="session")
+def minio_binary() -> Path:
+    """``$MINIO_BINARY`` or ``.cache/bin/minio`` (built by ``scripts/setup --test``, or here if missing)."""
+    try:
+        return locate_minio_binary()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        unavailable(f"no MinIO server binary: {exc}")
+
+
+@pytest.fixture(scope="session")
+async def minio_server(minio_binary: Path) -> AsyncIterator[MinioServer]:
+    """A real MinIO for the whole session, without notification targets (tests use unique buckets)."""
+    server = await start_minio(minio_binary)
+    try:
+        yield server
+    finally:
+        await asyncio.to_thread(server.stop)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import BackgroundTasks, Depends, Request
 
 from oscar_manager.auth.authenticator import Authenticator
 from oscar_manager.backends.base import Backend
@@ -13,6 +13,7 @@ from oscar_manager.domain.principal import Principal
 from oscar_manager.errors import Forbidden, PayloadTooLarge
 from oscar_manager.operations import Database, Transaction
 from oscar_manager.operations.intake import Intake
+from oscar_manager.operations.services import InputNotifications
 from oscar_manager.settings import Settings
 from oscar_manager.storage.presign import PresignSigner
 from oscar_manager.storage.providers import Stores
@@ -47,6 +48,17 @@ async def get_intake(request: Request) -> Intake:
 async def get_presigner(request: Request) -> PresignSigner:
     presigner: PresignSigner = request.app.state.presigner
     return presigner
+
+
+async def get_notifications(request: Request) -> InputNotifications | None:
+    notifications: InputNotifications | None = request.app.state.webhook_rules
+    return notifications
+
+
+async def after_services_change(request: Request, background: BackgroundTasks) -> None:
+    """Once the response is out (so the transaction is committed), tell the listeners."""
+    changed: Callable[[], None] = request.app.state.services_changed
+    background.add_task(changed)
 
 
 async def get_authenticator(request: Request) -> Authenticator:
@@ -102,6 +114,7 @@ BackendDep = Annotated[Backend, Depends(get_backend)]
 StoresDep = Annotated[Stores, Depends(get_stores)]
 IntakeDep = Annotated[Intake, Depends(get_intake)]
 PresignerDep = Annotated[PresignSigner, Depends(get_presigner)]
+NotificationsDep = Annotated[InputNotifications | None, Depends(get_notifications)]
 AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
 RunBodyDep = Annotated[bytes, Depends(read_run_body)]
 TransactionDep = Annotated[Transaction, Depends(get_transaction, scope="function")]

@@ -22,10 +22,10 @@ from oscar_manager.backends.sandbox import Sandbox, ScriptResult, ScriptRun
 from oscar_manager.domain.jobs import JobOutcome, JobStatus
 from oscar_manager.domain.service import Service, quantity_bytes, wants_network
 from oscar_manager.errors import OscarError
+from oscar_manager.storage.providers import StoreResolver, Stores
 from oscar_manager.supervisor.log import SupervisorLog
 from oscar_manager.supervisor.stage import (
     Invocation,
-    StoreResolver,
     render_response,
     script_environment,
     stage_in,
@@ -48,6 +48,7 @@ class _Run:
 
     invocation: Invocation
     result: ScriptResult
+    stores: StoreResolver  # the service's providers, for the uploads that follow a successful run
 
     @property
     def succeeded(self) -> bool:
@@ -60,7 +61,7 @@ class LocalBackend:
     def __init__(
         self,
         *,
-        stores: StoreResolver,
+        stores: Stores,
         sandbox: Sandbox,
         work_root: Path,
         concurrency: int,
@@ -172,7 +173,7 @@ class LocalBackend:
             )
             exit_code = run.result.exit_code
             if run.succeeded:
-                await stage_out(service=request.service, stores=self._stores, workspace=workspace, log=slog)
+                await stage_out(service=request.service, stores=run.stores, workspace=workspace, log=slog)
                 status = JobStatus.SUCCEEDED
             else:
                 status = JobStatus.FAILED
@@ -205,7 +206,7 @@ class LocalBackend:
                 if run.result.exit_code != 0:
                     tail = run.result.output[-2000:].decode("utf-8", errors="replace")
                     raise ScriptFailed(f"the script exited with code {run.result.exit_code}: {tail}")
-                await stage_out(service=request.service, stores=self._stores, workspace=workspace, log=slog)
+                await stage_out(service=request.service, stores=run.stores, workspace=workspace, log=slog)
                 return await asyncio.to_thread(
                     render_response,
                     invocation=run.invocation,
@@ -237,8 +238,9 @@ class LocalBackend:
         time_limit: float | None,
     ) -> _Run:
         invocation = Invocation.read(body)
+        stores = await self._stores.for_service(service)
         input_path = await stage_in(
-            invocation=invocation, service=service, stores=self._stores, workspace=workspace, log=slog
+            invocation=invocation, service=service, stores=stores, workspace=workspace, log=slog
         )
         env = script_environment(
             service=service,
@@ -265,4 +267,4 @@ class LocalBackend:
             slog.error(f"The script was killed after the {time_limit:g} s timeout")
         elif result.exit_code != 0:
             slog.error(f"The script exited with code {result.exit_code}")
-        return _Run(invocation=invocation, result=result)
+        return _Run(invocation=invocation, result=result, stores=stores)

@@ -11,6 +11,7 @@ import binascii
 import hashlib
 import json
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +20,8 @@ from urllib.parse import quote, unquote_plus
 from oscar_manager.errors import BadRequest
 
 STORAGE_EVENT_SOURCES = frozenset({"aws:s3", "minio:s3"})
+# The manager's own storage: the only provider whose input folders it watches for new objects.
+WATCHED_PROVIDER = "minio.default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,10 @@ class InputRoute:
 
     def matches(self, bucket: str, key: str) -> bool:
         return bucket == self.bucket and (not self.folder or key.startswith(self.folder + "/"))
+
+
+def watched(routes: Iterable[InputRoute]) -> list[InputRoute]:
+    return [route for route in routes if route.provider == WATCHED_PROVIDER]
 
 
 def now_rfc3339() -> str:
@@ -88,7 +95,7 @@ def notification(event: ObjectEvent) -> dict[str, Any]:
     }
 
 
-def _record_event(record: Any) -> ObjectEvent | None:
+def _record_event(record: Any, *, encoded_keys: bool = True) -> ObjectEvent | None:
     if not isinstance(record, dict) or record.get("eventSource") not in STORAGE_EVENT_SOURCES:
         return None
     s3 = record.get("s3")
@@ -106,8 +113,9 @@ def _record_event(record: Any) -> ObjectEvent | None:
     size = obj.get("size", 0)
     return ObjectEvent(
         bucket=bucket,
-        # Keys arrive URL-encoded (``input%2Fmy+file.txt``), as faas-supervisor decodes them.
-        key=unquote_plus(raw_key),
+        # Webhook bodies carry keys URL-encoded (``input%2Fmy+file.txt``, as faas-supervisor decodes
+        # them); MinIO's listen stream sends them as they are.
+        key=unquote_plus(raw_key) if encoded_keys else raw_key,
         etag=str(obj.get("eTag") or obj.get("versionId") or obj.get("sequencer") or ""),
         size=size if isinstance(size, int) else 0,
         event_time=str(record.get("eventTime") or ""),
@@ -116,14 +124,14 @@ def _record_event(record: Any) -> ObjectEvent | None:
     )
 
 
-def object_events(document: Any) -> list[ObjectEvent] | None:
+def object_events(document: Any, *, encoded_keys: bool = True) -> list[ObjectEvent] | None:
     """The object events in a parsed body, or None when it is not a storage notification at all."""
     if not isinstance(document, dict) or "Records" not in document:
         return None
     records = document["Records"]
     if not isinstance(records, list):
         raise BadRequest("malformed notification: 'Records' must be a list")
-    events = [event for event in map(_record_event, records) if event is not None]
+    events = [event for r in records if (event := _record_event(r, encoded_keys=encoded_keys)) is not None]
     return events if events or not records else None
 
 

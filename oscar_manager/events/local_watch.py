@@ -11,34 +11,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from asyncinotify import Event, Inotify, Mask
 
-from oscar_manager.domain.events import InputRoute, ObjectEvent, now_rfc3339
-from oscar_manager.storage.base import InvalidKey, ObjectInfo
+from oscar_manager.domain.events import watched
+from oscar_manager.events.reconcile import Enqueue, Routes, object_event, reconcile
+from oscar_manager.storage.base import InvalidKey
 from oscar_manager.storage.keys import validate_bucket, validate_key
 from oscar_manager.storage.local import LocalObjectStore
 
 log = logging.getLogger(__name__)
 
 _DIRECTORY_MASK = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.CREATE | Mask.ONLYDIR | Mask.DONT_FOLLOW
-LOCAL_PROVIDER_TYPES = ("minio.default",)
-
-Routes = Callable[[], Awaitable[list[InputRoute]]]
-Enqueue = Callable[[str, ObjectEvent], Awaitable[None]]
-
-
-def object_event(info: ObjectInfo) -> ObjectEvent:
-    return ObjectEvent(
-        bucket=info.bucket,
-        key=info.key,
-        etag=info.etag,
-        size=info.size,
-        event_time=now_rfc3339(),
-        principal="local",
-    )
+PRINCIPAL = "local"
 
 
 class LocalBucketWatcher:
@@ -53,18 +39,7 @@ class LocalBucketWatcher:
 
     async def reconcile(self) -> int:
         """Enqueue objects under service inputs that arrived after the service and have no event yet."""
-        count = 0
-        for route in await self._routes():
-            if route.provider not in LOCAL_PROVIDER_TYPES:
-                continue
-            prefix = f"{route.folder}/" if route.folder else ""
-            if not await self._store.bucket_exists(route.bucket):
-                continue
-            for info in await self._store.list_objects(route.bucket, prefix):
-                if info.last_modified >= route.since:
-                    await self._enqueue(route.service, object_event(info))
-                    count += 1
-        return count
+        return await reconcile(self._store, await self._routes(), self._enqueue, principal=PRINCIPAL)
 
     async def run(self) -> None:
         self._root.mkdir(parents=True, exist_ok=True)
@@ -137,7 +112,7 @@ class LocalBucketWatcher:
             await self._route(files)
 
     async def _route(self, files: list[Path]) -> None:
-        routes = [route for route in await self._routes() if route.provider in LOCAL_PROVIDER_TYPES]
+        routes = watched(await self._routes())
         for path in files:
             located = self._locate(path)
             if located is None:
@@ -150,7 +125,7 @@ class LocalBucketWatcher:
             if info is None:  # gone again, or a symlink
                 continue
             for route in targets:
-                await self._enqueue(route.service, object_event(info))
+                await self._enqueue(route.service, object_event(info, principal=PRINCIPAL))
 
     def _locate(self, path: Path) -> tuple[str, str] | None:
         try:

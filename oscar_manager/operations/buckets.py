@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from oscar_manager.errors import BadRequest
+from oscar_manager.errors import BadRequest, Conflict
 from oscar_manager.storage.base import BucketNotFound, ObjectInfo, ObjectNotFound, ObjectStore
 from oscar_manager.storage.keys import validate_bucket, validate_key
 from oscar_manager.storage.presign import PresignSigner, expiry
@@ -24,7 +24,7 @@ class Presigned:
     object_key: str
     operation: str
     method: str
-    path: str  # absolute path and query on this manager
+    url: str  # the store's own URL, or an absolute path (and query) on this manager
     expires_at: int
 
 
@@ -63,6 +63,17 @@ async def create_bucket(store: ObjectStore, *, bucket: str) -> None:
     await store.ensure_bucket(validate_bucket(bucket))
 
 
+async def delete_bucket(store: ObjectStore, *, bucket: str, used_by: list[str]) -> int:
+    """Delete a bucket and everything in it, unless a service reads or writes it (``used_by``)."""
+    validate_bucket(bucket)
+    if used_by:
+        names = ", ".join(sorted(used_by))
+        raise Conflict(f"bucket {bucket!r} is used by service(s) {names}: delete or change them first")
+    if not await store.bucket_exists(bucket):
+        raise BucketNotFound(f"bucket {bucket!r} not found")
+    return await store.delete_bucket(bucket)
+
+
 async def existing_object(store: ObjectStore, *, bucket: str, key: str) -> ObjectInfo:
     validate_bucket(bucket)
     validate_key(key)
@@ -95,15 +106,13 @@ async def presign(
         await existing_object(store, bucket=bucket, key=key)
     else:
         await writable_bucket(store, bucket=bucket, key=key)
-    expires_at = expiry(expires_in, time.time())
-    query = signer.query(bucket=bucket, key=key, operation=operation, expires_at=expires_at)
-    return Presigned(
-        object_key=key,
-        operation=operation,
-        method=method,
-        path=presigned_path(bucket, key, query),
-        expires_at=expires_at,
-    )
+    now = time.time()
+    expires_at = expiry(expires_in, now)
+    url = await store.presigned_url(bucket, key, method=method, expires_in=expires_at - int(now))
+    if url is None:
+        query = signer.query(bucket=bucket, key=key, operation=operation, expires_at=expires_at)
+        url = presigned_path(bucket, key, query)
+    return Presigned(object_key=key, operation=operation, method=method, url=url, expires_at=expires_at)
 
 
 def presigned_path(bucket: str, key: str, query: dict[str, str]) -> str:

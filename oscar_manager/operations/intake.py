@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ from oscar_manager.domain.events import (
     object_events,
     parse_json,
     payload_dedup_key,
+    watched,
 )
 from oscar_manager.domain.jobs import job_name
 from oscar_manager.domain.service import Service
@@ -24,6 +26,15 @@ from oscar_manager.registry import Database, Transaction
 class Accepted:
     job_ids: list[str]
     new: int
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """What became of a batch of storage events."""
+
+    new: int  # (service, object) events recorded for the first time
+    duplicates: int  # already recorded: a redelivery, or found by two listeners
+    ignored: int  # under no service's input folder (unknown bucket or prefix, folder markers)
 
 
 def _single_record(document: dict[str, Any], record: Any) -> bytes:
@@ -64,6 +75,8 @@ class Intake:
     def __init__(self, database: Database, *, wake: Callable[[], None]) -> None:
         self._database = database
         self._wake = wake
+        # Storage events since start: new, duplicates, ignored (shown by /system/info).
+        self.counters: Counter[str] = Counter()
 
     async def invocation(self, *, service: Service, body: bytes, idempotency_key: str | None) -> Accepted:
         items = _items(service, body, idempotency_key)
@@ -80,3 +93,27 @@ class Intake:
         if accepted.new:
             self._wake()
         return accepted
+
+    async def storage_events(self, events: list[ObjectEvent]) -> Routed:
+        """Record each object event for every service whose input folder holds the object.
+
+        Routes are read in the same transaction as the events are written, so a service created a moment
+        ago gets its events, and a deleted one none.
+        """
+        new = duplicates = ignored = 0
+        async with self._database.transaction() as tx:
+            routes = watched(await tx.services.input_routes())
+            for event in events:
+                targets = [route for route in routes if route.matches(event.bucket, event.key)]
+                if not targets or event.key.endswith("/"):
+                    ignored += 1
+                    continue
+                payload = json.dumps(notification(event)).encode()
+                for route in targets:
+                    accepted = await _record(tx, route.service, [(event.dedup_key(route.service), payload)])
+                    new += accepted.new
+                    duplicates += 1 - accepted.new
+        self.counters.update(new=new, duplicates=duplicates, ignored=ignored)
+        if new:
+            self._wake()
+        return Routed(new=new, duplicates=duplicates, ignored=ignored)

@@ -6,9 +6,13 @@ caller's transaction, so a failure part-way leaves the registry exactly as it wa
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Protocol
+
 from oscar_manager.backends.base import Backend
 from oscar_manager.domain.access import can_change, can_view, service_vo
 from oscar_manager.domain.definitions import load_document, service_definitions
+from oscar_manager.domain.events import InputRoute
 from oscar_manager.domain.principal import Principal
 from oscar_manager.domain.service import (
     MinioDefault,
@@ -24,6 +28,35 @@ from oscar_manager.registry import Transaction
 from oscar_manager.settings import Settings
 from oscar_manager.storage.providers import DEFAULT_PROVIDER, Stores
 from oscar_manager.supervisor.stage import split_path
+
+
+class InputNotifications(Protocol):
+    """Tells the storage which input folders to report new objects of (MinIO's webhook rules)."""
+
+    async def apply(self, routes: Iterable[InputRoute], buckets: set[str]) -> None: ...
+
+
+def _own_paths(service: Service, kinds: str = "io") -> list[tuple[str, str]]:
+    """(bucket, folder) of the inputs and/or outputs on the manager's own storage."""
+    configs = [*(service.input if "i" in kinds else []), *(service.output if "o" in kinds else [])]
+    return [
+        split_path(io_config.path)
+        for io_config in configs
+        if str(ProviderRef(io_config.storage_provider)) == DEFAULT_PROVIDER
+    ]
+
+
+def input_buckets(service: Service) -> set[str]:
+    return {bucket for bucket, _folder in _own_paths(service, "i")}
+
+
+async def _notify_inputs(
+    tx: Transaction, notifications: InputNotifications | None, buckets: set[str]
+) -> None:
+    """Bring the buckets' notification rules in line with the inputs as this transaction sees them; a
+    failure (MinIO down) fails the request, so the registry change is rolled back with it."""
+    if notifications is not None and buckets:
+        await notifications.apply(await tx.services.input_routes(), buckets)
 
 
 def minio_default(settings: Settings) -> MinioDefault:
@@ -46,10 +79,7 @@ async def prepare_storage(service: Service, *, stores: Stores) -> None:
     Existing buckets and folders are reused, never an error. Runs inside the caller's transaction: if it
     fails, the service is not recorded.
     """
-    for io_config in [*service.input, *service.output]:
-        if str(ProviderRef(io_config.storage_provider)) != DEFAULT_PROVIDER:
-            continue
-        bucket, folder = split_path(io_config.path)
+    for bucket, folder in _own_paths(service):
         if folder:
             await stores.default.ensure_folder(bucket, folder)
         else:
@@ -57,7 +87,13 @@ async def prepare_storage(service: Service, *, stores: Stores) -> None:
 
 
 async def create(
-    tx: Transaction, *, settings: Settings, principal: Principal, body: bytes, stores: Stores
+    tx: Transaction,
+    *,
+    settings: Settings,
+    principal: Principal,
+    body: bytes,
+    stores: Stores,
+    notifications: InputNotifications | None = None,
 ) -> list[Service]:
     """Create every service in ``body`` (one service, or each one of an FDL document), or none."""
     definitions = [parse_service(item) for item in service_definitions(load_document(body))]
@@ -84,7 +120,17 @@ async def create(
         await tx.services.add(service)
     for service in services:
         await prepare_storage(service, stores=stores)
+    await _notify_inputs(tx, notifications, set().union(*map(input_buckets, services)))
     return services
+
+
+async def using_bucket(tx: Transaction, bucket: str) -> list[str]:
+    """Services whose inputs or outputs are in ``bucket`` of the manager's own storage."""
+    return [
+        service.name
+        for service in await tx.services.list()
+        if any(own_bucket == bucket for own_bucket, _folder in _own_paths(service))
+    ]
 
 
 async def list_visible(tx: Transaction, *, principal: Principal) -> list[Service]:
@@ -99,7 +145,13 @@ async def read(tx: Transaction, *, principal: Principal, name: str) -> Service:
 
 
 async def update(
-    tx: Transaction, *, settings: Settings, principal: Principal, body: bytes, stores: Stores
+    tx: Transaction,
+    *,
+    settings: Settings,
+    principal: Principal,
+    body: bytes,
+    stores: Stores,
+    notifications: InputNotifications | None = None,
 ) -> Service:
     definitions = service_definitions(load_document(body))
     if len(definitions) != 1:
@@ -117,11 +169,22 @@ async def update(
     service = normalise_update(definition, current=current, minio=minio_default(settings))
     await tx.services.replace(service)
     await prepare_storage(service, stores=stores)
+    await _notify_inputs(tx, notifications, input_buckets(current) | input_buckets(service))
     return service
 
 
-async def delete(tx: Transaction, *, principal: Principal, name: str, backend: Backend) -> Service:
-    """Delete the service with its job records and queued events; its buckets and objects are kept."""
+async def delete(
+    tx: Transaction,
+    *,
+    principal: Principal,
+    name: str,
+    backend: Backend,
+    stores: Stores,
+    notifications: InputNotifications | None = None,
+    purge: bool = False,
+) -> Service:
+    """Delete the service with its job records and queued events. Its buckets and objects are kept unless
+    ``purge`` asks for them to go too (see :func:`purge_storage`)."""
     service = await _existing(tx, name)
     if not can_change(principal, service):
         raise Forbidden(f"only the owner may delete service {name!r}")
@@ -130,4 +193,28 @@ async def delete(tx: Transaction, *, principal: Principal, name: str, backend: B
     await tx.jobs.delete_where(name, statuses=None)
     await tx.events.delete_for_service(name)
     await tx.services.delete(name)
+    await _notify_inputs(tx, notifications, input_buckets(service))
+    if purge:
+        await purge_storage(tx, service, stores=stores)
     return service
+
+
+async def purge_storage(tx: Transaction, service: Service, *, stores: Stores) -> None:
+    """Delete the objects in the service's input and output folders, then each of its buckets that no
+    other service uses and that holds nothing else. Runs last in a delete: if it fails the deletion is
+    rolled back, and what was already removed stays removed (the service can be deleted again)."""
+    store = stores.default
+    buckets: set[str] = set()
+    for bucket, folder in _own_paths(service):
+        buckets.add(bucket)
+        if not await store.bucket_exists(bucket):
+            continue
+        for info in await store.list_objects(bucket, f"{folder}/" if folder else ""):
+            await store.delete_object(bucket, info.key)
+        if folder:
+            await store.remove_folder(bucket, folder)
+    for bucket in sorted(buckets):
+        if await using_bucket(tx, bucket):
+            continue
+        if await store.bucket_exists(bucket) and not await store.list_objects(bucket):
+            await store.delete_bucket(bucket)

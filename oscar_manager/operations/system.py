@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def git_commit(settings: Settings) -> str:
     return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else "unknown"
 
 
-def info(*, commit: str, execution: dict[str, Any]) -> dict[str, Any]:
+def info(*, commit: str, execution: dict[str, Any], storage: dict[str, Any]) -> dict[str, Any]:
     machine = platform.machine().lower()
     return {
         "version": f"v{OSCAR_API_VERSION}",
@@ -42,6 +43,24 @@ def info(*, commit: str, execution: dict[str, Any]) -> dict[str, Any]:
         "kubernetes_version": "",
         "manager": {"name": "oscar-manager", "version": __version__},
         "execution": execution,
+        "storage": storage,
+    }
+
+
+def storage(settings: Settings, *, events: Mapping[str, int], listening: list[str]) -> dict[str, Any]:
+    """Where ``minio.default`` lives and how new objects reach the manager, with event counts."""
+    if settings.uses_minio:
+        sources = ["listen"] if settings.oscar_minio_listen else []
+        sources += ["webhook"] if settings.oscar_minio_webhook_url else []
+        kind, endpoint = "minio", settings.minio_endpoint
+    else:
+        kind, endpoint, sources = "local", "", ["folder-watch"]
+    return {
+        "kind": kind,
+        "endpoint": endpoint,
+        "event_sources": sources,
+        "listening": listening,
+        "events": {name: int(events.get(name, 0)) for name in ("new", "duplicates", "ignored")},
     }
 
 
@@ -67,7 +86,8 @@ def config(settings: Settings, *, principal: Principal) -> dict[str, Any]:
             "verify": settings.minio_tls_verify,
             "access_key": settings.minio_access_key if show_keys else "",
             "secret_key": settings.minio_secret_key if show_keys else "",
-            "region": settings.minio_region,
+            # oscar-python and the dashboard need a region (an empty one disables the dashboard's buckets).
+            "region": settings.minio_region or "us-east-1",
         },
         "allowed_image_repositories": [],
     }

@@ -71,3 +71,16 @@ class ObjectStore(Protocol):
         ...
 
     async def delete_object(self, bucket: str, key: str) -> bool: ...
+
+    async def remove_folder(self, bucket: str, folder: str) -> None:
+        """Remove the (empty) folder ``folder/`` made by ``ensure_folder``; objects under it, if any, stay."""
+
+    async def delete_bucket(self, bucket: str) -> int:
+        """Remove the bucket with every object in it (folder markers included); returns how many
+        objects went. Only ever called on an explicit request to delete data."""
+        ...
+
+    async def presigned_url(self, bucket: str, key: str, *, method: str, expires_in: int) -> str | None:
+        """A URL that lets anyone holding it ``GET`` or ``PUT`` the object until it expires, or None when
+        the store cannot sign one itself (the manager then serves signed URLs of its own)."""
+        ...

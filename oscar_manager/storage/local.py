@@ -19,6 +19,7 @@ import errno
 import functools
 import os
 import secrets
+import shutil
 import stat as stat_module
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -503,6 +504,48 @@ class LocalObjectStore:
         """Remove the file of ``key``; its folders (and the bucket) stay even when they become empty."""
         self.object_path(bucket, key)
         return await _blocking(lambda: self._delete(bucket, key))
+
+    async def remove_folder(self, bucket: str, folder: str) -> None:
+        validate_bucket(bucket)
+        segments = self._segments(bucket, validate_key(folder, folder=True).removesuffix("/"))
+
+        def remove() -> None:
+            # Innermost first; a folder that still holds anything stays, and so do its parents.
+            for depth in range(len(segments), 0, -1):
+                try:
+                    parent = self._open_parent(bucket, segments[:depth])
+                    if parent is None:
+                        return
+                    try:
+                        os.rmdir(segments[depth - 1], dir_fd=parent)
+                    finally:
+                        os.close(parent)
+                except OSError:
+                    return
+
+        await _blocking(remove)
+
+    async def delete_bucket(self, bucket: str) -> int:
+        validate_bucket(bucket)
+        if not await self.bucket_exists(bucket):
+            raise BucketNotFound(f"bucket {bucket!r} does not exist")
+        count = len(await self.list_objects(bucket))
+        # Renamed away first, so the bucket disappears at once and whole even if the removal is slow.
+        doomed = self._staging / f"deleted-{bucket}-{secrets.token_hex(6)}"
+
+        def remove() -> None:
+            try:
+                os.makedirs(self._staging, exist_ok=True)
+                os.rename(self._root / bucket, doomed)
+            except OSError as exc:
+                raise _storage_error(f"delete bucket {bucket!r}", exc) from None
+            shutil.rmtree(doomed, ignore_errors=True)
+
+        await _blocking(remove)
+        return count
+
+    async def presigned_url(self, bucket: str, key: str, *, method: str, expires_in: int) -> str | None:
+        return None  # folders cannot sign: the manager serves signed URLs (``/storage/...``) instead
 
 
 async def _read_chunks(fd: int, size: int, what: str) -> AsyncIterator[bytes]:

@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from aiobotocore.response import StreamingBody
     from types_aiobotocore_s3.client import S3Client
     from types_aiobotocore_s3.literals import BucketLocationConstraintType
-    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef, ObjectIdentifierTypeDef
 
 log = logging.getLogger(__name__)
 
@@ -591,3 +591,45 @@ class S3ObjectStore:
             f"delete {bucket}/{key}", self._client.delete_object(Bucket=bucket, Key=key), bucket, key
         )
         return True
+
+    async def remove_folder(self, bucket: str, folder: str) -> None:
+        validate_bucket(bucket)
+        marker = validate_key(folder, folder=True).removesuffix("/") + "/"
+        await self._call(
+            f"remove folder {bucket}/{marker}", self._client.delete_object(Bucket=bucket, Key=marker), bucket
+        )
+
+    async def delete_bucket(self, bucket: str) -> int:
+        validate_bucket(bucket)
+        await self._require_bucket(bucket)
+        count = 0
+        with self._translate(f"delete bucket {bucket!r}", bucket):
+            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            async for page in pages:
+                keys: list[ObjectIdentifierTypeDef] = [
+                    {"Key": item["Key"]} for item in page.get("Contents", [])
+                ]
+                if not keys:
+                    continue
+                # A page holds at most 1,000 keys: exactly what one DeleteObjects takes.
+                answer = await self._client.delete_objects(
+                    Bucket=bucket, Delete={"Objects": keys, "Quiet": True}
+                )
+                if answer.get("Errors"):
+                    first = answer["Errors"][0]
+                    raise StorageError(
+                        f"S3 storage at {self._where}: cannot delete {bucket}/{first.get('Key')}: "
+                        f"{first.get('Code')}: {first.get('Message')}"
+                    )
+                count += sum(1 for item in keys if not item["Key"].endswith("/"))
+            await self._client.delete_bucket(Bucket=bucket)
+        return count
+
+    async def presigned_url(self, bucket: str, key: str, *, method: str, expires_in: int) -> str | None:
+        validate_bucket(bucket)
+        validate_key(key)
+        operation = {"GET": "get_object", "PUT": "put_object"}[method]
+        with self._translate(f"sign a URL for {bucket}/{key}", bucket, key):
+            return await self._client.generate_presigned_url(
+                operation, Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_in
+            )

@@ -30,6 +30,7 @@ import yaml
 from oscar_manager.domain.service import DEFAULT_PROVIDER_ID, ProviderRef, Service, parse_service
 from oscar_manager.errors import BadRequest, OscarError
 from oscar_manager.storage.base import ObjectStore
+from oscar_manager.storage.providers import s3_settings
 from oscar_manager.storage.s3 import S3ObjectStore
 from oscar_manager.supervisor.log import SupervisorLog
 from oscar_manager.supervisor.stage import (
@@ -104,17 +105,8 @@ async def open_stores(
         if str(reference) in stores or reference.type not in ("minio", "s3"):
             continue
         entry = provider_settings(service, reference, credentials_dir)
-        endpoint = str(entry.get("endpoint") or "")
-        if reference.type == "minio" and not endpoint:
-            endpoint = "http://minio-service.minio:9000"  # faas-supervisor's default
         stores[str(reference)] = await stack.enter_async_context(
-            S3ObjectStore.connect(
-                endpoint=endpoint,
-                access_key=str(entry.get("access_key") or ""),
-                secret_key=str(entry.get("secret_key") or ""),
-                region=str(entry.get("region") or "us-east-1"),
-                verify=bool(entry.get("verify", True)),
-            )
+            S3ObjectStore.connect(**s3_settings(reference, entry))
         )
     return stores
 

@@ -14,13 +14,12 @@ from pathlib import Path
 
 from oscar_manager.domain.events import ObjectEvent, decode_payload, object_events, parse_json
 from oscar_manager.domain.service import BUCKET_PROVIDER_TYPES, ProviderRef, Service, StorageIOConfig
-from oscar_manager.storage.base import InvalidKey, ObjectStore
+from oscar_manager.storage.base import InvalidKey
 from oscar_manager.storage.keys import validate_key
+from oscar_manager.storage.providers import StoreResolver
 from oscar_manager.supervisor.log import SupervisorLog
 from oscar_manager.supervisor.workspace import Workspace
 
-# Maps a provider reference ("minio.default", "s3.aws") to the store that serves it.
-StoreResolver = Callable[[str], ObjectStore]
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 EVENT_FILE_NAME = "event-file"
 

@@ -85,7 +85,7 @@ def faas_supervisor() -> None:
 @pytest.fixture
 def s3(moto_endpoint: str) -> Any:
     try:
-        import boto3  # type: ignore[import-untyped]
+        import boto3
     except ImportError as exc:
         unavailable(f"boto3 is not installed: {exc}")
     return boto3.client(

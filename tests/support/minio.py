@@ -90,7 +90,7 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from yarl import URL
 
-from tests.support.components import free_port
+from tests.support.components import free_port, unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = ROOT / "scripts" / "build-minio"
@@ -275,6 +275,14 @@ class MinioServer:
         finally:
             shutil.rmtree(self.datadir, ignore_errors=True)
             self.log_path.unlink(missing_ok=True)
+
+
+async def start_minio(binary: Path, env: Mapping[str, str] | None = None) -> MinioServer:
+    """A server for a test; skipped (failed in strict mode) with the reason if it cannot start."""
+    try:
+        return await asyncio.to_thread(MinioServer.start, binary, env=env)
+    except (RuntimeError, OSError, TimeoutError) as exc:
+        unavailable(f"cannot start MinIO ({binary}): {exc}")
 
 
 # --- madmin payload encryption (github.com/minio/madmin-go/v3 encrypt.go + secure-io/sio-go) -------------

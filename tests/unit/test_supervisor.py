@@ -18,8 +18,9 @@ from urllib.parse import quote, quote_plus
 import pytest
 
 from oscar_manager.domain.events import ObjectEvent, notification
-from oscar_manager.domain.service import Service, StorageIOConfig, parse_service
+from oscar_manager.domain.service import ProviderRef, Service, StorageIOConfig, parse_service
 from oscar_manager.errors import BadRequest
+from oscar_manager.storage.base import ObjectStore
 from oscar_manager.storage.local import LocalObjectStore
 from oscar_manager.storage.providers import Stores
 from oscar_manager.supervisor.log import SupervisorLog
@@ -140,7 +141,10 @@ async def test_stage_in_reads_from_the_provider_of_the_matching_input(
     await put(store, "shared", "in/x.txt", b"from default")
     await put(other, "shared", "in/x.txt", b"from other")
     service = make_service(input=[{"storage_provider": "minio.other", "path": "shared/in"}])
-    stores = Stores(store, {"minio.other": other})
+    by_provider = {"minio.default": store, "minio.other": other}
+
+    def stores(provider: str) -> ObjectStore:
+        return by_provider[str(ProviderRef(provider))]
 
     matching = await stage_in(
         invocation=Invocation.read(storage_body("shared", "in%2Fx.txt")),

@@ -13,8 +13,8 @@ from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from oscar_manager.api.deps import CallerDep, PresignerDep, SettingsDep, StoresDep
-from oscar_manager.operations import buckets
+from oscar_manager.api.deps import CallerDep, PresignerDep, SettingsDep, StoresDep, TransactionDep
+from oscar_manager.operations import buckets, services
 from oscar_manager.storage.providers import Stores
 
 router = APIRouter(prefix="/system/buckets", tags=["buckets"])
@@ -74,6 +74,22 @@ async def get_bucket(
     )
 
 
+@router.delete(
+    "/{bucket}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    summary="Delete a bucket with all its objects",
+    responses={
+        404: {"description": "No such bucket"},
+        409: {"description": "A service uses the bucket: nothing was deleted"},
+    },
+)
+async def delete_bucket(bucket: str, _caller: CallerDep, stores: StoresDep, tx: TransactionDep) -> Response:
+    used_by = await services.using_bucket(tx, bucket)
+    await buckets.delete_bucket(stores.default, bucket=bucket, used_by=used_by)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
 @router.put(
     "/{bucket}/objects/{key:path}",
     status_code=status.HTTP_201_CREATED,
@@ -107,12 +123,14 @@ async def presign(
         operation=body.operation,
         expires_in=body.expires_in or body.expires,
     )
-    base = str(request.base_url).rstrip("/")
+    url = signed.url
+    if url.startswith("/"):
+        url = str(request.base_url).rstrip("/") + url
     answer: dict[str, Any] = {
         "object_key": signed.object_key,
         "operation": signed.operation,
         "method": signed.method,
-        "url": base + signed.path,
+        "url": url,
         "expires_at": datetime.fromtimestamp(signed.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     if body.content_type and signed.method == "PUT":

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Depends, Response, status
 
-from oscar_manager.api.deps import BackendDep, BodyDep, CallerDep, SettingsDep, StoresDep, TransactionDep
+from oscar_manager.api.deps import (
+    BackendDep,
+    BodyDep,
+    CallerDep,
+    NotificationsDep,
+    SettingsDep,
+    StoresDep,
+    TransactionDep,
+    after_services_change,
+)
 from oscar_manager.domain.service import public_view
 from oscar_manager.operations import services
 
@@ -25,6 +34,7 @@ _DEFINITION_BODY: dict[str, Any] = {
         },
     }
 }
+_CHANGES = [Depends(after_services_change)]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Malformed or invalid definition"},
     401: {"description": "Missing or wrong credentials"},
@@ -38,12 +48,24 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     response_class=Response,
     summary="Create a service, or every service of an FDL document",
     openapi_extra=_DEFINITION_BODY,
-    responses={**_ERRORS, 409: {"description": "A service with that name exists"}},
+    responses={
+        **_ERRORS,
+        409: {"description": "A service with that name exists"},
+        502: {"description": "The storage (MinIO) refused or is unreachable: nothing was created"},
+    },
+    dependencies=_CHANGES,
 )
 async def create_service(
-    settings: SettingsDep, caller: CallerDep, tx: TransactionDep, body: BodyDep, stores: StoresDep
+    settings: SettingsDep,
+    caller: CallerDep,
+    tx: TransactionDep,
+    body: BodyDep,
+    stores: StoresDep,
+    notifications: NotificationsDep,
 ) -> Response:
-    await services.create(tx, settings=settings, principal=caller, body=body, stores=stores)
+    await services.create(
+        tx, settings=settings, principal=caller, body=body, stores=stores, notifications=notifications
+    )
     return Response(status_code=status.HTTP_201_CREATED)
 
 
@@ -77,11 +99,19 @@ async def read_service(name: str, caller: CallerDep, tx: TransactionDep) -> dict
     summary="Replace a service's definition (the body's name selects it); its token is kept",
     openapi_extra=_DEFINITION_BODY,
     responses={**_ERRORS, 403: {"description": "Not the owner"}, 404: {"description": "No such service"}},
+    dependencies=_CHANGES,
 )
 async def update_service(
-    settings: SettingsDep, caller: CallerDep, tx: TransactionDep, body: BodyDep, stores: StoresDep
+    settings: SettingsDep,
+    caller: CallerDep,
+    tx: TransactionDep,
+    body: BodyDep,
+    stores: StoresDep,
+    notifications: NotificationsDep,
 ) -> Response:
-    await services.update(tx, settings=settings, principal=caller, body=body, stores=stores)
+    await services.update(
+        tx, settings=settings, principal=caller, body=body, stores=stores, notifications=notifications
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -89,9 +119,28 @@ async def update_service(
     "/{name}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    summary="Delete a service (its buckets and their objects are kept)",
+    summary="Delete a service; its buckets and objects are kept unless purge=true",
     responses={403: {"description": "Not the owner"}, 404: {"description": "No such service"}},
+    dependencies=_CHANGES,
 )
-async def delete_service(name: str, caller: CallerDep, tx: TransactionDep, backend: BackendDep) -> Response:
-    await services.delete(tx, principal=caller, name=name, backend=backend)
+async def delete_service(
+    name: str,
+    caller: CallerDep,
+    tx: TransactionDep,
+    backend: BackendDep,
+    stores: StoresDep,
+    notifications: NotificationsDep,
+    purge: bool = False,
+) -> Response:
+    """With ``purge=true`` the objects in the service's input and output folders are deleted too, and
+    each of its buckets that no other service uses and that is then empty."""
+    await services.delete(
+        tx,
+        principal=caller,
+        name=name,
+        backend=backend,
+        stores=stores,
+        notifications=notifications,
+        purge=purge,
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -4,16 +4,23 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from oscar_manager.api.deps import BackendDep, CallerDep, SettingsDep
+from oscar_manager.api.deps import BackendDep, CallerDep, IntakeDep, SettingsDep
 from oscar_manager.operations import system
 
 router = APIRouter(prefix="/system", tags=["system"])
 
 
 @router.get("/info", summary="Version and platform of this manager")
-async def get_info(request: Request, backend: BackendDep, _caller: CallerDep) -> dict[str, Any]:
+async def get_info(
+    request: Request, backend: BackendDep, settings: SettingsDep, intake: IntakeDep, _caller: CallerDep
+) -> dict[str, Any]:
     commit: str = request.app.state.git_commit
-    return system.info(commit=commit, execution=backend.describe())
+    listening: list[str] = request.app.state.listening()
+    return system.info(
+        commit=commit,
+        execution=backend.describe(),
+        storage=system.storage(settings, events=intake.counters, listening=listening),
+    )
 
 
 # oscar-python asks for ``/system/config/`` (trailing slash), others without: serve both directly.

@@ -1,7 +1,3 @@
-# NOT COLLECTED YET (the file name keeps pytest away): these checks pass against a MinIO built with a warm
-# Go module cache, but a cold build in a fresh clone failed (minio/console's embedded web-app/build/ was
-# missing from the downloaded module). The MinIO issue renames this file back to test_minio_server.py once
-# scripts/build-minio works from a fresh clone, and makes scripts/setup build the server.
 """A real MinIO server (``scripts/build-minio``): the facts that bucket-notification support builds on.
 
 - S3 works against it through ``S3ObjectStore``.
@@ -18,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -40,7 +35,7 @@ from tests.support.minio import (
     MinioServer,
     WebhookReceiver,
     listen,
-    locate_minio_binary,
+    start_minio,
     webhook_env,
 )
 
@@ -50,15 +45,6 @@ if TYPE_CHECKING:
 TOKEN = "oscar-webhook-token"
 ENV_TARGET = "OSCAR"  # the target the session server loads from its environment
 ENV_ARN = f"arn:minio:sqs::{ENV_TARGET}:webhook"
-
-
-@pytest.fixture(scope="session")
-def minio_binary() -> Path:
-    """``$MINIO_BINARY`` or ``.cache/bin/minio``; built by ``scripts/build-minio`` (minutes) if missing."""
-    try:
-        return locate_minio_binary()
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        unavailable(f"no MinIO server binary: {exc}")
 
 
 @pytest.fixture(scope="session")
@@ -72,10 +58,7 @@ async def webhook() -> AsyncIterator[WebhookReceiver]:
 
 
 async def _start(binary: Path, env: dict[str, str] | None = None) -> MinioServer:
-    try:
-        return await asyncio.to_thread(MinioServer.start, binary, env=env)
-    except (RuntimeError, OSError, TimeoutError) as exc:
-        unavailable(f"cannot start MinIO ({binary}): {exc}")
+    return await start_minio(binary, env)
 
 
 @pytest.fixture(scope="session")

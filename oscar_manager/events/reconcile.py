@@ -1,0 +1,52 @@
+"""Find objects that arrived while nobody was listening, and turn them into events.
+
+Every listener (local folders, MinIO) calls this after its subscription is in place, so an object is
+either reported by the subscription or found here; the intake's dedup key makes the overlap harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+
+from oscar_manager.domain.events import InputRoute, ObjectEvent, now_rfc3339, watched
+from oscar_manager.storage.base import ObjectInfo, ObjectStore
+
+Routes = Callable[[], Awaitable[list[InputRoute]]]
+Enqueue = Callable[[str, ObjectEvent], Awaitable[None]]
+
+
+def object_event(info: ObjectInfo, *, principal: str) -> ObjectEvent:
+    return ObjectEvent(
+        bucket=info.bucket,
+        key=info.key,
+        etag=info.etag,
+        size=info.size,
+        event_time=now_rfc3339(),
+        principal=principal,
+    )
+
+
+async def reconcile(
+    store: ObjectStore,
+    routes: Iterable[InputRoute],
+    enqueue: Enqueue,
+    *,
+    principal: str,
+    buckets: set[str] | None = None,
+) -> int:
+    """Enqueue the objects under the routes' input folders (of ``buckets``, if given) that arrived after
+    their service was created; returns how many were offered to the intake (duplicates included)."""
+    count = 0
+    for route in watched(routes):
+        if buckets is not None and route.bucket not in buckets:
+            continue
+        if not await store.bucket_exists(route.bucket):
+            continue
+        # S3 reports whole seconds: an object from the service's first second must not be missed.
+        since = route.since.replace(microsecond=0)
+        prefix = f"{route.folder}/" if route.folder else ""
+        for info in await store.list_objects(route.bucket, prefix):
+            if info.last_modified >= since:
+                await enqueue(route.service, object_event(info, principal=principal))
+                count += 1
+    return count

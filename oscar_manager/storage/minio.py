@@ -1,0 +1,212 @@
+"""What only MinIO does, through miniopy-async: bucket notification streams, notification rules for a
+webhook target, and registering that target with the admin API. Objects themselves go through ``s3.py``.
+
+This is the only module that imports miniopy_async; its errors become the errors of ``storage.base``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from miniopy_async.api import Minio
+from miniopy_async.credentials.providers import StaticProvider
+from miniopy_async.error import MinioAdminException, MinioException, S3Error
+from miniopy_async.minioadmin import MinioAdmin
+from miniopy_async.notificationconfig import NotificationConfig, PrefixFilterRule, QueueConfig
+
+from oscar_manager.storage.base import StorageError
+
+log = logging.getLogger(__name__)
+
+OBJECT_CREATED = "s3:ObjectCreated:*"
+# Our rules in a bucket's notification configuration carry this id prefix; rules of others are kept.
+RULE_ID_PREFIX = "oscar-manager"
+# A stream silent this long is dead (MinIO writes a keep-alive byte every 0.5 s).
+LISTEN_READ_TIMEOUT = 30.0
+TARGET_LOAD_GRACE = 10.0
+_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+
+
+def webhook_arn(target: str) -> str:
+    """The queue ARN of webhook target ``target`` (the region part is left empty, as MinIO stores it)."""
+    return f"arn:minio:sqs::{target}:webhook"
+
+
+def covering_prefixes(prefixes: set[str]) -> list[str]:
+    """The fewest prefixes that match the same keys: ``in/`` covers ``in/sub/``; ``""`` covers all."""
+    kept: list[str] = []
+    for prefix in sorted(prefixes):
+        if not any(prefix.startswith(other) for other in kept):
+            kept.append(prefix)
+    return kept
+
+
+@dataclass(frozen=True, slots=True)
+class MinioEndpoint:
+    url: str  # http(s)://host[:port]
+    access_key: str
+    secret_key: str
+    region: str = ""
+    verify: bool = True
+
+    def parts(self) -> tuple[str, bool]:
+        split = urlsplit(self.url)
+        if split.scheme not in ("http", "https") or not split.netloc:
+            raise StorageError(f"invalid MinIO endpoint {self.url!r}: expected http(s)://host[:port]")
+        return split.netloc, split.scheme == "https"
+
+
+class MinioExtras:
+    """Notifications and admin calls on one MinIO server; open with :meth:`connect`."""
+
+    def __init__(self, endpoint: MinioEndpoint, session: aiohttp.ClientSession) -> None:
+        host, secure = endpoint.parts()
+        self._endpoint = endpoint
+        credentials = StaticProvider(endpoint.access_key, endpoint.secret_key)
+        self._client = Minio(
+            host,
+            secure=secure,
+            region=endpoint.region or None,
+            credentials=credentials,
+            cert_check=endpoint.verify,
+            session=session,
+        )
+        self._admin = MinioAdmin(
+            host, credentials=credentials, secure=secure, cert_check=endpoint.verify, session=session
+        )
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, endpoint: MinioEndpoint) -> AsyncIterator[MinioExtras]:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=LISTEN_READ_TIMEOUT)
+        connector = aiohttp.TCPConnector(ssl=True if endpoint.verify else False)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            yield cls(endpoint, session)
+
+    @contextlib.contextmanager
+    def _translate(self, action: str) -> Iterator[None]:
+        where = self._endpoint.url
+        try:
+            yield
+        except S3Error as exc:
+            raise StorageError(f"MinIO at {where} refused to {action}: {exc.code}: {exc.message}") from None
+        except MinioAdminException as exc:
+            raise StorageError(f"MinIO at {where} refused to {action}: {exc}") from None
+        except (MinioException, ValueError) as exc:
+            raise StorageError(f"MinIO at {where}: cannot {action}: {exc}") from None
+        except _TRANSPORT_ERRORS as exc:
+            raise StorageError(f"MinIO at {where} is unreachable: cannot {action}: {exc}") from None
+
+    # --- ListenBucketNotification ------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def listen(self, bucket: str) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """Subscribe to object-created events of ``bucket``; entered once MinIO has the subscription in
+        place (its first write), so every later upload is reported. Yields the records as they come; the
+        iteration ends (or raises ``StorageError``) when the stream breaks."""
+        with self._translate(f"listen to bucket {bucket!r}"):
+            stream = await self._client.listen_bucket_notification(bucket, events=(OBJECT_CREATED,))
+        response = stream._response  # the library closes the response itself only via ``async with``
+        try:
+            yield self._records(response, bucket)
+        finally:
+            response.close()
+
+    async def _records(self, response: aiohttp.ClientResponse, bucket: str) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            with self._translate(f"read events of bucket {bucket!r}"):
+                line = await response.content.readline()
+            if not line:
+                return
+            if not line.strip():
+                continue  # keep-alive
+            try:
+                document = json.loads(line)
+            except ValueError:
+                log.warning("MinIO sent an unreadable event line for bucket %s: %.200r", bucket, line)
+                continue
+            for record in (document.get("Records") or []) if isinstance(document, dict) else []:
+                if isinstance(record, dict):
+                    yield record
+
+    # --- notification rules for a webhook target ---------------------------------------------------
+
+    async def set_webhook_rules(self, bucket: str, *, target: str, prefixes: set[str]) -> None:
+        """Make ``bucket`` notify ``target`` of objects created under ``prefixes`` (and nothing else);
+        rules that other tools put in the bucket's configuration are kept."""
+        arn = webhook_arn(target)
+        with self._translate(f"configure notifications of bucket {bucket!r}"):
+            current = await self._client.get_bucket_notification(bucket)
+            foreign = [
+                rule
+                for rule in current.queue_config_list or []
+                if rule.queue != arn and not (rule.config_id or "").startswith(RULE_ID_PREFIX)
+            ]
+            ours = [
+                QueueConfig(
+                    arn,
+                    [OBJECT_CREATED],
+                    config_id=f"{RULE_ID_PREFIX}:{prefix or '*'}",
+                    prefix_filter_rule=PrefixFilterRule(prefix) if prefix else None,
+                )
+                for prefix in covering_prefixes(prefixes)
+            ]
+            config = NotificationConfig(
+                cloud_func_config_list=current.cloud_func_config_list,
+                queue_config_list=[*foreign, *ours],
+                topic_config_list=current.topic_config_list,
+            )
+            # A MinIO that has just (re)started serves S3 before it has loaded its targets, and refuses
+            # their ARNs meanwhile: retry for a few seconds.
+            deadline = time.monotonic() + TARGET_LOAD_GRACE
+            while True:
+                try:
+                    await self._client.set_bucket_notification(bucket, config)
+                    return
+                except S3Error as exc:
+                    if exc.code != "InvalidArgument" or time.monotonic() > deadline:
+                        raise
+                await asyncio.sleep(0.1)
+
+    # --- the webhook target (admin API) ------------------------------------------------------------
+
+    async def webhook_target_exists(self, target: str) -> bool:
+        try:
+            with self._translate(f"read webhook target {target!r}"):
+                await self._admin.config_get(f"notify_webhook:{target}")
+        except StorageError as exc:
+            if "there is no target" in str(exc):
+                return False
+            raise
+        return True
+
+    async def register_webhook_target(
+        self, target: str, *, endpoint: str, token: str, ready_within: float = 60
+    ) -> None:
+        """Save webhook target ``target`` and restart MinIO once so that it loads it (notification targets
+        are not dynamic in MinIO): done once per deployment, not per service."""
+        with self._translate(f"register webhook target {target!r}"):
+            await self._admin.config_set(
+                f"notify_webhook:{target}", {"endpoint": endpoint, "auth_token": token, "enable": "on"}
+            )
+            log.warning("restarting MinIO at %s once to load webhook target %s", self._endpoint.url, target)
+            await self._admin.service_restart()
+        deadline = time.monotonic() + ready_within
+        while True:
+            await asyncio.sleep(0.2)
+            try:
+                if await self.webhook_target_exists(target):
+                    return
+            except StorageError:
+                pass  # still restarting
+            if time.monotonic() > deadline:
+                raise StorageError(f"MinIO at {self._endpoint.url} did not load webhook target {target!r}")

@@ -1,0 +1,293 @@
+"""The manager with ``minio.default`` on a real S3 server: MinIO (listen API and all), and moto's server for
+what any S3 offers. Objects are put and read with boto3, as a user's own S3 tool would."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from botocore.config import Config
+
+from oscar_manager.settings import Settings
+from tests.support.app import app_client
+from tests.support.components import free_port
+from tests.support.databases import SqliteDatabases
+from tests.support.factories import make_settings
+from tests.support.jobs import all_jobs, settle, wait_for_jobs
+from tests.support.minio import MinioServer
+
+UPPERCASE = 'tr a-z A-Z < "$INPUT_FILE_PATH" > "$TMP_OUTPUT_DIR/$(basename "$INPUT_FILE_PATH")"\n'
+
+
+@dataclass(frozen=True)
+class S3Server:
+    kind: str
+    endpoint: str
+    access_key: str
+    secret_key: str
+
+    def client(self) -> Any:
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            config=Config(retries={"total_max_attempts": 1}),
+        )
+
+
+@pytest.fixture(params=["minio", "moto"])
+def s3_server(request: pytest.FixtureRequest) -> S3Server:
+    if request.param == "minio":
+        minio: MinioServer = request.getfixturevalue("minio_server")
+        return S3Server("minio", minio.endpoint, minio.access_key, minio.secret_key)
+    return S3Server("moto", request.getfixturevalue("moto_endpoint"), "testing", "testing")
+
+
+@pytest.fixture
+def minio(minio_server: MinioServer) -> S3Server:
+    return S3Server("minio", minio_server.endpoint, minio_server.access_key, minio_server.secret_key)
+
+
+def s3_settings(server: S3Server, tmp_path: Path, database_url: str, **overrides: Any) -> Settings:
+    return make_settings(
+        database_url=database_url,
+        data_dir=tmp_path / "data",
+        minio_endpoint=server.endpoint,
+        minio_access_key=server.access_key,
+        minio_secret_key=server.secret_key,
+        # moto has no ListenBucketNotification.
+        oscar_minio_listen=server.kind == "minio",
+        **overrides,
+    )
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path, sqlite_databases: SqliteDatabases) -> str:
+    return sqlite_databases.create(tmp_path / "oscar.db", migrated=True)
+
+
+@pytest.fixture
+async def manager(s3_server: S3Server, tmp_path: Path, database_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(s3_settings(s3_server, tmp_path, database_url)) as http:
+        yield http
+
+
+@pytest.fixture
+async def minio_manager(minio: S3Server, tmp_path: Path, sqlite_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(s3_settings(minio, tmp_path, sqlite_url)) as http:
+        yield http
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def service(name: str, *, inputs: list[str], outputs: list[str], script: str = UPPERCASE) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": "img",
+        "script": script,
+        "input": [{"path": path} for path in inputs],
+        "output": [{"path": path} for path in outputs],
+    }
+
+
+def keys(s3: Any, bucket: str) -> list[str]:
+    listed = s3.list_objects_v2(Bucket=bucket)
+    return sorted(item["Key"] for item in listed.get("Contents", []))
+
+
+async def wait_for_object(s3: Any, bucket: str, key: str, within: float = 20) -> bytes:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            body: bytes = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            return body
+        except s3.exceptions.NoSuchKey:
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"{bucket}/{key} did not appear; the bucket holds {keys(s3, bucket)}")
+
+
+# --- any S3 ----------------------------------------------------------------------------------------------
+
+
+async def test_create_makes_buckets_and_folders_and_reuses_an_existing_bucket(
+    manager: httpx.AsyncClient, s3_server: S3Server
+) -> None:
+    s3 = s3_server.client()
+    name = unique("svc")
+    existing = unique("existing")
+    s3.create_bucket(Bucket=existing)
+    s3.put_object(Bucket=existing, Key="kept.txt", Body=b"mine")
+
+    body = service(name, inputs=[f"{existing}/in"], outputs=[f"{name}/out"])
+    assert (await manager.post("/system/services", json=body)).status_code == 201
+
+    assert keys(s3, existing) == ["in/", "kept.txt"]
+    assert keys(s3, name) == ["out/"]
+    config = (await manager.get("/system/config")).json()["minio_provider"]
+    assert config == {
+        "endpoint": s3_server.endpoint,
+        "verify": True,
+        "access_key": s3_server.access_key,
+        "secret_key": s3_server.secret_key,
+        "region": "us-east-1",
+    }
+
+
+async def test_deleting_a_service_keeps_its_data_and_purge_removes_it(
+    manager: httpx.AsyncClient, s3_server: S3Server
+) -> None:
+    s3 = s3_server.client()
+    keep, purge, shared = unique("keep"), unique("purge"), unique("shared")
+    for name in (keep, purge):
+        body = service(name, inputs=[f"{name}/in"], outputs=[f"{shared}/{name}"])
+        assert (await manager.post("/system/services", json=body)).status_code == 201
+        s3.put_object(Bucket=name, Key="in/data.txt", Body=b"x")
+        s3.put_object(Bucket=shared, Key=f"{name}/result.txt", Body=b"y")
+
+    assert (await manager.delete(f"/system/services/{keep}")).status_code == 204
+    assert keys(s3, keep) == ["in/", "in/data.txt"]
+
+    assert (await manager.delete(f"/system/services/{purge}", params={"purge": "true"})).status_code == 204
+    buckets = {bucket["Name"] for bucket in s3.list_buckets()["Buckets"]}
+    assert purge not in buckets  # its own bucket, now empty and unused, is gone
+    assert keys(s3, shared) == [f"{keep}/", f"{keep}/result.txt"]  # the other service's output stays
+
+
+async def test_bucket_api_lists_creates_presigns_and_deletes(
+    manager: httpx.AsyncClient, s3_server: S3Server
+) -> None:
+    s3 = s3_server.client()
+    bucket = unique("bkt")
+    assert (await manager.post("/system/buckets", json={"bucket_name": bucket})).status_code == 201
+    assert bucket in {item["bucket_name"] for item in (await manager.get("/system/buckets")).json()}
+
+    upload = await manager.post(
+        f"/system/buckets/{bucket}/presign", json={"object_key": "dir/a file.txt", "operation": "upload"}
+    )
+    assert upload.status_code == 200, upload.text
+    signed = upload.json()
+    assert signed["method"] == "PUT"
+    assert signed["url"].startswith(s3_server.endpoint)  # the storage's own URL, not the manager's
+    async with httpx.AsyncClient() as anonymous:
+        assert (await anonymous.put(signed["url"], content=b"payload")).status_code == 200
+        download = await manager.post(
+            f"/system/buckets/{bucket}/presign",
+            json={"object_key": "dir/a file.txt", "operation": "download"},
+        )
+        assert (await anonymous.get(download.json()["url"])).content == b"payload"
+
+    listing = (await manager.get(f"/system/buckets/{bucket}")).json()
+    assert [item["object_name"] for item in listing["objects"]] == ["dir/a file.txt"]
+
+    assert (await manager.delete(f"/system/buckets/{bucket}")).status_code == 204
+    assert bucket not in {item["Name"] for item in s3.list_buckets()["Buckets"]}
+    assert (await manager.delete(f"/system/buckets/{bucket}")).status_code == 404
+
+
+async def test_a_bucket_a_service_uses_is_not_deleted(
+    manager: httpx.AsyncClient, s3_server: S3Server
+) -> None:
+    name = unique("used")
+    body = service(name, inputs=[f"{name}/in"], outputs=[f"{name}/out"])
+    assert (await manager.post("/system/services", json=body)).status_code == 201
+    answer = await manager.delete(f"/system/buckets/{name}")
+    assert answer.status_code == 409
+    assert name in answer.json()["detail"]
+    assert keys(s3_server.client(), name) == ["in/", "out/"]
+
+
+async def test_uploads_while_the_manager_was_down_run_once_after_start(
+    s3_server: S3Server, tmp_path: Path, sqlite_url: str
+) -> None:
+    s3 = s3_server.client()
+    name = unique("offline")
+    settings = s3_settings(s3_server, tmp_path, sqlite_url)
+    async with app_client(settings) as http:
+        body = service(name, inputs=[f"{name}/in"], outputs=[f"{name}/out"])
+        assert (await http.post("/system/services", json=body)).status_code == 201
+        assert (await http.put("/system/services", json=body)).status_code == 204
+    for index in range(3):
+        s3.put_object(Bucket=name, Key=f"in/file-{index}.txt", Body=f"text {index}".encode())
+
+    for _start in range(2):  # a second start finds nothing new
+        async with app_client(settings) as http:
+            jobs = await wait_for_jobs(http, name, count=3)
+            await settle()
+            assert len(await all_jobs(http, name)) == 3
+    assert {job["status"] for job in jobs.values()} == {"Succeeded"}
+    assert await wait_for_object(s3, name, "out/file-2.txt") == b"TEXT 2"
+
+
+async def test_storage_unreachable_at_create_is_502_and_creates_nothing(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    nowhere = S3Server("minio", f"http://127.0.0.1:{free_port()}", "k", "secret-key")
+    async with app_client(s3_settings(nowhere, tmp_path, sqlite_url)) as http:
+        body = service("stranded", inputs=["stranded/in"], outputs=["stranded/out"])
+        answer = await http.post("/system/services", json=body)
+        assert answer.status_code == 502
+        assert "127.0.0.1" in answer.json()["detail"]
+        assert (await http.get("/system/services")).json() == []
+        assert (await http.get("/system/services/stranded")).status_code == 404
+
+
+# --- MinIO: its listen API ------------------------------------------------------------------------------
+
+
+async def test_an_upload_with_any_s3_client_runs_the_job_and_the_output_lands(
+    minio_manager: httpx.AsyncClient, minio: S3Server
+) -> None:
+    s3 = minio.client()
+    name = unique("upper")
+    body = service(name, inputs=[f"{name}/in"], outputs=[f"{name}-out/result"])
+    assert (await minio_manager.post("/system/services", json=body)).status_code == 201
+    await _until_following(minio_manager, name)
+
+    # Keys that MinIO's notifications encode: spaces, plus signs, percent signs, non-ASCII, sub-folders.
+    key = "in/sub dir/a+b%2F ünï.txt"
+    s3.put_object(Bucket=name, Key=key, Body=b"hello minio")
+    s3.put_object(Bucket=name, Key="elsewhere.txt", Body=b"not an input")  # outside in/: no job
+
+    jobs = await wait_for_jobs(minio_manager, name, count=1)
+    assert [job["status"] for job in jobs.values()] == ["Succeeded"]
+    assert await wait_for_object(s3, f"{name}-out", "result/a+b%2F ünï.txt") == b"HELLO MINIO"
+    await settle()
+    assert len(await all_jobs(minio_manager, name)) == 1
+
+
+async def test_an_object_is_one_job_per_content(minio_manager: httpx.AsyncClient, minio: S3Server) -> None:
+    """The dedup key is (service, bucket, key, ETag): the same content put again is the same event."""
+    s3 = minio.client()
+    name = unique("dedup")
+    body = service(name, inputs=[f"{name}/in"], outputs=[f"{name}/out"])
+    assert (await minio_manager.post("/system/services", json=body)).status_code == 201
+    await _until_following(minio_manager, name)
+    s3.put_object(Bucket=name, Key="in/x.txt", Body=b"same")
+    await wait_for_jobs(minio_manager, name, count=1)
+    s3.put_object(Bucket=name, Key="in/x.txt", Body=b"same")
+    await settle()
+    assert len(await all_jobs(minio_manager, name)) == 1
+    s3.put_object(Bucket=name, Key="in/x.txt", Body=b"changed")
+    await wait_for_jobs(minio_manager, name, count=2)
+    info = (await minio_manager.get("/system/info")).json()["storage"]["events"]
+    assert info["duplicates"] >= 1
+
+
+async def _until_following(http: httpx.AsyncClient, bucket: str, within: float = 10) -> None:
+    """The listener picks up a new input bucket right after the create (/system/info tells)."""
+    deadline = time.monotonic() + within
+    while bucket not in (await http.get("/system/info")).json()["storage"]["listening"]:
+        assert time.monotonic() < deadline, f"not listening to {bucket}"
+        await asyncio.sleep(0.02)
