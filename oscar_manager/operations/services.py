@@ -116,12 +116,37 @@ async def create(
     for service in services:
         if await tx.services.exists(service.name):
             raise Conflict(f"a service named {service.name!r} already exists")
+    await _check_buckets_are_the_users(tx, principal, services)
     for service in services:
         await tx.services.add(service)
     for service in services:
         await prepare_storage(service, stores=stores)
     await _notify_inputs(tx, notifications, set().union(*map(input_buckets, services)))
     return services
+
+
+async def _check_buckets_are_the_users(
+    tx: Transaction, principal: Principal, services: list[Service]
+) -> None:
+    """A user's service must not read from or write into a bucket that another owner's service uses.
+
+    Buckets have no owners of their own yet; the services using them are the best evidence there is.
+    The admin may share buckets between anyone's services.
+    """
+    if principal.is_admin:
+        return
+    names = {service.name for service in services}
+    others: dict[str, str] = {}
+    for other in await tx.services.list():
+        if other.name not in names and other.owner != principal.uid:
+            for bucket, _folder in _own_paths(other):
+                others.setdefault(bucket, other.name)
+    for service in services:
+        for bucket, _folder in _own_paths(service):
+            if bucket in others:
+                raise Forbidden(
+                    f"bucket {bucket!r} is used by a service of another owner ({others[bucket]!r})"
+                )
 
 
 async def using_bucket(tx: Transaction, bucket: str) -> list[str]:
@@ -167,6 +192,7 @@ async def update(
             vo = service_vo(principal, vo, cluster_groups=settings.oidc_groups)
         definition = definition.model_copy(update={"vo": vo})
     service = normalise_update(definition, current=current, minio=minio_default(settings))
+    await _check_buckets_are_the_users(tx, principal, [service])
     await tx.services.replace(service)
     await prepare_storage(service, stores=stores)
     await _notify_inputs(tx, notifications, input_buckets(current) | input_buckets(service))

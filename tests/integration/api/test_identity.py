@@ -294,6 +294,36 @@ class TestVisibility:
         assert {service["name"] for service in remaining.json()} == {"pub", "adminsvc"}
 
 
+class TestBuckets:
+    """Buckets have no owners yet: a user's service may not use a bucket another owner's service uses."""
+
+    async def test_no_service_on_another_users_bucket(self, api: httpx.AsyncClient, egi: FakeIssuer) -> None:
+        alice, bob = user(egi, "alice"), user(egi, "bob")
+        inputs = [{"storage_provider": "minio.default", "path": "alice-data/in"}]
+        assert (await create(api, alice, "reader", input=inputs)).status_code == 201
+        # Reading her inputs, or writing into her bucket, are both refused.
+        stolen = [{"storage_provider": "minio", "path": "alice-data/in"}]
+        assert (await create(api, bob, "thief", input=stolen)).status_code == 403
+        response = await create(
+            api, bob, "writer", output=[{"storage_provider": "minio", "path": "alice-data/x"}]
+        )
+        assert response.status_code == 403
+        assert "alice-data" in response.json()["detail"]
+        # Nor by updating a service of one's own towards it.
+        assert (await create(api, bob, "mine")).status_code == 201
+        moved = await api.put("/system/services", json=service_body("mine", input=stolen), headers=bob)
+        assert moved.status_code == 403
+        # Her own second service on the same bucket is fine, and so is the admin's.
+        assert (
+            await create(
+                api, alice, "reader2", output=[{"storage_provider": "minio", "path": "alice-data/out"}]
+            )
+        ).status_code == 201
+        assert (await create(api, auth(ADMIN), "audit", input=stolen)).status_code == 201
+        # The admin's service now uses it too: it is no longer only hers to add services on.
+        assert (await create(api, alice, "reader3", input=inputs)).status_code == 403
+
+
 class TestVO:
     async def stored_vo(self, api: httpx.AsyncClient, name: str) -> str:
         vo: str = (await api.get(f"/system/services/{name}", headers=auth(ADMIN))).json()["vo"]
