@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from oscar_manager.backends.base import Backend
+from oscar_manager.domain.access import can_change
 from oscar_manager.domain.jobs import JobOutcome, JobRecord, JobStatus
 from oscar_manager.domain.principal import Principal
-from oscar_manager.errors import BadRequest, NotFound
+from oscar_manager.errors import BadRequest, Forbidden, NotFound
 from oscar_manager.operations import services
 from oscar_manager.registry import Database, Transaction
 
@@ -39,6 +40,17 @@ class DatabaseJobReporter:
         self._wake()
 
 
+async def _jobs_of(tx: Transaction, *, principal: Principal, service: str) -> None:
+    """A service's jobs are its owner's and the admin's: 404 for no service, 403 for anyone else.
+
+    Upstream also shows users of a public or restricted service the jobs they started themselves; ours do
+    not record who started them yet, so those users see none rather than everyone's.
+    """
+    found = await services.read(tx, principal=principal, name=service)
+    if not can_change(principal, found):
+        raise Forbidden(f"only the owner of service {service!r} may see or delete its jobs")
+
+
 @dataclass(frozen=True, slots=True)
 class JobPage:
     jobs: list[JobRecord]
@@ -61,7 +73,7 @@ def _decode_cursor(token: str) -> tuple[datetime, str]:
 
 
 async def page(tx: Transaction, *, principal: Principal, service: str, page: str, limit: int) -> JobPage:
-    await services.read(tx, principal=principal, name=service)
+    await _jobs_of(tx, principal=principal, service=service)
     after = _decode_cursor(page) if page else None
     jobs = await tx.jobs.page(service, limit=limit + 1, after=after)
     has_more = len(jobs) > limit
@@ -72,7 +84,7 @@ async def page(tx: Transaction, *, principal: Principal, service: str, page: str
 
 
 async def log(tx: Transaction, *, principal: Principal, service: str, job_id: str) -> str:
-    await services.read(tx, principal=principal, name=service)
+    await _jobs_of(tx, principal=principal, service=service)
     text = await tx.jobs.log(service, job_id)
     if text is None:
         raise NotFound(f"job {job_id!r} of service {service!r} not found")
@@ -82,7 +94,7 @@ async def log(tx: Transaction, *, principal: Principal, service: str, job_id: st
 async def delete(
     tx: Transaction, *, principal: Principal, backend: Backend, service: str, job_id: str
 ) -> None:
-    await services.read(tx, principal=principal, name=service)
+    await _jobs_of(tx, principal=principal, service=service)
     if await tx.jobs.get(service, job_id) is None:
         raise NotFound(f"job {job_id!r} of service {service!r} not found")
     await backend.cancel(job_id)
@@ -94,7 +106,7 @@ async def delete_many(
     tx: Transaction, *, principal: Principal, backend: Backend, service: str, everything: bool
 ) -> list[str]:
     """Delete the service's succeeded jobs (as upstream), or all of them with ``everything``."""
-    await services.read(tx, principal=principal, name=service)
+    await _jobs_of(tx, principal=principal, service=service)
     statuses = None if everything else [JobStatus.SUCCEEDED]
     deleted = await tx.jobs.delete_where(service, statuses=statuses)
     for job_id in deleted:
