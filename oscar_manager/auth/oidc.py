@@ -52,6 +52,10 @@ class IssuerUnavailable(OscarError):
 
     status_code = 503
 
+    def __init__(self, message: str) -> None:
+        # Failures are remembered for a few seconds (``OidcOptions.retry_after``): no use retrying sooner.
+        super().__init__(message, headers={"Retry-After": "5"})
+
 
 def invalid_token(reason: str) -> Unauthorized:
     return Unauthorized(f"invalid bearer token: {reason}", headers=INVALID_TOKEN)

@@ -180,6 +180,7 @@ class TestBadTokens:
         response = await api.get("/system/services", headers=user(egi, "alice"))
         assert response.status_code == 503
         assert "discovery" in response.json()["detail"]
+        assert response.headers["retry-after"] == "5"
 
     async def test_userinfo_down_is_503_and_admits_nobody(
         self, api: httpx.AsyncClient, egi: FakeIssuer
