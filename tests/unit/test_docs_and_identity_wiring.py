@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from oscar_manager.app import create_app
-from oscar_manager.auth.authenticator import Authenticator
+from oscar_manager.auth.authenticator import Authenticator, build_authenticator
 from oscar_manager.auth.basic import BasicAuthenticator
 from oscar_manager.auth.oidc import OidcIdentity, OidcVerifier
 from oscar_manager.errors import Forbidden
@@ -149,3 +149,31 @@ async def test_no_allowed_group_is_forbidden() -> None:
 async def test_basic_goes_to_the_admin_even_with_oidc_on() -> None:
     principal = await authenticator(OidcIdentity(EGI, "u", ("vo.a",))).authenticate("Basic b3NjYXI6cHc=")
     assert principal.is_admin
+
+
+def test_identity_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OIDC_ENABLE", "true")
+    monkeypatch.setenv("USERS_ADMIN", "root@egi, ops@egi")
+    monkeypatch.setenv("OSCAR_CORS_ORIGINS", "https://dashboard.oscar.grycap.net, http://localhost:5173,")
+    monkeypatch.setenv("OSCAR_OIDC_USERINFO_TTL", "5")
+    monkeypatch.setenv("OSCAR_OIDC_MAX_TOKEN_BYTES", "4096")
+    settings = Settings()
+    assert settings.oidc_enable
+    assert settings.users_admin == ["root@egi", "ops@egi"]
+    assert settings.oscar_cors_origins == ["https://dashboard.oscar.grycap.net", "http://localhost:5173"]
+    assert (settings.oscar_oidc_userinfo_ttl, settings.oscar_oidc_max_token_bytes) == (5, 4096)
+
+
+@pytest.mark.asyncio
+async def test_build_authenticator_owns_a_bounded_client() -> None:
+    assert not build_authenticator(Settings()).oidc_enabled
+    built = build_authenticator(oidc_settings(oscar_oidc_timeout=3, oscar_oidc_max_token_bytes=100))
+    assert built.oidc is not None
+    assert built.oidc.options.max_token_bytes == 100
+    assert set(built.oidc.issuers) == {EGI, LAB.rstrip("/")}
+    http = built._http
+    assert http is not None
+    assert http.timeout.read == 3
+    assert not http.follow_redirects
+    await built.aclose()
+    assert http.is_closed
