@@ -316,6 +316,7 @@ class OidcVerifier:
             url.rstrip("/"): Issuer(url, http=http, options=self.options, clock=clock) for url in issuers
         }
         self._cache = _UserinfoCache(self.options.userinfo_cache_size, clock)
+        self._pending: dict[str, asyncio.Future[OidcIdentity]] = {}
 
     async def identify(self, token: str) -> OidcIdentity:
         try:
@@ -333,6 +334,16 @@ class OidcVerifier:
         cached = self._cache.get(digest)
         if cached is not None:
             return cached
+        # A client often fires several requests at once with a new token (the dashboard on log-in): they
+        # share one userinfo request. Shielded, so one caller going away does not fail the others.
+        pending = self._pending.get(digest)
+        if pending is None:
+            pending = asyncio.ensure_future(self._userinfo_identity(token, claims, digest))
+            self._pending[digest] = pending
+            pending.add_done_callback(lambda _: self._pending.pop(digest, None))
+        return await asyncio.shield(pending)
+
+    async def _userinfo_identity(self, token: str, claims: dict[str, Any], digest: str) -> OidcIdentity:
         issuer = self.issuers[str(claims["iss"]).rstrip("/")]
         userinfo = await issuer.userinfo(token)
         subject = claims["sub"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -114,6 +115,27 @@ async def test_userinfo_cached_briefly(verifier: OidcVerifier, egi: FakeIssuer, 
     identity = await verifier.identify(token)
     assert egi.userinfo.call_count == 2
     assert identity.groups == (OTHER_VO,)
+
+
+async def test_concurrent_requests_with_a_new_token_share_one_userinfo_call(
+    verifier: OidcVerifier, egi: FakeIssuer
+) -> None:
+    token = egi.token("alice@egi.test")
+    identities = await asyncio.gather(*(verifier.identify(token) for _ in range(5)))
+    assert {identity.subject for identity in identities} == {"alice@egi.test"}
+    assert egi.userinfo.call_count == 1
+    # A failure reaches every waiter and is not remembered.
+    failures = [httpx.Response(503)]
+
+    def down_once(request: httpx.Request) -> httpx.Response:
+        return failures.pop() if failures else egi._userinfo(request)
+
+    egi.userinfo.mock(side_effect=down_once)
+    other = egi.token("alice@egi.test", jti="second")
+    results = await asyncio.gather(*(verifier.identify(other) for _ in range(3)), return_exceptions=True)
+    assert all(isinstance(result, IssuerUnavailable) for result in results)
+    assert egi.userinfo.call_count == 2
+    assert (await verifier.identify(other)).subject == "alice@egi.test"
 
 
 async def test_cached_identity_never_outlives_the_token(
