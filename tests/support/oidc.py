@@ -152,6 +152,7 @@ def serve_issuer(realm: str = "egi") -> Iterator[FakeIssuer]:
             for name, value in response.headers.items():
                 if name.lower() not in ("content-length", "transfer-encoding"):
                     self.send_header(name, value)
+            self.send_header("Access-Control-Allow-Origin", "*")  # a browser on /docs reads discovery too
             self.send_header("Content-Length", str(len(response.content)))
             self.end_headers()
             self.wfile.write(response.content)
