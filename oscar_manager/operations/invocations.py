@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from oscar_manager.auth.authenticator import Authenticator
 from oscar_manager.auth.tokens import BEARER_CHALLENGE, bearer_token, is_service_token, token_matches
 from oscar_manager.backends.base import Backend, SyncRequest
@@ -11,9 +13,16 @@ from oscar_manager.errors import Forbidden, NotFound, Unauthorized
 from oscar_manager.registry import Database
 
 
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    service: Service
+    # The OIDC user invoking (their jobs are theirs to list); None for the service token and the admin.
+    user: str | None = None
+
+
 async def service_for_invocation(
     database: Database, *, name: str, authorization: str | None, authenticator: Authenticator
-) -> Service:
+) -> Invocation:
     """The service, if the caller presents its token (Bearer), the token of an OIDC user who may see the
     service (with OIDC on), or the admin's Basic credentials."""
     if not authorization:
@@ -30,13 +39,13 @@ async def service_for_invocation(
         if is_service_token(token) or not authenticator.oidc_enabled:
             if not token_matches(service.token, token):
                 raise Unauthorized("invalid token for this service", headers=BEARER_CHALLENGE)
-            return service
+            return Invocation(service)
         user = await authenticator.user(token)
         if not can_view(user, service):
             raise Forbidden(f"user {user.uid!r} may not invoke service {name!r}")
-        return service
+        return Invocation(service, user=user.uid)
     authenticator.basic.authenticate(authorization)  # the admin may invoke any service; raises 401 otherwise
-    return service
+    return Invocation(service)
 
 
 async def run_sync(backend: Backend, *, service: Service, body: bytes, time_limit: float) -> bytes:

@@ -13,7 +13,6 @@ from oscar_manager.api.deps import (
     read_limited,
 )
 from oscar_manager.auth.authenticator import Authenticator
-from oscar_manager.domain.service import Service
 from oscar_manager.operations import Database, invocations
 
 router = APIRouter(tags=["invocations"])
@@ -32,13 +31,13 @@ _BODY = {
 
 async def _authorized_call(
     request: Request, name: str, database: Database, authenticator: Authenticator, *, limit: int
-) -> tuple[Service, bytes]:
+) -> tuple[invocations.Invocation, bytes]:
     """The service, once the caller is admitted, and only then the body (so strangers cannot make the
     manager read large bodies)."""
-    service = await invocations.service_for_invocation(
+    invocation = await invocations.service_for_invocation(
         database, name=name, authorization=request.headers.get("authorization"), authenticator=authenticator
     )
-    return service, await read_limited(request, limit)
+    return invocation, await read_limited(request, limit)
 
 
 @router.post(
@@ -62,11 +61,14 @@ async def start_job(
     authenticator: AuthenticatorDep,
     intake: IntakeDep,
 ) -> Response:
-    service, body = await _authorized_call(
+    invocation, body = await _authorized_call(
         request, name, database, authenticator, limit=settings.oscar_max_body_bytes
     )
     accepted = await intake.invocation(
-        service=service, body=body, idempotency_key=request.headers.get("idempotency-key")
+        service=invocation.service,
+        body=body,
+        idempotency_key=request.headers.get("idempotency-key"),
+        owner=invocation.user,
     )
     return Response(
         status_code=status.HTTP_201_CREATED, headers={"X-Oscar-Job-Ids": ",".join(accepted.job_ids)}
@@ -100,10 +102,10 @@ async def run_service(
     authenticator: AuthenticatorDep,
     backend: BackendDep,
 ) -> Response:
-    service, body = await _authorized_call(
+    invocation, body = await _authorized_call(
         request, name, database, authenticator, limit=settings.oscar_max_run_body_bytes
     )
     output = await invocations.run_sync(
-        backend, service=service, body=body, time_limit=settings.oscar_run_timeout
+        backend, service=invocation.service, body=body, time_limit=settings.oscar_run_timeout
     )
     return Response(content=output, media_type="text/plain; charset=utf-8")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -259,17 +260,6 @@ class TestVisibility:
         assert await listed(auth(ADMIN)) == {"priv", "pub", "restr", "adminsvc"}
 
     @pytest.mark.usefixtures("owned")
-    async def test_jobs_are_the_owners(self, api: httpx.AsyncClient, egi: FakeIssuer) -> None:
-        # Jobs do not record who started them, so users allowed on a service see none of its jobs (upstream
-        # shows them their own); its owner and the admin see all.
-        for svc in ("priv", "pub", "restr"):
-            assert (await api.get(f"/system/logs/{svc}", headers=user(egi, "alice"))).status_code == 200
-            assert (await api.get(f"/system/logs/{svc}", headers=user(egi, "bob"))).status_code == 403
-            assert (await api.delete(f"/system/logs/{svc}", headers=user(egi, "bob"))).status_code == 403
-            assert (await api.get(f"/system/logs/{svc}", headers=auth(ADMIN))).status_code == 200
-        assert (await api.get("/system/logs/ghost", headers=user(egi, "bob"))).status_code == 404
-
-    @pytest.mark.usefixtures("owned")
     async def test_only_the_owner_or_admin_updates(self, api: httpx.AsyncClient, egi: FakeIssuer) -> None:
         for svc in ("pub", "restr"):
             body = service_body(svc, memory="1Gi", visibility="public")
@@ -421,6 +411,90 @@ class TestInvocations:
         ok = await api.post("/run/priv", content=body, headers=auth(f"Bearer {token}"))
         assert ok.status_code == 200
         assert "ran for x" in ok.text
+
+
+async def finished_jobs(api: httpx.AsyncClient, service: str, *, count: int) -> dict[str, dict[str, Any]]:
+    """The service's jobs as the admin sees them, once ``count`` of them have finished."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        jobs: dict[str, dict[str, Any]] = (
+            await api.get(f"/system/logs/{service}", headers=auth(ADMIN))
+        ).json()["jobs"]
+        if len(jobs) >= count and all(job["status"] in ("Succeeded", "Failed") for job in jobs.values()):
+            return jobs
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"expected {count} finished jobs of {service}")
+
+
+class TestJobs:
+    """A service's jobs: all of them for its owner and the admin; for other users allowed on the service,
+    the ones they started (upstream lists by the ``oscar.grycap/job-owner`` label)."""
+
+    @pytest.fixture
+    async def started(self, api: httpx.AsyncClient, egi: FakeIssuer) -> dict[str, str]:
+        alice = user(egi, "alice")
+        assert (await create(api, alice, "pub", script=ECHO, visibility="public")).status_code == 201
+        assert (await create(api, alice, "priv", script=ECHO)).status_code == 201
+        token = (await api.get("/system/services/pub", headers=alice)).json()["token"]
+        ids = {}
+        for who, headers in (("alice", alice), ("bob", user(egi, "bob")), ("token", auth(f"Bearer {token}"))):
+            response = await api.post("/job/pub", content=base64.b64encode(who.encode()), headers=headers)
+            assert response.status_code == 201
+            ids[who] = response.headers["x-oscar-job-ids"]
+        await finished_jobs(api, "pub", count=3)
+        return ids
+
+    async def listed(self, api: httpx.AsyncClient, headers: dict[str, str], service: str = "pub") -> set[str]:
+        response = await api.get(f"/system/logs/{service}", headers=headers)
+        assert response.status_code == 200, response.text
+        return set(response.json()["jobs"])
+
+    async def test_who_lists_what(
+        self, api: httpx.AsyncClient, egi: FakeIssuer, started: dict[str, str]
+    ) -> None:
+        assert await self.listed(api, user(egi, "alice")) == set(started.values())
+        assert await self.listed(api, auth(ADMIN)) == set(started.values())
+        assert await self.listed(api, user(egi, "bob")) == {started["bob"]}
+        assert await self.listed(api, user(egi, "carol")) == set()
+        assert (await api.get("/system/logs/priv", headers=user(egi, "bob"))).status_code == 403
+
+    async def test_logs_of_ones_own_jobs_only(
+        self, api: httpx.AsyncClient, egi: FakeIssuer, started: dict[str, str]
+    ) -> None:
+        bob = user(egi, "bob")
+        own = await api.get(f"/system/logs/pub/{started['bob']}", headers=bob)
+        assert own.status_code == 200
+        assert "ran for bob" in own.text
+        for other in ("alice", "token"):
+            assert (await api.get(f"/system/logs/pub/{started[other]}", headers=bob)).status_code == 404
+            assert (await api.delete(f"/system/logs/pub/{started[other]}", headers=bob)).status_code == 404
+        alices = await api.get(f"/system/logs/pub/{started['bob']}", headers=user(egi, "alice"))
+        assert "ran for bob" in alices.text
+
+    async def test_deleting_ones_own_jobs(
+        self, api: httpx.AsyncClient, egi: FakeIssuer, started: dict[str, str]
+    ) -> None:
+        assert (
+            await api.delete("/system/logs/pub", params={"all": "true"}, headers=user(egi, "bob"))
+        ).status_code == 204
+        assert await self.listed(api, auth(ADMIN)) == {started["alice"], started["token"]}
+        assert (
+            await api.delete(f"/system/logs/pub/{started['token']}", headers=user(egi, "alice"))
+        ).status_code == 204
+        assert await self.listed(api, auth(ADMIN)) == {started["alice"]}
+
+    async def test_idempotency_keys_are_per_user(self, api: httpx.AsyncClient, egi: FakeIssuer) -> None:
+        assert (
+            await create(api, user(egi, "alice"), "pub", script=ECHO, visibility="public")
+        ).status_code == 201
+        ids = []
+        for name in ("bob", "carol", "bob"):
+            response = await api.post(
+                "/job/pub", content=b"eA==", headers={**user(egi, name), "Idempotency-Key": "same"}
+            )
+            ids.append(response.headers["x-oscar-job-ids"])
+        assert ids[0] == ids[2]  # bob's retry is the same job
+        assert ids[0] != ids[1]  # carol's request with the same key is hers
 
 
 class TestClusterWide:
