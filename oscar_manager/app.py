@@ -82,7 +82,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.webhook_rules = runtime.webhook_rules
             app.state.webhook_token = runtime.webhook_token
             app.state.services_changed = runtime.services_changed
-            app.state.listening = runtime.listening
+            app.state.event_status = runtime.event_status
             _announce(settings, generated=generated)
             yield
     finally:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from oscar_manager.backends.local import LocalBackend
 from oscar_manager.backends.sandbox import Sandbox
-from oscar_manager.domain.events import InputRoute, ObjectEvent, watched
+from oscar_manager.domain.events import InputRoute, ObjectEvent
 from oscar_manager.events.local_watch import LocalBucketWatcher
 from oscar_manager.events.minio_listen import MinioListener
 from oscar_manager.events.minio_webhook import WEBHOOK_PATH, WebhookRules, ensure_target
@@ -26,13 +26,13 @@ from oscar_manager.operations.dispatch import Dispatcher, recover
 from oscar_manager.operations.intake import Intake
 from oscar_manager.operations.jobs import DatabaseJobReporter
 from oscar_manager.settings import Settings, kept_secret
-from oscar_manager.storage.base import ObjectStore, StorageError
+from oscar_manager.storage.base import ObjectStore
 from oscar_manager.storage.local import LocalObjectStore
 from oscar_manager.storage.minio import MinioEndpoint, MinioExtras
 from oscar_manager.storage.presign import PresignSigner
 from oscar_manager.storage.providers import Stores
 from oscar_manager.storage.s3 import S3ObjectStore
-from oscar_manager.workers.base import LoopWorker, SupervisedTask
+from oscar_manager.workers.base import LoopWorker, RetryingTask, SupervisedTask
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class Runtime:
         self.intake = Intake(self.database, wake=self.dispatch_loop.wake)
         self.webhook_token = _webhook_token(settings)
         self._minio = minio
-        self._tasks: list[SupervisedTask | LoopWorker] = []
+        self._tasks: list[SupervisedTask | LoopWorker | RetryingTask] = []
         self.watcher: LocalBucketWatcher | None = None
         self.listener: MinioListener | None = None
         self.webhook_rules: WebhookRules | None = None
@@ -138,6 +138,7 @@ class Runtime:
             self.webhook_rules = WebhookRules(
                 minio, default_store, target=settings.oscar_minio_webhook_target
             )
+            self._tasks.append(RetryingTask("MinIO webhook setup", self._prepare_webhook))
         if minio is not None and settings.oscar_reconcile_interval > 0:
             self._tasks.append(
                 LoopWorker("reconciler", self._reconcile_all, interval=settings.oscar_reconcile_interval)
@@ -185,9 +186,15 @@ class Runtime:
             log.debug("periodic reconcile offered %d object(s) to the intake", found)
         return 0  # never "more to do at once": the next round comes after the interval
 
-    def listening(self) -> list[str]:
-        """The buckets whose event streams are connected right now."""
-        return sorted(self.listener.connected) if self.listener is not None else []
+    def event_status(self) -> dict[str, list[str]]:
+        """How new objects reach the manager right now: its sources (``webhook-pending`` until MinIO has
+        the target) and the buckets whose listen streams are connected."""
+        sources = ["folder-watch"] if self.watcher is not None else []
+        sources += ["listen"] if self.listener is not None else []
+        if self.webhook_rules is not None:
+            sources.append("webhook" if self.webhook_rules.enabled else "webhook-pending")
+        listening = sorted(self.listener.connected) if self.listener is not None else []
+        return {"event_sources": sources, "listening": listening}
 
     def services_changed(self) -> None:
         """Called once a change to services is committed: follow the input buckets as they are now."""
@@ -195,21 +202,19 @@ class Runtime:
             self.listener.wake()
 
     async def _prepare_webhook(self) -> None:
+        """Register the target (MinIO dials its endpoint to validate it, so this runs once the manager
+        listens), then the rules of every input bucket. Retried until it works; the listener, if on,
+        delivers meanwhile, and the reconciler catches up afterwards."""
         assert self._minio is not None
         assert self.webhook_rules is not None
-        endpoint = self.settings.oscar_minio_webhook_url.rstrip("/") + WEBHOOK_PATH
-        try:
-            await ensure_target(
-                self._minio,
-                target=self.settings.oscar_minio_webhook_target,
-                endpoint=endpoint,
-                token=self.webhook_token,
-            )
-            routes = await self._routes()
-            await self.webhook_rules.apply(routes, {route.bucket for route in watched(routes)})
-        except StorageError as exc:
-            # The manager still serves (and the listener, if on, still delivers); say why webhooks may not.
-            log.error("MinIO webhook delivery is not set up: %s", exc.message)
+        await ensure_target(
+            self._minio,
+            target=self.settings.oscar_minio_webhook_target,
+            endpoint=self.settings.oscar_minio_webhook_url.rstrip("/") + WEBHOOK_PATH,
+            token=self.webhook_token,
+        )
+        await self.webhook_rules.enable(await self._routes())
+        log.info("MinIO webhook delivery is set up")
 
     async def start(self) -> None:
         _fast_child_watcher()
@@ -220,8 +225,6 @@ class Runtime:
             wake=self.dispatch_loop.wake,
         )
         await self.backend.start(reporter)
-        if self.webhook_rules is not None:
-            await self._prepare_webhook()
         for task in self._tasks:
             task.start()
         if self.watcher is not None:

@@ -136,3 +136,14 @@ async def minio_server(minio_binary: Path) -> AsyncIterator[MinioServer]:
         yield server
     finally:
         await asyncio.to_thread(server.stop)
+
+
+@pytest.fixture(scope="session")
+async def minio_store(minio_server: MinioServer) -> AsyncIterator[S3ObjectStore]:
+    async with S3ObjectStore.connect(
+        endpoint=minio_server.endpoint,
+        access_key=minio_server.access_key,
+        secret_key=minio_server.secret_key,
+        region="us-east-1",
+    ) as store:
+        yield store

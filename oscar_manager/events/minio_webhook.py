@@ -24,10 +24,20 @@ class WebhookRules:
         self._extras = extras
         self._store = store
         self._target = target
+        # Until the target exists in MinIO (it cannot be registered before this manager answers on its
+        # URL), rules naming it would be refused: :meth:`enable` applies them all once it does.
+        self.enabled = False
+
+    async def enable(self, routes: Iterable[InputRoute]) -> None:
+        self.enabled = True
+        routes = list(routes)
+        await self.apply(routes, {route.bucket for route in watched(routes)})
 
     async def apply(self, routes: Iterable[InputRoute], buckets: set[str]) -> None:
         """Make each of ``buckets`` notify the target of objects under the input folders ``routes``
         give it (none: the bucket's rules for the target are removed)."""
+        if not self.enabled:
+            return
         routes = watched(routes)
         for bucket in sorted(buckets):
             prefixes = {

@@ -6,6 +6,7 @@ caller's transaction, so a failure part-way leaves the registry exactly as it wa
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -23,7 +24,7 @@ from oscar_manager.domain.service import (
     normalise_update,
     parse_service,
 )
-from oscar_manager.errors import BadRequest, Conflict, Forbidden, NotFound
+from oscar_manager.errors import BadRequest, Conflict, Forbidden, NotFound, OscarError
 from oscar_manager.registry import Transaction
 from oscar_manager.settings import Settings
 from oscar_manager.storage.providers import DEFAULT_PROVIDER, Stores
@@ -79,11 +80,24 @@ async def prepare_storage(service: Service, *, stores: Stores) -> None:
     Existing buckets and folders are reused, never an error. Runs inside the caller's transaction: if it
     fails, the service is not recorded.
     """
+    folders: dict[str, set[str]] = {}
     for bucket, folder in _own_paths(service):
-        if folder:
-            await stores.default.ensure_folder(bucket, folder)
-        else:
+        folders.setdefault(bucket, set()).update([folder] if folder else [])
+
+    async def prepare(bucket: str) -> None:
+        if not folders[bucket]:
             await stores.default.ensure_bucket(bucket)
+        for folder in sorted(folders[bucket]):
+            await stores.default.ensure_folder(bucket, folder)  # makes the bucket too
+
+    # Buckets at once: each is a few S3 round trips, and a create should not pay for them in a row.
+    try:
+        async with asyncio.TaskGroup() as group:
+            for bucket in folders:
+                group.create_task(prepare(bucket))
+    except ExceptionGroup as failed:
+        first = failed.exceptions[0]
+        raise first if isinstance(first, OscarError) else failed from None
 
 
 async def create(

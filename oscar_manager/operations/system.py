@@ -47,19 +47,14 @@ def info(*, commit: str, execution: dict[str, Any], storage: dict[str, Any]) -> 
     }
 
 
-def storage(settings: Settings, *, events: Mapping[str, int], listening: list[str]) -> dict[str, Any]:
+def storage(
+    settings: Settings, *, events: Mapping[str, int], status: Mapping[str, list[str]]
+) -> dict[str, Any]:
     """Where ``minio.default`` lives and how new objects reach the manager, with event counts."""
-    if settings.uses_minio:
-        sources = ["listen"] if settings.oscar_minio_listen else []
-        sources += ["webhook"] if settings.oscar_minio_webhook_url else []
-        kind, endpoint = "minio", settings.minio_endpoint
-    else:
-        kind, endpoint, sources = "local", "", ["folder-watch"]
     return {
-        "kind": kind,
-        "endpoint": endpoint,
-        "event_sources": sources,
-        "listening": listening,
+        "kind": "minio" if settings.uses_minio else "local",
+        "endpoint": settings.minio_endpoint,
+        **status,
         "events": {name: int(events.get(name, 0)) for name in ("new", "duplicates", "ignored")},
     }
 

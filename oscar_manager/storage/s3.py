@@ -330,18 +330,20 @@ class S3ObjectStore:
         """Create ``bucket`` if needed and the zero-byte marker ``folder/`` unless it exists already.
 
         Only the folder's own marker is created (``a/b`` does not create ``a/``), as OSCAR does. An
-        existing marker is not rewritten: that would be a new upload, and an event for the folder itself.
+        existing marker is not rewritten (that would be a new upload, and an event for the folder itself):
+        the put is conditional (``If-None-Match: *``), one round trip instead of a HEAD and a PUT.
         """
         validate_bucket(bucket)
         marker = validate_key(folder, folder=True).removesuffix("/") + "/"
         await self.ensure_bucket(bucket)
-        if await self._head(bucket, marker) is not None:
-            return
-        await self._call(
-            f"create folder {marker!r} in bucket {bucket!r}",
-            self._client.put_object(Bucket=bucket, Key=marker, Body=b""),
-            bucket,
-        )
+        try:
+            await self._client.put_object(Bucket=bucket, Key=marker, Body=b"", IfNoneMatch="*")
+        except ClientError as exc:
+            if _code(exc) == "PreconditionFailed" or _status(exc) == 412:
+                return  # there already
+            self._fail(f"create folder {marker!r} in bucket {bucket!r}", exc, bucket, None)
+        except (BotoCoreError, *_TRANSPORT_ERRORS) as exc:
+            self._fail(f"create folder {marker!r} in bucket {bucket!r}", exc, bucket, None)
 
     async def bucket_exists(self, bucket: str) -> bool:
         """Whether ``bucket`` exists; one we may not access is a ``StorageError`` (access denied)."""

@@ -83,3 +83,29 @@ class SupervisedTask(_OwnedTask):
                 log.exception("%s failed; restarting in %.1f s", self.name, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 60.0)
+
+
+class RetryingTask(_OwnedTask):
+    """A piece of start-up work that depends on something outside (MinIO reaching us back): tried until it
+    succeeds, with backoff, without holding up the start."""
+
+    def __init__(
+        self, name: str, attempt: Callable[[], Awaitable[None]], *, first_delay: float = 1.0
+    ) -> None:
+        super().__init__(name)
+        self._attempt = attempt
+        self._first_delay = first_delay
+        self.done = asyncio.Event()
+
+    async def _main(self) -> None:
+        delay = self._first_delay
+        while True:
+            try:
+                await self._attempt()
+            except Exception as exc:
+                log.warning("%s: %s; retrying in %.1f s", self.name, getattr(exc, "message", exc), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+                continue
+            self.done.set()
+            return

@@ -15,11 +15,11 @@ async def get_info(
     request: Request, backend: BackendDep, settings: SettingsDep, intake: IntakeDep, _caller: CallerDep
 ) -> dict[str, Any]:
     commit: str = request.app.state.git_commit
-    listening: list[str] = request.app.state.listening()
+    status: dict[str, list[str]] = request.app.state.event_status()
     return system.info(
         commit=commit,
         execution=backend.describe(),
-        storage=system.storage(settings, events=intake.counters, listening=listening),
+        storage=system.storage(settings, events=intake.counters, status=status),
     )
 
 
