@@ -32,6 +32,7 @@ from oscar_manager.storage.minio import MinioEndpoint, MinioExtras
 from oscar_manager.storage.presign import PresignSigner
 from oscar_manager.storage.providers import Stores
 from oscar_manager.storage.s3 import S3ObjectStore
+from oscar_manager.waiting import wait_or_timeout
 from oscar_manager.workers.base import LoopWorker, RetryingTask, SupervisedTask
 
 log = logging.getLogger(__name__)
@@ -228,9 +229,8 @@ class Runtime:
         for task in self._tasks:
             task.start()
         if self.watcher is not None:
-            try:
-                await asyncio.wait_for(self.watcher.ready.wait(), timeout=30)
-            except TimeoutError:
+            await wait_or_timeout(self.watcher.ready, 30)
+            if not self.watcher.ready.is_set():
                 log.error("the local bucket watcher did not start within 30 s")
         if self.settings.oscar_dispatch:
             self.dispatch_loop.start()

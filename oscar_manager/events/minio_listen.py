@@ -8,7 +8,6 @@ already has), so an outage of MinIO or of the manager loses nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,6 +17,7 @@ from oscar_manager.errors import OscarError
 from oscar_manager.events.reconcile import Enqueue, Routes, reconcile
 from oscar_manager.storage.base import ObjectStore, StorageError
 from oscar_manager.storage.minio import MinioExtras
+from oscar_manager.waiting import wait_or_timeout
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,6 @@ class MinioListener:
         self._route_sets: dict[str, frozenset[tuple[str, str]]] = {}
         self._wake = asyncio.Event()
         self.connected: set[str] = set()
-        self.reconnects = 0
 
     def wake(self) -> None:
         """Services changed: look at the input buckets again now."""
@@ -59,8 +58,7 @@ class MinioListener:
             while True:
                 self._wake.clear()
                 await self.refresh()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._refresh_interval)
+                await wait_or_timeout(self._wake, self._refresh_interval)
         finally:
             await self._stop_streams(set(self._streams))
 
@@ -127,6 +125,5 @@ class MinioListener:
                 # The intake (database) may fail too: keep following; the reconcile will catch up.
                 log.exception("listening to bucket %s failed; retrying in %.1f s", bucket, delay)
             self.connected.discard(bucket)
-            self.reconnects += 1
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._max_backoff)

@@ -11,6 +11,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from oscar_manager.waiting import wait_or_timeout
+
 log = logging.getLogger(__name__)
 
 
@@ -61,8 +63,7 @@ class LoopWorker(_OwnedTask):
                 continue
             if done:
                 continue  # there may be more: go again at once
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
+            await wait_or_timeout(self._wake, self._interval)
 
 
 class SupervisedTask(_OwnedTask):

@@ -11,13 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import pytest
 from oscar_python.client import Client
 
 from tests.support.components import free_port
-from tests.support.minio import MinioServer, start_minio
+from tests.support.minio import MinioServer, boto3_client, start_minio
 from tests.support.server import RunningServer, crash_server, start_server, stop_server
 
 pytestmark = pytest.mark.server
@@ -41,6 +40,16 @@ functions:
 """
 
 
+def uppercase_service(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": "img",
+        "script": UPPERCASE,
+        "input": [{"path": f"{name}/in"}],
+        "output": [{"path": f"{name}/out"}],
+    }
+
+
 def minio_env(minio: MinioServer, **extra: str) -> dict[str, str]:
     return {
         "MINIO_ENDPOINT": minio.endpoint,
@@ -51,13 +60,7 @@ def minio_env(minio: MinioServer, **extra: str) -> dict[str, str]:
 
 
 def s3_client(minio: MinioServer) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=minio.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=minio.access_key,
-        aws_secret_access_key=minio.secret_key,
-    )
+    return boto3_client(minio.endpoint, minio.access_key, minio.secret_key)
 
 
 def http(server: RunningServer) -> httpx.Client:
@@ -151,13 +154,7 @@ def test_the_manager_registers_its_webhook_target_once_and_minio_delivers_to_it(
         server = start_server(tmp_path, port, env=env)
         try:
             name = f"hook-{uuid.uuid4().hex[:8]}"
-            body = {
-                "name": name,
-                "image": "img",
-                "script": UPPERCASE,
-                "input": [{"path": f"{name}/in"}],
-                "output": [{"path": f"{name}/out"}],
-            }
+            body = uppercase_service(name)
             deadline = time.monotonic() + 30
             with http(server) as client:
                 while client.get("/system/info").json()["storage"]["event_sources"] != ["webhook"]:
@@ -199,13 +196,7 @@ def test_a_manager_killed_during_a_stream_of_uploads_loses_and_duplicates_nothin
     port = free_port()
     env = minio_env(minio_server, OSCAR_RECONCILE_INTERVAL="0")
     server = start_server(tmp_path, port, env=env)
-    body = {
-        "name": name,
-        "image": "img",
-        "script": UPPERCASE,
-        "input": [{"path": f"{name}/in"}],
-        "output": [{"path": f"{name}/out"}],
-    }
+    body = uppercase_service(name)
     with http(server) as client:
         assert client.post("/system/services", json=body).status_code == 201
     wait_listening(server, name)

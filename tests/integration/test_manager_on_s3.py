@@ -11,10 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import pytest
-from botocore.config import Config
 
 from oscar_manager.settings import Settings
 from tests.support.app import app_client
@@ -22,7 +20,7 @@ from tests.support.components import free_port
 from tests.support.databases import SqliteDatabases
 from tests.support.factories import make_settings
 from tests.support.jobs import all_jobs, settle, wait_for_jobs
-from tests.support.minio import MinioServer
+from tests.support.minio import MinioServer, boto3_client, start_minio, webhook_env
 
 UPPERCASE = 'tr a-z A-Z < "$INPUT_FILE_PATH" > "$TMP_OUTPUT_DIR/$(basename "$INPUT_FILE_PATH")"\n'
 
@@ -35,14 +33,7 @@ class S3Server:
     secret_key: str
 
     def client(self) -> Any:
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-            config=Config(retries={"total_max_attempts": 1}),
-        )
+        return boto3_client(self.endpoint, self.access_key, self.secret_key)
 
 
 @pytest.fixture(params=["minio", "moto"])
@@ -59,15 +50,15 @@ def minio(minio_server: MinioServer) -> S3Server:
 
 
 def s3_settings(server: S3Server, tmp_path: Path, database_url: str, **overrides: Any) -> Settings:
+    # moto has no ListenBucketNotification.
+    options: dict[str, Any] = {"oscar_minio_listen": server.kind == "minio", **overrides}
     return make_settings(
         database_url=database_url,
         data_dir=tmp_path / "data",
         minio_endpoint=server.endpoint,
         minio_access_key=server.access_key,
         minio_secret_key=server.secret_key,
-        # moto has no ListenBucketNotification.
-        oscar_minio_listen=server.kind == "minio",
-        **overrides,
+        **options,
     )
 
 
@@ -291,3 +282,130 @@ async def _until_following(http: httpx.AsyncClient, bucket: str, within: float =
     while bucket not in (await http.get("/system/info")).json()["storage"]["listening"]:
         assert time.monotonic() < deadline, f"not listening to {bucket}"
         await asyncio.sleep(0.02)
+
+
+async def test_minio_down_while_events_flow_loses_nothing(
+    minio_binary: Path, tmp_path: Path, sqlite_url: str
+) -> None:
+    server = await start_minio(minio_binary)
+    try:
+        minio = S3Server("minio", server.endpoint, server.access_key, server.secret_key)
+        s3 = minio.client()
+        name = unique("outage")
+        async with app_client(s3_settings(minio, tmp_path, sqlite_url)) as http:
+            body = service(name, inputs=[f"{name}/in"], outputs=[f"{name}/out"])
+            assert (await http.post("/system/services", json=body)).status_code == 201
+            await _until_following(http, name)
+            s3.put_object(Bucket=name, Key="in/before.txt", Body=b"before")
+            await wait_for_jobs(http, name, count=1)
+
+            await asyncio.to_thread(server.kill)
+            # The intake does not need MinIO: a direct invocation is still recorded and answered.
+            token = (await http.get(f"/system/services/{name}")).json()["token"]
+            direct = await http.post(
+                f"/job/{name}", content=b"aGk=", headers={"Authorization": f"Bearer {token}"}
+            )
+            assert direct.status_code == 201
+            await asyncio.to_thread(server.revive)
+            # Uploaded before the listener is back: found by the reconcile that follows its reconnect.
+            s3.put_object(Bucket=name, Key="in/after.txt", Body=b"after")
+
+            jobs = await wait_for_jobs(http, name, count=3, within=60)
+            await _until_following(http, name)
+            await settle()
+            assert len(await all_jobs(http, name)) == 3
+            assert await wait_for_object(s3, name, "out/after.txt") == b"AFTER"
+            assert sorted(job["status"] for job in jobs.values()).count("Succeeded") >= 2
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def test_a_services_own_s3_provider_receives_its_outputs(
+    minio_manager: httpx.AsyncClient, minio: S3Server, moto_endpoint: str
+) -> None:
+    """Input on the manager's MinIO, output on another S3 server named in the service's storage_providers."""
+    name = unique("twostores")
+    elsewhere = S3Server("moto", moto_endpoint, "testing", "testing").client()
+    elsewhere.create_bucket(Bucket=name)
+    body = service(name, inputs=[f"{name}/in"], outputs=[])
+    body["output"] = [{"storage_provider": "minio.other", "path": f"{name}/results"}]
+    body["storage_providers"] = {
+        "minio": {
+            "other": {
+                "endpoint": moto_endpoint,
+                "access_key": "testing",
+                "secret_key": "testing",
+                "region": "us-east-1",
+                "verify": False,
+            }
+        }
+    }
+    assert (await minio_manager.post("/system/services", json=body)).status_code == 201
+    await _until_following(minio_manager, name)
+    minio.client().put_object(Bucket=name, Key="in/data.txt", Body=b"to moto")
+    jobs = await wait_for_jobs(minio_manager, name, count=1)
+    assert [job["status"] for job in jobs.values()] == ["Succeeded"]
+    assert await wait_for_object(elsewhere, name, "results/data.txt") == b"TO MOTO"
+    assert "results/" not in keys(minio.client(), name)  # nothing went to the manager's own storage
+
+
+def webhook_rules(s3: Any, bucket: str) -> list[tuple[str, str]]:
+    config = s3.get_bucket_notification_configuration(Bucket=bucket)
+    rules = []
+    for rule in config.get("QueueConfigurations", []):
+        filters = rule.get("Filter", {}).get("Key", {}).get("FilterRules", [])
+        prefix = next((item["Value"] for item in filters if item["Name"].lower() == "prefix"), "")
+        rules.append((rule["QueueArn"], prefix))
+    return sorted(rules)
+
+
+async def test_webhook_rules_follow_the_services_and_keep_foreign_ones(
+    minio_binary: Path, tmp_path: Path, sqlite_url: str
+) -> None:
+    target = "OSCAR"
+    arn = f"arn:minio:sqs::{target}:webhook"
+    foreign_arn = "arn:minio:sqs::OTHER:webhook"
+    env = {
+        **webhook_env(target, "http://127.0.0.1:9/unused", "t"),
+        **webhook_env("OTHER", "http://127.0.0.1:9/unused", "t"),
+    }
+    server = await start_minio(minio_binary, env)
+    try:
+        minio = S3Server("minio", server.endpoint, server.access_key, server.secret_key)
+        s3 = minio.client()
+        bucket = unique("rules")
+        s3.create_bucket(Bucket=bucket)
+        s3.put_bucket_notification_configuration(
+            Bucket=bucket,
+            NotificationConfiguration={
+                "QueueConfigurations": [
+                    {"Id": "someone-else", "QueueArn": foreign_arn, "Events": ["s3:ObjectCreated:*"]}
+                ]
+            },
+        )
+        settings = s3_settings(
+            minio,
+            tmp_path,
+            sqlite_url,
+            oscar_minio_listen=False,
+            oscar_minio_webhook_url="http://127.0.0.1:9",
+        )
+        async with app_client(settings) as http:
+            deadline = time.monotonic() + 20
+            while (await http.get("/system/info")).json()["storage"]["event_sources"] != ["webhook"]:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            for name, folder in (("one", "in"), ("two", "in/deeper"), ("three", "other")):
+                body = service(f"{bucket}-{name}", inputs=[f"{bucket}/{folder}"], outputs=[f"{bucket}/out"])
+                assert (await http.post("/system/services", json=body)).status_code == 201
+            # in/ covers in/deeper/: one rule for both.
+            assert webhook_rules(s3, bucket) == sorted([(foreign_arn, ""), (arn, "in/"), (arn, "other/")])
+            assert (await http.delete(f"/system/services/{bucket}-one")).status_code == 204
+            assert webhook_rules(s3, bucket) == sorted(
+                [(foreign_arn, ""), (arn, "in/deeper/"), (arn, "other/")]
+            )
+            for name in ("two", "three"):
+                assert (await http.delete(f"/system/services/{bucket}-{name}")).status_code == 204
+            assert webhook_rules(s3, bucket) == [(foreign_arn, "")]
+    finally:
+        await asyncio.to_thread(server.stop)

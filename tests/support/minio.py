@@ -80,9 +80,11 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
+import boto3
 from aiohttp import web
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
+from botocore.config import Config
 from botocore.credentials import Credentials
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.hashes import SHA256
@@ -179,23 +181,7 @@ class MinioServer:
             **(env or {}),
         }
         log_path = datadir.with_name(datadir.name + ".log")
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [
-                    str(binary.resolve()),
-                    "server",
-                    str(datadir / "data"),
-                    "--address",
-                    f"127.0.0.1:{port}",
-                    "--console-address",
-                    f"127.0.0.1:{console_port}",
-                    "--quiet",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=full_env,
-                start_new_session=True,
-            )
+        process = _spawn(binary, datadir, port, console_port, full_env, log_path)
         server = cls(
             binary=binary,
             datadir=datadir,
@@ -213,6 +199,18 @@ class MinioServer:
             server.stop()
             raise
         return server
+
+    def kill(self) -> None:
+        """SIGKILL the server (its data stays), as a crash would."""
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def revive(self, timeout: float = 30) -> None:
+        """Start the killed server again: same port, data and environment."""
+        self.process = _spawn(
+            self.binary, self.datadir, self.port, self.console_port, self.env, self.log_path
+        )
+        self.wait_live(timeout)
 
     def is_live(self) -> bool:
         """Whether ``GET /minio/health/live`` answers 200 *without* ``x-minio-server-status: offline``.
@@ -275,6 +273,40 @@ class MinioServer:
         finally:
             shutil.rmtree(self.datadir, ignore_errors=True)
             self.log_path.unlink(missing_ok=True)
+
+
+def boto3_client(endpoint: str, access_key: str, secret_key: str) -> Any:
+    """A plain synchronous S3 client, as a user's own tool would be; no retries, so errors show."""
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        config=Config(retries={"total_max_attempts": 1}),
+    )
+
+
+def _spawn(
+    binary: Path, datadir: Path, port: int, console_port: int, env: dict[str, str], log_path: Path
+) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [
+                str(binary.resolve()),
+                "server",
+                str(datadir / "data"),
+                "--address",
+                f"127.0.0.1:{port}",
+                "--console-address",
+                f"127.0.0.1:{console_port}",
+                "--quiet",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
 
 
 async def start_minio(binary: Path, env: Mapping[str, str] | None = None) -> MinioServer:

@@ -1,0 +1,150 @@
+"""The Kubernetes objects of a service and of its jobs, as plain dicts: no client library, no I/O.
+
+Compatible with upstream OSCAR where clients or scripts can tell (container ``oscar-container``, label
+``oscar_service``, ``EVENT``/``JOB_UUID`` in the environment, the config at ``/oscar/config``, MinIO
+credentials at ``/var/run/secrets/providers/minio.default``). Different on purpose: the supervisor is not
+read from a shared PVC but copied by an init container from the manager's own image into an ``emptyDir``
+at ``/oscar/bin``, so the user's image needs nothing but ``/bin/sh``; and the job name comes from the
+intake's dedup key, so a redelivered event maps to the same Job (409 AlreadyExists = already submitted).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from oscar_manager.domain.service import SERVICE_LABEL, Service, public_view
+
+CONTAINER = "oscar-container"
+INIT_CONTAINER = "oscar-supervisor"
+CONFIG_DIR = "/oscar/config"
+SUPERVISOR_DIR = "/oscar/bin"
+CREDENTIALS_DIR = "/var/run/secrets/providers/minio.default"
+# Where the manager's image keeps the self-contained supervisor executable.
+IMAGE_SUPERVISOR = "/opt/oscar-manager/bin/supervisor"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    manager_image: str  # image holding the supervisor executable (the manager's own)
+    ttl_seconds: int  # TTL_JOB: finished Jobs are garbage-collected after this
+    # The name of the Secret holding accessKey/secretKey of minio.default (a name, not a secret).
+    credentials_secret: str = "minio"  # noqa: S105
+
+
+def _labels(service: Service) -> dict[str, str]:
+    return {**service.labels, SERVICE_LABEL: service.name}
+
+
+def _metadata(service: Service, name: str) -> dict[str, Any]:
+    return {"name": name, "namespace": service.namespace, "labels": _labels(service)}
+
+
+def function_config(service: Service) -> str:
+    """The definition the supervisor reads (script apart, secret values blanked), as upstream stores it."""
+    data = public_view(service)
+    data.pop("script", None)
+    data.pop("volume_status", None)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def config_map(service: Service) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(service, service.name),
+        "data": {"function_config.yaml": function_config(service), "script.sh": service.script},
+    }
+
+
+def secret(service: Service) -> dict[str, Any] | None:
+    """The service's ``environment.secrets`` as a Secret the job takes its environment from (or None)."""
+    if not service.environment.secrets:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(service, service.name),
+        "type": "Opaque",
+        "stringData": dict(service.environment.secrets),
+    }
+
+
+def _resources(service: Service) -> dict[str, Any]:
+    limits = {"cpu": service.cpu, "memory": service.memory}
+    if service.enable_gpu:
+        limits[GPU_RESOURCE] = "1"
+    return {"limits": limits, "requests": dict(limits)}
+
+
+def _env(service: Service, *, job_id: str, event: str) -> list[dict[str, Any]]:
+    variables = [{"name": name, "value": value} for name, value in service.environment.variables.items()]
+    return [
+        *variables,
+        {"name": "OSCAR_SERVICE_NAME", "value": service.name},
+        {"name": "EVENT", "value": event},
+        {"name": "JOB_UUID", "value": job_id},
+        {"name": "RESOURCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+    ]
+
+
+def job(service: Service, *, job_id: str, event: bytes, cluster: ClusterConfig) -> dict[str, Any]:
+    """The batch/v1 Job that runs one invocation of ``service`` with ``event`` as its input."""
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": service.image,
+        # No shell pipeline: the supervisor reads the event from $EVENT when its stdin is empty.
+        "command": [f"{SUPERVISOR_DIR}/supervisor"],
+        "env": _env(service, job_id=job_id, event=event.decode("utf-8", errors="replace")),
+        "resources": _resources(service),
+        "volumeMounts": [
+            {"name": "oscar-config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "oscar-supervisor", "mountPath": SUPERVISOR_DIR, "readOnly": True},
+            {"name": "minio-credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True},
+        ],
+    }
+    if service.environment.secrets:
+        container["envFrom"] = [{"secretRef": {"name": service.name}}]
+    init: dict[str, Any] = {
+        "name": INIT_CONTAINER,
+        "image": cluster.manager_image,
+        "command": ["cp", IMAGE_SUPERVISOR, f"{SUPERVISOR_DIR}/supervisor"],
+        "volumeMounts": [{"name": "oscar-supervisor", "mountPath": SUPERVISOR_DIR}],
+        "resources": {"limits": {"cpu": "100m", "memory": "64Mi"}},
+    }
+    pod_metadata = {
+        "labels": {**_labels(service), "job-id": job_id},
+        "annotations": dict(service.annotations),
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            **_metadata(service, job_id),
+            "labels": pod_metadata["labels"],
+            "annotations": dict(service.annotations),
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "ttlSecondsAfterFinished": cluster.ttl_seconds,
+            "template": {
+                "metadata": pod_metadata,
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "imagePullSecrets": [{"name": name} for name in service.image_pull_secrets],
+                    "initContainers": [init],
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "oscar-config", "configMap": {"name": service.name}},
+                        {"name": "oscar-supervisor", "emptyDir": {}},
+                        {"name": "minio-credentials", "secret": {"secretName": cluster.credentials_secret}},
+                    ],
+                },
+            },
+        },
+    }
