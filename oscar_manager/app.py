@@ -9,16 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import fastapi_offline
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from oscar_manager import __version__
+from oscar_manager.api.deps import require_admin
 from oscar_manager.api.routes import buckets, events, health, invocations, logs, services, system
-from oscar_manager.auth.basic import BasicAuthenticator
+from oscar_manager.auth.authenticator import build_authenticator
+from oscar_manager.auth.groups import realm
 from oscar_manager.domain.service import Service
 from oscar_manager.errors import OscarError
 from oscar_manager.operations.system import git_commit
@@ -34,6 +37,12 @@ DESCRIPTION = """A Python re-implementation of the OSCAR Manager API.
 
 Authenticate with HTTP Basic (the admin user, `oscar` unless `OSCAR_USERNAME` says otherwise).
 Service definitions are accepted as JSON, or as YAML FDL documents (`functions.oscar`)."""
+
+OIDC_DESCRIPTION = """
+
+With OIDC enabled, users authenticate with an access token of a trusted issuer (`Authorize`: log in with
+the issuer, or paste a token as `BearerAuth`); they are admitted when one of their groups is in
+`OIDC_GROUPS`. `/job` and `/run` take the service's token or such a user's token."""
 
 
 def error_body(error: str, detail: str) -> dict[str, str]:
@@ -58,23 +67,26 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     generated = not settings.oscar_password
     settings = settings.with_admin_password()
     app.state.settings = settings
-    app.state.authenticator = BasicAuthenticator(
-        username=settings.oscar_username, password=settings.oscar_password
-    )
+    app.state.authenticator = authenticator = build_authenticator(settings)
+    if settings.oidc_enable and not settings.oidc_issuers:
+        log.warning("OIDC_ENABLE is set but OIDC_ISSUERS is empty: every bearer token will be refused")
     app.state.git_commit = git_commit(settings)
-    async with Runtime.open(settings) as runtime:
-        # The routers read these lower-level objects; they never see the runtime itself.
-        app.state.database = runtime.database
-        app.state.backend = runtime.backend
-        app.state.stores = runtime.stores
-        app.state.intake = runtime.intake
-        app.state.presigner = runtime.presigner
-        app.state.webhook_rules = runtime.webhook_rules
-        app.state.webhook_token = runtime.webhook_token
-        app.state.services_changed = runtime.services_changed
-        app.state.event_status = runtime.event_status
-        _announce(settings, generated=generated)
-        yield
+    try:
+        async with Runtime.open(settings) as runtime:
+            # The routers read these lower-level objects; they never see the runtime itself.
+            app.state.database = runtime.database
+            app.state.backend = runtime.backend
+            app.state.stores = runtime.stores
+            app.state.intake = runtime.intake
+            app.state.presigner = runtime.presigner
+            app.state.webhook_rules = runtime.webhook_rules
+            app.state.webhook_token = runtime.webhook_token
+            app.state.services_changed = runtime.services_changed
+            app.state.event_status = runtime.event_status
+            _announce(settings, generated=generated)
+            yield
+    finally:
+        await authenticator.aclose()
 
 
 def _announce(settings: Settings, *, generated: bool) -> None:
@@ -101,6 +113,7 @@ def _install_docs(app: FastAPI) -> None:
             swagger_css_url=f"{_STATIC}/swagger-ui.css",
             swagger_favicon_url=f"{_STATIC}/favicon.png",
             oauth2_redirect_url=oauth2_redirect,
+            init_oauth=app.swagger_ui_init_oauth,
         )
 
     @app.get(oauth2_redirect, include_in_schema=False)
@@ -118,34 +131,97 @@ def _install_docs(app: FastAPI) -> None:
         )
 
 
+def oidc_scheme_names(settings: Settings) -> list[str]:
+    """One openIdConnect scheme per trusted issuer: ``OIDC``, then ``OIDC2``, ``OIDC3``..."""
+    return ["OIDC" if index == 0 else f"OIDC{index + 1}" for index in range(len(settings.oidc_issuers))]
+
+
+def swagger_oauth(settings: Settings) -> dict[str, Any] | None:
+    """Swagger UI's log-in: authorization code with PKCE, as a public client (no secret in the page)."""
+    if not settings.oidc_enable:
+        return None
+    scopes = ["openid", "profile", "email"]
+    if any(realm(issuer) == "egi" for issuer in settings.oidc_issuers):
+        scopes += ["entitlements", "eduperson_entitlement"]  # EGI Check-In lists VOs only when asked
+    return {
+        "clientId": settings.oidc_client_id,
+        "usePkceWithAuthorizationCodeGrant": True,
+        "scopes": " ".join(scopes),
+    }
+
+
+def _security_schemes(settings: Settings) -> dict[str, Any]:
+    schemes: dict[str, Any] = {"BasicAuth": {"type": "http", "scheme": "basic"}}
+    if settings.oidc_enable:
+        schemes["BearerAuth"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "An access token of a trusted OIDC issuer",
+        }
+        for name, issuer in zip(oidc_scheme_names(settings), settings.oidc_issuers, strict=True):
+            schemes[name] = {
+                "type": "openIdConnect",
+                "openIdConnectUrl": issuer.rstrip("/") + "/.well-known/openid-configuration",
+                "description": f"Log in with {issuer}",
+            }
+    return schemes
+
+
 def build_openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
+    settings: Settings = app.state.settings
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     service_schema = Service.model_json_schema(ref_template="#/components/schemas/{model}")
     components = schema.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     schemas.update(service_schema.pop("$defs", {}))
     schemas["Service"] = service_schema
-    components["securitySchemes"] = {"BasicAuth": {"type": "http", "scheme": "basic"}}
+    components["securitySchemes"] = schemes = _security_schemes(settings)
+    users: list[dict[str, list[str]]] = [{name: []} for name in schemes if name != "BasicAuth"]
     for path, operations in schema["paths"].items():
+        security: list[dict[str, list[str]]]
         if path.startswith("/system"):
-            for operation in operations.values():
-                operation["security"] = [{"BasicAuth": []}]
+            security = [{"BasicAuth": []}, *users]
+        elif path.startswith(("/job/", "/run/")) and users:
+            security = users  # plus the service's own token, which is a bearer token too
+        else:
+            continue
+        for operation in operations.values():
+            operation["security"] = security
     app.openapi_schema = schema
     return schema
 
 
+def _install_cors(app: FastAPI, origins: list[str]) -> None:
+    """Browsers on these origins (the hosted OSCAR dashboard) may call the API with bearer tokens."""
+    if not origins:
+        return
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=origins,
+        # Credentials (cookies, the browser's remembered Basic log-in) only for origins named one by one:
+        # with "*" any site could use them.
+        allow_credentials="*" not in origins,
+        allow_methods=["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+        expose_headers=["X-Oscar-Job-Ids"],
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
     app = FastAPI(
         title="OSCAR Manager",
         version=__version__,
-        description=DESCRIPTION,
+        description=DESCRIPTION + (OIDC_DESCRIPTION if settings.oidc_enable else ""),
         docs_url=None,
         redoc_url=None,
         lifespan=_lifespan,
+        swagger_ui_init_oauth=swagger_oauth(settings),
     )
-    app.state.settings = settings or Settings()
+    app.state.settings = settings
     app.add_exception_handler(OscarError, _oscar_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     for router in (
@@ -154,11 +230,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services.router,
         invocations.router,
         logs.router,
-        buckets.router,
         buckets.presigned_router,
         events.router,
     ):
         app.include_router(router)
+    # Buckets have no owners yet: with OIDC on, users must not reach everyone's objects.
+    app.include_router(buckets.router, dependencies=[Depends(require_admin)])
+    _install_cors(app, settings.oscar_cors_origins)
     _install_docs(app)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     return app

@@ -105,12 +105,22 @@ class Settings(BaseSettings):
     oidc_client_id: str = ""
     oidc_client_secret: str = ""
     users_admin: CommaList = Field(default_factory=list)
+    # Our own OIDC knobs. Seconds an issuer may take to answer; seconds a token's groups (from userinfo)
+    # are trusted before asking again; the least seconds between two key-set fetches caused by an unknown
+    # ``kid``; the longest token accepted.
+    oscar_oidc_timeout: float = Field(default=10, gt=0)
+    oscar_oidc_userinfo_ttl: float = Field(default=60, ge=0)
+    oscar_oidc_jwks_refresh_interval: float = Field(default=60, ge=0)
+    oscar_oidc_max_token_bytes: int = Field(default=8192, gt=0)
+    # Origins allowed to call the API from a browser (the hosted OSCAR dashboard sends bearer tokens
+    # cross-origin). Empty: no CORS headers at all.
+    oscar_cors_origins: CommaList = Field(default_factory=list)
 
     # --- jobs ------------------------------------------------------------------------------------
     ttl_job: int = Field(default=2_592_000, ge=0)
     job_listing_limit: int = Field(default=70, gt=0)
 
-    @field_validator("oidc_issuers", "oidc_groups", "users_admin", mode="before")
+    @field_validator("oidc_issuers", "oidc_groups", "users_admin", "oscar_cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -7,10 +7,10 @@ from typing import Annotated
 
 from fastapi import BackgroundTasks, Depends, Request
 
-from oscar_manager.auth.basic import BasicAuthenticator
+from oscar_manager.auth.authenticator import Authenticator
 from oscar_manager.backends.base import Backend
 from oscar_manager.domain.principal import Principal
-from oscar_manager.errors import PayloadTooLarge
+from oscar_manager.errors import Forbidden, PayloadTooLarge
 from oscar_manager.operations import Database, Transaction
 from oscar_manager.operations.intake import Intake
 from oscar_manager.operations.services import InputNotifications
@@ -61,8 +61,8 @@ async def after_services_change(request: Request, background: BackgroundTasks) -
     background.add_task(changed)
 
 
-async def get_basic(request: Request) -> BasicAuthenticator:
-    authenticator: BasicAuthenticator = request.app.state.authenticator
+async def get_authenticator(request: Request) -> Authenticator:
+    authenticator: Authenticator = request.app.state.authenticator
     return authenticator
 
 
@@ -73,7 +73,15 @@ async def get_transaction(request: Request) -> AsyncIterator[Transaction]:
 
 
 async def authenticate(request: Request) -> Principal:
-    return (await get_basic(request)).authenticate(request.headers.get("authorization"))
+    return await (await get_authenticator(request)).authenticate(request.headers.get("authorization"))
+
+
+async def require_admin(caller: Annotated[Principal, Depends(authenticate)]) -> Principal:
+    """Routes over the whole cluster's storage: the admin only, until buckets have owners (OIDC users
+    would otherwise read and overwrite everyone's objects)."""
+    if not caller.is_admin:
+        raise Forbidden("only the admin may use this route")
+    return caller
 
 
 async def read_body(request: Request) -> bytes:
@@ -107,7 +115,7 @@ StoresDep = Annotated[Stores, Depends(get_stores)]
 IntakeDep = Annotated[Intake, Depends(get_intake)]
 PresignerDep = Annotated[PresignSigner, Depends(get_presigner)]
 NotificationsDep = Annotated[InputNotifications | None, Depends(get_notifications)]
-BasicDep = Annotated[BasicAuthenticator, Depends(get_basic)]
+AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
 RunBodyDep = Annotated[bytes, Depends(read_run_body)]
 TransactionDep = Annotated[Transaction, Depends(get_transaction, scope="function")]
 CallerDep = Annotated[Principal, Depends(authenticate)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 
+SERVICE_TOKEN_LENGTH = 64
 BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="OSCAR service"'}
 
 
@@ -11,6 +12,11 @@ def bearer_token(authorization: str | None) -> str | None:
     scheme, _, token = (authorization or "").partition(" ")
     token = token.strip()
     return token if scheme.lower() == "bearer" and token else None
+
+
+def is_service_token(token: str) -> bool:
+    """Service tokens are 64 characters (32 random bytes in hex), as upstream tells them from JWTs."""
+    return len(token) == SERVICE_TOKEN_LENGTH
 
 
 def token_matches(expected: str, presented: str) -> bool:

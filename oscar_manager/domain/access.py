@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from oscar_manager.domain.principal import Principal
 from oscar_manager.domain.service import Service
+from oscar_manager.errors import BadRequest
 
 
 def can_view(principal: Principal, service: Service) -> bool:
@@ -16,3 +19,26 @@ def can_view(principal: Principal, service: Service) -> bool:
 
 def can_change(principal: Principal, service: Service) -> bool:
     return principal.is_admin or service.owner == principal.uid
+
+
+def service_vo(principal: Principal, vo: str, *, cluster_groups: Sequence[str]) -> str:
+    """The VO a user's service belongs to (upstream ``create.go``), or 400.
+
+    A VO the user names must be one of their groups. With none named, the first group of
+    ``OIDC_GROUPS`` the user belongs to is taken. The admin's choice is taken as given.
+    """
+    if principal.is_admin:
+        return vo
+    vo = vo.strip()
+    if vo:
+        # Upstream checks only VOs listed in OIDC_GROUPS; we check every one, so a service never claims
+        # a VO its owner is not in.
+        if vo not in principal.groups:
+            raise BadRequest(f"user {principal.uid!r} is not enrolled in the VO {vo!r}")
+        return vo
+    for group in cluster_groups:
+        if group in principal.groups:
+            return group
+    if cluster_groups:
+        raise BadRequest(f"the service must be part of one of these VOs: {', '.join(cluster_groups)}")
+    return ""

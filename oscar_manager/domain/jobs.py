@@ -38,6 +38,8 @@ class JobRecord:
     finished_at: datetime | None
     exit_code: int | None
     attempts: int
+    # The OIDC user who started it through ``/job``; None for events, service tokens and the admin.
+    owner: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

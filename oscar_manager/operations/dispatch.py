@@ -56,7 +56,9 @@ class Dispatcher:
                 if service is None:
                     await tx.events.fail(event.id, error=f"service {event.service!r} no longer exists")
                     continue
-                await tx.jobs.prepare(job_id=event.job_id, service=event.service, event_id=event.id)
+                await tx.jobs.prepare(
+                    job_id=event.job_id, service=event.service, event_id=event.id, owner=event.owner
+                )
                 ready.append((event, service))
         for event, service in ready:
             await self._submit(event, service)

@@ -58,12 +58,17 @@ def _items(service: Service, body: bytes, idempotency_key: str | None) -> list[t
     return [(payload_dedup_key(service.name, idempotency_key), body)]
 
 
-async def _record(tx: Transaction, service: str, items: list[tuple[str, bytes]]) -> Accepted:
+async def _record(
+    tx: Transaction, service: str, items: list[tuple[str, bytes]], *, owner: str | None = None
+) -> Accepted:
     job_ids: list[str] = []
     new = 0
     for dedup_key, payload in items:
         job_id = job_name(service, dedup_key)
-        if await tx.events.enqueue(dedup_key=dedup_key, service=service, job_id=job_id, payload=payload):
+        recorded = await tx.events.enqueue(
+            dedup_key=dedup_key, service=service, job_id=job_id, payload=payload, owner=owner
+        )
+        if recorded:
             new += 1
         job_ids.append(job_id)
     return Accepted(job_ids=job_ids, new=new)
@@ -78,10 +83,16 @@ class Intake:
         # Storage events since start: new, duplicates, ignored (shown by /system/info).
         self.counters: Counter[str] = Counter()
 
-    async def invocation(self, *, service: Service, body: bytes, idempotency_key: str | None) -> Accepted:
+    async def invocation(
+        self, *, service: Service, body: bytes, idempotency_key: str | None, owner: str | None = None
+    ) -> Accepted:
+        """``owner``: the OIDC user invoking, recorded on the jobs so they can list them."""
+        if owner and idempotency_key:
+            # A user's Idempotency-Key names their own request, never the job of someone else.
+            idempotency_key = f"{owner}\n{idempotency_key}"
         items = _items(service, body, idempotency_key)
         async with self._database.transaction() as tx:
-            accepted = await _record(tx, service.name, items)
+            accepted = await _record(tx, service.name, items, owner=owner)
         if accepted.new:
             self._wake()
         return accepted

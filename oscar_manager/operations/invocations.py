@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
-from oscar_manager.auth.basic import BasicAuthenticator
-from oscar_manager.auth.tokens import BEARER_CHALLENGE, bearer_token, token_matches
+from dataclasses import dataclass
+
+from oscar_manager.auth.authenticator import Authenticator
+from oscar_manager.auth.tokens import BEARER_CHALLENGE, bearer_token, is_service_token, token_matches
 from oscar_manager.backends.base import Backend, SyncRequest
+from oscar_manager.domain.access import can_view
 from oscar_manager.domain.service import Service
-from oscar_manager.errors import NotFound, Unauthorized
+from oscar_manager.errors import Forbidden, NotFound, Unauthorized
 from oscar_manager.registry import Database
 
 
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    service: Service
+    # The OIDC user invoking (their jobs are theirs to list); None for the service token and the admin.
+    user: str | None = None
+
+
 async def service_for_invocation(
-    database: Database, *, name: str, authorization: str | None, basic: BasicAuthenticator
-) -> Service:
-    """The service, if the caller presents its token (Bearer) or the admin's Basic credentials."""
+    database: Database, *, name: str, authorization: str | None, authenticator: Authenticator
+) -> Invocation:
+    """The service, if the caller presents its token (Bearer), the token of an OIDC user who may see the
+    service (with OIDC on), or the admin's Basic credentials."""
     if not authorization:
         raise Unauthorized(
             "an Authorization header is required (Bearer <service token>)", headers=BEARER_CHALLENGE
@@ -24,11 +35,17 @@ async def service_for_invocation(
         raise NotFound(f"service {name!r} not found")
     token = bearer_token(authorization)
     if token is not None:
-        if not token_matches(service.token, token):
-            raise Unauthorized("invalid token for this service", headers=BEARER_CHALLENGE)
-        return service
-    basic.authenticate(authorization)  # the admin may invoke any service; raises 401 otherwise
-    return service
+        # As upstream: 64 characters is a service token, anything else an OIDC token (a JWT is longer).
+        if is_service_token(token) or not authenticator.oidc_enabled:
+            if not token_matches(service.token, token):
+                raise Unauthorized("invalid token for this service", headers=BEARER_CHALLENGE)
+            return Invocation(service)
+        user = await authenticator.user(token)
+        if not can_view(user, service):
+            raise Forbidden(f"user {user.uid!r} may not invoke service {name!r}")
+        return Invocation(service, user=user.uid)
+    authenticator.basic.authenticate(authorization)  # the admin may invoke any service; raises 401 otherwise
+    return Invocation(service)
 
 
 async def run_sync(backend: Backend, *, service: Service, body: bytes, time_limit: float) -> bytes:

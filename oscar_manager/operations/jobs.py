@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from oscar_manager.backends.base import Backend
+from oscar_manager.domain.access import can_change
 from oscar_manager.domain.jobs import JobOutcome, JobRecord, JobStatus
 from oscar_manager.domain.principal import Principal
 from oscar_manager.errors import BadRequest, NotFound
@@ -39,6 +40,23 @@ class DatabaseJobReporter:
         self._wake()
 
 
+async def _jobs_scope(tx: Transaction, *, principal: Principal, service: str) -> str | None:
+    """Whose jobs of the service the caller may see and delete: everyone's (None) for its owner and the
+    admin; for another user allowed on the service, only those they started (as upstream). 404 for no
+    service, 403 for a service the caller may not see."""
+    found = await services.read(tx, principal=principal, name=service)
+    return None if can_change(principal, found) else principal.uid
+
+
+async def _job(tx: Transaction, *, principal: Principal, service: str, job_id: str) -> JobRecord:
+    owner = await _jobs_scope(tx, principal=principal, service=service)
+    job = await tx.jobs.get(service, job_id)
+    # Someone else's job is "not found" rather than forbidden: its name tells nothing then.
+    if job is None or (owner is not None and job.owner != owner):
+        raise NotFound(f"job {job_id!r} of service {service!r} not found")
+    return job
+
+
 @dataclass(frozen=True, slots=True)
 class JobPage:
     jobs: list[JobRecord]
@@ -61,18 +79,20 @@ def _decode_cursor(token: str) -> tuple[datetime, str]:
 
 
 async def page(tx: Transaction, *, principal: Principal, service: str, page: str, limit: int) -> JobPage:
-    await services.read(tx, principal=principal, name=service)
+    owner = await _jobs_scope(tx, principal=principal, service=service)
     after = _decode_cursor(page) if page else None
-    jobs = await tx.jobs.page(service, limit=limit + 1, after=after)
+    jobs = await tx.jobs.page(service, limit=limit + 1, after=after, owner=owner)
     has_more = len(jobs) > limit
     jobs = jobs[:limit]
     next_page = _encode_cursor(jobs[-1]) if has_more else None
-    remaining = await tx.jobs.count(service, after=(jobs[-1].created_at, jobs[-1].id)) if has_more else 0
+    remaining = (
+        await tx.jobs.count(service, after=(jobs[-1].created_at, jobs[-1].id), owner=owner) if has_more else 0
+    )
     return JobPage(jobs=jobs, next_page=next_page, remaining=remaining)
 
 
 async def log(tx: Transaction, *, principal: Principal, service: str, job_id: str) -> str:
-    await services.read(tx, principal=principal, name=service)
+    await _job(tx, principal=principal, service=service, job_id=job_id)
     text = await tx.jobs.log(service, job_id)
     if text is None:
         raise NotFound(f"job {job_id!r} of service {service!r} not found")
@@ -82,9 +102,7 @@ async def log(tx: Transaction, *, principal: Principal, service: str, job_id: st
 async def delete(
     tx: Transaction, *, principal: Principal, backend: Backend, service: str, job_id: str
 ) -> None:
-    await services.read(tx, principal=principal, name=service)
-    if await tx.jobs.get(service, job_id) is None:
-        raise NotFound(f"job {job_id!r} of service {service!r} not found")
+    await _job(tx, principal=principal, service=service, job_id=job_id)
     await backend.cancel(job_id)
     await tx.jobs.delete(service, job_id)
     await tx.events.complete_for_job(job_id)
@@ -94,9 +112,9 @@ async def delete_many(
     tx: Transaction, *, principal: Principal, backend: Backend, service: str, everything: bool
 ) -> list[str]:
     """Delete the service's succeeded jobs (as upstream), or all of them with ``everything``."""
-    await services.read(tx, principal=principal, name=service)
+    owner = await _jobs_scope(tx, principal=principal, service=service)
     statuses = None if everything else [JobStatus.SUCCEEDED]
-    deleted = await tx.jobs.delete_where(service, statuses=statuses)
+    deleted = await tx.jobs.delete_where(service, statuses=statuses, owner=owner)
     for job_id in deleted:
         await backend.cancel(job_id)
         await tx.events.complete_for_job(job_id)

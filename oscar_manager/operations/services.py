@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from oscar_manager.backends.base import Backend
-from oscar_manager.domain.access import can_change, can_view
+from oscar_manager.domain.access import can_change, can_view, service_vo
 from oscar_manager.domain.definitions import load_document, service_definitions
 from oscar_manager.domain.events import InputRoute
 from oscar_manager.domain.principal import Principal
@@ -119,13 +119,19 @@ async def create(
     minio = minio_default(settings)
     services = [
         normalise_new(
-            definition, owner=principal.uid, namespace=settings.oscar_services_namespace, minio=minio
+            definition.model_copy(
+                update={"vo": service_vo(principal, definition.vo, cluster_groups=settings.oidc_groups)}
+            ),
+            owner=principal.uid,
+            namespace=settings.oscar_services_namespace,
+            minio=minio,
         )
         for definition in definitions
     ]
     for service in services:
         if await tx.services.exists(service.name):
             raise Conflict(f"a service named {service.name!r} already exists")
+    await _check_buckets_are_the_users(tx, principal, services)
     for service in services:
         await tx.services.add(service)
     for service in services:
@@ -133,6 +139,30 @@ async def create(
         await backend.prepare_service(service)
     await _notify_inputs(tx, notifications, set().union(*map(input_buckets, services)))
     return services
+
+
+async def _check_buckets_are_the_users(
+    tx: Transaction, principal: Principal, services: list[Service]
+) -> None:
+    """A user's service must not read from or write into a bucket that another owner's service uses.
+
+    Buckets have no owners of their own yet; the services using them are the best evidence there is.
+    The admin may share buckets between anyone's services.
+    """
+    if principal.is_admin:
+        return
+    names = {service.name for service in services}
+    others: dict[str, str] = {}
+    for other in await tx.services.list():
+        if other.name not in names and other.owner != principal.uid:
+            for bucket, _folder in _own_paths(other):
+                others.setdefault(bucket, other.name)
+    for service in services:
+        for bucket, _folder in _own_paths(service):
+            if bucket in others:
+                raise Forbidden(
+                    f"bucket {bucket!r} is used by a service of another owner ({others[bucket]!r})"
+                )
 
 
 async def using_bucket(tx: Transaction, bucket: str) -> list[str]:
@@ -172,7 +202,14 @@ async def update(
     current = await _existing(tx, definition.name)
     if not can_change(principal, current):
         raise Forbidden(f"only the owner may update service {definition.name!r}")
+    if not principal.is_admin:
+        # A user keeps the service's VO by leaving it out; changing it needs membership of the new one.
+        vo = definition.vo.strip() or current.vo
+        if vo != current.vo:
+            vo = service_vo(principal, vo, cluster_groups=settings.oidc_groups)
+        definition = definition.model_copy(update={"vo": vo})
     service = normalise_update(definition, current=current, minio=minio_default(settings))
+    await _check_buckets_are_the_users(tx, principal, [service])
     await tx.services.replace(service)
     await prepare_storage(service, stores=stores)
     await backend.prepare_service(service)

@@ -117,6 +117,7 @@ class ClaimedEvent:
     job_id: str
     payload: bytes
     attempts: int
+    owner: str | None = None
 
 
 class EventRepository:
@@ -125,7 +126,9 @@ class EventRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def enqueue(self, *, dedup_key: str, service: str, job_id: str, payload: bytes) -> bool:
+    async def enqueue(
+        self, *, dedup_key: str, service: str, job_id: str, payload: bytes, owner: str | None = None
+    ) -> bool:
         """Record an event; False when an event with the same dedup key is already recorded."""
         existing = await self._session.scalar(select(EventRow.id).where(EventRow.dedup_key == dedup_key))
         if existing is not None:
@@ -140,6 +143,7 @@ class EventRepository:
             attempts=0,
             available_at=now,
             created_at=now,
+            owner=owner,
         )
         try:
             # A savepoint, so a concurrent duplicate loses only this insert, not the caller's transaction.
@@ -172,6 +176,7 @@ class EventRepository:
                     job_id=row.job_id,
                     payload=row.payload,
                     attempts=row.attempts,
+                    owner=row.owner,
                 )
             )
         await self._session.flush()
@@ -223,6 +228,7 @@ def _job(row: JobRow) -> JobRecord:
         finished_at=_aware(row.finished_at) if row.finished_at else None,
         exit_code=row.exit_code,
         attempts=row.attempts,
+        owner=row.owner,
     )
 
 
@@ -235,7 +241,9 @@ class JobRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def prepare(self, *, job_id: str, service: str, event_id: int | None) -> JobRecord:
+    async def prepare(
+        self, *, job_id: str, service: str, event_id: int | None, owner: str | None = None
+    ) -> JobRecord:
         """The job row for a (re)dispatched event: created, or reset to Pending for another attempt."""
         now = datetime.now(UTC)
         row = await self._session.get(JobRow, job_id, with_for_update=True)
@@ -248,6 +256,7 @@ class JobRepository:
                 attempts=1,
                 created_at=now,
                 log="",
+                owner=owner,
             )
             self._session.add(row)
         else:
@@ -285,26 +294,33 @@ class JobRepository:
         return row.log if row is not None and row.service == service else None
 
     @staticmethod
-    def _listing(service: str, after: tuple[datetime, str] | None) -> Any:
+    def _listing(service: str, after: tuple[datetime, str] | None, owner: str | None = None) -> Any:
         condition = JobRow.service == service
+        if owner is not None:
+            condition = and_(condition, JobRow.owner == owner)
         if after is not None:
             created, job_id = after
             older = or_(JobRow.created_at < created, and_(JobRow.created_at == created, JobRow.id < job_id))
             condition = and_(condition, older)
         return condition
 
-    async def page(self, service: str, *, limit: int, after: tuple[datetime, str] | None) -> list[JobRecord]:
-        """Newest first; ``after`` is the (created_at, id) of the last job of the previous page."""
+    async def page(
+        self, service: str, *, limit: int, after: tuple[datetime, str] | None, owner: str | None = None
+    ) -> list[JobRecord]:
+        """Newest first; ``after`` is the (created_at, id) of the last job of the previous page. With
+        ``owner``, only the jobs that user started."""
         query = (
             select(JobRow)
-            .where(self._listing(service, after))
+            .where(self._listing(service, after, owner))
             .order_by(JobRow.created_at.desc(), JobRow.id.desc())
             .limit(limit)
         )
         return [_job(row) for row in await self._session.scalars(query)]
 
-    async def count(self, service: str, *, after: tuple[datetime, str] | None = None) -> int:
-        query = select(func.count()).select_from(JobRow).where(self._listing(service, after))
+    async def count(
+        self, service: str, *, after: tuple[datetime, str] | None = None, owner: str | None = None
+    ) -> int:
+        query = select(func.count()).select_from(JobRow).where(self._listing(service, after, owner))
         return int(await self._session.scalar(query) or 0)
 
     async def delete(self, service: str, job_id: str) -> bool:
@@ -313,8 +329,12 @@ class JobRepository:
         )
         return result.scalar_one_or_none() is not None
 
-    async def delete_where(self, service: str, *, statuses: list[JobStatus] | None) -> list[str]:
+    async def delete_where(
+        self, service: str, *, statuses: list[JobStatus] | None, owner: str | None = None
+    ) -> list[str]:
         query = delete(JobRow).where(JobRow.service == service)
+        if owner is not None:
+            query = query.where(JobRow.owner == owner)
         if statuses is not None:
             query = query.where(JobRow.status.in_([status.value for status in statuses]))
         result = await self._session.execute(query.returning(JobRow.id))

@@ -57,6 +57,8 @@ class EventRow(Base):
     claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The OIDC user who invoked the service (``/job``), passed on to the job; none for other sources.
+    owner: Mapped[str | None] = mapped_column(String(255))
 
     __table_args__ = (Index("ix_events_status_available_at", "status", "available_at"),)
 
@@ -74,6 +76,8 @@ class JobRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     exit_code: Mapped[int | None] = mapped_column(Integer)
     log: Mapped[str] = mapped_column(Text, default="")
+    # Who started it, when an OIDC user did: such users list only their own jobs of others' services.
+    owner: Mapped[str | None] = mapped_column(String(255))
 
     # Listing a service's jobs newest first, paged by (created_at, id).
     __table_args__ = (Index("ix_jobs_service_created_at_id", "service", "created_at", "id"),)

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
 
-from oscar_manager.api.deps import BackendDep, BasicDep, DatabaseDep, IntakeDep, SettingsDep, read_limited
-from oscar_manager.auth.basic import BasicAuthenticator
-from oscar_manager.domain.service import Service
+from oscar_manager.api.deps import (
+    AuthenticatorDep,
+    BackendDep,
+    DatabaseDep,
+    IntakeDep,
+    SettingsDep,
+    read_limited,
+)
+from oscar_manager.auth.authenticator import Authenticator
 from oscar_manager.operations import Database, invocations
 
 router = APIRouter(tags=["invocations"])
@@ -24,14 +30,14 @@ _BODY = {
 
 
 async def _authorized_call(
-    request: Request, name: str, database: Database, basic: BasicAuthenticator, *, limit: int
-) -> tuple[Service, bytes]:
+    request: Request, name: str, database: Database, authenticator: Authenticator, *, limit: int
+) -> tuple[invocations.Invocation, bytes]:
     """The service, once the caller is admitted, and only then the body (so strangers cannot make the
     manager read large bodies)."""
-    service = await invocations.service_for_invocation(
-        database, name=name, authorization=request.headers.get("authorization"), basic=basic
+    invocation = await invocations.service_for_invocation(
+        database, name=name, authorization=request.headers.get("authorization"), authenticator=authenticator
     )
-    return service, await read_limited(request, limit)
+    return invocation, await read_limited(request, limit)
 
 
 @router.post(
@@ -42,7 +48,8 @@ async def _authorized_call(
     openapi_extra=_BODY,
     responses={
         400: {"description": "Malformed event, or a body that is neither JSON nor base64"},
-        401: {"description": "Missing or wrong service token"},
+        401: {"description": "Missing or wrong service token, or an invalid OIDC token"},
+        403: {"description": "An OIDC user who may not see the service"},
         404: {"description": "No such service"},
     },
 )
@@ -51,14 +58,17 @@ async def start_job(
     request: Request,
     settings: SettingsDep,
     database: DatabaseDep,
-    basic: BasicDep,
+    authenticator: AuthenticatorDep,
     intake: IntakeDep,
 ) -> Response:
-    service, body = await _authorized_call(
-        request, name, database, basic, limit=settings.oscar_max_body_bytes
+    invocation, body = await _authorized_call(
+        request, name, database, authenticator, limit=settings.oscar_max_body_bytes
     )
     accepted = await intake.invocation(
-        service=service, body=body, idempotency_key=request.headers.get("idempotency-key")
+        service=invocation.service,
+        body=body,
+        idempotency_key=request.headers.get("idempotency-key"),
+        owner=invocation.user,
     )
     return Response(
         status_code=status.HTTP_201_CREATED, headers={"X-Oscar-Job-Ids": ",".join(accepted.job_ids)}
@@ -77,7 +87,8 @@ async def start_job(
             "base64 zip, or else the script's output",
         },
         400: {"description": "Body neither JSON nor base64"},
-        401: {"description": "Missing or wrong service token"},
+        401: {"description": "Missing or wrong service token, or an invalid OIDC token"},
+        403: {"description": "An OIDC user who may not see the service"},
         404: {"description": "No such service"},
         500: {"description": "The script failed"},
         504: {"description": "The script did not finish in time"},
@@ -88,13 +99,13 @@ async def run_service(
     request: Request,
     settings: SettingsDep,
     database: DatabaseDep,
-    basic: BasicDep,
+    authenticator: AuthenticatorDep,
     backend: BackendDep,
 ) -> Response:
-    service, body = await _authorized_call(
-        request, name, database, basic, limit=settings.oscar_max_run_body_bytes
+    invocation, body = await _authorized_call(
+        request, name, database, authenticator, limit=settings.oscar_max_run_body_bytes
     )
     output = await invocations.run_sync(
-        backend, service=service, body=body, time_limit=settings.oscar_run_timeout
+        backend, service=invocation.service, body=body, time_limit=settings.oscar_run_timeout
     )
     return Response(content=output, media_type="text/plain; charset=utf-8")
