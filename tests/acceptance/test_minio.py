@@ -87,6 +87,14 @@ def wait_listening(server: RunningServer, bucket: str, within: float = 20) -> No
             time.sleep(0.05)
 
 
+def wait_webhook_ready(server: RunningServer, within: float = 30) -> None:
+    deadline = time.monotonic() + within
+    with http(server) as client:
+        while client.get("/system/info").json()["storage"]["event_sources"] != ["webhook"]:
+            assert time.monotonic() < deadline, "the webhook target was never set up"
+            time.sleep(0.1)
+
+
 @pytest.fixture
 def minio_manager(tmp_path: Path, minio_server: MinioServer) -> Iterator[RunningServer]:
     running = start_server(tmp_path, free_port(), env=minio_env(minio_server))
@@ -155,11 +163,7 @@ def test_the_manager_registers_its_webhook_target_once_and_minio_delivers_to_it(
         try:
             name = f"hook-{uuid.uuid4().hex[:8]}"
             body = uppercase_service(name)
-            deadline = time.monotonic() + 30
-            with http(server) as client:
-                while client.get("/system/info").json()["storage"]["event_sources"] != ["webhook"]:
-                    assert time.monotonic() < deadline, "the webhook target was never set up"
-                    time.sleep(0.1)
+            wait_webhook_ready(server)
             started = time.monotonic()
             with http(server) as client:
                 assert client.post("/system/services", json=body).status_code == 201
@@ -180,7 +184,10 @@ def test_the_manager_registers_its_webhook_target_once_and_minio_delivers_to_it(
 
         # A second start finds the target in place: no restart.
         server = start_server(tmp_path, port, env=env)
-        stop_server(server)
+        try:
+            wait_webhook_ready(server)
+        finally:
+            stop_server(server)
         log = (tmp_path / "server.log").read_text()
         assert log.count("restarting MinIO") == 1
         assert "MinIO webhook target OSCAR is present" in log

@@ -561,3 +561,24 @@ class TestCors:
             "access-control-allow-origin"
             not in (await client.get("/system/services", headers={"Origin": DASHBOARD})).headers
         )
+
+
+async def test_storage_credentials_of_a_public_service_are_its_owners_only(
+    api: httpx.AsyncClient, egi: FakeIssuer
+) -> None:
+    providers = {"s3": {"aws": {"access_key": "AKIA", "secret_key": "alices-secret", "region": "eu-west-1"}}}
+    alice, bob = user(egi, "alice"), user(egi, "bob")
+    outputs = [{"storage_provider": "s3.aws", "path": "alice-results/out"}]
+    created = await create(
+        api, alice, "shared-creds", visibility="public", storage_providers=providers, output=outputs
+    )
+    assert created.status_code == 201, created.text
+
+    as_bob = (await api.get("/system/services/shared-creds", headers=bob)).json()
+    assert as_bob["storage_providers"]["s3"]["aws"]["secret_key"] == ""
+    listed = (await api.get("/system/services", headers=bob)).json()
+    assert "alices-secret" not in str(listed)
+    as_alice = (await api.get("/system/services/shared-creds", headers=alice)).json()
+    assert as_alice["storage_providers"]["s3"]["aws"]["secret_key"] == "alices-secret"
+    as_admin = (await api.get("/system/services/shared-creds", headers=auth(ADMIN))).json()
+    assert as_admin["storage_providers"]["s3"]["aws"]["secret_key"] == "alices-secret"
