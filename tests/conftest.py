@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiohttp.test_utils import TestServer
 
 from oscar_manager.operations import Database
 from oscar_manager.settings import Settings
@@ -17,6 +18,7 @@ from tests.support.app import app_client
 from tests.support.components import PostgresServer, unavailable
 from tests.support.databases import PostgresDatabases, SqliteDatabases
 from tests.support.factories import make_settings
+from tests.support.kube_api import KubeApiDouble
 from tests.support.minio import MinioServer, locate_minio_binary, start_minio
 
 DATABASE_KINDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
@@ -147,3 +149,15 @@ async def minio_store(minio_server: MinioServer) -> AsyncIterator[S3ObjectStore]
         region="us-east-1",
     ) as store:
         yield store
+
+
+@pytest.fixture
+async def double() -> AsyncIterator[tuple[KubeApiDouble, str]]:
+    """The Kubernetes API double on a loopback port: (the double, its URL)."""
+    api = KubeApiDouble()
+    server = TestServer(api.app(), host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield api, f"http://127.0.0.1:{server.port}"
+    finally:
+        await server.close()

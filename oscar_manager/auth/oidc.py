@@ -125,11 +125,17 @@ class Issuer:
         self._metadata_lock = asyncio.Lock()
         self._keys_lock = asyncio.Lock()
 
-    async def _get_json(self, url: str, what: str) -> dict[str, Any]:
+    async def _get_json(self, url: str, what: str, *, token: str | None = None) -> dict[str, Any]:
+        """A JSON object from the issuer; with ``token`` (userinfo), a 401/403 means the token is bad."""
+        headers = {"Accept": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
         try:
-            response = await self._http.get(url, headers={"Accept": "application/json"})
+            response = await self._http.get(url, headers=headers)
         except httpx.HTTPError as exc:
             raise IssuerUnavailable(f"cannot reach the {what} of {self.url}: {type(exc).__name__}") from None
+        if token is not None and response.status_code in (401, 403):
+            raise invalid_token(f"refused by the {what} of {self.url} ({response.status_code})")
         if response.status_code != 200:
             raise IssuerUnavailable(f"the {what} of {self.url} answered {response.status_code}")
         try:
@@ -236,24 +242,7 @@ class Issuer:
 
     async def userinfo(self, token: str) -> dict[str, Any]:
         endpoint = (await self.metadata()).userinfo_endpoint
-        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-        try:
-            response = await self._http.get(endpoint, headers=headers)
-        except httpx.HTTPError as exc:
-            raise IssuerUnavailable(
-                f"cannot reach the userinfo endpoint of {self.url}: {type(exc).__name__}"
-            ) from None
-        if response.status_code in (401, 403):
-            raise invalid_token(f"refused by the userinfo endpoint of {self.url} ({response.status_code})")
-        if response.status_code != 200:
-            raise IssuerUnavailable(f"the userinfo endpoint of {self.url} answered {response.status_code}")
-        try:
-            claims = response.json()
-        except ValueError:
-            raise IssuerUnavailable(f"the userinfo endpoint of {self.url} did not answer JSON") from None
-        if not isinstance(claims, dict):
-            raise IssuerUnavailable(f"the userinfo endpoint of {self.url} did not answer a JSON object")
-        return claims
+        return await self._get_json(endpoint, "userinfo endpoint", token=token)
 
 
 class _UserinfoCache:

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -19,17 +18,6 @@ from tests.support.kube_api import KubeApiDouble
 
 NS = "oscar-svc"
 CLUSTER = manifests.ClusterConfig(manager_image="oscar-manager:test", ttl_seconds=600)
-
-
-@pytest.fixture
-async def double() -> AsyncIterator[tuple[KubeApiDouble, str]]:
-    api = KubeApiDouble()
-    server = TestServer(api.app(), host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield api, f"http://127.0.0.1:{server.port}"
-    finally:
-        await server.close()
 
 
 @pytest.fixture

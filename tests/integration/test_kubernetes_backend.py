@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-from aiohttp.test_utils import TestServer
 
 from oscar_manager.settings import Settings
 from tests.support.app import NO_AUTH, app_client
@@ -20,17 +19,6 @@ from tests.support.jobs import settle, wait_for_jobs
 from tests.support.kube_api import KubeApiDouble, kubeconfig
 
 NS = "oscar-svc"
-
-
-@pytest.fixture
-async def double() -> AsyncIterator[tuple[KubeApiDouble, str]]:
-    api = KubeApiDouble()
-    server = TestServer(api.app(), host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield api, f"http://127.0.0.1:{server.port}"
-    finally:
-        await server.close()
 
 
 @pytest.fixture
