@@ -13,7 +13,7 @@ from oscar_manager.domain.principal import Principal
 from oscar_manager.errors import Forbidden, PayloadTooLarge
 from oscar_manager.operations import Database, Transaction
 from oscar_manager.operations.intake import Intake
-from oscar_manager.operations.services import InputNotifications
+from oscar_manager.operations.services import InputNotifications, Provisioning
 from oscar_manager.settings import Settings
 from oscar_manager.storage.presign import PresignSigner
 from oscar_manager.storage.providers import Stores
@@ -53,6 +53,14 @@ async def get_presigner(request: Request) -> PresignSigner:
 async def get_notifications(request: Request) -> InputNotifications | None:
     notifications: InputNotifications | None = request.app.state.webhook_rules
     return notifications
+
+
+async def get_provisioning(request: Request) -> Provisioning:
+    return Provisioning(
+        stores=await get_stores(request),
+        backend=await get_backend(request),
+        notifications=await get_notifications(request),
+    )
 
 
 async def after_services_change(request: Request, background: BackgroundTasks) -> None:
@@ -114,7 +122,7 @@ BackendDep = Annotated[Backend, Depends(get_backend)]
 StoresDep = Annotated[Stores, Depends(get_stores)]
 IntakeDep = Annotated[Intake, Depends(get_intake)]
 PresignerDep = Annotated[PresignSigner, Depends(get_presigner)]
-NotificationsDep = Annotated[InputNotifications | None, Depends(get_notifications)]
+ProvisioningDep = Annotated[Provisioning, Depends(get_provisioning)]
 AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
 RunBodyDep = Annotated[bytes, Depends(read_run_body)]
 TransactionDep = Annotated[Transaction, Depends(get_transaction, scope="function")]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 from oscar_manager.backends.base import Backend
@@ -35,6 +36,15 @@ class InputNotifications(Protocol):
     """Tells the storage which input folders to report new objects of (MinIO's webhook rules)."""
 
     async def apply(self, routes: Iterable[InputRoute], buckets: set[str]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Provisioning:
+    """What a service is set up with besides its row: buckets, the backend's objects, notifications."""
+
+    stores: Stores
+    backend: Backend
+    notifications: InputNotifications | None = None
 
 
 def _own_paths(service: Service, kinds: str = "io") -> list[tuple[str, str]]:
@@ -106,9 +116,7 @@ async def create(
     settings: Settings,
     principal: Principal,
     body: bytes,
-    stores: Stores,
-    backend: Backend,
-    notifications: InputNotifications | None = None,
+    provisioning: Provisioning,
 ) -> list[Service]:
     """Create every service in ``body`` (one service, or each one of an FDL document), or none."""
     definitions = [parse_service(item) for item in service_definitions(load_document(body))]
@@ -135,9 +143,9 @@ async def create(
     for service in services:
         await tx.services.add(service)
     for service in services:
-        await prepare_storage(service, stores=stores)
-        await backend.prepare_service(service)
-    await _notify_inputs(tx, notifications, set().union(*map(input_buckets, services)))
+        await prepare_storage(service, stores=provisioning.stores)
+        await provisioning.backend.prepare_service(service)
+    await _notify_inputs(tx, provisioning.notifications, set().union(*map(input_buckets, services)))
     return services
 
 
@@ -191,9 +199,7 @@ async def update(
     settings: Settings,
     principal: Principal,
     body: bytes,
-    stores: Stores,
-    backend: Backend,
-    notifications: InputNotifications | None = None,
+    provisioning: Provisioning,
 ) -> Service:
     definitions = service_definitions(load_document(body))
     if len(definitions) != 1:
@@ -211,9 +217,9 @@ async def update(
     service = normalise_update(definition, current=current, minio=minio_default(settings))
     await _check_buckets_are_the_users(tx, principal, [service])
     await tx.services.replace(service)
-    await prepare_storage(service, stores=stores)
-    await backend.prepare_service(service)
-    await _notify_inputs(tx, notifications, input_buckets(current) | input_buckets(service))
+    await prepare_storage(service, stores=provisioning.stores)
+    await provisioning.backend.prepare_service(service)
+    await _notify_inputs(tx, provisioning.notifications, input_buckets(current) | input_buckets(service))
     return service
 
 
@@ -222,9 +228,7 @@ async def delete(
     *,
     principal: Principal,
     name: str,
-    backend: Backend,
-    stores: Stores,
-    notifications: InputNotifications | None = None,
+    provisioning: Provisioning,
     purge: bool = False,
 ) -> Service:
     """Delete the service with its job records and queued events. Its buckets and objects are kept unless
@@ -233,14 +237,14 @@ async def delete(
     if not can_change(principal, service):
         raise Forbidden(f"only the owner may delete service {name!r}")
     for job in await tx.jobs.unfinished(service=name):
-        await backend.cancel(job.id)
+        await provisioning.backend.cancel(job.id)
     await tx.jobs.delete_where(name, statuses=None)
     await tx.events.delete_for_service(name)
     await tx.services.delete(name)
-    await backend.remove_service(service)
-    await _notify_inputs(tx, notifications, input_buckets(service))
+    await provisioning.backend.remove_service(service)
+    await _notify_inputs(tx, provisioning.notifications, input_buckets(service))
     if purge:
-        await purge_storage(tx, service, stores=stores)
+        await purge_storage(tx, service, stores=provisioning.stores)
     return service
 
 

@@ -7,12 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Response, status
 
 from oscar_manager.api.deps import (
-    BackendDep,
     BodyDep,
     CallerDep,
-    NotificationsDep,
+    ProvisioningDep,
     SettingsDep,
-    StoresDep,
     TransactionDep,
     after_services_change,
 )
@@ -61,18 +59,14 @@ async def create_service(
     caller: CallerDep,
     tx: TransactionDep,
     body: BodyDep,
-    stores: StoresDep,
-    backend: BackendDep,
-    notifications: NotificationsDep,
+    provisioning: ProvisioningDep,
 ) -> Response:
     await services.create(
         tx,
         settings=settings,
         principal=caller,
         body=body,
-        stores=stores,
-        backend=backend,
-        notifications=notifications,
+        provisioning=provisioning,
     )
     return Response(status_code=status.HTTP_201_CREATED)
 
@@ -118,18 +112,14 @@ async def update_service(
     caller: CallerDep,
     tx: TransactionDep,
     body: BodyDep,
-    stores: StoresDep,
-    backend: BackendDep,
-    notifications: NotificationsDep,
+    provisioning: ProvisioningDep,
 ) -> Response:
     await services.update(
         tx,
         settings=settings,
         principal=caller,
         body=body,
-        stores=stores,
-        backend=backend,
-        notifications=notifications,
+        provisioning=provisioning,
     )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -146,9 +136,7 @@ async def delete_service(
     name: str,
     caller: CallerDep,
     tx: TransactionDep,
-    backend: BackendDep,
-    stores: StoresDep,
-    notifications: NotificationsDep,
+    provisioning: ProvisioningDep,
     purge: bool = False,
 ) -> Response:
     """With ``purge=true`` the objects in the service's input and output folders are deleted too, and
@@ -157,9 +145,7 @@ async def delete_service(
         tx,
         principal=caller,
         name=name,
-        backend=backend,
-        stores=stores,
-        notifications=notifications,
+        provisioning=provisioning,
         purge=purge,
     )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
