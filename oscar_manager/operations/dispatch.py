@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 
@@ -60,25 +61,32 @@ class Dispatcher:
                     job_id=event.job_id, service=event.service, event_id=event.id, owner=event.owner
                 )
                 ready.append((event, service))
-        for event, service in ready:
-            await self._submit(event, service)
+        # All at once: a Kubernetes API round trip each, which need not wait for one another.
+        failures = await asyncio.gather(*(self._submit(event, service) for event, service in ready))
+        submitted = [
+            event for (event, _service), failure in zip(ready, failures, strict=True) if failure is None
+        ]
+        if submitted and self._backend.durable_submissions:
+            async with self._database.transaction() as tx:
+                for event in submitted:
+                    await tx.events.complete(event.id)
+        for (event, _service), failure in zip(ready, failures, strict=True):
+            if failure is not None:
+                await self._failed_submission(event, failure[0], final=failure[1])
         return len(claimed)
 
-    async def _submit(self, event: ClaimedEvent, service: Service) -> None:
+    async def _submit(self, event: ClaimedEvent, service: Service) -> tuple[str, bool] | None:
+        """None once submitted; else why not, and whether that is final."""
         request = JobRequest(
             job_id=event.job_id, service=service, payload=event.payload, attempt=event.attempts
         )
         try:
             await self._backend.submit(request)
         except BackendUnavailable as exc:
-            await self._failed_submission(event, exc.message)
-            return
+            return exc.message, False
         except SubmissionRefused as exc:
-            await self._failed_submission(event, exc.message, final=True)
-            return
-        if self._backend.durable_submissions:
-            async with self._database.transaction() as tx:
-                await tx.events.complete(event.id)
+            return exc.message, True
+        return None
 
     async def _failed_submission(self, event: ClaimedEvent, reason: str, *, final: bool = False) -> None:
         async with self._database.transaction() as tx:

@@ -1,0 +1,136 @@
+"""Intake-to-Job-create throughput and latency on the Kubernetes backend, against the API double
+answering every request after an injected delay (5 ms by default), next to the raw client create rate
+measured in the same run against the same double.
+
+Events go in through ``POST /job/{service}`` (in-process ASGI, several clients at once); a job counts as
+created when the double has accepted its Job. Usage:
+``python -m bench.kubernetes_dispatch [--jobs 1000] [--delay 0.005] [--clients 8]``. Prints figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestServer
+from kubernetes_asyncio import client
+
+from oscar_manager.backends import manifests
+from oscar_manager.domain.service import MinioDefault, normalise_new, parse_service
+from oscar_manager.registry.migrations import upgrade
+from tests.support.app import NO_AUTH, app_client
+from tests.support.factories import make_settings
+from tests.support.kube_api import KubeApiDouble, kubeconfig
+
+NS = "oscar-svc"
+
+
+async def raw_rate(url: str, count: int, concurrency: int) -> float:
+    service = normalise_new(
+        parse_service({"name": "raw", "image": "alpine", "script": "true"}),
+        owner="cluster_admin",
+        namespace=NS,
+        minio=MinioDefault(endpoint="", region="us-east-1", verify=True),
+    )
+    cluster = manifests.ClusterConfig(manager_image="oscar-manager:bench", ttl_seconds=60)
+    bodies: list[Any] = [
+        manifests.job(service, job_id=f"raw-{index:016x}", event=b"{}", cluster=cluster)
+        for index in range(count)
+    ]
+    gate = asyncio.Semaphore(concurrency)
+    async with client.ApiClient(client.Configuration(host=url)) as api:
+        batch = client.BatchV1Api(api)
+
+        async def create(body: Any) -> None:
+            async with gate:
+                await batch.create_namespaced_job(NS, body)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(create(body) for body in bodies))
+        return count / (time.perf_counter() - started)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--delay", type=float, default=0.005)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args()
+
+    # Schema validation (tests do it) would make the double, not the manager, the bottleneck here.
+    double = KubeApiDouble(delay=args.delay, validate_bodies=False)
+    server = TestServer(double.app(), host="127.0.0.1")
+    await server.start_server()
+    url = f"http://127.0.0.1:{server.port}"
+    work = Path(tempfile.mkdtemp(prefix="bench-k8s-"))
+    (work / "kubeconfig").write_text(kubeconfig(url))
+    database = f"sqlite+aiosqlite:///{work / 'oscar.db'}"
+    await asyncio.to_thread(upgrade, database)
+    settings = make_settings(
+        database_url=database,
+        data_dir=work / "data",
+        oscar_backend="kubernetes",
+        oscar_kubeconfig=work / "kubeconfig",
+        oscar_kubernetes_concurrency=args.concurrency,
+        oscar_dispatch_interval=0.01,
+    )
+    try:
+        raw = await raw_rate(url, args.jobs, args.concurrency)
+        double.objects.clear()
+        double.created_at.clear()
+        async with app_client(settings) as http:
+            body = {"name": "bench", "image": "alpine", "script": "true\n"}
+            (await http.post("/system/services", json=body)).raise_for_status()
+            token = (await http.get("/system/services/bench")).json()["token"]
+            headers = {"Authorization": f"Bearer {token}"}
+            sent: dict[str, float] = {}
+            queue: asyncio.Queue[int] = asyncio.Queue()
+            for index in range(args.jobs):
+                queue.put_nowait(index)
+
+            async def sender() -> None:
+                while not queue.empty():
+                    index = queue.get_nowait()
+                    payload = base64.b64encode(f"event {index}".encode())
+                    started = asyncio.get_running_loop().time()
+                    answer = await http.post("/job/bench", content=payload, headers=headers, auth=NO_AUTH)
+                    answer.raise_for_status()
+                    sent[answer.headers["X-Oscar-Job-Ids"]] = started
+
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await asyncio.gather(*(sender() for _ in range(args.clients)))
+            intake_done = loop.time()
+            deadline = loop.time() + 120
+            while len(double.created_at) < args.jobs and loop.time() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            finished = max(double.created_at.values())
+            latencies = sorted(
+                double.created_at[name] - sent[name] for name in sent if name in double.created_at
+            )
+    finally:
+        await server.close()
+
+    created = len(latencies)
+    p50 = statistics.median(latencies) * 1000
+    p99 = latencies[min(created - 1, round(0.99 * (created - 1)))] * 1000
+    print(f"API double delay per request     {args.delay * 1000:.1f} ms")
+    print(f"raw client creates ({args.concurrency} at once)  {raw:8.0f} jobs/s")
+    print(f"/job intake ({args.clients} clients)        {args.jobs / (intake_done - started):8.0f} events/s")
+    print(
+        f"intake -> Job created            {created / (finished - started):8.0f} jobs/s"
+        f"   ({created}/{args.jobs} created)"
+    )
+    print(f"latency event -> Job created     p50 {p50:.1f} ms   p99 {p99:.1f} ms")
+    print(f"ratio manager/raw                {created / (finished - started) / raw:.2f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
