@@ -199,7 +199,7 @@ class Runtime:
                 await runtime.stop()
 
     async def _routes(self) -> list[InputRoute]:
-        async with self.database.transaction() as tx:
+        async with self.database.reading() as tx:
             return await tx.services.input_routes()
 
     async def _enqueue(self, service: str, event: ObjectEvent) -> None:

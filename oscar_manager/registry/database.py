@@ -24,7 +24,7 @@ class Transaction:
         self.jobs = JobRepository(session)
 
 
-def _tune_sqlite(engine: AsyncEngine) -> None:
+def _tune_sqlite(engine: AsyncEngine, *, writer: bool = True) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let us issue BEGIN ourselves (below) instead of pysqlite's deferred one.
@@ -36,6 +36,9 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
+    if not writer:
+        return  # readers issue no BEGIN at all: each statement sees the latest committed state (WAL)
+
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
         # IMMEDIATE takes the write lock up front: concurrent writers then wait (busy_timeout) instead of
@@ -43,11 +46,11 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, *, writer: bool = True) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         engine = create_async_engine(url)
-        _tune_sqlite(engine)
+        _tune_sqlite(engine, writer=writer)
         return engine
     return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
@@ -62,6 +65,10 @@ class Database:
         self._sqlite_writer: asyncio.Lock | None = (
             asyncio.Lock() if self.engine.dialect.name == "sqlite" else None
         )
+        # SQLite readers need neither that lock nor a write transaction (WAL lets them run beside the
+        # writer), so single lookups get an engine of their own; other databases share the one engine.
+        self._read_engine = create_engine(url, writer=False) if self._sqlite_writer else self.engine
+        self._read_sessions = async_sessionmaker(self._read_engine, expire_on_commit=False)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
@@ -72,9 +79,18 @@ class Database:
             await stack.enter_async_context(session.begin())
             yield Transaction(session)
 
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[Transaction]:
+        """For lookups that write nothing: on SQLite it neither waits for nor holds up the writers. Each
+        statement sees the latest committed data; use :meth:`transaction` for a consistent snapshot."""
+        async with self._read_sessions() as session:
+            yield Transaction(session)
+
     async def ping(self) -> None:
         async with self.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._read_engine is not self.engine:
+            await self._read_engine.dispose()

@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -129,29 +131,32 @@ class EventRepository:
     async def enqueue(
         self, *, dedup_key: str, service: str, job_id: str, payload: bytes, owner: str | None = None
     ) -> bool:
-        """Record an event; False when an event with the same dedup key is already recorded."""
-        existing = await self._session.scalar(select(EventRow.id).where(EventRow.dedup_key == dedup_key))
-        if existing is not None:
-            return False
+        """Record an event; False when an event with the same dedup key is already recorded.
+
+        One statement (``INSERT ... ON CONFLICT DO NOTHING RETURNING``): a concurrent duplicate simply
+        inserts nothing, and the caller's transaction goes on.
+        """
         now = datetime.now(UTC)
-        row = EventRow(
-            dedup_key=dedup_key,
-            service=service,
-            job_id=job_id,
-            payload=payload,
-            status="pending",
-            attempts=0,
-            available_at=now,
-            created_at=now,
-            owner=owner,
+        dialect = self._session.get_bind().dialect.name
+        insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+        statement = (
+            insert(EventRow)
+            .values(
+                dedup_key=dedup_key,
+                service=service,
+                job_id=job_id,
+                payload=payload,
+                status="pending",
+                attempts=0,
+                available_at=now,
+                created_at=now,
+                owner=owner,
+            )
+            .on_conflict_do_nothing(index_elements=[EventRow.dedup_key])
+            .returning(EventRow.id)
         )
-        try:
-            # A savepoint, so a concurrent duplicate loses only this insert, not the caller's transaction.
-            async with self._session.begin_nested():
-                self._session.add(row)
-        except IntegrityError:
-            return False
-        return True
+        inserted = (await self._session.execute(statement)).scalar_one_or_none()
+        return inserted is not None
 
     async def claim(self, *, limit: int) -> list[ClaimedEvent]:
         now = datetime.now(UTC)
