@@ -138,7 +138,9 @@ class Runtime:
         self.listener: MinioListener | None = None
         self.webhook_rules: WebhookRules | None = None
         if isinstance(default_store, LocalObjectStore):
-            self.watcher = LocalBucketWatcher(default_store, routes=self._routes, enqueue=self._enqueue)
+            self.watcher = LocalBucketWatcher(
+                default_store, routes=self._routes, enqueue=self._enqueue, deliver=self.intake.storage_events
+            )
             self._tasks.append(SupervisedTask("local-bucket-watcher", self.watcher.run))
         if minio is not None and settings.oscar_minio_listen:
             self.listener = MinioListener(

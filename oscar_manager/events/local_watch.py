@@ -15,8 +15,7 @@ from pathlib import Path
 
 from asyncinotify import Event, Inotify, Mask
 
-from oscar_manager.domain.events import watched
-from oscar_manager.events.reconcile import Enqueue, Routes, object_event, reconcile
+from oscar_manager.events.reconcile import Deliver, Enqueue, Routes, object_event, reconcile
 from oscar_manager.storage.base import InvalidKey
 from oscar_manager.storage.keys import validate_bucket, validate_key
 from oscar_manager.storage.local import LocalObjectStore
@@ -28,11 +27,14 @@ PRINCIPAL = "local"
 
 
 class LocalBucketWatcher:
-    def __init__(self, store: LocalObjectStore, *, routes: Routes, enqueue: Enqueue) -> None:
+    def __init__(
+        self, store: LocalObjectStore, *, routes: Routes, enqueue: Enqueue, deliver: Deliver
+    ) -> None:
         self._store = store
         self._root = store.root
         self._routes = routes
         self._enqueue = enqueue
+        self._deliver = deliver
         self._inotify: Inotify | None = None
         self._watched: dict[Path, object] = {}
         self.ready = asyncio.Event()
@@ -109,23 +111,21 @@ class LocalBucketWatcher:
             if event.mask & (Mask.CLOSE_WRITE | Mask.MOVED_TO):
                 files.append(event.path)
         if files:
-            await self._route(files)
+            await self._report(files)
 
-    async def _route(self, files: list[Path]) -> None:
-        routes = watched(await self._routes())
+    async def _report(self, files: list[Path]) -> None:
+        """The finished files as object events, in one batch: the intake routes them to the services
+        whose input folders hold them (and counts the others as ignored)."""
+        events = []
         for path in files:
             located = self._locate(path)
             if located is None:
                 continue
-            bucket, key = located
-            targets = [route for route in routes if route.matches(bucket, key)]
-            if not targets:
-                continue
-            info = await self._store.stat(bucket, key)
-            if info is None:  # gone again, or a symlink
-                continue
-            for route in targets:
-                await self._enqueue(route.service, object_event(info, principal=PRINCIPAL))
+            info = await self._store.stat(*located)
+            if info is not None:  # else gone again, or a symlink
+                events.append(object_event(info, principal=PRINCIPAL))
+        if events:
+            await self._deliver(events)
 
     def _locate(self, path: Path) -> tuple[str, str] | None:
         try:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from oscar_manager.domain.events import InputRoute, ObjectEvent, object_events, watched
+from oscar_manager.domain.events import InputRoute, object_events, watched
 from oscar_manager.errors import OscarError
-from oscar_manager.events.reconcile import Enqueue, Routes, reconcile
+from oscar_manager.events.reconcile import Deliver, Enqueue, Routes, reconcile
 from oscar_manager.storage.base import ObjectStore, StorageError
 from oscar_manager.storage.minio import MinioExtras
 from oscar_manager.waiting import wait_or_timeout
@@ -22,7 +21,6 @@ from oscar_manager.waiting import wait_or_timeout
 log = logging.getLogger(__name__)
 
 PRINCIPAL = "minio"
-Deliver = Callable[[list[ObjectEvent]], Awaitable[object]]
 
 
 class MinioListener:

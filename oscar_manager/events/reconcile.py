@@ -13,6 +13,8 @@ from oscar_manager.storage.base import ObjectInfo, ObjectStore
 
 Routes = Callable[[], Awaitable[list[InputRoute]]]
 Enqueue = Callable[[str, ObjectEvent], Awaitable[None]]
+# Live events, routed by the intake to every service whose input folder holds the object.
+Deliver = Callable[[list[ObjectEvent]], Awaitable[object]]
 
 
 def object_event(info: ObjectInfo, *, principal: str) -> ObjectEvent:
