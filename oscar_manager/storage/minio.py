@@ -180,13 +180,14 @@ class MinioExtras:
     # --- the webhook target (admin API) ------------------------------------------------------------
 
     async def webhook_target_exists(self, target: str) -> bool:
-        try:
-            with self._translate(f"read webhook target {target!r}"):
+        with self._translate(f"read webhook target {target!r}"):
+            try:
                 await self._admin.config_get(f"notify_webhook:{target}")
-        except StorageError as exc:
-            if "there is no target" in str(exc):
-                return False
-            raise
+            except MinioAdminException as exc:
+                # MinIO's only signal for a missing target: XMinioConfigError "there is no target ...".
+                if "there is no target" in str(exc):
+                    return False
+                raise
         return True
 
     async def register_webhook_target(
