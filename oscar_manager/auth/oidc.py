@@ -16,9 +16,9 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 from authlib.oidc.discovery import OpenIDProviderMetadata, get_well_known_url
@@ -38,6 +38,7 @@ from oscar_manager.auth.groups import groups_from_claims
 from oscar_manager.errors import OscarError, Unauthorized
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Asymmetric algorithms only: "none" proves nothing, and an HMAC "key" taken from a public key set would
 # let anyone sign.
@@ -103,6 +104,40 @@ class IssuerMetadata:
     userinfo_endpoint: str
 
 
+class _Cached(Generic[T]):
+    """A document fetched from an issuer: when it was fetched, and when a fetch was last tried (whatever
+    its outcome: failures must not be retried by every request either). One fetch at a time (``lock``):
+    a burst of requests on a cold or rotated issuer makes one request."""
+
+    def __init__(self, what: str, *, url: str, clock: Callable[[], float], retry_after: float) -> None:
+        self.what = what
+        self._url = url
+        self._clock = clock
+        self._retry_after = retry_after
+        self.value: T | None = None
+        self.fetched_at = float("-inf")
+        self.tried_at = float("-inf")
+        self.lock = asyncio.Lock()
+
+    async def refresh(self, fetch: Callable[[], Awaitable[T]], *, interval: float) -> T:
+        """Fetch again unless a fetch was tried less than ``interval`` ago (``retry_after`` while there is
+        nothing in hand: while an issuer is down, requests fail fast instead of each waiting for its own
+        timeout). A failed fetch keeps what was in hand. Called under ``lock``."""
+        have = self.value is not None
+        if self._clock() - self.tried_at >= (interval if have else self._retry_after):
+            self.tried_at = self._clock()
+            try:
+                self.value, self.fetched_at = await fetch(), self._clock()
+            except IssuerUnavailable as exc:
+                if not have:
+                    raise
+                # Keep what we had: an issuer briefly down must not lock out every user.
+                log.warning("%s; keeping the %s fetched before", exc.message, self.what)
+        if self.value is None:
+            raise IssuerUnavailable(f"the {self.what} of {self._url} could not be fetched just now")
+        return self.value
+
+
 class Issuer:
     """One trusted issuer: its discovery document and signing keys, fetched lazily and cached."""
 
@@ -113,17 +148,11 @@ class Issuer:
         self._http = http
         self._options = options
         self._clock = clock
-        never = float("-inf")
-        self._metadata: IssuerMetadata | None = None
-        self._metadata_at = never  # when the document in hand was fetched
-        self._metadata_tried_at = never  # when a fetch was last attempted, successful or not
-        self._keys: KeySet | None = None
-        self._keys_at = never
-        self._keys_tried_at = never
-        # One fetch of each at a time: a burst of requests on a cold or rotated issuer makes one request.
-        # Two locks, because fetching the keys may need the discovery document first.
-        self._metadata_lock = asyncio.Lock()
-        self._keys_lock = asyncio.Lock()
+        retry_after = options.retry_after
+        self._metadata: _Cached[IssuerMetadata] = _Cached(
+            "discovery document", url=url, clock=clock, retry_after=retry_after
+        )
+        self._keys: _Cached[KeySet] = _Cached("key set", url=url, clock=clock, retry_after=retry_after)
 
     async def _get_json(self, url: str, what: str, *, token: str | None = None) -> dict[str, Any]:
         """A JSON object from the issuer; with ``token`` (userinfo), a 401/403 means the token is bad."""
@@ -171,70 +200,44 @@ class Issuer:
             raise IssuerUnavailable(f"the discovery document of {self.url} has no userinfo_endpoint")
         return IssuerMetadata(issuer=issuer, jwks_uri=jwks_uri, userinfo_endpoint=userinfo)
 
-    def _fresh(self, fetched_at: float) -> bool:
-        return self._clock() - fetched_at < self._options.metadata_ttl
-
-    def _may_try(self, tried_at: float, *, have: bool, interval: float) -> bool:
-        # While an issuer is down, requests fail fast instead of each waiting for its own timeout.
-        return self._clock() - tried_at >= (interval if have else self._options.retry_after)
+    def _fresh(self, cached: _Cached[Any]) -> bool:
+        return self._clock() - cached.fetched_at < self._options.metadata_ttl
 
     async def metadata(self) -> IssuerMetadata:
-        if self._metadata is not None and self._fresh(self._metadata_at):
-            return self._metadata
-        async with self._metadata_lock:
-            if self._metadata is not None and self._fresh(self._metadata_at):
-                return self._metadata
-            have = self._metadata is not None
-            if self._may_try(self._metadata_tried_at, have=have, interval=self._options.retry_after):
-                self._metadata_tried_at = self._clock()
-                try:
-                    self._metadata, self._metadata_at = await self._discover(), self._clock()
-                except IssuerUnavailable as exc:
-                    if not have:
-                        raise
-                    # Keep what we had: an issuer briefly down must not lock out every user.
-                    log.warning("%s; keeping the discovery document fetched before", exc.message)
-            if self._metadata is None:
-                raise IssuerUnavailable(f"the discovery document of {self.url} could not be fetched just now")
-            return self._metadata
+        document = self._metadata.value
+        if document is not None and self._fresh(self._metadata):
+            return document
+        async with self._metadata.lock:
+            document = self._metadata.value
+            if document is not None and self._fresh(self._metadata):
+                return document
+            return await self._metadata.refresh(self._discover, interval=self._options.retry_after)
 
-    async def _refresh_keys(self, *, interval: float) -> KeySet:
-        """The key set, fetched again unless a fetch was tried less than ``interval`` ago (whatever its
-        outcome: failures must not be retried by every request either). Called under the keys lock."""
-        have = self._keys is not None
-        if self._may_try(self._keys_tried_at, have=have, interval=interval):
-            self._keys_tried_at = self._clock()
-            try:
-                document = await self._get_json((await self.metadata()).jwks_uri, "key set")
-                try:
-                    keys = KeySet.import_key_set(document)  # type: ignore[arg-type]
-                except (JoseError, ValueError, KeyError, TypeError) as exc:
-                    raise IssuerUnavailable(f"the key set of {self.url} is unusable: {exc}") from None
-                self._keys, self._keys_at = keys, self._clock()
-            except IssuerUnavailable as exc:
-                if not have:
-                    raise
-                log.warning("%s; keeping the key set fetched before", exc.message)
-        if self._keys is None:
-            raise IssuerUnavailable(f"the key set of {self.url} could not be fetched just now")
-        return self._keys
+    async def _fetch_keys(self) -> KeySet:
+        document = await self._get_json((await self.metadata()).jwks_uri, "key set")
+        try:
+            return KeySet.import_key_set(document)  # type: ignore[arg-type]
+        except (JoseError, ValueError, KeyError, TypeError) as exc:
+            raise IssuerUnavailable(f"the key set of {self.url} is unusable: {exc}") from None
 
     async def signing_key(self, kid: str | None) -> Key:
-        keys = self._keys
-        if keys is None or not self._fresh(self._keys_at):
-            async with self._keys_lock:
-                keys = await self._refresh_keys(interval=self._options.retry_after)
+        keys = self._keys.value
+        if keys is None or not self._fresh(self._keys):
+            async with self._keys.lock:
+                keys = await self._keys.refresh(self._fetch_keys, interval=self._options.retry_after)
         try:
             return keys.get_by_kid(kid)
         except InvalidKeyIdError:
             pass
         # An unknown kid: the issuer may have rotated its keys. Ask again, but at most once per interval,
         # so made-up kids cannot make us fetch the key set on every request.
-        async with self._keys_lock:
-            if self._keys is keys:
-                keys = await self._refresh_keys(interval=self._options.jwks_refresh_interval)
+        async with self._keys.lock:
+            if self._keys.value is keys:
+                keys = await self._keys.refresh(
+                    self._fetch_keys, interval=self._options.jwks_refresh_interval
+                )
             else:
-                keys = self._keys or keys  # another request refreshed it meanwhile
+                keys = self._keys.value or keys  # another request refreshed it meanwhile
         try:
             return keys.get_by_kid(kid)
         except InvalidKeyIdError:
