@@ -8,8 +8,9 @@ stream ADDED/MODIFIED/DELETED events (newline-delimited JSON) from a resourceVer
 older than the kept history answers 410 Gone, as a compacted etcd would.
 
 Covered: ``/api/v1/namespaces/{ns}/{configmaps,secrets,pods}``, ``/apis/batch/v1/namespaces/{ns}/jobs``,
-``.../pods/{name}/log``; labelSelector of the form ``k[=v][,...]``. ``delay`` adds latency to every answer;
-``fail_next`` injects errors into chosen requests.
+``.../pods/{name}/log``; labelSelector of the form ``k[=v]``/``!k`` (comma-separated), fieldSelector on the
+name. ``delay`` adds latency to every answer; ``fail_next`` injects errors into chosen requests. With a
+``kubelet`` the pods of created Jobs really run (``tests.support.kubelet``) and end by themselves.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import io
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -54,14 +56,29 @@ def status(code: int, reason: str, message: str, **details: Any) -> web.Response
     return web.json_response(body, status=code)
 
 
-def _selected(obj: dict[str, Any], selector: str) -> bool:
-    """``k=v`` terms must match; a bare ``k`` means the label exists."""
+def _selected(obj: dict[str, Any], selector: str, fields: str = "") -> bool:
+    """Label terms: ``k=v`` must match, a bare ``k`` means the label exists, ``!k`` that it does not.
+    Field terms: ``metadata.name=x`` and ``metadata.namespace=x`` (what the manager uses)."""
     labels = obj["metadata"].get("labels") or {}
     for term in filter(None, selector.split(",")):
+        if term.startswith("!"):
+            if term[1:] in labels:
+                return False
+            continue
         key, equals, value = term.partition("=")
         if key not in labels or (equals and labels[key] != value):
             return False
+    for term in filter(None, fields.split(",")):
+        path, _, value = term.partition("=")
+        if path not in ("metadata.name", "metadata.namespace"):
+            raise ValueError(f"field selector {path!r} is not supported by the double")
+        if obj["metadata"].get(path.removeprefix("metadata.")) != value:
+            return False
     return True
+
+
+# What runs a pod's main container, as a kubelet would: (namespace, pod, its log) -> exit code.
+Kubelet = Callable[[str, dict[str, Any], io.BytesIO], Awaitable[int]]
 
 
 @dataclass
@@ -78,6 +95,9 @@ class KubeApiDouble:
     # (method, path fragment, HTTP status): the next matching request gets that status, once each.
     fail_next: list[tuple[str, str, int]] = field(default_factory=list)
     created_at: dict[str, float] = field(default_factory=dict)  # Job name -> loop time it was created
+    # When set, a created Job's pod really runs (see tests.support.kubelet); otherwise tests end pods.
+    kubelet: Kubelet | None = None
+    _running: set[asyncio.Task[None]] = field(default_factory=set)
     _version: int = 1
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
@@ -114,21 +134,72 @@ class KubeApiDouble:
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return [obj for (k, _ns, _name), obj in self.objects.items() if k == kind]
 
-    async def finish_pod(self, namespace: str, job_name: str, *, succeeded: bool, log: str = "") -> None:
+    async def finish_pod(
+        self,
+        namespace: str,
+        job_name: str,
+        *,
+        succeeded: bool,
+        log: str = "",
+        exit_code: int | None = None,
+        reason: str = "",
+    ) -> None:
         """End the job's pod (and the job) the way the kubelet and the Job controller would."""
         pods = [pod for pod in self.of_kind("Pod") if pod["metadata"]["labels"].get("job-name") == job_name]
+        code = (0 if succeeded else 1) if exit_code is None else exit_code
         for pod in pods:
-            pod["status"] = {"phase": "Succeeded" if succeeded else "Failed", "startTime": _now()}
+            terminated = {"exitCode": code, "reason": "Completed" if succeeded else "Error"}
+            pod["status"] = {
+                "phase": "Succeeded" if succeeded else "Failed",
+                "startTime": _now(),
+                "containerStatuses": [
+                    {
+                        "name": container["name"],
+                        "image": container["image"],
+                        "imageID": "",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {"terminated": terminated},
+                    }
+                    for container in pod["spec"]["containers"]
+                ],
+            }
             self.logs[(namespace, pod["metadata"]["name"])] = log
         job = self.get("Job", namespace, job_name)
         if job is not None:
-            condition = "Complete" if succeeded else "Failed"
+            condition = {"type": "Complete" if succeeded else "Failed", "status": "True"}
+            if reason:
+                condition["reason"] = reason
             job["status"] = {
                 "succeeded" if succeeded else "failed": 1,
-                "conditions": [{"type": condition, "status": "True"}],
+                "conditions": [condition],
                 "completionTime": _now(),
             }
             await self._record("MODIFIED", job)
+
+    async def _run_pod(
+        self, namespace: str, job_name: str, pod: dict[str, Any], deadline: float | None
+    ) -> None:
+        """The kubelet's part, and the Job controller's ``activeDeadlineSeconds``."""
+        assert self.kubelet is not None
+        output = io.BytesIO()
+        try:
+            async with asyncio.timeout(deadline):
+                code = await self.kubelet(namespace, pod, output)
+        except TimeoutError:
+            log = output.getvalue().decode("utf-8", errors="replace")
+            await self.finish_pod(
+                namespace, job_name, succeeded=False, log=log, exit_code=137, reason="DeadlineExceeded"
+            )
+            return
+        log = output.getvalue().decode("utf-8", errors="replace")
+        await self.finish_pod(namespace, job_name, succeeded=code == 0, log=log, exit_code=code)
+
+    async def close(self) -> None:
+        """Stop the pods still running (a test's end)."""
+        for task in list(self._running):
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
 
     # --- handlers ------------------------------------------------------------------------------------
 
@@ -192,6 +263,11 @@ class KubeApiDouble:
         self.objects[("Pod", namespace, name)] = pod
         job["status"] = {"active": 1, "startTime": _now()}
         await self._record("MODIFIED", job)
+        if self.kubelet is not None:
+            deadline = job["spec"].get("activeDeadlineSeconds")
+            task = asyncio.create_task(self._run_pod(namespace, job["metadata"]["name"], pod, deadline))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
     async def _replace(self, request: web.Request) -> web.StreamResponse:
         kind, namespace, name = self._kind(request), request.match_info["ns"], request.match_info["name"]
@@ -240,12 +316,13 @@ class KubeApiDouble:
     async def _list(self, request: web.Request) -> web.StreamResponse:
         kind, namespace = self._kind(request), request.match_info["ns"]
         selector = request.query.get("labelSelector", "")
+        fields = request.query.get("fieldSelector", "")
         if request.query.get("watch", "").lower() in ("true", "1") and kind == "Job":
-            return await self._watch(request, namespace, selector)
+            return await self._watch(request, namespace, selector, fields)
         items = [
             obj
             for (k, ns, _name), obj in sorted(self.objects.items())
-            if k == kind and ns == namespace and _selected(obj, selector)
+            if k == kind and ns == namespace and _selected(obj, selector, fields)
         ]
         return web.json_response(
             {
@@ -256,7 +333,9 @@ class KubeApiDouble:
             }
         )
 
-    async def _watch(self, request: web.Request, namespace: str, selector: str) -> web.StreamResponse:
+    async def _watch(
+        self, request: web.Request, namespace: str, selector: str, fields: str
+    ) -> web.StreamResponse:
         since = int(request.query.get("resourceVersion") or self._version)
         response = web.StreamResponse()
         response.content_type = "application/json"
@@ -280,7 +359,7 @@ class KubeApiDouble:
                 if version <= since:
                     continue
                 since = version
-                if job["metadata"]["namespace"] == namespace and _selected(job, selector):
+                if job["metadata"]["namespace"] == namespace and _selected(job, selector, fields):
                     line = json.dumps({"type": event, "object": job}) + "\n"
                     await response.write(line.encode())
             remaining = deadline - asyncio.get_running_loop().time()

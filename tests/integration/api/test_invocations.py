@@ -1,4 +1,5 @@
-"""/job and /run on the local executor: auth, bad input, results, logs, dedup (SQLite and PostgreSQL)."""
+"""/job and /run: auth, bad input, results, logs, dedup (SQLite and PostgreSQL). Jobs and runs are checked
+on both backends: the local executor, and Kubernetes (the API double running pods with the supervisor)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,20 @@ async def make_service(
     assert created.status_code == 201, created.text
     token: str = (await client.get(f"/system/services/{name}")).json()["token"]
     return token
+
+
+@pytest.fixture(params=["local", "kubernetes"])
+def backend_settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    if request.param == "kubernetes":
+        kubernetes: Settings = request.getfixturevalue("kubernetes_settings")
+        return kubernetes
+    return settings
+
+
+@pytest.fixture
+async def client(backend_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(backend_settings) as http:
+        yield http
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -152,8 +167,8 @@ class TestJobs:
 
 
 @pytest.fixture
-async def quick_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    fast = settings.model_copy(update={"oscar_job_timeout": 1.0, "oscar_run_timeout": 1.0})
+async def quick_client(backend_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    fast = backend_settings.model_copy(update={"oscar_job_timeout": 1.0, "oscar_run_timeout": 1.0})
     async with app_client(fast) as http:
         yield http
 
@@ -175,6 +190,12 @@ async def test_hanging_run_is_504(quick_client: httpx.AsyncClient) -> None:
 
 
 class TestStorageEvents:
+    @pytest.fixture
+    async def client(self, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+        """Uploads through the local store's watcher (the MinIO sources are tested against MinIO)."""
+        async with app_client(settings) as http:
+            yield http
+
     async def put(self, client: httpx.AsyncClient, bucket: str, key: str, data: bytes) -> dict[str, Any]:
         response = await client.put(f"/system/buckets/{bucket}/objects/{key}", content=data)
         assert response.status_code == 201, response.text
