@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import os
@@ -42,7 +43,7 @@ from oscar_manager.backends.base import (
 )
 from oscar_manager.domain.jobs import JobOutcome, JobStatus
 from oscar_manager.domain.service import SERVICE_LABEL, Service
-from oscar_manager.errors import OscarError, PayloadTooLarge
+from oscar_manager.errors import BadRequest, OscarError, PayloadTooLarge
 from oscar_manager.supervisor import response_frame
 
 log = logging.getLogger(__name__)
@@ -71,14 +72,27 @@ def _reason(exc: ApiException) -> str:
     return f"{exc.status} {exc.reason}: {str(exc.body or '')[:500]}"
 
 
+def _invalid_fields(exc: ApiException) -> list[str]:
+    """The fields a 422 Invalid names (``details.causes[].field``)."""
+    try:
+        causes = json.loads(exc.body or "{}").get("details", {}).get("causes") or []
+    except (ValueError, AttributeError):
+        return []
+    return [str(cause["field"]) for cause in causes if isinstance(cause, dict) and cause.get("field")]
+
+
 @contextlib.contextmanager
 def _answers(action: str) -> Any:
-    """Kubernetes answers in the manager's terms: 5xx and lost connections are worth retrying."""
+    """Kubernetes answers in the manager's terms: 5xx and lost connections are worth retrying; an invalid
+    object is the request's fault (400, naming the field); any other refusal (RBAC...) is a 502."""
     try:
         yield
     except ApiException as exc:
         if exc.status >= 500 or exc.status == 429:
             raise BackendUnavailable(f"Kubernetes could not {action}: {_reason(exc)}") from None
+        if exc.status == 422:
+            fields = ", ".join(_invalid_fields(exc)) or "unknown field"
+            raise BadRequest(f"Kubernetes found {fields} invalid: cannot {action}: {_reason(exc)}") from None
         raise KubernetesError(f"Kubernetes refused to {action}: {_reason(exc)}") from None
     except _TRANSPORT_ERRORS as exc:
         raise BackendUnavailable(f"Kubernetes API unreachable: cannot {action}: {exc}") from None

@@ -98,6 +98,15 @@ class KubeApiDouble:
     # When set, a created Job's pod really runs (see tests.support.kubelet); otherwise tests end pods.
     kubelet: Kubelet | None = None
     _running: set[asyncio.Task[None]] = field(default_factory=set)
+    # Cleared: watch requests are answered 503 (an API server restarting). See also ``break_watches``.
+    watches_open: asyncio.Event = field(default_factory=asyncio.Event)
+    _watch_generation: int = 0
+    _compacted_at: int = 0  # watches resuming from before this resourceVersion get 410 Gone
+    listed: list[str] = field(default_factory=list)  # kinds listed (not watched), for assertions
+
+    def __post_init__(self) -> None:
+        self.watches_open.set()
+
     _version: int = 1
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
@@ -122,7 +131,12 @@ class KubeApiDouble:
         for index, (method, fragment, code) in enumerate(self.fail_next):
             if request.method == method and fragment in request.path:
                 del self.fail_next[index]
+                if code == 422:
+                    cause = {"reason": "FieldValueInvalid", "message": "injected", "field": "metadata.labels"}
+                    return status(code, "Invalid", "injected: metadata.labels: Invalid value", causes=[cause])
                 return status(code, "InternalError" if code >= 500 else "Forbidden", f"injected {code}")
+        if request.query.get("watch") and not self.watches_open.is_set():
+            return status(503, "ServiceUnavailable", "watches are held by the test")
         response: web.StreamResponse = await handler(request)
         return response
 
@@ -194,6 +208,16 @@ class KubeApiDouble:
             return
         log = output.getvalue().decode("utf-8", errors="replace")
         await self.finish_pod(namespace, job_name, succeeded=code == 0, log=log, exit_code=code)
+
+    def compact(self) -> None:
+        """Forget the history so far, as etcd compaction does: resuming from an older version is 410 Gone."""
+        self._compacted_at = self._version
+
+    async def break_watches(self) -> None:
+        """End every open watch stream, as an API server going away does."""
+        self._watch_generation += 1
+        async with self._changed:
+            self._changed.notify_all()
 
     async def close(self) -> None:
         """Stop the pods still running (a test's end)."""
@@ -319,6 +343,7 @@ class KubeApiDouble:
         fields = request.query.get("fieldSelector", "")
         if request.query.get("watch", "").lower() in ("true", "1") and kind == "Job":
             return await self._watch(request, namespace, selector, fields)
+        self.listed.append(kind)
         items = [
             obj
             for (k, ns, _name), obj in sorted(self.objects.items())
@@ -340,7 +365,7 @@ class KubeApiDouble:
         response = web.StreamResponse()
         response.content_type = "application/json"
         await response.prepare(request)
-        if self.history and since < self.history[0][0] - 1:
+        if since < self._compacted_at or (self.history and since < self.history[0][0] - 1):
             # As the API server does once etcd has compacted that far: an ERROR event, then the end.
             gone = {
                 "kind": "Status",
@@ -354,7 +379,8 @@ class KubeApiDouble:
             return response
         timeout = float(request.query.get("timeoutSeconds", "30"))
         deadline = asyncio.get_running_loop().time() + timeout
-        while True:
+        generation = self._watch_generation
+        while generation == self._watch_generation:
             for version, event, job in list(self.history):
                 if version <= since:
                     continue
@@ -370,6 +396,7 @@ class KubeApiDouble:
                     await asyncio.wait_for(self._changed.wait(), timeout=remaining)
                 except TimeoutError:
                     return response
+        return response
 
     async def _log(self, request: web.Request) -> web.StreamResponse:
         key = (request.match_info["ns"], request.match_info["name"])
