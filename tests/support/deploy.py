@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from oscar_manager.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -52,3 +56,47 @@ def of_kind(kind: str, *, examples: bool = False) -> list[dict[str, Any]]:
 def compose() -> dict[str, Any]:
     document: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
     return document
+
+
+_VARIABLE = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?-)(?P<default>[^}]*))?\}")
+
+
+def interpolate(value: Any, env: Mapping[str, str]) -> Any:
+    """Compose's variable substitution (``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``, ``$$``) over
+    a parsed document, with ``env`` as the shell environment / ``.env`` file."""
+    if isinstance(value, dict):
+        return {key: interpolate(item, env) for key, item in value.items()}
+    if isinstance(value, list):
+        return [interpolate(item, env) for item in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, op, default = match["name"], match["op"], match["default"] or ""
+        if op == ":-":
+            return env.get(name) or default
+        if op == "-":
+            return env.get(name, default)
+        assert name in env, f"${{{name}}} has no default and is not set"
+        return env[name]
+
+    return _VARIABLE.sub(substitute, value)
+
+
+def compose_resolved(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The compose file as ``docker compose`` would see it with ``env`` (default: nothing set)."""
+    resolved: dict[str, Any] = interpolate(compose(), env or {})
+    return resolved
+
+
+def settings_fields() -> set[str]:
+    """The environment names the manager's settings read (case-insensitive: upper-cased here)."""
+    names = set()
+    for name, info in Settings.model_fields.items():
+        names.add(name.upper())
+        for alias in (info.alias, info.validation_alias):
+            if isinstance(alias, str):
+                names.add(alias.upper())
+    return names

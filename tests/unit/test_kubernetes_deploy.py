@@ -15,7 +15,15 @@ from oscar_manager.app import create_app
 from oscar_manager.backends import manifests
 from oscar_manager.domain.service import MinioDefault, normalise_new, parse_service
 from oscar_manager.settings import BackendKind, Settings
-from tests.support.deploy import KUBERNETES, KUSTOMIZATION, documents, find, manifest_files, of_kind
+from tests.support.deploy import (
+    KUBERNETES,
+    KUSTOMIZATION,
+    documents,
+    find,
+    manifest_files,
+    of_kind,
+    settings_fields,
+)
 from tests.support.factories import make_settings
 from tests.support.kubernetes import validate
 
@@ -92,17 +100,6 @@ def test_the_role_is_in_the_namespace_the_manager_runs_jobs_in_and_nothing_is_gr
 
 
 # --- the Deployment and its settings ------------------------------------------------------------------------
-
-
-def settings_fields() -> set[str]:
-    """The environment names pydantic-settings reads (case-insensitive: compared upper-cased)."""
-    names = set()
-    for name, info in Settings.model_fields.items():
-        names.add(name.upper())
-        for alias in (info.alias, info.validation_alias):
-            if isinstance(alias, str):
-                names.add(alias.upper())
-    return names
 
 
 def plain_env() -> dict[str, str]:
