@@ -1,9 +1,6 @@
 """The Role in deploy/kubernetes/rbac.yaml is least privilege: the Kubernetes backend, driven through its
 whole lifecycle against the API double enforcing that Role, is never refused and uses every rule; and a
 Role lacking a verb the backend needs makes the API answer the refusal with its reason.
-
-Not covered yet: synchronous runs on Kubernetes (``run_sync`` answers 503 so far); the lead's version
-creates, watches and deletes Jobs and reads pod logs, verbs this Role already grants.
 """
 
 from __future__ import annotations
@@ -23,11 +20,12 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from oscar_manager.backends import manifests
-from oscar_manager.backends.base import JobRequest
+from oscar_manager.backends.base import JobRequest, SyncRequest
 from oscar_manager.backends.kubernetes import KubernetesBackend
 from oscar_manager.domain.jobs import JobOutcome, JobStatus
 from oscar_manager.domain.service import MinioDefault, Service, normalise_new, parse_service
 from oscar_manager.settings import Settings
+from oscar_manager.supervisor.response_frame import frame
 from tests.support.app import app_client
 from tests.support.deploy import find
 from tests.support.kube_api import KubeApiDouble, Rbac, kubeconfig
@@ -130,6 +128,19 @@ async def test_the_backend_lifecycle_needs_exactly_the_role(
     await until(lambda: "plain-00000000000000aa" in reporter.outcomes)
     outcome = reporter.outcomes["plain-00000000000000aa"]
     assert (outcome.status, outcome.log) == (JobStatus.SUCCEEDED, "done\n")
+
+    # A sync run whose watch expires (410 Gone): it reads its Job, watches again, reads the pod's log for
+    # the response, and deletes the Job.
+    api.fail_next = [("GET", f"/namespaces/{NS}/jobs", 410)]
+    run = asyncio.create_task(kube.run_sync(SyncRequest(service=plain, body=b"hello", timeout=30)))
+    await until(lambda: any("-run-" in job["metadata"]["name"] for job in api.of_kind("Job")))
+    (sync_job,) = [
+        job["metadata"]["name"] for job in api.of_kind("Job") if "-run-" in job["metadata"]["name"]
+    ]
+    await until(lambda: ("batch", "jobs", "get") in rbac.asked_for())
+    await api.finish_pod(NS, sync_job, succeeded=True, log="ran\n" + frame(b"HELLO").decode())
+    assert await run == b"HELLO"
+    assert api.get("Job", NS, sync_job) is None
 
     # Another is cancelled; then the service goes, with its objects and jobs.
     await kube.submit(JobRequest(job_id="plain-00000000000000bb", service=plain, payload=b"{}", attempt=1))
