@@ -11,6 +11,8 @@ Covered: ``/api/v1/namespaces/{ns}/{configmaps,secrets,pods}``, ``/apis/batch/v1
 ``.../pods/{name}/log``; labelSelector of the form ``k[=v]``/``!k`` (comma-separated), fieldSelector on the
 name. ``delay`` adds latency to every answer; ``fail_next`` injects errors into chosen requests. With a
 ``kubelet`` the pods of created Jobs really run (``tests.support.kubelet``) and end by themselves.
+``rbac`` (an :class:`Rbac` built from a Role's rules) authorises every request as the RBAC authoriser
+would, answering 403 Forbidden to what the rules do not allow, and records what was asked for.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import base64
 import copy
 import io
 import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -98,20 +101,20 @@ class KubeApiDouble:
     # When set, a created Job's pod really runs (see tests.support.kubelet); otherwise tests end pods.
     kubelet: Kubelet | None = None
     _running: set[asyncio.Task[None]] = field(default_factory=set)
+    rbac: Rbac | None = None  # None: every request is allowed
     # Cleared: watch requests are answered 503 (an API server restarting). See also ``break_watches``.
     watches_open: asyncio.Event = field(default_factory=asyncio.Event)
     _watch_generation: int = 0
     _compacted_at: int = 0  # watches resuming from before this resourceVersion get 410 Gone
     listed: list[str] = field(default_factory=list)  # kinds listed (not watched), for assertions
+    _version: int = 1
+    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     def __post_init__(self) -> None:
         self.watches_open.set()
 
-    _version: int = 1
-    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
-
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware])
+        app = web.Application(middlewares=[self._middleware, self._authorize])
         for group_path in ("/api/v1", "/apis/batch/v1"):
             base = group_path + "/namespaces/{ns}/{plural}"
             app.router.add_post(base, self._create)
@@ -137,6 +140,15 @@ class KubeApiDouble:
                 return status(code, "InternalError" if code >= 500 else "Forbidden", f"injected {code}")
         if request.query.get("watch") and not self.watches_open.is_set():
             return status(503, "ServiceUnavailable", "watches are held by the test")
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    @web.middleware
+    async def _authorize(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+        if self.rbac is not None:
+            refusal = self.rbac.authorize(request)
+            if refusal is not None:
+                return refusal
         response: web.StreamResponse = await handler(request)
         return response
 
@@ -403,6 +415,117 @@ class KubeApiDouble:
         if ("Pod", *key) not in self.objects:
             return status(404, "NotFound", f'pods "{key[1]}" not found')
         return web.Response(text=self.logs.get(key, ""))
+
+
+# --- RBAC mode -------------------------------------------------------------------------------------------
+
+# A namespaced resource request: /api/v1/... (core group) or /apis/<group>/<version>/..., then the
+# resource, an optional name and an optional subresource (``pods/<name>/log``).
+_RESOURCE_PATH = re.compile(
+    r"^/(?:api/v1|apis/(?P<group>[^/]+)/[^/]+)/namespaces/(?P<namespace>[^/]+)/(?P<resource>[^/]+)"
+    r"(?:/(?P<name>[^/]+)(?:/(?P<subresource>[^/]+))?)?$"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """What the authoriser decides on: a request's attributes as the API server derives them."""
+
+    group: str
+    resource: str  # with its subresource: "pods/log"
+    verb: str
+    namespace: str
+    name: str = ""
+
+    @property
+    def triple(self) -> tuple[str, str, str]:
+        return (self.group, self.resource, self.verb)
+
+
+def access_of(request: web.Request) -> Access | None:
+    """The request's RBAC attributes (the API server's RequestInfo); None for a non-resource path."""
+    match = _RESOURCE_PATH.match(request.path)
+    if match is None:
+        return None
+    name, subresource = match["name"] or "", match["subresource"]
+    if request.method == "GET":
+        watching = request.query.get("watch", "").lower() in ("true", "1")
+        verb = "get" if name else ("watch" if watching else "list")
+    elif request.method == "DELETE":
+        verb = "delete" if name else "deletecollection"
+    else:
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(
+            request.method, request.method.lower()
+        )
+    resource = f"{match['resource']}/{subresource}" if subresource else match["resource"]
+    return Access(match["group"] or "", resource, verb, match["namespace"], name)
+
+
+def _listed(values: list[str], value: str) -> bool:
+    return "*" in values or value in values
+
+
+@dataclass
+class Rbac:
+    """The RBAC authoriser for one user bound to one Role: ``rules`` apply in ``namespace`` only."""
+
+    namespace: str
+    rules: list[dict[str, Any]]
+    user: str = "system:serviceaccount:oscar:oscar-sa"
+    asked: list[Access] = field(default_factory=list)  # every resource request, allowed or not
+    forbidden: list[Access] = field(default_factory=list)
+
+    @classmethod
+    def from_role(cls, role: dict[str, Any], *, user: str = "system:serviceaccount:oscar:oscar-sa") -> Rbac:
+        assert role["kind"] == "Role", role["kind"]
+        return cls(namespace=role["metadata"]["namespace"], rules=copy.deepcopy(role["rules"]), user=user)
+
+    def allows(self, access: Access) -> bool:
+        if access.namespace != self.namespace:
+            return False
+        for rule in self.rules:
+            names = rule.get("resourceNames") or []
+            if (
+                _listed(rule.get("apiGroups") or [], access.group)
+                and _listed(rule.get("resources") or [], access.resource)
+                and _listed(rule.get("verbs") or [], access.verb)
+                and (not names or access.name in names)
+            ):
+                return True
+        return False
+
+    def granted(self) -> set[tuple[str, str, str]]:
+        """Every (apiGroup, resource, verb) the rules name (wildcards as written)."""
+        return {
+            (group, resource, verb)
+            for rule in self.rules
+            for group in rule.get("apiGroups") or []
+            for resource in rule.get("resources") or []
+            for verb in rule.get("verbs") or []
+        }
+
+    def asked_for(self) -> set[tuple[str, str, str]]:
+        return {access.triple for access in self.asked}
+
+    def authorize(self, request: web.Request) -> web.Response | None:
+        """None to let the request through; else the 403 the API server would answer."""
+        access = access_of(request)
+        if access is None:
+            message = f'forbidden: User "{self.user}" cannot {request.method.lower()} path "{request.path}"'
+            return status(403, "Forbidden", message)
+        self.asked.append(access)
+        if self.allows(access):
+            return None
+        self.forbidden.append(access)
+        # As apiserver's responsewriters.forbiddenMessage and errors.NewForbidden word it.
+        plural = access.resource.split("/")[0]
+        qualified = f"{plural}.{access.group}" if access.group else plural
+        subject = f'{qualified} "{access.name}"' if access.name else qualified
+        message = (
+            f'{subject} is forbidden: User "{self.user}" cannot {access.verb} resource "{access.resource}" '
+            f'in API group "{access.group}" in the namespace "{access.namespace}"'
+        )
+        return status(403, "Forbidden", message, name=access.name, group=access.group, kind=plural)
 
 
 def kubeconfig(url: str, namespace: str = "oscar-svc") -> str:
