@@ -68,16 +68,23 @@ class ResponseLost(OscarError):
     status_code = 502
 
 
+def _status(exc: ApiException) -> dict[str, Any]:
+    """The API server's ``Status`` body of an error ({} when it sent none)."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
 def _reason(exc: ApiException) -> str:
-    return f"{exc.status} {exc.reason}: {str(exc.body or '')[:500]}"
+    message = _status(exc).get("message") or str(exc.body or "")[:500]
+    return f"{exc.status} {exc.reason}: {message}"
 
 
 def _invalid_fields(exc: ApiException) -> list[str]:
     """The fields a 422 Invalid names (``details.causes[].field``)."""
-    try:
-        causes = json.loads(exc.body or "{}").get("details", {}).get("causes") or []
-    except (ValueError, AttributeError):
-        return []
+    causes = (_status(exc).get("details") or {}).get("causes") or []
     return [str(cause["field"]) for cause in causes if isinstance(cause, dict) and cause.get("field")]
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
@@ -212,13 +211,10 @@ async def test_a_service_whose_config_map_is_forbidden_is_a_502_naming_the_reaso
     body = {"name": "denied", "image": "alpine", "script": "echo hi\n", "input": [{"path": "denied/in"}]}
     answer = await manager.post("/system/services", json=body)
     assert answer.status_code == 502
-    # The detail passes on the API server's Status (as JSON, after the HTTP status and reason).
-    detail = answer.json()["detail"]
-    _, forbidden, passed_on = detail.partition("403 Forbidden: ")
-    assert forbidden
-    assert json.loads(passed_on)["message"] == (
-        f'configmaps is forbidden: User "{SA_USER}" cannot create resource "configmaps" in API group "" '
-        f'in the namespace "{NS}"'
+    # The detail passes on the API server's own message, after the HTTP status and reason.
+    assert answer.json()["detail"].endswith(
+        '403 Forbidden: configmaps is forbidden: User "' + SA_USER + '" cannot create resource "configmaps" '
+        f'in API group "" in the namespace "{NS}"'
     )
     assert (await manager.get("/system/services/denied")).status_code == 404
     assert api.of_kind("ConfigMap") == []
