@@ -151,7 +151,7 @@ def job(
         "kind": "Job",
         "metadata": {
             **_metadata(service, job_id),
-            "labels": pod_metadata["labels"],
+            "labels": dict(labels),
             "annotations": dict(service.annotations),
         },
         "spec": {

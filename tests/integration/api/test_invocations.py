@@ -1,5 +1,4 @@
-"""/job and /run: auth, bad input, results, logs, dedup (SQLite and PostgreSQL). Jobs and runs are checked
-on both backends: the local executor, and Kubernetes (the API double running pods with the supervisor)."""
+"""/job and /run: auth, bad input, results, logs, dedup (SQLite and PostgreSQL; local and Kubernetes)."""
 
 from __future__ import annotations
 
@@ -39,20 +38,6 @@ async def make_service(
     assert created.status_code == 201, created.text
     token: str = (await client.get(f"/system/services/{name}")).json()["token"]
     return token
-
-
-@pytest.fixture(params=["local", "kubernetes"])
-def backend_settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
-    if request.param == "kubernetes":
-        kubernetes: Settings = request.getfixturevalue("kubernetes_settings")
-        return kubernetes
-    return settings
-
-
-@pytest.fixture
-async def client(backend_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async with app_client(backend_settings) as http:
-        yield http
 
 
 def bearer(token: str) -> dict[str, str]:
