@@ -347,9 +347,12 @@ class KubernetesBackend:
                         timeout_seconds=WATCH_SECONDS,
                     ):
                         job = event["object"]
-                        version = job.metadata.resource_version
-                        if event["type"] != "DELETED":
+                        if event["type"] == "DELETED":
+                            self._forget(job.metadata.name)
+                        else:
                             await self._observe(job)
+                        # Only once observed: a failure before resumes from the previous version.
+                        version = job.metadata.resource_version
                 delay = 0.5
             except ApiException as exc:
                 if exc.status == 410:
@@ -372,11 +375,16 @@ class KubernetesBackend:
         conditions = _conditions(job)
         if "Complete" in conditions or "Failed" in conditions:
             if name not in self._finished:
-                self._finished.add(name)
                 await self._reporter.finished(name, outcome=await self._outcome(job))
+                self._finished.add(name)
         elif status is not None and status.active and name not in self._started:
-            self._started.add(name)
             await self._reporter.started(name, at=status.start_time or datetime.now(UTC))
+            self._started.add(name)
+
+    def _forget(self, name: str) -> None:
+        """A deleted Job (its TTL, or the service's deletion) will not be seen again."""
+        self._started.discard(name)
+        self._finished.discard(name)
 
     async def _outcome(self, job: client.V1Job) -> JobOutcome:
         """The job's end, with its pod's log copied (so it outlives the pod)."""

@@ -16,19 +16,17 @@ from aiohttp.test_utils import TestServer
 
 from oscar_manager.settings import Settings
 from tests.support.app import NO_AUTH, app_client
-from tests.support.jobs import settle, wait_for_jobs
+from tests.support.jobs import all_jobs, settle, wait_for_jobs
 from tests.support.kube_api import KubeApiDouble, kubeconfig
 
 NS = "oscar-svc"
 
 
 @pytest.fixture
-async def manager(
-    settings: Settings, double: tuple[KubeApiDouble, str], tmp_path: Path
-) -> AsyncIterator[httpx.AsyncClient]:
+def kube_settings(settings: Settings, double: tuple[KubeApiDouble, str], tmp_path: Path) -> Settings:
     config = tmp_path / "kubeconfig"
     config.write_text(kubeconfig(double[1]))
-    kube_settings = settings.model_copy(
+    return settings.model_copy(
         update={
             "oscar_backend": "kubernetes",
             "oscar_kubeconfig": config,
@@ -36,6 +34,10 @@ async def manager(
             "oscar_dispatch_interval": 0.05,
         }
     )
+
+
+@pytest.fixture
+async def manager(kube_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     async with app_client(kube_settings) as http:
         yield http
 
@@ -214,6 +216,27 @@ async def test_the_job_watcher_lists_again_after_410_gone(
     assert jobs[job_id]["status"] == "Succeeded"
     assert api.listed.count("Job") > lists_before  # resumed with 410, then listed
     assert (await manager.get(f"/system/logs/relist/{job_id}")).text == "ended while nobody watched\n"
+
+
+async def test_a_restarted_manager_keeps_the_logs_it_copied(
+    kube_settings: Settings, double: tuple[KubeApiDouble, str]
+) -> None:
+    api, _url = double
+    async with app_client(kube_settings) as manager:
+        assert (await manager.post("/system/services", json=definition("kept"))).status_code == 201
+        job_id = (await invoke(manager, "kept", b"e30=")).headers["X-Oscar-Job-Ids"]
+        await until(lambda: api.get("Job", NS, job_id) is not None)
+        await api.finish_pod(NS, job_id, succeeded=True, log="the original log\n")
+        await wait_for_jobs(manager, "kept", count=1)
+    # The pod is garbage-collected; the Job stays until its TTL. A new manager lists it again.
+    for key in [key for key in api.objects if key[0] == "Pod"]:
+        del api.objects[key]
+    lists_before = api.listed.count("Job")
+    async with app_client(kube_settings) as manager:
+        await until(lambda: api.listed.count("Job") > lists_before)
+        await settle(0.3)
+        assert (await manager.get(f"/system/logs/kept/{job_id}")).text == "the original log\n"
+        assert (await all_jobs(manager, "kept"))[job_id]["status"] == "Succeeded"
 
 
 @pytest.fixture
