@@ -19,7 +19,7 @@ from tests.support.app import app_client
 from tests.support.components import PostgresServer, unavailable
 from tests.support.databases import PostgresDatabases, SqliteDatabases
 from tests.support.factories import make_settings
-from tests.support.kube_api import KubeApiDouble, kubeconfig
+from tests.support.kube_api import KubeApiDouble, on_kubernetes
 from tests.support.kubelet import SupervisorKubelet
 from tests.support.minio import MinioServer, locate_minio_binary, start_minio
 
@@ -112,19 +112,14 @@ async def kubernetes_settings(
     }
     async with httpx.AsyncClient() as http:
         (await http.post(f"{moto_endpoint}/moto-api/reset")).raise_for_status()
-    config = tmp_path / "kubeconfig"
-    config.write_text(kubeconfig(url))
-    return settings.model_copy(
-        update={
-            "oscar_backend": "kubernetes",
-            "oscar_kubeconfig": config,
-            "oscar_manager_image": "registry.example/oscar-manager:test",
-            "oscar_dispatch_interval": 0.05,
-            "minio_endpoint": moto_endpoint,
-            "minio_access_key": keys["accessKey"],
-            "minio_secret_key": keys["secretKey"],
-            "oscar_minio_listen": False,  # moto has no ListenBucketNotification
-        }
+    return on_kubernetes(
+        settings,
+        url,
+        tmp_path,
+        minio_endpoint=moto_endpoint,
+        minio_access_key=keys["accessKey"],
+        minio_secret_key=keys["secretKey"],
+        oscar_minio_listen=False,  # moto has no ListenBucketNotification
     )
 
 

@@ -13,7 +13,7 @@ from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from oscar_manager.backends import manifests
-from oscar_manager.domain.service import MinioDefault, Service, normalise_new, parse_service
+from tests.support.factories import stored_service
 from tests.support.kube_api import KubeApiDouble
 
 NS = "oscar-svc"
@@ -32,23 +32,11 @@ def body(manifest: dict[str, Any]) -> Any:
     return manifest
 
 
-def service(name: str = "grayify", **fields: Any) -> Service:
-    body = {
-        "name": name,
-        "image": "alpine",
-        "script": "echo hi\n",
-        "input": [{"path": f"{name}/in"}],
-        **fields,
-    }
-    minio = MinioDefault(endpoint="http://minio:9000", region="us-east-1", verify=True)
-    return normalise_new(parse_service(body), owner="cluster_admin", namespace=NS, minio=minio)
-
-
 async def test_service_objects_and_a_job_are_accepted_and_a_repeat_is_409(
     double: tuple[KubeApiDouble, str], k8s: client.ApiClient
 ) -> None:
     api, _url = double
-    svc = service(environment={"secrets": {"TOKEN": "x"}})
+    svc = stored_service(environment={"secrets": {"TOKEN": "x"}})
     core, batch = client.CoreV1Api(k8s), client.BatchV1Api(k8s)
     await core.create_namespaced_config_map(NS, body(manifests.config_map(svc)))
     secret = manifests.secret(svc)
@@ -72,7 +60,7 @@ async def test_an_invalid_job_is_422_naming_the_field(
     double: tuple[KubeApiDouble, str], k8s: client.ApiClient
 ) -> None:
     api, _url = double
-    job = manifests.job(service(), job_id="grayify-00000000000000bb", event=b"{}", cluster=CLUSTER)
+    job = manifests.job(stored_service(), job_id="grayify-00000000000000bb", event=b"{}", cluster=CLUSTER)
     job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = "lots"
     with pytest.raises(ApiException) as refused:
         await client.BatchV1Api(k8s).create_namespaced_job(NS, body(job))
@@ -86,7 +74,7 @@ async def test_a_watch_sees_the_job_finish_and_its_log_outlives_nothing_until_de
 ) -> None:
     api, _url = double
     batch, core = client.BatchV1Api(k8s), client.CoreV1Api(k8s)
-    job = manifests.job(service(), job_id="grayify-00000000000000cc", event=b"{}", cluster=CLUSTER)
+    job = manifests.job(stored_service(), job_id="grayify-00000000000000cc", event=b"{}", cluster=CLUSTER)
     created = await batch.create_namespaced_job(NS, body(job))
     since = created.metadata.resource_version
 
@@ -125,7 +113,7 @@ async def test_a_watch_from_a_compacted_version_is_410(
     api.max_history = 2
     batch = client.BatchV1Api(k8s)
     for index in range(4):
-        job = manifests.job(service(), job_id=f"grayify-{index:016x}", event=b"{}", cluster=CLUSTER)
+        job = manifests.job(stored_service(), job_id=f"grayify-{index:016x}", event=b"{}", cluster=CLUSTER)
         await batch.create_namespaced_job(NS, body(job))
 
     async def follow_from_the_start() -> None:

@@ -17,23 +17,14 @@ from aiohttp.test_utils import TestServer
 from oscar_manager.settings import Settings
 from tests.support.app import NO_AUTH, app_client
 from tests.support.jobs import all_jobs, settle, wait_for_jobs
-from tests.support.kube_api import KubeApiDouble, kubeconfig
+from tests.support.kube_api import KubeApiDouble, on_kubernetes
 
 NS = "oscar-svc"
 
 
 @pytest.fixture
 def kube_settings(settings: Settings, double: tuple[KubeApiDouble, str], tmp_path: Path) -> Settings:
-    config = tmp_path / "kubeconfig"
-    config.write_text(kubeconfig(double[1]))
-    return settings.model_copy(
-        update={
-            "oscar_backend": "kubernetes",
-            "oscar_kubeconfig": config,
-            "oscar_manager_image": "registry.example/oscar-manager:test",
-            "oscar_dispatch_interval": 0.05,
-        }
-    )
+    return on_kubernetes(settings, double[1], tmp_path)
 
 
 @pytest.fixture
@@ -169,33 +160,30 @@ async def test_a_refused_job_fails_at_once_with_the_reason(
     assert api.of_kind("Job") == []
 
 
+@pytest.mark.parametrize(
+    ("refusal", "answer_status", "named"),
+    [(403, 502, "403 Forbidden"), (422, 400, "metadata.labels")],  # RBAC: passed on; invalid: names the field
+)
 async def test_the_api_server_refusing_service_objects_fails_the_create_and_records_nothing(
-    manager: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
+    manager: httpx.AsyncClient,
+    double: tuple[KubeApiDouble, str],
+    refusal: int,
+    answer_status: int,
+    named: str,
 ) -> None:
     api, _url = double
-    api.fail_next = [("POST", "/configmaps", 403)]
-    answer = await manager.post("/system/services", json=definition("rbac"))
-    assert answer.status_code == 502
-    assert "403" in answer.json()["detail"]
-    assert (await manager.get("/system/services/rbac")).status_code == 404
-    assert api.get("ConfigMap", NS, "rbac") is None
+    api.fail_next = [("POST", "/configmaps", refusal)]
+    answer = await manager.post("/system/services", json=definition("refused"))
+    assert answer.status_code == answer_status
+    assert named in answer.json()["detail"]
+    assert (await manager.get("/system/services/refused")).status_code == 404
+    assert api.get("ConfigMap", NS, "refused") is None
 
 
 async def test_system_info_describes_the_kubernetes_backend(manager: httpx.AsyncClient) -> None:
     execution = (await manager.get("/system/info")).json()["execution"]
     assert execution["kind"] == "kubernetes"
     assert execution["namespace"] == NS
-
-
-async def test_an_invalid_object_is_a_400_naming_the_field_and_records_nothing(
-    manager: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
-) -> None:
-    api, _url = double
-    api.fail_next = [("POST", "/configmaps", 422)]
-    answer = await manager.post("/system/services", json=definition("invalid"))
-    assert answer.status_code == 400
-    assert "metadata.labels" in answer.json()["detail"]
-    assert (await manager.get("/system/services/invalid")).status_code == 404
 
 
 async def test_the_job_watcher_lists_again_after_410_gone(
@@ -247,11 +235,7 @@ async def flaky_api_server(
     api = KubeApiDouble()
     server = TestServer(api.app(), host="127.0.0.1")
     await server.start_server()
-    config = tmp_path / "kubeconfig"
-    config.write_text(kubeconfig(f"http://127.0.0.1:{server.port}"))
-    kube_settings = settings.model_copy(
-        update={"oscar_backend": "kubernetes", "oscar_kubeconfig": config, "oscar_dispatch_interval": 0.05}
-    )
+    kube_settings = on_kubernetes(settings, f"http://127.0.0.1:{server.port}", tmp_path)
     try:
         async with app_client(kube_settings) as http:
             yield api, server, http

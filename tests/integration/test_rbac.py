@@ -22,11 +22,11 @@ from oscar_manager.backends import manifests
 from oscar_manager.backends.base import JobRequest, SyncRequest
 from oscar_manager.backends.kubernetes import KubernetesBackend
 from oscar_manager.domain.jobs import JobOutcome, JobStatus
-from oscar_manager.domain.service import MinioDefault, Service, normalise_new, parse_service
 from oscar_manager.settings import Settings
 from oscar_manager.supervisor.response_frame import frame
 from tests.support.app import app_client
 from tests.support.deploy import find
+from tests.support.factories import stored_service
 from tests.support.kube_api import KubeApiDouble, Rbac, kubeconfig
 
 NS = "oscar-svc"
@@ -54,18 +54,6 @@ def without(role: dict[str, Any], group: str, resource: str, verb: str) -> dict[
             rules.append(rule)
     reduced["rules"] = rules
     return reduced
-
-
-def service(name: str, **fields: Any) -> Service:
-    body = {
-        "name": name,
-        "image": "alpine",
-        "script": "echo hi\n",
-        "input": [{"path": f"{name}/in"}],
-        **fields,
-    }
-    minio = MinioDefault(endpoint="http://minio:9000", region="us-east-1", verify=True)
-    return normalise_new(parse_service(body), owner="cluster_admin", namespace=NS, minio=minio)
 
 
 class Reporter:
@@ -111,13 +99,13 @@ async def test_the_backend_lifecycle_needs_exactly_the_role(
     await asyncio.wait_for(kube.watching.wait(), timeout=10)
 
     # A service with secrets: created, then updated (409 -> replace), then updated without its secrets.
-    secretive = service("secretive", environment={"secrets": {"TOKEN": "x"}})
+    secretive = stored_service("secretive", environment={"secrets": {"TOKEN": "x"}})
     await kube.prepare_service(secretive)
     await kube.prepare_service(secretive)
     assert api.get("Secret", NS, "secretive") is not None
-    await kube.prepare_service(service("secretive"))
+    await kube.prepare_service(stored_service("secretive"))
     assert api.get("Secret", NS, "secretive") is None
-    plain = service("plain")
+    plain = stored_service("plain")
     await kube.prepare_service(plain)
 
     # A job runs: the watcher sees it start and end, and copies its pod's log.
@@ -167,7 +155,9 @@ async def test_a_request_the_role_does_not_allow_is_forbidden_as_the_api_server_
     api.rbac = Rbac.from_role(without(role(), "batch", "jobs", "create"), user=SA_USER)
     async with client.ApiClient(client.Configuration(host=url)) as api_client:
         batch, core = client.BatchV1Api(api_client), client.CoreV1Api(api_client)
-        job = manifests.job(service("plain"), job_id="plain-00000000000000cc", event=b"{}", cluster=CLUSTER)
+        job = manifests.job(
+            stored_service("plain"), job_id="plain-00000000000000cc", event=b"{}", cluster=CLUSTER
+        )
         with pytest.raises(ApiException) as refused:
             await batch.create_namespaced_job(NS, job)  # type: ignore[arg-type]
         with pytest.raises(ApiException) as elsewhere:

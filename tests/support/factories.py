@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from oscar_manager.domain.service import MinioDefault, Service, normalise_new, parse_service
 from oscar_manager.settings import Settings
 
 ADMIN_PASSWORD = "test-admin-password"
@@ -54,3 +55,16 @@ functions:
         Variables:
           INPUT_TYPE: json
 """
+
+
+def stored_service(name: str = "grayify", *, namespace: str = "oscar-svc", **fields: Any) -> Service:
+    """A service as the manager stores it after a create (normalised, admin-owned, MinIO at minio:9000)."""
+    body = {
+        "name": name,
+        "image": "alpine",
+        "script": "echo hi\n",
+        "input": [{"path": f"{name}/in"}],
+        **fields,
+    }
+    minio = MinioDefault(endpoint="http://minio:9000", region="us-east-1", verify=True)
+    return normalise_new(parse_service(body), owner="cluster_admin", namespace=namespace, minio=minio)

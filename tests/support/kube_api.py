@@ -27,10 +27,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from oscar_manager.settings import Settings
 from tests.support.kubernetes import Invalid, validate
 
 KINDS = {
@@ -543,3 +545,19 @@ contexts:
   context: {{cluster: double, user: tester, namespace: {namespace}}}
 current-context: double
 """
+
+
+def on_kubernetes(settings: Settings, url: str, directory: Path, **overrides: Any) -> Settings:
+    """``settings`` with the Kubernetes backend talking to the API server at ``url`` (a kubeconfig is
+    written in ``directory``)."""
+    config = directory / "kubeconfig"
+    config.write_text(kubeconfig(url))
+    return settings.model_copy(
+        update={
+            "oscar_backend": "kubernetes",
+            "oscar_kubeconfig": config,
+            "oscar_manager_image": "registry.example/oscar-manager:test",
+            "oscar_dispatch_interval": 0.05,
+            **overrides,
+        }
+    )
