@@ -184,8 +184,8 @@ def busybox(bwrap: str) -> Path:
 
 @pytest.fixture(scope="session")
 def supervisor_executable(busybox: Path) -> Path:
-    """``scripts/build-supervisor``'s executable: built on first use (~1.5 min), then reused while the hash
-    of its inputs (the package's sources, pyproject.toml, the script) is unchanged."""
+    """``scripts/build-supervisor``'s executable: built on first use (under a minute), then reused while the
+    hash of its inputs (the package's sources, pyproject.toml, the script) is unchanged."""
     try:
         return build_executable()
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
