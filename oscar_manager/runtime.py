@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import pwd
 import secrets
@@ -188,7 +189,9 @@ class Runtime:
                         kubeconfig=settings.oscar_kubeconfig,
                         namespace=settings.oscar_services_namespace,
                         cluster=ClusterConfig(
-                            manager_image=settings.oscar_manager_image, ttl_seconds=settings.ttl_job
+                            manager_image=settings.oscar_manager_image,
+                            ttl_seconds=settings.ttl_job,
+                            job_timeout=math.ceil(settings.oscar_job_timeout),
                         ),
                         concurrency=settings.oscar_kubernetes_concurrency,
                     )

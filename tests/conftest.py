@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import shutil
@@ -19,7 +20,8 @@ from tests.support.app import app_client
 from tests.support.components import PostgresServer, unavailable
 from tests.support.databases import PostgresDatabases, SqliteDatabases
 from tests.support.factories import make_settings
-from tests.support.kube_api import KubeApiDouble
+from tests.support.kube_api import KubeApiDouble, kubeconfig
+from tests.support.kubelet import SupervisorKubelet
 from tests.support.minio import MinioServer, locate_minio_binary, start_minio
 from tests.support.supervisor import BusyboxRoot, build_executable, static_busybox
 
@@ -94,6 +96,40 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
+@pytest.fixture
+async def kubernetes_settings(
+    settings: Settings, double: tuple[KubeApiDouble, str], moto_endpoint: str, tmp_path: Path
+) -> Settings:
+    """``settings`` on the Kubernetes backend: the API double with a kubelet that runs pods with the real
+    supervisor, and ``minio.default`` on moto's S3 server (emptied first: tests reuse bucket names)."""
+    api, url = double
+    api.kubelet = SupervisorKubelet(api, tmp_path / "pods")
+    # What the OSCAR deployment provides to every job: minio.default's keys.
+    keys = {"accessKey": "testing", "secretKey": "testing"}
+    api.objects[("Secret", "oscar-svc", "minio")] = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "minio", "namespace": "oscar-svc"},
+        "data": {key: base64.b64encode(value.encode()).decode() for key, value in keys.items()},
+    }
+    async with httpx.AsyncClient() as http:
+        (await http.post(f"{moto_endpoint}/moto-api/reset")).raise_for_status()
+    config = tmp_path / "kubeconfig"
+    config.write_text(kubeconfig(url))
+    return settings.model_copy(
+        update={
+            "oscar_backend": "kubernetes",
+            "oscar_kubeconfig": config,
+            "oscar_manager_image": "registry.example/oscar-manager:test",
+            "oscar_dispatch_interval": 0.05,
+            "minio_endpoint": moto_endpoint,
+            "minio_access_key": keys["accessKey"],
+            "minio_secret_key": keys["secretKey"],
+            "oscar_minio_listen": False,  # moto has no ListenBucketNotification
+        }
+    )
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """moto's S3 server in a thread of this process, one for the whole session (tests use unique buckets)."""
@@ -162,6 +198,7 @@ async def double() -> AsyncIterator[tuple[KubeApiDouble, str]]:
     try:
         yield api, f"http://127.0.0.1:{server.port}"
     finally:
+        await api.close()
         await server.close()
 
 

@@ -27,6 +27,12 @@ class RunTimeout(OscarError):
     status_code = 504
 
 
+class ScriptFailed(OscarError):
+    """A sync run whose script exited non-zero: the caller sees the exit code and the script's output."""
+
+    status_code = 500
+
+
 @dataclass(frozen=True, slots=True)
 class JobRequest:
     job_id: str

@@ -5,15 +5,23 @@ redelivered event) answers 409 AlreadyExists and counts as done. One watch on th
 job rows current: it resumes from the last resourceVersion, and lists again after 410 Gone. When a Job
 ends, its pod's log is copied into the registry, so logs outlive the pod and its TTL.
 
-Not here yet: sync ``/run`` (answered 503), per-user namespaces, Kueue.
+A sync ``/run`` is a Job of its own, labelled so the watcher leaves it alone: the request awaits it with a
+watch on that one Job, reads the response the supervisor framed into the pod log, and deletes the Job;
+past the run's timeout the Job is deleted and the answer is 504 (Kubernetes also kills it by its
+``activeDeadlineSeconds``, should the manager be gone).
+
+Not here: per-user namespaces, Kueue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import math
 import os
+import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,16 +36,23 @@ from oscar_manager.backends.base import (
     BackendUnavailable,
     JobReporter,
     JobRequest,
+    RunTimeout,
+    ScriptFailed,
     SubmissionRefused,
     SyncRequest,
 )
 from oscar_manager.domain.jobs import JobOutcome, JobStatus
 from oscar_manager.domain.service import SERVICE_LABEL, Service
-from oscar_manager.errors import OscarError
+from oscar_manager.errors import BadRequest, OscarError, PayloadTooLarge
+from oscar_manager.supervisor import response_frame
 
 log = logging.getLogger(__name__)
 
 WATCH_SECONDS = 60
+# An event travels in its Job's environment, and the API server keeps objects under 1.5 MiB.
+MAX_EVENT_BYTES = 1024 * 1024
+# The job watcher's Jobs: the services' ones, not those of sync runs (awaited by their requests).
+WATCHED_JOBS = f"{SERVICE_LABEL},!{manifests.SYNC_LABEL}"
 _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 
 
@@ -47,18 +62,44 @@ class KubernetesError(OscarError):
     status_code = 502
 
 
+class ResponseLost(OscarError):
+    """The run ended well but its response is not in the pod log (a log rotated or cut by the node)."""
+
+    status_code = 502
+
+
+def _status(exc: ApiException) -> dict[str, Any]:
+    """The API server's ``Status`` body of an error ({} when it sent none)."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
 def _reason(exc: ApiException) -> str:
-    return f"{exc.status} {exc.reason}: {str(exc.body or '')[:500]}"
+    message = _status(exc).get("message") or str(exc.body or "")[:500]
+    return f"{exc.status} {exc.reason}: {message}"
+
+
+def _invalid_fields(exc: ApiException) -> list[str]:
+    """The fields a 422 Invalid names (``details.causes[].field``)."""
+    causes = (_status(exc).get("details") or {}).get("causes") or []
+    return [str(cause["field"]) for cause in causes if isinstance(cause, dict) and cause.get("field")]
 
 
 @contextlib.contextmanager
 def _answers(action: str) -> Any:
-    """Kubernetes answers in the manager's terms: 5xx and lost connections are worth retrying."""
+    """Kubernetes answers in the manager's terms: 5xx and lost connections are worth retrying; an invalid
+    object is the request's fault (400, naming the field); any other refusal (RBAC...) is a 502."""
     try:
         yield
     except ApiException as exc:
         if exc.status >= 500 or exc.status == 429:
             raise BackendUnavailable(f"Kubernetes could not {action}: {_reason(exc)}") from None
+        if exc.status == 422:
+            fields = ", ".join(_invalid_fields(exc)) or "unknown field"
+            raise BadRequest(f"Kubernetes found {fields} invalid: cannot {action}: {_reason(exc)}") from None
         raise KubernetesError(f"Kubernetes refused to {action}: {_reason(exc)}") from None
     except _TRANSPORT_ERRORS as exc:
         raise BackendUnavailable(f"Kubernetes API unreachable: cannot {action}: {exc}") from None
@@ -201,7 +242,86 @@ class KubernetesBackend:
                     raise
 
     async def run_sync(self, request: SyncRequest) -> bytes:
-        raise BackendUnavailable("synchronous runs are not available on the Kubernetes backend yet")
+        if len(request.body) > MAX_EVENT_BYTES:
+            raise PayloadTooLarge(
+                f"a sync run on Kubernetes takes at most {MAX_EVENT_BYTES} bytes (the request travels in the "
+                "Job's environment); upload larger inputs to the service's input bucket"
+            )
+        service = request.service
+        # Random, not derived from the body: two identical requests are two runs.
+        name = f"{service.name[:40]}-run-{secrets.token_hex(8)}"
+        body = manifests.job(
+            service,
+            job_id=name,
+            event=request.body,
+            cluster=self._cluster,
+            sync_deadline=math.ceil(request.timeout),
+        )
+        with _answers(f"create the job of a sync run of {service.name}"):
+            created = await self._batch.create_namespaced_job(self._namespace, cast("client.V1Job", body))
+        try:
+            async with asyncio.timeout(request.timeout):
+                job = await self._await_end(name, created.metadata.resource_version)
+            conditions = _conditions(job)
+            outcome = await self._outcome(job)
+        except TimeoutError:
+            raise RunTimeout(
+                f"the run did not finish within {request.timeout:g} s; its Job was deleted"
+            ) from None
+        finally:
+            # The response is read (or will never be): the Job and its pod go now, not at their TTL.
+            with contextlib.suppress(OscarError):
+                await self.cancel(name)
+        log_text, response = response_frame.unframe(outcome.log)
+        if outcome.status is JobStatus.SUCCEEDED:
+            if response is None:
+                raise ResponseLost("the run succeeded but its response is missing from the pod log")
+            return response
+        if "DeadlineExceeded" in conditions.values():
+            raise RunTimeout(f"the run did not finish within {request.timeout:g} s and was killed")
+        code = "unknown" if outcome.exit_code is None else outcome.exit_code
+        raise ScriptFailed(f"the script exited with code {code}: {log_text[-2000:]}")
+
+    async def _await_end(self, name: str, version: str | None) -> client.V1Job:
+        """The Job once it has ended, by a watch on it alone: resumed after a lost connection or a 5xx,
+        and after 410 Gone started again from the Job as it is now."""
+        delay = 0.2
+        while True:
+            try:
+                if version is None:
+                    current = await self._batch.read_namespaced_job(name, self._namespace)
+                    if _ended(current):
+                        return current
+                    version = current.metadata.resource_version
+                async with watch.Watch() as stream:
+                    async for event in stream.stream(
+                        self._batch.list_namespaced_job,
+                        self._namespace,
+                        field_selector=f"metadata.name={name}",
+                        resource_version=version,
+                        timeout_seconds=WATCH_SECONDS,
+                    ):
+                        job: client.V1Job = event["object"]
+                        version = job.metadata.resource_version
+                        if event["type"] == "DELETED":
+                            raise BackendUnavailable(f"the Job {name} of the sync run was deleted")
+                        if _ended(job):
+                            return job
+                continue
+            except ApiException as exc:
+                if exc.status == 410:
+                    version = None
+                    continue
+                if exc.status == 404:
+                    raise BackendUnavailable(f"the Job {name} of the sync run was deleted") from None
+                if exc.status < 500 and exc.status != 429:
+                    raise KubernetesError(f"Kubernetes refused to watch job {name}: {_reason(exc)}") from None
+                problem = _reason(exc)
+            except _TRANSPORT_ERRORS as exc:
+                problem = str(exc) or type(exc).__name__
+            log.warning("lost the watch of sync job %s (%s); retrying in %.1f s", name, problem, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     # --- the job watcher ---------------------------------------------------------------------------
 
@@ -212,7 +332,7 @@ class KubernetesBackend:
             try:
                 if version is None:
                     listed = await self._batch.list_namespaced_job(
-                        self._namespace, label_selector=SERVICE_LABEL
+                        self._namespace, label_selector=WATCHED_JOBS
                     )
                     for job in listed.items:
                         await self._observe(job)
@@ -222,14 +342,17 @@ class KubernetesBackend:
                     async for event in stream.stream(
                         self._batch.list_namespaced_job,
                         self._namespace,
-                        label_selector=SERVICE_LABEL,
+                        label_selector=WATCHED_JOBS,
                         resource_version=version,
                         timeout_seconds=WATCH_SECONDS,
                     ):
                         job = event["object"]
-                        version = job.metadata.resource_version
-                        if event["type"] != "DELETED":
+                        if event["type"] == "DELETED":
+                            self._forget(job.metadata.name)
+                        else:
                             await self._observe(job)
+                        # Only once observed: a failure before resumes from the previous version.
+                        version = job.metadata.resource_version
                 delay = 0.5
             except ApiException as exc:
                 if exc.status == 410:
@@ -249,18 +372,27 @@ class KubernetesBackend:
         assert self._reporter is not None
         name = job.metadata.name
         status = job.status
-        conditions = {c.type for c in (status.conditions or []) if c.status == "True"} if status else set()
+        conditions = _conditions(job)
         if "Complete" in conditions or "Failed" in conditions:
             if name not in self._finished:
+                await self._reporter.finished(name, outcome=await self._outcome(job))
                 self._finished.add(name)
-                succeeded = "Complete" in conditions
-                await self._reporter.finished(name, outcome=await self._outcome(name, succeeded))
         elif status is not None and status.active and name not in self._started:
-            self._started.add(name)
             await self._reporter.started(name, at=status.start_time or datetime.now(UTC))
+            self._started.add(name)
 
-    async def _outcome(self, job_name: str, succeeded: bool) -> JobOutcome:
+    def _forget(self, name: str) -> None:
+        """A deleted Job (its TTL, or the service's deletion) will not be seen again."""
+        self._started.discard(name)
+        self._finished.discard(name)
+
+    async def _outcome(self, job: client.V1Job) -> JobOutcome:
         """The job's end, with its pod's log copied (so it outlives the pod)."""
+        job_name = job.metadata.name
+        conditions = _conditions(job)
+        succeeded = "Complete" in conditions
+        reason = conditions.get("Failed", "")
+        deadline = job.spec.active_deadline_seconds if job.spec else None
         text = ""
         exit_code: int | None = 0 if succeeded else None
         try:
@@ -277,12 +409,24 @@ class KubernetesBackend:
                         exit_code = terminated.exit_code
         except ApiException as exc:
             text = f"(the log could not be read: {_reason(exc)})\n"
+        if reason == "DeadlineExceeded":
+            text += f"Kubernetes killed the job after its {deadline} s timeout (DeadlineExceeded)\n"
         return JobOutcome(
             status=JobStatus.SUCCEEDED if succeeded else JobStatus.FAILED,
             exit_code=exit_code,
             log=text,
             finished_at=datetime.now(UTC),
         )
+
+
+def _conditions(job: client.V1Job) -> dict[str, str]:
+    """The Job's true conditions, by type, with their reasons (``Failed`` -> ``DeadlineExceeded``...)."""
+    status = job.status
+    return {c.type: c.reason or "" for c in (status.conditions or []) if c.status == "True"} if status else {}
+
+
+def _ended(job: client.V1Job) -> bool:
+    return bool(_conditions(job).keys() & {"Complete", "Failed"})
 
 
 def _api_kind(kind: str) -> str:

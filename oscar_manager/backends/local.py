@@ -17,7 +17,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from oscar_manager.backends.base import BackendUnavailable, JobReporter, JobRequest, RunTimeout, SyncRequest
+from oscar_manager.backends.base import (
+    BackendUnavailable,
+    JobReporter,
+    JobRequest,
+    RunTimeout,
+    ScriptFailed,
+    SyncRequest,
+)
 from oscar_manager.backends.sandbox import Sandbox, ScriptResult, ScriptRun
 from oscar_manager.domain.jobs import JobOutcome, JobStatus
 from oscar_manager.domain.service import Service, quantity_bytes, wants_network
@@ -34,12 +41,6 @@ from oscar_manager.supervisor.stage import (
 from oscar_manager.supervisor.workspace import SCRIPT_NAME, Workspace
 
 log = logging.getLogger(__name__)
-
-
-class ScriptFailed(OscarError):
-    """A sync run whose script exited non-zero: the caller sees the exit code and the script's output."""
-
-    status_code = 500
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from oscar_manager.domain.service import SERVICE_LABEL, Service, job_view
+from oscar_manager.supervisor import response_frame
 
 CONTAINER = "oscar-container"
 INIT_CONTAINER = "oscar-supervisor"
@@ -25,6 +26,10 @@ CREDENTIALS_DIR = "/var/run/secrets/providers/minio.default"
 # Where the manager's image keeps the self-contained supervisor executable.
 IMAGE_SUPERVISOR = "/opt/oscar-manager/bin/supervisor"
 GPU_RESOURCE = "nvidia.com/gpu"
+# Marks the Jobs of sync runs: the manager awaits those itself, the job watcher leaves them alone.
+SYNC_LABEL = "oscar_sync"
+# A sync Job outliving a crashed manager is collected after at most this long.
+SYNC_TTL_SECONDS = 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +38,8 @@ class ClusterConfig:
     ttl_seconds: int  # TTL_JOB: finished Jobs are garbage-collected after this
     # The name of the Secret holding accessKey/secretKey of minio.default (a name, not a secret).
     credentials_secret: str = "minio"  # noqa: S105
+    # OSCAR_JOB_TIMEOUT, as on the local backend: Kubernetes kills a Job running longer (None: never).
+    job_timeout: int | None = None
 
 
 def _labels(service: Service) -> dict[str, str]:
@@ -79,25 +86,39 @@ def _resources(service: Service) -> dict[str, Any]:
     return {"limits": limits, "requests": dict(limits)}
 
 
-def _env(service: Service, *, job_id: str, event: str) -> list[dict[str, Any]]:
+def _env(service: Service, *, job_id: str, event: str, sync: bool) -> list[dict[str, Any]]:
     variables = [{"name": name, "value": value} for name, value in service.environment.variables.items()]
+    framing = [{"name": response_frame.ENV, "value": "1"}] if sync else []
     return [
         *variables,
         {"name": "OSCAR_SERVICE_NAME", "value": service.name},
         {"name": "EVENT", "value": event},
         {"name": "JOB_UUID", "value": job_id},
         {"name": "RESOURCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        *framing,
     ]
 
 
-def job(service: Service, *, job_id: str, event: bytes, cluster: ClusterConfig) -> dict[str, Any]:
-    """The batch/v1 Job that runs one invocation of ``service`` with ``event`` as its input."""
+def job(
+    service: Service,
+    *,
+    job_id: str,
+    event: bytes,
+    cluster: ClusterConfig,
+    sync_deadline: int | None = None,
+) -> dict[str, Any]:
+    """The batch/v1 Job that runs one invocation of ``service`` with ``event`` as its input.
+
+    With ``sync_deadline`` (seconds) it is the Job of a sync run: labelled as such, its response framed in
+    the log for the manager to read back, and killed by Kubernetes itself past the deadline.
+    """
+    sync = sync_deadline is not None
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": service.image,
         # No shell pipeline: the supervisor reads the event from $EVENT when its stdin is empty.
         "command": [f"{SUPERVISOR_DIR}/supervisor"],
-        "env": _env(service, job_id=job_id, event=event.decode("utf-8", errors="replace")),
+        "env": _env(service, job_id=job_id, event=event.decode("utf-8", errors="replace"), sync=sync),
         "resources": _resources(service),
         "volumeMounts": [
             {"name": "oscar-config", "mountPath": CONFIG_DIR, "readOnly": True},
@@ -114,21 +135,27 @@ def job(service: Service, *, job_id: str, event: bytes, cluster: ClusterConfig) 
         "volumeMounts": [{"name": "oscar-supervisor", "mountPath": SUPERVISOR_DIR}],
         "resources": {"limits": {"cpu": "100m", "memory": "64Mi"}},
     }
-    pod_metadata = {
-        "labels": {**_labels(service), "job-id": job_id},
-        "annotations": dict(service.annotations),
+    labels = {**_labels(service), "job-id": job_id, **({SYNC_LABEL: "true"} if sync else {})}
+    pod_metadata = {"labels": labels, "annotations": dict(service.annotations)}
+    spec: dict[str, Any] = {
+        "backoffLimit": 0,
+        "ttlSecondsAfterFinished": min(cluster.ttl_seconds, SYNC_TTL_SECONDS)
+        if sync
+        else cluster.ttl_seconds,
     }
+    deadline = sync_deadline if sync else cluster.job_timeout
+    if deadline is not None:
+        spec["activeDeadlineSeconds"] = max(deadline, 1)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
             **_metadata(service, job_id),
-            "labels": pod_metadata["labels"],
+            "labels": dict(labels),
             "annotations": dict(service.annotations),
         },
         "spec": {
-            "backoffLimit": 0,
-            "ttlSecondsAfterFinished": cluster.ttl_seconds,
+            **spec,
             "template": {
                 "metadata": pod_metadata,
                 "spec": {

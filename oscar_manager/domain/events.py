@@ -166,3 +166,10 @@ def payload_dedup_key(service: str, idempotency_key: str | None) -> str:
         digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
         return f"request:{service}:{digest}"
     return f"request:{service}:{uuid.uuid4().hex}"
+
+
+def check_invocation(body: bytes) -> None:
+    """Refuse (400) a body the supervisor could not read: a malformed notification, or a plain invocation
+    that is neither JSON nor base64. Checked before anything runs, whichever backend runs it."""
+    if not object_events(parse_json(body)):
+        decode_payload(body)

@@ -8,6 +8,7 @@ from oscar_manager.auth.authenticator import Authenticator
 from oscar_manager.auth.tokens import BEARER_CHALLENGE, bearer_token, is_service_token, token_matches
 from oscar_manager.backends.base import Backend, SyncRequest
 from oscar_manager.domain.access import can_view
+from oscar_manager.domain.events import check_invocation
 from oscar_manager.domain.service import Service
 from oscar_manager.errors import Forbidden, NotFound, Unauthorized
 from oscar_manager.registry import Database
@@ -49,4 +50,5 @@ async def service_for_invocation(
 
 
 async def run_sync(backend: Backend, *, service: Service, body: bytes, time_limit: float) -> bytes:
+    check_invocation(body)
     return await backend.run_sync(SyncRequest(service=service, body=body, timeout=time_limit))

@@ -36,6 +36,9 @@ def _to_service(row: ServiceRow) -> Service:
     return Service.model_validate(data)
 
 
+_FINISHED = [status.value for status in JobStatus if status.finished]
+
+
 class ServiceRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
@@ -274,14 +277,19 @@ class JobRepository:
         return _job(row)
 
     async def mark_running(self, job_id: str, *, at: datetime) -> None:
+        """Pending -> Running; a late report (after the end, e.g. from a relist) changes nothing."""
         await self._session.execute(
-            update(JobRow).where(JobRow.id == job_id).values(status=JobStatus.RUNNING.value, started_at=at)
+            update(JobRow)
+            .where(JobRow.id == job_id, JobRow.status == JobStatus.PENDING.value)
+            .values(status=JobStatus.RUNNING.value, started_at=at)
         )
 
     async def finish(self, job_id: str, *, outcome: JobOutcome) -> None:
+        """The first end reported is kept: a Job seen again after a restart must not replace its copied log
+        (its pod may be gone by then)."""
         await self._session.execute(
             update(JobRow)
-            .where(JobRow.id == job_id)
+            .where(JobRow.id == job_id, JobRow.status.notin_(_FINISHED))
             .values(
                 status=outcome.status.value,
                 exit_code=outcome.exit_code,

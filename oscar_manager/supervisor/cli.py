@@ -10,7 +10,8 @@ It reads what faas-supervisor reads, where faas-supervisor reads it, so OSCAR's 
 
 It stages the input in, runs ``/bin/sh script.sh`` with the container's environment plus the OSCAR
 variables, stages the outputs out when the script succeeds, prints the sync response on standard output and
-its own log and the script's output on standard error, and exits with the script's exit code.
+its own log and the script's output on standard error, and exits with the script's exit code. With
+``OSCAR_RESPONSE_FRAME`` set (sync Jobs on Kubernetes) the response is framed, to be found in the pod log.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import base64
 import binascii
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import yaml
 
@@ -32,6 +34,7 @@ from oscar_manager.errors import BadRequest, OscarError
 from oscar_manager.storage.base import ObjectStore
 from oscar_manager.storage.providers import s3_settings
 from oscar_manager.storage.s3 import S3ObjectStore
+from oscar_manager.supervisor import response_frame
 from oscar_manager.supervisor.log import SupervisorLog
 from oscar_manager.supervisor.stage import (
     Invocation,
@@ -111,7 +114,12 @@ async def open_stores(
     return stores
 
 
-async def run_script(script: Path, env: Mapping[str, str], cwd: Path) -> tuple[int, bytes]:
+async def run_script(
+    script: Path, env: Mapping[str, str], cwd: Path, *, live: BinaryIO | None = None
+) -> tuple[int, bytes]:
+    """Run the script with stdout and stderr merged; return its exit code and output, echoing the output to
+    ``live`` as it comes. Cancelled, the script and everything it started are killed (its own process
+    group: a background child would otherwise keep the output pipe, and the wait, open)."""
     process = await asyncio.create_subprocess_exec(
         SHELL,
         str(script),
@@ -120,9 +128,23 @@ async def run_script(script: Path, env: Mapping[str, str], cwd: Path) -> tuple[i
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
     )
-    output, _ = await process.communicate()
-    return process.returncode if process.returncode is not None else 1, output
+    assert process.stdout is not None
+    output = bytearray()
+    try:
+        while chunk := await process.stdout.read(65536):
+            output += chunk
+            if live is not None:
+                live.write(chunk)
+                live.flush()
+        await process.wait()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+        raise
+    return process.returncode if process.returncode is not None else 1, bytes(output)
 
 
 async def supervise(
@@ -132,11 +154,21 @@ async def supervise(
     config_file: Path = CONFIG_FILE,
     script_file: Path = SCRIPT_FILE,
     credentials_dir: Path = CREDENTIALS_DIR,
+    live: BinaryIO | None = None,
 ) -> tuple[int, bytes, str]:
-    """Run one invocation; return (exit code, sync response, log)."""
+    """Run one invocation; return (exit code, sync response, log). With ``live``, the log and the script's
+    output are also written there as they happen."""
     service = read_definition(env, config_file)
     service = service.model_copy(update={"script": read_script(env, script_file)})
-    log = SupervisorLog(env.get("LOG_LEVEL") or service.log_level or "INFO")
+
+    def sink(line: str) -> None:
+        assert live is not None
+        live.write(line.encode())
+        live.flush()
+
+    log = SupervisorLog(
+        env.get("LOG_LEVEL") or service.log_level or "INFO", sink=sink if live is not None else None
+    )
     workspace = Workspace.create(Path(env["TMPDIR"]) if env.get("TMPDIR") else None, prefix="oscar-")
     try:
         async with contextlib.AsyncExitStack() as stack:
@@ -168,7 +200,7 @@ async def supervise(
                 script_env["PATH"] = env["PATH"]
             workspace.write_script(service.script)
             log.info("Running the user script")
-            code, output = await run_script(workspace.script, script_env, workspace.root)
+            code, output = await run_script(workspace.script, script_env, workspace.root, live=live)
             log.output(output.decode("utf-8", errors="replace"))
             if code != 0:
                 log.error(f"The script exited with code {code}")
@@ -181,6 +213,38 @@ async def supervise(
             )
     finally:
         workspace.cleanup()
+
+
+async def run(
+    event: bytes,
+    *,
+    env: Mapping[str, str],
+    stdout: BinaryIO,
+    stderr: BinaryIO,
+    config_file: Path = CONFIG_FILE,
+    script_file: Path = SCRIPT_FILE,
+    credentials_dir: Path = CREDENTIALS_DIR,
+) -> int:
+    """The container's life: supervise with the log and the script's output going to standard error as
+    they happen, then the sync response on standard output (framed when the manager reads it back from
+    the pod log); return the exit code."""
+    try:
+        code, response, _log = await supervise(
+            event,
+            env=env,
+            config_file=config_file,
+            script_file=script_file,
+            credentials_dir=credentials_dir,
+            live=stderr,
+        )
+    except OscarError as exc:
+        stderr.write(f"supervisor: {type(exc).__name__}: {exc.message}\n".encode())
+        stderr.flush()
+        return 1
+    if code == 0:
+        stdout.write(response_frame.frame(response) if env.get(response_frame.ENV) else response)
+        stdout.flush()
+    return code
 
 
 # What the bootloaders of the self-contained executable (scripts/build-supervisor: PyInstaller, staticx) add
@@ -212,14 +276,4 @@ def main() -> None:
     if not event.strip():
         event = os.environ.get("EVENT", "").encode()
     env = container_environment(os.environ, frozen=bool(getattr(sys, "frozen", False)))
-    try:
-        code, response, log = asyncio.run(supervise(event, env=env))
-    except OscarError as exc:
-        sys.stderr.write(f"supervisor: {type(exc).__name__}: {exc.message}\n")
-        sys.exit(1)
-    sys.stderr.write(log)
-    sys.stderr.flush()
-    if code == 0:
-        sys.stdout.buffer.write(response)
-        sys.stdout.flush()
-    sys.exit(code)
+    sys.exit(asyncio.run(run(event, env=env, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer)))

@@ -12,22 +12,21 @@ from typing import Any
 
 import httpx
 import pytest
+from aiohttp.test_utils import TestServer
 
 from oscar_manager.settings import Settings
 from tests.support.app import NO_AUTH, app_client
-from tests.support.jobs import settle, wait_for_jobs
+from tests.support.jobs import all_jobs, settle, wait_for_jobs
 from tests.support.kube_api import KubeApiDouble, kubeconfig
 
 NS = "oscar-svc"
 
 
 @pytest.fixture
-async def manager(
-    settings: Settings, double: tuple[KubeApiDouble, str], tmp_path: Path
-) -> AsyncIterator[httpx.AsyncClient]:
+def kube_settings(settings: Settings, double: tuple[KubeApiDouble, str], tmp_path: Path) -> Settings:
     config = tmp_path / "kubeconfig"
     config.write_text(kubeconfig(double[1]))
-    kube_settings = settings.model_copy(
+    return settings.model_copy(
         update={
             "oscar_backend": "kubernetes",
             "oscar_kubeconfig": config,
@@ -35,6 +34,10 @@ async def manager(
             "oscar_dispatch_interval": 0.05,
         }
     )
+
+
+@pytest.fixture
+async def manager(kube_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     async with app_client(kube_settings) as http:
         yield http
 
@@ -182,3 +185,205 @@ async def test_system_info_describes_the_kubernetes_backend(manager: httpx.Async
     execution = (await manager.get("/system/info")).json()["execution"]
     assert execution["kind"] == "kubernetes"
     assert execution["namespace"] == NS
+
+
+async def test_an_invalid_object_is_a_400_naming_the_field_and_records_nothing(
+    manager: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
+) -> None:
+    api, _url = double
+    api.fail_next = [("POST", "/configmaps", 422)]
+    answer = await manager.post("/system/services", json=definition("invalid"))
+    assert answer.status_code == 400
+    assert "metadata.labels" in answer.json()["detail"]
+    assert (await manager.get("/system/services/invalid")).status_code == 404
+
+
+async def test_the_job_watcher_lists_again_after_410_gone(
+    manager: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
+) -> None:
+    api, _url = double
+    assert (await manager.post("/system/services", json=definition("relist"))).status_code == 201
+    job_id = (await invoke(manager, "relist", b"e30=")).headers["X-Oscar-Job-Ids"]
+    await until(lambda: api.get("Job", NS, job_id) is not None)
+    lists_before = api.listed.count("Job")
+    # The API server goes away; the job ends meanwhile and the history is compacted past the watcher.
+    api.watches_open.clear()
+    await api.break_watches()
+    await api.finish_pod(NS, job_id, succeeded=True, log="ended while nobody watched\n")
+    api.compact()
+    api.watches_open.set()
+    jobs = await wait_for_jobs(manager, "relist", count=1)
+    assert jobs[job_id]["status"] == "Succeeded"
+    assert api.listed.count("Job") > lists_before  # resumed with 410, then listed
+    assert (await manager.get(f"/system/logs/relist/{job_id}")).text == "ended while nobody watched\n"
+
+
+async def test_a_restarted_manager_keeps_the_logs_it_copied(
+    kube_settings: Settings, double: tuple[KubeApiDouble, str]
+) -> None:
+    api, _url = double
+    async with app_client(kube_settings) as manager:
+        assert (await manager.post("/system/services", json=definition("kept"))).status_code == 201
+        job_id = (await invoke(manager, "kept", b"e30=")).headers["X-Oscar-Job-Ids"]
+        await until(lambda: api.get("Job", NS, job_id) is not None)
+        await api.finish_pod(NS, job_id, succeeded=True, log="the original log\n")
+        await wait_for_jobs(manager, "kept", count=1)
+    # The pod is garbage-collected; the Job stays until its TTL. A new manager lists it again.
+    for key in [key for key in api.objects if key[0] == "Pod"]:
+        del api.objects[key]
+    lists_before = api.listed.count("Job")
+    async with app_client(kube_settings) as manager:
+        await until(lambda: api.listed.count("Job") > lists_before)
+        await settle(0.3)
+        assert (await manager.get(f"/system/logs/kept/{job_id}")).text == "the original log\n"
+        assert (await all_jobs(manager, "kept"))[job_id]["status"] == "Succeeded"
+
+
+@pytest.fixture
+async def flaky_api_server(
+    settings: Settings, tmp_path: Path
+) -> AsyncIterator[tuple[KubeApiDouble, TestServer, httpx.AsyncClient]]:
+    """A manager whose API server can be stopped and started again on the same address."""
+    api = KubeApiDouble()
+    server = TestServer(api.app(), host="127.0.0.1")
+    await server.start_server()
+    config = tmp_path / "kubeconfig"
+    config.write_text(kubeconfig(f"http://127.0.0.1:{server.port}"))
+    kube_settings = settings.model_copy(
+        update={"oscar_backend": "kubernetes", "oscar_kubeconfig": config, "oscar_dispatch_interval": 0.05}
+    )
+    try:
+        async with app_client(kube_settings) as http:
+            yield api, server, http
+    finally:
+        await server.close()
+
+
+async def test_events_taken_while_the_api_server_is_gone_become_jobs_once_it_returns(
+    flaky_api_server: tuple[KubeApiDouble, TestServer, httpx.AsyncClient],
+) -> None:
+    api, server, manager = flaky_api_server
+    assert (await manager.post("/system/services", json=definition("outage"))).status_code == 201
+    port = server.port
+    await api.break_watches()  # else the server's shutdown waits for the open watch to time out
+    await server.close()
+    answers = [await invoke(manager, "outage", base64.b64encode(f"e{n}".encode())) for n in range(3)]
+    assert [answer.status_code for answer in answers] == [201, 201, 201]
+    job_ids = {answer.headers["X-Oscar-Job-Ids"] for answer in answers}
+    await settle(0.5)
+    assert api.of_kind("Job") == []
+
+    revived = TestServer(api.app(), host="127.0.0.1", port=port)
+    await revived.start_server()
+    try:
+        # The dispatcher's backoff after the failures: up to a few seconds.
+        await until(lambda: {job["metadata"]["name"] for job in api.of_kind("Job")} == job_ids, within=20)
+        for job_id in job_ids:
+            await api.finish_pod(NS, job_id, succeeded=True)
+        jobs = await wait_for_jobs(manager, "outage", count=3)
+        assert {job["status"] for job in jobs.values()} == {"Succeeded"}
+        creates = [path for method, path in api.requests if method == "POST" and path.endswith("/jobs")]
+        assert len(creates) == 3
+    finally:
+        await api.break_watches()
+        await revived.close()
+
+
+# --- sync runs: the kubelet runs the pods with the real supervisor ---------------------------------------
+
+
+@pytest.fixture
+async def runner(kubernetes_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(kubernetes_settings.model_copy(update={"oscar_run_timeout": 3.0})) as http:
+        yield http
+
+
+async def run(http: httpx.AsyncClient, name: str, body: bytes) -> httpx.Response:
+    token = (await http.get(f"/system/services/{name}")).json()["token"]
+    return await http.post(f"/run/{name}", content=body, headers={"Authorization": f"Bearer {token}"})
+
+
+def sync_jobs(api: KubeApiDouble) -> list[dict[str, Any]]:
+    """Every Job a sync run created (from the history: they are deleted once answered)."""
+    return [
+        job
+        for _version, event, job in api.history
+        if event == "ADDED" and "oscar_sync" in job["metadata"]["labels"]
+    ]
+
+
+async def test_a_sync_run_answers_from_its_own_job_then_deletes_it(
+    runner: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
+) -> None:
+    api, _url = double
+    script = 'echo "log line"\ntr a-z A-Z < "$INPUT_FILE_PATH"\n'
+    assert (await runner.post("/system/services", json=definition("shout", script=script))).status_code == 201
+    answer = await run(runner, "shout", base64.b64encode(b"quiet please"))
+    assert answer.status_code == 200
+    assert answer.text == "log line\nQUIET PLEASE"
+    (job,) = sync_jobs(api)
+    assert job["spec"]["activeDeadlineSeconds"] == 3
+    assert api.get("Job", NS, job["metadata"]["name"]) is None  # deleted once answered
+    # Sync runs are no job records (as on the local backend); the watcher left the Job alone.
+    await settle(0.2)
+    assert (await runner.get("/system/logs/shout")).json()["jobs"] == {}
+
+
+async def test_a_failing_sync_run_is_500_with_the_output(
+    runner: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
+) -> None:
+    api, _url = double
+    script = "echo 'cannot go on' >&2\nexit 4\n"
+    assert (await runner.post("/system/services", json=definition("sad", script=script))).status_code == 201
+    answer = await run(runner, "sad", base64.b64encode(b"x"))
+    assert answer.status_code == 500
+    assert "code 4" in answer.json()["detail"]
+    assert "cannot go on" in answer.json()["detail"]
+    assert api.of_kind("Job") == []
+
+
+async def test_a_sync_run_past_its_timeout_is_504_and_its_job_deleted(
+    runner: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
+) -> None:
+    api, _url = double
+    assert (
+        await runner.post("/system/services", json=definition("slow", script="sleep 30\n"))
+    ).status_code == 201
+    answer = await run(runner, "slow", base64.b64encode(b"x"))
+    assert answer.status_code == 504
+    (job,) = sync_jobs(api)
+    assert api.get("Job", NS, job["metadata"]["name"]) is None
+    assert ("DELETE", f"/apis/batch/v1/namespaces/{NS}/jobs/{job['metadata']['name']}") in api.requests
+
+
+async def test_a_sync_run_too_large_for_a_job_is_413_and_creates_nothing(
+    runner: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
+) -> None:
+    api, _url = double
+    assert (await runner.post("/system/services", json=definition("big"))).status_code == 201
+    answer = await run(runner, "big", base64.b64encode(b"x" * (1024 * 1024)))
+    assert answer.status_code == 413
+    assert "input bucket" in answer.json()["detail"]
+    assert sync_jobs(api) == []
+
+
+async def test_a_sync_run_outlives_a_lost_watch_and_410_gone(
+    runner: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
+) -> None:
+    api, _url = double
+    script = "sleep 1\necho finished\n"
+    assert (
+        await runner.post("/system/services", json=definition("patient", script=script))
+    ).status_code == 201
+    call = asyncio.create_task(run(runner, "patient", base64.b64encode(b"x")))
+    await until(lambda: len(sync_jobs(api)) == 1)
+    name = sync_jobs(api)[0]["metadata"]["name"]
+    api.watches_open.clear()
+    await api.break_watches()
+    await until(lambda: "conditions" in (api.get("Job", NS, name) or {}).get("status", {}))
+    api.compact()
+    api.watches_open.set()
+    answer = await call
+    assert answer.status_code == 200
+    assert answer.text == "finished\n"
+    assert ("GET", f"/apis/batch/v1/namespaces/{NS}/jobs/{name}") in api.requests  # re-read after 410

@@ -3,7 +3,8 @@
 What a Job does in the smallest user image: ``/oscar/bin/supervisor`` with the service's files under
 ``/oscar/config``, the MinIO credentials mounted as files and the event in ``EVENT``. The same sync cases as
 the Python entry point run there too (``test_supervisor_cli.py``); here are the ones that need the root:
-the root itself, the pod's file layout, S3 through a name in ``/etc/hosts``, the script's environment.
+the root itself, the pod's file layout and log, S3 through a name in ``/etc/hosts``, the script's
+environment.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 import yaml
 
 from oscar_manager.storage.s3 import S3ObjectStore
+from oscar_manager.supervisor import response_frame
 from tests.support.supervisor import (
     ACCESS_KEY_FILE,
     CONFIG_FILE,
@@ -102,6 +104,17 @@ def test_sync_invocation_in_the_pod_layout(
     assert done.returncode == 0, done.stderr
     assert expected(done.stdout), done.stdout
     assert b"Running the user script" in done.stderr
+
+
+def test_sync_job_response_read_back_from_the_merged_pod_log(busybox_root: BusyboxRoot) -> None:
+    """A sync Job: the manager has only the pod log (both streams, interleaved) to find the response in."""
+    _install_service(busybox_root, 'echo "working on it"\n' + UPPER)
+    done = busybox_root.run(b"", {"EVENT": b64("hello"), response_frame.ENV: "1"}, merge_output=True)
+    assert done.returncode == 0, done.stdout
+    log, response = response_frame.unframe(done.stdout.decode())
+    assert response is not None, log
+    assert base64.b64decode(response) == b"HELLO"
+    assert "working on it" in log
 
 
 def test_failing_script_in_the_pod_layout(busybox_root: BusyboxRoot) -> None:

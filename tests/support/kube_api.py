@@ -8,8 +8,11 @@ stream ADDED/MODIFIED/DELETED events (newline-delimited JSON) from a resourceVer
 older than the kept history answers 410 Gone, as a compacted etcd would.
 
 Covered: ``/api/v1/namespaces/{ns}/{configmaps,secrets,pods}``, ``/apis/batch/v1/namespaces/{ns}/jobs``,
-``.../pods/{name}/log``; labelSelector of the form ``k[=v][,...]``. ``delay`` adds latency to every answer;
-``fail_next`` injects errors into chosen requests.
+``.../pods/{name}/log``; labelSelector of the form ``k[=v]``/``!k`` (comma-separated), fieldSelector on the
+name. ``delay`` adds latency to every answer; ``fail_next`` injects errors into chosen requests. With a
+``kubelet`` the pods of created Jobs really run (``tests.support.kubelet``) and end by themselves.
+``rbac`` (an :class:`Rbac` built from a Role's rules) authorises every request as the RBAC authoriser
+would, answering 403 Forbidden to what the rules do not allow, and records what was asked for.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import io
 import json
+import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -54,14 +59,29 @@ def status(code: int, reason: str, message: str, **details: Any) -> web.Response
     return web.json_response(body, status=code)
 
 
-def _selected(obj: dict[str, Any], selector: str) -> bool:
-    """``k=v`` terms must match; a bare ``k`` means the label exists."""
+def _selected(obj: dict[str, Any], selector: str, fields: str = "") -> bool:
+    """Label terms: ``k=v`` must match, a bare ``k`` means the label exists, ``!k`` that it does not.
+    Field terms: ``metadata.name=x`` and ``metadata.namespace=x`` (what the manager uses)."""
     labels = obj["metadata"].get("labels") or {}
     for term in filter(None, selector.split(",")):
+        if term.startswith("!"):
+            if term[1:] in labels:
+                return False
+            continue
         key, equals, value = term.partition("=")
         if key not in labels or (equals and labels[key] != value):
             return False
+    for term in filter(None, fields.split(",")):
+        path, _, value = term.partition("=")
+        if path not in ("metadata.name", "metadata.namespace"):
+            raise ValueError(f"field selector {path!r} is not supported by the double")
+        if obj["metadata"].get(path.removeprefix("metadata.")) != value:
+            return False
     return True
+
+
+# What runs a pod's main container, as a kubelet would: (namespace, pod, its log) -> exit code.
+Kubelet = Callable[[str, dict[str, Any], io.BytesIO], Awaitable[int]]
 
 
 @dataclass
@@ -78,11 +98,23 @@ class KubeApiDouble:
     # (method, path fragment, HTTP status): the next matching request gets that status, once each.
     fail_next: list[tuple[str, str, int]] = field(default_factory=list)
     created_at: dict[str, float] = field(default_factory=dict)  # Job name -> loop time it was created
+    # When set, a created Job's pod really runs (see tests.support.kubelet); otherwise tests end pods.
+    kubelet: Kubelet | None = None
+    _running: set[asyncio.Task[None]] = field(default_factory=set)
+    rbac: Rbac | None = None  # None: every request is allowed
+    # Cleared: watch requests are answered 503 (an API server restarting). See also ``break_watches``.
+    watches_open: asyncio.Event = field(default_factory=asyncio.Event)
+    _watch_generation: int = 0
+    _compacted_at: int = 0  # watches resuming from before this resourceVersion get 410 Gone
+    listed: list[str] = field(default_factory=list)  # kinds listed (not watched), for assertions
     _version: int = 1
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
+    def __post_init__(self) -> None:
+        self.watches_open.set()
+
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware])
+        app = web.Application(middlewares=[self._middleware, self._authorize])
         for group_path in ("/api/v1", "/apis/batch/v1"):
             base = group_path + "/namespaces/{ns}/{plural}"
             app.router.add_post(base, self._create)
@@ -102,7 +134,21 @@ class KubeApiDouble:
         for index, (method, fragment, code) in enumerate(self.fail_next):
             if request.method == method and fragment in request.path:
                 del self.fail_next[index]
+                if code == 422:
+                    cause = {"reason": "FieldValueInvalid", "message": "injected", "field": "metadata.labels"}
+                    return status(code, "Invalid", "injected: metadata.labels: Invalid value", causes=[cause])
                 return status(code, "InternalError" if code >= 500 else "Forbidden", f"injected {code}")
+        if request.query.get("watch") and not self.watches_open.is_set():
+            return status(503, "ServiceUnavailable", "watches are held by the test")
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    @web.middleware
+    async def _authorize(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+        if self.rbac is not None:
+            refusal = self.rbac.authorize(request)
+            if refusal is not None:
+                return refusal
         response: web.StreamResponse = await handler(request)
         return response
 
@@ -114,21 +160,82 @@ class KubeApiDouble:
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return [obj for (k, _ns, _name), obj in self.objects.items() if k == kind]
 
-    async def finish_pod(self, namespace: str, job_name: str, *, succeeded: bool, log: str = "") -> None:
+    async def finish_pod(
+        self,
+        namespace: str,
+        job_name: str,
+        *,
+        succeeded: bool,
+        log: str = "",
+        exit_code: int | None = None,
+        reason: str = "",
+    ) -> None:
         """End the job's pod (and the job) the way the kubelet and the Job controller would."""
         pods = [pod for pod in self.of_kind("Pod") if pod["metadata"]["labels"].get("job-name") == job_name]
+        code = (0 if succeeded else 1) if exit_code is None else exit_code
         for pod in pods:
-            pod["status"] = {"phase": "Succeeded" if succeeded else "Failed", "startTime": _now()}
+            terminated = {"exitCode": code, "reason": "Completed" if succeeded else "Error"}
+            pod["status"] = {
+                "phase": "Succeeded" if succeeded else "Failed",
+                "startTime": _now(),
+                "containerStatuses": [
+                    {
+                        "name": container["name"],
+                        "image": container["image"],
+                        "imageID": "",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {"terminated": terminated},
+                    }
+                    for container in pod["spec"]["containers"]
+                ],
+            }
             self.logs[(namespace, pod["metadata"]["name"])] = log
         job = self.get("Job", namespace, job_name)
         if job is not None:
-            condition = "Complete" if succeeded else "Failed"
+            condition = {"type": "Complete" if succeeded else "Failed", "status": "True"}
+            if reason:
+                condition["reason"] = reason
             job["status"] = {
                 "succeeded" if succeeded else "failed": 1,
-                "conditions": [{"type": condition, "status": "True"}],
+                "conditions": [condition],
                 "completionTime": _now(),
             }
             await self._record("MODIFIED", job)
+
+    async def _run_pod(
+        self, namespace: str, job_name: str, pod: dict[str, Any], deadline: float | None
+    ) -> None:
+        """The kubelet's part, and the Job controller's ``activeDeadlineSeconds``."""
+        assert self.kubelet is not None
+        output = io.BytesIO()
+        try:
+            async with asyncio.timeout(deadline):
+                code = await self.kubelet(namespace, pod, output)
+        except TimeoutError:
+            log = output.getvalue().decode("utf-8", errors="replace")
+            await self.finish_pod(
+                namespace, job_name, succeeded=False, log=log, exit_code=137, reason="DeadlineExceeded"
+            )
+            return
+        log = output.getvalue().decode("utf-8", errors="replace")
+        await self.finish_pod(namespace, job_name, succeeded=code == 0, log=log, exit_code=code)
+
+    def compact(self) -> None:
+        """Forget the history so far, as etcd compaction does: resuming from an older version is 410 Gone."""
+        self._compacted_at = self._version
+
+    async def break_watches(self) -> None:
+        """End every open watch stream, as an API server going away does."""
+        self._watch_generation += 1
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def close(self) -> None:
+        """Stop the pods still running (a test's end)."""
+        for task in list(self._running):
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
 
     # --- handlers ------------------------------------------------------------------------------------
 
@@ -192,6 +299,11 @@ class KubeApiDouble:
         self.objects[("Pod", namespace, name)] = pod
         job["status"] = {"active": 1, "startTime": _now()}
         await self._record("MODIFIED", job)
+        if self.kubelet is not None:
+            deadline = job["spec"].get("activeDeadlineSeconds")
+            task = asyncio.create_task(self._run_pod(namespace, job["metadata"]["name"], pod, deadline))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
     async def _replace(self, request: web.Request) -> web.StreamResponse:
         kind, namespace, name = self._kind(request), request.match_info["ns"], request.match_info["name"]
@@ -240,12 +352,14 @@ class KubeApiDouble:
     async def _list(self, request: web.Request) -> web.StreamResponse:
         kind, namespace = self._kind(request), request.match_info["ns"]
         selector = request.query.get("labelSelector", "")
+        fields = request.query.get("fieldSelector", "")
         if request.query.get("watch", "").lower() in ("true", "1") and kind == "Job":
-            return await self._watch(request, namespace, selector)
+            return await self._watch(request, namespace, selector, fields)
+        self.listed.append(kind)
         items = [
             obj
             for (k, ns, _name), obj in sorted(self.objects.items())
-            if k == kind and ns == namespace and _selected(obj, selector)
+            if k == kind and ns == namespace and _selected(obj, selector, fields)
         ]
         return web.json_response(
             {
@@ -256,12 +370,14 @@ class KubeApiDouble:
             }
         )
 
-    async def _watch(self, request: web.Request, namespace: str, selector: str) -> web.StreamResponse:
+    async def _watch(
+        self, request: web.Request, namespace: str, selector: str, fields: str
+    ) -> web.StreamResponse:
         since = int(request.query.get("resourceVersion") or self._version)
         response = web.StreamResponse()
         response.content_type = "application/json"
         await response.prepare(request)
-        if self.history and since < self.history[0][0] - 1:
+        if since < self._compacted_at or (self.history and since < self.history[0][0] - 1):
             # As the API server does once etcd has compacted that far: an ERROR event, then the end.
             gone = {
                 "kind": "Status",
@@ -275,12 +391,13 @@ class KubeApiDouble:
             return response
         timeout = float(request.query.get("timeoutSeconds", "30"))
         deadline = asyncio.get_running_loop().time() + timeout
-        while True:
+        generation = self._watch_generation
+        while generation == self._watch_generation:
             for version, event, job in list(self.history):
                 if version <= since:
                     continue
                 since = version
-                if job["metadata"]["namespace"] == namespace and _selected(job, selector):
+                if job["metadata"]["namespace"] == namespace and _selected(job, selector, fields):
                     line = json.dumps({"type": event, "object": job}) + "\n"
                     await response.write(line.encode())
             remaining = deadline - asyncio.get_running_loop().time()
@@ -291,12 +408,124 @@ class KubeApiDouble:
                     await asyncio.wait_for(self._changed.wait(), timeout=remaining)
                 except TimeoutError:
                     return response
+        return response
 
     async def _log(self, request: web.Request) -> web.StreamResponse:
         key = (request.match_info["ns"], request.match_info["name"])
         if ("Pod", *key) not in self.objects:
             return status(404, "NotFound", f'pods "{key[1]}" not found')
         return web.Response(text=self.logs.get(key, ""))
+
+
+# --- RBAC mode -------------------------------------------------------------------------------------------
+
+# A namespaced resource request: /api/v1/... (core group) or /apis/<group>/<version>/..., then the
+# resource, an optional name and an optional subresource (``pods/<name>/log``).
+_RESOURCE_PATH = re.compile(
+    r"^/(?:api/v1|apis/(?P<group>[^/]+)/[^/]+)/namespaces/(?P<namespace>[^/]+)/(?P<resource>[^/]+)"
+    r"(?:/(?P<name>[^/]+)(?:/(?P<subresource>[^/]+))?)?$"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """What the authoriser decides on: a request's attributes as the API server derives them."""
+
+    group: str
+    resource: str  # with its subresource: "pods/log"
+    verb: str
+    namespace: str
+    name: str = ""
+
+    @property
+    def triple(self) -> tuple[str, str, str]:
+        return (self.group, self.resource, self.verb)
+
+
+def access_of(request: web.Request) -> Access | None:
+    """The request's RBAC attributes (the API server's RequestInfo); None for a non-resource path."""
+    match = _RESOURCE_PATH.match(request.path)
+    if match is None:
+        return None
+    name, subresource = match["name"] or "", match["subresource"]
+    if request.method == "GET":
+        watching = request.query.get("watch", "").lower() in ("true", "1")
+        verb = "get" if name else ("watch" if watching else "list")
+    elif request.method == "DELETE":
+        verb = "delete" if name else "deletecollection"
+    else:
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(
+            request.method, request.method.lower()
+        )
+    resource = f"{match['resource']}/{subresource}" if subresource else match["resource"]
+    return Access(match["group"] or "", resource, verb, match["namespace"], name)
+
+
+def _listed(values: list[str], value: str) -> bool:
+    return "*" in values or value in values
+
+
+@dataclass
+class Rbac:
+    """The RBAC authoriser for one user bound to one Role: ``rules`` apply in ``namespace`` only."""
+
+    namespace: str
+    rules: list[dict[str, Any]]
+    user: str = "system:serviceaccount:oscar:oscar-sa"
+    asked: list[Access] = field(default_factory=list)  # every resource request, allowed or not
+    forbidden: list[Access] = field(default_factory=list)
+
+    @classmethod
+    def from_role(cls, role: dict[str, Any], *, user: str = "system:serviceaccount:oscar:oscar-sa") -> Rbac:
+        assert role["kind"] == "Role", role["kind"]
+        return cls(namespace=role["metadata"]["namespace"], rules=copy.deepcopy(role["rules"]), user=user)
+
+    def allows(self, access: Access) -> bool:
+        if access.namespace != self.namespace:
+            return False
+        for rule in self.rules:
+            names = rule.get("resourceNames") or []
+            if (
+                _listed(rule.get("apiGroups") or [], access.group)
+                and _listed(rule.get("resources") or [], access.resource)
+                and _listed(rule.get("verbs") or [], access.verb)
+                and (not names or access.name in names)
+            ):
+                return True
+        return False
+
+    def granted(self) -> set[tuple[str, str, str]]:
+        """Every (apiGroup, resource, verb) the rules name (wildcards as written)."""
+        return {
+            (group, resource, verb)
+            for rule in self.rules
+            for group in rule.get("apiGroups") or []
+            for resource in rule.get("resources") or []
+            for verb in rule.get("verbs") or []
+        }
+
+    def asked_for(self) -> set[tuple[str, str, str]]:
+        return {access.triple for access in self.asked}
+
+    def authorize(self, request: web.Request) -> web.Response | None:
+        """None to let the request through; else the 403 the API server would answer."""
+        access = access_of(request)
+        if access is None:
+            message = f'forbidden: User "{self.user}" cannot {request.method.lower()} path "{request.path}"'
+            return status(403, "Forbidden", message)
+        self.asked.append(access)
+        if self.allows(access):
+            return None
+        self.forbidden.append(access)
+        # As apiserver's responsewriters.forbiddenMessage and errors.NewForbidden word it.
+        plural = access.resource.split("/")[0]
+        qualified = f"{plural}.{access.group}" if access.group else plural
+        subject = f'{qualified} "{access.name}"' if access.name else qualified
+        message = (
+            f'{subject} is forbidden: User "{self.user}" cannot {access.verb} resource "{access.resource}" '
+            f'in API group "{access.group}" in the namespace "{access.namespace}"'
+        )
+        return status(403, "Forbidden", message, name=access.name, group=access.group, kind=plural)
 
 
 def kubeconfig(url: str, namespace: str = "oscar-svc") -> str:

@@ -177,18 +177,27 @@ class BusyboxRoot:
         ]  # fmt: skip
 
     def execute(
-        self, argv: list[str], *, stdin: bytes = b"", env: Mapping[str, str] | None = None
+        self,
+        argv: list[str],
+        *,
+        stdin: bytes = b"",
+        env: Mapping[str, str] | None = None,
+        merge_output: bool = False,
     ) -> subprocess.CompletedProcess[bytes]:
-        """Run ``argv`` inside the root with only ``PATH=/bin`` plus ``env`` (no host environment)."""
+        """Run ``argv`` inside the root with only ``PATH=/bin`` plus ``env`` (no host environment);
+        ``merge_output``: standard error into standard output, as a container runtime keeps a pod's log."""
         return subprocess.run(
             self.command(*argv),
             input=stdin,
             env={"PATH": "/bin", **(env or {})},
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if merge_output else subprocess.PIPE,
             timeout=120,
             check=False,
         )
 
-    def run(self, event: bytes, env: Mapping[str, str]) -> subprocess.CompletedProcess[bytes]:
+    def run(
+        self, event: bytes, env: Mapping[str, str], *, merge_output: bool = False
+    ) -> subprocess.CompletedProcess[bytes]:
         """The supervisor, started as a Job's container starts it."""
-        return self.execute([SUPERVISOR], stdin=event, env=env)
+        return self.execute([SUPERVISOR], stdin=event, env=env, merge_output=merge_output)

@@ -3,6 +3,8 @@ where clients and scripts can tell."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -150,3 +152,55 @@ def test_the_validator_refuses_what_the_api_server_would(change: Any, field: str
     with pytest.raises(Invalid) as refused:
         validate(job)
     assert refused.value.field == field
+
+
+# --- golden manifests: the whole Job, reviewed once, compared on every run ----------------------------
+
+GOLDEN = Path(__file__).parent / "golden"
+GOLDEN_SERVICES: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "gpu": {"enable_gpu": True, "memory": "8Gi", "cpu": "4"},
+    "secrets": {"environment": {"variables": {"MODE": "gray"}, "secrets": {"API_KEY": "s3cr3t"}}},
+    "pull-secrets": {
+        "image_pull_secrets": ["registry-creds"],
+        "labels": {"team": "imaging"},
+        "annotations": {"example.org/owner": "lab-7"},
+    },
+}
+
+
+@pytest.mark.parametrize("kind", sorted(GOLDEN_SERVICES))
+def test_golden_job_manifest(kind: str) -> None:
+    """Any change to a Job the manager sends shows up here as a diff to review; regenerate the files with
+    ``OSCAR_UPDATE_GOLDEN=1 pytest tests/unit/test_manifests.py`` once it is the intended one."""
+    job = manifests.job(make(**GOLDEN_SERVICES[kind]), job_id=JOB_ID, event=EVENT, cluster=CLUSTER)
+    validate(job)
+    golden = GOLDEN / f"job-{kind}.yaml"
+    if os.environ.get("OSCAR_UPDATE_GOLDEN"):
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(yaml.safe_dump(job, sort_keys=False))
+    assert job == yaml.safe_load(golden.read_text())
+
+
+def test_the_job_of_a_sync_run_frames_its_response_and_has_a_deadline() -> None:
+    job = manifests.job(
+        make(), job_id="grayify-run-0011223344556677", event=b"aGk=", cluster=CLUSTER, sync_deadline=90
+    )
+    validate(job)
+    assert job["metadata"]["labels"][manifests.SYNC_LABEL] == "true"
+    assert pod_spec(job)["containers"][0]["env"][-1] == {"name": "OSCAR_RESPONSE_FRAME", "value": "1"}
+    assert job["spec"]["activeDeadlineSeconds"] == 90
+    # Collected within the hour should the manager not be there to delete it.
+    assert job["spec"]["ttlSecondsAfterFinished"] == manifests.SYNC_TTL_SECONDS
+
+
+def test_the_job_timeout_is_the_deadline_of_every_job() -> None:
+    timed = manifests.ClusterConfig(manager_image="m", ttl_seconds=60, job_timeout=3600)
+    job = manifests.job(make(), job_id=JOB_ID, event=EVENT, cluster=timed)
+    assert job["spec"]["activeDeadlineSeconds"] == 3600
+    assert manifests.SYNC_LABEL not in job["metadata"]["labels"]
+    assert "OSCAR_RESPONSE_FRAME" not in str(pod_spec(job)["containers"][0]["env"])
+    assert (
+        "activeDeadlineSeconds"
+        not in manifests.job(make(), job_id=JOB_ID, event=EVENT, cluster=CLUSTER)["spec"]
+    )

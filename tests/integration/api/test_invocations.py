@@ -1,4 +1,4 @@
-"""/job and /run on the local executor: auth, bad input, results, logs, dedup (SQLite and PostgreSQL)."""
+"""/job and /run: auth, bad input, results, logs, dedup (SQLite and PostgreSQL; local and Kubernetes)."""
 
 from __future__ import annotations
 
@@ -152,8 +152,8 @@ class TestJobs:
 
 
 @pytest.fixture
-async def quick_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    fast = settings.model_copy(update={"oscar_job_timeout": 1.0, "oscar_run_timeout": 1.0})
+async def quick_client(backend_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    fast = backend_settings.model_copy(update={"oscar_job_timeout": 1.0, "oscar_run_timeout": 1.0})
     async with app_client(fast) as http:
         yield http
 
@@ -175,6 +175,12 @@ async def test_hanging_run_is_504(quick_client: httpx.AsyncClient) -> None:
 
 
 class TestStorageEvents:
+    @pytest.fixture
+    async def client(self, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+        """Uploads through the local store's watcher (the MinIO sources are tested against MinIO)."""
+        async with app_client(settings) as http:
+            yield http
+
     async def put(self, client: httpx.AsyncClient, bucket: str, key: str, data: bytes) -> dict[str, Any]:
         response = await client.put(f"/system/buckets/{bucket}/objects/{key}", content=data)
         assert response.status_code == 201, response.text

@@ -1,0 +1,221 @@
+"""The Role in deploy/kubernetes/rbac.yaml is least privilege: the Kubernetes backend, driven through its
+whole lifecycle against the API double enforcing that Role, is never refused and uses every rule; and a
+Role lacking a verb the backend needs makes the API answer the refusal with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from oscar_manager.backends import manifests
+from oscar_manager.backends.base import JobRequest, SyncRequest
+from oscar_manager.backends.kubernetes import KubernetesBackend
+from oscar_manager.domain.jobs import JobOutcome, JobStatus
+from oscar_manager.domain.service import MinioDefault, Service, normalise_new, parse_service
+from oscar_manager.settings import Settings
+from oscar_manager.supervisor.response_frame import frame
+from tests.support.app import app_client
+from tests.support.deploy import find
+from tests.support.kube_api import KubeApiDouble, Rbac, kubeconfig
+
+NS = "oscar-svc"
+CLUSTER = manifests.ClusterConfig(manager_image="oscar-manager:test", ttl_seconds=600)
+SA_USER = "system:serviceaccount:oscar:oscar-sa"
+
+
+def role() -> dict[str, Any]:
+    return find("Role", "oscar-controller")
+
+
+def without(role: dict[str, Any], group: str, resource: str, verb: str) -> dict[str, Any]:
+    """The Role with one (group, resource, verb) taken out of its rules."""
+    reduced = copy.deepcopy(role)
+    rules = []
+    for rule in reduced["rules"]:
+        if group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"]:
+            others = [r for r in rule["resources"] if r != resource]
+            if others:
+                rules.append({**rule, "resources": others})
+            fewer = [v for v in rule["verbs"] if v != verb]
+            if fewer:
+                rules.append({**rule, "resources": [resource], "verbs": fewer})
+        else:
+            rules.append(rule)
+    reduced["rules"] = rules
+    return reduced
+
+
+def service(name: str, **fields: Any) -> Service:
+    body = {
+        "name": name,
+        "image": "alpine",
+        "script": "echo hi\n",
+        "input": [{"path": f"{name}/in"}],
+        **fields,
+    }
+    minio = MinioDefault(endpoint="http://minio:9000", region="us-east-1", verify=True)
+    return normalise_new(parse_service(body), owner="cluster_admin", namespace=NS, minio=minio)
+
+
+class Reporter:
+    """A JobReporter keeping what the backend reported."""
+
+    def __init__(self) -> None:
+        self.started_jobs: list[str] = []
+        self.outcomes: dict[str, JobOutcome] = {}
+
+    async def started(self, job_id: str, *, at: datetime) -> None:
+        self.started_jobs.append(job_id)
+
+    async def finished(self, job_id: str, *, outcome: JobOutcome) -> None:
+        self.outcomes[job_id] = outcome
+
+
+async def until(check: Callable[[], bool], within: float = 10) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "gave up waiting"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def backend(double: tuple[KubeApiDouble, str]) -> AsyncIterator[tuple[KubernetesBackend, Reporter]]:
+    configuration = client.Configuration(host=double[1])
+    async with client.ApiClient(configuration) as api_client:
+        kube = KubernetesBackend(api_client, namespace=NS, cluster=CLUSTER)
+        reporter = Reporter()
+        await kube.start(reporter)
+        try:
+            yield kube, reporter
+        finally:
+            await kube.stop()
+
+
+async def test_the_backend_lifecycle_needs_exactly_the_role(
+    double: tuple[KubeApiDouble, str], backend: tuple[KubernetesBackend, Reporter]
+) -> None:
+    api, _url = double
+    rbac = api.rbac = Rbac.from_role(role(), user=SA_USER)
+    kube, reporter = backend
+    await asyncio.wait_for(kube.watching.wait(), timeout=10)
+
+    # A service with secrets: created, then updated (409 -> replace), then updated without its secrets.
+    secretive = service("secretive", environment={"secrets": {"TOKEN": "x"}})
+    await kube.prepare_service(secretive)
+    await kube.prepare_service(secretive)
+    assert api.get("Secret", NS, "secretive") is not None
+    await kube.prepare_service(service("secretive"))
+    assert api.get("Secret", NS, "secretive") is None
+    plain = service("plain")
+    await kube.prepare_service(plain)
+
+    # A job runs: the watcher sees it start and end, and copies its pod's log.
+    await kube.submit(JobRequest(job_id="plain-00000000000000aa", service=plain, payload=b"{}", attempt=1))
+    await until(lambda: "plain-00000000000000aa" in reporter.started_jobs)
+    await api.finish_pod(NS, "plain-00000000000000aa", succeeded=True, log="done\n")
+    await until(lambda: "plain-00000000000000aa" in reporter.outcomes)
+    outcome = reporter.outcomes["plain-00000000000000aa"]
+    assert (outcome.status, outcome.log) == (JobStatus.SUCCEEDED, "done\n")
+
+    # A sync run whose watch expires (410 Gone): it reads its Job, watches again, reads the pod's log for
+    # the response, and deletes the Job.
+    api.fail_next = [("GET", f"/namespaces/{NS}/jobs", 410)]
+    run = asyncio.create_task(kube.run_sync(SyncRequest(service=plain, body=b"hello", timeout=30)))
+    await until(lambda: any("-run-" in job["metadata"]["name"] for job in api.of_kind("Job")))
+    (sync_job,) = [
+        job["metadata"]["name"] for job in api.of_kind("Job") if "-run-" in job["metadata"]["name"]
+    ]
+    await until(lambda: ("batch", "jobs", "get") in rbac.asked_for())
+    await api.finish_pod(NS, sync_job, succeeded=True, log="ran\n" + frame(b"HELLO").decode())
+    assert await run == b"HELLO"
+    assert api.get("Job", NS, sync_job) is None
+
+    # Another is cancelled; then the service goes, with its objects and jobs.
+    await kube.submit(JobRequest(job_id="plain-00000000000000bb", service=plain, payload=b"{}", attempt=1))
+    await kube.cancel("plain-00000000000000bb")
+    assert api.get("Job", NS, "plain-00000000000000bb") is None
+    await kube.remove_service(plain)
+    await kube.remove_service(secretive)
+    assert api.of_kind("ConfigMap") == []
+    assert api.of_kind("Job") == []
+
+    assert rbac.forbidden == []
+    # Every rule was needed: nothing granted that the backend never asked for (no wildcards either).
+    assert rbac.granted() - rbac.asked_for() == set()
+    assert not any("*" in value for value in _rule_values(rbac))
+
+
+def _rule_values(rbac: Rbac) -> list[str]:
+    return [value for rule in rbac.rules for values in rule.values() for value in values]
+
+
+async def test_a_request_the_role_does_not_allow_is_forbidden_as_the_api_server_words_it(
+    double: tuple[KubeApiDouble, str],
+) -> None:
+    api, url = double
+    api.rbac = Rbac.from_role(without(role(), "batch", "jobs", "create"), user=SA_USER)
+    async with client.ApiClient(client.Configuration(host=url)) as api_client:
+        batch, core = client.BatchV1Api(api_client), client.CoreV1Api(api_client)
+        job = manifests.job(service("plain"), job_id="plain-00000000000000cc", event=b"{}", cluster=CLUSTER)
+        with pytest.raises(ApiException) as refused:
+            await batch.create_namespaced_job(NS, job)  # type: ignore[arg-type]
+        with pytest.raises(ApiException) as elsewhere:
+            await core.list_namespaced_pod("default")
+        assert (await batch.list_namespaced_job(NS)).items == []  # still allowed
+    assert refused.value.status == 403
+    body = refused.value.body
+    assert isinstance(body, str)
+    assert '"reason": "Forbidden"' in body or '"reason":"Forbidden"' in body
+    assert (
+        f'jobs.batch is forbidden: User \\"{SA_USER}\\" cannot create resource \\"jobs\\" in API group '
+        f'\\"batch\\" in the namespace \\"{NS}\\"'
+    ) in body
+    assert elsewhere.value.status == 403  # a Role grants nothing outside its namespace
+    assert ("batch", "jobs", "create") in api.rbac.asked_for()
+    assert [access.triple for access in api.rbac.forbidden] == [
+        ("batch", "jobs", "create"),
+        ("", "pods", "list"),
+    ]
+    assert api.of_kind("Job") == []
+
+
+@pytest.fixture
+async def manager(
+    settings: Settings, double: tuple[KubeApiDouble, str], tmp_path: Path
+) -> AsyncIterator[httpx.AsyncClient]:
+    config = tmp_path / "kubeconfig"
+    config.write_text(kubeconfig(double[1]))
+    kube_settings = settings.model_copy(
+        update={"oscar_backend": "kubernetes", "oscar_kubeconfig": config, "oscar_dispatch_interval": 0.05}
+    )
+    async with app_client(kube_settings) as http:
+        yield http
+
+
+async def test_a_service_whose_config_map_is_forbidden_is_a_502_naming_the_reason_and_not_recorded(
+    manager: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
+) -> None:
+    api, _url = double
+    api.rbac = Rbac.from_role(without(role(), "", "configmaps", "create"), user=SA_USER)
+    body = {"name": "denied", "image": "alpine", "script": "echo hi\n", "input": [{"path": "denied/in"}]}
+    answer = await manager.post("/system/services", json=body)
+    assert answer.status_code == 502
+    # The detail passes on the API server's own message, after the HTTP status and reason.
+    assert answer.json()["detail"].endswith(
+        '403 Forbidden: configmaps is forbidden: User "' + SA_USER + '" cannot create resource "configmaps" '
+        f'in API group "" in the namespace "{NS}"'
+    )
+    assert (await manager.get("/system/services/denied")).status_code == 404
+    assert api.of_kind("ConfigMap") == []
+    assert [access.triple for access in api.rbac.forbidden] == [("", "configmaps", "create")]
