@@ -4,6 +4,7 @@ import asyncio
 import base64
 import logging
 import os
+import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.support.factories import make_settings
 from tests.support.kube_api import KubeApiDouble, on_kubernetes
 from tests.support.kubelet import SupervisorKubelet
 from tests.support.minio import MinioServer, locate_minio_binary, start_minio
+from tests.support.supervisor import BusyboxRoot, build_executable, static_busybox
 
 DATABASE_KINDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
@@ -193,3 +195,42 @@ async def double() -> AsyncIterator[tuple[KubeApiDouble, str]]:
     finally:
         await api.close()
         await server.close()
+
+
+@pytest.fixture(scope="session")
+def bwrap() -> str:
+    found = shutil.which("bwrap")
+    if found is None:
+        unavailable("bubblewrap (bwrap) is not installed")
+    return found
+
+
+@pytest.fixture(scope="session")
+def busybox(bwrap: str) -> Path:
+    """A static busybox: the only program of the root the supervisor executable is tested in."""
+    try:
+        return static_busybox()
+    except (RuntimeError, OSError, ValueError) as exc:
+        unavailable(str(exc))
+
+
+@pytest.fixture(scope="session")
+def supervisor_executable(busybox: Path) -> Path:
+    """``scripts/build-supervisor``'s executable: built on first use (under a minute), then reused while the
+    hash of its inputs (the package's sources, pyproject.toml, the script) is unchanged."""
+    try:
+        return build_executable()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        unavailable(f"cannot build the supervisor executable: {exc}")
+
+
+@pytest.fixture
+def busybox_root(tmp_path: Path, bwrap: str, busybox: Path, supervisor_executable: Path) -> BusyboxRoot:
+    """A fresh busybox-only root with the supervisor executable at /oscar/bin/supervisor."""
+    root = BusyboxRoot.create(
+        tmp_path / "root", busybox=busybox, supervisor=supervisor_executable, bwrap=bwrap
+    )
+    probe = root.execute(["/bin/true"])
+    if probe.returncode != 0:
+        unavailable(f"bubblewrap cannot start a sandbox here: {probe.stderr.decode(errors='replace')}")
+    return root

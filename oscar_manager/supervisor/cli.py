@@ -247,8 +247,33 @@ async def run(
     return code
 
 
+# What the bootloaders of the self-contained executable (scripts/build-supervisor: PyInstaller, staticx) add
+# to the environment. PyInstaller puts its bundled libraries first in LD_LIBRARY_PATH and keeps the
+# original in LD_LIBRARY_PATH_ORIG; left in place, the user's programs would load the supervisor's libssl,
+# libstdc++ ... instead of their image's own (glibc-built ones, even on a musl image), and a frozen program
+# the script starts would take itself for a part of the supervisor.
+_BOOTLOADER_PREFIXES = ("_PYI_", "STATICX_")
+
+
+def container_environment(env: Mapping[str, str], *, frozen: bool) -> dict[str, str]:
+    """The container's environment as it was before the executable's bootloaders changed it."""
+    clean = {
+        name: value
+        for name, value in env.items()
+        if not name.startswith(_BOOTLOADER_PREFIXES) and name != "LD_LIBRARY_PATH_ORIG"
+    }
+    if frozen:
+        original = env.get("LD_LIBRARY_PATH_ORIG")
+        if original is None:
+            clean.pop("LD_LIBRARY_PATH", None)
+        else:
+            clean["LD_LIBRARY_PATH"] = original
+    return clean
+
+
 def main() -> None:
     event = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     if not event.strip():
         event = os.environ.get("EVENT", "").encode()
-    sys.exit(asyncio.run(run(event, env=os.environ, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer)))
+    env = container_environment(os.environ, frozen=bool(getattr(sys, "frozen", False)))
+    sys.exit(asyncio.run(run(event, env=env, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer)))

@@ -23,6 +23,7 @@ from oscar_manager.errors import BadRequest
 from oscar_manager.storage.base import ObjectStore
 from oscar_manager.storage.local import LocalObjectStore
 from oscar_manager.storage.providers import Stores
+from oscar_manager.supervisor.cli import container_environment
 from oscar_manager.supervisor.log import SupervisorLog
 from oscar_manager.supervisor.stage import (
     EVENT_FILE_NAME,
@@ -490,3 +491,26 @@ def test_response_to_a_storage_event_is_the_script_output(workspace: Workspace) 
     body = storage_body(BUCKET, quote_plus("input/x.txt", safe=""))
     response = render_response(invocation=Invocation.read(body), workspace=workspace, script_output=b"done\n")
     assert response == b"done\n"
+
+
+BOOTLOADER_ENV = {
+    "PATH": "/bin",
+    "LD_LIBRARY_PATH": "/tmp/_MEI123:/opt/lib",
+    "LD_LIBRARY_PATH_ORIG": "/opt/lib",
+    "_PYI_ARCHIVE_FILE": "/tmp/staticx-x/supervisor",
+    "STATICX_BUNDLE_DIR": "/tmp/staticx-x",
+}
+
+
+def test_frozen_supervisor_gives_the_script_the_containers_library_path() -> None:
+    assert container_environment(BOOTLOADER_ENV, frozen=True) == {
+        "PATH": "/bin",
+        "LD_LIBRARY_PATH": "/opt/lib",
+    }
+    without_original = {k: v for k, v in BOOTLOADER_ENV.items() if k != "LD_LIBRARY_PATH_ORIG"}
+    assert container_environment(without_original, frozen=True) == {"PATH": "/bin"}
+
+
+def test_python_supervisor_keeps_the_library_path_it_was_given() -> None:
+    env = {"PATH": "/bin", "LD_LIBRARY_PATH": "/opt/lib"}
+    assert container_environment(env, frozen=False) == env
