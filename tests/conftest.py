@@ -21,7 +21,7 @@ from tests.support.components import PostgresServer, unavailable
 from tests.support.databases import PostgresDatabases, SqliteDatabases
 from tests.support.factories import make_settings
 from tests.support.kube_api import KubeApiDouble, on_kubernetes
-from tests.support.kubelet import SupervisorKubelet
+from tests.support.kubelet import BusyboxImage, SupervisorKubelet
 from tests.support.minio import MinioServer, locate_minio_binary, start_minio
 from tests.support.supervisor import BusyboxRoot, build_executable, static_busybox
 
@@ -98,12 +98,20 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def kubernetes_settings(
-    settings: Settings, double: tuple[KubeApiDouble, str], moto_endpoint: str, tmp_path: Path
+    settings: Settings,
+    double: tuple[KubeApiDouble, str],
+    moto_endpoint: str,
+    tmp_path: Path,
+    busybox: Path,
+    supervisor_executable: Path,
+    bwrap: str,
 ) -> Settings:
-    """``settings`` on the Kubernetes backend: the API double with a kubelet that runs pods with the real
-    supervisor, and ``minio.default`` on moto's S3 server (emptied first: tests reuse bucket names)."""
+    """``settings`` on the Kubernetes backend: the API double with a kubelet that runs each pod as a node
+    would (the supervisor executable copied by the init container, in a busybox-only root), and
+    ``minio.default`` on moto's S3 server (emptied first: tests reuse bucket names)."""
     api, url = double
-    api.kubelet = SupervisorKubelet(api, tmp_path / "pods")
+    image = BusyboxImage(busybox=busybox, supervisor=supervisor_executable, bwrap=bwrap)
+    api.kubelet = SupervisorKubelet(api, tmp_path / "pods", image=image)
     # What the OSCAR deployment provides to every job: minio.default's keys.
     keys = {"accessKey": "testing", "secretKey": "testing"}
     api.objects[("Secret", "oscar-svc", "minio")] = {

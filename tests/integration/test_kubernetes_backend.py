@@ -278,7 +278,7 @@ async def test_events_taken_while_the_api_server_is_gone_become_jobs_once_it_ret
 
 @pytest.fixture
 async def runner(kubernetes_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async with app_client(kubernetes_settings.model_copy(update={"oscar_run_timeout": 3.0})) as http:
+    async with app_client(kubernetes_settings.model_copy(update={"oscar_run_timeout": 20.0})) as http:
         yield http
 
 
@@ -306,7 +306,7 @@ async def test_a_sync_run_answers_from_its_own_job_then_deletes_it(
     assert answer.status_code == 200
     assert answer.text == "log line\nQUIET PLEASE"
     (job,) = sync_jobs(api)
-    assert job["spec"]["activeDeadlineSeconds"] == 3
+    assert job["spec"]["activeDeadlineSeconds"] == 20
     assert api.get("Job", NS, job["metadata"]["name"]) is None  # deleted once answered
     # Sync runs are no job records (as on the local backend); the watcher left the Job alone.
     await settle(0.2)
@@ -327,13 +327,13 @@ async def test_a_failing_sync_run_is_500_with_the_output(
 
 
 async def test_a_sync_run_past_its_timeout_is_504_and_its_job_deleted(
-    runner: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
+    kubernetes_settings: Settings, double: tuple[KubeApiDouble, str]
 ) -> None:
     api, _url = double
-    assert (
-        await runner.post("/system/services", json=definition("slow", script="sleep 30\n"))
-    ).status_code == 201
-    answer = await run(runner, "slow", base64.b64encode(b"x"))
+    async with app_client(kubernetes_settings.model_copy(update={"oscar_run_timeout": 3.0})) as runner:
+        body = definition("slow", script="sleep 30\n")
+        assert (await runner.post("/system/services", json=body)).status_code == 201
+        answer = await run(runner, "slow", base64.b64encode(b"x"))
     assert answer.status_code == 504
     (job,) = sync_jobs(api)
     assert api.get("Job", NS, job["metadata"]["name"]) is None

@@ -1,19 +1,25 @@
-"""A kubelet for the Kubernetes API double: the pods of OSCAR Jobs really run, with the real supervisor.
+"""A kubelet for the Kubernetes API double: the pods of OSCAR Jobs really run.
 
 It does for a pod what a kubelet does, as far as the manager's pods need: each volume the main container
-mounts is materialised under a per-pod folder (ConfigMap and Secret keys as files, emptyDirs empty), the
-container's environment is resolved (values, ``spec.nodeName``, ``secretKeyRef``, ``envFrom`` Secrets), and
-the supervisor runs on them with standard output and standard error merged into the pod log, as the
-container runtime keeps them. What it does not do: pull the image (the script runs with this machine's
-``/bin/sh`` and tools) or run init containers (the supervisor they would copy runs in-process here; the
-copied executable is proven on its own in ``test_supervisor_executable``). A volume whose ConfigMap or
-Secret is missing fails the pod at once (a real kubelet would keep retrying the mount).
+mounts is materialised (ConfigMap and Secret keys as files, emptyDirs empty), the container's environment
+is resolved (values, ``spec.nodeName``, ``secretKeyRef``, ``envFrom`` Secrets), and standard output and
+standard error are merged into the pod log, as the container runtime keeps them. A volume whose ConfigMap
+or Secret is missing fails the pod at once (a real kubelet would keep retrying the mount).
+
+With an ``image`` the pod runs as on a node: its "image" is a root file system holding nothing but a static
+busybox, the init containers run (the manager's copies the self-contained supervisor executable into the
+``emptyDir``), the volumes are mounted at their paths, and the container's command runs in that root under
+bubblewrap with only the pod's environment. Without one, the supervisor runs in this process on the
+mounted files (quicker; the image is then this machine's ``/bin/sh`` and tools).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
@@ -21,10 +27,20 @@ from typing import Any, BinaryIO
 from oscar_manager.backends import manifests
 from oscar_manager.supervisor import cli
 from tests.support.kube_api import KubeApiDouble
+from tests.support.supervisor import BusyboxRoot
 
 
-class MountFailed(Exception):
+class PodFailed(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class BusyboxImage:
+    """Every pod's image: a static busybox; and what the manager's own image holds (the supervisor)."""
+
+    busybox: Path
+    supervisor: Path  # the executable at manifests.IMAGE_SUPERVISOR in the manager's image
+    bwrap: str
 
 
 @dataclass
@@ -32,45 +48,92 @@ class SupervisorKubelet:
     api: KubeApiDouble
     root: Path
     node: str = "double-node"
+    image: BusyboxImage | None = None
 
     async def __call__(self, namespace: str, pod: dict[str, Any], log: BinaryIO) -> int:
         container = pod["spec"]["containers"][0]
-        if container.get("command") != [f"{manifests.SUPERVISOR_DIR}/supervisor"]:
-            log.write(f"exec: {container.get('command')!r}: not the supervisor\n".encode())
-            return 127
-        pod_root = self.root / pod["metadata"]["name"]
+        pod_dir = self.root / pod["metadata"]["name"]
         try:
-            self._mount_volumes(namespace, pod, pod_root)
             env = self._environment(namespace, container)
-        except MountFailed as exc:
-            log.write(f"MountVolume.SetUp failed: {exc}\n".encode())
+            if self.image is not None:
+                return await self._run_in_image(namespace, pod, env, pod_dir, log)
+            return await self._run_in_process(namespace, pod, env, pod_dir, log)
+        except PodFailed as exc:
+            log.write(f"{exc}\n".encode())
             return 1
-        (pod_root / "tmp").mkdir()
+
+    async def _run_in_process(
+        self, namespace: str, pod: dict[str, Any], env: dict[str, str], pod_dir: Path, log: BinaryIO
+    ) -> int:
+        if pod["spec"]["containers"][0].get("command") != [f"{manifests.SUPERVISOR_DIR}/supervisor"]:
+            raise PodFailed("exec: the command is not the supervisor")
+        self._mount_volumes(namespace, pod, pod_dir)
+        (pod_dir / "tmp").mkdir()
         # The image's own PATH (this machine's tools) and a private temporary folder.
         env.setdefault("PATH", os.environ.get("PATH", "/usr/bin:/bin"))
-        env["TMPDIR"] = str(pod_root / "tmp")
-        # One stream: the container runtime interleaves stdout and stderr into the pod log.
+        env["TMPDIR"] = str(pod_dir / "tmp")
         return await cli.run(
             env.get("EVENT", "").encode(),
             env=env,
             stdout=log,
             stderr=log,
-            config_file=_inside(pod_root, cli.CONFIG_FILE),
-            script_file=_inside(pod_root, cli.SCRIPT_FILE),
-            credentials_dir=_inside(pod_root, cli.CREDENTIALS_DIR),
+            config_file=_inside(pod_dir, cli.CONFIG_FILE),
+            script_file=_inside(pod_dir, cli.SCRIPT_FILE),
+            credentials_dir=_inside(pod_dir, cli.CREDENTIALS_DIR),
         )
+
+    async def _run_in_image(
+        self, namespace: str, pod: dict[str, Any], env: dict[str, str], pod_dir: Path, log: BinaryIO
+    ) -> int:
+        assert self.image is not None
+        root = BusyboxRoot.create(pod_dir, busybox=self.image.busybox, bwrap=self.image.bwrap)
+        self._mount_volumes(namespace, pod, root.path)
+        for init in pod["spec"].get("initContainers", []):
+            self._run_manager_init_container(init, root)
+        command = pod["spec"]["containers"][0]["command"]
+        process = await asyncio.create_subprocess_exec(
+            *root.command(*command),
+            env={"PATH": "/bin", **env},
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        assert process.stdout is not None
+        try:
+            while chunk := await process.stdout.read(65536):
+                log.write(chunk)
+            return await process.wait()
+        except BaseException:  # killed at its deadline: so is the container
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            raise
+
+    def _run_manager_init_container(self, init: dict[str, Any], root: BusyboxRoot) -> None:
+        """The only init container the manager adds: ``cp <image supervisor> <emptyDir>/supervisor``, run
+        from the manager's image (which this double knows holds ``image.supervisor`` at that path)."""
+        assert self.image is not None
+        command = init.get("command") or []
+        if len(command) != 3 or command[:2] != ["cp", manifests.IMAGE_SUPERVISOR]:
+            raise PodFailed(f"init container {init['name']}: unexpected command {command!r}")
+        mounts = [mount["mountPath"] for mount in init.get("volumeMounts", [])]
+        if not any(PurePosixPath(command[2]).parent == PurePosixPath(path) for path in mounts):
+            raise PodFailed(f"init container {init['name']}: {command[2]} is on no volume it mounts")
+        target = root.host_path(command[2])
+        shutil.copyfile(self.image.supervisor, target)
+        target.chmod(0o755)
 
     def _object(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
         found = self.api.get(kind, namespace, name)
         if found is None:
-            raise MountFailed(f'{kind.lower()} "{name}" not found')
+            raise PodFailed(f'MountVolume.SetUp failed: {kind.lower()} "{name}" not found')
         return found
 
-    def _mount_volumes(self, namespace: str, pod: dict[str, Any], pod_root: Path) -> None:
+    def _mount_volumes(self, namespace: str, pod: dict[str, Any], base: Path) -> None:
         volumes = {volume["name"]: volume for volume in pod["spec"].get("volumes", [])}
         for mount in pod["spec"]["containers"][0].get("volumeMounts", []):
-            target = _inside(pod_root, PurePosixPath(mount["mountPath"]))
-            target.mkdir(parents=True)
+            target = _inside(base, PurePosixPath(mount["mountPath"]))
+            target.mkdir(parents=True, exist_ok=True)
             volume = volumes[mount["name"]]
             if "configMap" in volume:
                 data = self._object("ConfigMap", namespace, volume["configMap"]["name"]).get("data", {})
@@ -100,7 +163,7 @@ class SupervisorKubelet:
                 key_ref = reference["secretKeyRef"]
                 env[item["name"]] = self._secret_values(namespace, key_ref["name"])[key_ref["key"]]
             else:
-                raise MountFailed(f"unsupported valueFrom {reference!r}")
+                raise PodFailed(f"CreateContainerConfigError: unsupported valueFrom {reference!r}")
         return env
 
 

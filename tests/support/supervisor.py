@@ -140,7 +140,7 @@ class BusyboxRoot:
     bwrap: str
 
     @classmethod
-    def create(cls, path: Path, *, busybox: Path, supervisor: Path, bwrap: str) -> BusyboxRoot:
+    def create(cls, path: Path, *, busybox: Path, bwrap: str, supervisor: Path | None = None) -> BusyboxRoot:
         (path / "bin").mkdir(parents=True)
         shutil.copy2(busybox, path / "bin" / "busybox")
         applets = subprocess.run([str(busybox), "--list"], capture_output=True, text=True, check=True)
@@ -151,8 +151,9 @@ class BusyboxRoot:
             (path / directory).mkdir()
         (path / "tmp").chmod(0o1777)
         root = cls(path, bwrap)
-        # Copied, as the init container does (a link would let a run change the cached build).
-        root.write(SUPERVISOR, supervisor.read_bytes(), mode=0o755)
+        if supervisor is not None:
+            # Copied, as the init container does (a link would let a run change the cached build).
+            root.write(SUPERVISOR, supervisor.read_bytes(), mode=0o755)
         return root
 
     def host_path(self, path: str) -> Path:

@@ -153,7 +153,8 @@ class TestJobs:
 
 @pytest.fixture
 async def quick_client(backend_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    fast = backend_settings.model_copy(update={"oscar_job_timeout": 1.0, "oscar_run_timeout": 1.0})
+    # Long enough for a pod's supervisor executable to unpack and start the script (about a second).
+    fast = backend_settings.model_copy(update={"oscar_job_timeout": 3.0, "oscar_run_timeout": 3.0})
     async with app_client(fast) as http:
         yield http
 
