@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from oscar_manager.backends.base import Backend, BackendUnavailable, JobRequest, SubmissionRefused
 from oscar_manager.domain.jobs import JobOutcome, JobStatus
 from oscar_manager.domain.service import Service
-from oscar_manager.registry import Database
-from oscar_manager.registry.repository import ClaimedEvent
+from oscar_manager.registry import Database, Transaction
+from oscar_manager.registry.repository import ClaimedEvent, PreparedJob
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,30 @@ async def recover(database: Database) -> int:
     return released
 
 
+async def _claim(tx: Transaction, *, limit: int) -> tuple[int, list[tuple[ClaimedEvent, Service]]]:
+    """Claim up to ``limit`` events and prepare their job rows; events of services gone are failed.
+    Returns how many were claimed, and those to submit with their service."""
+    claimed = await tx.events.claim(limit=limit)
+    services: dict[str, Service | None] = {}
+    ready: list[tuple[ClaimedEvent, Service]] = []
+    for event in claimed:
+        if event.service not in services:
+            services[event.service] = await tx.services.get(event.service)
+        service = services[event.service]
+        if service is None:
+            await tx.events.fail(event.id, error=f"service {event.service!r} no longer exists")
+            continue
+        ready.append((event, service))
+    if ready:
+        await tx.jobs.prepare(
+            [
+                PreparedJob(job_id=event.job_id, service=event.service, event_id=event.id, owner=event.owner)
+                for event, _service in ready
+            ]
+        )
+    return len(claimed), ready
+
+
 class Dispatcher:
     def __init__(self, database: Database, backend: Backend, *, max_attempts: int) -> None:
         self._database = database
@@ -46,34 +70,18 @@ class Dispatcher:
         slots = min(self._backend.free_slots(), MAX_BATCH)
         if slots <= 0:
             return 0
-        ready: list[tuple[ClaimedEvent, Service]] = []
-        async with self._database.transaction() as tx:
-            claimed = await tx.events.claim(limit=slots)
-            services: dict[str, Service | None] = {}
-            for event in claimed:
-                if event.service not in services:
-                    services[event.service] = await tx.services.get(event.service)
-                service = services[event.service]
-                if service is None:
-                    await tx.events.fail(event.id, error=f"service {event.service!r} no longer exists")
-                    continue
-                await tx.jobs.prepare(
-                    job_id=event.job_id, service=event.service, event_id=event.id, owner=event.owner
-                )
-                ready.append((event, service))
+        claimed, ready = await self._database.write(lambda tx: _claim(tx, limit=slots))
         # All at once: a Kubernetes API round trip each, which need not wait for one another.
         failures = await asyncio.gather(*(self._submit(event, service) for event, service in ready))
         submitted = [
-            event for (event, _service), failure in zip(ready, failures, strict=True) if failure is None
+            event.id for (event, _service), failure in zip(ready, failures, strict=True) if failure is None
         ]
         if submitted and self._backend.durable_submissions:
-            async with self._database.transaction() as tx:
-                for event in submitted:
-                    await tx.events.complete(event.id)
+            await self._database.write(lambda tx: tx.events.complete(submitted))
         for (event, _service), failure in zip(ready, failures, strict=True):
             if failure is not None:
                 await self._failed_submission(event, failure[0], final=failure[1])
-        return len(claimed)
+        return claimed
 
     async def _submit(self, event: ClaimedEvent, service: Service) -> tuple[str, bool] | None:
         """None once submitted; else why not, and whether that is final."""
@@ -89,18 +97,19 @@ class Dispatcher:
         return None
 
     async def _failed_submission(self, event: ClaimedEvent, reason: str, *, final: bool = False) -> None:
-        async with self._database.transaction() as tx:
-            if event.attempts < self._max_attempts and not final:
-                delay = backoff(event.attempts)
-                log.warning("job %s not submitted (%s); retry in %.0f s", event.job_id, reason, delay)
-                await tx.events.retry(event.id, error=reason, delay=delay)
-                return
-            log.error("job %s given up after %d attempts: %s", event.job_id, event.attempts, reason)
+        if event.attempts < self._max_attempts and not final:
+            delay = backoff(event.attempts)
+            log.warning("job %s not submitted (%s); retry in %.0f s", event.job_id, reason, delay)
+            await self._database.write(lambda tx: tx.events.retry(event.id, error=reason, delay=delay))
+            return
+        log.error("job %s given up after %d attempts: %s", event.job_id, event.attempts, reason)
+        message = f"the job could not be submitted after {event.attempts} attempts: {reason}\n"
+        outcome = JobOutcome(
+            status=JobStatus.FAILED, exit_code=None, log=message, finished_at=datetime.now(UTC)
+        )
+
+        async def give_up(tx: Transaction) -> None:
             await tx.events.fail(event.id, error=reason)
-            message = f"the job could not be submitted after {event.attempts} attempts: {reason}\n"
-            await tx.jobs.finish(
-                event.job_id,
-                outcome=JobOutcome(
-                    status=JobStatus.FAILED, exit_code=None, log=message, finished_at=datetime.now(UTC)
-                ),
-            )
+            await tx.jobs.finish(event.job_id, outcome=outcome)
+
+        await self._database.write(give_up)

@@ -75,7 +75,9 @@ async def _record(
 
 
 class Intake:
-    """Records events in their own transaction and wakes the dispatcher once they are committed."""
+    """Records events and wakes the dispatcher once they are committed. Events arriving at the same time
+    are committed together (``Database.write``): each caller is answered once its own events are on disk.
+    """
 
     def __init__(self, database: Database, *, wake: Callable[[], None]) -> None:
         self._database = database
@@ -91,16 +93,15 @@ class Intake:
             # A user's Idempotency-Key names their own request, never the job of someone else.
             idempotency_key = f"{owner}\n{idempotency_key}"
         items = _items(service, body, idempotency_key)
-        async with self._database.transaction() as tx:
-            accepted = await _record(tx, service.name, items, owner=owner)
+        accepted = await self._database.write(lambda tx: _record(tx, service.name, items, owner=owner))
         if accepted.new:
             self._wake()
         return accepted
 
     async def object_event(self, *, service: str, event: ObjectEvent) -> Accepted:
         payload = json.dumps(notification(event)).encode()
-        async with self._database.transaction() as tx:
-            accepted = await _record(tx, service, [(event.dedup_key(service), payload)])
+        item = (event.dedup_key(service), payload)
+        accepted = await self._database.write(lambda tx: _record(tx, service, [item]))
         if accepted.new:
             self._wake()
         return accepted
@@ -111,8 +112,9 @@ class Intake:
         Routes are read in the same transaction as the events are written, so a service created a moment
         ago gets its events, and a deleted one none.
         """
-        new = duplicates = ignored = 0
-        async with self._database.transaction() as tx:
+
+        async def route(tx: Transaction) -> Routed:
+            new = duplicates = ignored = 0
             routes = watched(await tx.services.input_routes())
             for event in events:
                 targets = [route for route in routes if route.matches(event.bucket, event.key)]
@@ -124,7 +126,11 @@ class Intake:
                     accepted = await _record(tx, route.service, [(event.dedup_key(route.service), payload)])
                     new += accepted.new
                     duplicates += 1 - accepted.new
+            return Routed(new=new, duplicates=duplicates, ignored=ignored)
+
+        routed = await self._database.write(route)
+        new, duplicates, ignored = routed.new, routed.duplicates, routed.ignored
         self.counters.update(new=new, duplicates=duplicates, ignored=ignored)
         if new:
             self._wake()
-        return Routed(new=new, duplicates=duplicates, ignored=ignored)
+        return routed

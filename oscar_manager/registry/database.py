@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from oscar_manager.registry import sqlite_inline
 from oscar_manager.registry.repository import EventRepository, JobRepository, ServiceRepository
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Work = Callable[["Transaction"], Awaitable[T]]
+
+# Writes committed together at most: bounds how long one commit keeps the others waiting.
+MAX_GROUP = 256
 
 
 class Transaction:
@@ -49,7 +60,12 @@ def _tune_sqlite(engine: AsyncEngine, *, writer: bool = True) -> None:
 def create_engine(url: str, *, writer: bool = True) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        engine = create_async_engine(url)
+        path = parsed.database
+        if path and path != ":memory:" and not parsed.query:
+            # A file: statements run on the loop's thread (see sqlite_inline), not in aiosqlite's.
+            engine = create_async_engine(url, async_creator=sqlite_inline.connector(path))
+        else:
+            engine = create_async_engine(url)
         _tune_sqlite(engine, writer=writer)
         return engine
     return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
@@ -69,6 +85,9 @@ class Database:
         # writer), so single lookups get an engine of their own; other databases share the one engine.
         self._read_engine = create_engine(url, writer=False) if self._sqlite_writer else self.engine
         self._read_sessions = async_sessionmaker(self._read_engine, expire_on_commit=False)
+        # Group commit (:meth:`write`): writes queued while a commit is under way go in the next one.
+        self._queued: deque[tuple[Work[Any], asyncio.Future[Any]]] = deque()
+        self._committer: asyncio.Task[None] | None = None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
@@ -78,6 +97,66 @@ class Database:
             session = await stack.enter_async_context(self._sessions())
             await stack.enter_async_context(session.begin())
             yield Transaction(session)
+
+    async def write(self, work: Work[T]) -> T:
+        """``work(tx)``'s result once it is committed, in a transaction it may share with other writes
+        (group commit): one commit, and on SQLite one turn of the writer lock, for all the writes that
+        queued up meanwhile. Works run one after the other, in the order they were queued; each sees the
+        ones before it. When one raises, the group is rolled back and each of its works is run again in a
+        transaction of its own, so an error reaches only the caller whose work raised it.
+
+        For short units of work that need no answer from outside the database before they commit.
+        Cancelling the caller does not withdraw a work that has started: it may still be committed.
+        """
+        return await self.queue_write(work)
+
+    def queue_write(self, work: Work[T]) -> asyncio.Future[T]:
+        """As :meth:`write`, without waiting: the future is done once the work is committed (or failed)."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queued.append((work, future))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_queued(), name="database-group-commit")
+        return future
+
+    async def _commit_queued(self) -> None:
+        group: list[tuple[Work[Any], asyncio.Future[Any]]] = []
+        try:
+            while self._queued:
+                group = []
+                while self._queued and len(group) < MAX_GROUP:
+                    work, future = self._queued.popleft()
+                    if not future.cancelled():  # withdrawn before it started
+                        group.append((work, future))
+                if not group:
+                    continue
+                try:
+                    async with self.transaction() as tx:
+                        results = [await work(tx) for work, _future in group]
+                except Exception as exc:
+                    if len(group) == 1:
+                        _settle(group[0][1], exc=exc)
+                    else:
+                        await self._commit_one_by_one(group)
+                else:
+                    for (_work, future), result in zip(group, results, strict=True):
+                        _settle(future, result=result)
+                group = []
+        except BaseException:
+            # Cancelled (shutting down): nothing queued waits forever.
+            for _work, future in [*group, *self._queued]:
+                future.cancel()
+            self._queued.clear()
+            raise
+
+    async def _commit_one_by_one(self, group: list[tuple[Work[Any], asyncio.Future[Any]]]) -> None:
+        for work, future in group:
+            try:
+                async with self.transaction() as tx:
+                    result = await work(tx)
+            except Exception as exc:
+                _settle(future, exc=exc)
+            else:
+                _settle(future, result=result)
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[Transaction]:
@@ -91,6 +170,19 @@ class Database:
             await connection.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
+        if self._committer is not None and not self._committer.done():
+            # Let queued writes (such as job progress) be committed before the connections go.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._committer), 10)
         await self.engine.dispose()
         if self._read_engine is not self.engine:
             await self._read_engine.dispose()
+
+
+def _settle(future: asyncio.Future[Any], *, result: Any = None, exc: BaseException | None = None) -> None:
+    if future.done():  # the caller gave up (cancelled) meanwhile; the work is committed all the same
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)

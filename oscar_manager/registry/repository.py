@@ -187,8 +187,8 @@ class EventRepository:
         await self._session.flush()
         return claimed
 
-    async def complete(self, event_id: int) -> None:
-        await self._session.execute(update(EventRow).where(EventRow.id == event_id).values(status="done"))
+    async def complete(self, event_ids: list[int]) -> None:
+        await self._session.execute(update(EventRow).where(EventRow.id.in_(event_ids)).values(status="done"))
 
     async def complete_for_job(self, job_id: str) -> None:
         await self._session.execute(
@@ -242,40 +242,57 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedJob:
+    job_id: str
+    service: str
+    event_id: int | None
+    owner: str | None = None
+
+
 class JobRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def prepare(
-        self, *, job_id: str, service: str, event_id: int | None, owner: str | None = None
-    ) -> JobRecord:
-        """The job row for a (re)dispatched event: created, or reset to Pending for another attempt."""
+    async def prepare(self, jobs: list[PreparedJob]) -> None:
+        """The job rows for (re)dispatched events: created, or reset to Pending for another attempt. One
+        query for the rows there are, one flush for all."""
         now = datetime.now(UTC)
-        row = await self._session.get(JobRow, job_id, with_for_update=True)
-        if row is None:
-            row = JobRow(
-                id=job_id,
-                service=service,
-                event_id=event_id,
-                status=JobStatus.PENDING.value,
-                attempts=1,
-                created_at=now,
-                log="",
-                owner=owner,
+        found = {
+            row.id: row
+            for row in await self._session.scalars(
+                select(JobRow).where(JobRow.id.in_([job.job_id for job in jobs])).with_for_update()
             )
-            self._session.add(row)
-        else:
-            row.status = JobStatus.PENDING.value
-            row.attempts += 1
-            row.started_at = None
-            row.finished_at = None
-            row.exit_code = None
+        }
+        for job in jobs:
+            row = found.get(job.job_id)
+            if row is None:
+                self._session.add(
+                    JobRow(
+                        id=job.job_id,
+                        service=job.service,
+                        event_id=job.event_id,
+                        status=JobStatus.PENDING.value,
+                        attempts=1,
+                        created_at=now,
+                        log="",
+                        owner=job.owner,
+                    )
+                )
+            else:
+                row.status = JobStatus.PENDING.value
+                row.attempts += 1
+                row.started_at = None
+                row.finished_at = None
+                row.exit_code = None
         await self._session.flush()
-        return _job(row)
 
     async def mark_running(self, job_id: str, *, at: datetime) -> None:
+        """Pending -> Running; a late report never undoes a job's end."""
         await self._session.execute(
-            update(JobRow).where(JobRow.id == job_id).values(status=JobStatus.RUNNING.value, started_at=at)
+            update(JobRow)
+            .where(JobRow.id == job_id, JobRow.status == JobStatus.PENDING.value)
+            .values(status=JobStatus.RUNNING.value, started_at=at)
         )
 
     async def finish(self, job_id: str, *, outcome: JobOutcome) -> None:
