@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from kubernetes_asyncio import client
@@ -92,7 +92,10 @@ async def raw_rate(url: str, count: int, concurrency: int) -> float:
 
         async def create(body: Any) -> None:
             async with gate:
-                await batch.create_namespaced_job(RAW_NS, body)
+                # As the backend does: the answer is checked, not parsed into a V1Job.
+                answer = await batch.create_namespaced_job(RAW_NS, body, _preload_content=False)
+                async with cast("aiohttp.ClientResponse", answer) as raw:
+                    raw.raise_for_status()
 
         started = time.perf_counter()
         await asyncio.gather(*(create(body) for body in bodies))

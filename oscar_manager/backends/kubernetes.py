@@ -197,8 +197,16 @@ class KubernetesBackend:
         )
         self._inflight += 1
         try:
-            # The client is typed for its models; it serialises plain dicts all the same.
-            await self._batch.create_namespaced_job(self._namespace, cast("client.V1Job", body))
+            # The client is typed for its models; it serialises plain dicts all the same. The created Job
+            # is not needed: leaving the answer unparsed (no V1Job model) spares half the call's CPU.
+            answer = await self._batch.create_namespaced_job(
+                self._namespace, cast("client.V1Job", body), _preload_content=False
+            )
+            async with cast("aiohttp.ClientResponse", answer) as raw:
+                if not 200 <= raw.status <= 299:
+                    refused = ApiException(status=raw.status, reason=raw.reason)
+                    refused.body = await raw.read()
+                    raise refused
         except ApiException as exc:
             if exc.status == 409:
                 return  # created before (a resubmission): already done

@@ -37,14 +37,24 @@ class DatabaseJobReporter:
         self._complete_events = complete_events_on_finish
         # Called once a finished job is recorded: a slot is free, so the dispatcher may claim more now.
         self._wake = wake
+        self._starts: dict[str, datetime] | None = None  # job -> started at, waiting for their write
 
     async def started(self, job_id: str, *, at: datetime) -> None:
-        """Queued, not awaited: a backend reports the next job at once. Updates are committed in the order
-        they were made, so a job's end is never overwritten by its start. One lost in a crash is found
-        again: a local job runs again after a restart, and the Kubernetes watcher lists every Job then."""
-        self._database.queue_write(lambda tx: tx.jobs.mark_running(job_id, at=at)).add_done_callback(
-            _log_failure
-        )
+        """Not awaited: a backend reports the next job at once. Starts reported while a write of earlier
+        ones is queued join it (one statement). Updates are committed in the order they were made, and a
+        start never overwrites an end. One lost in a crash is found again: a local job runs again after a
+        restart, and the Kubernetes watcher lists every Job then."""
+        if self._starts is None:
+            starts: dict[str, datetime] = {}
+            self._starts = starts
+            written = self._database.queue_write(lambda tx: self._write_starts(tx, starts))
+            written.add_done_callback(_log_failure)
+        self._starts[job_id] = at
+
+    async def _write_starts(self, tx: Transaction, starts: dict[str, datetime]) -> None:
+        if self._starts is starts:
+            self._starts = None  # starts from now on go in the next write
+        await tx.jobs.mark_running_many(starts)
 
     async def finished(self, job_id: str, *, outcome: JobOutcome) -> None:
         """Returns once the end is committed."""

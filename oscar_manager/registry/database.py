@@ -8,7 +8,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
@@ -20,6 +20,8 @@ from oscar_manager.registry.repository import EventRepository, JobRepository, Se
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741 - an item
+R = TypeVar("R")  # its result
 Work = Callable[["Transaction"], Awaitable[T]]
 
 # Writes committed together at most: bounds how long one commit keeps the others waiting.
@@ -57,12 +59,21 @@ def _tune_sqlite(engine: AsyncEngine, *, writer: bool = True) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _sqlite_file(url: str) -> str | None:
+    """The file of a SQLite database given by a plain path (no URI options), which runs inline."""
+    parsed = make_url(url)
+    path = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not path or path == ":memory:" or parsed.query:
+        return None
+    return path
+
+
 def create_engine(url: str, *, writer: bool = True) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        path = parsed.database
-        if path and path != ":memory:" and not parsed.query:
-            # A file: statements run on the loop's thread (see sqlite_inline), not in aiosqlite's.
+        path = _sqlite_file(url)
+        if path is not None:
+            # Statements run on the loop's thread (see sqlite_inline), not in a thread of aiosqlite's.
             engine = create_async_engine(url, async_creator=sqlite_inline.connector(path))
         else:
             engine = create_async_engine(url)
@@ -76,6 +87,7 @@ class Database:
         self.url = url
         self.engine = create_engine(url)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._inline = _sqlite_file(url) is not None
         # SQLite has one writer at a time. Its busy handler waits in growing sleeps (up to tens of ms), so
         # letting this process's transactions queue here instead keeps each one at its real cost.
         self._sqlite_writer: asyncio.Lock | None = (
@@ -94,9 +106,23 @@ class Database:
         async with contextlib.AsyncExitStack() as stack:
             if self._sqlite_writer is not None:
                 await stack.enter_async_context(self._sqlite_writer)
-            session = await stack.enter_async_context(self._sessions())
+            session = await stack.enter_async_context(self._session(self._sessions))
             await stack.enter_async_context(session.begin())
             yield Transaction(session)
+
+    @asynccontextmanager
+    async def _session(self, sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+        if not self._inline:
+            async with sessions() as session:
+                yield session
+            return
+        # Closing a session of inline SQLite never waits, so it needs none of the task (two turns of the
+        # loop) that SQLAlchemy's context manager runs the close in to finish it despite a cancellation.
+        session = sessions()
+        try:
+            yield session
+        finally:
+            await session.close()
 
     async def write(self, work: Work[T]) -> T:
         """``work(tx)``'s result once it is committed, in a transaction it may share with other writes
@@ -162,7 +188,7 @@ class Database:
     async def reading(self) -> AsyncIterator[Transaction]:
         """For lookups that write nothing: on SQLite it neither waits for nor holds up the writers. Each
         statement sees the latest committed data; use :meth:`transaction` for a consistent snapshot."""
-        async with self._read_sessions() as session:
+        async with self._session(self._read_sessions) as session:
             yield Transaction(session)
 
     async def ping(self) -> None:
@@ -177,6 +203,42 @@ class Database:
         await self.engine.dispose()
         if self._read_engine is not self.engine:
             await self._read_engine.dispose()
+
+
+class WriteBatch(Generic[I, R]):
+    """Items added while a write of earlier ones is still queued join that write: one statement for all
+    of them (``write_many(tx, items)`` returns a result per item), committed by :meth:`Database.write`.
+    Each caller gets the results of its own items once they are committed. Should the write of a batch
+    fail, each of its callers writes its own items alone, so an error reaches only the caller at fault.
+    """
+
+    def __init__(
+        self, database: Database, write_many: Callable[[Transaction, list[I]], Awaitable[list[R]]]
+    ) -> None:
+        self._database = database
+        self._write_many = write_many
+        self._open: list[I] | None = None  # the batch still taking items
+        self._committed: asyncio.Future[list[R]] | None = None  # its results, once committed
+
+    async def add(self, items: list[I]) -> list[R]:
+        if self._open is None or self._committed is None:
+            batch: list[I] = []
+            self._open = batch
+            self._committed = self._database.queue_write(lambda tx: self._write(tx, batch))
+        batch, committed = self._open, self._committed
+        first = len(batch)
+        batch.extend(items)
+        try:
+            # Shielded: a caller that goes away must not cancel the write of the others' items.
+            results = await asyncio.shield(committed)
+        except Exception:
+            return await self._database.write(lambda tx: self._write_many(tx, items))
+        return results[first : first + len(items)]
+
+    async def _write(self, tx: Transaction, batch: list[I]) -> list[R]:
+        if self._open is batch:
+            self._open = None  # items from now on go in the next batch
+        return await self._write_many(tx, batch)
 
 
 def _settle(future: asyncio.Future[Any], *, result: Any = None, exc: BaseException | None = None) -> None:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -122,6 +122,19 @@ class ClaimedEvent:
     owner: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    dedup_key: str
+    service: str
+    job_id: str
+    payload: bytes
+    owner: str | None = None
+
+
+# Nine parameters a row: well under SQLite's 32766 per statement.
+_ROWS_PER_INSERT = 500
+
+
 class EventRepository:
     """The intake queue. Claims use ``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite serialises writers."""
 
@@ -131,32 +144,48 @@ class EventRepository:
     async def enqueue(
         self, *, dedup_key: str, service: str, job_id: str, payload: bytes, owner: str | None = None
     ) -> bool:
-        """Record an event; False when an event with the same dedup key is already recorded.
+        """Record an event; False when an event with the same dedup key is already recorded."""
+        event = NewEvent(dedup_key=dedup_key, service=service, job_id=job_id, payload=payload, owner=owner)
+        (recorded,) = await self.enqueue_many([event])
+        return recorded
 
-        One statement (``INSERT ... ON CONFLICT DO NOTHING RETURNING``): a concurrent duplicate simply
-        inserts nothing, and the caller's transaction goes on.
+    async def enqueue_many(self, events: list[NewEvent]) -> list[bool]:
+        """Record events; for each, False when an event with its dedup key is already recorded (before,
+        or earlier in ``events``).
+
+        One statement per few hundred events (``INSERT ... ON CONFLICT DO NOTHING RETURNING``): a
+        concurrent duplicate simply inserts nothing, and the caller's transaction goes on.
         """
         now = datetime.now(UTC)
         dialect = self._session.get_bind().dialect.name
         insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-        statement = (
-            insert(EventRow)
-            .values(
-                dedup_key=dedup_key,
-                service=service,
-                job_id=job_id,
-                payload=payload,
-                status="pending",
-                attempts=0,
-                available_at=now,
-                created_at=now,
-                owner=owner,
+        first: dict[str, NewEvent] = {}
+        for event in events:
+            first.setdefault(event.dedup_key, event)
+        rows = [
+            {
+                "dedup_key": event.dedup_key,
+                "service": event.service,
+                "job_id": event.job_id,
+                "payload": event.payload,
+                "status": "pending",
+                "attempts": 0,
+                "available_at": now,
+                "created_at": now,
+                "owner": event.owner,
+            }
+            for event in first.values()
+        ]
+        inserted: set[str] = set()
+        for chunk in range(0, len(rows), _ROWS_PER_INSERT):
+            statement = (
+                insert(EventRow)
+                .values(rows[chunk : chunk + _ROWS_PER_INSERT])
+                .on_conflict_do_nothing(index_elements=[EventRow.dedup_key])
+                .returning(EventRow.dedup_key)
             )
-            .on_conflict_do_nothing(index_elements=[EventRow.dedup_key])
-            .returning(EventRow.id)
-        )
-        inserted = (await self._session.execute(statement)).scalar_one_or_none()
-        return inserted is not None
+            inserted.update((await self._session.scalars(statement)).all())
+        return [event.dedup_key in inserted and first[event.dedup_key] is event for event in events]
 
     async def claim(self, *, limit: int) -> list[ClaimedEvent]:
         now = datetime.now(UTC)
@@ -288,12 +317,20 @@ class JobRepository:
         await self._session.flush()
 
     async def mark_running(self, job_id: str, *, at: datetime) -> None:
-        """Pending -> Running; a late report never undoes a job's end."""
-        await self._session.execute(
-            update(JobRow)
-            .where(JobRow.id == job_id, JobRow.status == JobStatus.PENDING.value)
-            .values(status=JobStatus.RUNNING.value, started_at=at)
+        await self.mark_running_many({job_id: at})
+
+    async def mark_running_many(self, started: dict[str, datetime]) -> None:
+        """Pending -> Running, with when each job started (one executemany); a late report never undoes
+        a job's end."""
+        if not started:
+            return
+        table = cast("Table", JobRow.__table__)
+        statement = (
+            update(table)
+            .where(table.c.id == bindparam("job_id"), table.c.status == JobStatus.PENDING.value)
+            .values(status=JobStatus.RUNNING.value, started_at=bindparam("at"))
         )
+        await self._session.execute(statement, [{"job_id": job, "at": at} for job, at in started.items()])
 
     async def finish(self, job_id: str, *, outcome: JobOutcome) -> None:
         await self._session.execute(

@@ -28,7 +28,7 @@ class _AtOnce:
         future, function = item
         try:
             future.set_result(function())
-        except Exception as exc:  # noqa: BLE001 - handed to the awaiting adapter, as aiosqlite does
+        except Exception as exc:  # handed to the awaiting adapter, as aiosqlite does
             future.set_exception(exc)
 
 
@@ -109,7 +109,9 @@ class InlineConnection:
     async def rollback(self) -> None:
         self._conn.rollback()
 
-    async def create_function(self, name: str, num_params: int, func: Any, deterministic: bool = False) -> None:
+    async def create_function(
+        self, name: str, num_params: int, func: Any, deterministic: bool = False
+    ) -> None:
         self._conn.create_function(name, num_params, func, deterministic=deterministic)
 
     async def close(self) -> None:
