@@ -14,6 +14,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from oscar_manager.domain.service import Service
 from oscar_manager.registry import sqlite_inline
 from oscar_manager.registry.repository import EventRepository, JobRepository, ServiceRepository
 
@@ -23,6 +24,10 @@ T = TypeVar("T")
 I = TypeVar("I")  # noqa: E741 - an item
 R = TypeVar("R")  # its result
 Work = Callable[["Transaction"], Awaitable[T]]
+
+# How long a cached service is trusted without a change committed by this process. Only a change made by
+# another process (one manager per database is assumed) could go unnoticed meanwhile.
+SERVICE_CACHE_SECONDS = 5.0
 
 # Writes committed together at most: bounds how long one commit keeps the others waiting.
 MAX_GROUP = 256
@@ -100,6 +105,10 @@ class Database:
         # Group commit (:meth:`write`): writes queued while a commit is under way go in the next one.
         self._queued: deque[tuple[Work[Any], asyncio.Future[Any]]] = deque()
         self._committer: asyncio.Task[None] | None = None
+        # Services by name for :meth:`service`: (generation, service, loop time fetched). The generation
+        # goes up once a transaction that changed services has committed; older entries are not used.
+        self._services_generation = 0
+        self._services: dict[str, tuple[int, Service | None, float]] = {}
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
@@ -107,8 +116,32 @@ class Database:
             if self._sqlite_writer is not None:
                 await stack.enter_async_context(self._sqlite_writer)
             session = await stack.enter_async_context(self._session(self._sessions))
+            tx = Transaction(session)
+            stack.callback(self._after_transaction, tx)
             await stack.enter_async_context(session.begin())
-            yield Transaction(session)
+            yield tx
+
+    def _after_transaction(self, tx: Transaction) -> None:
+        # Committed or rolled back: either way no cached service read before now may be used again.
+        if tx.services.changed:
+            self._services_generation += 1
+            self._services.clear()
+
+    async def service(self, name: str) -> Service | None:
+        """The service named ``name`` (None: no such service), cached: for the lookup of every ``/job``.
+        A change to services committed in this process is seen by the next call."""
+        loop = asyncio.get_running_loop()
+        generation = self._services_generation
+        cached = self._services.get(name)
+        if cached is not None and cached[0] == generation and loop.time() - cached[2] < SERVICE_CACHE_SECONDS:
+            return cached[1]
+        async with self.reading() as tx:
+            service = await tx.services.get(name)
+        if self._services_generation == generation:  # no change committed while reading
+            if len(self._services) >= 10_000:
+                self._services.clear()
+            self._services[name] = (generation, service, loop.time())
+        return service
 
     @asynccontextmanager
     async def _session(self, sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:

@@ -39,6 +39,7 @@ def _to_service(row: ServiceRow) -> Service:
 class ServiceRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
+        self.changed = False  # a service was added, replaced or deleted in this transaction
 
     async def get(self, name: str) -> Service | None:
         row = await self._session.get(ServiceRow, name)
@@ -73,6 +74,7 @@ class ServiceRepository:
         return [_to_service(row) for row in rows]
 
     async def add(self, service: Service) -> None:
+        self.changed = True
         now = datetime.now(UTC)
         self._session.add(
             ServiceRow(
@@ -93,6 +95,7 @@ class ServiceRepository:
 
     async def replace(self, service: Service) -> bool:
         """Store a new definition for an existing service; False when there is no such service."""
+        self.changed = True
         row = await self._session.get(ServiceRow, service.name, with_for_update=True)
         if row is None:
             return False
@@ -106,6 +109,7 @@ class ServiceRepository:
         return True
 
     async def delete(self, name: str) -> bool:
+        self.changed = True
         result = await self._session.execute(
             delete(ServiceRow).where(ServiceRow.name == name).returning(ServiceRow.name)
         )
