@@ -3,7 +3,9 @@ answering every request after an injected delay (5 ms by default), next to the r
 measured in the same run against the same double.
 
 Events go in through ``POST /job/{service}`` (in-process ASGI, several clients at once); a job counts as
-created when the double has accepted its Job. Usage:
+created when the double has accepted its Job. The double runs in a process of its own, as a real API
+server would not share the manager's CPU; the raw rate is measured against that same process (in a
+namespace of its own, so the manager's job watcher does not list those Jobs). Usage:
 ``python -m bench.kubernetes_dispatch [--jobs 1000] [--delay 0.005] [--clients 8]``. Prints figures.
 """
 
@@ -12,13 +14,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import statistics
+import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from aiohttp.test_utils import TestServer
+import aiohttp
 from kubernetes_asyncio import client
 
 from oscar_manager.backends import manifests
@@ -26,9 +31,47 @@ from oscar_manager.domain.service import MinioDefault, normalise_new, parse_serv
 from oscar_manager.registry.migrations import upgrade
 from tests.support.app import NO_AUTH, app_client
 from tests.support.factories import make_settings
-from tests.support.kube_api import KubeApiDouble, kubeconfig
+from tests.support.kube_api import kubeconfig
 
 NS = "oscar-svc"
+RAW_NS = "raw-bench"
+
+
+@contextlib.asynccontextmanager
+async def api_double(*, delay: float, max_history: int) -> AsyncIterator[str]:
+    """The API double in a process of its own (schema validation off: it would make the double, not the
+    manager, the bottleneck); yields its URL."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.support.kube_api",
+        f"--delay={delay}",
+        "--no-validate",
+        f"--max-history={max_history}",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdin is not None
+    assert process.stdout is not None
+    try:
+        port = int(await process.stdout.readline())
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+async def created_at(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """The manager's Jobs (not the raw run's): name -> when the double created it (``time.monotonic``, as
+    this process's loop time)."""
+    async with http.get(f"{url}/_double/created") as answer:
+        answer.raise_for_status()
+        found: dict[str, float] = await answer.json()
+        return {name: at for name, at in found.items() if not name.startswith("raw-")}
 
 
 async def raw_rate(url: str, count: int, concurrency: int) -> float:
@@ -49,29 +92,21 @@ async def raw_rate(url: str, count: int, concurrency: int) -> float:
 
         async def create(body: Any) -> None:
             async with gate:
-                await batch.create_namespaced_job(NS, body)
+                # As the backend does: the answer is checked, not parsed into a V1Job.
+                answer = await batch.create_namespaced_job(RAW_NS, body, _preload_content=False)
+                async with cast("aiohttp.ClientResponse", answer) as raw:
+                    raw.raise_for_status()
 
         started = time.perf_counter()
         await asyncio.gather(*(create(body) for body in bodies))
         return count / (time.perf_counter() - started)
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--jobs", type=int, default=1000)
-    parser.add_argument("--delay", type=float, default=0.005)
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--concurrency", type=int, default=64)
-    args = parser.parse_args()
-
-    # Schema validation (tests do it) would make the double, not the manager, the bottleneck here.
-    double = KubeApiDouble(delay=args.delay, validate_bodies=False)
-    server = TestServer(double.app(), host="127.0.0.1")
-    await server.start_server()
-    url = f"http://127.0.0.1:{server.port}"
+async def _run(args: argparse.Namespace, url: str) -> tuple[float, float, list[float], float]:
+    """(raw creates/s, intake events/s, latencies event -> Job created, seconds to the last Job)."""
     work = Path(tempfile.mkdtemp(prefix="bench-k8s-"))
     (work / "kubeconfig").write_text(kubeconfig(url))
-    database = f"sqlite+aiosqlite:///{work / 'oscar.db'}"
+    database = args.database_url or f"sqlite+aiosqlite:///{work / 'oscar.db'}"
     await asyncio.to_thread(upgrade, database)
     settings = make_settings(
         database_url=database,
@@ -81,55 +116,64 @@ async def main() -> None:
         oscar_kubernetes_concurrency=args.concurrency,
         oscar_dispatch_interval=0.01,
     )
-    try:
-        raw = await raw_rate(url, args.jobs, args.concurrency)
-        double.objects.clear()
-        double.created_at.clear()
-        async with app_client(settings) as http:
-            body = {"name": "bench", "image": "alpine", "script": "true\n"}
-            (await http.post("/system/services", json=body)).raise_for_status()
-            token = (await http.get("/system/services/bench")).json()["token"]
-            headers = {"Authorization": f"Bearer {token}"}
-            sent: dict[str, float] = {}
-            queue: asyncio.Queue[int] = asyncio.Queue()
-            for index in range(args.jobs):
-                queue.put_nowait(index)
+    raw = await raw_rate(url, args.jobs, args.concurrency)
+    async with app_client(settings) as http, aiohttp.ClientSession() as probe:
+        body = {"name": "bench", "image": "alpine", "script": "true\n"}
+        (await http.post("/system/services", json=body)).raise_for_status()
+        token = (await http.get("/system/services/bench")).json()["token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        sent: dict[str, float] = {}
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for index in range(args.jobs):
+            queue.put_nowait(index)
 
-            async def sender() -> None:
-                while not queue.empty():
-                    index = queue.get_nowait()
-                    payload = base64.b64encode(f"event {index}".encode())
-                    started = asyncio.get_running_loop().time()
-                    answer = await http.post("/job/bench", content=payload, headers=headers, auth=NO_AUTH)
-                    answer.raise_for_status()
-                    sent[answer.headers["X-Oscar-Job-Ids"]] = started
+        async def sender() -> None:
+            while not queue.empty():
+                index = queue.get_nowait()
+                payload = base64.b64encode(f"event {index}".encode())
+                started = asyncio.get_running_loop().time()
+                answer = await http.post("/job/bench", content=payload, headers=headers, auth=NO_AUTH)
+                answer.raise_for_status()
+                sent[answer.headers["X-Oscar-Job-Ids"]] = started
 
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            await asyncio.gather(*(sender() for _ in range(args.clients)))
-            intake_done = loop.time()
-            deadline = loop.time() + 120
-            while len(double.created_at) < args.jobs and loop.time() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-            finished = max(double.created_at.values())
-            latencies = sorted(
-                double.created_at[name] - sent[name] for name in sent if name in double.created_at
-            )
-    finally:
-        await server.close()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.gather(*(sender() for _ in range(args.clients)))
+        intake_done = loop.time()
+        deadline = loop.time() + 120
+        created = await created_at(probe, url)
+        while len(created) < args.jobs and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+            created = await created_at(probe, url)
+    latencies = sorted(created[name] - sent[name] for name in sent if name in created)
+    return raw, args.jobs / (intake_done - started), latencies, max(created.values()) - started
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--delay", type=float, default=0.005)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--database-url", default="", help="e.g. postgresql+asyncpg://... (an empty database); default SQLite"
+    )
+    args = parser.parse_args()
+
+    async with api_double(delay=args.delay, max_history=4 * args.jobs + 1000) as url:
+        raw, intake, latencies, elapsed = await _run(args, url)
 
     created = len(latencies)
     p50 = statistics.median(latencies) * 1000
     p99 = latencies[min(created - 1, round(0.99 * (created - 1)))] * 1000
     print(f"API double delay per request     {args.delay * 1000:.1f} ms")
     print(f"raw client creates ({args.concurrency} at once)  {raw:8.0f} jobs/s")
-    print(f"/job intake ({args.clients} clients)        {args.jobs / (intake_done - started):8.0f} events/s")
+    print(f"/job intake ({args.clients} clients)        {intake:8.0f} events/s")
     print(
-        f"intake -> Job created            {created / (finished - started):8.0f} jobs/s"
-        f"   ({created}/{args.jobs} created)"
+        f"intake -> Job created            {created / elapsed:8.0f} jobs/s   ({created}/{args.jobs} created)"
     )
     print(f"latency event -> Job created     p50 {p50:.1f} ms   p99 {p99:.1f} ms")
-    print(f"ratio manager/raw                {created / (finished - started) / raw:.2f}")
+    print(f"ratio manager/raw                {created / elapsed / raw:.2f}")
 
 
 if __name__ == "__main__":

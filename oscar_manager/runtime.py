@@ -126,11 +126,15 @@ class Runtime:
         self.presigner = PresignSigner(_presign_secret(settings.oscar_data_dir / "presign-key"))
         self.backend = backend if backend is not None else local_backend(settings, self.stores)
         self.dispatcher = Dispatcher(
-            self.database, self.backend, max_attempts=settings.oscar_dispatch_max_attempts
+            self.database,
+            self.backend,
+            max_attempts=settings.oscar_dispatch_max_attempts,
+            rate=settings.oscar_kubernetes_rate if settings.oscar_backend == BackendKind.KUBERNETES else 0,
         )
         self.dispatch_loop = LoopWorker(
-            "dispatcher", self.dispatcher.dispatch_once, interval=settings.oscar_dispatch_interval
+            "dispatcher", self.dispatcher.dispatch_more, interval=settings.oscar_dispatch_interval
         )
+        self.dispatcher.wake = self.dispatch_loop.wake
         self.intake = Intake(self.database, wake=self.dispatch_loop.wake)
         self.webhook_token = _webhook_token(settings)
         self._minio = minio
@@ -270,6 +274,7 @@ class Runtime:
 
     async def stop(self) -> None:
         await self.dispatch_loop.stop()
+        await self.dispatcher.stop()
         for task in reversed(self._tasks):
             await task.stop()
         await self.backend.stop()

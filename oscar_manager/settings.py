@@ -73,8 +73,10 @@ class Settings(BaseSettings):
     oscar_kubeconfig: Path | None = None
     # The image jobs take the supervisor executable from (the manager's own image).
     oscar_manager_image: str = "oscar-manager:latest"
-    # Job creations in flight at once (no fixed requests-per-second throttle).
+    # Job creations in flight at once.
     oscar_kubernetes_concurrency: int = Field(default=64, ge=1)
+    # Job creations a second at most, in bursts of up to a second's worth; 0: no limit (the default).
+    oscar_kubernetes_rate: float = Field(default=0, ge=0)
 
     # --- MinIO (the ``minio.default`` storage provider) ------------------------------------------
     minio_endpoint: str = ""

@@ -218,8 +218,16 @@ class KubernetesBackend:
         )
         self._inflight += 1
         try:
-            # The client is typed for its models; it serialises plain dicts all the same.
-            await self._batch.create_namespaced_job(self._namespace, cast("client.V1Job", body))
+            # The client is typed for its models; it serialises plain dicts all the same. The created Job
+            # is not needed: leaving the answer unparsed (no V1Job model) spares half the call's CPU.
+            answer = await self._batch.create_namespaced_job(
+                self._namespace, cast("client.V1Job", body), _preload_content=False
+            )
+            async with cast("aiohttp.ClientResponse", answer) as raw:
+                if not 200 <= raw.status <= 299:
+                    refused = ApiException(status=raw.status, reason=raw.reason)
+                    refused.body = await raw.read()
+                    raise refused
         except ApiException as exc:
             if exc.status == 409:
                 return  # created before (a resubmission): already done
@@ -338,7 +346,9 @@ class KubernetesBackend:
                         await self._observe(job)
                     version = listed.metadata.resource_version
                 self.watching.set()
-                async with watch.Watch() as stream:
+                # Events as plain dicts, made into slim V1Jobs (_watched_job): whole models cost more CPU
+                # than anything else the manager did per job.
+                async with watch.Watch(return_type="object") as stream:
                     async for event in stream.stream(
                         self._batch.list_namespaced_job,
                         self._namespace,
@@ -346,7 +356,7 @@ class KubernetesBackend:
                         resource_version=version,
                         timeout_seconds=WATCH_SECONDS,
                     ):
-                        job = event["object"]
+                        job = _watched_job(event["object"])
                         if event["type"] == "DELETED":
                             self._forget(job.metadata.name)
                         else:
@@ -417,6 +427,51 @@ class KubernetesBackend:
             log=text,
             finished_at=datetime.now(UTC),
         )
+
+
+# Models built without the client's checks for required fields (a slim Job has no pod template).
+_UNCHECKED = client.Configuration()
+_UNCHECKED.client_side_validation = False
+
+
+def _watched_job(raw: dict[str, Any]) -> client.V1Job:
+    """What the job watcher reads of a Job (name, resourceVersion, status, active deadline) as a V1Job.
+    Building models for the whole object, pod template and all, took a millisecond per watch event."""
+    metadata = raw.get("metadata") or {}
+    spec = raw.get("spec") or {}
+    status = raw.get("status")
+    return client.V1Job(
+        metadata=client.V1ObjectMeta(
+            name=metadata.get("name"),
+            resource_version=metadata.get("resourceVersion"),
+            labels=metadata.get("labels"),
+        ),
+        spec=client.V1JobSpec(
+            template=None,
+            active_deadline_seconds=spec.get("activeDeadlineSeconds"),
+            local_vars_configuration=_UNCHECKED,
+        ),
+        status=None
+        if status is None
+        else client.V1JobStatus(
+            active=status.get("active"),
+            start_time=_timestamp(status.get("startTime")),
+            conditions=[
+                client.V1JobCondition(
+                    type=condition.get("type"),
+                    status=condition.get("status"),
+                    reason=condition.get("reason"),
+                    local_vars_configuration=_UNCHECKED,
+                )
+                for condition in status.get("conditions") or []
+            ],
+        ),
+    )
+
+
+def _timestamp(value: str | None) -> datetime | None:
+    """An RFC 3339 time as the API server writes it (``2024-05-01T10:00:00Z``)."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
 def _conditions(job: client.V1Job) -> dict[str, str]:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from oscar_manager.backends.base import Backend, BackendUnavailable, JobRequest, SubmissionRefused
 from oscar_manager.domain.jobs import JobOutcome, JobStatus
 from oscar_manager.domain.service import Service
-from oscar_manager.registry import Database
-from oscar_manager.registry.repository import ClaimedEvent
+from oscar_manager.operations.ratelimit import RateLimiter
+from oscar_manager.registry import Database, Transaction
+from oscar_manager.registry.repository import ClaimedEvent, PreparedJob
 
 log = logging.getLogger(__name__)
 
@@ -35,45 +37,93 @@ async def recover(database: Database) -> int:
     return released
 
 
+async def _claim(tx: Transaction, *, limit: int) -> tuple[int, list[tuple[ClaimedEvent, Service]]]:
+    """Claim up to ``limit`` events and prepare their job rows; events of services gone are failed.
+    Returns how many were claimed, and those to submit with their service."""
+    claimed = await tx.events.claim(limit=limit)
+    services: dict[str, Service | None] = {}
+    ready: list[tuple[ClaimedEvent, Service]] = []
+    for event in claimed:
+        if event.service not in services:
+            services[event.service] = await tx.services.get(event.service)
+        service = services[event.service]
+        if service is None:
+            await tx.events.fail(event.id, error=f"service {event.service!r} no longer exists")
+            continue
+        ready.append((event, service))
+    if ready:
+        await tx.jobs.prepare(
+            [
+                PreparedJob(job_id=event.job_id, service=event.service, event_id=event.id, owner=event.owner)
+                for event, _service in ready
+            ]
+        )
+    return len(claimed), ready
+
+
 class Dispatcher:
-    def __init__(self, database: Database, backend: Backend, *, max_attempts: int) -> None:
+    """``rate``: at most so many submissions a second (0: no limit), beside the backend's own bound on
+    submissions in flight (``free_slots``)."""
+
+    def __init__(self, database: Database, backend: Backend, *, max_attempts: int, rate: float = 0) -> None:
         self._database = database
         self._backend = backend
         self._max_attempts = max_attempts
+        self._rate = RateLimiter(rate)
+        self._handing = 0  # claimed, not yet handed to the backend (waiting for the rate limit)
+        self._batches: set[asyncio.Task[None]] = set()
+        # Called when a submission ends, so the dispatch loop claims again (set by the runtime).
+        self.wake: Callable[[], None] = lambda: None
+
+    def _slots(self) -> int:
+        return min(self._backend.free_slots() - self._handing, MAX_BATCH)
 
     async def dispatch_once(self) -> int:
-        """Claim what the backend can take and submit it; return how many events were claimed."""
-        slots = min(self._backend.free_slots(), MAX_BATCH)
+        """Claim what the backend can take, submit it and record the outcome; return how many events
+        were claimed."""
+        slots = self._slots()
         if slots <= 0:
             return 0
-        ready: list[tuple[ClaimedEvent, Service]] = []
-        async with self._database.transaction() as tx:
-            claimed = await tx.events.claim(limit=slots)
-            services: dict[str, Service | None] = {}
-            for event in claimed:
-                if event.service not in services:
-                    services[event.service] = await tx.services.get(event.service)
-                service = services[event.service]
-                if service is None:
-                    await tx.events.fail(event.id, error=f"service {event.service!r} no longer exists")
-                    continue
-                await tx.jobs.prepare(
-                    job_id=event.job_id, service=event.service, event_id=event.id, owner=event.owner
-                )
-                ready.append((event, service))
+        claimed, ready = await self._database.write(lambda tx: _claim(tx, limit=slots))
+        await self._submit_all(ready)
+        return claimed
+
+    async def dispatch_more(self) -> int:
+        """As :meth:`dispatch_once`, but the claimed batch is submitted in the background: the next
+        claim (for slots freed meanwhile) need not wait for the slowest submission of this batch. For the
+        dispatch loop; :meth:`stop` ends what is under way."""
+        slots = self._slots()
+        if slots <= 0:
+            return 0
+        claimed, ready = await self._database.write(lambda tx: _claim(tx, limit=slots))
+        if ready:
+            self._handing += len(ready)  # counted from now, not once the task runs
+            task = asyncio.create_task(self._submit_all(ready, handing=True), name="dispatch-batch")
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+        return claimed
+
+    async def stop(self) -> None:
+        """Cancel the batches under way: their events stay claimed, and go back to the queue at the next
+        start (``recover``); a Kubernetes Job created meanwhile answers 409 then, which counts as done."""
+        batches = list(self._batches)
+        for task in batches:
+            task.cancel()
+        await asyncio.gather(*batches, return_exceptions=True)
+
+    async def _submit_all(self, ready: list[tuple[ClaimedEvent, Service]], *, handing: bool = False) -> None:
+        if not handing:
+            self._handing += len(ready)
         # All at once: a Kubernetes API round trip each, which need not wait for one another.
         failures = await asyncio.gather(*(self._submit(event, service) for event, service in ready))
         submitted = [
-            event for (event, _service), failure in zip(ready, failures, strict=True) if failure is None
+            event.id for (event, _service), failure in zip(ready, failures, strict=True) if failure is None
         ]
         if submitted and self._backend.durable_submissions:
-            async with self._database.transaction() as tx:
-                for event in submitted:
-                    await tx.events.complete(event.id)
+            await self._database.write(lambda tx: tx.events.complete(submitted))
         for (event, _service), failure in zip(ready, failures, strict=True):
             if failure is not None:
                 await self._failed_submission(event, failure[0], final=failure[1])
-        return len(claimed)
 
     async def _submit(self, event: ClaimedEvent, service: Service) -> tuple[str, bool] | None:
         """None once submitted; else why not, and whether that is final."""
@@ -81,26 +131,34 @@ class Dispatcher:
             job_id=event.job_id, service=service, payload=event.payload, attempt=event.attempts
         )
         try:
+            await self._rate.acquire()
+        finally:
+            # The backend counts it in flight from the start of submit (before its first await).
+            self._handing -= 1
+        try:
             await self._backend.submit(request)
         except BackendUnavailable as exc:
             return exc.message, False
         except SubmissionRefused as exc:
             return exc.message, True
+        finally:
+            self.wake()
         return None
 
     async def _failed_submission(self, event: ClaimedEvent, reason: str, *, final: bool = False) -> None:
-        async with self._database.transaction() as tx:
-            if event.attempts < self._max_attempts and not final:
-                delay = backoff(event.attempts)
-                log.warning("job %s not submitted (%s); retry in %.0f s", event.job_id, reason, delay)
-                await tx.events.retry(event.id, error=reason, delay=delay)
-                return
-            log.error("job %s given up after %d attempts: %s", event.job_id, event.attempts, reason)
+        if event.attempts < self._max_attempts and not final:
+            delay = backoff(event.attempts)
+            log.warning("job %s not submitted (%s); retry in %.0f s", event.job_id, reason, delay)
+            await self._database.write(lambda tx: tx.events.retry(event.id, error=reason, delay=delay))
+            return
+        log.error("job %s given up after %d attempts: %s", event.job_id, event.attempts, reason)
+        message = f"the job could not be submitted after {event.attempts} attempts: {reason}\n"
+        outcome = JobOutcome(
+            status=JobStatus.FAILED, exit_code=None, log=message, finished_at=datetime.now(UTC)
+        )
+
+        async def give_up(tx: Transaction) -> None:
             await tx.events.fail(event.id, error=reason)
-            message = f"the job could not be submitted after {event.attempts} attempts: {reason}\n"
-            await tx.jobs.finish(
-                event.job_id,
-                outcome=JobOutcome(
-                    status=JobStatus.FAILED, exit_code=None, log=message, finished_at=datetime.now(UTC)
-                ),
-            )
+            await tx.jobs.finish(event.job_id, outcome=outcome)
+
+        await self._database.write(give_up)

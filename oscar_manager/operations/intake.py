@@ -19,7 +19,7 @@ from oscar_manager.domain.events import (
 )
 from oscar_manager.domain.jobs import job_name
 from oscar_manager.domain.service import Service
-from oscar_manager.registry import Database, Transaction
+from oscar_manager.registry import Database, NewEvent, Transaction, WriteBatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,28 +58,43 @@ def _items(service: Service, body: bytes, idempotency_key: str | None) -> list[t
     return [(payload_dedup_key(service.name, idempotency_key), body)]
 
 
+def _new_events(service: str, items: list[tuple[str, bytes]], *, owner: str | None = None) -> list[NewEvent]:
+    return [
+        NewEvent(
+            dedup_key=dedup_key,
+            service=service,
+            job_id=job_name(service, dedup_key),
+            payload=payload,
+            owner=owner,
+        )
+        for dedup_key, payload in items
+    ]
+
+
+def _accepted(events: list[NewEvent], recorded: list[bool]) -> Accepted:
+    return Accepted(job_ids=[event.job_id for event in events], new=sum(recorded))
+
+
 async def _record(
     tx: Transaction, service: str, items: list[tuple[str, bytes]], *, owner: str | None = None
 ) -> Accepted:
-    job_ids: list[str] = []
-    new = 0
-    for dedup_key, payload in items:
-        job_id = job_name(service, dedup_key)
-        recorded = await tx.events.enqueue(
-            dedup_key=dedup_key, service=service, job_id=job_id, payload=payload, owner=owner
-        )
-        if recorded:
-            new += 1
-        job_ids.append(job_id)
-    return Accepted(job_ids=job_ids, new=new)
+    events = _new_events(service, items, owner=owner)
+    return _accepted(events, await tx.events.enqueue_many(events))
 
 
 class Intake:
-    """Records events in their own transaction and wakes the dispatcher once they are committed."""
+    """Records events and wakes the dispatcher once they are committed. Events arriving at the same time
+    are written by one statement and committed together (group commit): each caller is answered once its
+    own events are committed.
+    """
 
     def __init__(self, database: Database, *, wake: Callable[[], None]) -> None:
         self._database = database
         self._wake = wake
+        # Events of requests arriving together: one INSERT, one commit.
+        self._batch: WriteBatch[NewEvent, bool] = WriteBatch(
+            database, lambda tx, events: tx.events.enqueue_many(events)
+        )
         # Storage events since start: new, duplicates, ignored (shown by /system/info).
         self.counters: Counter[str] = Counter()
 
@@ -90,17 +105,16 @@ class Intake:
         if owner and idempotency_key:
             # A user's Idempotency-Key names their own request, never the job of someone else.
             idempotency_key = f"{owner}\n{idempotency_key}"
-        items = _items(service, body, idempotency_key)
-        async with self._database.transaction() as tx:
-            accepted = await _record(tx, service.name, items, owner=owner)
+        events = _new_events(service.name, _items(service, body, idempotency_key), owner=owner)
+        accepted = _accepted(events, await self._batch.add(events))
         if accepted.new:
             self._wake()
         return accepted
 
     async def object_event(self, *, service: str, event: ObjectEvent) -> Accepted:
         payload = json.dumps(notification(event)).encode()
-        async with self._database.transaction() as tx:
-            accepted = await _record(tx, service, [(event.dedup_key(service), payload)])
+        events = _new_events(service, [(event.dedup_key(service), payload)])
+        accepted = _accepted(events, await self._batch.add(events))
         if accepted.new:
             self._wake()
         return accepted
@@ -111,8 +125,9 @@ class Intake:
         Routes are read in the same transaction as the events are written, so a service created a moment
         ago gets its events, and a deleted one none.
         """
-        new = duplicates = ignored = 0
-        async with self._database.transaction() as tx:
+
+        async def route(tx: Transaction) -> Routed:
+            new = duplicates = ignored = 0
             routes = watched(await tx.services.input_routes())
             for event in events:
                 targets = [route for route in routes if route.matches(event.bucket, event.key)]
@@ -124,7 +139,11 @@ class Intake:
                     accepted = await _record(tx, route.service, [(event.dedup_key(route.service), payload)])
                     new += accepted.new
                     duplicates += 1 - accepted.new
+            return Routed(new=new, duplicates=duplicates, ignored=ignored)
+
+        routed = await self._database.write(route)
+        new, duplicates, ignored = routed.new, routed.duplicates, routed.ignored
         self.counters.update(new=new, duplicates=duplicates, ignored=ignored)
         if new:
             self._wake()
-        return Routed(new=new, duplicates=duplicates, ignored=ignored)
+        return routed

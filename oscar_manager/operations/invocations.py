@@ -30,8 +30,7 @@ async def service_for_invocation(
         raise Unauthorized(
             "an Authorization header is required (Bearer <service token>)", headers=BEARER_CHALLENGE
         )
-    async with database.reading() as tx:
-        service = await tx.services.get(name)
+    service = await database.service(name)
     if service is None:
         raise NotFound(f"service {name!r} not found")
     token = bearer_token(authorization)

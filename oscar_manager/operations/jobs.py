@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,9 +18,17 @@ from oscar_manager.errors import BadRequest, NotFound
 from oscar_manager.operations import services
 from oscar_manager.registry import Database, Transaction
 
+logger = logging.getLogger(__name__)
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.error("a job progress update was not recorded: %s", future.exception())
+
 
 class DatabaseJobReporter:
-    """Backends report here; rows are updated in their own short transactions."""
+    """Backends report here. Updates go through the database's group commit, so many of them (and the
+    intake's events) share one transaction."""
 
     def __init__(
         self, database: Database, *, complete_events_on_finish: bool, wake: Callable[[], None] = lambda: None
@@ -27,16 +37,34 @@ class DatabaseJobReporter:
         self._complete_events = complete_events_on_finish
         # Called once a finished job is recorded: a slot is free, so the dispatcher may claim more now.
         self._wake = wake
+        self._starts: dict[str, datetime] | None = None  # job -> started at, waiting for their write
 
     async def started(self, job_id: str, *, at: datetime) -> None:
-        async with self._database.transaction() as tx:
-            await tx.jobs.mark_running(job_id, at=at)
+        """Not awaited: a backend reports the next job at once. Starts reported while a write of earlier
+        ones is queued join it (one statement). Updates are committed in the order they were made, and a
+        start never overwrites an end. One lost in a crash is found again: a local job runs again after a
+        restart, and the Kubernetes watcher lists every Job then."""
+        if self._starts is None:
+            starts: dict[str, datetime] = {}
+            self._starts = starts
+            written = self._database.queue_write(lambda tx: self._write_starts(tx, starts))
+            written.add_done_callback(_log_failure)
+        self._starts[job_id] = at
+
+    async def _write_starts(self, tx: Transaction, starts: dict[str, datetime]) -> None:
+        if self._starts is starts:
+            self._starts = None  # starts from now on go in the next write
+        await tx.jobs.mark_running_many(starts)
 
     async def finished(self, job_id: str, *, outcome: JobOutcome) -> None:
-        async with self._database.transaction() as tx:
+        """Returns once the end is committed."""
+
+        async def record(tx: Transaction) -> None:
             await tx.jobs.finish(job_id, outcome=outcome)
             if self._complete_events:
                 await tx.events.complete_for_job(job_id)
+
+        await self._database.write(record)
         self._wake()
 
 

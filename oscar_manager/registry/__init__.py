@@ -4,6 +4,7 @@ One code path serves PostgreSQL (asyncpg) and SQLite (aiosqlite); what differs b
 to ``database.py``.
 """
 
-from oscar_manager.registry.database import Database, Transaction
+from oscar_manager.registry.database import Database, Transaction, WriteBatch
+from oscar_manager.registry.repository import NewEvent
 
-__all__ = ["Database", "Transaction"]
+__all__ = ["Database", "NewEvent", "Transaction", "WriteBatch"]

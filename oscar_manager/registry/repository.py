@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -42,6 +42,7 @@ _FINISHED = [status.value for status in JobStatus if status.finished]
 class ServiceRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
+        self.changed = False  # a service was added, replaced or deleted in this transaction
 
     async def get(self, name: str) -> Service | None:
         row = await self._session.get(ServiceRow, name)
@@ -76,6 +77,7 @@ class ServiceRepository:
         return [_to_service(row) for row in rows]
 
     async def add(self, service: Service) -> None:
+        self.changed = True
         now = datetime.now(UTC)
         self._session.add(
             ServiceRow(
@@ -96,6 +98,7 @@ class ServiceRepository:
 
     async def replace(self, service: Service) -> bool:
         """Store a new definition for an existing service; False when there is no such service."""
+        self.changed = True
         row = await self._session.get(ServiceRow, service.name, with_for_update=True)
         if row is None:
             return False
@@ -109,6 +112,7 @@ class ServiceRepository:
         return True
 
     async def delete(self, name: str) -> bool:
+        self.changed = True
         result = await self._session.execute(
             delete(ServiceRow).where(ServiceRow.name == name).returning(ServiceRow.name)
         )
@@ -125,6 +129,19 @@ class ClaimedEvent:
     owner: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    dedup_key: str
+    service: str
+    job_id: str
+    payload: bytes
+    owner: str | None = None
+
+
+# Nine parameters a row: well under SQLite's 32766 per statement.
+_ROWS_PER_INSERT = 500
+
+
 class EventRepository:
     """The intake queue. Claims use ``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite serialises writers."""
 
@@ -134,32 +151,48 @@ class EventRepository:
     async def enqueue(
         self, *, dedup_key: str, service: str, job_id: str, payload: bytes, owner: str | None = None
     ) -> bool:
-        """Record an event; False when an event with the same dedup key is already recorded.
+        """Record an event; False when an event with the same dedup key is already recorded."""
+        event = NewEvent(dedup_key=dedup_key, service=service, job_id=job_id, payload=payload, owner=owner)
+        (recorded,) = await self.enqueue_many([event])
+        return recorded
 
-        One statement (``INSERT ... ON CONFLICT DO NOTHING RETURNING``): a concurrent duplicate simply
-        inserts nothing, and the caller's transaction goes on.
+    async def enqueue_many(self, events: list[NewEvent]) -> list[bool]:
+        """Record events; for each, False when an event with its dedup key is already recorded (before,
+        or earlier in ``events``).
+
+        One statement per few hundred events (``INSERT ... ON CONFLICT DO NOTHING RETURNING``): a
+        concurrent duplicate simply inserts nothing, and the caller's transaction goes on.
         """
         now = datetime.now(UTC)
         dialect = self._session.get_bind().dialect.name
         insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-        statement = (
-            insert(EventRow)
-            .values(
-                dedup_key=dedup_key,
-                service=service,
-                job_id=job_id,
-                payload=payload,
-                status="pending",
-                attempts=0,
-                available_at=now,
-                created_at=now,
-                owner=owner,
+        first: dict[str, NewEvent] = {}
+        for event in events:
+            first.setdefault(event.dedup_key, event)
+        rows = [
+            {
+                "dedup_key": event.dedup_key,
+                "service": event.service,
+                "job_id": event.job_id,
+                "payload": event.payload,
+                "status": "pending",
+                "attempts": 0,
+                "available_at": now,
+                "created_at": now,
+                "owner": event.owner,
+            }
+            for event in first.values()
+        ]
+        inserted: set[str] = set()
+        for chunk in range(0, len(rows), _ROWS_PER_INSERT):
+            statement = (
+                insert(EventRow)
+                .values(rows[chunk : chunk + _ROWS_PER_INSERT])
+                .on_conflict_do_nothing(index_elements=[EventRow.dedup_key])
+                .returning(EventRow.dedup_key)
             )
-            .on_conflict_do_nothing(index_elements=[EventRow.dedup_key])
-            .returning(EventRow.id)
-        )
-        inserted = (await self._session.execute(statement)).scalar_one_or_none()
-        return inserted is not None
+            inserted.update((await self._session.scalars(statement)).all())
+        return [event.dedup_key in inserted and first[event.dedup_key] is event for event in events]
 
     async def claim(self, *, limit: int) -> list[ClaimedEvent]:
         now = datetime.now(UTC)
@@ -190,8 +223,8 @@ class EventRepository:
         await self._session.flush()
         return claimed
 
-    async def complete(self, event_id: int) -> None:
-        await self._session.execute(update(EventRow).where(EventRow.id == event_id).values(status="done"))
+    async def complete(self, event_ids: list[int]) -> None:
+        await self._session.execute(update(EventRow).where(EventRow.id.in_(event_ids)).values(status="done"))
 
     async def complete_for_job(self, job_id: str) -> None:
         await self._session.execute(
@@ -245,44 +278,66 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedJob:
+    job_id: str
+    service: str
+    event_id: int | None
+    owner: str | None = None
+
+
 class JobRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def prepare(
-        self, *, job_id: str, service: str, event_id: int | None, owner: str | None = None
-    ) -> JobRecord:
-        """The job row for a (re)dispatched event: created, or reset to Pending for another attempt."""
+    async def prepare(self, jobs: list[PreparedJob]) -> None:
+        """The job rows for (re)dispatched events: created, or reset to Pending for another attempt. One
+        query for the rows there are, one flush for all."""
         now = datetime.now(UTC)
-        row = await self._session.get(JobRow, job_id, with_for_update=True)
-        if row is None:
-            row = JobRow(
-                id=job_id,
-                service=service,
-                event_id=event_id,
-                status=JobStatus.PENDING.value,
-                attempts=1,
-                created_at=now,
-                log="",
-                owner=owner,
+        found = {
+            row.id: row
+            for row in await self._session.scalars(
+                select(JobRow).where(JobRow.id.in_([job.job_id for job in jobs])).with_for_update()
             )
-            self._session.add(row)
-        else:
-            row.status = JobStatus.PENDING.value
-            row.attempts += 1
-            row.started_at = None
-            row.finished_at = None
-            row.exit_code = None
+        }
+        for job in jobs:
+            row = found.get(job.job_id)
+            if row is None:
+                self._session.add(
+                    JobRow(
+                        id=job.job_id,
+                        service=job.service,
+                        event_id=job.event_id,
+                        status=JobStatus.PENDING.value,
+                        attempts=1,
+                        created_at=now,
+                        log="",
+                        owner=job.owner,
+                    )
+                )
+            else:
+                row.status = JobStatus.PENDING.value
+                row.attempts += 1
+                row.started_at = None
+                row.finished_at = None
+                row.exit_code = None
         await self._session.flush()
-        return _job(row)
 
     async def mark_running(self, job_id: str, *, at: datetime) -> None:
-        """Pending -> Running; a late report (after the end, e.g. from a relist) changes nothing."""
-        await self._session.execute(
-            update(JobRow)
-            .where(JobRow.id == job_id, JobRow.status == JobStatus.PENDING.value)
-            .values(status=JobStatus.RUNNING.value, started_at=at)
+        await self.mark_running_many({job_id: at})
+
+    async def mark_running_many(self, started: dict[str, datetime]) -> None:
+        """Pending -> Running, with when each job started (one executemany); a late report never undoes
+        a job's end."""
+        if not started:
+            return
+        table = cast("Table", JobRow.__table__)
+        statement = (
+            update(table)
+            .where(table.c.id == bindparam("job_id"), table.c.status == JobStatus.PENDING.value)
+            .values(status=JobStatus.RUNNING.value, started_at=bindparam("at"))
         )
+        await self._session.execute(statement, [{"job_id": job, "at": at} for job, at in started.items()])
 
     async def finish(self, job_id: str, *, outcome: JobOutcome) -> None:
         """The first end reported is kept: a Job seen again after a restart must not replace its copied log

@@ -13,16 +13,23 @@ name. ``delay`` adds latency to every answer; ``fail_next`` injects errors into 
 ``kubelet`` the pods of created Jobs really run (``tests.support.kubelet``) and end by themselves.
 ``rbac`` (an :class:`Rbac` built from a Role's rules) authorises every request as the RBAC authoriser
 would, answering 403 Forbidden to what the rules do not allow, and records what was asked for.
+
+``python -m tests.support.kube_api`` serves it in a process of its own (benchmarks: a real API server does
+not share the manager's CPU) and prints its port; ``GET /_double/created`` then answers the loop time
+(``time.monotonic``, comparable across processes) at which each Job was created.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
+import bisect
 import copy
 import io
 import json
 import re
+import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -95,7 +102,8 @@ class KubeApiDouble:
     logs: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, pod) -> log
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
     refused: list[str] = field(default_factory=list)  # validation messages, for assertions
-    history: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)  # (rv, type, job)
+    # (rv, type, job as it was then): the Job events a watch replays; ``_lines`` has them serialised.
+    history: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
     max_history: int = 1000
     # (method, path fragment, HTTP status): the next matching request gets that status, once each.
     fail_next: list[tuple[str, str, int]] = field(default_factory=list)
@@ -111,6 +119,7 @@ class KubeApiDouble:
     listed: list[str] = field(default_factory=list)  # kinds listed (not watched), for assertions
     _version: int = 1
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    _lines: list[bytes] = field(default_factory=list)  # history[i] as one watch line
 
     def __post_init__(self) -> None:
         self.watches_open.set()
@@ -126,6 +135,7 @@ class KubeApiDouble:
             app.router.add_put(base + "/{name}", self._replace)
             app.router.add_delete(base + "/{name}", self._delete)
         app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}/log", self._log)
+        app.router.add_get("/_double/created", self._created)
         return app
 
     @web.middleware
@@ -249,8 +259,12 @@ class KubeApiDouble:
         self._version += 1
         obj["metadata"]["resourceVersion"] = str(self._version)
         if obj["kind"] == "Job":
-            self.history.append((self._version, event, copy.deepcopy(obj)))
+            # Serialised once (not per watcher), and a snapshot: later changes to ``obj`` do not show.
+            line = (json.dumps({"type": event, "object": obj}) + "\n").encode()
+            self.history.append((self._version, event, json.loads(line)["object"]))
+            self._lines.append(line)
             del self.history[: -self.max_history]
+            del self._lines[: -self.max_history]
         async with self._changed:
             self._changed.notify_all()
 
@@ -372,6 +386,10 @@ class KubeApiDouble:
             }
         )
 
+    def _gone(self, since: int) -> bool:
+        """Events after ``since`` are no longer all kept (etcd compacted past it)."""
+        return since < self._compacted_at or (bool(self.history) and since < self.history[0][0] - 1)
+
     async def _watch(
         self, request: web.Request, namespace: str, selector: str, fields: str
     ) -> web.StreamResponse:
@@ -379,29 +397,31 @@ class KubeApiDouble:
         response = web.StreamResponse()
         response.content_type = "application/json"
         await response.prepare(request)
-        if since < self._compacted_at or (self.history and since < self.history[0][0] - 1):
-            # As the API server does once etcd has compacted that far: an ERROR event, then the end.
-            gone = {
-                "kind": "Status",
-                "apiVersion": "v1",
-                "status": "Failure",
-                "code": 410,
-                "reason": "Expired",
-            }
-            gone["message"] = f"too old resource version: {since}"
-            await response.write((json.dumps({"type": "ERROR", "object": gone}) + "\n").encode())
-            return response
         timeout = float(request.query.get("timeoutSeconds", "30"))
         deadline = asyncio.get_running_loop().time() + timeout
         generation = self._watch_generation
         while generation == self._watch_generation:
-            for version, event, job in list(self.history):
-                if version <= since:
-                    continue
+            if self._gone(since):
+                # As the API server does once etcd has compacted that far (also for a watcher that fell
+                # that far behind): an ERROR event, then the end.
+                gone = {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "status": "Failure",
+                    "code": 410,
+                    "reason": "Expired",
+                    "message": f"too old resource version: {since}",
+                }
+                await response.write((json.dumps({"type": "ERROR", "object": gone}) + "\n").encode())
+                return response
+            start = bisect.bisect_right(self.history, since, key=lambda entry: entry[0])
+            if start < len(self.history):
+                version, _event, job = self.history[start]
+                line = self._lines[start]
                 since = version
                 if job["metadata"]["namespace"] == namespace and _selected(job, selector, fields):
-                    line = json.dumps({"type": event, "object": job}) + "\n"
-                    await response.write(line.encode())
+                    await response.write(line)
+                continue
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 return response
@@ -417,6 +437,9 @@ class KubeApiDouble:
         if ("Pod", *key) not in self.objects:
             return status(404, "NotFound", f'pods "{key[1]}" not found')
         return web.Response(text=self.logs.get(key, ""))
+
+    async def _created(self, _request: web.Request) -> web.StreamResponse:
+        return web.json_response(self.created_at)
 
 
 # --- RBAC mode -------------------------------------------------------------------------------------------
@@ -561,3 +584,27 @@ def on_kubernetes(settings: Settings, url: str, directory: Path, **overrides: An
             **overrides,
         }
     )
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    double = KubeApiDouble(
+        delay=args.delay, validate_bodies=not args.no_validate, max_history=args.max_history
+    )
+    runner = web.AppRunner(double.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", args.port)
+    await site.start()
+    (address,) = runner.addresses
+    print(address[1], flush=True)
+    # Until whoever started us closes our stdin.
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await runner.cleanup()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Serve the Kubernetes API double; prints its port.")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--no-validate", action="store_true")
+    parser.add_argument("--max-history", type=int, default=1000)
+    asyncio.run(_serve(parser.parse_args()))
