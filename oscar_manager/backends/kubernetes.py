@@ -82,6 +82,11 @@ def _reason(exc: ApiException) -> str:
     return f"{exc.status} {exc.reason}: {message}"
 
 
+def _retryable(exc: ApiException) -> bool:
+    """A server-side failure or throttling: the same request may well succeed later."""
+    return exc.status >= 500 or exc.status == 429
+
+
 def _invalid_fields(exc: ApiException) -> list[str]:
     """The fields a 422 Invalid names (``details.causes[].field``)."""
     causes = (_status(exc).get("details") or {}).get("causes") or []
@@ -95,7 +100,7 @@ def _answers(action: str) -> Any:
     try:
         yield
     except ApiException as exc:
-        if exc.status >= 500 or exc.status == 429:
+        if _retryable(exc):
             raise BackendUnavailable(f"Kubernetes could not {action}: {_reason(exc)}") from None
         if exc.status == 422:
             fields = ", ".join(_invalid_fields(exc)) or "unknown field"
@@ -231,7 +236,7 @@ class KubernetesBackend:
         except ApiException as exc:
             if exc.status == 409:
                 return  # created before (a resubmission): already done
-            if exc.status >= 500 or exc.status == 429:
+            if _retryable(exc):
                 raise BackendUnavailable(f"Kubernetes could not create the job: {_reason(exc)}") from None
             raise SubmissionRefused(f"Kubernetes refused the job: {_reason(exc)}") from None
         except _TRANSPORT_ERRORS as exc:
@@ -322,7 +327,7 @@ class KubernetesBackend:
                     continue
                 if exc.status == 404:
                     raise BackendUnavailable(f"the Job {name} of the sync run was deleted") from None
-                if exc.status < 500 and exc.status != 429:
+                if not _retryable(exc):
                     raise KubernetesError(f"Kubernetes refused to watch job {name}: {_reason(exc)}") from None
                 problem = _reason(exc)
             except _TRANSPORT_ERRORS as exc:
