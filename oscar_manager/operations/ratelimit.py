@@ -36,7 +36,7 @@ class RateLimiter:
                 now = self._clock()
                 self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
                 self._last = now
-                if self._tokens >= 1 - 1e-9:  # float rounding must not leave a waiter spinning
-                    self._tokens -= 1
+                if self._tokens >= 1 - 1e-9:  # not a rounding error short of a whole token
+                    self._tokens = max(self._tokens - 1, 0.0)
                     return
                 await self._sleep((1 - self._tokens) / self._rate)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ from oscar_manager.domain.service import MinioDefault, Service, normalise_new, p
 from oscar_manager.operations import Database, dispatch
 from oscar_manager.operations.dispatch import Dispatcher, recover
 from oscar_manager.operations.intake import Intake
+from oscar_manager.operations.ratelimit import RateLimiter
 from tests.support.factories import service_body
 
 pytestmark = pytest.mark.asyncio
@@ -57,17 +60,19 @@ def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dispatch, "backoff", lambda attempt: 0.0)
 
 
-async def one_event(database: Database) -> str:
+async def one_event(database: Database, *, fresh: bool = False) -> str:
+    """An event of service cowsay (created if need be); ``fresh``: a new one each call."""
     service = normalise_new(
         parse_service(service_body()),
         owner="o",
         namespace="ns",
         minio=MinioDefault(endpoint="", region="", verify=True),
     )
-    async with database.transaction() as tx:
-        await tx.services.add(service)
+    if await database.service(service.name) is None:
+        async with database.transaction() as tx:
+            await tx.services.add(service)
     accepted = await Intake(database, wake=lambda: None).invocation(
-        service=service, body=b"aGVsbG8=", idempotency_key=None
+        service=service, body=b"aGVsbG8=", idempotency_key=uuid.uuid4().hex if fresh else None
     )
     return accepted.job_ids[0]
 
@@ -129,3 +134,50 @@ async def test_events_of_deleted_services_fail_without_a_job(database: Database)
     assert await Dispatcher(database, backend, max_attempts=3).dispatch_once() == 1
     assert backend.accepted == []
     assert await event_status(database) == {"failed": 1}
+
+
+async def test_the_rate_limit_holds_submissions_back(database: Database) -> None:
+    """OSCAR_KUBERNETES_RATE: with 3 submissions a second (bursts of 3), 10 events wait for the bucket
+    until 7/3 s have passed on a virtual clock; all are submitted and completed."""
+    clock = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    for _ in range(10):
+        await one_event(database, fresh=True)
+    backend = FlakyBackend(failures=0)
+    limiter = RateLimiter(3, clock=lambda: clock[0], sleep=sleep)
+    dispatcher = Dispatcher(database, backend, max_attempts=3, limiter=limiter)
+    assert await dispatcher.dispatch_once() == 10
+    assert len(backend.accepted) == 10
+    assert clock[0] == pytest.approx((10 - 3) / 3)
+    assert await event_status(database) == {"done": 10}
+
+
+async def test_pipelined_dispatch_counts_claimed_events_against_the_slots(database: Database) -> None:
+    """dispatch_more hands a batch to a task; until it is submitted its events hold slots, so the next
+    round claims no more than the backend can take."""
+    for _ in range(15):
+        await one_event(database, fresh=True)
+    backend = FlakyBackend(failures=0)  # 10 slots
+    dispatcher = Dispatcher(database, backend, max_attempts=3)
+    assert await dispatcher.dispatch_more() == 10
+    assert await dispatcher.dispatch_more() == 0  # the first batch is not handed over yet
+
+    async def settled(done: int) -> None:
+        for _ in range(500):
+            if await event_status(database) == {
+                "done": done,
+                **({"pending": 15 - done} if done < 15 else {}),
+            }:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(await event_status(database))
+
+    await settled(10)
+    assert await dispatcher.dispatch_more() == 5
+    await settled(15)
+    assert sorted(backend.accepted) == sorted(set(backend.accepted))
+    assert len(backend.accepted) == 15
+    await dispatcher.stop()
