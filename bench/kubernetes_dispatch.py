@@ -27,6 +27,7 @@ import aiohttp
 from kubernetes_asyncio import client
 
 from oscar_manager.backends import manifests
+from oscar_manager.backends.kubernetes import without_environment_lookups
 from oscar_manager.domain.service import MinioDefault, normalise_new, parse_service
 from oscar_manager.registry.migrations import upgrade
 from tests.support.app import NO_AUTH, app_client
@@ -88,6 +89,7 @@ async def raw_rate(url: str, count: int, concurrency: int) -> float:
     ]
     gate = asyncio.Semaphore(concurrency)
     async with client.ApiClient(client.Configuration(host=url)) as api:
+        without_environment_lookups(api)  # as the manager's client
         batch = client.BatchV1Api(api)
 
         async def create(body: Any) -> None:

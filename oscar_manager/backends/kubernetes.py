@@ -118,6 +118,22 @@ async def new_api_client(kubeconfig: Path | None) -> client.ApiClient:
     return await config.new_client_from_config(config_file=str(kubeconfig) if kubeconfig else None)
 
 
+def without_environment_lookups(api: client.ApiClient) -> None:
+    """The client's aiohttp session trusts the environment, so every request reads ``~/.netrc`` and the
+    proxy variables in a worker thread: two thread hops and a file read per Job created. The API server's
+    address and credentials come from the kubeconfig (its ``proxy-url`` too), so a session on the same
+    connector without those lookups replaces it."""
+    rest = api.rest_client
+    trusting = rest.pool_manager
+    rest.pool_manager = aiohttp.ClientSession(
+        # The library's read buffer too: watch events carrying big objects outgrow aiohttp's default.
+        connector=trusting.connector,
+        trust_env=False,
+        read_bufsize=2**21,
+    )
+    trusting.detach()
+
+
 class KubernetesBackend:
     durable_submissions = True
 
@@ -150,6 +166,7 @@ class KubernetesBackend:
             api = await new_api_client(kubeconfig)
         except (config.ConfigException, OSError) as exc:
             raise BackendUnavailable(f"no Kubernetes configuration: {exc}") from None
+        without_environment_lookups(api)
         async with api:
             yield cls(api, namespace=namespace, cluster=cluster, concurrency=concurrency)
 

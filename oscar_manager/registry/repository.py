@@ -7,18 +7,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from oscar_manager.domain.events import InputRoute
 from oscar_manager.domain.jobs import JobOutcome, JobRecord, JobStatus
 from oscar_manager.domain.service import Service
 from oscar_manager.errors import Conflict
+from oscar_manager.registry.hot_statements import HotStatements, hot_statements
 from oscar_manager.registry.tables import EventRow, JobRow, ServiceRow
 
 
@@ -138,8 +137,10 @@ class NewEvent:
     owner: str | None = None
 
 
-# Nine parameters a row: well under SQLite's 32766 per statement.
-_ROWS_PER_INSERT = 500
+async def _hot(session: AsyncSession) -> tuple[AsyncConnection, HotStatements]:
+    """The session's connection, and the prebuilt statements for its database."""
+    connection = await session.connection()
+    return connection, hot_statements(connection.dialect.name)
 
 
 class EventRepository:
@@ -160,12 +161,11 @@ class EventRepository:
         """Record events; for each, False when an event with its dedup key is already recorded (before,
         or earlier in ``events``).
 
-        One statement per few hundred events (``INSERT ... ON CONFLICT DO NOTHING RETURNING``): a
-        concurrent duplicate simply inserts nothing, and the caller's transaction goes on.
+        One executemany of ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` (SQLAlchemy batches the rows
+        into multi-row statements): a concurrent duplicate simply inserts nothing, and the caller's
+        transaction goes on.
         """
         now = datetime.now(UTC)
-        dialect = self._session.get_bind().dialect.name
-        insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
         first: dict[str, NewEvent] = {}
         for event in events:
             first.setdefault(event.dedup_key, event)
@@ -183,48 +183,30 @@ class EventRepository:
             }
             for event in first.values()
         ]
-        inserted: set[str] = set()
-        for chunk in range(0, len(rows), _ROWS_PER_INSERT):
-            statement = (
-                insert(EventRow)
-                .values(rows[chunk : chunk + _ROWS_PER_INSERT])
-                .on_conflict_do_nothing(index_elements=[EventRow.dedup_key])
-                .returning(EventRow.dedup_key)
-            )
-            inserted.update((await self._session.scalars(statement)).all())
+        connection, hot = await _hot(self._session)
+        inserted = set((await connection.execute(hot.enqueue, rows)).scalars())
         return [event.dedup_key in inserted and first[event.dedup_key] is event for event in events]
 
     async def claim(self, *, limit: int) -> list[ClaimedEvent]:
-        now = datetime.now(UTC)
-        rows = (
-            await self._session.scalars(
-                select(EventRow)
-                .where(EventRow.status == "pending", EventRow.available_at <= now)
-                .order_by(EventRow.id)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
+        """The oldest events due, marked claimed, in one ``UPDATE ... RETURNING``."""
+        connection, hot = await _hot(self._session)
+        rows = await connection.execute(hot.claim, {"now": datetime.now(UTC), "limit": limit})
+        claimed = [
+            ClaimedEvent(
+                id=row.id,
+                service=row.service,
+                job_id=row.job_id,
+                payload=row.payload,
+                attempts=row.attempts,
+                owner=row.owner,
             )
-        ).all()
-        claimed = []
-        for row in rows:
-            row.status = "claimed"
-            row.claimed_at = now
-            row.attempts += 1
-            claimed.append(
-                ClaimedEvent(
-                    id=row.id,
-                    service=row.service,
-                    job_id=row.job_id,
-                    payload=row.payload,
-                    attempts=row.attempts,
-                    owner=row.owner,
-                )
-            )
-        await self._session.flush()
-        return claimed
+            for row in rows
+        ]
+        return sorted(claimed, key=lambda event: event.id)
 
     async def complete(self, event_ids: list[int]) -> None:
-        await self._session.execute(update(EventRow).where(EventRow.id.in_(event_ids)).values(status="done"))
+        connection, hot = await _hot(self._session)
+        await connection.execute(hot.complete, {"ids": event_ids})
 
     async def complete_for_job(self, job_id: str) -> None:
         await self._session.execute(
@@ -291,37 +273,26 @@ class JobRepository:
         self._session = session
 
     async def prepare(self, jobs: list[PreparedJob]) -> None:
-        """The job rows for (re)dispatched events: created, or reset to Pending for another attempt. One
-        query for the rows there are, one flush for all."""
+        """The job rows for (re)dispatched events: created, or reset to Pending for another attempt (one
+        executemany of an upsert)."""
+        if not jobs:
+            return
         now = datetime.now(UTC)
-        found = {
-            row.id: row
-            for row in await self._session.scalars(
-                select(JobRow).where(JobRow.id.in_([job.job_id for job in jobs])).with_for_update()
-            )
-        }
-        for job in jobs:
-            row = found.get(job.job_id)
-            if row is None:
-                self._session.add(
-                    JobRow(
-                        id=job.job_id,
-                        service=job.service,
-                        event_id=job.event_id,
-                        status=JobStatus.PENDING.value,
-                        attempts=1,
-                        created_at=now,
-                        log="",
-                        owner=job.owner,
-                    )
-                )
-            else:
-                row.status = JobStatus.PENDING.value
-                row.attempts += 1
-                row.started_at = None
-                row.finished_at = None
-                row.exit_code = None
-        await self._session.flush()
+        rows = [
+            {
+                "id": job.job_id,
+                "service": job.service,
+                "event_id": job.event_id,
+                "status": JobStatus.PENDING.value,
+                "attempts": 1,
+                "created_at": now,
+                "log": "",
+                "owner": job.owner,
+            }
+            for job in jobs
+        ]
+        connection, hot = await _hot(self._session)
+        await connection.execute(hot.prepare, rows)
 
     async def mark_running(self, job_id: str, *, at: datetime) -> None:
         await self.mark_running_many({job_id: at})
@@ -331,13 +302,8 @@ class JobRepository:
         a job's end."""
         if not started:
             return
-        table = cast("Table", JobRow.__table__)
-        statement = (
-            update(table)
-            .where(table.c.id == bindparam("job_id"), table.c.status == JobStatus.PENDING.value)
-            .values(status=JobStatus.RUNNING.value, started_at=bindparam("at"))
-        )
-        await self._session.execute(statement, [{"job_id": job, "at": at} for job, at in started.items()])
+        connection, hot = await _hot(self._session)
+        await connection.execute(hot.start, [{"job_id": job, "at": at} for job, at in started.items()])
 
     async def finish(self, job_id: str, *, outcome: JobOutcome) -> None:
         """The first end reported is kept: a Job seen again after a restart must not replace its copied log
