@@ -1,7 +1,7 @@
 """Persistence: the only package that imports SQLAlchemy and Alembic.
 
 One code path serves PostgreSQL (asyncpg) and SQLite (aiosqlite); what differs between them is confined
-to ``database.py``.
+to ``database.py`` (engines, locking) and ``hot_statements.py`` (which ``INSERT`` has ``ON CONFLICT``).
 """
 
 from oscar_manager.registry.database import Database, Transaction, WriteBatch

@@ -58,6 +58,21 @@ async def until(check: Any, within: float = 10) -> None:
         await asyncio.sleep(0.02)
 
 
+async def test_proxy_variables_do_not_divert_the_api_client(
+    kube_settings: Settings, double: tuple[KubeApiDouble, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API server is reached as the kubeconfig says: the client does not look up proxies (nor
+    ``~/.netrc``) in the environment on every request, so a proxy there (here one that is not listening)
+    is not used."""
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    async with app_client(kube_settings) as manager:
+        assert (await manager.post("/system/services", json=definition())).status_code == 201
+    assert double[0].get("ConfigMap", NS, "grayify") is not None
+
+
 async def test_a_service_gets_its_config_map_and_secret_and_loses_them_on_delete(
     manager: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
 ) -> None:
