@@ -15,15 +15,13 @@ from oscar_manager.registry.repository import PreparedJob
 pytestmark = pytest.mark.asyncio
 
 
-def event(index: int, **changes: str) -> NewEvent:
+def event(index: int, *, owner: str | None = None) -> NewEvent:
     return NewEvent(
-        **{
-            "dedup_key": f"key-{index}",
-            "service": "cowsay",
-            "job_id": f"cowsay-{index:04d}",
-            "payload": f"payload {index}".encode(),
-            **changes,
-        }
+        dedup_key=f"key-{index}",
+        service="cowsay",
+        job_id=f"cowsay-{index:04d}",
+        payload=f"payload {index}".encode(),
+        owner=owner,
     )
 
 
