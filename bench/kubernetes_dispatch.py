@@ -6,7 +6,8 @@ Events go in through ``POST /job/{service}`` (in-process ASGI, several clients a
 created when the double has accepted its Job. The double runs in a process of its own, as a real API
 server would not share the manager's CPU; the raw rate is measured against that same process (in a
 namespace of its own, so the manager's job watcher does not list those Jobs). Usage:
-``python -m bench.kubernetes_dispatch [--jobs 1000] [--delay 0.005] [--clients 8]``. Prints figures.
+``python -m bench.kubernetes_dispatch [--jobs 1000] [--delay 0.005] [--clients 8] [--postgres]``. Prints
+figures.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from oscar_manager.backends.kubernetes import without_environment_lookups
 from oscar_manager.domain.service import MinioDefault, normalise_new, parse_service
 from oscar_manager.registry.migrations import upgrade
 from tests.support.app import NO_AUTH, app_client
+from tests.support.components import PostgresServer
 from tests.support.factories import make_settings
 from tests.support.kube_api import kubeconfig
 
@@ -163,14 +165,25 @@ async def main() -> None:
     parser.add_argument(
         "--database-url", default="", help="e.g. postgresql+asyncpg://... (an empty database); default SQLite"
     )
+    parser.add_argument(
+        "--postgres", action="store_true", help="on a throwaway PostgreSQL server (no fsync, as in the tests)"
+    )
     args = parser.parse_args()
 
-    async with api_double(delay=args.delay, max_history=4 * args.jobs + 1000) as url:
-        raw, intake, latencies, elapsed, cpu = await _run(args, url)
+    server = PostgresServer.start() if args.postgres else None
+    try:
+        if server is not None:
+            args.database_url = server.url
+        async with api_double(delay=args.delay, max_history=4 * args.jobs + 1000) as url:
+            raw, intake, latencies, elapsed, cpu = await _run(args, url)
+    finally:
+        if server is not None:
+            server.stop()
 
     created = len(latencies)
     p50 = statistics.median(latencies) * 1000
     p99 = latencies[min(created - 1, round(0.99 * (created - 1)))] * 1000
+    print(f"registry                         {'PostgreSQL' if args.database_url else 'SQLite'}")
     print(f"API double delay per request     {args.delay * 1000:.1f} ms")
     print(f"raw client creates ({args.concurrency} at once)  {raw:8.0f} jobs/s")
     print(f"/job intake ({args.clients} clients)        {intake:8.0f} events/s")

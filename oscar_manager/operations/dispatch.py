@@ -108,8 +108,14 @@ class Dispatcher:
             self._handing += len(ready)  # counted from now, not once the task runs
             task = asyncio.create_task(self._submit_all(ready, handing=True), name="dispatch-batch")
             self._batches.add(task)
-            task.add_done_callback(self._batches.discard)
+            task.add_done_callback(self._batch_done)
         return claimed
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._batches.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Its events stay claimed until the next start (``recover``); nothing else would tell.
+            log.error("a dispatch batch failed: %r", task.exception(), exc_info=task.exception())
 
     async def stop(self) -> None:
         """Cancel the batches under way: their events stay claimed, and go back to the queue at the next

@@ -181,3 +181,28 @@ async def test_pipelined_dispatch_counts_claimed_events_against_the_slots(databa
     assert sorted(backend.accepted) == sorted(set(backend.accepted))
     assert len(backend.accepted) == 15
     await dispatcher.stop()
+
+
+async def test_a_batch_that_breaks_in_the_background_is_logged(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A submission failing in a way no backend error describes ends its batch's task; the error is
+    logged (its events stay claimed until the next start) rather than lost with the task."""
+    await one_event(database)
+    backend = FlakyBackend(failures=0)
+
+    async def broken(request: JobRequest) -> None:
+        raise RuntimeError("a bug in the backend")
+
+    backend.submit = broken  # type: ignore[method-assign]
+    dispatcher = Dispatcher(database, backend, max_attempts=3)
+    assert await dispatcher.dispatch_more() == 1
+    for _ in range(200):
+        if any("a dispatch batch failed" in record.message for record in caplog.records):
+            break
+        await asyncio.sleep(0.01)
+    failed = [record for record in caplog.records if "a dispatch batch failed" in record.message]
+    assert len(failed) == 1
+    assert "a bug in the backend" in failed[0].getMessage()
+    assert await event_status(database) == {"claimed": 1}
+    await dispatcher.stop()
