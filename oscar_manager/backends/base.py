@@ -55,6 +55,10 @@ class JobReporter(Protocol):
 
     async def finished(self, job_id: str, *, outcome: JobOutcome) -> None: ...
 
+    async def ended(self, job_ids: list[str]) -> set[str]:
+        """Those of ``job_ids`` whose end is recorded already (a backend need not report them again)."""
+        ...
+
 
 class Backend(Protocol):
     # True when an accepted submission survives a manager crash (a Kubernetes Job object); False when it

@@ -364,6 +364,7 @@ class KubernetesBackend:
                     listed = await self._batch.list_namespaced_job(
                         self._namespace, label_selector=WATCHED_JOBS
                     )
+                    await self._skip_recorded_ends(listed.items)
                     for job in listed.items:
                         await self._observe(job)
                     version = listed.metadata.resource_version
@@ -412,6 +413,14 @@ class KubernetesBackend:
         elif status is not None and status.active and name not in self._started:
             await self._reporter.started(name, at=status.start_time or datetime.now(UTC))
             self._started.add(name)
+
+    async def _skip_recorded_ends(self, jobs: list[client.V1Job]) -> None:
+        """After a restart (or 410 Gone) the listing holds every Job still within its TTL: the ends the
+        registry has already need no second copy of their pod's log."""
+        assert self._reporter is not None
+        ended = [job.metadata.name for job in jobs if job.metadata.name not in self._finished and _ended(job)]
+        if ended:
+            self._finished.update(await self._reporter.ended(ended))
 
     def _forget(self, name: str) -> None:
         """A deleted Job (its TTL, or the service's deletion) will not be seen again."""

@@ -67,6 +67,10 @@ class DatabaseJobReporter:
         await self._database.write(record)
         self._wake()
 
+    async def ended(self, job_ids: list[str]) -> set[str]:
+        async with self._database.reading() as tx:
+            return await tx.jobs.ended(job_ids)
+
 
 async def _jobs_scope(tx: Transaction, *, principal: Principal, service: str) -> str | None:
     """Whose jobs of the service the caller may see and delete: everyone's (None) for its owner and the

@@ -37,6 +37,9 @@ def _to_service(row: ServiceRow) -> Service:
 
 _FINISHED = [status.value for status in JobStatus if status.finished]
 
+# Ids in one IN (...): well under SQLite's 32766 parameters a statement.
+_IDS_PER_QUERY = 1000
+
 
 class ServiceRepository:
     def __init__(self, session: AsyncSession) -> None:
@@ -318,6 +321,18 @@ class JobRepository:
                 finished_at=outcome.finished_at,
             )
         )
+
+    async def ended(self, job_ids: list[str]) -> set[str]:
+        """Those of ``job_ids`` that have finished."""
+        ended: set[str] = set()
+        for chunk in range(0, len(job_ids), _IDS_PER_QUERY):
+            found = await self._session.scalars(
+                select(JobRow.id).where(
+                    JobRow.id.in_(job_ids[chunk : chunk + _IDS_PER_QUERY]), JobRow.status.in_(_FINISHED)
+                )
+            )
+            ended.update(found)
+        return ended
 
     async def get(self, service: str, job_id: str) -> JobRecord | None:
         row = await self._session.get(JobRow, job_id)

@@ -132,3 +132,21 @@ async def test_done_and_started_touch_only_their_own_rows(database: Database) ->
         JobStatus.PENDING,
         JobStatus.SUCCEEDED,
     ]
+
+
+async def test_ended_names_the_finished_jobs_among_many(database: Database) -> None:
+    """What the Kubernetes job watcher asks after a restart, for every Job still within its TTL."""
+    ids = [f"cowsay-{index:04d}" for index in range(2500)]
+    async with database.transaction() as tx:
+        await tx.jobs.prepare([PreparedJob(job_id=job_id, service="cowsay", event_id=None) for job_id in ids])
+        for job_id in (ids[3], ids[1500], ids[2499]):
+            await tx.jobs.finish(
+                job_id,
+                outcome=JobOutcome(
+                    status=JobStatus.FAILED, exit_code=1, log="", finished_at=datetime.now(UTC)
+                ),
+            )
+        await tx.jobs.mark_running_many({ids[4]: datetime.now(UTC)})
+    async with database.reading() as tx:
+        assert await tx.jobs.ended([*ids, "cowsay-unknown"]) == {ids[3], ids[1500], ids[2499]}
+        assert await tx.jobs.ended([]) == set()

@@ -235,11 +235,35 @@ async def test_a_restarted_manager_keeps_the_logs_it_copied(
     for key in [key for key in api.objects if key[0] == "Pod"]:
         del api.objects[key]
     lists_before = api.listed.count("Job")
+    requests_before = len(api.requests)
     async with app_client(kube_settings) as manager:
         await until(lambda: api.listed.count("Job") > lists_before)
         await settle(0.3)
         assert (await manager.get(f"/system/logs/kept/{job_id}")).text == "the original log\n"
         assert (await all_jobs(manager, "kept"))[job_id]["status"] == "Succeeded"
+    # Its end was recorded already: no pod is looked for, no log read again.
+    assert [path for _method, path in api.requests[requests_before:] if "/pods" in path] == []
+
+
+async def test_a_restarted_manager_copies_the_logs_of_jobs_that_ended_while_it_was_away(
+    kube_settings: Settings, double: tuple[KubeApiDouble, str]
+) -> None:
+    api, _url = double
+    async with app_client(kube_settings) as manager:
+        assert (await manager.post("/system/services", json=definition("away"))).status_code == 201
+        first = (await invoke(manager, "away", b"e30=")).headers["X-Oscar-Job-Ids"]
+        second = (await invoke(manager, "away", b"e31=")).headers["X-Oscar-Job-Ids"]
+        await until(lambda: api.get("Job", NS, second) is not None)
+        await api.finish_pod(NS, first, succeeded=True, log="seen\n")
+        for _ in range(500):
+            if (await all_jobs(manager, "away"))[first]["status"] == "Succeeded":
+                break
+            await asyncio.sleep(0.02)
+    await api.finish_pod(NS, second, succeeded=False, log="ended while nobody watched\n")
+    async with app_client(kube_settings) as manager:
+        jobs = await wait_for_jobs(manager, "away", count=2)
+        assert (jobs[first]["status"], jobs[second]["status"]) == ("Succeeded", "Failed")
+        assert (await manager.get(f"/system/logs/away/{second}")).text == "ended while nobody watched\n"
 
 
 @pytest.fixture

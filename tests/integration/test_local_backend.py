@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -13,24 +12,12 @@ import pytest
 from oscar_manager.backends.base import JobRequest
 from oscar_manager.backends.local import LocalBackend
 from oscar_manager.backends.sandbox import Sandbox
-from oscar_manager.domain.jobs import JobOutcome
 from oscar_manager.domain.service import MinioDefault, normalise_new, parse_service
 from oscar_manager.storage.local import LocalObjectStore
 from oscar_manager.storage.providers import Stores
+from tests.support.reporter import RecordingReporter
 
 pytestmark = pytest.mark.asyncio
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.began: list[str] = []
-        self.ended: dict[str, JobOutcome] = {}
-
-    async def started(self, job_id: str, *, at: datetime) -> None:
-        self.began.append(job_id)
-
-    async def finished(self, job_id: str, *, outcome: JobOutcome) -> None:
-        self.ended[job_id] = outcome
 
 
 def job(job_id: str, script: str) -> JobRequest:
@@ -62,37 +49,37 @@ async def wait_until(condition: Callable[[], bool], within: float = 10.0) -> Non
 
 
 async def test_stop_with_a_job_running_returns_and_reports_nothing(backend: LocalBackend) -> None:
-    recorder = Recorder()
+    recorder = RecordingReporter()
     await backend.start(recorder)
     await backend.submit(job("long", "sleep 30"))
-    await wait_until(lambda: recorder.began == ["long"])
+    await wait_until(lambda: recorder.started_jobs == ["long"])
     await asyncio.wait_for(backend.stop(), timeout=10)
     # The event of an interrupted job stays claimed (runs again after a restart): no outcome reported.
-    assert recorder.ended == {}
+    assert recorder.outcomes == {}
 
 
 async def test_cancel_running_and_queued_jobs(backend: LocalBackend) -> None:
-    recorder = Recorder()
+    recorder = RecordingReporter()
     await backend.start(recorder)
     await backend.submit(job("running", "sleep 30"))
-    await wait_until(lambda: recorder.began == ["running"])
+    await wait_until(lambda: recorder.started_jobs == ["running"])
     await backend.submit(job("queued", "echo never"))
     assert backend.free_slots() == 0
     await backend.cancel("queued")
     await asyncio.wait_for(backend.cancel("running"), timeout=10)
     await backend.submit(job("after", "echo ok"))
-    await wait_until(lambda: "after" in recorder.ended)
-    assert recorder.began == ["running", "after"]
-    assert set(recorder.ended) == {"after"}
+    await wait_until(lambda: "after" in recorder.outcomes)
+    assert recorder.started_jobs == ["running", "after"]
+    assert set(recorder.outcomes) == {"after"}
     await backend.stop()
 
 
 async def test_submitting_the_same_job_twice_runs_it_once(backend: LocalBackend) -> None:
-    recorder = Recorder()
+    recorder = RecordingReporter()
     await backend.start(recorder)
     await backend.submit(job("same", "sleep 0.2"))
     await backend.submit(job("same", "sleep 0.2"))
-    await wait_until(lambda: "same" in recorder.ended)
+    await wait_until(lambda: "same" in recorder.outcomes)
     await asyncio.sleep(0.3)
-    assert recorder.began == ["same"]
+    assert recorder.started_jobs == ["same"]
     await backend.stop()

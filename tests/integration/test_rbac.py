@@ -9,7 +9,6 @@ import asyncio
 import copy
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,14 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from oscar_manager.backends import manifests
 from oscar_manager.backends.base import JobRequest, SyncRequest
 from oscar_manager.backends.kubernetes import KubernetesBackend
-from oscar_manager.domain.jobs import JobOutcome, JobStatus
+from oscar_manager.domain.jobs import JobStatus
 from oscar_manager.settings import Settings
 from oscar_manager.supervisor.response_frame import frame
 from tests.support.app import app_client
 from tests.support.deploy import find
 from tests.support.factories import stored_service
 from tests.support.kube_api import KubeApiDouble, Rbac, kubeconfig
+from tests.support.reporter import RecordingReporter
 
 NS = "oscar-svc"
 CLUSTER = manifests.ClusterConfig(manager_image="oscar-manager:test", ttl_seconds=600)
@@ -56,20 +56,6 @@ def without(role: dict[str, Any], group: str, resource: str, verb: str) -> dict[
     return reduced
 
 
-class Reporter:
-    """A JobReporter keeping what the backend reported."""
-
-    def __init__(self) -> None:
-        self.started_jobs: list[str] = []
-        self.outcomes: dict[str, JobOutcome] = {}
-
-    async def started(self, job_id: str, *, at: datetime) -> None:
-        self.started_jobs.append(job_id)
-
-    async def finished(self, job_id: str, *, outcome: JobOutcome) -> None:
-        self.outcomes[job_id] = outcome
-
-
 async def until(check: Callable[[], bool], within: float = 10) -> None:
     deadline = time.monotonic() + within
     while not check():
@@ -78,11 +64,13 @@ async def until(check: Callable[[], bool], within: float = 10) -> None:
 
 
 @pytest.fixture
-async def backend(double: tuple[KubeApiDouble, str]) -> AsyncIterator[tuple[KubernetesBackend, Reporter]]:
+async def backend(
+    double: tuple[KubeApiDouble, str],
+) -> AsyncIterator[tuple[KubernetesBackend, RecordingReporter]]:
     configuration = client.Configuration(host=double[1])
     async with client.ApiClient(configuration) as api_client:
         kube = KubernetesBackend(api_client, namespace=NS, cluster=CLUSTER)
-        reporter = Reporter()
+        reporter = RecordingReporter()
         await kube.start(reporter)
         try:
             yield kube, reporter
@@ -91,7 +79,7 @@ async def backend(double: tuple[KubeApiDouble, str]) -> AsyncIterator[tuple[Kube
 
 
 async def test_the_backend_lifecycle_needs_exactly_the_role(
-    double: tuple[KubeApiDouble, str], backend: tuple[KubernetesBackend, Reporter]
+    double: tuple[KubeApiDouble, str], backend: tuple[KubernetesBackend, RecordingReporter]
 ) -> None:
     api, _url = double
     rbac = api.rbac = Rbac.from_role(role(), user=SA_USER)
