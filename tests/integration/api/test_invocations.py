@@ -113,6 +113,23 @@ class TestJobs:
         (job_id,) = await wait_for_jobs(client, "upper", count=1)
         assert '{"message": "hi"}' in (await client.get(f"/system/logs/upper/{job_id}")).text
 
+    async def test_the_script_sees_the_variables_upstream_scripts_rely_on(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        """``oscar-clients.md``: the service's name and token (a script may call other services with it),
+        its base path (empty: not exposed), the job's id, the event, and the service's own variables."""
+        script = (
+            'echo "name=$OSCAR_SERVICE_NAME token=$OSCAR_SERVICE_TOKEN base=[$OSCAR_SERVICE_BASE_PATH]"\n'
+            'echo "job=$JOB_UUID event=$EVENT color=$COLOR"\n'
+        )
+        token = await make_service(client, script=script, environment={"variables": {"COLOR": "teal"}})
+        response = await client.post("/job/upper", content=b64(b"hi"), headers=bearer(token), auth=NO_AUTH)
+        job_id = response.headers["X-Oscar-Job-Ids"]
+        await wait_for_jobs(client, "upper", count=1)
+        log = (await client.get(f"/system/logs/upper/{job_id}")).text
+        assert f"name=upper token={token} base=[]\n" in log
+        assert f"job={job_id} event={b64(b'hi').decode()} color=teal\n" in log
+
     async def test_not_base64_is_400_and_records_nothing(self, client: httpx.AsyncClient) -> None:
         token = await make_service(client)
         response = await client.post(
