@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -350,6 +351,27 @@ async def test_a_sync_run_answers_from_its_own_job_then_deletes_it(
     # Sync runs are no job records (as on the local backend); the watcher left the Job alone.
     await settle(0.2)
     assert (await runner.get("/system/logs/shout")).json()["jobs"] == {}
+
+
+async def test_sync_runs_reuse_the_client_and_build_no_tls_context(
+    runner: httpx.AsyncClient, double: tuple[KubeApiDouble, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each run watches its Job; kubernetes-asyncio's own Watch would build an API client, and a TLS
+    context with it (tens of ms of CPU on the event loop), for every run, and close it after."""
+    assert await runner.post("/system/services", json=definition("echo", script="cat $INPUT_FILE_PATH\n"))
+    contexts = 0
+    default_context = ssl.create_default_context
+
+    def counted(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        nonlocal contexts
+        contexts += 1
+        return default_context(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counted)
+    for index in range(3):
+        answer = await run(runner, "echo", base64.b64encode(b"run %d" % index))
+        assert (answer.status_code, answer.text) == (200, f"run {index}")
+    assert contexts == 0
 
 
 async def test_a_failing_sync_run_is_500_with_the_output(
