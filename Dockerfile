@@ -30,6 +30,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     OSCAR_HOST=0.0.0.0 \
     OSCAR_DATA_DIR=/var/lib/oscar-manager
+# bubblewrap: the local backend's sandbox, used where the container may create user namespaces (the
+# manager probes it at start, and otherwise warns and runs scripts without it; OSCAR_REQUIRE_SANDBOX=true
+# refuses to start instead).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends bubblewrap \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --gid 10001 oscar \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /var/lib/oscar-manager \
       --shell /usr/sbin/nologin oscar \

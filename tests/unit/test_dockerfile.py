@@ -272,6 +272,13 @@ def test_the_builder_installs_the_tools_the_build_script_needs() -> None:
     assert needed <= set(installs.split())
 
 
+def test_the_runtime_has_the_local_backends_sandbox() -> None:
+    installs = " ".join(
+        item.arguments for item in runtime().all("RUN") if "apt-get install" in item.arguments
+    )
+    assert "bubblewrap" in installs.split()
+
+
 def test_the_runtime_runs_as_a_numeric_non_root_user_owning_the_data_directory() -> None:
     user = runtime().last("USER").arguments
     match = re.fullmatch(r"(\d+):(\d+)", user)
