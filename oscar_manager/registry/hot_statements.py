@@ -48,7 +48,7 @@ def hot_statements(dialect: str) -> HotStatements:
     due = (
         select(EVENTS.c.id)
         .where(EVENTS.c.status == "pending", EVENTS.c.available_at <= bindparam("now"))
-        .order_by(EVENTS.c.id)
+        .order_by(EVENTS.c.available_at, EVENTS.c.id)  # as ix_events_due: no sort of the backlog
         .limit(bindparam("limit"))
         .with_for_update(skip_locked=True)
     )

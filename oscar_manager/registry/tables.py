@@ -60,7 +60,8 @@ class EventRow(Base):
     # The OIDC user who invoked the service (``/job``), passed on to the job; none for other sources.
     owner: Mapped[str | None] = mapped_column(String(255))
 
-    __table_args__ = (Index("ix_events_status_available_at", "status", "available_at"),)
+    # The claim's order (oldest due first) straight from the index: no sort of the whole backlog per claim.
+    __table_args__ = (Index("ix_events_due", "status", "available_at", "id"),)
 
 
 class JobRow(Base):

@@ -10,6 +10,7 @@ import pytest
 
 from oscar_manager.domain.jobs import JobOutcome, JobStatus
 from oscar_manager.registry import Database, NewEvent
+from oscar_manager.registry.hot_statements import hot_statements
 from oscar_manager.registry.repository import PreparedJob
 
 pytestmark = pytest.mark.asyncio
@@ -150,3 +151,23 @@ async def test_ended_names_the_finished_jobs_among_many(database: Database) -> N
     async with database.reading() as tx:
         assert await tx.jobs.ended([*ids, "cowsay-unknown"]) == {ids[3], ids[1500], ids[2499]}
         assert await tx.jobs.ended([]) == set()
+
+
+async def test_a_claim_reads_the_backlog_in_due_order_from_an_index(database: Database) -> None:
+    """However many events wait, a claim reads only those it takes: its plan has no sort. (Sorting the
+    whole backlog for each claim made the dispatcher slower the further behind it was.)"""
+    await enqueue(database, [event(index) for index in range(3000)])
+    engine = database.engine
+    dialect = engine.dialect.name
+    compiled = hot_statements(dialect).claim.compile(dialect=engine.dialect)
+    values = {"now": datetime.now(UTC), "limit": 8}
+    parameters = tuple({**compiled.params, **values}[name] for name in compiled.positiontup or ())
+    explain = "EXPLAIN QUERY PLAN " if dialect == "sqlite" else "EXPLAIN "
+    async with engine.connect() as connection:
+        if dialect == "postgresql":
+            await connection.exec_driver_sql("ANALYZE events")
+        plan = (await connection.exec_driver_sql(explain + str(compiled), parameters)).all()
+    text = "\n".join(str(row[-1]) for row in plan)
+    assert "ix_events_due" in text
+    assert "TEMP B-TREE" not in text  # SQLite's sort
+    assert "Sort" not in text  # PostgreSQL's
