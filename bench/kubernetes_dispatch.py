@@ -2,13 +2,16 @@
 answering every request after an injected delay (5 ms by default), next to the raw client create rate
 measured in the same run against the same double.
 
-Events go in through ``POST /job/{service}`` (in-process ASGI, several clients at once); a job counts as
-created when the double has accepted its Job. The double runs in a process of its own, as a real API
-server would not share the manager's CPU; the raw rate is measured against that same process (in a
-namespace of its own, so the manager's job watcher does not list those Jobs). Usage:
-``python -m bench.kubernetes_dispatch [--jobs 1000] [--delay 0.005] [--clients 8 | --rate 300] [--postgres]``.
-Prints figures. With ``--clients`` (closed loop) it shows the most the manager takes; latencies then are
-mostly queueing. ``--rate`` offers events at a steady rate (open loop), for latencies at that load.
+Events go in through ``POST /job/{service}``; a job counts as created when the double has accepted its
+Job. The double runs in a process of its own, as a real API server would not share the manager's CPU; the
+raw rate is measured against that same process (in a namespace of its own, so the manager's job watcher
+does not list those Jobs). Two ways to send:
+- ``--clients N`` (closed loop, the default): N in-process clients, each sending its next event once the
+  last is answered. Shows the most the manager takes; latencies then are mostly queueing.
+- ``--rate R`` (open loop): R events a second from ``bench.paced_sender``, a process of its own, to the
+  manager served by uvicorn as in production. Shows the latencies at that load, or that it falls behind.
+Usage: ``python -m bench.kubernetes_dispatch [--jobs 1000] [--delay 0.005] [--clients 8 | --rate 300]
+[--postgres]``. Prints figures.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import json
 import statistics
 import sys
 import tempfile
@@ -26,15 +30,19 @@ from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
+import httpx
+import uvicorn
 from kubernetes_asyncio import client
 
+from oscar_manager.app import create_app
 from oscar_manager.backends import manifests
 from oscar_manager.backends.kubernetes import without_environment_lookups
 from oscar_manager.domain.service import MinioDefault, normalise_new, parse_service
 from oscar_manager.registry.migrations import upgrade
+from oscar_manager.settings import Settings
 from tests.support.app import NO_AUTH, app_client
-from tests.support.components import PostgresServer
-from tests.support.factories import make_settings
+from tests.support.components import PostgresServer, free_port
+from tests.support.factories import ADMIN_PASSWORD, make_settings
 from tests.support.kube_api import kubeconfig
 
 NS = "oscar-svc"
@@ -123,45 +131,25 @@ async def _run(args: argparse.Namespace, url: str) -> tuple[float, float, list[f
         oscar_dispatch_interval=0.01,
     )
     raw = await raw_rate(url, args.jobs, args.concurrency)
-    async with app_client(settings) as http, aiohttp.ClientSession() as probe:
-        body = {"name": "bench", "image": "alpine", "script": "true\n"}
+    body = {"name": "bench", "image": "alpine", "script": "true\n"}
+    loop = asyncio.get_running_loop()
+    async with contextlib.AsyncExitStack() as stack:
+        if args.rate:
+            manager = await stack.enter_async_context(served(settings))
+            http = await stack.enter_async_context(
+                httpx.AsyncClient(base_url=manager, auth=("oscar", ADMIN_PASSWORD))
+            )
+        else:
+            http = await stack.enter_async_context(app_client(settings))
+        probe = await stack.enter_async_context(aiohttp.ClientSession())
         (await http.post("/system/services", json=body)).raise_for_status()
         token = (await http.get("/system/services/bench")).json()["token"]
-        headers = {"Authorization": f"Bearer {token}"}
-        sent: dict[str, float] = {}
-        loop = asyncio.get_running_loop()
-
-        async def send(index: int, due: float | None = None) -> None:
-            """``due``: when a paced event should have gone out; its latency counts from then, so that a
-            manager too slow to take it on time is not let off (coordinated omission)."""
-            payload = base64.b64encode(f"event {index}".encode())
-            started = loop.time() if due is None else due
-            answer = await http.post("/job/bench", content=payload, headers=headers, auth=NO_AUTH)
-            answer.raise_for_status()
-            sent[answer.headers["X-Oscar-Job-Ids"]] = started
-
-        async def closed_loop() -> None:
-            """``--clients`` clients, each sending its next event once the last is answered."""
-            numbers = iter(range(args.jobs))
-
-            async def client() -> None:
-                for index in numbers:
-                    await send(index)
-
-            await asyncio.gather(*(client() for _ in range(args.clients)))
-
-        async def paced() -> None:
-            """Events at ``--rate`` a second, each at its time whatever the answers to earlier ones."""
-            sends = []
-            for index in range(args.jobs):
-                due = started + index / args.rate
-                await asyncio.sleep(max(due - loop.time(), 0))
-                sends.append(asyncio.create_task(send(index, due)))
-            await asyncio.gather(*sends)
-
         cpu = time.process_time()
         started = loop.time()
-        await (paced() if args.rate else closed_loop())
+        if args.rate:
+            sent = await paced_from_another_process(manager, token, args.jobs, args.rate)
+        else:
+            sent = await closed_loop(http, token, args.jobs, args.clients)
         intake_done = loop.time()
         deadline = loop.time() + 120
         created = await created_at(probe, url)
@@ -171,6 +159,65 @@ async def _run(args: argparse.Namespace, url: str) -> tuple[float, float, list[f
         cpu = time.process_time() - cpu
     latencies = sorted(created[name] - sent[name] for name in sent if name in created)
     return raw, args.jobs / (intake_done - started), latencies, max(created.values()) - started, cpu
+
+
+async def closed_loop(http: httpx.AsyncClient, token: str, count: int, clients: int) -> dict[str, float]:
+    """``clients`` in-process clients, each sending its next event once the last is answered; returns job
+    id -> when its event went out."""
+    sent: dict[str, float] = {}
+    headers = {"Authorization": f"Bearer {token}"}
+    loop = asyncio.get_running_loop()
+    numbers = iter(range(count))
+
+    async def client() -> None:
+        for index in numbers:
+            payload = base64.b64encode(f"event {index}".encode())
+            started = loop.time()
+            answer = await http.post("/job/bench", content=payload, headers=headers, auth=NO_AUTH)
+            answer.raise_for_status()
+            sent[answer.headers["X-Oscar-Job-Ids"]] = started
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return sent
+
+
+@contextlib.asynccontextmanager
+async def served(settings: Settings) -> AsyncIterator[str]:
+    """The manager behind uvicorn in this process, as it serves in production; yields its URL."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        if serving.done():
+            serving.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await serving
+
+
+async def paced_from_another_process(url: str, token: str, count: int, rate: float) -> dict[str, float]:
+    """bench.paced_sender's answer: job id -> when its event was due."""
+    sender = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.paced_sender",
+        url,
+        "bench",
+        token,
+        str(count),
+        str(rate),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    output, _ = await sender.communicate()
+    if sender.returncode != 0:
+        raise RuntimeError(f"bench.paced_sender failed ({sender.returncode})")
+    sent: dict[str, float] = json.loads(output)
+    return sent
 
 
 async def main() -> None:
@@ -214,9 +261,8 @@ async def main() -> None:
     print(f"latency event -> Job created     p50 {p50:.1f} ms   p99 {p99:.1f} ms")
     print(f"ratio manager/raw                {created / elapsed / raw:.2f}")
     # On a shared machine the rates follow its load; CPU per job does much less.
-    print(
-        f"process CPU per job              {cpu / args.jobs * 1000:.2f} ms   (manager and its HTTP clients)"
-    )
+    who = "the manager and uvicorn" if args.rate else "the manager and its in-process clients"
+    print(f"process CPU per job              {cpu / args.jobs * 1000:.2f} ms   ({who})")
 
 
 if __name__ == "__main__":

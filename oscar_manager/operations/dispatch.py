@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from oscar_manager.backends.base import Backend, BackendUnavailable, JobRequest, SubmissionRefused
@@ -37,15 +37,21 @@ async def recover(database: Database) -> int:
     return released
 
 
-async def _claim(tx: Transaction, *, limit: int) -> tuple[int, list[tuple[ClaimedEvent, Service]]]:
+async def _claim(
+    tx: Transaction, *, limit: int, lookup: Callable[[str], Awaitable[Service | None]]
+) -> tuple[int, list[tuple[ClaimedEvent, Service]]]:
     """Claim up to ``limit`` events and prepare their job rows; events of services gone are failed.
-    Returns how many were claimed, and those to submit with their service."""
+    Returns how many were claimed, and those to submit with their service.
+
+    Services come from ``lookup``: the database's cache, which a committed change to services clears (a
+    claim comes after every event, so reading and validating the definition each time cost more than the
+    claim itself)."""
     claimed = await tx.events.claim(limit=limit)
     services: dict[str, Service | None] = {}
     ready: list[tuple[ClaimedEvent, Service]] = []
     for event in claimed:
         if event.service not in services:
-            services[event.service] = await tx.services.get(event.service)
+            services[event.service] = await lookup(event.service)
         service = services[event.service]
         if service is None:
             await tx.events.fail(event.id, error=f"service {event.service!r} no longer exists")
@@ -83,16 +89,17 @@ class Dispatcher:
         # Called when a submission ends, so the dispatch loop claims again (set by the runtime).
         self.wake: Callable[[], None] = lambda: None
 
-    def _slots(self) -> int:
-        return min(self._backend.free_slots() - self._handing, MAX_BATCH)
+    async def _claim_free_slots(self) -> tuple[int, list[tuple[ClaimedEvent, Service]]]:
+        slots = min(self._backend.free_slots() - self._handing, MAX_BATCH)
+        if slots <= 0:
+            return 0, []
+        lookup = self._database.service
+        return await self._database.write(lambda tx: _claim(tx, limit=slots, lookup=lookup))
 
     async def dispatch_once(self) -> int:
         """Claim what the backend can take, submit it and record the outcome; return how many events
         were claimed."""
-        slots = self._slots()
-        if slots <= 0:
-            return 0
-        claimed, ready = await self._database.write(lambda tx: _claim(tx, limit=slots))
+        claimed, ready = await self._claim_free_slots()
         await self._submit_all(ready)
         return claimed
 
@@ -100,10 +107,7 @@ class Dispatcher:
         """As :meth:`dispatch_once`, but the claimed batch is submitted in the background: the next
         claim (for slots freed meanwhile) need not wait for the slowest submission of this batch. For the
         dispatch loop; :meth:`stop` ends what is under way."""
-        slots = self._slots()
-        if slots <= 0:
-            return 0
-        claimed, ready = await self._database.write(lambda tx: _claim(tx, limit=slots))
+        claimed, ready = await self._claim_free_slots()
         if ready:
             self._handing += len(ready)  # counted from now, not once the task runs
             task = asyncio.create_task(self._submit_all(ready, handing=True), name="dispatch-batch")
