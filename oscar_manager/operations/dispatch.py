@@ -94,7 +94,9 @@ class Dispatcher:
         if slots <= 0:
             return 0, []
         lookup = self._database.service
-        return await self._database.write(lambda tx: _claim(tx, limit=slots, lookup=lookup))
+        claimed, ready = await self._database.write(lambda tx: _claim(tx, limit=slots, lookup=lookup))
+        self._handing += len(ready)  # they hold slots until handed to the backend (after the rate limit)
+        return claimed, ready
 
     async def dispatch_once(self) -> int:
         """Claim what the backend can take, submit it and record the outcome; return how many events
@@ -109,8 +111,7 @@ class Dispatcher:
         dispatch loop; :meth:`stop` ends what is under way."""
         claimed, ready = await self._claim_free_slots()
         if ready:
-            self._handing += len(ready)  # counted from now, not once the task runs
-            task = asyncio.create_task(self._submit_all(ready, handing=True), name="dispatch-batch")
+            task = asyncio.create_task(self._submit_all(ready), name="dispatch-batch")
             self._batches.add(task)
             task.add_done_callback(self._batch_done)
         return claimed
@@ -129,9 +130,7 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*batches, return_exceptions=True)
 
-    async def _submit_all(self, ready: list[tuple[ClaimedEvent, Service]], *, handing: bool = False) -> None:
-        if not handing:
-            self._handing += len(ready)
+    async def _submit_all(self, ready: list[tuple[ClaimedEvent, Service]]) -> None:
         # All at once: a Kubernetes API round trip each, which need not wait for one another.
         failures = await asyncio.gather(*(self._submit(event, service) for event, service in ready))
         submitted = [

@@ -152,14 +152,6 @@ class EventRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def enqueue(
-        self, *, dedup_key: str, service: str, job_id: str, payload: bytes, owner: str | None = None
-    ) -> bool:
-        """Record an event; False when an event with the same dedup key is already recorded."""
-        event = NewEvent(dedup_key=dedup_key, service=service, job_id=job_id, payload=payload, owner=owner)
-        (recorded,) = await self.enqueue_many([event])
-        return recorded
-
     async def enqueue_many(self, events: list[NewEvent]) -> list[bool]:
         """Record events; for each, False when an event with its dedup key is already recorded (before,
         or earlier in ``events``).
@@ -296,9 +288,6 @@ class JobRepository:
         ]
         connection, hot = await _hot(self._session)
         await connection.execute(hot.prepare, rows)
-
-    async def mark_running(self, job_id: str, *, at: datetime) -> None:
-        await self.mark_running_many({job_id: at})
 
     async def mark_running_many(self, started: dict[str, datetime]) -> None:
         """Pending -> Running, with when each job started (one executemany); a late report never undoes
