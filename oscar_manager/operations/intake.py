@@ -142,8 +142,7 @@ class Intake:
             return Routed(new=new, duplicates=duplicates, ignored=ignored)
 
         routed = await self._database.write(route)
-        new, duplicates, ignored = routed.new, routed.duplicates, routed.ignored
-        self.counters.update(new=new, duplicates=duplicates, ignored=ignored)
-        if new:
+        self.counters.update(new=routed.new, duplicates=routed.duplicates, ignored=routed.ignored)
+        if routed.new:
             self._wake()
         return routed
