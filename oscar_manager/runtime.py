@@ -29,6 +29,7 @@ from oscar_manager.operations import Database
 from oscar_manager.operations.dispatch import Dispatcher, recover
 from oscar_manager.operations.intake import Intake
 from oscar_manager.operations.jobs import DatabaseJobReporter
+from oscar_manager.operations.ratelimit import RateLimiter
 from oscar_manager.settings import BackendKind, Settings, kept_secret
 from oscar_manager.storage.base import ObjectStore
 from oscar_manager.storage.local import LocalObjectStore
@@ -129,7 +130,9 @@ class Runtime:
             self.database,
             self.backend,
             max_attempts=settings.oscar_dispatch_max_attempts,
-            rate=settings.oscar_kubernetes_rate if settings.oscar_backend == BackendKind.KUBERNETES else 0,
+            limiter=RateLimiter(settings.oscar_kubernetes_rate)
+            if settings.oscar_backend == BackendKind.KUBERNETES
+            else None,
         )
         self.dispatch_loop = LoopWorker(
             "dispatcher", self.dispatcher.dispatch_more, interval=settings.oscar_dispatch_interval

@@ -68,7 +68,7 @@ async def _claim(
 
 
 class Dispatcher:
-    """``rate``: at most so many submissions a second (0: no limit), beside the backend's own bound on
+    """``limiter``: submissions a second at most (none: no limit), beside the backend's own bound on
     submissions in flight (``free_slots``)."""
 
     def __init__(
@@ -77,13 +77,12 @@ class Dispatcher:
         backend: Backend,
         *,
         max_attempts: int,
-        rate: float = 0,
         limiter: RateLimiter | None = None,
     ) -> None:
         self._database = database
         self._backend = backend
         self._max_attempts = max_attempts
-        self._rate = limiter if limiter is not None else RateLimiter(rate)
+        self._rate = limiter if limiter is not None else RateLimiter(0)
         self._handing = 0  # claimed, not yet handed to the backend (waiting for the rate limit)
         self._batches: set[asyncio.Task[None]] = set()
         # Called when a submission ends, so the dispatch loop claims again (set by the runtime).
