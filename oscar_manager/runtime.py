@@ -123,7 +123,7 @@ class Runtime:
     ) -> None:
         self.settings = settings
         self.database = Database(settings.database_url)
-        self.stores = Stores(default_store)
+        self.stores = Stores(default_store, timeout=settings.oscar_provider_timeout)
         self.presigner = PresignSigner(_presign_secret(settings.oscar_data_dir / "presign-key"))
         self.backend = backend if backend is not None else local_backend(settings, self.stores)
         self.dispatcher = Dispatcher(

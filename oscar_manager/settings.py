@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     # Local executor: jobs at once, and the longest a job may run.
     oscar_local_concurrency: int = Field(default=4, ge=1)
     oscar_job_timeout: float = Field(default=3600, gt=0)
+    # Seconds the manager waits to connect to a service's own storage provider (minio.<id>, s3.<id>) and
+    # for each of its answers, before the operation fails (botocore retries it twice): a provider that
+    # never answers fails its job before the job's own timeout, naming the provider.
+    oscar_provider_timeout: float = Field(default=30, gt=0)
     # Refuse to start the local executor without bubblewrap (instead of running scripts unsandboxed).
     oscar_require_sandbox: bool = False
 

@@ -46,6 +46,8 @@ class SyncRequest:
     service: Service
     body: bytes
     timeout: float
+    # A storage event in the body may name objects outside the service's inputs (the admin's run).
+    any_bucket: bool = False
 
 
 class JobReporter(Protocol):

@@ -287,6 +287,7 @@ class KubernetesBackend:
             event=request.body,
             cluster=self._cluster,
             sync_deadline=math.ceil(request.timeout),
+            any_bucket=request.any_bucket,
         )
         with _answers(f"create the job of a sync run of {service.name}"):
             created = await self._batch.create_namespaced_job(self._namespace, cast("client.V1Job", body))

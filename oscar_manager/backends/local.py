@@ -30,6 +30,7 @@ from oscar_manager.domain.jobs import JobOutcome, JobStatus
 from oscar_manager.domain.service import Service, quantity_bytes, wants_network
 from oscar_manager.errors import OscarError
 from oscar_manager.storage.providers import StoreResolver, Stores
+from oscar_manager.supervisor.deadline import Deadline, StagingTimeout
 from oscar_manager.supervisor.log import SupervisorLog
 from oscar_manager.supervisor.stage import (
     Invocation,
@@ -169,6 +170,7 @@ class LocalBackend:
         self, request: JobRequest, workspace: Workspace, slog: SupervisorLog
     ) -> JobOutcome:
         exit_code: int | None = None
+        deadline = Deadline(self._job_timeout)
         try:
             run = await self._run(
                 service=request.service,
@@ -176,11 +178,17 @@ class LocalBackend:
                 job_id=request.job_id,
                 workspace=workspace,
                 slog=slog,
-                time_limit=self._job_timeout,
+                deadline=deadline,
             )
             exit_code = run.result.exit_code
             if run.succeeded:
-                await stage_out(service=request.service, stores=run.stores, workspace=workspace, log=slog)
+                await stage_out(
+                    service=request.service,
+                    stores=run.stores,
+                    workspace=workspace,
+                    log=slog,
+                    deadline=deadline,
+                )
                 status = JobStatus.SUCCEEDED
             else:
                 status = JobStatus.FAILED
@@ -196,32 +204,40 @@ class LocalBackend:
     # --- sync runs ---------------------------------------------------------------------------------
 
     async def run_sync(self, request: SyncRequest) -> bytes:
-        async with self._sync_slots:
-            slog = SupervisorLog(request.service.log_level)
-            workspace = self._workspace(prefix="run-")
-            try:
-                run = await self._run(
-                    service=request.service,
-                    body=request.body,
-                    job_id=f"{request.service.name}-run",
-                    workspace=workspace,
-                    slog=slog,
-                    time_limit=request.timeout,
-                )
-                if run.result.timed_out:
-                    raise RunTimeout(f"the script did not finish within {request.timeout:g} s and was killed")
-                if run.result.exit_code != 0:
-                    tail = run.result.output[-2000:].decode("utf-8", errors="replace")
-                    raise ScriptFailed(f"the script exited with code {run.result.exit_code}: {tail}")
-                await stage_out(service=request.service, stores=run.stores, workspace=workspace, log=slog)
-                return await asyncio.to_thread(
-                    render_response,
-                    invocation=run.invocation,
-                    workspace=workspace,
-                    script_output=run.result.output,
-                )
-            finally:
-                await asyncio.to_thread(workspace.cleanup)
+        slog = SupervisorLog(request.service.log_level)
+        workspace = self._workspace(prefix="run-")
+        # One deadline for staging in, the script, staging out and the response; a sync slot is held only
+        # while the script runs, so a provider that never answers cannot starve other services' runs.
+        deadline = Deadline(request.timeout)
+        try:
+            run = await self._run(
+                service=request.service,
+                body=request.body,
+                job_id=f"{request.service.name}-run",
+                workspace=workspace,
+                slog=slog,
+                deadline=deadline,
+                any_bucket=request.any_bucket,
+                slots=self._sync_slots,
+            )
+            if run.result.timed_out:
+                raise RunTimeout(f"the script did not finish within {request.timeout:g} s and was killed")
+            if run.result.exit_code != 0:
+                tail = run.result.output[-2000:].decode("utf-8", errors="replace")
+                raise ScriptFailed(f"the script exited with code {run.result.exit_code}: {tail}")
+            await stage_out(
+                service=request.service, stores=run.stores, workspace=workspace, log=slog, deadline=deadline
+            )
+            return await asyncio.to_thread(
+                render_response,
+                invocation=run.invocation,
+                workspace=workspace,
+                script_output=run.result.output,
+            )
+        except StagingTimeout as exc:
+            raise RunTimeout(exc.message) from None
+        finally:
+            await asyncio.to_thread(workspace.cleanup)
 
     # --- shared ------------------------------------------------------------------------------------
 
@@ -242,12 +258,20 @@ class LocalBackend:
         job_id: str,
         workspace: Workspace,
         slog: SupervisorLog,
-        time_limit: float | None,
+        deadline: Deadline,
+        any_bucket: bool = False,
+        slots: asyncio.Semaphore | None = None,
     ) -> _Run:
         invocation = Invocation.read(body)
         stores = await self._stores.for_service(service)
         input_path = await stage_in(
-            invocation=invocation, service=service, stores=stores, workspace=workspace, log=slog
+            invocation=invocation,
+            service=service,
+            stores=stores,
+            workspace=workspace,
+            log=slog,
+            any_bucket=any_bucket,
+            deadline=deadline,
         )
         env = script_environment(
             service=service,
@@ -258,20 +282,24 @@ class LocalBackend:
             visible_path=lambda path: self._sandbox.job_path(workspace.root, path),
         )
         await asyncio.to_thread(workspace.write_script, service.script)
-        slog.info("Running the user script")
-        result = await self._sandbox.run(
-            ScriptRun(
-                workdir=workspace.root,
-                script=SCRIPT_NAME,
-                env=env,
-                timeout=time_limit,
-                memory_bytes=quantity_bytes(service.memory),
-                network=wants_network(service),
+        async with contextlib.AsyncExitStack() as slot:
+            if slots is not None:
+                await deadline.run("waiting for a free slot to run the script", slots.acquire())
+                slot.callback(slots.release)
+            slog.info("Running the user script")
+            result = await self._sandbox.run(
+                ScriptRun(
+                    workdir=workspace.root,
+                    script=SCRIPT_NAME,
+                    env=env,
+                    timeout=deadline.remaining(),  # what staging in left of the job's time
+                    memory_bytes=quantity_bytes(service.memory),
+                    network=wants_network(service),
+                )
             )
-        )
         slog.output(result.output.decode("utf-8", errors="replace"))
         if result.timed_out:
-            slog.error(f"The script was killed after the {time_limit:g} s timeout")
+            slog.error(f"The script was killed after the {deadline.seconds:g} s timeout")
         elif result.exit_code != 0:
             slog.error(f"The script exited with code {result.exit_code}")
         return _Run(invocation=invocation, result=result, stores=stores)

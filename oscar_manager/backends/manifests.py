@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from oscar_manager.domain.service import SERVICE_LABEL, Service, job_view
-from oscar_manager.supervisor import response_frame
+from oscar_manager.supervisor import reads, response_frame
 
 CONTAINER = "oscar-container"
 INIT_CONTAINER = "oscar-supervisor"
@@ -86,11 +86,18 @@ def _resources(service: Service) -> dict[str, Any]:
     return {"limits": limits, "requests": dict(limits)}
 
 
-def _env(service: Service, *, job_id: str, event: str, sync: bool) -> list[dict[str, Any]]:
-    variables = [{"name": name, "value": value} for name, value in service.environment.variables.items()]
+def _env(service: Service, *, job_id: str, event: str, sync: bool, any_bucket: bool) -> list[dict[str, Any]]:
+    variables = [
+        {"name": name, "value": value}
+        for name, value in service.environment.variables.items()
+        if name != reads.READ_ANY_BUCKET_ENV
+    ]
     framing = [{"name": response_frame.ENV, "value": "1"}] if sync else []
     return [
         *variables,
+        # Always set, and after the service's variables (and over its envFrom secrets): the service
+        # cannot widen what its supervisor reads.
+        {"name": reads.READ_ANY_BUCKET_ENV, "value": "true" if any_bucket else "false"},
         {"name": "OSCAR_SERVICE_NAME", "value": service.name},
         {"name": "EVENT", "value": event},
         {"name": "JOB_UUID", "value": job_id},
@@ -106,11 +113,13 @@ def job(
     event: bytes,
     cluster: ClusterConfig,
     sync_deadline: int | None = None,
+    any_bucket: bool = False,
 ) -> dict[str, Any]:
     """The batch/v1 Job that runs one invocation of ``service`` with ``event`` as its input.
 
     With ``sync_deadline`` (seconds) it is the Job of a sync run: labelled as such, its response framed in
-    the log for the manager to read back, and killed by Kubernetes itself past the deadline.
+    the log for the manager to read back, and killed by Kubernetes itself past the deadline. With
+    ``any_bucket`` a storage event may name objects outside the service's inputs (the admin's runs).
     """
     sync = sync_deadline is not None
     container: dict[str, Any] = {
@@ -118,7 +127,13 @@ def job(
         "image": service.image,
         # No shell pipeline: the supervisor reads the event from $EVENT when its stdin is empty.
         "command": [f"{SUPERVISOR_DIR}/supervisor"],
-        "env": _env(service, job_id=job_id, event=event.decode("utf-8", errors="replace"), sync=sync),
+        "env": _env(
+            service,
+            job_id=job_id,
+            event=event.decode("utf-8", errors="replace"),
+            sync=sync,
+            any_bucket=any_bucket,
+        ),
         "resources": _resources(service),
         "volumeMounts": [
             {"name": "oscar-config", "mountPath": CONFIG_DIR, "readOnly": True},

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote_plus
 
+from oscar_manager.domain.service import ProviderRef, Service
 from oscar_manager.errors import BadRequest
 
 STORAGE_EVENT_SOURCES = frozenset({"aws:s3", "minio:s3"})
@@ -42,18 +43,39 @@ class ObjectEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class InputRoute:
-    """One service input: events for objects under ``bucket/folder/`` go to ``service``."""
+class InputFolder:
+    """Where one input of a service takes its objects from: under ``bucket/folder/`` on ``provider``."""
 
-    service: str
     provider: str
     bucket: str
     folder: str
-    # Objects older than the service are not its events (used when reconciling after a restart).
-    since: datetime
 
     def matches(self, bucket: str, key: str) -> bool:
         return bucket == self.bucket and (not self.folder or key.startswith(self.folder + "/"))
+
+
+@dataclass(frozen=True, slots=True)
+class InputRoute(InputFolder):
+    """One service input: events for objects under ``bucket/folder/`` go to ``service``."""
+
+    service: str
+    # Objects older than the service are not its events (used when reconciling after a restart).
+    since: datetime
+
+
+def input_folders(service: Service) -> list[InputFolder]:
+    """The service's inputs as the folders they read, providers normalised (``minio``: ``minio.default``)."""
+    folders = []
+    for io_config in service.input:
+        bucket, _, folder = io_config.path.strip().strip("/").partition("/")
+        provider = str(ProviderRef(io_config.storage_provider or "minio"))
+        folders.append(InputFolder(provider=provider, bucket=bucket, folder=folder.strip("/")))
+    return folders
+
+
+def input_holding(service: Service, event: ObjectEvent) -> InputFolder | None:
+    """The first of the service's inputs whose folder holds the event's object, if any."""
+    return next((f for f in input_folders(service) if f.matches(event.bucket, event.key)), None)
 
 
 def watched(routes: Iterable[InputRoute]) -> list[InputRoute]:
@@ -166,10 +188,3 @@ def payload_dedup_key(service: str, idempotency_key: str | None) -> str:
         digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
         return f"request:{service}:{digest}"
     return f"request:{service}:{uuid.uuid4().hex}"
-
-
-def check_invocation(body: bytes) -> None:
-    """Refuse (400) a body the supervisor could not read: a malformed notification, or a plain invocation
-    that is neither JSON nor base64. Checked before anything runs, whichever backend runs it."""
-    if not object_events(parse_json(body)):
-        decode_payload(body)

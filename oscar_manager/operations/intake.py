@@ -20,6 +20,7 @@ from oscar_manager.domain.events import (
 from oscar_manager.domain.jobs import job_name
 from oscar_manager.domain.service import Service
 from oscar_manager.registry import Database, NewEvent, Transaction, WriteBatch
+from oscar_manager.supervisor.reads import storage_reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,11 +43,15 @@ def _single_record(document: dict[str, Any], record: Any) -> bytes:
 
 
 def _items(service: Service, body: bytes, idempotency_key: str | None) -> list[tuple[str, bytes]]:
-    """(dedup key, job payload) for each job a body asks for; raises 400 before anything is written."""
+    """(dedup key, job payload) for each job a body asks for; raises 400 (or 403 for a storage event the
+    job may not read) before anything is written."""
     document = parse_json(body)
     events = object_events(document)
     if events:
         assert isinstance(document, dict)
+        # A job runs later, unattended and with no record of who asked for it: whoever sends it, its
+        # storage events name objects under the service's inputs (the admin reads elsewhere with /run).
+        storage_reads(service, events, any_bucket=False)
         records = [r for r in document["Records"] if isinstance(r, dict) and "s3" in r]
         if len(events) == 1:
             return [(events[0].dedup_key(service.name), body)]

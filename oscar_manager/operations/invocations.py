@@ -8,10 +8,10 @@ from oscar_manager.auth.authenticator import Authenticator
 from oscar_manager.auth.tokens import BEARER_CHALLENGE, bearer_token, is_service_token, token_matches
 from oscar_manager.backends.base import Backend, SyncRequest
 from oscar_manager.domain.access import can_view
-from oscar_manager.domain.events import check_invocation
 from oscar_manager.domain.service import Service
 from oscar_manager.errors import Forbidden, NotFound, Unauthorized
 from oscar_manager.registry import Database
+from oscar_manager.supervisor.reads import check_invocation
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +19,9 @@ class Invocation:
     service: Service
     # The OIDC user invoking (their jobs are theirs to list); None for the service token and the admin.
     user: str | None = None
+    # The admin (Basic) may name objects of any bucket in a storage event; everyone else only objects
+    # under the service's inputs (buckets have no owners yet that would let users read their own).
+    any_bucket: bool = False
 
 
 async def service_for_invocation(
@@ -45,9 +48,11 @@ async def service_for_invocation(
             raise Forbidden(f"user {user.uid!r} may not invoke service {name!r}")
         return Invocation(service, user=user.uid)
     authenticator.basic.authenticate(authorization)  # the admin may invoke any service; raises 401 otherwise
-    return Invocation(service)
+    return Invocation(service, any_bucket=True)
 
 
-async def run_sync(backend: Backend, *, service: Service, body: bytes, time_limit: float) -> bytes:
-    check_invocation(body)
-    return await backend.run_sync(SyncRequest(service=service, body=body, timeout=time_limit))
+async def run_sync(backend: Backend, *, invocation: Invocation, body: bytes, time_limit: float) -> bytes:
+    service = invocation.service
+    check_invocation(body, service=service, any_bucket=invocation.any_bucket)
+    request = SyncRequest(service=service, body=body, timeout=time_limit, any_bucket=invocation.any_bucket)
+    return await backend.run_sync(request)

@@ -41,10 +41,12 @@ class Stores:
     """Resolve provider references to stores. ``minio.default`` is the manager's own storage: local
     folders on the embedded default, MinIO when ``MINIO_ENDPOINT`` is set. Other MinIO and S3 providers
     come from a service's ``storage_providers``; their clients are opened on first use and kept (one per
-    distinct endpoint and credentials) until :meth:`close`."""
+    distinct endpoint and credentials) until :meth:`close`. ``timeout`` bounds connecting to such a
+    provider and each wait for its answers (seconds), so one that never answers fails the operation."""
 
-    def __init__(self, default: ObjectStore) -> None:
+    def __init__(self, default: ObjectStore, *, timeout: float = 30.0) -> None:
         self.default = default
+        self._timeout = timeout
         self._opened: dict[tuple[Any, ...], ObjectStore] = {}
         self._stack = contextlib.AsyncExitStack()
         self._lock = asyncio.Lock()
@@ -81,7 +83,11 @@ class Stores:
         async with self._lock:
             store = self._opened.get(identity)
             if store is None:
-                store = await self._stack.enter_async_context(S3ObjectStore.connect(**settings))
+                store = await self._stack.enter_async_context(
+                    S3ObjectStore.connect(
+                        **settings, connect_timeout=self._timeout, read_timeout=self._timeout
+                    )
+                )
                 self._opened[identity] = store
             return store
 

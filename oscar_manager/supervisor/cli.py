@@ -36,6 +36,7 @@ from oscar_manager.storage.providers import s3_settings
 from oscar_manager.storage.s3 import S3ObjectStore
 from oscar_manager.supervisor import response_frame
 from oscar_manager.supervisor.log import SupervisorLog
+from oscar_manager.supervisor.reads import READ_ANY_BUCKET_ENV
 from oscar_manager.supervisor.stage import (
     Invocation,
     render_response,
@@ -182,7 +183,12 @@ async def supervise(
 
             invocation = Invocation.read(event)
             input_path = await stage_in(
-                invocation=invocation, service=service, stores=resolve, workspace=workspace, log=log
+                invocation=invocation,
+                service=service,
+                stores=resolve,
+                workspace=workspace,
+                log=log,
+                any_bucket=env.get(READ_ANY_BUCKET_ENV) == "true",
             )
             script_env = {
                 **env,

@@ -17,7 +17,9 @@ from oscar_manager.domain.service import BUCKET_PROVIDER_TYPES, ProviderRef, Ser
 from oscar_manager.storage.base import InvalidKey
 from oscar_manager.storage.keys import validate_key
 from oscar_manager.storage.providers import StoreResolver
+from oscar_manager.supervisor.deadline import NO_DEADLINE, Deadline
 from oscar_manager.supervisor.log import SupervisorLog
+from oscar_manager.supervisor.reads import storage_reads
 from oscar_manager.supervisor.workspace import Workspace
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -48,15 +50,6 @@ def split_path(path: str) -> tuple[str, str]:
     return bucket, folder
 
 
-def input_provider(service: Service, event: ObjectEvent) -> str:
-    """The provider of the service input that ``event`` belongs to (``minio.default`` if none matches)."""
-    for io_config in service.input:
-        bucket, folder = split_path(io_config.path)
-        if bucket == event.bucket and (not folder or event.key.startswith(folder.rstrip("/") + "/")):
-            return str(ProviderRef(io_config.storage_provider))
-    return "minio.default"
-
-
 async def stage_in(
     *,
     invocation: Invocation,
@@ -64,18 +57,23 @@ async def stage_in(
     stores: StoreResolver,
     workspace: Workspace,
     log: SupervisorLog,
+    any_bucket: bool = False,
+    deadline: Deadline = NO_DEADLINE,
 ) -> Path:
-    """Put the job's input in the workspace and return ``INPUT_FILE_PATH``."""
+    """Put the job's input in the workspace and return ``INPUT_FILE_PATH``. A storage event is read from
+    the provider of the service input holding its object; outside them only with ``any_bucket``."""
     event = invocation.storage_event
     if service.file_stage_in:
         log.info("file_stage_in is set: skipping the input download")
         return workspace.input_dir
     if event is not None:
-        provider = input_provider(service, event)
+        (read,) = storage_reads(service, [event], any_bucket=any_bucket)
+        provider = read.provider
         name = event.key.rsplit("/", 1)[-1]
         target = workspace.input_dir / name
-        log.info(f"Downloading '{event.bucket}/{event.key}' from '{provider}'")
-        await stores(provider).get_file(event.bucket, event.key, target)
+        what = f"downloading '{event.bucket}/{event.key}' from '{provider}'"
+        log.info(what[:1].upper() + what[1:])
+        await deadline.run(what, stores(provider).get_file(event.bucket, event.key, target))
         return target
     target = workspace.input_dir / EVENT_FILE_NAME
     content = decode_payload(invocation.body)
@@ -136,7 +134,12 @@ def matches_filters(name: str, output: StorageIOConfig) -> bool:
 
 
 async def stage_out(
-    *, service: Service, stores: StoreResolver, workspace: Workspace, log: SupervisorLog
+    *,
+    service: Service,
+    stores: StoreResolver,
+    workspace: Workspace,
+    log: SupervisorLog,
+    deadline: Deadline = NO_DEADLINE,
 ) -> list[str]:
     """Upload every output file that passes an output's filters; return ``bucket/key`` of each upload."""
     files = await asyncio.to_thread(output_files, workspace)
@@ -156,8 +159,9 @@ async def stage_out(
             except InvalidKey as exc:
                 log.warning(f"Not uploading {name!r}: {exc.message}")
                 continue
-            log.info(f"Uploading '{name}' to '{bucket}/{key}' on '{ref}'")
-            await stores(str(ref)).put_file(bucket, key, workspace.output_dir / name)
+            what = f"uploading '{name}' to '{bucket}/{key}' on '{ref}'"
+            log.info(what[:1].upper() + what[1:])
+            await deadline.run(what, stores(str(ref)).put_file(bucket, key, workspace.output_dir / name))
             uploaded.append(f"{bucket}/{key}")
     return uploaded
 

@@ -106,6 +106,6 @@ async def run_service(
         request, name, database, authenticator, limit=settings.oscar_max_run_body_bytes
     )
     output = await invocations.run_sync(
-        backend, service=invocation.service, body=body, time_limit=settings.oscar_run_timeout
+        backend, invocation=invocation, body=body, time_limit=settings.oscar_run_timeout
     )
     return Response(content=output, media_type="text/plain; charset=utf-8")
