@@ -19,7 +19,7 @@ import pytest
 
 from oscar_manager.domain.events import ObjectEvent, notification
 from oscar_manager.domain.service import ProviderRef, Service, StorageIOConfig, parse_service
-from oscar_manager.errors import BadRequest
+from oscar_manager.errors import BadRequest, Forbidden
 from oscar_manager.storage.base import ObjectStore
 from oscar_manager.storage.local import LocalObjectStore
 from oscar_manager.storage.providers import Stores
@@ -126,9 +126,8 @@ async def test_stage_in_downloads_the_event_object_under_its_decoded_key(
     assert invocation.storage_event is not None
     assert invocation.storage_event.key == key
 
-    path = await stage_in(
-        invocation=invocation, service=make_service(), stores=stores, workspace=workspace, log=log
-    )
+    service = make_service(input=[{"storage_provider": "minio", "path": f"{BUCKET}/input"}])
+    path = await stage_in(invocation=invocation, service=service, stores=stores, workspace=workspace, log=log)
 
     # Like faas-supervisor: the input file is named after the key's last segment.
     assert path == workspace.input_dir / key.rsplit("/", 1)[-1]
@@ -156,15 +155,17 @@ async def test_stage_in_reads_from_the_provider_of_the_matching_input(
     )
     assert matching.read_bytes() == b"from other"
 
-    await put(store, "elsewhere", "in/y.txt", b"default fallback")
-    unmatched = await stage_in(
-        invocation=Invocation.read(storage_body("elsewhere", "in%2Fy.txt")),
-        service=service,
-        stores=stores,
-        workspace=workspace,
-        log=log,
+    # An object under none of the inputs is not read from minio.default instead: it is not read at all,
+    # unless the caller may read any bucket (the admin's sync runs), and then from minio.default.
+    await put(store, "elsewhere", "in/y.txt", b"default")
+    outside = Invocation.read(storage_body("elsewhere", "in%2Fy.txt"))
+    with pytest.raises(Forbidden):
+        await stage_in(invocation=outside, service=service, stores=stores, workspace=workspace, log=log)
+    assert not (workspace.input_dir / "y.txt").exists()
+    admins = await stage_in(
+        invocation=outside, service=service, stores=stores, workspace=workspace, log=log, any_bucket=True
     )
-    assert unmatched.read_bytes() == b"default fallback"
+    assert admins.read_bytes() == b"default"
 
 
 async def test_stage_in_base64_body_is_decoded_into_the_event_file(
