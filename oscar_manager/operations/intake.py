@@ -49,16 +49,16 @@ def _items(service: Service, body: bytes, idempotency_key: str | None) -> list[t
     events = object_events(document)
     if events:
         assert isinstance(document, dict)
+        records = [r for r in document["Records"] if isinstance(r, dict) and "s3" in r]
+        # Folder markers (``in/sub/``, made by MinIO's console) are no one's input, as on /events/minio:
+        # MinIO posting one here gets its 201 and no job, not a 400 it would retry.
+        pairs = [(e, r) for e, r in zip(events, records, strict=True) if not e.key.endswith("/")]
         # A job runs later, unattended and with no record of who asked for it: whoever sends it, its
         # storage events name objects under the service's inputs (the admin reads elsewhere with /run).
-        storage_reads(service, events, any_bucket=False)
-        records = [r for r in document["Records"] if isinstance(r, dict) and "s3" in r]
-        if len(events) == 1:
+        storage_reads(service, [event for event, _ in pairs], any_bucket=False)
+        if len(pairs) == 1 and len(events) == 1:
             return [(events[0].dedup_key(service.name), body)]
-        return [
-            (event.dedup_key(service.name), _single_record(document, record))
-            for event, record in zip(events, records, strict=True)
-        ]
+        return [(event.dedup_key(service.name), _single_record(document, record)) for event, record in pairs]
     decode_payload(body)  # a plain invocation must be JSON or base64, as the supervisor will read it
     return [(payload_dedup_key(service.name, idempotency_key), body)]
 
@@ -111,6 +111,8 @@ class Intake:
             # A user's Idempotency-Key names their own request, never the job of someone else.
             idempotency_key = f"{owner}\n{idempotency_key}"
         events = _new_events(service.name, _items(service, body, idempotency_key), owner=owner)
+        if not events:  # folder markers only
+            return Accepted(job_ids=[], new=0)
         accepted = _accepted(events, await self._batch.add(events))
         if accepted.new:
             self._wake()

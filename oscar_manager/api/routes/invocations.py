@@ -47,9 +47,12 @@ async def _authorized_call(
     summary="Start a job asynchronously: answered once the event is durably recorded",
     openapi_extra=_BODY,
     responses={
-        400: {"description": "Malformed event, or a body that is neither JSON nor base64"},
+        400: {"description": "Malformed event or object key, or a body that is neither JSON nor base64"},
         401: {"description": "Missing or wrong service token, or an invalid OIDC token"},
-        403: {"description": "An OIDC user who may not see the service"},
+        403: {
+            "description": "An OIDC user who may not see the service, or a storage event naming an "
+            "object under none of the service's inputs"
+        },
         404: {"description": "No such service"},
     },
 )
@@ -86,12 +89,15 @@ async def start_job(
             "description": "One output file base64-encoded, several as a "
             "base64 zip, or else the script's output",
         },
-        400: {"description": "Body neither JSON nor base64"},
+        400: {"description": "Body neither JSON nor base64, or a malformed event or object key"},
         401: {"description": "Missing or wrong service token, or an invalid OIDC token"},
-        403: {"description": "An OIDC user who may not see the service"},
+        403: {
+            "description": "An OIDC user who may not see the service, or a storage event naming an "
+            "object under none of the service's inputs (the admin may name any)"
+        },
         404: {"description": "No such service"},
         500: {"description": "The script failed"},
-        504: {"description": "The script did not finish in time"},
+        504: {"description": "The run (staging in and out included) did not finish in time"},
     },
 )
 async def run_service(

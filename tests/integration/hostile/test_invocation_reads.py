@@ -188,17 +188,32 @@ async def test_every_record_of_a_body_must_pass(
         "in/./x.txt",
         "in//x.txt",
         "in/x\x01.txt",
-        "in/",
+        "in/sub/../",  # a "folder marker" climbing out: nothing to read, at /run a bad key
     ],
 )
 async def test_bad_keys_are_400_at_intake(
     api: httpx.AsyncClient, egi: FakeIssuer, bob_token: str, key: str
 ) -> None:
     body = event(record("bob-svc", key))
-    for path in ("/job/bob-svc", "/run/bob-svc"):
+    paths = ["/run/bob-svc"] if key.endswith("/") else ["/job/bob-svc", "/run/bob-svc"]
+    for path in paths:
         response = await api.post(path, content=body, headers=bearer(bob_token))
         assert response.status_code == 400, (path, response.text)
         assert "key" in response.json()["detail"]
+    await asyncio.sleep(0.3)
+    assert await jobs_of(api, "bob-svc") == {}
+
+
+async def test_folder_markers_posted_to_job_start_nothing(
+    api: httpx.AsyncClient, egi: FakeIssuer, bob_token: str
+) -> None:
+    """As /events/minio ignores them: MinIO posting a folder marker gets a 201 it will not retry."""
+    for key in ("in/sub/", "in/sub/../"):
+        response = await api.post(
+            "/job/bob-svc", content=event(record("bob-svc", key)), headers=bearer(bob_token)
+        )
+        assert response.status_code == 201, response.text
+        assert response.headers["x-oscar-job-ids"] == ""
     await asyncio.sleep(0.3)
     assert await jobs_of(api, "bob-svc") == {}
 
