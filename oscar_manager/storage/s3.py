@@ -51,6 +51,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from oscar_manager.errors import Conflict
 from oscar_manager.storage.base import BucketNotFound, InvalidKey, ObjectInfo, ObjectNotFound, StorageError
 from oscar_manager.storage.blocking import run_blocking as _blocking
+from oscar_manager.storage.egress import ConnectGuard
 from oscar_manager.storage.keys import validate_bucket, validate_key
 from oscar_manager.storage.s3_client import describe, open_client
 
@@ -199,6 +200,8 @@ class S3ObjectStore:
         read_timeout: float = 60.0,
         max_attempts: int = 3,
         max_pool_connections: int = 32,
+        guard: ConnectGuard | None = None,
+        anonymous: bool = False,
     ) -> AsyncIterator[S3ObjectStore]:
         """A store on ``endpoint`` (``""`` for AWS S3), with its client open until the block exits.
 
@@ -206,7 +209,10 @@ class S3ObjectStore:
         addressing (``endpoint/bucket/key``) as MinIO needs. Without ``access_key`` the usual AWS
         credential chain (environment, profile, instance role) is used. ``verify`` is ``False`` to skip TLS
         verification or the path of a CA bundle. ``max_attempts`` counts the first try: each request is
-        retried (with backoff) on throttling, 5xx answers and connection failures.
+        retried (with backoff) on throttling, 5xx answers and connection failures. ``guard`` checks every
+        address the client connects to (``ProviderRefused`` when it refuses one); ``anonymous`` sends
+        unsigned requests when there is no ``access_key`` (for endpoints a service names: the manager's
+        own AWS credentials are not theirs).
         """
         async with open_client(
             endpoint=endpoint,
@@ -218,6 +224,8 @@ class S3ObjectStore:
             read_timeout=read_timeout,
             max_attempts=max_attempts,
             max_pool_connections=max_pool_connections,
+            guard=guard,
+            anonymous=anonymous,
         ) as client:
             yield cls(client, where=describe(endpoint, region), region=region)
 
