@@ -23,6 +23,8 @@ from typing import Any
 
 import httpx
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from pydantic import ValidationError
 
 from oscar_manager.domain.events import ObjectEvent, notification
@@ -404,3 +406,44 @@ def test_the_setting_refuses_what_is_neither_a_network_nor_a_name(tmp_path: Path
         Settings(oscar_provider_allowed_networks="10.0.0.0/33")
     with pytest.raises(ValidationError, match="neither a network"):
         Settings(oscar_provider_allowed_networks="http://minio:9000")
+
+
+# --- the manager's own credentials -------------------------------------------------------------------
+
+
+async def test_a_provider_without_keys_is_not_sent_the_managers_aws_credentials(
+    make: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ``s3.<id>`` without keys must not make the manager sign with (or go and fetch, from the
+    instance metadata address) its own AWS identity: its requests go unsigned."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "MANAGERS-OWN-KEY")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "managers-own-secret")
+    seen: list[str] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        return web.Response(status=403, text="<Error><Code>AccessDenied</Code></Error>")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        name = f"keyless-{uuid.uuid4().hex[:6]}"
+        body = {
+            "name": name,
+            "image": "alpine",
+            "script": SCRIPT,
+            "output": [{"storage_provider": "s3.mine", "path": "bucket/out"}],
+            "storage_providers": {"s3": {"mine": {"endpoint": f"http://127.0.0.1:{server.port}"}}},
+        }
+        async with app_client(make("127.0.0.1")) as http:
+            token = await create(http, body)
+            response = await http.post(
+                f"/run/{name}", content=b"aGk=", headers={"Authorization": f"Bearer {token}"}, auth=NO_AUTH
+            )
+            assert response.status_code >= 400, response.text
+    finally:
+        await server.close()
+    assert seen, "the provider was never asked"
+    assert not any("MANAGERS-OWN-KEY" in header for header in seen), seen
