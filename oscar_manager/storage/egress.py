@@ -57,6 +57,16 @@ def parse_address(text: str) -> Address | None:
         return None
 
 
+def _legacy_ipv4(host: str) -> Address | None:
+    """What the C library makes of a numeric name in the old forms (``2130706433``, ``127.1``, ``0x7f.1``)."""
+    if not host or not all(char in "0123456789abcdefx." for char in host) or not host[0].isdigit():
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
 def forbidden_reason(address: Address, own: Iterable[Address]) -> str | None:
     """Why the rule refuses ``address``, or ``None`` if it does not."""
     address = plain(address)
@@ -174,10 +184,10 @@ class EgressPolicy:
                 ipaddress.IPv6Address("::1"),
             )
             return None if any(self.address_allowed(item) for item in loopbacks) else "a loopback name"
-        address = parse_address(host)
+        address = parse_address(host) or _legacy_ipv4(host)
         if address is None:
             return None
-        return self.refusal(host, host)
+        return self.refusal(host, str(address))
 
     def guard(self, provider: str, endpoint: str) -> ConnectGuard:
         return ConnectGuard(self, provider, endpoint)

@@ -84,6 +84,8 @@ class Stores:
         to: an IP literal the egress rule refuses, or ``localhost``."""
         for kind in S3_PROVIDER_TYPES:
             for provider_id, entry in service.storage_providers.get(kind, {}).items():
+                if f"{kind}.{provider_id}" == DEFAULT_PROVIDER:
+                    continue  # the operator's own (normalisation replaced whatever the service said)
                 endpoint = str(entry.get("endpoint") or "")
                 reason = self.egress.endpoint_refusal(endpoint) if endpoint else None
                 if reason is not None:

@@ -291,6 +291,19 @@ async def test_this_hosts_addresses_are_refused_at_create_and_at_connect(
     assert canary.connections == before
 
 
+@pytest.mark.parametrize(
+    "host", ["2130706433", "127.1", "0x7f.0.0.1", "LOCALHOST.", "db.localhost", "[fe80::1%25eth0]"]
+)
+async def test_other_spellings_of_loopback_are_refused_at_create(
+    make: Any, minio_server: MinioServer, host: str
+) -> None:
+    body = evil_service(f"evil-{uuid.uuid4().hex[:6]}", f"http://{host}:9000", minio_server, "victim")
+    async with app_client(make()) as http:
+        refused = await http.post("/system/services", json=body)
+    assert refused.status_code == 400, refused.text
+    assert "storage_providers.minio.evil.endpoint" in refused.json()["detail"]
+
+
 # --- names that resolve somewhere else when connected -----------------------------------------------
 
 
