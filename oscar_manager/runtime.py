@@ -32,6 +32,7 @@ from oscar_manager.operations.jobs import DatabaseJobReporter
 from oscar_manager.operations.ratelimit import RateLimiter
 from oscar_manager.settings import BackendKind, Settings, kept_secret
 from oscar_manager.storage.base import ObjectStore
+from oscar_manager.storage.egress import EgressPolicy
 from oscar_manager.storage.local import LocalObjectStore
 from oscar_manager.storage.minio import MinioEndpoint, MinioExtras
 from oscar_manager.storage.presign import PresignSigner
@@ -123,7 +124,13 @@ class Runtime:
     ) -> None:
         self.settings = settings
         self.database = Database(settings.database_url)
-        self.stores = Stores(default_store, timeout=settings.oscar_provider_timeout)
+        self.stores = Stores(
+            default_store,
+            timeout=settings.oscar_provider_timeout,
+            egress=EgressPolicy.from_settings(
+                settings.oscar_provider_allowed_networks, listen_host=settings.oscar_host
+            ),
+        )
         self.presigner = PresignSigner(_presign_secret(settings.oscar_data_dir / "presign-key"))
         self.backend = backend if backend is not None else local_backend(settings, self.stores)
         self.dispatcher = Dispatcher(

@@ -8,6 +8,8 @@ the data directory, local storage and the local executor.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import secrets
 from collections.abc import Callable
 from enum import StrEnum
@@ -18,6 +20,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
+_HOST_NAME = re.compile(r"(?i)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*")
 
 
 class BackendKind(StrEnum):
@@ -103,6 +106,12 @@ class Settings(BaseSettings):
     # net for deliveries MinIO dropped (it keeps no queue for a webhook target unless told to).
     oscar_reconcile_interval: float = Field(default=300, ge=0)
 
+    # --- storage providers declared by services --------------------------------------------------
+    # Networks (CIDR or single addresses) and host names that a service's own ``minio.<id>``/``s3.<id>``
+    # endpoints may make the manager connect to in spite of the rule refusing loopback, link-local,
+    # unspecified and the host's own addresses (``storage/egress.py``). Empty: no exceptions.
+    oscar_provider_allowed_networks: CommaList = Field(default_factory=list)
+
     # --- OIDC ------------------------------------------------------------------------------------
     oidc_enable: bool = False
     oidc_issuers: CommaList = Field(default_factory=list)
@@ -126,11 +135,29 @@ class Settings(BaseSettings):
     ttl_job: int = Field(default=2_592_000, ge=0)
     job_listing_limit: int = Field(default=70, gt=0)
 
-    @field_validator("oidc_issuers", "oidc_groups", "users_admin", "oscar_cors_origins", mode="before")
+    @field_validator(
+        "oidc_issuers",
+        "oidc_groups",
+        "users_admin",
+        "oscar_cors_origins",
+        "oscar_provider_allowed_networks",
+        mode="before",
+    )
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("oscar_provider_allowed_networks")
+    @classmethod
+    def _networks_or_hosts(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.removeprefix("[").removesuffix("]"), strict=False)
+            except ValueError:
+                if not _HOST_NAME.fullmatch(entry.rstrip(".")):
+                    raise ValueError(f"{entry!r} is neither a network (CIDR) nor a host name") from None
         return value
 
     @property

@@ -137,6 +137,8 @@ async def create(
         for definition in definitions
     ]
     for service in services:
+        provisioning.stores.check_endpoints(service)
+    for service in services:
         if await tx.services.exists(service.name):
             raise Conflict(f"a service named {service.name!r} already exists")
     await _check_buckets_are_the_users(tx, principal, services)
@@ -215,6 +217,7 @@ async def update(
             vo = service_vo(principal, vo, cluster_groups=settings.oidc_groups)
         definition = definition.model_copy(update={"vo": vo})
     service = normalise_update(definition, current=current, minio=minio_default(settings))
+    provisioning.stores.check_endpoints(service)
     await _check_buckets_are_the_users(tx, principal, [service])
     await tx.services.replace(service)
     await prepare_storage(service, stores=provisioning.stores)

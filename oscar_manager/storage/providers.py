@@ -10,6 +10,7 @@ from typing import Any
 from oscar_manager.domain.service import ProviderRef, Service
 from oscar_manager.errors import BadRequest
 from oscar_manager.storage.base import ObjectStore
+from oscar_manager.storage.egress import SETTING, EgressPolicy
 from oscar_manager.storage.s3 import S3ObjectStore
 
 DEFAULT_PROVIDER = "minio.default"
@@ -41,12 +42,16 @@ class Stores:
     """Resolve provider references to stores. ``minio.default`` is the manager's own storage: local
     folders on the embedded default, MinIO when ``MINIO_ENDPOINT`` is set. Other MinIO and S3 providers
     come from a service's ``storage_providers``; their clients are opened on first use and kept (one per
-    distinct endpoint and credentials) until :meth:`close`. ``timeout`` bounds connecting to such a
+    provider, endpoint and credentials) until :meth:`close`. Those clients connect only where ``egress``
+    allows, and never sign with the manager's own AWS credentials. ``timeout`` bounds connecting to such a
     provider and each wait for its answers (seconds), so one that never answers fails the operation."""
 
-    def __init__(self, default: ObjectStore, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self, default: ObjectStore, *, timeout: float = 30.0, egress: EgressPolicy | None = None
+    ) -> None:
         self.default = default
         self._timeout = timeout
+        self.egress = egress if egress is not None else EgressPolicy()
         self._opened: dict[tuple[Any, ...], ObjectStore] = {}
         self._stack = contextlib.AsyncExitStack()
         self._lock = asyncio.Lock()
@@ -68,7 +73,7 @@ class Stores:
             entry = service.storage_providers.get(reference.type, {}).get(reference.id)
             if entry is None:
                 raise BadRequest(f"storage provider {str(reference)!r} is not declared in storage_providers")
-            stores[str(reference)] = await self._open(s3_settings(reference, entry))
+            stores[str(reference)] = await self._open(str(reference), s3_settings(reference, entry))
 
         def resolve(provider: str) -> ObjectStore:
             store = stores.get(str(ProviderRef(provider)))
@@ -78,16 +83,35 @@ class Stores:
 
         return resolve
 
-    async def _open(self, settings: dict[str, Any]) -> ObjectStore:
-        identity = tuple(sorted(settings.items()))
+    def check_endpoints(self, service: Service) -> None:
+        """Refuse (400, naming the field) a declared endpoint that no connection could ever be allowed
+        to: an IP literal the egress rule refuses, or ``localhost``."""
+        for kind in S3_PROVIDER_TYPES:
+            for provider_id, entry in service.storage_providers.get(kind, {}).items():
+                if f"{kind}.{provider_id}" == DEFAULT_PROVIDER:
+                    continue  # the operator's own (normalisation replaced whatever the service said)
+                endpoint = str(entry.get("endpoint") or "")
+                reason = self.egress.endpoint_refusal(endpoint) if endpoint else None
+                if reason is not None:
+                    raise BadRequest(
+                        f"storage_providers.{kind}.{provider_id}.endpoint: {endpoint!r} is {reason}, "
+                        f"which the manager does not connect to (the operator may allow it in {SETTING})"
+                    )
+
+    async def _open(self, provider: str, settings: dict[str, Any]) -> ObjectStore:
+        identity = (provider, *sorted(settings.items()))
         async with self._lock:
             store = self._opened.get(identity)
             if store is None:
-                store = await self._stack.enter_async_context(
-                    S3ObjectStore.connect(
-                        **settings, connect_timeout=self._timeout, read_timeout=self._timeout
-                    )
+                guard = self.egress.guard(provider, settings["endpoint"])
+                connect = S3ObjectStore.connect(
+                    **settings,
+                    connect_timeout=self._timeout,
+                    read_timeout=self._timeout,
+                    guard=guard,
+                    anonymous=True,
                 )
+                store = await self._stack.enter_async_context(connect)
                 self._opened[identity] = store
             return store
 

@@ -28,7 +28,7 @@ listed as objects. Differences that S3 imposes:
   after that much of the stream has been consumed.
 
 Every botocore, aiobotocore and aiohttp exception is converted to the errors of ``storage.base``; this
-is the only module that imports them.
+module and ``storage.s3_client`` (which configures the client) are the only ones that import them.
 """
 
 from __future__ import annotations
@@ -43,17 +43,17 @@ import stat as stat_module
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TypeVar, cast
+from typing import TYPE_CHECKING, BinaryIO, NoReturn, TypeVar, cast
 
 import aiohttp
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from oscar_manager.errors import Conflict
 from oscar_manager.storage.base import BucketNotFound, InvalidKey, ObjectInfo, ObjectNotFound, StorageError
 from oscar_manager.storage.blocking import run_blocking as _blocking
+from oscar_manager.storage.egress import ConnectGuard
 from oscar_manager.storage.keys import validate_bucket, validate_key
+from oscar_manager.storage.s3_client import describe, open_client
 
 if TYPE_CHECKING:
     from aiobotocore.response import StreamingBody
@@ -200,6 +200,8 @@ class S3ObjectStore:
         read_timeout: float = 60.0,
         max_attempts: int = 3,
         max_pool_connections: int = 32,
+        guard: ConnectGuard | None = None,
+        anonymous: bool = False,
     ) -> AsyncIterator[S3ObjectStore]:
         """A store on ``endpoint`` (``""`` for AWS S3), with its client open until the block exits.
 
@@ -207,40 +209,25 @@ class S3ObjectStore:
         addressing (``endpoint/bucket/key``) as MinIO needs. Without ``access_key`` the usual AWS
         credential chain (environment, profile, instance role) is used. ``verify`` is ``False`` to skip TLS
         verification or the path of a CA bundle. ``max_attempts`` counts the first try: each request is
-        retried (with backoff) on throttling, 5xx answers and connection failures.
+        retried (with backoff) on throttling, 5xx answers and connection failures. ``guard`` checks every
+        address the client connects to (``ProviderRefused`` when it refuses one); ``anonymous`` sends
+        unsigned requests when there is no ``access_key`` (for endpoints a service names: the manager's
+        own AWS credentials are not theirs).
         """
-        if endpoint and not endpoint.startswith(("http://", "https://")):
-            raise StorageError(f"invalid S3 endpoint {endpoint!r}: expected http(s)://host[:port]")
-        where = endpoint.rstrip("/") if endpoint else f"AWS S3 ({region or 'default region'})"
-        options: dict[str, Any] = {
-            "connect_timeout": connect_timeout,
-            "read_timeout": read_timeout,
-            "retries": {"total_max_attempts": max_attempts, "mode": "standard"},
-            "max_pool_connections": max_pool_connections,
-            "signature_version": "s3v4",
-            "s3": {"addressing_style": "path" if endpoint else "auto"},
-        }
-        if endpoint:
-            # S3-compatible servers differ in their support of the CRC trailers that botocore sends and
-            # checks by default since 1.36; send and check them only where S3 requires them.
-            options["request_checksum_calculation"] = "when_required"
-            options["response_checksum_validation"] = "when_required"
-        async with contextlib.AsyncExitStack() as stack:
-            try:
-                client = await stack.enter_async_context(
-                    get_session().create_client(
-                        "s3",
-                        endpoint_url=endpoint or None,
-                        region_name=region or ("us-east-1" if endpoint else None),
-                        aws_access_key_id=access_key or None,
-                        aws_secret_access_key=secret_key or None,
-                        verify=verify,
-                        config=AioConfig(**options),
-                    )
-                )
-            except (BotoCoreError, ValueError) as exc:
-                raise StorageError(f"S3 storage at {where}: cannot create a client: {exc}") from None
-            yield cls(client, where=where, region=region)
+        async with open_client(
+            endpoint=endpoint,
+            access_key=access_key,
+            secret_key=secret_key,
+            region=region,
+            verify=verify,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_attempts=max_attempts,
+            max_pool_connections=max_pool_connections,
+            guard=guard,
+            anonymous=anonymous,
+        ) as client:
+            yield cls(client, where=describe(endpoint, region), region=region)
 
     @property
     def where(self) -> str:

@@ -102,7 +102,13 @@ def provider_settings(service: Service, reference: ProviderRef, credentials_dir:
 async def open_stores(
     service: Service, stack: contextlib.AsyncExitStack, credentials_dir: Path
 ) -> dict[str, ObjectStore]:
-    """One store per provider the service's inputs and outputs use (MinIO and S3 speak the same API)."""
+    """One store per provider the service's inputs and outputs use (MinIO and S3 speak the same API).
+
+    Unlike the manager's (``Stores.for_service``), these clients are not held to the egress rule of
+    ``storage.egress``: here the supervisor runs in the job's pod, beside the script, with the pod's network
+    and credentials, which the script has as well; its loopback is the pod's own, not the manager's. What a
+    job may reach on Kubernetes is the cluster's network policy's to decide.
+    """
     stores: dict[str, ObjectStore] = {}
     for io_config in [*service.input, *service.output]:
         reference = ProviderRef(io_config.storage_provider or "minio")

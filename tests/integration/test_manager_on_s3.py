@@ -321,9 +321,18 @@ async def test_minio_down_while_events_flow_loses_nothing(
 
 
 async def test_a_services_own_s3_provider_receives_its_outputs(
+    minio: S3Server, moto_endpoint: str, tmp_path: Path, sqlite_url: str
+) -> None:
+    """Input on the manager's MinIO, output on another S3 server named in the service's storage_providers
+    (moto, on loopback: allowed explicitly, as service-declared endpoints may not reach loopback)."""
+    settings = s3_settings(minio, tmp_path, sqlite_url, oscar_provider_allowed_networks="127.0.0.1")
+    async with app_client(settings) as minio_manager:
+        await _outputs_reach_the_services_own_provider(minio_manager, minio, moto_endpoint)
+
+
+async def _outputs_reach_the_services_own_provider(
     minio_manager: httpx.AsyncClient, minio: S3Server, moto_endpoint: str
 ) -> None:
-    """Input on the manager's MinIO, output on another S3 server named in the service's storage_providers."""
     name = unique("twostores")
     elsewhere = S3Server("moto", moto_endpoint, "testing", "testing").client()
     elsewhere.create_bucket(Bucket=name)

@@ -73,9 +73,15 @@ async def hole() -> AsyncIterator[BlackHole]:
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     # One sync slot: a stuck run holding it would starve every other /run.
-    # (Once the provider egress guard is on main, add: "oscar_provider_allowed_networks": "127.0.0.0/8".)
+    # The black hole listens on loopback, where the egress guard lets no service provider connect unless
+    # the operator allows it.
     quick = settings.model_copy(
-        update={"oscar_run_timeout": TIMEOUT, "oscar_job_timeout": TIMEOUT, "oscar_local_concurrency": 1}
+        update={
+            "oscar_run_timeout": TIMEOUT,
+            "oscar_job_timeout": TIMEOUT,
+            "oscar_local_concurrency": 1,
+            "oscar_provider_allowed_networks": ["127.0.0.0/8"],
+        }
     )
     async with app_client(quick) as http:
         yield http
