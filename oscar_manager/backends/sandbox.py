@@ -15,30 +15,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import functools
 import logging
 import os
 import shutil
 import signal
-import subprocess
-import tempfile
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO, Final, Literal
 
+from oscar_manager.backends.bwrap import (
+    JOB_DIR,
+    SHELL,
+    Bwrap,
+    hide_flags,
+    needs_hiding,
+    probe,
+    sandbox_flags,
+)
 from oscar_manager.errors import OscarError
+
+__all__ = ["JOB_DIR", "Sandbox", "SandboxUnavailable", "ScriptResult", "ScriptRun"]
 
 log = logging.getLogger(__name__)
 
-# Both inside the sandbox only: its private tmpfs /tmp, and the job's working directory under it (mount
-# points must exist, and the root is read-only).
-SANDBOX_TMP: Final = "/tmp"  # noqa: S108
-JOB_DIR: Final = PurePosixPath(SANDBOX_TMP, "job")
-HOSTNAME: Final = "oscar-job"
-SHELL: Final = "/bin/sh"
 # Between SIGTERM and SIGKILL to the script's process group once the timeout expires.
 KILL_GRACE_SECONDS: Final = 1.0
 # After the script exits, how long to wait for the end of its output (only a process that escaped the
@@ -77,13 +79,6 @@ class ScriptResult:
     duration: float
 
 
-@dataclass(frozen=True, slots=True)
-class _Bwrap:
-    path: str
-    # Optional hardening flags that work with this bubblewrap on this machine.
-    extra_flags: tuple[str, ...]
-
-
 class Sandbox:
     """Runs scripts under bubblewrap if it works here, else as plain processes; safe for concurrent runs."""
 
@@ -109,7 +104,7 @@ class Sandbox:
         if max_output_bytes < 0:
             raise ValueError("max_output_bytes must be >= 0")
         self._max_output = max_output_bytes
-        self._bwrap: _Bwrap | None = None
+        self._bwrap: Bwrap | None = None
         self._drop: tuple[str, ...] = ()
         if run_as is not None:
             setpriv = shutil.which("setpriv")
@@ -124,8 +119,8 @@ class Sandbox:
             if path is None:
                 reason = "bwrap is not installed"
             else:
-                probed = _probe(path, self._drop)
-                if isinstance(probed, _Bwrap):
+                probed = probe(path, self._drop)
+                if isinstance(probed, Bwrap):
                     self._bwrap = probed
                 else:
                     reason = probed
@@ -134,8 +129,8 @@ class Sandbox:
                 raise SandboxUnavailable(f"bubblewrap is required but unusable: {reason}")
             if bwrap is not None:
                 log.warning("Scripts run without a sandbox: %s", reason)
-        hidden = [path for path in hidden_paths if _needs_hiding(path, dropped=bool(self._drop))]
-        self._hidden = _hide_flags(hidden)
+        hidden = [path for path in hidden_paths if needs_hiding(path, dropped=bool(self._drop))]
+        self._hidden = hide_flags(hidden)
 
     @property
     def sandboxed(self) -> bool:
@@ -256,7 +251,7 @@ class Sandbox:
 
     def _bwrap_args(self, run: ScriptRun, env: Mapping[str, str]) -> list[str]:
         assert self._bwrap is not None
-        args = _sandbox_flags(
+        args = sandbox_flags(
             workdir=run.workdir.absolute(),
             extra=self._bwrap.extra_flags,
             network=run.network,
@@ -265,35 +260,6 @@ class Sandbox:
         for key, value in env.items():
             args += ["--setenv", key, value]
         return args
-
-
-def _sandbox_flags(*, workdir: Path, extra: tuple[str, ...], network: bool, hidden: list[str]) -> list[str]:
-    flags = ["--unshare-all", *(["--share-net"] if network else []), *extra]
-    flags += [
-        # Run as root, bwrap would otherwise leave the script every capability in its namespaces (enough
-        # to remount / read-write).
-        "--cap-drop", "ALL",
-        "--die-with-parent",
-        "--new-session",
-        "--hostname", HOSTNAME,
-        "--ro-bind", "/", "/",
-        "--dev", "/dev",
-        "--proc", "/proc",
-        # Host daemons' Unix sockets live here, and a read-only mount does not stop connect().
-        "--tmpfs", "/run",
-    ]  # fmt: skip
-    if network:
-        flags.extend(_resolver_binds())
-    flags += [*hidden, "--tmpfs", SANDBOX_TMP, "--bind", str(workdir), str(JOB_DIR)]
-    flags += ["--chdir", str(JOB_DIR), "--clearenv"]
-    return flags
-
-
-@functools.cache
-def _resolver_binds() -> tuple[str, ...]:
-    # Where /etc/resolv.conf links into /run (systemd-resolved, resolvconf), the tmpfs on /run would hide it.
-    real = os.path.realpath("/etc/resolv.conf")
-    return ("--ro-bind-try", real, real) if real.startswith("/run/") else ()
 
 
 def _script_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -313,34 +279,6 @@ def _shell_command(script: str, memory_bytes: int | None) -> list[str]:
     # A failing ulimit means a stricter hard limit is already in place, or an OS without RLIMIT_AS.
     kib = max(memory_bytes // 1024, 1)
     return [SHELL, "-c", f'ulimit -v {kib} 2>/dev/null; exec {SHELL} "$0"', script]
-
-
-def _needs_hiding(path: Path, *, dropped: bool) -> bool:
-    """Paths under /tmp are hidden by the sandbox's private /tmp already; a script running as another
-    user cannot reach a path below a folder closed to others (and bwrap, running as that user, could not
-    mount over it either)."""
-    absolute = path.absolute()
-    if absolute.is_relative_to(SANDBOX_TMP):
-        return False
-    if dropped:
-        for ancestor in absolute.parents:
-            try:
-                if not os.stat(ancestor).st_mode & 0o001:
-                    return False
-            except OSError:
-                return False
-    return True
-
-
-def _hide_flags(paths: Iterable[Path]) -> list[str]:
-    flags: list[str] = []
-    for path in paths:
-        target = str(path.absolute())
-        if path.is_dir():
-            flags += ["--tmpfs", target]
-        elif path.exists():
-            flags += ["--ro-bind", "/dev/null", target]
-    return flags
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -409,41 +347,3 @@ class _Output(asyncio.Protocol):
         omitted = self._total - len(self._head) - len(tail)
         marker = f"\n[oscar-manager: {omitted} bytes of output omitted]\n".encode()
         return bytes(self._head) + marker + tail
-
-
-@functools.cache
-def _probe(path: str, drop: tuple[str, ...] = ()) -> _Bwrap | str:
-    """Run the strictest sandbox once: a _Bwrap if it works here, else why not."""
-    try:
-        usage = subprocess.run([path, "--help"], capture_output=True, timeout=10, check=False).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"{path}: {exc}"
-    # --disable-userns (bubblewrap 0.8) keeps the script from making user namespaces of its own; where it
-    # cannot work (a setuid bwrap without unprivileged user namespaces) the sandbox goes on without it.
-    candidates = [("--unshare-user", "--disable-userns"), ()] if b"--disable-userns" in usage else [()]
-    reason = ""
-    for extra in candidates:
-        reason = _try_bwrap(path, extra, drop)
-        if not reason:
-            return _Bwrap(path=path, extra_flags=extra)
-    return reason
-
-
-def _try_bwrap(path: str, extra: tuple[str, ...], drop: tuple[str, ...]) -> str:
-    try:
-        with tempfile.TemporaryDirectory(prefix="oscar-bwrap-probe-") as workdir:
-            os.chmod(workdir, 0o755)  # noqa: S103 - reachable by the user scripts run as
-            flags = _sandbox_flags(workdir=Path(workdir), extra=extra, network=False, hidden=[])
-            done = subprocess.run(
-                [*drop, path, *flags, "--", SHELL, "-c", "exit 0"],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=30,
-                check=False,
-            )
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"{path}: {exc}"
-    if done.returncode == 0:
-        return ""
-    detail = (done.stderr or done.stdout).decode(errors="replace").strip()
-    return f"{path} exited with {done.returncode}: {detail}"
