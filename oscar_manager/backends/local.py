@@ -27,7 +27,8 @@ from oscar_manager.backends.base import (
 )
 from oscar_manager.backends.sandbox import Sandbox, ScriptResult, ScriptRun
 from oscar_manager.domain.jobs import JobOutcome, JobStatus
-from oscar_manager.domain.service import Service, quantity_bytes, wants_network
+from oscar_manager.domain.quantities import quantity_bytes
+from oscar_manager.domain.service import Service, wants_network
 from oscar_manager.errors import OscarError
 from oscar_manager.storage.providers import StoreResolver, Stores
 from oscar_manager.supervisor.deadline import Deadline, StagingTimeout
