@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field, ValidationError, field_validator
 
 from oscar_manager.domain.gomodel import GoModel
-from oscar_manager.domain.quantities import check_quantity
+from oscar_manager.domain.quantities import check_cpu, check_memory, check_quantity
 from oscar_manager.errors import BadRequest
 
 DEFAULT_OWNER = "cluster_admin"
@@ -273,14 +273,11 @@ def _normalise_common(service: Service, *, minio: MinioDefault) -> Service:
         raise BadRequest("script cannot be empty")
     memory = service.memory or DEFAULT_MEMORY
     cpu = service.cpu or DEFAULT_CPU
-    for field, value in (
-        ("memory", memory),
-        ("cpu", cpu),
-        ("total_memory", service.total_memory),
-        ("total_cpu", service.total_cpu),
-        ("ephemeral_storage_request", service.ephemeral_storage_request),
-    ):
-        check_quantity(field, value)
+    check_memory("memory", memory)
+    check_cpu("cpu", cpu)
+    check_quantity("total_memory", service.total_memory)
+    check_quantity("total_cpu", service.total_cpu)
+    check_quantity("ephemeral_storage_request", service.ephemeral_storage_request)
     log_level = service.log_level.strip().upper()
     if log_level not in LOG_LEVELS:
         log_level = "INFO"
