@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,7 @@ INVALID_MEMORY = [
 INVALID_CPU = ["-1", "-500m", "0", "0m", "1e30", "1025", "2000", "NaN", "Infinity", "1e99", "one", "1core"]
 
 
-def _new(**fields: object) -> Service:
+def _new(**fields: Any) -> Service:
     return normalise_new(
         parse_service(service_body(**fields)), owner="cluster_admin", namespace="ns", minio=MINIO
     )
