@@ -18,6 +18,8 @@ SANDBOX_TMP: Final = "/tmp"  # noqa: S108
 JOB_DIR: Final = PurePosixPath(SANDBOX_TMP, "job")
 HOSTNAME: Final = "oscar-job"
 SHELL: Final = "/bin/sh"
+PAGE: Final = 4096
+MiB: Final = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,9 +27,31 @@ class Bwrap:
     path: str
     # Optional hardening flags that work with this bubblewrap on this machine.
     extra_flags: tuple[str, ...]
+    sized: bool = False  # takes --size (bubblewrap 0.5 and later): the sandbox's tmpfs are bounded
 
 
-def sandbox_flags(*, workdir: Path, extra: tuple[str, ...], network: bool, hidden: list[str]) -> list[str]:
+def tmpfs_sizes(memory_bytes: int | None) -> tuple[int, int, int] | None:
+    """Sizes of /tmp, /dev/shm and /run: together under the job's memory (tmpfs pages are RAM, charged to
+    the writer's memory cgroup), so a script filling them gets ENOSPC rather than the OOM killer, and
+    stays bounded even without a cgroup. At least a page each: size 0 would mean unbounded."""
+    if memory_bytes is None:
+        return None
+    return max(memory_bytes // 2, PAGE), max(memory_bytes // 4, PAGE), max(min(memory_bytes // 8, MiB), PAGE)
+
+
+def _tmpfs(target: str, size: int | None) -> list[str]:
+    return ["--size", str(size), "--tmpfs", target] if size else ["--tmpfs", target]
+
+
+def sandbox_flags(
+    *,
+    workdir: Path,
+    extra: tuple[str, ...],
+    network: bool,
+    hidden: list[str],
+    sizes: tuple[int, int, int] | None = None,
+) -> list[str]:
+    tmp, shm, run = sizes or (None, None, None)
     flags = ["--unshare-all", *(["--share-net"] if network else []), *extra]
     flags += [
         # Run as root, bwrap would otherwise leave the script every capability in its namespaces (enough
@@ -38,13 +62,17 @@ def sandbox_flags(*, workdir: Path, extra: tuple[str, ...], network: bool, hidde
         "--hostname", HOSTNAME,
         "--ro-bind", "/", "/",
         "--dev", "/dev",
+        # --dev's own /dev (with its /dev/shm folder) is an unbounded tmpfs the script owns: a bounded
+        # /dev/shm on top, and /dev itself read-only (device nodes stay usable).
+        *_tmpfs("/dev/shm", shm),  # noqa: S108 - inside the sandbox
+        "--remount-ro", "/dev",
         "--proc", "/proc",
         # Host daemons' Unix sockets live here, and a read-only mount does not stop connect().
-        "--tmpfs", "/run",
+        *_tmpfs("/run", run),
     ]  # fmt: skip
     if network:
         flags.extend(_resolver_binds())
-    flags += [*hidden, "--tmpfs", SANDBOX_TMP, "--bind", str(workdir), str(JOB_DIR)]
+    flags += [*hidden, *_tmpfs(SANDBOX_TMP, tmp), "--bind", str(workdir), str(JOB_DIR)]
     flags += ["--chdir", str(JOB_DIR), "--clearenv"]
     return flags
 
@@ -78,7 +106,8 @@ def hide_flags(paths: Iterable[Path]) -> list[str]:
     for path in paths:
         target = str(path.absolute())
         if path.is_dir():
-            flags += ["--tmpfs", target]
+            # Read-only: an empty mask, not a writable tmpfs that would count against nothing.
+            flags += ["--tmpfs", target, "--remount-ro", target]
         elif path.exists():
             flags += ["--ro-bind", "/dev/null", target]
     return flags
@@ -94,19 +123,26 @@ def probe(path: str, drop: tuple[str, ...] = ()) -> Bwrap | str:
     # --disable-userns (bubblewrap 0.8) keeps the script from making user namespaces of its own; where it
     # cannot work (a setuid bwrap without unprivileged user namespaces) the sandbox goes on without it.
     candidates = [("--unshare-user", "--disable-userns"), ()] if b"--disable-userns" in usage else [()]
+    sized = b"--size" in usage
     reason = ""
     for extra in candidates:
-        reason = _try_bwrap(path, extra, drop)
+        reason = _try_bwrap(path, extra, drop, sized=sized)
         if not reason:
-            return Bwrap(path=path, extra_flags=extra)
+            return Bwrap(path=path, extra_flags=extra, sized=sized)
     return reason
 
 
-def _try_bwrap(path: str, extra: tuple[str, ...], drop: tuple[str, ...]) -> str:
+def _try_bwrap(path: str, extra: tuple[str, ...], drop: tuple[str, ...], *, sized: bool) -> str:
     try:
         with tempfile.TemporaryDirectory(prefix="oscar-bwrap-probe-") as workdir:
             os.chmod(workdir, 0o755)  # noqa: S103 - reachable by the user scripts run as
-            flags = sandbox_flags(workdir=Path(workdir), extra=extra, network=False, hidden=[])
+            flags = sandbox_flags(
+                workdir=Path(workdir),
+                extra=extra,
+                network=False,
+                hidden=[],
+                sizes=tmpfs_sizes(64 * MiB) if sized else None,
+            )
             done = subprocess.run(
                 [*drop, path, *flags, "--", SHELL, "-c", "exit 0"],
                 stdin=subprocess.DEVNULL,
