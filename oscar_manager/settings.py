@@ -182,7 +182,7 @@ def kept_secret(path: Path, generate: Callable[[], str]) -> str:
     """The secret stored in ``path`` (mode 0600), generated and stored on first use."""
     if path.exists():
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # the data directory is private
     value = generate()
     path.touch(mode=0o600)
     path.write_text(value + "\n")
