@@ -31,8 +31,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     OSCAR_HOST=0.0.0.0 \
     OSCAR_DATA_DIR=/var/lib/oscar-manager
 # bubblewrap: the local backend's sandbox, used where the container may create user namespaces (the
-# manager probes it at start, and otherwise warns and runs scripts without it; OSCAR_REQUIRE_SANDBOX=true
-# refuses to start instead).
+# manager probes it at start; without it, jobs fail and /run answers 503 unless OSCAR_ALLOW_UNSANDBOXED=true,
+# and OSCAR_REQUIRE_SANDBOX=true refuses to start instead).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends bubblewrap \
  && rm -rf /var/lib/apt/lists/*

@@ -58,7 +58,7 @@ async def main(runs: int) -> None:
         variants: dict[str, Callable[[], Awaitable[None]]] = {
             "sh script.sh (baseline)": lambda: _direct_sh(workdir)
         }
-        fallback = Sandbox(bwrap=None)
+        fallback = Sandbox(bwrap=None, allow_unsandboxed=True)
         variants["fallback"] = _sandboxed(fallback, workdir)
         variants["fallback + memory limit"] = _sandboxed(fallback, workdir, memory=MEMORY)
         bwrap = Sandbox()

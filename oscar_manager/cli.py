@@ -11,6 +11,7 @@ from pathlib import Path
 
 import uvicorn
 
+from oscar_manager import datadir
 from oscar_manager.app import create_app
 from oscar_manager.registry import migrations
 from oscar_manager.settings import Settings
@@ -19,7 +20,7 @@ DEFAULT_OPENAPI_PATH = Path("openapi/openapi.json")
 
 
 def _prepare_data_dir(settings: Settings) -> None:
-    settings.oscar_data_dir.mkdir(parents=True, exist_ok=True)
+    datadir.prepare(settings, set_umask=True)
 
 
 def migrate(settings: Settings) -> None:

@@ -84,14 +84,21 @@ def local_backend(settings: Settings, stores: Stores) -> LocalBackend:
     run_as = unprivileged_user() if os.geteuid() == 0 else None
     # The data directory (database, admin password, presign key, every bucket) is invisible to scripts.
     sandbox = Sandbox(
-        require=settings.oscar_require_sandbox, hidden_paths=[settings.oscar_data_dir], run_as=run_as
+        require=settings.oscar_require_sandbox,
+        hidden_paths=[settings.oscar_data_dir],
+        run_as=run_as,
+        allow_unsandboxed=settings.oscar_allow_unsandboxed,
     )
+    if sandbox.refusal is not None:
+        log.error("Local jobs will fail: %s", sandbox.refusal)
     return LocalBackend(
         stores=stores,
         sandbox=sandbox,
         work_root=settings.work_dir if sandbox.runs_as is None else shared_work_root(settings),
         concurrency=settings.oscar_local_concurrency,
         job_timeout=settings.oscar_job_timeout,
+        max_pids=settings.oscar_job_max_pids,
+        disk_bytes=settings.oscar_job_disk_bytes,
     )
 
 

@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     oscar_provider_timeout: float = Field(default=30, gt=0)
     # Refuse to start the local executor without bubblewrap (instead of running scripts unsandboxed).
     oscar_require_sandbox: bool = False
+    # Without a working bubblewrap, scripts are refused (jobs fail, /run answers 503) unless this is true:
+    # they would run as the manager's user (or nobody, as root) next to other jobs and the data directory.
+    oscar_allow_unsandboxed: bool = False
+    # Local jobs: processes and threads at once (the job's pids cgroup), and the disk its folder may use
+    # (inputs, outputs and anything the script writes there; each file also by RLIMIT_FSIZE).
+    oscar_job_max_pids: int = Field(default=1024, ge=1)
+    oscar_job_disk_bytes: int = Field(default=10 * 1024**3, gt=0)
 
     # --- Kubernetes (OSCAR_BACKEND=kubernetes) --------------------------------------------------
     # Empty: the pod's service account in a cluster, else $KUBECONFIG or ~/.kube/config.
@@ -202,7 +209,7 @@ def kept_secret(path: Path, generate: Callable[[], str]) -> str:
     """The secret stored in ``path`` (mode 0600), generated and stored on first use."""
     if path.exists():
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # the data directory is private
     value = generate()
     path.touch(mode=0o600)
     path.write_text(value + "\n")

@@ -27,7 +27,8 @@ from oscar_manager.backends.base import (
 )
 from oscar_manager.backends.sandbox import Sandbox, ScriptResult, ScriptRun
 from oscar_manager.domain.jobs import JobOutcome, JobStatus
-from oscar_manager.domain.service import Service, quantity_bytes, wants_network
+from oscar_manager.domain.quantities import quantity_bytes, quantity_cores
+from oscar_manager.domain.service import Service, wants_network
 from oscar_manager.errors import OscarError
 from oscar_manager.storage.providers import StoreResolver, Stores
 from oscar_manager.supervisor.deadline import Deadline, StagingTimeout
@@ -50,11 +51,12 @@ class _Run:
 
     invocation: Invocation
     result: ScriptResult
+    bounds_hit: list[str]  # the job's bounds that stopped it, as log sentences
     stores: StoreResolver  # the service's providers, for the uploads that follow a successful run
 
     @property
     def succeeded(self) -> bool:
-        return not self.result.timed_out and self.result.exit_code == 0
+        return not self.result.timed_out and self.result.exit_code == 0 and not self.bounds_hit
 
 
 class LocalBackend:
@@ -68,12 +70,16 @@ class LocalBackend:
         work_root: Path,
         concurrency: int,
         job_timeout: float | None,
+        max_pids: int | None = None,
+        disk_bytes: int | None = None,
     ) -> None:
         self._stores = stores
         self._sandbox = sandbox
         self._work_root = work_root
         self._concurrency = concurrency
         self._job_timeout = job_timeout
+        self._max_pids = max_pids
+        self._disk_bytes = disk_bytes
         self._queue: asyncio.Queue[JobRequest] = asyncio.Queue()
         self._queued: set[str] = set()
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -103,6 +109,8 @@ class LocalBackend:
         return {
             "backend": "local",
             "sandbox": "bubblewrap" if self._sandbox.sandboxed else "none",
+            "scripts": self._sandbox.refusal or ("run" if self._sandbox.sandboxed else "run unsandboxed"),
+            "limits": self._sandbox.describe_limits(),
             "images_pulled": False,
             "note": "service images are recorded, not pulled: scripts run with this machine's tools",
             "concurrency": self._concurrency,
@@ -222,9 +230,10 @@ class LocalBackend:
             )
             if run.result.timed_out:
                 raise RunTimeout(f"the script did not finish within {request.timeout:g} s and was killed")
-            if run.result.exit_code != 0:
+            if not run.succeeded:
                 tail = run.result.output[-2000:].decode("utf-8", errors="replace")
-                raise ScriptFailed(f"the script exited with code {run.result.exit_code}: {tail}")
+                bounds = "".join(f" ({reason})" for reason in run.bounds_hit)
+                raise ScriptFailed(f"the script exited with code {run.result.exit_code}{bounds}: {tail}")
             await stage_out(
                 service=request.service, stores=run.stores, workspace=workspace, log=slog, deadline=deadline
             )
@@ -262,6 +271,7 @@ class LocalBackend:
         any_bucket: bool = False,
         slots: asyncio.Semaphore | None = None,
     ) -> _Run:
+        self._sandbox.check_allowed()  # at once, before anything is staged for a script that cannot run
         invocation = Invocation.read(body)
         stores = await self._stores.for_service(service)
         input_path = await stage_in(
@@ -282,24 +292,40 @@ class LocalBackend:
             visible_path=lambda path: self._sandbox.job_path(workspace.root, path),
         )
         await asyncio.to_thread(workspace.write_script, service.script)
+        owner = self._sandbox.runs_as
+        if owner is not None:
+            # Under the private umask (077) the staged files are the manager's alone: give them to the script.
+            await asyncio.to_thread(_hand_over, workspace.root, owner)
         async with contextlib.AsyncExitStack() as slot:
             if slots is not None:
                 await deadline.run("waiting for a free slot to run the script", slots.acquire())
                 slot.callback(slots.release)
             slog.info("Running the user script")
-            result = await self._sandbox.run(
-                ScriptRun(
-                    workdir=workspace.root,
-                    script=SCRIPT_NAME,
-                    env=env,
-                    timeout=deadline.remaining(),  # what staging in left of the job's time
-                    memory_bytes=quantity_bytes(service.memory),
-                    network=wants_network(service),
-                )
+            script_run = ScriptRun(
+                workdir=workspace.root,
+                script=SCRIPT_NAME,
+                env=env,
+                timeout=deadline.remaining(),  # what staging in left of the job's time
+                memory_bytes=quantity_bytes(service.memory),
+                network=wants_network(service),
+                cpu_cores=quantity_cores(service.cpu),
+                max_pids=self._max_pids,
+                disk_bytes=self._disk_bytes,
             )
+            result = await self._sandbox.run(script_run)
         slog.output(result.output.decode("utf-8", errors="replace"))
+        bounds_hit = result.bounds_hit(script_run)
+        for reason in bounds_hit:
+            slog.error(reason)
         if result.timed_out:
             slog.error(f"The script was killed after the {deadline.seconds:g} s timeout")
         elif result.exit_code != 0:
             slog.error(f"The script exited with code {result.exit_code}")
-        return _Run(invocation=invocation, result=result, stores=stores)
+        return _Run(invocation=invocation, result=result, bounds_hit=bounds_hit, stores=stores)
+
+
+def _hand_over(root: Path, owner: tuple[int, int]) -> None:
+    """Everything below ``root`` (written by the manager, before the script runs) to the script's user."""
+    for _, dirs, files, dir_fd in os.fwalk(root, follow_symlinks=False):
+        for name in [*dirs, *files]:
+            os.chown(name, *owner, dir_fd=dir_fd, follow_symlinks=False)

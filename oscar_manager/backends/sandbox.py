@@ -20,25 +20,39 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
-import tempfile
 import time
-from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO, Final, Literal
 
+from oscar_manager.backends.base import BackendUnavailable
+from oscar_manager.backends.bwrap import (
+    JOB_DIR,
+    SHELL,
+    Bwrap,
+    hide_flags,
+    needs_hiding,
+    probe,
+    sandbox_flags,
+    tmpfs_sizes,
+)
+from oscar_manager.backends.cgroups import (
+    JOIN_SCRIPT,
+    Cgroups,
+    CgroupUsage,
+    JobCgroup,
+    JobLimits,
+    host_cgroups,
+)
+from oscar_manager.backends.diskguard import DiskWatch
+from oscar_manager.backends.output import BoundedOutput
+from oscar_manager.backends.script import ScriptResult, ScriptRun
 from oscar_manager.errors import OscarError
+
+__all__ = ["JOB_DIR", "Sandbox", "SandboxRefused", "SandboxUnavailable", "ScriptResult", "ScriptRun"]
 
 log = logging.getLogger(__name__)
 
-# Both inside the sandbox only: its private tmpfs /tmp, and the job's working directory under it (mount
-# points must exist, and the root is read-only).
-SANDBOX_TMP: Final = "/tmp"  # noqa: S108
-JOB_DIR: Final = PurePosixPath(SANDBOX_TMP, "job")
-HOSTNAME: Final = "oscar-job"
-SHELL: Final = "/bin/sh"
 # Between SIGTERM and SIGKILL to the script's process group once the timeout expires.
 KILL_GRACE_SECONDS: Final = 1.0
 # After the script exits, how long to wait for the end of its output (only a process that escaped the
@@ -50,38 +64,15 @@ class SandboxUnavailable(OscarError):
     """bubblewrap was required but cannot run here."""
 
 
+class SandboxRefused(BackendUnavailable):
+    """No working bubblewrap and no opt-in to run scripts without it."""
+
+
 class _Auto(enum.Enum):
     AUTO = "auto"
 
 
 AUTO: Final = _Auto.AUTO
-
-
-@dataclass(frozen=True, slots=True)
-class ScriptRun:
-    workdir: Path  # the job's directory, made by the caller; the script's working directory
-    script: str  # file name of the script in ``workdir``, run with /bin/sh
-    env: Mapping[str, str]  # the script's whole environment (PATH is the manager's if not given)
-    timeout: float | None  # seconds, then SIGTERM, a grace period and SIGKILL to everything it started
-    memory_bytes: int | None  # address-space limit (RLIMIT_AS) of the script and its children
-    network: bool = False  # under bubblewrap, False means no network at all, not even the host's loopback
-    stdin: bytes = b""
-
-
-@dataclass(frozen=True, slots=True)
-class ScriptResult:
-    # The script's exit status; 128+N when a signal N ended it; None when the timeout killed it.
-    exit_code: int | None
-    timed_out: bool
-    output: bytes  # stdout and stderr as one stream; past max_output_bytes, head + marker line + tail
-    duration: float
-
-
-@dataclass(frozen=True, slots=True)
-class _Bwrap:
-    path: str
-    # Optional hardening flags that work with this bubblewrap on this machine.
-    extra_flags: tuple[str, ...]
 
 
 class Sandbox:
@@ -95,6 +86,8 @@ class Sandbox:
         max_output_bytes: int = 1 << 20,
         hidden_paths: Iterable[Path] = (),
         run_as: tuple[int, int] | None = None,
+        cgroups: Cgroups | None | Literal[_Auto.AUTO] = AUTO,
+        allow_unsandboxed: bool = False,
     ) -> None:
         """``bwrap``: AUTO finds it on PATH; None never sandboxes. A bwrap is probed once per process (one
         short blocking run, at start-up); ``require`` raises ``SandboxUnavailable`` when it does not work.
@@ -105,11 +98,18 @@ class Sandbox:
         ``run_as`` (uid, gid): a manager running as root drops to this user (with ``setpriv``) before
         starting the sandbox or the script, so the script cannot read what only root may read. The job's
         working directory must then be reachable and writable by that user.
+
+        ``cgroups``: AUTO uses this process's (``host_cgroups``) when it may make them; None never does.
+        Without them the memory limit falls back to RLIMIT_AS per process and there is no pids or cpu bound.
+
+        Without a working bubblewrap, scripts are refused (``run`` raises ``SandboxRefused``) unless
+        ``allow_unsandboxed``: they would run with the manager's rights or as ``nobody``, next to every
+        other job and the data directory.
         """
         if max_output_bytes < 0:
             raise ValueError("max_output_bytes must be >= 0")
         self._max_output = max_output_bytes
-        self._bwrap: _Bwrap | None = None
+        self._bwrap: Bwrap | None = None
         self._drop: tuple[str, ...] = ()
         if run_as is not None:
             setpriv = shutil.which("setpriv")
@@ -124,8 +124,8 @@ class Sandbox:
             if path is None:
                 reason = "bwrap is not installed"
             else:
-                probed = _probe(path, self._drop)
-                if isinstance(probed, _Bwrap):
+                probed = probe(path, self._drop)
+                if isinstance(probed, Bwrap):
                     self._bwrap = probed
                 else:
                     reason = probed
@@ -134,8 +134,33 @@ class Sandbox:
                 raise SandboxUnavailable(f"bubblewrap is required but unusable: {reason}")
             if bwrap is not None:
                 log.warning("Scripts run without a sandbox: %s", reason)
-        hidden = [path for path in hidden_paths if _needs_hiding(path, dropped=bool(self._drop))]
-        self._hidden = _hide_flags(hidden)
+        hidden = [path for path in hidden_paths if needs_hiding(path, dropped=bool(self._drop))]
+        self._hidden = hide_flags(hidden)
+        self._allow_unsandboxed = allow_unsandboxed
+        found = host_cgroups() if cgroups is AUTO else cgroups
+        self._cgroups = found if found is not None and found.available else None
+        self._no_cgroups = found if found is not None else Cgroups({}, unified=False, reason="disabled")
+        if cgroups is AUTO and self._cgroups is None:
+            log.warning("Jobs run without cgroups, bounded by ulimit only: %s", self._no_cgroups.reason)
+
+    @property
+    def refusal(self) -> str | None:
+        """Why scripts are refused here, or None when they run."""
+        if self._bwrap is not None or self._allow_unsandboxed:
+            return None
+        return (
+            "scripts are refused: bubblewrap (bwrap) is not installed or does not work on this machine, and"
+            " running them unsandboxed needs OSCAR_ALLOW_UNSANDBOXED=true"
+        )
+
+    def check_allowed(self) -> None:
+        refusal = self.refusal
+        if refusal is not None:
+            raise SandboxRefused(refusal)
+
+    def describe_limits(self) -> str:
+        """How jobs are bounded here: the cgroup version and controllers, or the ulimit fallback and why."""
+        return (self._cgroups or self._no_cgroups).describe()
 
     @property
     def sandboxed(self) -> bool:
@@ -156,8 +181,17 @@ class Sandbox:
         return str((workdir.absolute() if self._bwrap is None else JOB_DIR) / relative)
 
     async def run(self, run: ScriptRun) -> ScriptResult:
+        self.check_allowed()
         env = _script_env(run.env)
-        command = _shell_command(self.job_path(run.workdir, run.workdir / run.script), run.memory_bytes)
+        group = None
+        if self._cgroups is not None:
+            limits = JobLimits(memory_bytes=run.memory_bytes, cpu_cores=run.cpu_cores, max_pids=run.max_pids)
+            group = await asyncio.to_thread(self._cgroups.create, limits)
+        command = _shell_command(
+            self.job_path(run.workdir, run.workdir / run.script),
+            memory_bytes=run.memory_bytes if group is None else None,
+            file_bytes=run.disk_bytes,
+        )
         read_fd, write_fd = os.pipe()
         reader = os.fdopen(read_fd, "rb", buffering=0)
         args_fd: int | None = None
@@ -176,6 +210,11 @@ class Sandbox:
                 cwd, child_env = None, {}
             if self._drop:
                 program, argv = self._drop[0], [*self._drop[1:], program, *argv]
+            if group is not None:
+                program, argv = (
+                    SHELL,
+                    ["-c", JOIN_SCRIPT, "oscar-cgroup", *group.procs_files, "--", program, *argv],
+                )
             started = time.monotonic()
             proc = await asyncio.create_subprocess_exec(
                 program,
@@ -190,25 +229,41 @@ class Sandbox:
             )
         except BaseException:
             reader.close()
+            if group is not None:
+                await asyncio.shield(asyncio.to_thread(group.finish))
             raise
         finally:
             os.close(write_fd)
             if args_fd is not None:
                 os.close(args_fd)
-        return await self._supervise(proc, run=run, reader=reader, started=started)
+        return await self._supervise(proc, run=run, reader=reader, started=started, group=group)
 
     async def _supervise(
-        self, proc: asyncio.subprocess.Process, *, run: ScriptRun, reader: BinaryIO, started: float
+        self,
+        proc: asyncio.subprocess.Process,
+        *,
+        run: ScriptRun,
+        reader: BinaryIO,
+        started: float,
+        group: JobCgroup | None,
     ) -> ScriptResult:
         loop = asyncio.get_running_loop()
-        output = _Output(self._max_output, loop.create_future())
+        output = BoundedOutput(self._max_output, loop.create_future())
         transport: asyncio.BaseTransport | None = None
         feeder: asyncio.Task[None] | None = None
         timed_out = False
+        over_disk = False
+        usage: CgroupUsage | None = None
+        disk = None
+        if run.disk_bytes is not None:
+            kill = functools.partial(_kill_group, proc.pid, signal.SIGKILL)
+            disk = DiskWatch(run.workdir, run.disk_bytes, kill=kill, group=group)
         try:
             transport, _ = await loop.connect_read_pipe(lambda: output, reader)
             if proc.stdin is not None:
                 feeder = asyncio.create_task(_feed(proc.stdin, run.stdin))
+            if disk is not None:
+                disk.start()
             try:
                 async with asyncio.timeout(run.timeout):
                     await proc.wait()
@@ -221,8 +276,14 @@ class Sandbox:
                 # while any of its members is left.
                 _kill_group(proc.pid, signal.SIGKILL)
             duration = time.monotonic() - started
+            if disk is not None:
+                over_disk = await disk.stop()
             await asyncio.wait([output.closed], timeout=DRAIN_SECONDS)
         finally:
+            if disk is not None:
+                await disk.stop()
+            if group is not None:
+                usage = await asyncio.shield(asyncio.to_thread(group.finish))
             if proc.returncode is None:
                 _kill_group(proc.pid, signal.SIGKILL)
                 await asyncio.shield(proc.wait())
@@ -236,7 +297,12 @@ class Sandbox:
         code = proc.returncode
         exit_code = None if timed_out or code is None else (128 - code if code < 0 else code)
         return ScriptResult(
-            exit_code=exit_code, timed_out=timed_out, output=output.result(), duration=duration
+            exit_code=exit_code,
+            timed_out=timed_out,
+            output=output.result(),
+            duration=duration,
+            usage=usage,
+            over_disk=over_disk,
         )
 
     async def _stop(self, proc: asyncio.subprocess.Process) -> None:
@@ -256,44 +322,16 @@ class Sandbox:
 
     def _bwrap_args(self, run: ScriptRun, env: Mapping[str, str]) -> list[str]:
         assert self._bwrap is not None
-        args = _sandbox_flags(
+        args = sandbox_flags(
             workdir=run.workdir.absolute(),
             extra=self._bwrap.extra_flags,
             network=run.network,
             hidden=self._hidden,
+            sizes=tmpfs_sizes(run.memory_bytes) if self._bwrap.sized else None,
         )
         for key, value in env.items():
             args += ["--setenv", key, value]
         return args
-
-
-def _sandbox_flags(*, workdir: Path, extra: tuple[str, ...], network: bool, hidden: list[str]) -> list[str]:
-    flags = ["--unshare-all", *(["--share-net"] if network else []), *extra]
-    flags += [
-        # Run as root, bwrap would otherwise leave the script every capability in its namespaces (enough
-        # to remount / read-write).
-        "--cap-drop", "ALL",
-        "--die-with-parent",
-        "--new-session",
-        "--hostname", HOSTNAME,
-        "--ro-bind", "/", "/",
-        "--dev", "/dev",
-        "--proc", "/proc",
-        # Host daemons' Unix sockets live here, and a read-only mount does not stop connect().
-        "--tmpfs", "/run",
-    ]  # fmt: skip
-    if network:
-        flags.extend(_resolver_binds())
-    flags += [*hidden, "--tmpfs", SANDBOX_TMP, "--bind", str(workdir), str(JOB_DIR)]
-    flags += ["--chdir", str(JOB_DIR), "--clearenv"]
-    return flags
-
-
-@functools.cache
-def _resolver_binds() -> tuple[str, ...]:
-    # Where /etc/resolv.conf links into /run (systemd-resolved, resolvconf), the tmpfs on /run would hide it.
-    real = os.path.realpath("/etc/resolv.conf")
-    return ("--ro-bind-try", real, real) if real.startswith("/run/") else ()
 
 
 def _script_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -305,42 +343,17 @@ def _script_env(env: Mapping[str, str]) -> dict[str, str]:
     return result
 
 
-def _shell_command(script: str, memory_bytes: int | None) -> list[str]:
-    if memory_bytes is None:
-        return [SHELL, script]
-    # The limit is set by the shell in the child, then the script runs exactly as with `sh script`. No
+def _shell_command(script: str, *, memory_bytes: int | None, file_bytes: int | None) -> list[str]:
+    # Limits are set by the shell in the child, then the script runs exactly as with `sh script`. No
     # preexec_fn: it would run Python in a fork of the threaded manager (unsafe) and rule out vfork.
-    # A failing ulimit means a stricter hard limit is already in place, or an OS without RLIMIT_AS.
-    kib = max(memory_bytes // 1024, 1)
-    return [SHELL, "-c", f'ulimit -v {kib} 2>/dev/null; exec {SHELL} "$0"', script]
-
-
-def _needs_hiding(path: Path, *, dropped: bool) -> bool:
-    """Paths under /tmp are hidden by the sandbox's private /tmp already; a script running as another
-    user cannot reach a path below a folder closed to others (and bwrap, running as that user, could not
-    mount over it either)."""
-    absolute = path.absolute()
-    if absolute.is_relative_to(SANDBOX_TMP):
-        return False
-    if dropped:
-        for ancestor in absolute.parents:
-            try:
-                if not os.stat(ancestor).st_mode & 0o001:
-                    return False
-            except OSError:
-                return False
-    return True
-
-
-def _hide_flags(paths: Iterable[Path]) -> list[str]:
-    flags: list[str] = []
-    for path in paths:
-        target = str(path.absolute())
-        if path.is_dir():
-            flags += ["--tmpfs", target]
-        elif path.exists():
-            flags += ["--ro-bind", "/dev/null", target]
-    return flags
+    # A failing ulimit means a stricter hard limit is already in place, or an OS without that limit.
+    # umask 022: the script's files as before, whatever umask keeps the manager's data directory private.
+    steps = ["umask 022"]
+    if file_bytes is not None:
+        steps.append(f"ulimit -f {max(file_bytes // 512, 1)} 2>/dev/null")  # POSIX sh: 512-byte blocks
+    if memory_bytes is not None:
+        steps.append(f"ulimit -v {max(memory_bytes // 1024, 1)} 2>/dev/null")
+    return [SHELL, "-c", "; ".join([*steps, f'exec {SHELL} "$0"']), script]
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -370,80 +383,3 @@ async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:
         pass  # the script did not read all of its input: that is its business
     finally:
         stdin.close()
-
-
-class _Output(asyncio.Protocol):
-    """The script's combined output: the first half of the budget and a rolling tail of the second half."""
-
-    def __init__(self, limit: int, closed: asyncio.Future[None]) -> None:
-        self.closed = closed
-        self._head = bytearray()
-        self._head_limit = limit // 2
-        self._tail: deque[bytes] = deque()
-        self._tail_size = 0
-        self._tail_limit = limit - self._head_limit
-        self._total = 0
-
-    def data_received(self, data: bytes) -> None:
-        self._total += len(data)
-        room = self._head_limit - len(self._head)
-        if room > 0:
-            self._head += data[:room]
-            data = data[room:]
-        if not data:
-            return
-        self._tail.append(data)
-        self._tail_size += len(data)
-        while self._tail_size - len(self._tail[0]) >= self._tail_limit:
-            self._tail_size -= len(self._tail.popleft())
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def result(self) -> bytes:
-        tail = b"".join(self._tail)
-        if self._total <= self._head_limit + self._tail_limit:
-            return bytes(self._head) + tail
-        tail = tail[max(len(tail) - self._tail_limit, 0) :]
-        omitted = self._total - len(self._head) - len(tail)
-        marker = f"\n[oscar-manager: {omitted} bytes of output omitted]\n".encode()
-        return bytes(self._head) + marker + tail
-
-
-@functools.cache
-def _probe(path: str, drop: tuple[str, ...] = ()) -> _Bwrap | str:
-    """Run the strictest sandbox once: a _Bwrap if it works here, else why not."""
-    try:
-        usage = subprocess.run([path, "--help"], capture_output=True, timeout=10, check=False).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"{path}: {exc}"
-    # --disable-userns (bubblewrap 0.8) keeps the script from making user namespaces of its own; where it
-    # cannot work (a setuid bwrap without unprivileged user namespaces) the sandbox goes on without it.
-    candidates = [("--unshare-user", "--disable-userns"), ()] if b"--disable-userns" in usage else [()]
-    reason = ""
-    for extra in candidates:
-        reason = _try_bwrap(path, extra, drop)
-        if not reason:
-            return _Bwrap(path=path, extra_flags=extra)
-    return reason
-
-
-def _try_bwrap(path: str, extra: tuple[str, ...], drop: tuple[str, ...]) -> str:
-    try:
-        with tempfile.TemporaryDirectory(prefix="oscar-bwrap-probe-") as workdir:
-            os.chmod(workdir, 0o755)  # noqa: S103 - reachable by the user scripts run as
-            flags = _sandbox_flags(workdir=Path(workdir), extra=extra, network=False, hidden=[])
-            done = subprocess.run(
-                [*drop, path, *flags, "--", SHELL, "-c", "exit 0"],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=30,
-                check=False,
-            )
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"{path}: {exc}"
-    if done.returncode == 0:
-        return ""
-    detail = (done.stderr or done.stdout).decode(errors="replace").strip()
-    return f"{path} exited with {done.returncode}: {detail}"

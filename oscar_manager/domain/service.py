@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field, ValidationError, field_validator
 
 from oscar_manager.domain.gomodel import GoModel
+from oscar_manager.domain.quantities import check_cpu, check_memory, check_quantity
 from oscar_manager.errors import BadRequest
 
 DEFAULT_OWNER = "cluster_admin"
@@ -34,8 +35,6 @@ MAX_NAME_LENGTH = 39
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 # A DNS-1123 label: the name becomes Kubernetes object names and a bucket name, so it must be one.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-# A Kubernetes resource quantity (apimachinery ``resource.Quantity``).
-_QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[KMGTPE]i|[numkMGTPE])?$")
 
 
 def _number_as_text(value: Any) -> Any:
@@ -233,13 +232,6 @@ def validate_name(name: str) -> None:
         )
 
 
-def _check_quantity(field: str, value: str) -> None:
-    if value and not _QUANTITY.match(value):
-        raise BadRequest(
-            f"invalid {field} {value!r}: not a Kubernetes resource quantity (e.g. 256Mi, 0.5, 500m)"
-        )
-
-
 def _normalise_path(service_name: str, io: StorageIOConfig, *, kind: str) -> StorageIOConfig:
     ref = ProviderRef(io.storage_provider or "minio")
     path = io.path.strip().strip("/").strip()
@@ -281,14 +273,11 @@ def _normalise_common(service: Service, *, minio: MinioDefault) -> Service:
         raise BadRequest("script cannot be empty")
     memory = service.memory or DEFAULT_MEMORY
     cpu = service.cpu or DEFAULT_CPU
-    for field, value in (
-        ("memory", memory),
-        ("cpu", cpu),
-        ("total_memory", service.total_memory),
-        ("total_cpu", service.total_cpu),
-        ("ephemeral_storage_request", service.ephemeral_storage_request),
-    ):
-        _check_quantity(field, value)
+    check_memory("memory", memory)
+    check_cpu("cpu", cpu)
+    check_quantity("total_memory", service.total_memory)
+    check_quantity("total_cpu", service.total_cpu)
+    check_quantity("ephemeral_storage_request", service.ephemeral_storage_request)
     log_level = service.log_level.strip().upper()
     if log_level not in LOG_LEVELS:
         log_level = "INFO"
@@ -405,37 +394,6 @@ def _keep_provider_secrets(service: Service, current: Service) -> dict[str, dict
             }
             providers[kind][provider_id] = {**entry, **kept}
     return providers
-
-
-_SUFFIXES = {
-    "": 1,
-    "k": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "P": 10**15,
-    "E": 10**18,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-    "Ei": 2**60,
-    "m": 1,  # milli-bytes make no sense for memory; treated as bytes rounded up below
-}
-_QUANTITY_PARTS = re.compile(r"^([+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)([KMGTPE]i|[kMGTPEm])?$")
-
-
-def quantity_bytes(quantity: str) -> int | None:
-    """A memory quantity in bytes (``256Mi`` -> 268435456); None when empty or not understood."""
-    match = _QUANTITY_PARTS.match(quantity.strip())
-    if match is None:
-        return None
-    number, suffix = match.group(1), match.group(2) or ""
-    value = float(number) * _SUFFIXES[suffix]
-    if suffix == "m":
-        value /= 1000
-    return max(int(value + 0.999), 0)
 
 
 # A service that needs network access from the local executor says so with this annotation.

@@ -34,7 +34,7 @@ def job(job_id: str, script: str) -> JobRequest:
 async def backend(tmp_path: Path) -> LocalBackend:
     return LocalBackend(
         stores=Stores(LocalObjectStore(tmp_path / "buckets")),
-        sandbox=Sandbox(bwrap=None),
+        sandbox=Sandbox(bwrap=None, allow_unsandboxed=True),
         work_root=tmp_path / "work",
         concurrency=1,
         job_timeout=60,

@@ -34,7 +34,7 @@ def workdir(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("bwrap", ["auto", None], ids=["bubblewrap", "plain"])
 async def test_scripts_run_as_nobody(tmp_path: Path, bwrap: str | None) -> None:
     if bwrap is None:
-        sandbox = Sandbox(bwrap=None, run_as=unprivileged_user())
+        sandbox = Sandbox(bwrap=None, run_as=unprivileged_user(), allow_unsandboxed=True)
     else:
         sandbox = Sandbox(require=True, run_as=unprivileged_user())
     assert sandbox.runs_as == unprivileged_user()
@@ -50,7 +50,7 @@ async def test_scripts_run_as_nobody(tmp_path: Path, bwrap: str | None) -> None:
 
 async def test_without_run_as_the_script_keeps_root(tmp_path: Path) -> None:
     root = workdir(tmp_path)
-    result = await Sandbox(bwrap=None).run(
+    result = await Sandbox(bwrap=None, allow_unsandboxed=True).run(
         ScriptRun(workdir=root, script="script.sh", env={}, timeout=10, memory_bytes=None)
     )
     assert result.output.decode().split() == ["0", "shadow-readable"]
