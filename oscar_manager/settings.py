@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     oscar_git_commit: str = ""
     # Bodies of /run (base64 files) may be larger than definitions: they have their own limit.
     oscar_max_run_body_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    # The largest sync /run answer (before base64), checked from the outputs' sizes before any is read; a
+    # larger one is a 500 ResponseTooLarge (the outputs are still uploaded to the output bucket).
+    oscar_max_run_response_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     # How long a sync /run may take before the caller gets 504 (and the run is killed).
     oscar_run_timeout: float = Field(default=300, gt=0)
 

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from oscar_manager.domain.jobs import JobOutcome
 from oscar_manager.domain.service import Service
 from oscar_manager.errors import OscarError
+from oscar_manager.supervisor.answer import SyncAnswer
 
 
 class BackendUnavailable(OscarError):
@@ -48,6 +49,8 @@ class SyncRequest:
     timeout: float
     # A storage event in the body may name objects outside the service's inputs (the admin's run).
     any_bucket: bool = False
+    # Past this many bytes (before base64) the answer is ResponseTooLarge; None: no limit.
+    max_response_bytes: int | None = None
 
 
 class JobReporter(Protocol):
@@ -78,8 +81,9 @@ class Backend(Protocol):
     async def submit(self, request: JobRequest) -> None:
         """Accept a job; idempotent per ``job_id``. Raise ``BackendUnavailable`` to be retried."""
 
-    async def run_sync(self, request: SyncRequest) -> bytes:
-        """Run the service on ``body`` and return what the supervisor renders; ``RunTimeout`` past timeout."""
+    async def run_sync(self, request: SyncRequest) -> SyncAnswer:
+        """Run the service on ``body`` and return what the supervisor renders (to be streamed, then
+        closed); ``RunTimeout`` past timeout, ``ResponseTooLarge`` past ``max_response_bytes``."""
 
     async def cancel(self, job_id: str) -> None:
         """Stop a job if it is running or queued; nothing if it is unknown."""

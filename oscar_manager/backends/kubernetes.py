@@ -45,6 +45,7 @@ from oscar_manager.domain.jobs import JobOutcome, JobStatus
 from oscar_manager.domain.service import SERVICE_LABEL, Service
 from oscar_manager.errors import BadRequest, OscarError, PayloadTooLarge
 from oscar_manager.supervisor import response_frame
+from oscar_manager.supervisor.answer import SyncAnswer
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +273,7 @@ class KubernetesBackend:
                 if exc.status != 404:
                     raise
 
-    async def run_sync(self, request: SyncRequest) -> bytes:
+    async def run_sync(self, request: SyncRequest) -> SyncAnswer:
         if len(request.body) > MAX_EVENT_BYTES:
             raise PayloadTooLarge(
                 f"a sync run on Kubernetes takes at most {MAX_EVENT_BYTES} bytes (the request travels in the "
@@ -288,6 +289,7 @@ class KubernetesBackend:
             cluster=self._cluster,
             sync_deadline=math.ceil(request.timeout),
             any_bucket=request.any_bucket,
+            sync_max_response=request.max_response_bytes,
         )
         with _answers(f"create the job of a sync run of {service.name}"):
             created = await self._batch.create_namespaced_job(self._namespace, cast("client.V1Job", body))
@@ -303,11 +305,14 @@ class KubernetesBackend:
             # The response is read (or will never be): the Job and its pod go now, not at their TTL.
             with contextlib.suppress(OscarError):
                 await self.cancel(name)
-        log_text, response = response_frame.unframe(outcome.log)
+        # An answer over the limit is refused from its declared size, before it is decoded.
+        log_text, response = response_frame.unframe(
+            outcome.log, max_response_bytes=request.max_response_bytes
+        )
         if outcome.status is JobStatus.SUCCEEDED:
             if response is None:
                 raise ResponseLost("the run succeeded but its response is missing from the pod log")
-            return response
+            return SyncAnswer.of_bytes(response)
         if _past_deadline(job):
             raise RunTimeout(f"the run did not finish within {request.timeout:g} s and was killed")
         code = "unknown" if outcome.exit_code is None else outcome.exit_code

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,16 +30,12 @@ from oscar_manager.domain.jobs import JobOutcome, JobStatus
 from oscar_manager.domain.quantities import quantity_bytes, quantity_cores
 from oscar_manager.domain.service import Service, wants_network
 from oscar_manager.errors import OscarError
+from oscar_manager.storage.blocking import run_blocking
 from oscar_manager.storage.providers import StoreResolver, Stores
+from oscar_manager.supervisor.answer import SyncAnswer, render_response
 from oscar_manager.supervisor.deadline import Deadline, StagingTimeout
 from oscar_manager.supervisor.log import SupervisorLog
-from oscar_manager.supervisor.stage import (
-    Invocation,
-    render_response,
-    script_environment,
-    stage_in,
-    stage_out,
-)
+from oscar_manager.supervisor.stage import Invocation, script_environment, stage_in, stage_out
 from oscar_manager.supervisor.workspace import SCRIPT_NAME, Workspace
 
 log = logging.getLogger(__name__)
@@ -211,7 +207,7 @@ class LocalBackend:
 
     # --- sync runs ---------------------------------------------------------------------------------
 
-    async def run_sync(self, request: SyncRequest) -> bytes:
+    async def run_sync(self, request: SyncRequest) -> SyncAnswer:
         slog = SupervisorLog(request.service.log_level)
         workspace = self._workspace(prefix="run-")
         # One deadline for staging in, the script, staging out and the response; a sync slot is held only
@@ -237,11 +233,17 @@ class LocalBackend:
             await stage_out(
                 service=request.service, stores=run.stores, workspace=workspace, log=slog, deadline=deadline
             )
-            return await asyncio.to_thread(
-                render_response,
-                invocation=run.invocation,
-                workspace=workspace,
-                script_output=run.result.output,
+            # The answer keeps its file open: it is sent after the workspace is gone.
+            return await run_blocking(
+                functools.partial(
+                    render_response,
+                    invocation=run.invocation,
+                    workspace=workspace,
+                    script_output=run.result.output,
+                    limit=request.max_response_bytes,
+                    log=slog,
+                ),
+                discard=SyncAnswer.close,
             )
         except StagingTimeout as exc:
             raise RunTimeout(exc.message) from None
@@ -254,9 +256,13 @@ class LocalBackend:
         workspace = Workspace.create(self._work_root, prefix=prefix)
         owner = self._sandbox.runs_as
         if owner is not None:
-            # Scripts run as an unprivileged user: their folders must be theirs.
-            for path in (workspace.root, workspace.input_dir, workspace.output_dir):
-                os.chown(path, *owner)
+            # Scripts run as an unprivileged user: their folders must be theirs (the manager reaches them
+            # only through the descriptors the workspace holds, so what the script does there is its own).
+            try:
+                workspace.chown(*owner)
+            except BaseException:
+                workspace.cleanup()
+                raise
         return workspace
 
     async def _run(

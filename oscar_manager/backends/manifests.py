@@ -86,13 +86,18 @@ def _resources(service: Service) -> dict[str, Any]:
     return {"limits": limits, "requests": dict(limits)}
 
 
-def _env(service: Service, *, job_id: str, event: str, sync: bool, any_bucket: bool) -> list[dict[str, Any]]:
+def _env(
+    service: Service, *, job_id: str, event: str, sync: bool, any_bucket: bool, max_response: int | None
+) -> list[dict[str, Any]]:
     variables = [
         {"name": name, "value": value}
         for name, value in service.environment.variables.items()
         if name != reads.READ_ANY_BUCKET_ENV
     ]
     framing = [{"name": response_frame.ENV, "value": "1"}] if sync else []
+    if sync and max_response is not None:
+        # The supervisor refuses a larger answer before encoding it (and declares only its size).
+        framing.append({"name": response_frame.MAX_ENV, "value": str(max_response)})
     return [
         *variables,
         # Always set, and after the service's variables (and over its envFrom secrets): the service
@@ -114,12 +119,14 @@ def job(
     cluster: ClusterConfig,
     sync_deadline: int | None = None,
     any_bucket: bool = False,
+    sync_max_response: int | None = None,
 ) -> dict[str, Any]:
     """The batch/v1 Job that runs one invocation of ``service`` with ``event`` as its input.
 
     With ``sync_deadline`` (seconds) it is the Job of a sync run: labelled as such, its response framed in
-    the log for the manager to read back, and killed by Kubernetes itself past the deadline. With
-    ``any_bucket`` a storage event may name objects outside the service's inputs (the admin's runs).
+    the log for the manager to read back (at most ``sync_max_response`` bytes before base64), and killed
+    by Kubernetes itself past the deadline. With ``any_bucket`` a storage event may name objects outside
+    the service's inputs (the admin's runs).
     """
     sync = sync_deadline is not None
     container: dict[str, Any] = {
@@ -133,6 +140,7 @@ def job(
             event=event.decode("utf-8", errors="replace"),
             sync=sync,
             any_bucket=any_bucket,
+            max_response=sync_max_response,
         ),
         "resources": _resources(service),
         "volumeMounts": [

@@ -11,6 +11,7 @@ from oscar_manager.domain.access import can_view
 from oscar_manager.domain.service import Service
 from oscar_manager.errors import Forbidden, NotFound, Unauthorized
 from oscar_manager.registry import Database
+from oscar_manager.supervisor.answer import SyncAnswer
 from oscar_manager.supervisor.reads import check_invocation
 
 
@@ -51,8 +52,17 @@ async def service_for_invocation(
     return Invocation(service, any_bucket=True)
 
 
-async def run_sync(backend: Backend, *, invocation: Invocation, body: bytes, time_limit: float) -> bytes:
+async def run_sync(
+    backend: Backend, *, invocation: Invocation, body: bytes, time_limit: float, max_response_bytes: int
+) -> SyncAnswer:
+    """The answer, to be streamed and then closed."""
     service = invocation.service
     check_invocation(body, service=service, any_bucket=invocation.any_bucket)
-    request = SyncRequest(service=service, body=body, timeout=time_limit, any_bucket=invocation.any_bucket)
+    request = SyncRequest(
+        service=service,
+        body=body,
+        timeout=time_limit,
+        any_bucket=invocation.any_bucket,
+        max_response_bytes=max_response_bytes,
+    )
     return await backend.run_sync(request)

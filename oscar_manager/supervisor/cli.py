@@ -35,15 +35,10 @@ from oscar_manager.storage.base import ObjectStore
 from oscar_manager.storage.providers import s3_settings
 from oscar_manager.storage.s3 import S3ObjectStore
 from oscar_manager.supervisor import response_frame
+from oscar_manager.supervisor.answer import ResponseTooLarge, SyncAnswer, encoded_size, render_response
 from oscar_manager.supervisor.log import SupervisorLog
 from oscar_manager.supervisor.reads import READ_ANY_BUCKET_ENV
-from oscar_manager.supervisor.stage import (
-    Invocation,
-    render_response,
-    script_environment,
-    stage_in,
-    stage_out,
-)
+from oscar_manager.supervisor.stage import Invocation, script_environment, stage_in, stage_out
 from oscar_manager.supervisor.workspace import Workspace
 
 CONFIG_FILE = Path("/oscar/config/function_config.yaml")
@@ -86,6 +81,12 @@ def _b64_text(value: str, name: str) -> str:
         return base64.b64decode(value, validate=False).decode()
     except (binascii.Error, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"{name} is not base64-encoded UTF-8 text: {exc}") from None
+
+
+def _response_limit(env: Mapping[str, str]) -> int | None:
+    """The manager's cap on sync answers, when it passed one (sync Jobs); else none."""
+    value = env.get(response_frame.MAX_ENV, "")
+    return int(value) if value.isdigit() else None
 
 
 def provider_settings(service: Service, reference: ProviderRef, credentials_dir: Path) -> dict[str, Any]:
@@ -162,9 +163,9 @@ async def supervise(
     script_file: Path = SCRIPT_FILE,
     credentials_dir: Path = CREDENTIALS_DIR,
     live: BinaryIO | None = None,
-) -> tuple[int, bytes, str]:
-    """Run one invocation; return (exit code, sync response, log). With ``live``, the log and the script's
-    output are also written there as they happen."""
+) -> tuple[int, SyncAnswer, str]:
+    """Run one invocation; return (exit code, sync response, log); the caller closes the response. With
+    ``live``, the log and the script's output are also written there as they happen."""
     service = read_definition(env, config_file)
     service = service.model_copy(update={"script": read_script(env, script_file)})
 
@@ -216,13 +217,16 @@ async def supervise(
             log.output(output.decode("utf-8", errors="replace"))
             if code != 0:
                 log.error(f"The script exited with code {code}")
-                return code, output, log.text()
+                return code, SyncAnswer.of_bytes(output), log.text()
             await stage_out(service=service, stores=resolve, workspace=workspace, log=log)
-            return (
-                0,
-                render_response(invocation=invocation, workspace=workspace, script_output=output),
-                log.text(),
+            answer = render_response(
+                invocation=invocation,
+                workspace=workspace,
+                script_output=output,
+                limit=_response_limit(env),
+                log=log,
             )
+            return 0, answer, log.text()
     finally:
         workspace.cleanup()
 
@@ -252,10 +256,21 @@ async def run(
     except OscarError as exc:
         stderr.write(f"supervisor: {type(exc).__name__}: {exc.message}\n".encode())
         stderr.flush()
+        if isinstance(exc, ResponseTooLarge) and env.get(response_frame.ENV):
+            # Declared, not sent: the manager refuses it by its size alone.
+            stdout.write(response_frame.oversize_frame(encoded_size(exc.size)))
+            stdout.flush()
         return 1
-    if code == 0:
-        stdout.write(response_frame.frame(response) if env.get(response_frame.ENV) else response)
-        stdout.flush()
+    try:
+        if code == 0:
+            if env.get(response_frame.ENV):
+                response_frame.write_frame(stdout, response)
+            else:
+                for chunk in response.chunks():
+                    stdout.write(chunk)
+            stdout.flush()
+    finally:
+        response.close()
     return code
 
 

@@ -1,24 +1,22 @@
-"""Stage in, script environment, stage out and the sync response, as library functions."""
+"""Stage in, script environment and stage out, as library functions (the sync answer: ``answer.py``)."""
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import io
+import functools
 import os
-import stat
-import zipfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from oscar_manager.domain.events import ObjectEvent, decode_payload, object_events, parse_json
 from oscar_manager.domain.service import BUCKET_PROVIDER_TYPES, ProviderRef, Service, StorageIOConfig
 from oscar_manager.storage.base import InvalidKey
+from oscar_manager.storage.blocking import run_blocking
 from oscar_manager.storage.keys import validate_key
 from oscar_manager.storage.providers import StoreResolver
 from oscar_manager.supervisor.deadline import NO_DEADLINE, Deadline
 from oscar_manager.supervisor.log import SupervisorLog
+from oscar_manager.supervisor.outputs import OpenFile, file_chunks, open_output, output_files, write_input
 from oscar_manager.supervisor.reads import storage_reads
 from oscar_manager.supervisor.workspace import Workspace
 
@@ -70,16 +68,24 @@ async def stage_in(
         (read,) = storage_reads(service, [event], any_bucket=any_bucket)
         provider = read.provider
         name = event.key.rsplit("/", 1)[-1]
-        target = workspace.input_dir / name
         what = f"downloading '{event.bucket}/{event.key}' from '{provider}'"
         log.info(what[:1].upper() + what[1:])
-        await deadline.run(what, stores(provider).get_file(event.bucket, event.key, target))
-        return target
-    target = workspace.input_dir / EVENT_FILE_NAME
+        chunks = stores(provider).read_stream(event.bucket, event.key)
+        await deadline.run(what, write_input(workspace, name, chunks))
+        return workspace.input_dir / name
     content = decode_payload(invocation.body)
-    await asyncio.to_thread(target.write_bytes, content)
+    await write_input(workspace, EVENT_FILE_NAME, _once(content))
     log.info(f"Received a {len(content)}-byte invocation body")
-    return target
+    return workspace.input_dir / EVENT_FILE_NAME
+
+
+def _close(opened: OpenFile | None) -> None:
+    if opened is not None:
+        os.close(opened.fd)
+
+
+async def _once(content: bytes) -> AsyncIterator[bytes]:
+    yield content
 
 
 def script_environment(
@@ -114,19 +120,6 @@ def script_environment(
     return env
 
 
-def output_files(workspace: Workspace) -> list[str]:
-    """Regular files under the output folder, relative, sorted. Symlinks are never followed or returned:
-    the manager uploads with its own credentials, so a link to a host file must not leak it."""
-    found: list[str] = []
-    for directory, subdirs, files in os.walk(workspace.output_dir, followlinks=False):
-        subdirs.sort()
-        for name in files:
-            path = Path(directory) / name
-            if stat.S_ISREG(path.lstat().st_mode):
-                found.append(path.relative_to(workspace.output_dir).as_posix())
-    return sorted(found)
-
-
 def matches_filters(name: str, output: StorageIOConfig) -> bool:
     """faas-supervisor's rule: any prefix (or none given), then any suffix (or none given)."""
     prefix_ok = not output.prefix or any(name.startswith(prefix) for prefix in output.prefix)
@@ -142,7 +135,7 @@ async def stage_out(
     deadline: Deadline = NO_DEADLINE,
 ) -> list[str]:
     """Upload every output file that passes an output's filters; return ``bucket/key`` of each upload."""
-    files = await asyncio.to_thread(output_files, workspace)
+    files = await run_blocking(functools.partial(output_files, workspace, log))
     uploaded: list[str] = []
     for output in service.output:
         ref = ProviderRef(output.storage_provider)
@@ -159,27 +152,19 @@ async def stage_out(
             except InvalidKey as exc:
                 log.warning(f"Not uploading {name!r}: {exc.message}")
                 continue
+            opened = await run_blocking(functools.partial(open_output, workspace, name), discard=_close)
+            if opened is None:
+                log.warning(f"Not uploading {name!r}: it is no longer a regular file")
+                continue
             what = f"uploading '{name}' to '{bucket}/{key}' on '{ref}'"
             log.info(what[:1].upper() + what[1:])
-            await deadline.run(what, stores(str(ref)).put_file(bucket, key, workspace.output_dir / name))
+            try:
+                # From the descriptor, never by path: the script may have swapped a folder for a link.
+                await deadline.run(what, stores(str(ref)).put_stream(bucket, key, file_chunks(opened)))
+            finally:
+                os.close(opened.fd)
             uploaded.append(f"{bucket}/{key}")
     return uploaded
-
-
-def render_response(*, invocation: Invocation, workspace: Workspace, script_output: bytes) -> bytes:
-    """What a sync caller gets back (faas-supervisor's ``create_response``)."""
-    if invocation.storage_event is not None:
-        return script_output
-    files = output_files(workspace)
-    if not files:
-        return script_output
-    if len(files) == 1:
-        return base64.b64encode((workspace.output_dir / files[0]).read_bytes())
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name in files:
-            archive.write(workspace.output_dir / name, arcname=name)
-    return base64.b64encode(buffer.getvalue())
 
 
 def validate_invocation_body(body: bytes) -> Invocation:

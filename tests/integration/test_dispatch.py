@@ -15,6 +15,7 @@ from oscar_manager.operations import Database, dispatch
 from oscar_manager.operations.dispatch import Dispatcher, recover
 from oscar_manager.operations.intake import Intake
 from oscar_manager.operations.ratelimit import RateLimiter
+from oscar_manager.supervisor.answer import SyncAnswer
 from tests.support.factories import service_body
 
 pytestmark = pytest.mark.asyncio
@@ -42,7 +43,7 @@ class FlakyBackend:
             raise BackendUnavailable("the cluster is away")
         self.accepted.append(request.job_id)
 
-    async def run_sync(self, request: SyncRequest) -> bytes:
+    async def run_sync(self, request: SyncRequest) -> SyncAnswer:
         raise NotImplementedError
 
     async def cancel(self, job_id: str) -> None: ...

@@ -114,7 +114,7 @@ async def test_the_backend_lifecycle_needs_exactly_the_role(
     ]
     await until(lambda: ("batch", "jobs", "get") in rbac.asked_for())
     await api.finish_pod(NS, sync_job, succeeded=True, log="ran\n" + frame(b"HELLO").decode())
-    assert await run == b"HELLO"
+    assert (await run).read() == b"HELLO"
     assert api.get("Job", NS, sync_job) is None
 
     # Another is cancelled; then the service goes, with its objects and jobs.

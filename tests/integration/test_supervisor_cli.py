@@ -91,7 +91,7 @@ async def test_storage_event_downloads_and_uploads_through_s3(moto_endpoint: str
             credentials_dir=tmp_path / "providers",
         )
         assert code == 0, log
-        assert response == b"done\n"  # a storage event answers with the script's output
+        assert response.read() == b"done\n"  # a storage event answers with the script's output
         uploaded = await store.stat("cli-bucket", "out/my file+é.txt")
         assert uploaded is not None
         target = tmp_path / "result"

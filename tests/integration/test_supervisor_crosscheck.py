@@ -41,10 +41,10 @@ from oscar_manager.domain.events import ObjectEvent, notification
 from oscar_manager.domain.service import Service, parse_service
 from oscar_manager.storage.local import LocalObjectStore
 from oscar_manager.storage.providers import Stores
+from oscar_manager.supervisor.answer import render_response
 from oscar_manager.supervisor.log import SupervisorLog
 from oscar_manager.supervisor.stage import (
     Invocation,
-    render_response,
     script_environment,
     stage_in,
     stage_out,
@@ -234,7 +234,11 @@ async def run_ours(service: Service, body: bytes, *, store: LocalObjectStore, tm
     )
     assert result.exit_code == 0, result.output.decode(errors="replace")
     uploaded = await stage_out(service=service, stores=stores, workspace=workspace, log=slog)
-    response = render_response(invocation=invocation, workspace=workspace, script_output=result.output)
+    answer = render_response(
+        invocation=invocation, workspace=workspace, script_output=result.output, limit=None
+    )
+    response = answer.read()
+    answer.close()
     return Ours(response=response, script_output=result.output, uploaded=uploaded)
 
 

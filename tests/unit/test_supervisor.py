@@ -11,6 +11,7 @@ import io
 import json
 import os
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -23,14 +24,14 @@ from oscar_manager.errors import BadRequest, Forbidden
 from oscar_manager.storage.base import ObjectStore
 from oscar_manager.storage.local import LocalObjectStore
 from oscar_manager.storage.providers import Stores
+from oscar_manager.supervisor.answer import render_response
 from oscar_manager.supervisor.cli import container_environment
 from oscar_manager.supervisor.log import SupervisorLog
+from oscar_manager.supervisor.outputs import output_files
 from oscar_manager.supervisor.stage import (
     EVENT_FILE_NAME,
     Invocation,
     matches_filters,
-    output_files,
-    render_response,
     script_environment,
     stage_in,
     stage_out,
@@ -54,13 +55,26 @@ def stores(store: LocalObjectStore) -> Stores:
 
 
 @pytest.fixture
-def workspace(tmp_path: Path) -> Workspace:
-    return Workspace.create(tmp_path / "work")
+def workspace(tmp_path: Path) -> Iterator[Workspace]:
+    made = Workspace.create(tmp_path / "work")
+    yield made
+    made.cleanup()
 
 
 @pytest.fixture
 def log() -> SupervisorLog:
     return SupervisorLog("DEBUG")
+
+
+def render(*, invocation: Invocation, workspace: Workspace, script_output: bytes) -> bytes:
+    """The whole sync answer, uncapped."""
+    answer = render_response(
+        invocation=invocation, workspace=workspace, script_output=script_output, limit=None
+    )
+    try:
+        return answer.read()
+    finally:
+        answer.close()
 
 
 def make_service(**fields: Any) -> Service:
@@ -452,7 +466,7 @@ async def test_symlinks_and_special_files_in_the_output_folder_are_never_uploade
     assert uploaded == ["svc/out/real.txt"]
     assert await bucket_contents(store, "svc") == {"out/real.txt": b"real output"}
     # The sync response ignores them too: one real file means that file, not a zip.
-    response = render_response(
+    response = render(
         invocation=Invocation.read(base64.b64encode(b"x")), workspace=workspace, script_output=b"log"
     )
     assert base64.b64decode(response) == b"real output"
@@ -466,14 +480,14 @@ BODY = base64.b64encode(b"input")
 def test_response_one_file_is_its_base64(workspace: Workspace) -> None:
     content = bytes(range(256))
     write_outputs(workspace, {"only/file.bin": content})
-    response = render_response(invocation=Invocation.read(BODY), workspace=workspace, script_output=b"log")
+    response = render(invocation=Invocation.read(BODY), workspace=workspace, script_output=b"log")
     assert response == base64.b64encode(content)
 
 
 def test_response_several_files_are_a_base64_zip(workspace: Workspace) -> None:
     files = {"a.txt": b"alpha", "b/c.bin": bytes(range(100)), "é ✓.txt": "ünicode ✓".encode()}
     write_outputs(workspace, files)
-    response = render_response(invocation=Invocation.read(BODY), workspace=workspace, script_output=b"log")
+    response = render(invocation=Invocation.read(BODY), workspace=workspace, script_output=b"log")
     with zipfile.ZipFile(io.BytesIO(base64.b64decode(response, validate=True))) as archive:
         assert sorted(archive.namelist()) == sorted(files)
         assert {name: archive.read(name) for name in archive.namelist()} == files
@@ -482,15 +496,13 @@ def test_response_several_files_are_a_base64_zip(workspace: Workspace) -> None:
 @pytest.mark.parametrize("body", [BODY, b'{"message": "hi"}'])
 def test_response_without_files_is_the_script_output(body: bytes, workspace: Workspace) -> None:
     output = b"line one\nline \xff two\n"
-    assert (
-        render_response(invocation=Invocation.read(body), workspace=workspace, script_output=output) == output
-    )
+    assert render(invocation=Invocation.read(body), workspace=workspace, script_output=output) == output
 
 
 def test_response_to_a_storage_event_is_the_script_output(workspace: Workspace) -> None:
     write_outputs(workspace, {"result.txt": b"uploaded, not returned"})
     body = storage_body(BUCKET, quote_plus("input/x.txt", safe=""))
-    response = render_response(invocation=Invocation.read(body), workspace=workspace, script_output=b"done\n")
+    response = render(invocation=Invocation.read(body), workspace=workspace, script_output=b"done\n")
     assert response == b"done\n"
 
 

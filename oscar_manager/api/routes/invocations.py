@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
+from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
 from oscar_manager.api.deps import (
     AuthenticatorDep,
@@ -96,7 +98,7 @@ async def start_job(
             "object under none of the service's inputs (the admin may name any)"
         },
         404: {"description": "No such service"},
-        500: {"description": "The script failed"},
+        500: {"description": "The script failed, or its answer is over OSCAR_MAX_RUN_RESPONSE_BYTES"},
         504: {"description": "The run (staging in and out included) did not finish in time"},
     },
 )
@@ -111,7 +113,18 @@ async def run_service(
     invocation, body = await _authorized_call(
         request, name, database, authenticator, limit=settings.oscar_max_run_body_bytes
     )
-    output = await invocations.run_sync(
-        backend, invocation=invocation, body=body, time_limit=settings.oscar_run_timeout
+    answer = await invocations.run_sync(
+        backend,
+        invocation=invocation,
+        body=body,
+        time_limit=settings.oscar_run_timeout,
+        max_response_bytes=settings.oscar_max_run_response_bytes,
     )
-    return Response(content=output, media_type="text/plain; charset=utf-8")
+    # Streamed from the answer's file, base64 chunk by chunk: a large output never sits in memory whole.
+    # (The background task closes an answer whose stream never started: the client went away.)
+    return StreamingResponse(
+        answer.stream(),
+        media_type="text/plain; charset=utf-8",
+        headers={"Content-Length": str(answer.length)},
+        background=BackgroundTask(answer.close),
+    )
