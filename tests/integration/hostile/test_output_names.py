@@ -21,7 +21,8 @@ pytestmark = pytest.mark.asyncio
 SCRIPT = (
     'printf ok > "$TMP_OUTPUT_DIR/ok.txt"\n'
     "printf x > \"$TMP_OUTPUT_DIR/bad$(printf '\\377')name\"\n"
-    "mkdir \"$TMP_OUTPUT_DIR/dir$(printf '\\376')\" && printf y > \"$TMP_OUTPUT_DIR/dir$(printf '\\376')/in.txt\"\n"
+    "bad_dir=\"$TMP_OUTPUT_DIR/dir$(printf '\\376')\"\n"
+    'mkdir "$bad_dir" && printf y > "$bad_dir/in.txt"\n'
     "echo done\n"
 )
 

@@ -14,12 +14,19 @@ from __future__ import annotations
 
 import base64
 import os
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from oscar_manager.domain.service import parse_service
 from oscar_manager.settings import Settings
+from oscar_manager.storage.local import LocalObjectStore
+from oscar_manager.storage.providers import Stores
+from oscar_manager.supervisor import stage
+from oscar_manager.supervisor.log import SupervisorLog
+from oscar_manager.supervisor.workspace import Workspace
 from tests.support.app import app_client
 from tests.support.factories import service_body
 from tests.support.jobs import wait_for_jobs
@@ -136,3 +143,40 @@ async def test_kubernetes_supervisor_never_uploads_the_mounted_credentials(
     async with app_client(kubernetes_settings) as client:
         result = await attack(client, name, script, within=90)
     assert_nothing_leaked(name, result, attack_name)
+
+
+async def test_a_folder_swapped_after_the_listing_is_not_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a pod, a process the script left behind can swap a folder while the supervisor uploads: here it
+    happens, deterministically, right after the outputs were listed."""
+    store = LocalObjectStore(tmp_path / "buckets")
+    await store.ensure_bucket("svc")
+    workspace = Workspace.create(tmp_path / "work")
+    sub = workspace.output_dir / "sub"
+    sub.mkdir()
+    (sub / "secretKey").write_text("the script's own file")
+    providers = tmp_path / "providers"
+    providers.mkdir()
+    (providers / "secretKey").write_text("the provider's secret")
+    listed = stage.output_files
+
+    def list_then_swap(*args: Any) -> list[str]:
+        names = listed(*args)
+        sub.rename(tmp_path / "away")
+        sub.symlink_to(providers)
+        return names
+
+    monkeypatch.setattr(stage, "output_files", list_then_swap)
+    service = parse_service(service_body("svc", output=[{"storage_provider": "minio", "path": "svc/out"}]))
+    try:
+        await stage.stage_out(service=service, stores=Stores(store), workspace=workspace, log=SupervisorLog())
+    finally:
+        workspace.cleanup()
+    uploaded = {
+        info.key: b"".join([chunk async for chunk in store.read_stream("svc", info.key)])
+        for info in await store.list_objects("svc")
+    }
+    leaked = [key for key, content in uploaded.items() if content == b"the provider's secret"]
+    assert leaked == []
+    assert (providers / "secretKey").read_text() == "the provider's secret"

@@ -37,7 +37,8 @@ def assert_too_large(response: httpx.Response, size: int) -> None:
     assert response.status_code == 500, response.text[:300]
     body = response.json()
     assert body["error"] == "ResponseTooLarge"
-    assert str(size) in body["detail"] and "OSCAR_MAX_RUN_RESPONSE_BYTES" in body["detail"]
+    assert str(size) in body["detail"]
+    assert "OSCAR_MAX_RUN_RESPONSE_BYTES" in body["detail"]
     assert str(50 * 1024 * 1024) in body["detail"]
 
 
