@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -301,7 +302,7 @@ class LocalBackend:
         owner = self._sandbox.runs_as
         if owner is not None:
             # Under the private umask (077) the staged files are the manager's alone: give them to the script.
-            await asyncio.to_thread(_hand_over, workspace.root, owner)
+            await asyncio.to_thread(_hand_over, workspace, owner)
         async with contextlib.AsyncExitStack() as slot:
             if slots is not None:
                 await deadline.run("waiting for a free slot to run the script", slots.acquire())
@@ -330,8 +331,9 @@ class LocalBackend:
         return _Run(invocation=invocation, result=result, bounds_hit=bounds_hit, stores=stores)
 
 
-def _hand_over(root: Path, owner: tuple[int, int]) -> None:
-    """Everything below ``root`` (written by the manager, before the script runs) to the script's user."""
-    for _, dirs, files, dir_fd in os.fwalk(root, follow_symlinks=False):
+def _hand_over(workspace: Workspace, owner: tuple[int, int]) -> None:
+    """Everything in the workspace (written by the manager, before the script runs) to the script's user,
+    walked from the held root descriptor."""
+    for _, dirs, files, dir_fd in os.fwalk(".", dir_fd=workspace.root_fd, follow_symlinks=False):
         for name in [*dirs, *files]:
             os.chown(name, *owner, dir_fd=dir_fd, follow_symlinks=False)
