@@ -12,6 +12,7 @@ rest, so no ``preexec_fn`` runs in a fork of the threaded manager.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import itertools
@@ -160,6 +161,13 @@ class Cgroups:
             raise
         return group
 
+    def remove_parents(self) -> None:
+        """Remove this manager's (empty) parent cgroups; one still holding a job stays, for the next start
+        to clean up."""
+        for parent in self.parents.values():
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+
     def job_dirs(self) -> list[Path]:
         """The job cgroups that exist now (none once every job has finished)."""
         return sorted(path for parent in self.parents.values() for path in parent.glob("job-*"))
@@ -196,8 +204,11 @@ def _quota_us(cores: float) -> int:
 
 @functools.cache
 def host_cgroups() -> Cgroups:
-    """This process's cgroups, found once (stale parents of managers that are gone are removed then)."""
-    return detect()
+    """This process's cgroups, found once (stale parents of managers that are gone are removed then, and
+    this process's own when it exits)."""
+    found = detect()
+    atexit.register(found.remove_parents)
+    return found
 
 
 def detect(proc: Path = Path("/proc/self")) -> Cgroups:

@@ -201,6 +201,24 @@ def test_cgroups_of_a_crashed_manager_are_removed_at_start() -> None:
         victim.kill()
 
 
+def test_a_manager_that_exits_removes_its_own_cgroups() -> None:
+    host = cgroups.host_cgroups()
+    if not host.available:
+        unavailable(host.reason)
+    code = (
+        "import os; from oscar_manager.backends import cgroups; "
+        "found = cgroups.host_cgroups(); assert found.available, found.reason; "
+        "print(os.getpid(), *[str(p) for p in found.parents.values()])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    pid, *parents = done.stdout.split()
+    assert parents
+    assert all(path.endswith(f"{cgroups.PARENT_PREFIX}{pid}") for path in parents)
+    assert not any(Path(path).exists() for path in parents)
+
+
 async def test_a_sync_run_and_a_job_are_bounded_the_same_way(settings: Settings) -> None:
     if not cgroups.host_cgroups().available:
         unavailable(cgroups.host_cgroups().reason)
