@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import os
@@ -41,6 +40,7 @@ from oscar_manager.backends.base import (
     SubmissionRefused,
     SyncRequest,
 )
+from oscar_manager.backends.kube_answers import KubernetesError, invalid_fields, reason, retryable
 from oscar_manager.domain.jobs import JobOutcome, JobStatus
 from oscar_manager.domain.service import SERVICE_LABEL, Service
 from oscar_manager.errors import BadRequest, OscarError, PayloadTooLarge
@@ -57,41 +57,10 @@ WATCHED_JOBS = f"{SERVICE_LABEL},!{manifests.SYNC_LABEL}"
 _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 
 
-class KubernetesError(OscarError):
-    """The API server refused a change to a service's objects (RBAC, validation): the reason is passed on."""
-
-    status_code = 502
-
-
 class ResponseLost(OscarError):
     """The run ended well but its response is not in the pod log (a log rotated or cut by the node)."""
 
     status_code = 502
-
-
-def _status(exc: ApiException) -> dict[str, Any]:
-    """The API server's ``Status`` body of an error ({} when it sent none)."""
-    try:
-        body = json.loads(exc.body or "{}")
-    except (TypeError, ValueError):
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
-def _reason(exc: ApiException) -> str:
-    message = _status(exc).get("message") or str(exc.body or "")[:500]
-    return f"{exc.status} {exc.reason}: {message}"
-
-
-def _retryable(exc: ApiException) -> bool:
-    """A server-side failure or throttling: the same request may well succeed later."""
-    return exc.status >= 500 or exc.status == 429
-
-
-def _invalid_fields(exc: ApiException) -> list[str]:
-    """The fields a 422 Invalid names (``details.causes[].field``)."""
-    causes = (_status(exc).get("details") or {}).get("causes") or []
-    return [str(cause["field"]) for cause in causes if isinstance(cause, dict) and cause.get("field")]
 
 
 @contextlib.contextmanager
@@ -101,12 +70,12 @@ def _answers(action: str) -> Any:
     try:
         yield
     except ApiException as exc:
-        if _retryable(exc):
-            raise BackendUnavailable(f"Kubernetes could not {action}: {_reason(exc)}") from None
+        if retryable(exc):
+            raise BackendUnavailable(f"Kubernetes could not {action}: {reason(exc)}") from None
         if exc.status == 422:
-            fields = ", ".join(_invalid_fields(exc)) or "unknown field"
-            raise BadRequest(f"Kubernetes found {fields} invalid: cannot {action}: {_reason(exc)}") from None
-        raise KubernetesError(f"Kubernetes refused to {action}: {_reason(exc)}") from None
+            fields = ", ".join(invalid_fields(exc)) or "unknown field"
+            raise BadRequest(f"Kubernetes found {fields} invalid: cannot {action}: {reason(exc)}") from None
+        raise KubernetesError(f"Kubernetes refused to {action}: {reason(exc)}") from None
     except _TRANSPORT_ERRORS as exc:
         raise BackendUnavailable(f"Kubernetes API unreachable: cannot {action}: {exc}") from None
 
@@ -255,9 +224,9 @@ class KubernetesBackend:
         except ApiException as exc:
             if exc.status == 409:
                 return  # created before (a resubmission): already done
-            if _retryable(exc):
-                raise BackendUnavailable(f"Kubernetes could not create the job: {_reason(exc)}") from None
-            raise SubmissionRefused(f"Kubernetes refused the job: {_reason(exc)}") from None
+            if retryable(exc):
+                raise BackendUnavailable(f"Kubernetes could not create the job: {reason(exc)}") from None
+            raise SubmissionRefused(f"Kubernetes refused the job: {reason(exc)}") from None
         except _TRANSPORT_ERRORS as exc:
             raise BackendUnavailable(f"Kubernetes API unreachable: {exc}") from None
         finally:
@@ -350,9 +319,9 @@ class KubernetesBackend:
                     continue
                 if exc.status == 404:
                     raise BackendUnavailable(f"the Job {name} of the sync run was deleted") from None
-                if not _retryable(exc):
-                    raise KubernetesError(f"Kubernetes refused to watch job {name}: {_reason(exc)}") from None
-                problem = _reason(exc)
+                if not retryable(exc):
+                    raise KubernetesError(f"Kubernetes refused to watch job {name}: {reason(exc)}") from None
+                problem = reason(exc)
             except _TRANSPORT_ERRORS as exc:
                 problem = str(exc) or type(exc).__name__
             log.warning("lost the watch of sync job %s (%s); retrying in %.1f s", name, problem, delay)
@@ -398,7 +367,7 @@ class KubernetesBackend:
                     log.info("job watch expired at resourceVersion %s: listing again", version)
                     version = None
                     continue
-                log.warning("job watch failed: %s; retrying in %.1f s", _reason(exc), delay)
+                log.warning("job watch failed: %s; retrying in %.1f s", reason(exc), delay)
             except _TRANSPORT_ERRORS as exc:
                 log.warning("job watch lost the API server (%s); retrying in %.1f s", exc, delay)
             except Exception:
@@ -452,7 +421,7 @@ class KubernetesBackend:
                     if container.name == manifests.CONTAINER and terminated is not None:
                         exit_code = terminated.exit_code
         except ApiException as exc:
-            text = f"(the log could not be read: {_reason(exc)})\n"
+            text = f"(the log could not be read: {reason(exc)})\n"
         if _past_deadline(job):
             text += f"Kubernetes killed the job after its {deadline} s timeout (DeadlineExceeded)\n"
         return JobOutcome(

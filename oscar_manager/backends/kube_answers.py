@@ -1,0 +1,49 @@
+"""What the Kubernetes API server's refusals say, read from their status code and ``Status`` body.
+
+Pure: it works on anything with the attributes of kubernetes-asyncio's ``ApiException`` (``status``,
+``reason``, ``body``), so that only ``backends/kubernetes.py`` imports the client library.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from oscar_manager.errors import OscarError
+
+
+class ApiError(Protocol):
+    status: int
+    reason: str | None
+    body: Any
+
+
+class KubernetesError(OscarError):
+    """The API server refused a change to a service's objects (RBAC, validation): the reason is passed on."""
+
+    status_code = 502
+
+
+def status_body(exc: ApiError) -> dict[str, Any]:
+    """The API server's ``Status`` body of an error ({} when it sent none)."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def reason(exc: ApiError) -> str:
+    message = status_body(exc).get("message") or str(exc.body or "")[:500]
+    return f"{exc.status} {exc.reason}: {message}"
+
+
+def retryable(exc: ApiError) -> bool:
+    """A server-side failure or throttling: the same request may well succeed later."""
+    return exc.status >= 500 or exc.status == 429
+
+
+def invalid_fields(exc: ApiError) -> list[str]:
+    """The fields a 422 Invalid names (``details.causes[].field``)."""
+    causes = (status_body(exc).get("details") or {}).get("causes") or []
+    return [str(cause["field"]) for cause in causes if isinstance(cause, dict) and cause.get("field")]
