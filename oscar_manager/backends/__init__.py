@@ -1,1 +1,1 @@
-"""Where jobs run: the ``Backend`` protocol, the local executor and (later) Kubernetes."""
+"""Where jobs run: the ``Backend`` protocol, the local executor and Kubernetes."""

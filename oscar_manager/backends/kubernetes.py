@@ -10,6 +10,10 @@ watch on that one Job, reads the response the supervisor framed into the pod log
 past the run's timeout the Job is deleted and the answer is 504 (Kubernetes also kills it by its
 ``activeDeadlineSeconds``, should the manager be gone).
 
+A body too large for the Job's environment (``manifests.body_inline``) goes, after the Job, into Secrets
+the Job owns, which the garbage collector deletes with it; the pod waits for them as for any volume. A
+resubmission finds the Job (409) and creates what is missing of them.
+
 Not here: per-user namespaces, Kueue.
 """
 
@@ -17,11 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -43,15 +48,13 @@ from oscar_manager.backends.base import (
 from oscar_manager.backends.kube_answers import KubernetesError, invalid_fields, reason, retryable
 from oscar_manager.domain.jobs import JobOutcome, JobStatus
 from oscar_manager.domain.service import SERVICE_LABEL, Service
-from oscar_manager.errors import BadRequest, OscarError, PayloadTooLarge
+from oscar_manager.errors import BadRequest, OscarError
 from oscar_manager.supervisor import response_frame
 from oscar_manager.supervisor.answer import SyncAnswer
 
 log = logging.getLogger(__name__)
 
 WATCH_SECONDS = 60
-# An event travels in its Job's environment, and the API server keeps objects under 1.5 MiB.
-MAX_EVENT_BYTES = 1024 * 1024
 # The job watcher's Jobs: the services' ones, not those of sync runs (awaited by their requests).
 WATCHED_JOBS = f"{SERVICE_LABEL},!{manifests.SYNC_LABEL}"
 _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
@@ -206,31 +209,53 @@ class KubernetesBackend:
     # --- jobs --------------------------------------------------------------------------------------
 
     async def submit(self, request: JobRequest) -> None:
-        body = manifests.job(
-            request.service, job_id=request.job_id, event=request.payload, cluster=self._cluster
-        )
+        service, name, payload = request.service, request.job_id, request.payload
+        body = manifests.job(service, job_id=name, event=payload, cluster=self._cluster)
+        inline = manifests.body_inline(payload)
         self._inflight += 1
         try:
-            # The client is typed for its models; it serialises plain dicts all the same. The created Job
-            # is not needed: leaving the answer unparsed (no V1Job model) spares half the call's CPU.
-            answer = await self._batch.create_namespaced_job(
-                self._namespace, cast("client.V1Job", body), _preload_content=False
-            )
-            async with cast("aiohttp.ClientResponse", answer) as raw:
-                if not 200 <= raw.status <= 299:
-                    refused = ApiException(status=raw.status, reason=raw.reason)
-                    refused.body = await raw.read()
-                    raise refused
+            created = await self._create(self._batch.create_namespaced_job, body, parse=not inline)
+            if not inline:
+                # Created before (a resubmission): its Secrets may be there too, or only some of them.
+                uid = created["metadata"]["uid"] if created else await self._job_uid(name)
+                await self._deliver_body(service, name, uid, payload)
         except ApiException as exc:
-            if exc.status == 409:
-                return  # created before (a resubmission): already done
             if retryable(exc):
                 raise BackendUnavailable(f"Kubernetes could not create the job: {reason(exc)}") from None
+            if not inline:  # its pod would wait for its volumes until its deadline
+                with contextlib.suppress(OscarError):
+                    await self.cancel(name)
             raise SubmissionRefused(f"Kubernetes refused the job: {reason(exc)}") from None
         except _TRANSPORT_ERRORS as exc:
             raise BackendUnavailable(f"Kubernetes API unreachable: {exc}") from None
         finally:
             self._inflight -= 1
+
+    async def _create(
+        self, create: Callable[..., Awaitable[object]], body: dict[str, Any], *, parse: bool = False
+    ) -> dict[str, Any] | None:
+        """POST ``body``; return the object created (when ``parse``, else {}), or None if it existed already
+        (409). The answer is left unparsed otherwise: no client model spares half the call's CPU. (The
+        client is typed for its models; it serialises plain dicts all the same.)"""
+        answer = await create(self._namespace, body, _preload_content=False)
+        async with cast("aiohttp.ClientResponse", answer) as raw:
+            if raw.status == 409:
+                return None
+            if not 200 <= raw.status <= 299:
+                refused = ApiException(status=raw.status, reason=raw.reason)
+                refused.body = await raw.read()
+                raise refused
+            return cast("dict[str, Any]", json.loads(await raw.read())) if parse else {}
+
+    async def _job_uid(self, name: str) -> str:
+        job = await self._batch.read_namespaced_job(name, self._namespace)
+        return str(job.metadata.uid)
+
+    async def _deliver_body(self, service: Service, job_name: str, uid: str, event: bytes) -> None:
+        """Store the parts of a body too large for the Job's environment, in Secrets the Job owns; its pod
+        starts once they are all there. One at a time: each is hundreds of KiB."""
+        for secret in manifests.body_secrets(service, job_id=job_name, job_uid=uid, event=event):
+            await self._create(self._core.create_namespaced_secret, secret)
 
     async def cancel(self, job_id: str) -> None:
         with _answers(f"delete job {job_id}"):
@@ -243,11 +268,6 @@ class KubernetesBackend:
                     raise
 
     async def run_sync(self, request: SyncRequest) -> SyncAnswer:
-        if len(request.body) > MAX_EVENT_BYTES:
-            raise PayloadTooLarge(
-                f"a sync run on Kubernetes takes at most {MAX_EVENT_BYTES} bytes (the request travels in the "
-                "Job's environment); upload larger inputs to the service's input bucket"
-            )
         service = request.service
         # Random, not derived from the body: two identical requests are two runs.
         name = f"{service.name[:40]}-run-{secrets.token_hex(8)}"
@@ -264,6 +284,9 @@ class KubernetesBackend:
             created = await self._batch.create_namespaced_job(self._namespace, cast("client.V1Job", body))
         try:
             async with asyncio.timeout(request.timeout):
+                if not manifests.body_inline(request.body):
+                    with _answers(f"store the body of a sync run of {service.name}"):
+                        await self._deliver_body(service, name, created.metadata.uid, request.body)
                 job = await self._await_end(name, created.metadata.resource_version)
             outcome = await self._outcome(job)
         except TimeoutError:

@@ -4,19 +4,25 @@ Compatible with upstream OSCAR where clients or scripts can tell (container ``os
 ``oscar_service``, ``EVENT``/``JOB_UUID`` in the environment, the config at ``/oscar/config``, MinIO
 credentials at ``/var/run/secrets/providers/minio.default``). Different on purpose: the supervisor is not
 read from a shared PVC but copied by an init container from the manager's own image into an ``emptyDir``
-at ``/oscar/bin``, so the user's image needs nothing but ``/bin/sh``; and the job name comes from the
-intake's dedup key, so a redelivered event maps to the same Job (409 AlreadyExists = already submitted).
+at ``/oscar/bin``, so the user's image needs nothing but ``/bin/sh``; the job name comes from the
+intake's dedup key, so a redelivered event maps to the same Job (409 AlreadyExists = already submitted);
+and a body too large for ``EVENT`` travels in Secrets the Job owns (``body_secrets``), projected into the
+pod at ``/oscar/event``: a container cannot start with an environment string over 128 KiB, nor can etcd
+keep a Job over 1.5 MiB.
 """
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 from oscar_manager.domain.service import SERVICE_LABEL, Service, job_view
-from oscar_manager.supervisor import reads, response_frame
+from oscar_manager.supervisor import body_parts, reads, response_frame
+from oscar_manager.supervisor.stage import event_variable
 
 CONTAINER = "oscar-container"
 INIT_CONTAINER = "oscar-supervisor"
@@ -86,13 +92,73 @@ def _resources(service: Service) -> dict[str, Any]:
     return {"limits": limits, "requests": dict(limits)}
 
 
+def body_inline(event: bytes) -> bool:
+    """The body travels in the Job's ``EVENT`` (as upstream's): it fits there, and as it is."""
+    text = event_variable(event)
+    return text is not None and text.encode() == event
+
+
+def _event_env(event: bytes, *, inline: bool) -> list[dict[str, Any]]:
+    """``EVENT``, or the description of the body's parts for the supervisor."""
+    if inline:
+        return [{"name": "EVENT", "value": event.decode()}]
+    return [{"name": name, "value": value} for name, value in body_parts.environment(event).items()]
+
+
+def _body_volume(job_id: str, event: bytes) -> dict[str, Any]:
+    """The body's parts, one Secret each, as the files of one read-only volume."""
+    sources = [
+        {
+            "secret": {
+                "name": _part_secret(job_id, index),
+                "items": [{"key": body_parts.PART_KEY, "path": name}],
+            }
+        }
+        for index, name in enumerate(map(body_parts.part_name, range(body_parts.count(event))))
+    ]
+    return {"name": "oscar-event", "projected": {"sources": sources}}
+
+
+def _part_secret(job_id: str, index: int) -> str:
+    return f"{job_id}-body-{index}"
+
+
+def body_secrets(service: Service, *, job_id: str, job_uid: str, event: bytes) -> Iterator[dict[str, Any]]:
+    """The Secrets holding the parts of a body that does not travel inline, one at a time (they are big).
+
+    Owned by the Job (``ownerReferences`` with its uid), so the garbage collector deletes them with it:
+    at its TTL, when it is cancelled, when its service is removed. Created after the Job, whose pod waits
+    for its volumes until they are all there. No ``blockOwnerDeletion``: that would need the right to
+    update the Job's finalizers.
+    """
+    owner = {"apiVersion": "batch/v1", "kind": "Job", "name": job_id, "uid": job_uid}
+    for index, part in enumerate(body_parts.split(event)):
+        metadata = _metadata(service, _part_secret(job_id, index))
+        metadata["labels"]["job-id"] = job_id
+        yield {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {**metadata, "ownerReferences": [owner]},
+            "type": "Opaque",
+            "immutable": True,
+            "data": {body_parts.PART_KEY: base64.b64encode(part).decode()},
+        }
+
+
 def _env(
-    service: Service, *, job_id: str, event: str, sync: bool, any_bucket: bool, max_response: int | None
+    service: Service,
+    *,
+    job_id: str,
+    event_env: list[dict[str, Any]],
+    sync: bool,
+    any_bucket: bool,
+    max_response: int | None,
 ) -> list[dict[str, Any]]:
     variables = [
         {"name": name, "value": value}
         for name, value in service.environment.variables.items()
-        if name != reads.READ_ANY_BUCKET_ENV
+        # Ours to set: what the supervisor may read, and how the body reached it.
+        if name not in (reads.READ_ANY_BUCKET_ENV, body_parts.PARTS_ENV, body_parts.DIGEST_ENV)
     ]
     framing = [{"name": response_frame.ENV, "value": "1"}] if sync else []
     if sync and max_response is not None:
@@ -104,7 +170,7 @@ def _env(
         # cannot widen what its supervisor reads.
         {"name": reads.READ_ANY_BUCKET_ENV, "value": "true" if any_bucket else "false"},
         {"name": "OSCAR_SERVICE_NAME", "value": service.name},
-        {"name": "EVENT", "value": event},
+        *event_env,
         {"name": "JOB_UUID", "value": job_id},
         {"name": "RESOURCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         *framing,
@@ -129,15 +195,17 @@ def job(
     the service's inputs (the admin's runs).
     """
     sync = sync_deadline is not None
+    inline = body_inline(event)
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": service.image,
-        # No shell pipeline: the supervisor reads the event from $EVENT when its stdin is empty.
+        # No shell pipeline: the supervisor reads the event from $EVENT (or /oscar/event) when its stdin is
+        # empty.
         "command": [f"{SUPERVISOR_DIR}/supervisor"],
         "env": _env(
             service,
             job_id=job_id,
-            event=event.decode("utf-8", errors="replace"),
+            event_env=_event_env(event, inline=inline),
             sync=sync,
             any_bucket=any_bucket,
             max_response=sync_max_response,
@@ -149,6 +217,16 @@ def job(
             {"name": "minio-credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True},
         ],
     }
+    volumes: list[dict[str, Any]] = [
+        {"name": "oscar-config", "configMap": {"name": service.name}},
+        {"name": "oscar-supervisor", "emptyDir": {}},
+        {"name": "minio-credentials", "secret": {"secretName": cluster.credentials_secret}},
+    ]
+    if not inline:
+        volumes.append(_body_volume(job_id, event))
+        container["volumeMounts"].append(
+            {"name": "oscar-event", "mountPath": str(body_parts.BODY_DIR), "readOnly": True}
+        )
     if service.environment.secrets:
         container["envFrom"] = [{"secretRef": {"name": service.name}}]
     init: dict[str, Any] = {
@@ -188,11 +266,7 @@ def job(
                     "imagePullSecrets": [{"name": name} for name in service.image_pull_secrets],
                     "initContainers": [init],
                     "containers": [container],
-                    "volumes": [
-                        {"name": "oscar-config", "configMap": {"name": service.name}},
-                        {"name": "oscar-supervisor", "emptyDir": {}},
-                        {"name": "minio-credentials", "secret": {"secretName": cluster.credentials_secret}},
-                    ],
+                    "volumes": volumes,
                 },
             },
         },

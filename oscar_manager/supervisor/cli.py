@@ -2,7 +2,8 @@
 
 It reads what faas-supervisor reads, where faas-supervisor reads it, so OSCAR's pod layout works as is:
 
-- the event on standard input (or in ``EVENT`` when standard input is empty);
+- the event on standard input; when that is empty, from the parts the manager mounted at ``/oscar/event``
+  (a body too large for the environment: ``supervisor/body_parts.py``), else from ``EVENT``;
 - the service definition from ``/oscar/config/function_config.yaml``, else ``FUNCTION_CONFIG`` (base64 YAML);
 - the script from ``SCRIPT`` (base64) if set, else ``/oscar/config/script.sh``;
 - ``minio.default`` credentials from ``/var/run/secrets/providers/minio.default/{accessKey,secretKey}``, other
@@ -34,7 +35,7 @@ from oscar_manager.errors import BadRequest, OscarError
 from oscar_manager.storage.base import ObjectStore
 from oscar_manager.storage.providers import s3_settings
 from oscar_manager.storage.s3 import S3ObjectStore
-from oscar_manager.supervisor import response_frame
+from oscar_manager.supervisor import body_parts, response_frame
 from oscar_manager.supervisor.answer import ResponseTooLarge, SyncAnswer, encoded_size, render_response
 from oscar_manager.supervisor.log import SupervisorLog
 from oscar_manager.supervisor.reads import READ_ANY_BUCKET_ENV
@@ -44,11 +45,25 @@ from oscar_manager.supervisor.workspace import Workspace
 CONFIG_FILE = Path("/oscar/config/function_config.yaml")
 SCRIPT_FILE = Path("/oscar/config/script.sh")
 CREDENTIALS_DIR = Path("/var/run/secrets/providers")
+BODY_DIR = Path(body_parts.BODY_DIR)
 SHELL = "/bin/sh"
+# What the container's environment says of the event, not for the script: EVENT is the supervisor's to set
+# (only when the body fits), and the parts' description is the manager's message to the supervisor.
+_EVENT_CARRIERS = ("EVENT", body_parts.PARTS_ENV, body_parts.DIGEST_ENV)
 
 
 class ConfigurationError(OscarError):
     status_code = 500
+
+
+def read_event(stdin: bytes, env: Mapping[str, str], body_dir: Path = BODY_DIR) -> bytes:
+    """The invocation body: standard input, else the mounted parts (when the environment describes
+    some), else ``EVENT``."""
+    if stdin.strip():
+        return stdin
+    if body_parts.PARTS_ENV in env:
+        return body_parts.read(body_dir, env)
+    return env.get("EVENT", "").encode()
 
 
 def read_definition(env: Mapping[str, str], config_file: Path = CONFIG_FILE) -> Service:
@@ -198,7 +213,7 @@ async def supervise(
                 any_bucket=env.get(READ_ANY_BUCKET_ENV) == "true",
             )
             script_env = {
-                **env,
+                **{name: value for name, value in env.items() if name not in _EVENT_CARRIERS},
                 **script_environment(
                     service=service,
                     invocation=invocation,
@@ -299,8 +314,11 @@ def container_environment(env: Mapping[str, str], *, frozen: bool) -> dict[str, 
 
 
 def main() -> None:
-    event = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
-    if not event.strip():
-        event = os.environ.get("EVENT", "").encode()
+    stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     env = container_environment(os.environ, frozen=bool(getattr(sys, "frozen", False)))
+    try:
+        event = read_event(stdin, env)
+    except OscarError as exc:
+        sys.stderr.write(f"supervisor: {type(exc).__name__}: {exc.message}\n")
+        sys.exit(1)
     sys.exit(asyncio.run(run(event, env=env, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer)))

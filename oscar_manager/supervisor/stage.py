@@ -7,6 +7,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from oscar_manager.domain.events import ObjectEvent, decode_payload, object_events, parse_json
 from oscar_manager.domain.service import BUCKET_PROVIDER_TYPES, ProviderRef, Service, StorageIOConfig
@@ -22,6 +23,11 @@ from oscar_manager.supervisor.workspace import Workspace
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 EVENT_FILE_NAME = "event-file"
+# Linux refuses an execve with an environment string over MAX_ARG_STRLEN (32 pages: 128 KiB, "EVENT=" and
+# the NUL included), or with arguments and environment together over a quarter of the stack limit. A
+# body larger than this is not in EVENT (which is then unset): the script reads the payload at
+# INPUT_FILE_PATH, as it does anyway. Half the per-string limit leaves room for the service's variables.
+EVENT_ENV_MAX_BYTES: Final = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +43,18 @@ class Invocation:
         return cls(body=body, storage_event=events[0] if events else None)
 
     @property
-    def event_text(self) -> str:
-        # Environment values cannot hold NUL; invalid UTF-8 is kept as replacement characters.
-        return self.body.decode("utf-8", errors="replace").replace("\x00", "")
+    def event_variable(self) -> str | None:
+        """``EVENT``: the body as text, or None (unset) when that is over ``EVENT_ENV_MAX_BYTES``."""
+        return event_variable(self.body)
+
+
+def event_variable(body: bytes) -> str | None:
+    """``EVENT`` for ``body``: its text, or None (unset) when that is over ``EVENT_ENV_MAX_BYTES``."""
+    if len(body) > EVENT_ENV_MAX_BYTES:  # over, whatever its text: no need to decode megabytes
+        return None
+    # Environment values cannot hold NUL; invalid UTF-8 is kept as replacement characters.
+    text = body.decode("utf-8", errors="replace").replace("\x00", "")
+    return text if len(text.encode()) <= EVENT_ENV_MAX_BYTES else None
 
 
 def split_path(path: str) -> tuple[str, str]:
@@ -108,12 +123,16 @@ def script_environment(
             "OSCAR_SERVICE_TOKEN": service.token,
             "OSCAR_SERVICE_BASE_PATH": "",
             "JOB_UUID": job_id,
-            "EVENT": invocation.event_text,
             "INPUT_FILE_PATH": visible_path(input_path),
             "TMP_INPUT_DIR": visible_path(workspace.input_dir),
             "TMP_OUTPUT_DIR": visible_path(workspace.output_dir),
         }
     )
+    event = invocation.event_variable
+    if event is None:
+        env.pop("EVENT", None)  # unset means unset, even if the service defines a variable of that name
+    else:
+        env["EVENT"] = event
     if invocation.storage_event is not None:
         env["STORAGE_OBJECT_KEY"] = invocation.storage_event.key
         env["EVENT_TIME"] = invocation.storage_event.event_time

@@ -401,14 +401,17 @@ async def test_a_sync_run_past_its_timeout_is_504_and_its_job_deleted(
     assert ("DELETE", f"/apis/batch/v1/namespaces/{NS}/jobs/{job['metadata']['name']}") in api.requests
 
 
-async def test_a_sync_run_too_large_for_a_job_is_413_and_creates_nothing(
-    runner: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
+async def test_a_sync_run_over_the_body_limit_is_413_and_creates_nothing(
+    kubernetes_settings: Settings, double: tuple[KubeApiDouble, str]
 ) -> None:
+    """The configured limit applies (bodies larger than a Job's environment travel in Secrets:
+    tests/integration/hostile/test_large_bodies.py)."""
     api, _url = double
-    assert (await runner.post("/system/services", json=definition("big"))).status_code == 201
-    answer = await run(runner, "big", base64.b64encode(b"x" * (1024 * 1024)))
+    limited = kubernetes_settings.model_copy(update={"oscar_max_run_body_bytes": 64 * 1024})
+    async with app_client(limited) as runner:
+        assert (await runner.post("/system/services", json=definition("big"))).status_code == 201
+        answer = await run(runner, "big", base64.b64encode(b"x" * (48 * 1024 + 3)))
     assert answer.status_code == 413
-    assert "input bucket" in answer.json()["detail"]
     assert sync_jobs(api) == []
 
 

@@ -14,6 +14,12 @@ name. ``delay`` adds latency to every answer; ``fail_next`` injects errors into 
 ``rbac`` (an :class:`Rbac` built from a Role's rules) authorises every request as the RBAC authoriser
 would, answering 403 Forbidden to what the rules do not allow, and records what was asked for.
 
+Sizes are limited as on a real cluster: a request body over 3 MiB is 413 (the API server's
+``maxRequestBodyBytes``), an object over 1.5 MiB as stored is 500 "etcdserver: request is too large"
+(etcd's ``--max-request-bytes``), a Secret with over 1 MiB of data 422. The garbage collector is modelled
+for ``ownerReferences``: deleting an object deletes its dependents, and an object created with an owner
+that does not exist is deleted at once.
+
 ``python -m tests.support.kube_api`` serves it in a process of its own (benchmarks: a real API server does
 not share the manager's CPU) and prints its port; ``GET /_double/created`` then answers the loop time
 (``time.monotonic``, comparable across processes) at which each Job was created.
@@ -48,6 +54,20 @@ KINDS = {
     ("", "pods"): "Pod",
     ("batch", "jobs"): "Job",
 }
+
+
+# The API server's limit on a request body, and etcd's on a stored object (their defaults).
+MAX_REQUEST_BYTES = 3 * 1024 * 1024
+MAX_STORED_BYTES = 1536 * 1024
+
+
+def _stored_size(obj: dict[str, Any]) -> int:
+    """About what etcd stores: the object, with a Secret's data as bytes rather than base64 (protobuf)."""
+    data = obj.get("data") if obj.get("kind") == "Secret" else None
+    if not data:
+        return len(json.dumps(obj))
+    raw = sum(len(base64.b64decode(value)) for value in data.values())
+    return len(json.dumps({**obj, "data": dict.fromkeys(data, "")})) + raw
 
 
 def _now() -> str:
@@ -125,7 +145,10 @@ class KubeApiDouble:
         self.watches_open.set()
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware, self._authorize])
+        # aiohttp's own body limit (1 MiB by default) would answer first: the double applies the API server's.
+        app = web.Application(
+            middlewares=[self._middleware, self._authorize], client_max_size=64 * 1024 * 1024
+        )
         for group_path in ("/api/v1", "/apis/batch/v1"):
             base = group_path + "/namespaces/{ns}/{plural}"
             app.router.add_post(base, self._create)
@@ -150,6 +173,10 @@ class KubeApiDouble:
                     cause = {"reason": "FieldValueInvalid", "message": "injected", "field": "metadata.labels"}
                     return status(code, "Invalid", "injected: metadata.labels: Invalid value", causes=[cause])
                 return status(code, "InternalError" if code >= 500 else "Forbidden", f"injected {code}")
+        if (request.content_length or 0) > MAX_REQUEST_BYTES:
+            return status(
+                413, "RequestEntityTooLarge", f"Request entity too large: limit is {MAX_REQUEST_BYTES}"
+            )
         if request.query.get("watch") and not self.watches_open.is_set():
             return status(503, "ServiceUnavailable", "watches are held by the test")
         response: web.StreamResponse = await handler(request)
@@ -291,7 +318,15 @@ class KubeApiDouble:
         if kind == "Secret" and "stringData" in body:  # as the API server stores it
             encoded = {k: base64.b64encode(v.encode()).decode() for k, v in body.pop("stringData").items()}
             body["data"] = {**body.get("data", {}), **encoded}
+        sent = request.content_length
+        # (Sizing a few-KiB object costs more than the check is worth: only bodies that might be too big.)
+        if (sent is None or sent > MAX_STORED_BYTES // 2) and _stored_size(body) > MAX_STORED_BYTES:
+            return status(500, "InternalError", "etcdserver: request is too large")
         self.objects[key] = body
+        if not self._owners_exist(namespace, body):
+            # The garbage collector deletes a dependent whose owner is gone (here: at once).
+            await self._remove(kind, namespace, name)
+            return web.json_response(body, status=201)
         if kind == "Job":
             self.created_at[name] = asyncio.get_running_loop().time()
         await self._record("ADDED", body)
@@ -354,6 +389,10 @@ class KubeApiDouble:
             return status(404, "NotFound", f'{kind.lower()}s "{name}" not found', name=name)
         return status(200, "", "deleted", name=name, kind=kind)
 
+    def _owners_exist(self, namespace: str, obj: dict[str, Any]) -> bool:
+        uids = {o["metadata"].get("uid") for (_k, ns, _n), o in self.objects.items() if ns == namespace}
+        return all(owner["uid"] in uids for owner in obj["metadata"].get("ownerReferences") or [])
+
     async def _remove(self, kind: str, namespace: str, name: str) -> bool:
         obj = self.objects.pop((kind, namespace, name), None)
         if obj is None:
@@ -363,6 +402,12 @@ class KubeApiDouble:
                 if key[0] == "Pod" and pod["metadata"]["labels"].get("job-name") == name:
                     del self.objects[key]
             await self._record("DELETED", obj)
+        # The garbage collector: what the object owned goes with it (background propagation).
+        uid = obj["metadata"].get("uid")
+        for (dependent_kind, ns, dependent), other in list(self.objects.items()):
+            owners = other["metadata"].get("ownerReferences") or []
+            if ns == namespace and any(owner.get("uid") == uid for owner in owners):
+                await self._remove(dependent_kind, ns, dependent)
         return True
 
     async def _list(self, request: web.Request) -> web.StreamResponse:

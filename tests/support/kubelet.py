@@ -3,8 +3,10 @@
 It does for a pod what a kubelet does, as far as the manager's pods need: each volume the main container
 mounts is materialised (ConfigMap and Secret keys as files, emptyDirs empty), the container's environment
 is resolved (values, ``spec.nodeName``, ``secretKeyRef``, ``envFrom`` Secrets), and standard output and
-standard error are merged into the pod log, as the container runtime keeps them. A volume whose ConfigMap
-or Secret is missing fails the pod at once (a real kubelet would keep retrying the mount).
+standard error are merged into the pod log, as the container runtime keeps them. Projected volumes of
+Secrets are mounted too. A volume whose ConfigMap or Secret is missing is waited for, as a real kubelet
+retries the mount (for ``mount_timeout`` seconds here, then the pod fails). A container whose environment
+the kernel refuses (a string over 128 KiB) fails to start, as ``runc`` reports it.
 
 With an ``image`` the pod runs as on a node: its "image" is a root file system holding nothing but a static
 busybox, the init containers run (the manager's copies the self-contained supervisor executable into the
@@ -18,13 +20,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from oscar_manager.backends import manifests
+from oscar_manager.errors import OscarError
 from oscar_manager.supervisor import cli
 from tests.support.kube_api import KubeApiDouble
 from tests.support.supervisor import BusyboxRoot
@@ -49,11 +54,13 @@ class SupervisorKubelet:
     root: Path
     node: str = "double-node"
     image: BusyboxImage | None = None
+    mount_timeout: float = 30.0
 
     async def __call__(self, namespace: str, pod: dict[str, Any], log: BinaryIO) -> int:
         container = pod["spec"]["containers"][0]
         pod_dir = self.root / pod["metadata"]["name"]
         try:
+            await self._volumes_ready(namespace, pod)
             env = self._environment(namespace, container)
             if self.image is not None:
                 return await self._run_in_image(namespace, pod, env, pod_dir, log)
@@ -72,8 +79,12 @@ class SupervisorKubelet:
         # The image's own PATH (this machine's tools) and a private temporary folder.
         env.setdefault("PATH", os.environ.get("PATH", "/usr/bin:/bin"))
         env["TMPDIR"] = str(pod_dir / "tmp")
+        try:
+            event = cli.read_event(b"", env, body_dir=_inside(pod_dir, cli.BODY_DIR))
+        except OscarError as exc:
+            raise PodFailed(f"supervisor: {type(exc).__name__}: {exc.message}") from None
         return await cli.run(
-            env.get("EVENT", "").encode(),
+            event,
             env=env,
             stdout=log,
             stderr=log,
@@ -91,13 +102,21 @@ class SupervisorKubelet:
         for init in pod["spec"].get("initContainers", []):
             self._run_manager_init_container(init, root)
         command = pod["spec"]["containers"][0]["command"]
-        process = await asyncio.create_subprocess_exec(
-            *root.command(*command),
-            env={"PATH": "/bin", **env},
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *root.command(*command),
+                env={"PATH": "/bin", **env},
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+        except OSError as exc:
+            if exc.errno != errno.E2BIG:
+                raise
+            # The container's process is exec'd with the pod's environment: the kernel refuses it.
+            raise PodFailed(
+                f"StartError: failed to create containerd task: exec: {command[0]!r}: argument list too long"
+            ) from None
         assert process.stdout is not None
         try:
             while chunk := await process.stdout.read(65536):
@@ -129,6 +148,29 @@ class SupervisorKubelet:
             raise PodFailed(f'MountVolume.SetUp failed: {kind.lower()} "{name}" not found')
         return found
 
+    def _volume_objects(self, pod: dict[str, Any]) -> list[tuple[str, str]]:
+        """(kind, name) of every ConfigMap and Secret the main container's volumes need."""
+        volumes = {volume["name"]: volume for volume in pod["spec"].get("volumes", [])}
+        needed: list[tuple[str, str]] = []
+        for mount in pod["spec"]["containers"][0].get("volumeMounts", []):
+            volume = volumes[mount["name"]]
+            if "configMap" in volume:
+                needed.append(("ConfigMap", volume["configMap"]["name"]))
+            elif "secret" in volume:
+                needed.append(("Secret", volume["secret"]["secretName"]))
+            for source in volume.get("projected", {}).get("sources", []):
+                needed.append(("Secret", source["secret"]["name"]))
+        return needed
+
+    async def _volumes_ready(self, namespace: str, pod: dict[str, Any]) -> None:
+        """Wait until every object the volumes need exists, as the kubelet retries a failed mount."""
+        deadline = time.monotonic() + self.mount_timeout
+        for kind, name in self._volume_objects(pod):
+            while self.api.get(kind, namespace, name) is None:
+                if time.monotonic() > deadline:
+                    raise PodFailed(f'MountVolume.SetUp failed: {kind.lower()} "{name}" not found')
+                await asyncio.sleep(0.02)
+
     def _mount_volumes(self, namespace: str, pod: dict[str, Any], base: Path) -> None:
         volumes = {volume["name"]: volume for volume in pod["spec"].get("volumes", [])}
         for mount in pod["spec"]["containers"][0].get("volumeMounts", []):
@@ -143,6 +185,10 @@ class SupervisorKubelet:
                 secret = self._object("Secret", namespace, volume["secret"]["secretName"])
                 for key, encoded in secret.get("data", {}).items():
                     (target / key).write_bytes(base64.b64decode(encoded))
+            for source in volume.get("projected", {}).get("sources", []):
+                data = self._object("Secret", namespace, source["secret"]["name"]).get("data", {})
+                for item in source["secret"].get("items") or [{"key": key, "path": key} for key in data]:
+                    (target / item["path"]).write_bytes(base64.b64decode(data[item["key"]]))
 
     def _secret_values(self, namespace: str, name: str) -> dict[str, str]:
         data = self._object("Secret", namespace, name).get("data", {})

@@ -3,6 +3,7 @@ errors) plus the semantic checks the schema cannot express (names, quantities, J
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Any
 
@@ -11,6 +12,7 @@ import kubernetes_validate
 KUBERNETES_VERSION = "1.32"
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+MAX_SECRET_BYTES = 1024 * 1024  # a Secret's data, all keys together
 _QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[KMGTPE]i|[numkMGTPE])?$")
 
 
@@ -46,6 +48,11 @@ def validate(manifest: dict[str, Any]) -> None:
     for key, value in (metadata.get("labels") or {}).items():
         if len(str(value)) > 63 or not _LABEL_VALUE.match(str(value)):
             raise Invalid(f"metadata.labels.{key}", f"{value!r} is not a valid label value")
+    if manifest["kind"] == "Secret":
+        size = sum(len(base64.b64decode(value)) for value in (manifest.get("data") or {}).values())
+        size += sum(len(value.encode()) for value in (manifest.get("stringData") or {}).values())
+        if size > MAX_SECRET_BYTES:
+            raise Invalid("data", f"Too long: must have at most {MAX_SECRET_BYTES} bytes")
     if manifest["kind"] == "Job":
         if len(name) > 63:
             raise Invalid("metadata.name", "a Job name must be a DNS label (at most 63 characters)")

@@ -314,7 +314,7 @@ def test_script_environment_for_a_body_has_no_storage_variables(workspace: Works
 
 def test_event_never_holds_nul_or_invalid_utf8(workspace: Workspace) -> None:
     invocation = Invocation.read(b"ab\x00cd\xff")
-    assert invocation.event_text == "abcd\ufffd"
+    assert invocation.event_variable == "abcd\ufffd"
     env = script_environment(
         service=make_service(),
         invocation=invocation,
