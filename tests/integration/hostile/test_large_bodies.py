@@ -48,7 +48,8 @@ REPORTED = re.compile(r"input=(?P<input>[0-9a-f]{64}) event=(?P<event>[0-9a-f]{6
 
 
 @pytest.fixture(params=["local", "kubernetes"])
-def backend(request: pytest.FixtureRequest, settings: Settings, bwrap: str) -> str:
+def backend(request: pytest.FixtureRequest, bwrap: str) -> str:
+    """Both with bubblewrap: the local sandbox, and the kubelet's busybox root."""
     return str(request.param)
 
 
@@ -294,7 +295,8 @@ async def test_the_double_refuses_a_job_carrying_its_body_in_the_environment(
 ) -> None:
     """The old way, as a real cluster answers it: an EVENT over 1.5 MiB makes the Job too large for etcd
     (500), over 3 MiB the request too large for the API server (413); one of 200 KiB is stored, but its
-    container cannot start (the kernel refuses the environment)."""
+    container cannot start (the kernel refuses the environment). ``kubernetes_settings`` gives the
+    double its kubelet."""
     api, url = double
     service = stored_service("digest", image="busybox", script=REPORT)
     cluster = manifests.ClusterConfig(manager_image="registry.example/oscar-manager:test", ttl_seconds=60)
