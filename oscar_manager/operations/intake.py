@@ -12,13 +12,14 @@ from oscar_manager.domain.events import (
     ObjectEvent,
     decode_payload,
     notification,
-    object_events,
+    object_records,
     parse_json,
     payload_dedup_key,
     watched,
 )
 from oscar_manager.domain.jobs import job_name
 from oscar_manager.domain.service import Service
+from oscar_manager.operations.offload import off_loop
 from oscar_manager.registry import Database, NewEvent, Transaction, WriteBatch
 
 
@@ -44,16 +45,12 @@ def _single_record(document: dict[str, Any], record: Any) -> bytes:
 def _items(service: Service, body: bytes, idempotency_key: str | None) -> list[tuple[str, bytes]]:
     """(dedup key, job payload) for each job a body asks for; raises 400 before anything is written."""
     document = parse_json(body)
-    events = object_events(document)
-    if events:
+    found = object_records(document)
+    if found:
+        if len(found) == 1:
+            return [(found[0][0].dedup_key(service.name), body)]
         assert isinstance(document, dict)
-        records = [r for r in document["Records"] if isinstance(r, dict) and "s3" in r]
-        if len(events) == 1:
-            return [(events[0].dedup_key(service.name), body)]
-        return [
-            (event.dedup_key(service.name), _single_record(document, record))
-            for event, record in zip(events, records, strict=True)
-        ]
+        return [(event.dedup_key(service.name), _single_record(document, record)) for event, record in found]
     decode_payload(body)  # a plain invocation must be JSON or base64, as the supervisor will read it
     return [(payload_dedup_key(service.name, idempotency_key), body)]
 
@@ -105,7 +102,8 @@ class Intake:
         if owner and idempotency_key:
             # A user's Idempotency-Key names their own request, never the job of someone else.
             idempotency_key = f"{owner}\n{idempotency_key}"
-        events = _new_events(service.name, _items(service, body, idempotency_key), owner=owner)
+        items = await off_loop(lambda: _items(service, body, idempotency_key), size=len(body))
+        events = _new_events(service.name, items, owner=owner)
         accepted = _accepted(events, await self._batch.add(events))
         if accepted.new:
             self._wake()
