@@ -41,7 +41,6 @@ import os
 import secrets
 import stat as stat_module
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TypeVar, cast
 
@@ -51,6 +50,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from oscar_manager.errors import Conflict
+from oscar_manager.storage import s3_answers as answers
 from oscar_manager.storage.base import BucketNotFound, InvalidKey, ObjectInfo, ObjectNotFound, StorageError
 from oscar_manager.storage.blocking import run_blocking as _blocking
 from oscar_manager.storage.keys import validate_bucket, validate_key
@@ -88,18 +88,6 @@ _ACCESS_CODES = {
 }
 # Raised by aiohttp or the event loop underneath aiobotocore when a connection breaks.
 _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError)
-
-
-def _etag(value: str) -> str:
-    return value.strip('"')
-
-
-def _seconds(value: datetime) -> datetime:
-    return value.astimezone(UTC).replace(microsecond=0)
-
-
-def _now() -> datetime:
-    return _seconds(datetime.now(UTC))
 
 
 def _code(exc: ClientError) -> str:
@@ -384,15 +372,7 @@ class S3ObjectStore:
                     key = item["Key"]
                     if key.endswith("/") or not _is_valid_key(key):
                         continue
-                    found.append(
-                        ObjectInfo(
-                            bucket=bucket,
-                            key=key,
-                            size=item["Size"],
-                            last_modified=_seconds(item["LastModified"]),
-                            etag=_etag(item["ETag"]),
-                        )
-                    )
+                    found.append(answers.listed(bucket, item))
         found.sort(key=lambda info: info.key)
         return found
 
@@ -404,13 +384,7 @@ class S3ObjectStore:
         except ObjectNotFound:
             await self._require_bucket(bucket)
             return None
-        return ObjectInfo(
-            bucket=bucket,
-            key=key,
-            size=head["ContentLength"],
-            last_modified=_seconds(head["LastModified"]),
-            etag=_etag(head["ETag"]),
-        )
+        return answers.answered(bucket, key, head)
 
     async def stat(self, bucket: str, key: str) -> ObjectInfo | None:
         validate_bucket(bucket)
@@ -483,7 +457,7 @@ class S3ObjectStore:
                 put = await self._call(
                     action, self._client.put_object(Bucket=bucket, Key=key, Body=bytes(buffer)), bucket
                 )
-                etag = _etag(put["ETag"])
+                etag = answers.etag(put["ETag"])
             else:
                 if buffer:
                     await upload_part(bytes(buffer))
@@ -498,7 +472,7 @@ class S3ObjectStore:
                     ),
                     bucket,
                 )
-                etag = _etag(completed["ETag"])
+                etag = answers.etag(completed["ETag"])
         except BaseException:
             if upload_id is not None:
                 await asyncio.shield(self._abort(bucket, key, upload_id))
@@ -520,28 +494,16 @@ class S3ObjectStore:
             head = await self._client.head_object(Bucket=bucket, Key=key)
         except (ClientError, BotoCoreError, *_TRANSPORT_ERRORS):
             head = None
-        if head is not None and _etag(head["ETag"]) == etag:
-            return ObjectInfo(
-                bucket=bucket,
-                key=key,
-                size=head["ContentLength"],
-                last_modified=_seconds(head["LastModified"]),
-                etag=etag,
-            )
+        if head is not None and answers.etag(head["ETag"]) == etag:
+            return answers.answered(bucket, key, head)
         # Replaced or deleted by someone else in the meantime: describe what we stored.
-        return ObjectInfo(bucket=bucket, key=key, size=size, last_modified=_now(), etag=etag)
+        return ObjectInfo(bucket=bucket, key=key, size=size, last_modified=answers.now(), etag=etag)
 
     async def _get(self, bucket: str, key: str) -> tuple[ObjectInfo, StreamingBody]:
         got = await self._call(
             f"read {bucket}/{key}", self._client.get_object(Bucket=bucket, Key=key), bucket, key
         )
-        info = ObjectInfo(
-            bucket=bucket,
-            key=key,
-            size=got["ContentLength"],
-            last_modified=_seconds(got["LastModified"]),
-            etag=_etag(got["ETag"]),
-        )
+        info = answers.answered(bucket, key, got)
         body: StreamingBody = got["Body"]
         return info, body
 
