@@ -369,10 +369,10 @@ class S3ObjectStore:
             pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
             async for page in pages:
                 for item in page.get("Contents", []):
-                    key = item["Key"]
-                    if key.endswith("/") or not _is_valid_key(key):
+                    info = answers.listed(bucket, item, where=self._where)
+                    if info.key.endswith("/") or not _is_valid_key(info.key):
                         continue
-                    found.append(answers.listed(bucket, item))
+                    found.append(info)
         found.sort(key=lambda info: info.key)
         return found
 
@@ -384,7 +384,7 @@ class S3ObjectStore:
         except ObjectNotFound:
             await self._require_bucket(bucket)
             return None
-        return answers.answered(bucket, key, head)
+        return answers.answered(bucket, key, head, where=self._where)
 
     async def stat(self, bucket: str, key: str) -> ObjectInfo | None:
         validate_bucket(bucket)
@@ -424,7 +424,9 @@ class S3ObjectStore:
                 created = await self._call(
                     action, self._client.create_multipart_upload(Bucket=bucket, Key=key), bucket
                 )
-                upload_id = created["UploadId"]
+                upload_id = answers.required(
+                    created, "UploadId", what=f"a request to {action}", where=self._where
+                )
             if len(parts) >= MAX_PARTS:
                 raise StorageError(
                     f"S3 storage at {self._where}: cannot {action}: more than {MAX_PARTS} parts"
@@ -437,7 +439,8 @@ class S3ObjectStore:
                 ),
                 bucket,
             )
-            parts.append({"PartNumber": number, "ETag": uploaded["ETag"]})
+            part_etag = answers.required(uploaded, "ETag", what=f"a request to {action}", where=self._where)
+            parts.append({"PartNumber": number, "ETag": part_etag})
 
         try:
             async for chunk in chunks:
@@ -457,7 +460,9 @@ class S3ObjectStore:
                 put = await self._call(
                     action, self._client.put_object(Bucket=bucket, Key=key, Body=bytes(buffer)), bucket
                 )
-                etag = answers.etag(put["ETag"])
+                etag = answers.etag(
+                    answers.required(put, "ETag", what=f"a request to {action}", where=self._where)
+                )
             else:
                 if buffer:
                     await upload_part(bytes(buffer))
@@ -472,7 +477,9 @@ class S3ObjectStore:
                     ),
                     bucket,
                 )
-                etag = answers.etag(completed["ETag"])
+                etag = answers.etag(
+                    answers.required(completed, "ETag", what=f"a request to {action}", where=self._where)
+                )
         except BaseException:
             if upload_id is not None:
                 await asyncio.shield(self._abort(bucket, key, upload_id))
@@ -494,8 +501,9 @@ class S3ObjectStore:
             head = await self._client.head_object(Bucket=bucket, Key=key)
         except (ClientError, BotoCoreError, *_TRANSPORT_ERRORS):
             head = None
-        if head is not None and answers.etag(head["ETag"]) == etag:
-            return answers.answered(bucket, key, head)
+        if head is not None and answers.etag(head.get("ETag") or "") == etag:
+            with contextlib.suppress(StorageError):  # an answer lacking the size: say what we stored
+                return answers.answered(bucket, key, head, where=self._where)
         # Replaced or deleted by someone else in the meantime: describe what we stored.
         return ObjectInfo(bucket=bucket, key=key, size=size, last_modified=answers.now(), etag=etag)
 
@@ -503,7 +511,11 @@ class S3ObjectStore:
         got = await self._call(
             f"read {bucket}/{key}", self._client.get_object(Bucket=bucket, Key=key), bucket, key
         )
-        info = answers.answered(bucket, key, got)
+        try:
+            info = answers.answered(bucket, key, got, where=self._where)
+        except StorageError:
+            got["Body"].close()
+            raise
         body: StreamingBody = got["Body"]
         return info, body
 
@@ -571,7 +583,8 @@ class S3ObjectStore:
             pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
             async for page in pages:
                 keys: list[ObjectIdentifierTypeDef] = [
-                    {"Key": item["Key"]} for item in page.get("Contents", [])
+                    {"Key": answers.required(item, "Key", what=f"a listing of {bucket!r}", where=self._where)}
+                    for item in page.get("Contents", [])
                 ]
                 if not keys:
                     continue
