@@ -1,8 +1,9 @@
-"""The FastAPI application: routers, the one error handler, offline API docs, start-up and shut-down."""
+"""The FastAPI application: routers, the error handlers, offline API docs, start-up and shut-down."""
 
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagge
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from oscar_manager import __version__
 from oscar_manager.api.deps import require_admin
@@ -23,7 +25,7 @@ from oscar_manager.api.routes import buckets, events, health, invocations, logs,
 from oscar_manager.auth.authenticator import build_authenticator
 from oscar_manager.auth.groups import realm
 from oscar_manager.domain.service import Service
-from oscar_manager.errors import OscarError
+from oscar_manager.errors import InternalError, OscarError
 from oscar_manager.operations.system import git_commit
 from oscar_manager.runtime import Runtime
 from oscar_manager.settings import Settings
@@ -59,6 +61,41 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     parts = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
     return JSONResponse(error_body("BadRequest", "; ".join(parts)), 400)
+
+
+class _CatchAll:
+    """Renders any exception no handler took as a 500 in the format of every other error, logging the
+    traceback under an incident id that the answer names (the answer itself says nothing internal).
+
+    An ASGI middleware rather than a handler for ``Exception``: Starlette runs that handler outside every
+    middleware, so a browser would see a CORS failure instead of the error.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception:
+            incident = secrets.token_hex(6)
+            log.exception("unexpected error (incident %s) in %s %s", incident, scope["method"], scope["path"])
+            if started:
+                raise  # part of the answer is out: the server can only close the connection
+            error = InternalError(
+                f"unexpected error (incident {incident}); the manager's log has the details"
+            )
+            await (await _oscar_error(Request(scope), error))(scope, receive, send)
 
 
 @asynccontextmanager
@@ -236,6 +273,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     # Buckets have no owners yet: with OIDC on, users must not reach everyone's objects.
     app.include_router(buckets.router, dependencies=[Depends(require_admin)])
+    app.add_middleware(_CatchAll)  # before CORS, which then wraps it: its 500s carry CORS headers too
     _install_cors(app, settings.oscar_cors_origins)
     _install_docs(app)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]

@@ -43,3 +43,9 @@ class PayloadTooLarge(OscarError):
 
 class UnsupportedMediaType(OscarError):
     status_code = 415
+
+
+class InternalError(OscarError):
+    """Anything unexpected: its details go to the log, never to the caller."""
+
+    status_code = 500

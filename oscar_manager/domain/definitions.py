@@ -8,8 +8,7 @@ An FDL document is what oscar-cli and the dashboard keep on disk::
     storage_providers: {...}   # merged into every service
     clusters: {...}
 
-YAML is parsed without aliases: a few hundred bytes of nested aliases can otherwise expand to gigabytes
-("billion laughs"), and service definitions never need them.
+Both are parsed by ``domain.documents``, within its limits (depth, integer length, no YAML aliases).
 """
 
 from __future__ import annotations
@@ -19,17 +18,8 @@ from typing import Any
 
 import yaml
 
+from oscar_manager.domain.documents import parse_json, parse_yaml
 from oscar_manager.errors import BadRequest
-
-
-class _NoAliasLoader(yaml.SafeLoader):
-    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()  # type: ignore[no-untyped-call]
-            raise yaml.composer.ComposerError(
-                None, None, "YAML aliases are not allowed in service definitions", event.start_mark
-            )
-        return super().compose_node(parent, index)
 
 
 def load_document(body: bytes) -> Any:
@@ -41,11 +31,11 @@ def load_document(body: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise BadRequest(f"request body is not UTF-8 text: {exc}") from None
     try:
-        return json.loads(text)
+        return parse_json(text)
     except json.JSONDecodeError as json_error:
         looks_like_json = text.lstrip()[:1] in ("{", "[")
         try:
-            document = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - safe loader without aliases
+            document = parse_yaml(text)
         except yaml.YAMLError as yaml_error:
             if looks_like_json:
                 raise BadRequest(f"malformed JSON: {json_error}") from None

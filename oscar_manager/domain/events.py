@@ -10,6 +10,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,9 +18,12 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote_plus
 
+from oscar_manager.domain.documents import parse_json as parse_document
 from oscar_manager.domain.service import ProviderRef, Service
 from oscar_manager.errors import BadRequest
 
+# Whitespace, then an opening brace: matched in place, without copying a body of megabytes.
+_STARTS_AS_OBJECT = re.compile(rb"\s*\{")
 STORAGE_EVENT_SOURCES = frozenset({"aws:s3", "minio:s3"})
 # The manager's own storage: the only provider whose input folders it watches for new objects.
 WATCHED_PROVIDER = "minio.default"
@@ -118,7 +122,10 @@ def notification(event: ObjectEvent) -> dict[str, Any]:
 
 
 def _record_event(record: Any, *, encoded_keys: bool = True) -> ObjectEvent | None:
-    if not isinstance(record, dict) or record.get("eventSource") not in STORAGE_EVENT_SOURCES:
+    if not isinstance(record, dict):
+        return None
+    source = record.get("eventSource")
+    if not isinstance(source, str) or source not in STORAGE_EVENT_SOURCES:
         return None
     s3 = record.get("s3")
     if not isinstance(s3, dict):
@@ -146,21 +153,39 @@ def _record_event(record: Any, *, encoded_keys: bool = True) -> ObjectEvent | No
     )
 
 
-def object_events(document: Any, *, encoded_keys: bool = True) -> list[ObjectEvent] | None:
-    """The object events in a parsed body, or None when it is not a storage notification at all."""
+def object_records(document: Any, *, encoded_keys: bool = True) -> list[tuple[ObjectEvent, Any]] | None:
+    """Each object event in a parsed body with the record it came from, or None when the body is not a
+    storage notification at all."""
     if not isinstance(document, dict) or "Records" not in document:
         return None
     records = document["Records"]
     if not isinstance(records, list):
         raise BadRequest("malformed notification: 'Records' must be a list")
-    events = [event for r in records if (event := _record_event(r, encoded_keys=encoded_keys)) is not None]
-    return events if events or not records else None
+    found = [
+        (event, record)
+        for record in records
+        if (event := _record_event(record, encoded_keys=encoded_keys)) is not None
+    ]
+    return found if found or not records else None
+
+
+def object_events(document: Any, *, encoded_keys: bool = True) -> list[ObjectEvent] | None:
+    """The object events in a parsed body, or None when it is not a storage notification at all."""
+    found = object_records(document, encoded_keys=encoded_keys)
+    return None if found is None else [event for event, _record in found]
 
 
 def parse_json(body: bytes) -> Any:
-    """The JSON value of a body, or None when it is not JSON."""
+    """The JSON object a body holds, or None when it holds no JSON object (base64, say).
+
+    Only a body that starts as an object is parsed (invocations and notifications are objects, and
+    ``1234`` is base64 as well as JSON); one that is an object beyond the limits of ``domain.documents``
+    (too deep, too long an integer) is a 400 saying so.
+    """
+    if not _STARTS_AS_OBJECT.match(body):
+        return None
     try:
-        return json.loads(body)
+        return parse_document(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
 

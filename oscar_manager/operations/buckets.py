@@ -49,7 +49,8 @@ async def get_bucket(store: ObjectStore, *, bucket: str, page: str, limit: int) 
             {
                 "object_name": info.key,
                 "size_bytes": info.size,
-                "last_modified": info.last_modified.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                # isoformat, not strftime: "%Y" drops the zeros of year 1 (UNKNOWN_TIME).
+                "last_modified": info.last_modified.replace(tzinfo=None).isoformat(timespec="seconds") + "Z",
             }
             for info in shown
         ],

@@ -12,13 +12,14 @@ from oscar_manager.domain.events import (
     ObjectEvent,
     decode_payload,
     notification,
-    object_events,
+    object_records,
     parse_json,
     payload_dedup_key,
     watched,
 )
 from oscar_manager.domain.jobs import job_name
 from oscar_manager.domain.service import Service
+from oscar_manager.operations.offload import off_loop
 from oscar_manager.registry import Database, NewEvent, Transaction, WriteBatch
 from oscar_manager.supervisor.reads import storage_reads
 
@@ -46,18 +47,17 @@ def _items(service: Service, body: bytes, idempotency_key: str | None) -> list[t
     """(dedup key, job payload) for each job a body asks for; raises 400 (or 403 for a storage event the
     job may not read) before anything is written."""
     document = parse_json(body)
-    events = object_events(document)
-    if events:
+    found = object_records(document)
+    if found:
         assert isinstance(document, dict)
-        records = [r for r in document["Records"] if isinstance(r, dict) and "s3" in r]
         # Folder markers (``in/sub/``, made by MinIO's console) are no one's input, as on /events/minio:
         # MinIO posting one here gets its 201 and no job, not a 400 it would retry.
-        pairs = [(e, r) for e, r in zip(events, records, strict=True) if not e.key.endswith("/")]
+        pairs = [(e, r) for e, r in found if not e.key.endswith("/")]
         # A job runs later, unattended and with no record of who asked for it: whoever sends it, its
         # storage events name objects under the service's inputs (the admin reads elsewhere with /run).
         storage_reads(service, [event for event, _ in pairs], any_bucket=False)
-        if len(pairs) == 1 and len(events) == 1:
-            return [(events[0].dedup_key(service.name), body)]
+        if len(pairs) == 1 and len(found) == 1:
+            return [(found[0][0].dedup_key(service.name), body)]
         return [(event.dedup_key(service.name), _single_record(document, record)) for event, record in pairs]
     decode_payload(body)  # a plain invocation must be JSON or base64, as the supervisor will read it
     return [(payload_dedup_key(service.name, idempotency_key), body)]
@@ -110,7 +110,8 @@ class Intake:
         if owner and idempotency_key:
             # A user's Idempotency-Key names their own request, never the job of someone else.
             idempotency_key = f"{owner}\n{idempotency_key}"
-        events = _new_events(service.name, _items(service, body, idempotency_key), owner=owner)
+        items = await off_loop(lambda: _items(service, body, idempotency_key), size=len(body))
+        events = _new_events(service.name, items, owner=owner)
         if not events:  # folder markers only
             return Accepted(job_ids=[], new=0)
         accepted = _accepted(events, await self._batch.add(events))

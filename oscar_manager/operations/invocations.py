@@ -10,6 +10,7 @@ from oscar_manager.backends.base import Backend, SyncRequest
 from oscar_manager.domain.access import can_view
 from oscar_manager.domain.service import Service
 from oscar_manager.errors import Forbidden, NotFound, Unauthorized
+from oscar_manager.operations.offload import off_loop
 from oscar_manager.registry import Database
 from oscar_manager.supervisor.answer import SyncAnswer
 from oscar_manager.supervisor.reads import check_invocation
@@ -29,27 +30,38 @@ async def service_for_invocation(
     database: Database, *, name: str, authorization: str | None, authenticator: Authenticator
 ) -> Invocation:
     """The service, if the caller presents its token (Bearer), the token of an OIDC user who may see the
-    service (with OIDC on), or the admin's Basic credentials."""
+    service (with OIDC on), or the admin's Basic credentials.
+
+    Credentials are checked before the service is looked up: a caller without valid ones gets the same
+    401 whether the service exists or not, so strangers cannot probe for service names. Only admitted
+    callers (the admin, an OIDC user) learn that a service does not exist (404).
+    """
     if not authorization:
         raise Unauthorized(
             "an Authorization header is required (Bearer <service token>)", headers=BEARER_CHALLENGE
         )
-    service = await database.service(name)
-    if service is None:
-        raise NotFound(f"service {name!r} not found")
     token = bearer_token(authorization)
-    if token is not None:
+    if token is not None and (is_service_token(token) or not authenticator.oidc_enabled):
         # As upstream: 64 characters is a service token, anything else an OIDC token (a JWT is longer).
-        if is_service_token(token) or not authenticator.oidc_enabled:
-            if not token_matches(service.token, token):
-                raise Unauthorized("invalid token for this service", headers=BEARER_CHALLENGE)
-            return Invocation(service)
+        service = await database.service(name)
+        if service is None or not token_matches(service.token, token):
+            raise Unauthorized("invalid token for this service", headers=BEARER_CHALLENGE)
+        return Invocation(service)
+    if token is not None:
         user = await authenticator.user(token)
+        service = await _existing(database, name)
         if not can_view(user, service):
             raise Forbidden(f"user {user.uid!r} may not invoke service {name!r}")
         return Invocation(service, user=user.uid)
     authenticator.basic.authenticate(authorization)  # the admin may invoke any service; raises 401 otherwise
-    return Invocation(service, any_bucket=True)
+    return Invocation(await _existing(database, name), any_bucket=True)
+
+
+async def _existing(database: Database, name: str) -> Service:
+    service = await database.service(name)
+    if service is None:
+        raise NotFound(f"service {name!r} not found")
+    return service
 
 
 async def run_sync(
@@ -57,12 +69,13 @@ async def run_sync(
 ) -> SyncAnswer:
     """The answer, to be streamed and then closed."""
     service = invocation.service
-    check_invocation(body, service=service, any_bucket=invocation.any_bucket)
+    any_bucket = invocation.any_bucket
+    await off_loop(lambda: check_invocation(body, service=service, any_bucket=any_bucket), size=len(body))
     request = SyncRequest(
         service=service,
         body=body,
         timeout=time_limit,
-        any_bucket=invocation.any_bucket,
+        any_bucket=any_bucket,
         max_response_bytes=max_response_bytes,
     )
     return await backend.run_sync(request)

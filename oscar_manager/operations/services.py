@@ -26,6 +26,7 @@ from oscar_manager.domain.service import (
     parse_service,
 )
 from oscar_manager.errors import BadRequest, Conflict, Forbidden, NotFound, OscarError
+from oscar_manager.operations.offload import off_loop
 from oscar_manager.registry import Transaction
 from oscar_manager.settings import Settings
 from oscar_manager.storage.providers import DEFAULT_PROVIDER, Stores
@@ -119,7 +120,9 @@ async def create(
     provisioning: Provisioning,
 ) -> list[Service]:
     """Create every service in ``body`` (one service, or each one of an FDL document), or none."""
-    definitions = [parse_service(item) for item in service_definitions(load_document(body))]
+    definitions = await off_loop(
+        lambda: [parse_service(item) for item in service_definitions(load_document(body))], size=len(body)
+    )
     names = [definition.name for definition in definitions]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -203,10 +206,7 @@ async def update(
     body: bytes,
     provisioning: Provisioning,
 ) -> Service:
-    definitions = service_definitions(load_document(body))
-    if len(definitions) != 1:
-        raise BadRequest("an update takes exactly one service definition")
-    definition = parse_service(definitions[0])
+    definition = await off_loop(lambda: _one_definition(body), size=len(body))
     current = await _existing(tx, definition.name)
     if not can_change(principal, current):
         raise Forbidden(f"only the owner may update service {definition.name!r}")
@@ -224,6 +224,13 @@ async def update(
     await provisioning.backend.prepare_service(service)
     await _notify_inputs(tx, provisioning.notifications, input_buckets(current) | input_buckets(service))
     return service
+
+
+def _one_definition(body: bytes) -> Service:
+    definitions = service_definitions(load_document(body))
+    if len(definitions) != 1:
+        raise BadRequest("an update takes exactly one service definition")
+    return parse_service(definitions[0])
 
 
 async def delete(

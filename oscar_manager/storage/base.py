@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -29,11 +29,16 @@ class BucketNotFound(NotFound):
     pass
 
 
+# The ``last_modified`` of an object whose server did not say (Go's zero time, as upstream would show).
+UNKNOWN_TIME = datetime(1, 1, 1, tzinfo=UTC)
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
     bucket: str
     key: str
     size: int
+    # UNKNOWN_TIME when the server did not say: such objects count as older than anything.
     last_modified: datetime
     # Changes whenever the content changes: part of the dedup key of the event the object causes.
     etag: str

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -23,6 +22,8 @@ from miniopy_async.error import MinioAdminException, MinioException, S3Error
 from miniopy_async.minioadmin import MinioAdmin
 from miniopy_async.notificationconfig import NotificationConfig, PrefixFilterRule, QueueConfig
 
+from oscar_manager.domain.documents import parse_json
+from oscar_manager.errors import OscarError
 from oscar_manager.storage.base import StorageError
 
 log = logging.getLogger(__name__)
@@ -130,8 +131,8 @@ class MinioExtras:
             if not line.strip():
                 continue  # keep-alive
             try:
-                document = json.loads(line)
-            except ValueError:
+                document = parse_json(line)
+            except (ValueError, OscarError):  # not JSON, or beyond the limits of domain.documents
                 log.warning("MinIO sent an unreadable event line for bucket %s: %.200r", bucket, line)
                 continue
             for record in (document.get("Records") or []) if isinstance(document, dict) else []:

@@ -41,7 +41,6 @@ import os
 import secrets
 import stat as stat_module
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NoReturn, TypeVar, cast
 
@@ -49,6 +48,7 @@ import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
 
 from oscar_manager.errors import Conflict
+from oscar_manager.storage import s3_answers as answers
 from oscar_manager.storage.base import BucketNotFound, InvalidKey, ObjectInfo, ObjectNotFound, StorageError
 from oscar_manager.storage.blocking import run_blocking as _blocking
 from oscar_manager.storage.egress import ConnectGuard
@@ -88,18 +88,6 @@ _ACCESS_CODES = {
 }
 # Raised by aiohttp or the event loop underneath aiobotocore when a connection breaks.
 _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError)
-
-
-def _etag(value: str) -> str:
-    return value.strip('"')
-
-
-def _seconds(value: datetime) -> datetime:
-    return value.astimezone(UTC).replace(microsecond=0)
-
-
-def _now() -> datetime:
-    return _seconds(datetime.now(UTC))
 
 
 def _code(exc: ClientError) -> str:
@@ -368,18 +356,10 @@ class S3ObjectStore:
             pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
             async for page in pages:
                 for item in page.get("Contents", []):
-                    key = item["Key"]
-                    if key.endswith("/") or not _is_valid_key(key):
+                    info = answers.listed(bucket, item, where=self._where)
+                    if info.key.endswith("/") or not _is_valid_key(info.key):
                         continue
-                    found.append(
-                        ObjectInfo(
-                            bucket=bucket,
-                            key=key,
-                            size=item["Size"],
-                            last_modified=_seconds(item["LastModified"]),
-                            etag=_etag(item["ETag"]),
-                        )
-                    )
+                    found.append(info)
         found.sort(key=lambda info: info.key)
         return found
 
@@ -391,13 +371,7 @@ class S3ObjectStore:
         except ObjectNotFound:
             await self._require_bucket(bucket)
             return None
-        return ObjectInfo(
-            bucket=bucket,
-            key=key,
-            size=head["ContentLength"],
-            last_modified=_seconds(head["LastModified"]),
-            etag=_etag(head["ETag"]),
-        )
+        return answers.answered(bucket, key, head, where=self._where)
 
     async def stat(self, bucket: str, key: str) -> ObjectInfo | None:
         validate_bucket(bucket)
@@ -437,7 +411,9 @@ class S3ObjectStore:
                 created = await self._call(
                     action, self._client.create_multipart_upload(Bucket=bucket, Key=key), bucket
                 )
-                upload_id = created["UploadId"]
+                upload_id = answers.required(
+                    created, "UploadId", what=f"a request to {action}", where=self._where
+                )
             if len(parts) >= MAX_PARTS:
                 raise StorageError(
                     f"S3 storage at {self._where}: cannot {action}: more than {MAX_PARTS} parts"
@@ -450,7 +426,8 @@ class S3ObjectStore:
                 ),
                 bucket,
             )
-            parts.append({"PartNumber": number, "ETag": uploaded["ETag"]})
+            part_etag = answers.required(uploaded, "ETag", what=f"a request to {action}", where=self._where)
+            parts.append({"PartNumber": number, "ETag": part_etag})
 
         try:
             async for chunk in chunks:
@@ -470,7 +447,9 @@ class S3ObjectStore:
                 put = await self._call(
                     action, self._client.put_object(Bucket=bucket, Key=key, Body=bytes(buffer)), bucket
                 )
-                etag = _etag(put["ETag"])
+                etag = answers.etag(
+                    answers.required(put, "ETag", what=f"a request to {action}", where=self._where)
+                )
             else:
                 if buffer:
                     await upload_part(bytes(buffer))
@@ -485,7 +464,9 @@ class S3ObjectStore:
                     ),
                     bucket,
                 )
-                etag = _etag(completed["ETag"])
+                etag = answers.etag(
+                    answers.required(completed, "ETag", what=f"a request to {action}", where=self._where)
+                )
         except BaseException:
             if upload_id is not None:
                 await asyncio.shield(self._abort(bucket, key, upload_id))
@@ -507,28 +488,21 @@ class S3ObjectStore:
             head = await self._client.head_object(Bucket=bucket, Key=key)
         except (ClientError, BotoCoreError, *_TRANSPORT_ERRORS):
             head = None
-        if head is not None and _etag(head["ETag"]) == etag:
-            return ObjectInfo(
-                bucket=bucket,
-                key=key,
-                size=head["ContentLength"],
-                last_modified=_seconds(head["LastModified"]),
-                etag=etag,
-            )
+        if head is not None and answers.etag(head.get("ETag") or "") == etag:
+            with contextlib.suppress(StorageError):  # an answer lacking the size: say what we stored
+                return answers.answered(bucket, key, head, where=self._where)
         # Replaced or deleted by someone else in the meantime: describe what we stored.
-        return ObjectInfo(bucket=bucket, key=key, size=size, last_modified=_now(), etag=etag)
+        return ObjectInfo(bucket=bucket, key=key, size=size, last_modified=answers.now(), etag=etag)
 
     async def _get(self, bucket: str, key: str) -> tuple[ObjectInfo, StreamingBody]:
         got = await self._call(
             f"read {bucket}/{key}", self._client.get_object(Bucket=bucket, Key=key), bucket, key
         )
-        info = ObjectInfo(
-            bucket=bucket,
-            key=key,
-            size=got["ContentLength"],
-            last_modified=_seconds(got["LastModified"]),
-            etag=_etag(got["ETag"]),
-        )
+        try:
+            info = answers.answered(bucket, key, got, where=self._where)
+        except StorageError:
+            got["Body"].close()
+            raise
         body: StreamingBody = got["Body"]
         return info, body
 
@@ -596,7 +570,8 @@ class S3ObjectStore:
             pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
             async for page in pages:
                 keys: list[ObjectIdentifierTypeDef] = [
-                    {"Key": item["Key"]} for item in page.get("Contents", [])
+                    {"Key": answers.required(item, "Key", what=f"a listing of {bucket!r}", where=self._where)}
+                    for item in page.get("Contents", [])
                 ]
                 if not keys:
                     continue

@@ -10,6 +10,7 @@ from oscar_manager.api.deps import BodyDep, IntakeDep
 from oscar_manager.auth.tokens import BEARER_CHALLENGE, bearer_token, token_matches
 from oscar_manager.domain.events import object_events, parse_json
 from oscar_manager.errors import BadRequest, Unauthorized
+from oscar_manager.operations.offload import off_loop
 
 router = APIRouter(tags=["events"])
 
@@ -33,7 +34,7 @@ async def webhook_caller(request: Request, authorization: Annotated[str | None, 
 async def minio_notification(body: BodyDep, intake: IntakeDep) -> dict[str, int]:
     """Each object is recorded (once) for every service whose input folder holds it; the answer counts
     what was new, already known, and under no service's input."""
-    events = object_events(parse_json(body))
+    events = await off_loop(lambda: object_events(parse_json(body)), size=len(body))
     if events is None:
         raise BadRequest("the body is not a bucket notification (a JSON object with 'Records')")
     routed = await intake.storage_events(events)

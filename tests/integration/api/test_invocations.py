@@ -68,8 +68,10 @@ class TestJobAuth:
         assert response.status_code == 401
 
     async def test_unknown_service(self, client: httpx.AsyncClient) -> None:
+        # Only a caller with valid credentials learns that a service does not exist.
         response = await client.post("/job/ghost", content=b64(b"x"), headers=bearer("a" * 64), auth=NO_AUTH)
-        assert response.status_code == 404
+        assert response.status_code == 401
+        assert (await client.post("/job/ghost", content=b64(b"x"))).status_code == 404
 
     async def test_wrong_basic_password(self, client: httpx.AsyncClient) -> None:
         await make_service(client)
@@ -347,7 +349,8 @@ class TestRun:
         wrong = await client.post("/run/upper", content=b64(b"x"), headers=bearer("f" * 64), auth=NO_AUTH)
         assert wrong.status_code == 401
         missing = await client.post("/run/ghost", content=b64(b"x"), headers=bearer("f" * 64), auth=NO_AUTH)
-        assert missing.status_code == 404
+        assert missing.status_code == 401
+        assert (await client.post("/run/ghost", content=b64(b"x"))).status_code == 404
         assert (await client.post("/run/upper", content=b64(b"x"))).status_code == 200
 
     async def test_sandbox_has_no_manager_secrets(
