@@ -30,6 +30,7 @@ from oscar_manager.errors import Conflict
 from oscar_manager.storage.base import BucketNotFound, InvalidKey, ObjectInfo, ObjectNotFound, StorageError
 from oscar_manager.storage.blocking import run_blocking as _blocking
 from oscar_manager.storage.keys import validate_bucket, validate_key
+from oscar_manager.storage.nofollow import DIR_FLAGS, open_regular
 
 STAGING = ".staging"
 READ_CHUNK = 64 * 1024
@@ -37,9 +38,6 @@ READ_CHUNK = 64 * 1024
 COPY_CHUNK = 1024 * 1024
 
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# O_NONBLOCK: opening a FIFO someone left in a bucket must not hang a worker thread.
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 # "Something that is not a directory (a file, a symlink) sits where a directory should be."
 _NOT_A_DIR = (errno.ENOTDIR, errno.ELOOP)
@@ -75,13 +73,13 @@ def _storage_error(action: str, exc: OSError) -> StorageError:
 
 def _open_dir(name: str, *, dir_fd: int, create: bool) -> int:
     try:
-        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
         if not create:
             raise
     with contextlib.suppress(FileExistsError):
         os.mkdir(name, dir_fd=dir_fd)
-    return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
 
 
 def _descend(fd: int, names: list[str], *, create: bool) -> int:
@@ -95,21 +93,6 @@ def _descend(fd: int, names: list[str], *, create: bool) -> int:
         os.close(fd)
         raise
     return fd
-
-
-def _open_regular(name: str | Path, *, dir_fd: int | None = None) -> tuple[int, os.stat_result] | None:
-    """A blocking read descriptor on the regular file ``name`` and its stat; ``None`` for anything else."""
-    fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
-    try:
-        st = os.fstat(fd)
-        if not stat_module.S_ISREG(st.st_mode):
-            os.close(fd)
-            return None
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, st
 
 
 class _NewFile:
@@ -320,7 +303,7 @@ class LocalObjectStore:
             parent = self._open_parent(bucket, segments)
             if parent is not None:
                 try:
-                    opened = _open_regular(segments[-1], dir_fd=parent)
+                    opened = open_regular(segments[-1], dir_fd=parent)
                 finally:
                     os.close(parent)
         except OSError as exc:
@@ -408,7 +391,7 @@ class LocalObjectStore:
 
         def open_source() -> int:
             try:
-                opened = _open_regular(source)
+                opened = open_regular(source)
             except OSError as exc:
                 raise _storage_error(f"read {str(source)!r}", exc) from None
             if opened is None:

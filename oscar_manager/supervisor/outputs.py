@@ -18,10 +18,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from oscar_manager.storage.blocking import run_blocking
+from oscar_manager.storage.nofollow import DIR_FLAGS, open_regular
 from oscar_manager.supervisor.log import SupervisorLog
-from oscar_manager.supervisor.workspace import DIR_FLAGS, Workspace
+from oscar_manager.supervisor.workspace import Workspace
 
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 # Something else than a folder (a link, a file) where a folder was, or nothing any more.
 _GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 # Object keys are at most 1024 bytes, so no deeper output can be uploaded anyway; a deeper tree is not
@@ -101,22 +101,16 @@ def open_output(workspace: Workspace, name: str) -> OpenFile | None:
             sub = os.open(folder, DIR_FLAGS, dir_fd=fd)
             os.close(fd)
             fd = sub
-        file_fd = os.open(leaf, _READ_FLAGS, dir_fd=fd)
+        opened = open_regular(leaf, dir_fd=fd)
     except OSError as exc:
         if exc.errno in (*_GONE, errno.ENXIO):  # ENXIO: a FIFO with no writer
             return None
         raise
     finally:
         os.close(fd)
-    try:
-        st = os.fstat(file_fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(file_fd)
-            return None
-        os.set_blocking(file_fd, True)
-    except BaseException:
-        os.close(file_fd)
-        raise
+    if opened is None:
+        return None
+    file_fd, st = opened
     return OpenFile(name=name, fd=file_fd, st=st)
 
 

@@ -17,8 +17,9 @@ import stat
 import tempfile
 from pathlib import Path
 
+from oscar_manager.storage.nofollow import DIR_FLAGS
+
 SCRIPT_NAME = "script.sh"
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
