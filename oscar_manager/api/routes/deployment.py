@@ -3,7 +3,7 @@ a service that is not exposed (the dashboard asks for every service)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from fastapi import APIRouter
 
@@ -34,13 +34,14 @@ async def deployment_logs(
 
 
 def _lifecycle_route(action: str) -> None:
-    async def change(name: str, caller: CallerDep, tx: TransactionDep) -> dict[str, Any]:
+    async def change(name: str, caller: CallerDep, tx: TransactionDep) -> NoReturn:
         await deployment.lifecycle(tx, principal=caller, name=name)
 
     router.add_api_route(
         f"/{{name}}/{action}",
         change,
         methods=["POST"],
+        response_model=None,
         name=f"{action}_service",
         summary=f"{action.capitalize()} an exposed service (none is: 400)",
         responses={400: {"description": "The service is not exposed"}, **_SEEN},

@@ -16,32 +16,30 @@ from oscar_manager.errors import NotFound
 router = APIRouter(prefix="/system", tags=["system"])
 
 _OFF: dict[int | str, dict[str, Any]] = {404: {"description": "The feature is not enabled on this cluster"}}
+# The routes upstream has for each feature, with their methods.
 FEATURES = {
-    "volumes": ("/volumes", "/volumes/{name}"),
-    "quotas": ("/quotas/user", "/quotas/user/{user_id}"),
-    "metrics": ("/metrics", "/metrics/breakdown", "/metrics/{service}"),
+    "volumes": (("/volumes", ("GET", "POST")), ("/volumes/{name}", ("GET", "DELETE"))),
+    "quotas": (("/quotas/user", ("GET",)), ("/quotas/user/{user_id}", ("GET", "PUT"))),
+    "metrics": (("/metrics", ("GET",)), ("/metrics/breakdown", ("GET",)), ("/metrics/{service}", ("GET",))),
 }
 
 
-def _off(feature: str, path: str) -> None:
+def _off(feature: str, path: str, method: str) -> None:
     async def answer(_caller: CallerDep) -> NoReturn:
         raise NotFound(f"{feature} are not enabled on this cluster")
 
-    methods = ["GET"]
-    if feature == "volumes":
-        methods += ["POST"] if "{" not in path else ["DELETE"]
-    if feature == "quotas" and "{" in path:
-        methods += ["PUT"]
     router.add_api_route(
         path,
         answer,
-        methods=methods,
-        name=f"{feature}{path.replace('/', '_').replace('{', '').replace('}', '')}",
+        methods=[method],
+        response_model=None,
+        name=f"{method.lower()}{path.replace('/', '_').replace('{', '').replace('}', '')}",
         summary=f"Not enabled: {feature} (404, as upstream with the feature off)",
         responses=_OFF,
     )
 
 
-for _feature, _paths in FEATURES.items():
-    for _path in _paths:
-        _off(_feature, _path)
+for _feature, _routes in FEATURES.items():
+    for _path, _methods in _routes:
+        for _method in _methods:
+            _off(_feature, _path, _method)
