@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from oscar_manager import __version__
 from oscar_manager.api.deps import require_admin
 from oscar_manager.api.routes import buckets, events, health, invocations, logs, services, system
+from oscar_manager.api.s3.server import s3_face
 from oscar_manager.auth.authenticator import build_authenticator
 from oscar_manager.auth.groups import realm
 from oscar_manager.domain.service import Service
@@ -120,8 +121,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.webhook_token = runtime.webhook_token
             app.state.services_changed = runtime.services_changed
             app.state.event_status = runtime.event_status
-            _announce(settings, generated=generated)
-            yield
+            async with s3_face(settings, runtime.stores.default, runtime.database):
+                _announce(settings, generated=generated)
+                yield
     finally:
         await authenticator.aclose()
 
