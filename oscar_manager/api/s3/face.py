@@ -20,7 +20,8 @@ from oscar_manager.api.s3.context import S3Face, S3Request
 from oscar_manager.errors import OscarError
 from oscar_manager.storage.s3face import s3xml
 from oscar_manager.storage.s3face.errors import S3Error, s3_code
-from oscar_manager.storage.s3face.sigv4 import SignedRequest, verify
+from oscar_manager.storage.s3face.signatures import verify
+from oscar_manager.storage.s3face.sigv4 import SignedRequest
 
 log = logging.getLogger(__name__)
 

@@ -112,10 +112,14 @@ class MultipartUploads:
         await run_blocking(lambda: shutil.rmtree(folder, ignore_errors=True))
 
 
+def _open_binary(path: Path) -> BinaryIO:
+    return path.open("rb")
+
+
 async def concatenated(files: Sequence[Path]) -> AsyncIterator[bytes]:
     """The parts' bytes one after the other, a chunk at a time."""
     for path in files:
-        handle: BinaryIO = await run_blocking(functools.partial(path.open, "rb"))
+        handle = await run_blocking(functools.partial(_open_binary, path))
         try:
             while data := await run_blocking(functools.partial(handle.read, COPY_CHUNK)):
                 yield data

@@ -247,15 +247,6 @@ def verify_presigned(request: SignedRequest, *, secrets: SecretLookup, now: date
     )
 
 
-def verify(request: SignedRequest, *, secrets: SecretLookup, now: datetime) -> Verified:
-    """The request's signer, whichever way it is signed; anonymous requests are refused."""
-    if "authorization" in request.headers:
-        return verify_header(request, secrets=secrets, now=now)
-    if any(name == "X-Amz-Signature" for name, _ in request.query):
-        return verify_presigned(request, secrets=secrets, now=now)
-    raise access_denied("anonymous access is not allowed: sign requests with the keys of /system/config")
-
-
 def chunk_signature(verified: Verified, previous: str, chunk_sha256: str) -> str:
     """The signature of one chunk of a STREAMING-AWS4-HMAC-SHA256-PAYLOAD body."""
     text = "\n".join(
