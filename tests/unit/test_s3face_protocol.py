@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
-from botocore.awsrequest import AWSRequest
+from botocore.awsrequest import AWSPreparedRequest, AWSRequest
 from botocore.credentials import Credentials
 
 from oscar_manager.storage.base import ObjectInfo
@@ -26,16 +26,19 @@ KEYS = {"oscar": "the-admin-password"}
 NOW = datetime.now(UTC)
 
 
-def _received(prepared: AWSRequest, method: str) -> SignedRequest:
+def _received(prepared: AWSPreparedRequest, method: str) -> SignedRequest:
     """The request as the server receives it: raw path, decoded query pairs, lower-case headers."""
-    url = urlsplit(prepared.url)
-    headers = {name.lower(): value for name, value in prepared.headers.items()}
+    url = urlsplit(str(prepared.url))
+    headers = {
+        name.lower(): value.decode() if isinstance(value, bytes) else str(value)
+        for name, value in prepared.headers.items()
+    }
     headers["host"] = url.netloc
     return SignedRequest(
         method=method,
         raw_path=url.path,
         query=parse_qsl(url.query, keep_blank_values=True),
-        headers={k: v.decode() if isinstance(v, bytes) else v for k, v in headers.items()},
+        headers=headers,
     )
 
 
