@@ -74,7 +74,12 @@ def error_response(exc: OscarError, *, resource: str, request_id: str, method: s
     body = (
         b"" if method == "HEAD" else s3xml.error(code, exc.message, resource=resource, request_id=request_id)
     )
-    return Response(body, status, media_type=s3xml.CONTENT_TYPE, headers=exc.headers)
+    headers = dict(exc.headers)
+    if method in ("PUT", "POST"):
+        # A refusal may come before the body was read (or, with "Expect: 100-continue", sent): what is
+        # left of it must not be taken for the connection's next request.
+        headers["Connection"] = "close"
+    return Response(body, status, media_type=s3xml.CONTENT_TYPE, headers=headers)
 
 
 def _preflight(face: S3Face, headers: dict[str, str]) -> Response:
