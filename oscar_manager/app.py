@@ -32,6 +32,7 @@ from oscar_manager.api.routes import (
     services,
     system,
 )
+from oscar_manager.api.s3.server import s3_face
 from oscar_manager.auth.authenticator import build_authenticator
 from oscar_manager.auth.groups import realm
 from oscar_manager.domain.service import Service
@@ -130,8 +131,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.webhook_token = runtime.webhook_token
             app.state.services_changed = runtime.services_changed
             app.state.event_status = runtime.event_status
-            _announce(settings, generated=generated)
-            yield
+            async with s3_face(settings, runtime.stores.default, runtime.database):
+                _announce(settings, generated=generated)
+                yield
     finally:
         await authenticator.aclose()
 

@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     write_timeout: int = Field(default=300, gt=0)
     # Bodies parsed in memory (service definitions, events) are refused above this size with 413.
     oscar_max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    # The S3 face of the local buckets (embedded default only: off with MINIO_ENDPOINT): a port of its own
+    # on OSCAR_HOST, because S3 clients put the bucket first in the path. 0 turns it off.
+    oscar_s3_port: int = Field(default=9000, ge=0, le=65535)
+    # The S3 endpoint as clients reach it (``/system/config``'s ``minio_provider.endpoint``), e.g. behind a
+    # proxy; empty: the host the client called the manager by, on OSCAR_S3_PORT.
+    oscar_s3_public_url: str = ""
 
     # --- identity of this deployment (as upstream) -----------------------------------------------
     oscar_name: str = "oscar"
@@ -159,6 +165,11 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
+    @field_validator("oscar_s3_port", mode="before")
+    @classmethod
+    def _empty_port_is_off(cls, value: Any) -> Any:
+        return 0 if isinstance(value, str) and not value.strip() else value
+
     @field_validator("oscar_provider_allowed_networks")
     @classmethod
     def _networks_or_hosts(cls, value: list[str]) -> list[str]:
@@ -182,12 +193,22 @@ class Settings(BaseSettings):
         return bool(self.minio_endpoint)
 
     @property
+    def serves_s3(self) -> bool:
+        """The manager serves the local buckets over S3 itself (``api/s3``)."""
+        return not self.uses_minio and self.oscar_s3_port != 0
+
+    @property
     def webhook_token_file(self) -> Path:
         return self.oscar_data_dir / "minio-webhook-token"
 
     @property
     def buckets_dir(self) -> Path:
         return self.oscar_data_dir / "buckets"
+
+    @property
+    def s3_uploads_dir(self) -> Path:
+        """Parts of multipart uploads to the S3 face, until they are completed or aborted."""
+        return self.oscar_data_dir / "s3-uploads"
 
     @property
     def work_dir(self) -> Path:

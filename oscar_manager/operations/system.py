@@ -59,9 +59,16 @@ def storage(
     }
 
 
-def config(settings: Settings, *, principal: Principal) -> dict[str, Any]:
-    # Only the admin exists until OIDC arrives; it gets the MinIO root keys, as upstream.
+def config(settings: Settings, *, principal: Principal, s3_endpoint: str = "") -> dict[str, Any]:
+    """``s3_endpoint``: the manager's own S3 face of the local buckets, as this caller reaches it."""
+    # The admin gets the keys (MinIO's root keys, as upstream; on the S3 face its own user and
+    # password). OIDC users get none until buckets have owners.
     show_keys = principal.is_admin
+    if s3_endpoint:
+        endpoint, access_key, secret_key = s3_endpoint, settings.oscar_username, settings.oscar_password
+    else:
+        endpoint, access_key = settings.minio_endpoint, settings.minio_access_key
+        secret_key = settings.minio_secret_key
     return {
         "config": {
             "name": settings.oscar_name,
@@ -77,10 +84,10 @@ def config(settings: Settings, *, principal: Principal) -> dict[str, Any]:
             "minio_quota_enabled": False,
         },
         "minio_provider": {
-            "endpoint": settings.minio_endpoint,
+            "endpoint": endpoint,
             "verify": settings.minio_tls_verify,
-            "access_key": settings.minio_access_key if show_keys else "",
-            "secret_key": settings.minio_secret_key if show_keys else "",
+            "access_key": access_key if show_keys else "",
+            "secret_key": secret_key if show_keys else "",
             # oscar-python and the dashboard need a region (an empty one disables the dashboard's buckets).
             "region": settings.minio_region or "us-east-1",
         },

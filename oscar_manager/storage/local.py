@@ -59,6 +59,14 @@ def _info(bucket: str, key: str, st: os.stat_result) -> ObjectInfo:
     return ObjectInfo(bucket=bucket, key=key, size=st.st_size, last_modified=_mtime(st), etag=file_etag(st))
 
 
+# A folder listed as S3 lists its marker object: empty, with the ETag of no content.
+EMPTY_ETAG = "d41d8cd98f00b204e9800998ecf8427e"
+
+
+def _folder_info(bucket: str, key: str, st: os.stat_result) -> ObjectInfo:
+    return ObjectInfo(bucket=bucket, key=key, size=0, last_modified=_mtime(st), etag=EMPTY_ETAG)
+
+
 def _is_valid_key(key: str, *, folder: bool = False) -> bool:
     try:
         validate_key(key, folder=folder)
@@ -228,7 +236,7 @@ class LocalObjectStore:
                 names.append(validate_bucket(name))
         return sorted(names)
 
-    def _list_objects(self, bucket: str, prefix: str) -> list[ObjectInfo]:
+    def _list_objects(self, bucket: str, prefix: str, *, folders: bool = False) -> list[ObjectInfo]:
         found: list[ObjectInfo] = []
 
         # Depth first, holding one descriptor per level (depth is bounded by the key length), never
@@ -245,6 +253,9 @@ class LocalObjectStore:
                         continue
                     if not _is_valid_key(sub, folder=True):
                         continue
+                    if folders and sub.startswith(prefix):
+                        with contextlib.suppress(FileNotFoundError):
+                            found.append(_folder_info(bucket, sub, entry.stat(follow_symlinks=False)))
                     try:
                         sub_fd = _open_dir(entry.name, dir_fd=fd, create=False)
                     except OSError as exc:  # replaced since scandir saw it
@@ -376,10 +387,23 @@ class LocalObjectStore:
     async def list_buckets(self) -> list[str]:
         return await _blocking(self._list_buckets)
 
-    async def list_objects(self, bucket: str, prefix: str = "") -> list[ObjectInfo]:
-        """Regular files whose key starts with ``prefix`` (a plain string match, never a path)."""
+    async def bucket_times(self) -> list[tuple[str, datetime]]:
+        """Every bucket with the time its folder last changed (what S3's ListBuckets shows as created)."""
+
+        def listed() -> list[tuple[str, datetime]]:
+            found = []
+            for name in self._list_buckets():
+                with contextlib.suppress(FileNotFoundError):
+                    found.append((name, _mtime(os.lstat(self._root / name))))
+            return found
+
+        return await _blocking(listed)
+
+    async def list_objects(self, bucket: str, prefix: str = "", *, folders: bool = False) -> list[ObjectInfo]:
+        """Regular files whose key starts with ``prefix`` (a plain string match, never a path); with
+        ``folders``, each folder too, as the empty marker object ``folder/`` an S3 server would list."""
         validate_bucket(bucket)
-        return await _blocking(lambda: self._list_objects(bucket, prefix))
+        return await _blocking(lambda: self._list_objects(bucket, prefix, folders=folders))
 
     async def stat(self, bucket: str, key: str) -> ObjectInfo | None:
         self.object_path(bucket, key)
@@ -474,12 +498,24 @@ class LocalObjectStore:
             await _blocking(staged.discard)
         return _info(bucket, key, st)
 
-    async def read_stream(self, bucket: str, key: str) -> AsyncIterator[bytes]:
+    async def read_stream(
+        self, bucket: str, key: str, *, start: int = 0, end: int | None = None, etag: str | None = None
+    ) -> AsyncIterator[bytes]:
+        """The object's bytes ``start`` to ``end`` (inclusive; the whole object by default). With ``etag``
+        (from a ``stat`` whose answer went out first), a file replaced since then fails the read rather
+        than sending another file's bytes under the first one's headers."""
         self.object_path(bucket, key)
-        fd, _ = await _blocking(lambda: self._open_object(bucket, key), discard=lambda r: os.close(r[0]))
+        fd, st = await _blocking(lambda: self._open_object(bucket, key), discard=lambda r: os.close(r[0]))
         try:
-            async for chunk in _read_chunks(fd, READ_CHUNK, f"{bucket}/{key}"):
-                yield chunk
+            if etag is not None and file_etag(st) != etag:
+                raise ObjectNotFound(f"object {key!r} in bucket {bucket!r} changed while being read")
+            what = f"{bucket}/{key}"
+            if start == 0 and end is None:
+                async for chunk in _read_chunks(fd, READ_CHUNK, what):
+                    yield chunk
+            else:
+                async for chunk in _read_range(fd, start, end, what):
+                    yield chunk
         finally:
             os.close(fd)
 
@@ -529,6 +565,23 @@ class LocalObjectStore:
 
     async def presigned_url(self, bucket: str, key: str, *, method: str, expires_in: int) -> str | None:
         return None  # folders cannot sign: the manager serves signed URLs (``/storage/...``) instead
+
+
+async def _read_range(fd: int, start: int, end: int | None, what: str) -> AsyncIterator[bytes]:
+    position = start
+
+    def read() -> bytes:
+        size = READ_CHUNK if end is None else min(READ_CHUNK, end + 1 - position)
+        if size <= 0:
+            return b""
+        try:
+            return os.pread(fd, size, position)
+        except OSError as exc:
+            raise _storage_error(f"read {what}", exc) from None
+
+    while data := await _blocking(read):
+        position += len(data)
+        yield data
 
 
 async def _read_chunks(fd: int, size: int, what: str) -> AsyncIterator[bytes]:

@@ -17,6 +17,8 @@ def make_settings(*, database_url: str, data_dir: Path, **overrides: Any) -> Set
         "oscar_data_dir": data_dir,
         "oscar_password": ADMIN_PASSWORD,
         "oscar_git_commit": "0123456789ab",
+        # In-process apps bind no S3 face port unless a test asks for one.
+        "oscar_s3_port": 0,
     }
     values.update(overrides)
     return Settings(**values)

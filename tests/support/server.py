@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.components import free_port
+
 
 @dataclass
 class RunningServer:
@@ -19,6 +21,8 @@ class RunningServer:
     workdir: Path
     process: subprocess.Popen[bytes]
     given_password: str = ""
+    # The S3 face of the local buckets (empty when off, e.g. on MinIO).
+    s3_url: str = ""
 
     def password(self) -> str:
         if self.given_password:
@@ -36,6 +40,9 @@ def start_server(workdir: Path, port: int, *, env: dict[str, str] | None = None)
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("OSCAR_", "MINIO_", "OIDC_"))}
     environment.update(env or {})
     environment["OSCAR_SERVICE_PORT"] = str(port)
+    # Each server its own S3 face port, so that servers of tests running side by side never collide.
+    environment.setdefault("OSCAR_S3_PORT", str(free_port()))
+    s3_port = int(environment["OSCAR_S3_PORT"] or 0)
     with (workdir / "server.log").open("ab") as log:
         process = subprocess.Popen(
             [*_executable(), "serve"], cwd=workdir, env=environment, stdout=log, stderr=log
@@ -52,6 +59,9 @@ def start_server(workdir: Path, port: int, *, env: dict[str, str] | None = None)
                     workdir=workdir,
                     process=process,
                     given_password=environment.get("OSCAR_PASSWORD", ""),
+                    s3_url=f"http://127.0.0.1:{s3_port}"
+                    if s3_port and not environment.get("MINIO_ENDPOINT")
+                    else "",
                 )
         except httpx.TransportError:
             pass

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 
 from oscar_manager.api.deps import BackendDep, CallerDep, IntakeDep, SettingsDep, StoresDep, TransactionDep
 from oscar_manager.operations import status, system
+from oscar_manager.settings import Settings
 
 router = APIRouter(prefix="/system", tags=["system"])
 
@@ -26,8 +27,21 @@ async def get_info(
 # oscar-python asks for ``/system/config/`` (trailing slash), others without: serve both directly.
 @router.get("/config", summary="Cluster configuration and the MinIO provider clients use")
 @router.get("/config/", include_in_schema=False)
-async def get_config(settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
-    return system.config(settings, principal=caller)
+async def get_config(request: Request, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
+    return system.config(settings, principal=caller, s3_endpoint=s3_endpoint(settings, request))
+
+
+def s3_endpoint(settings: Settings, request: Request) -> str:
+    """The S3 face as the caller reaches it: the configured public URL, else the host the caller called
+    the manager by, on the S3 port. Empty when the manager serves no S3."""
+    if not settings.serves_s3:
+        return ""
+    if settings.oscar_s3_public_url:
+        return settings.oscar_s3_public_url.rstrip("/")
+    host = request.url.hostname or settings.oscar_host
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address
+    return f"{request.url.scheme}://{host}:{settings.oscar_s3_port}"
 
 
 @router.get("/status", summary="The cluster's nodes, the manager, and (admin) job and storage counts")

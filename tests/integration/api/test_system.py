@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import socket
 
 import httpx
 import pytest
 
 from oscar_manager.settings import Settings
 from tests.support.app import app_client
+from tests.support.components import free_port
 from tests.support.factories import ADMIN_PASSWORD, service_body
 
 pytestmark = pytest.mark.asyncio
@@ -123,6 +125,56 @@ async def test_config_reports_settings(settings: Settings) -> None:
         "secret_key": "rootsecret",
         "region": "eu-west-1",
     }
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def test_config_points_the_admin_at_the_s3_face(settings: Settings) -> None:
+    port = free_port()
+    async with app_client(settings.model_copy(update={"oscar_s3_port": port})) as admin:
+        provider = (await admin.get("/system/config")).json()["minio_provider"]
+        async with httpx.AsyncClient() as s3:
+            anonymous = await s3.get(f"http://127.0.0.1:{port}/")
+        assert (anonymous.status_code, anonymous.headers["content-type"]) == (403, "application/xml")
+    assert provider == {
+        "endpoint": f"http://oscar.test:{port}",  # the host the caller called the manager by
+        "verify": True,
+        "access_key": "oscar",
+        "secret_key": ADMIN_PASSWORD,
+        "region": "us-east-1",
+    }
+    assert not _listening(port)  # stopped with the manager
+    public = {"oscar_s3_port": free_port(), "oscar_s3_public_url": "https://s3.oscar.example.org/"}
+    async with app_client(settings.model_copy(update=public)) as admin:
+        provider = (await admin.get("/system/config")).json()["minio_provider"]
+    assert provider["endpoint"] == "https://s3.oscar.example.org"
+
+
+async def test_with_minio_there_is_no_s3_face(settings: Settings) -> None:
+    port = free_port()
+    with_minio = {
+        "oscar_s3_port": port,
+        "minio_endpoint": "http://minio:9000",
+        "minio_access_key": "root",
+        "minio_secret_key": "rootsecret",
+    }
+    async with app_client(settings.model_copy(update=with_minio)) as admin:
+        provider = (await admin.get("/system/config")).json()["minio_provider"]
+        assert not _listening(port)
+    assert (provider["endpoint"], provider["access_key"]) == ("http://minio:9000", "root")
+
+
+async def test_a_taken_s3_port_stops_the_start_with_the_setting_named(settings: Settings) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(RuntimeError, match="OSCAR_S3_PORT"):
+            async with app_client(settings.model_copy(update={"oscar_s3_port": port})):
+                pass
 
 
 class TestDocs:
