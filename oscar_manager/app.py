@@ -21,7 +21,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from oscar_manager import __version__
 from oscar_manager.api.deps import require_admin
-from oscar_manager.api.routes import buckets, events, health, invocations, logs, services, system
+from oscar_manager.api.routes import (
+    buckets,
+    deployment,
+    disabled,
+    events,
+    health,
+    invocations,
+    logs,
+    services,
+    system,
+)
 from oscar_manager.auth.authenticator import build_authenticator
 from oscar_manager.auth.groups import realm
 from oscar_manager.domain.service import Service
@@ -265,6 +275,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         health.router,
         system.router,
         services.router,
+        deployment.router,
+        disabled.router,
         invocations.router,
         logs.router,
         buckets.presigned_router,

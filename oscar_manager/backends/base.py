@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from oscar_manager.domain.cluster import NodeStatus
 from oscar_manager.domain.jobs import JobOutcome
 from oscar_manager.domain.service import Service
 from oscar_manager.errors import OscarError
@@ -94,5 +95,11 @@ class Backend(Protocol):
 
     async def remove_service(self, service: Service) -> None:
         """Remove what ``prepare_service`` made, and the service's jobs."""
+
+    async def nodes(self) -> list[NodeStatus]:
+        """The machines jobs run on, with their capacity, what running jobs request of them and their
+        measured usage. ``MetricsUnavailable`` when usage cannot be measured (as upstream, no partial
+        answer)."""
+        ...
 
     def describe(self) -> dict[str, Any]: ...

@@ -46,6 +46,8 @@ from oscar_manager.backends.base import (
     SyncRequest,
 )
 from oscar_manager.backends.kube_answers import KubernetesError, invalid_fields, reason, retryable
+from oscar_manager.backends.kube_nodes import cluster_nodes
+from oscar_manager.domain.cluster import NodeStatus
 from oscar_manager.domain.jobs import JobOutcome, JobStatus
 from oscar_manager.domain.service import SERVICE_LABEL, Service
 from oscar_manager.errors import BadRequest, OscarError
@@ -156,6 +158,9 @@ class KubernetesBackend:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
+
+    async def nodes(self) -> list[NodeStatus]:
+        return await cluster_nodes(self._api, namespace=self._namespace)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "kubernetes", "namespace": self._namespace, "image_pulled": True}

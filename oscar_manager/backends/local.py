@@ -26,7 +26,9 @@ from oscar_manager.backends.base import (
     ScriptFailed,
     SyncRequest,
 )
+from oscar_manager.backends.machine import this_machine
 from oscar_manager.backends.sandbox import Sandbox, ScriptResult, ScriptRun
+from oscar_manager.domain.cluster import NodeStatus
 from oscar_manager.domain.jobs import JobOutcome, JobStatus
 from oscar_manager.domain.quantities import quantity_bytes, quantity_cores
 from oscar_manager.domain.service import Service, wants_network
@@ -80,6 +82,7 @@ class LocalBackend:
         self._queue: asyncio.Queue[JobRequest] = asyncio.Queue()
         self._queued: set[str] = set()
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._running_services: dict[str, Service] = {}  # job -> its service, for what jobs request
         self._workers: list[asyncio.Task[None]] = []
         self._sync_slots = asyncio.Semaphore(concurrency)
         self._reporter: JobReporter | None = None
@@ -101,6 +104,9 @@ class LocalBackend:
         await asyncio.gather(*self._workers, *self._running.values(), return_exceptions=True)
         self._workers = []
         self._running.clear()
+
+    async def nodes(self) -> list[NodeStatus]:
+        return [this_machine(self._running_services.values())]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -148,6 +154,7 @@ class LocalBackend:
             self._queued.discard(request.job_id)
             task = asyncio.create_task(self._execute(request), name=f"job-{request.job_id}")
             self._running[request.job_id] = task
+            self._running_services[request.job_id] = request.service
             try:
                 await task
             except asyncio.CancelledError:
@@ -159,6 +166,7 @@ class LocalBackend:
                 log.exception("job %s crashed", request.job_id)
             finally:
                 self._running.pop(request.job_id, None)
+                self._running_services.pop(request.job_id, None)
 
     async def _execute(self, request: JobRequest) -> None:
         assert self._reporter is not None

@@ -327,6 +327,11 @@ class JobRepository:
         row = await self._session.get(JobRow, job_id)
         return _job(row) if row is not None and row.service == service else None
 
+    async def counts(self) -> dict[str, int]:
+        """Jobs of every service by status (``Succeeded``...)."""
+        rows = await self._session.execute(select(JobRow.status, func.count()).group_by(JobRow.status))
+        return {status: int(count) for status, count in rows}
+
     async def log(self, service: str, job_id: str) -> str | None:
         row = await self._session.get(JobRow, job_id)
         return row.log if row is not None and row.service == service else None

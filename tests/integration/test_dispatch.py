@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from oscar_manager.backends.base import BackendUnavailable, JobReporter, JobRequest, SyncRequest
+from oscar_manager.domain.cluster import NodeStatus
 from oscar_manager.domain.jobs import JobStatus
 from oscar_manager.domain.service import MinioDefault, Service, normalise_new, parse_service
 from oscar_manager.operations import Database, dispatch
@@ -51,6 +52,9 @@ class FlakyBackend:
     async def prepare_service(self, service: Service) -> None: ...
 
     async def remove_service(self, service: Service) -> None: ...
+
+    async def nodes(self) -> list[NodeStatus]:
+        return []
 
     def describe(self) -> dict[str, Any]:
         return {}

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 
 from oscar_manager.app import create_app
 from oscar_manager.settings import Settings
-from tests.support.factories import ADMIN_PASSWORD
+from tests.support.factories import ADMIN_PASSWORD, service_body
 
 # Per request: send no credentials even though the client has some.
 NO_AUTH = httpx.Auth()
@@ -24,3 +25,29 @@ async def app_client(settings: Settings, *, auth: bool = True) -> AsyncIterator[
         httpx.AsyncClient(transport=transport, base_url="http://oscar.test", auth=credentials) as http,
     ):
         yield http
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def create_io_service(
+    http: httpx.AsyncClient,
+    name: str,
+    script: str,
+    *,
+    headers: dict[str, str] | None = None,
+    **fields: Any,
+) -> str:
+    """Create ``name`` reading ``name/in`` and writing ``name/out`` on ``minio.default``; its token."""
+    body = service_body(
+        name,
+        script=script,
+        input=[{"storage_provider": "minio", "path": f"{name}/in"}],
+        output=[{"storage_provider": "minio", "path": f"{name}/out"}],
+        **fields,
+    )
+    created = await http.post("/system/services", json=body, headers=headers)
+    assert created.status_code == 201, created.text
+    token: str = (await http.get(f"/system/services/{name}", headers=headers)).json()["token"]
+    return token

@@ -74,6 +74,19 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _node(name: str, *, cpu: str = "4", memory: str = "8Gi", ready: str = "True") -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        "status": {
+            "allocatable": {"cpu": cpu, "memory": memory, "pods": "110"},
+            "conditions": [
+                {"type": "MemoryPressure", "status": "False"},
+                {"type": "Ready", "status": ready},
+            ],
+        },
+    }
+
+
 def status(code: int, reason: str, message: str, **details: Any) -> web.Response:
     body = {
         "kind": "Status",
@@ -131,6 +144,12 @@ class KubeApiDouble:
     # When set, a created Job's pod really runs (see tests.support.kubelet); otherwise tests end pods.
     kubelet: Kubelet | None = None
     _running: set[asyncio.Task[None]] = field(default_factory=set)
+    # The cluster's nodes (served at /api/v1/nodes) and their usage as metrics-server reports it; None:
+    # no metrics API.
+    nodes: list[dict[str, Any]] = field(default_factory=lambda: [_node("node-1")])
+    node_usage: dict[str, dict[str, str]] | None = field(
+        default_factory=lambda: {"node-1": {"cpu": "250m", "memory": "1Gi"}}
+    )
     rbac: Rbac | None = None  # None: every request is allowed
     # Cleared: watch requests are answered 503 (an API server restarting). See also ``break_watches``.
     watches_open: asyncio.Event = field(default_factory=asyncio.Event)
@@ -158,6 +177,8 @@ class KubeApiDouble:
             app.router.add_put(base + "/{name}", self._replace)
             app.router.add_delete(base + "/{name}", self._delete)
         app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}/log", self._log)
+        app.router.add_get("/api/v1/nodes", self._nodes)
+        app.router.add_get("/apis/metrics.k8s.io/v1beta1/nodes", self._node_metrics)
         app.router.add_get("/_double/created", self._created)
         return app
 
@@ -482,6 +503,22 @@ class KubeApiDouble:
         if ("Pod", *key) not in self.objects:
             return status(404, "NotFound", f'pods "{key[1]}" not found')
         return web.Response(text=self.logs.get(key, ""))
+
+    async def _nodes(self, _request: web.Request) -> web.StreamResponse:
+        return web.json_response(
+            {"kind": "NodeList", "apiVersion": "v1", "metadata": {}, "items": self.nodes}
+        )
+
+    async def _node_metrics(self, _request: web.Request) -> web.StreamResponse:
+        if self.node_usage is None:  # a cluster without metrics-server: the API group is not served
+            return status(404, "NotFound", "the server could not find the requested resource")
+        items = [
+            {"metadata": {"name": name}, "timestamp": _now(), "window": "10s", "usage": usage}
+            for name, usage in self.node_usage.items()
+        ]
+        return web.json_response(
+            {"kind": "NodeMetricsList", "apiVersion": "metrics.k8s.io/v1beta1", "items": items}
+        )
 
     async def _created(self, _request: web.Request) -> web.StreamResponse:
         return web.json_response(self.created_at)

@@ -4,8 +4,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from oscar_manager.api.deps import BackendDep, CallerDep, IntakeDep, SettingsDep
-from oscar_manager.operations import system
+from oscar_manager.api.deps import BackendDep, CallerDep, IntakeDep, SettingsDep, StoresDep, TransactionDep
+from oscar_manager.operations import status, system
 
 router = APIRouter(prefix="/system", tags=["system"])
 
@@ -28,3 +28,10 @@ async def get_info(
 @router.get("/config/", include_in_schema=False)
 async def get_config(settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
     return system.config(settings, principal=caller)
+
+
+@router.get("/status", summary="The cluster's nodes, the manager, and (admin) job and storage counts")
+async def get_status(
+    caller: CallerDep, tx: TransactionDep, settings: SettingsDep, backend: BackendDep, stores: StoresDep
+) -> dict[str, Any]:
+    return await status.status(tx, principal=caller, settings=settings, backend=backend, store=stores.default)

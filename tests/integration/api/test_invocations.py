@@ -12,8 +12,7 @@ import pytest
 
 from oscar_manager.domain.events import ObjectEvent, notification
 from oscar_manager.settings import Settings
-from tests.support.app import NO_AUTH, app_client
-from tests.support.factories import service_body
+from tests.support.app import NO_AUTH, app_client, bearer, create_io_service
 from tests.support.jobs import settle, wait_for_jobs
 
 pytestmark = pytest.mark.asyncio
@@ -27,21 +26,7 @@ UPPER = (
 async def make_service(
     client: httpx.AsyncClient, name: str = "upper", script: str = UPPER, **fields: Any
 ) -> str:
-    body = service_body(
-        name,
-        script=script,
-        input=[{"storage_provider": "minio", "path": f"{name}/in"}],
-        output=[{"storage_provider": "minio", "path": f"{name}/out"}],
-        **fields,
-    )
-    created = await client.post("/system/services", json=body)
-    assert created.status_code == 201, created.text
-    token: str = (await client.get(f"/system/services/{name}")).json()["token"]
-    return token
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+    return await create_io_service(client, name, script, **fields)
 
 
 def b64(data: bytes) -> bytes:

@@ -15,9 +15,8 @@ import pytest
 from oscar_manager import runtime
 from oscar_manager.backends.sandbox import Sandbox
 from oscar_manager.settings import Settings
-from tests.support.app import NO_AUTH, app_client
+from tests.support.app import NO_AUTH, app_client, bearer, create_io_service
 from tests.support.components import free_port
-from tests.support.factories import service_body
 from tests.support.jobs import wait_for_jobs
 from tests.support.server import start_server, stop_server
 
@@ -33,21 +32,8 @@ def _loose(root: Path) -> list[str]:
     return found
 
 
-def _bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 async def _service(client: httpx.AsyncClient, name: str = "echo") -> str:
-    body = service_body(
-        name,
-        script=ECHO,
-        input=[{"storage_provider": "minio", "path": f"{name}/in"}],
-        output=[{"storage_provider": "minio", "path": f"{name}/out"}],
-    )
-    created = await client.post("/system/services", json=body)
-    assert created.status_code == 201, created.text
-    token: str = (await client.get(f"/system/services/{name}")).json()["token"]
-    return token
+    return await create_io_service(client, name, ECHO)
 
 
 async def test_a_fresh_serve_keeps_everything_it_writes_private(tmp_path: Path) -> None:
@@ -57,7 +43,7 @@ async def test_a_fresh_serve_keeps_everything_it_writes_private(tmp_path: Path) 
         async with httpx.AsyncClient(base_url=server.url, auth=auth, timeout=60) as client:
             token = await _service(client)
             ran = await client.post(
-                "/job/echo", content=base64.b64encode(b"hi"), headers=_bearer(token), auth=NO_AUTH
+                "/job/echo", content=base64.b64encode(b"hi"), headers=bearer(token), auth=NO_AUTH
             )
             assert ran.status_code == 201, ran.text
             jobs = await wait_for_jobs(client, "echo", count=1)
@@ -100,12 +86,12 @@ async def test_without_a_sandbox_scripts_are_refused_unless_opted_in(settings: S
         execution = (await client.get("/system/info")).json()["execution"]
         assert execution["sandbox"] == "none"
         assert "OSCAR_ALLOW_UNSANDBOXED" in execution["scripts"]
-        refused = await client.post("/run/echo", content=body, headers=_bearer(token), auth=NO_AUTH)
+        refused = await client.post("/run/echo", content=body, headers=bearer(token), auth=NO_AUTH)
         assert refused.status_code == 503
         assert refused.json()["error"] == "SandboxRefused"
         assert "bubblewrap" in refused.json()["detail"]
         assert "OSCAR_ALLOW_UNSANDBOXED" in refused.json()["detail"]
-        created = await client.post("/job/echo", content=body, headers=_bearer(token), auth=NO_AUTH)
+        created = await client.post("/job/echo", content=body, headers=bearer(token), auth=NO_AUTH)
         (job_id,) = created.headers["x-oscar-job-ids"].split(",")
         assert (await wait_for_jobs(client, "echo", count=1))[job_id]["status"] == "Failed"
         log = (await client.get(f"/system/logs/echo/{job_id}")).text
@@ -117,6 +103,6 @@ async def test_without_a_sandbox_scripts_are_refused_unless_opted_in(settings: S
     async with app_client(opted_in) as client:
         execution = (await client.get("/system/info")).json()["execution"]
         assert execution["scripts"] == "run unsandboxed"
-        ran = await client.post("/run/echo", content=body, headers=_bearer(token), auth=NO_AUTH)
+        ran = await client.post("/run/echo", content=body, headers=bearer(token), auth=NO_AUTH)
         assert ran.status_code == 200, ran.text
         assert base64.b64decode(ran.content) == b"got hi\n"

@@ -27,8 +27,8 @@ import yaml
 from oscar_manager.backends import manifests
 from oscar_manager.settings import Settings
 from oscar_manager.storage.s3 import S3ObjectStore
-from tests.support.app import app_client
-from tests.support.factories import ADMIN_PASSWORD, service_body, stored_service
+from tests.support.app import app_client, bearer, create_io_service
+from tests.support.factories import ADMIN_PASSWORD, stored_service
 from tests.support.minio import MinioServer
 from tests.support.oidc import ALLOWED_VO, EGI_ISSUER, FakeIssuer
 from tests.support.supervisor import chunks, run_python, s3_definition
@@ -59,10 +59,6 @@ def record(bucket: str, key: str, etag: str = "0123abcd") -> dict[str, Any]:
 
 def event(*records: dict[str, Any]) -> bytes:
     return json.dumps({"EventName": "s3:ObjectCreated:Put", "Records": list(records)}).encode()
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def jobs_of(api: httpx.AsyncClient, service: str) -> dict[str, Any]:
@@ -114,17 +110,7 @@ def as_user(egi: FakeIssuer, name: str) -> dict[str, str]:
 
 
 async def create(api: httpx.AsyncClient, headers: dict[str, str], name: str, **fields: Any) -> str:
-    body = service_body(
-        name,
-        script=COPY,
-        input=[{"storage_provider": "minio", "path": f"{name}/in"}],
-        output=[{"storage_provider": "minio", "path": f"{name}/out"}],
-        **fields,
-    )
-    created = await api.post("/system/services", json=body, headers=headers)
-    assert created.status_code == 201, created.text
-    token: str = (await api.get(f"/system/services/{name}", headers=headers)).json()["token"]
-    return token
+    return await create_io_service(api, name, COPY, headers=headers, **fields)
 
 
 @pytest.fixture

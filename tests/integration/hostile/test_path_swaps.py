@@ -27,7 +27,7 @@ from oscar_manager.storage.providers import Stores
 from oscar_manager.supervisor import stage
 from oscar_manager.supervisor.log import SupervisorLog
 from oscar_manager.supervisor.workspace import Workspace
-from tests.support.app import app_client
+from tests.support.app import app_client, create_io_service
 from tests.support.factories import service_body
 from tests.support.jobs import wait_for_jobs
 
@@ -68,14 +68,7 @@ def b64(data: bytes) -> bytes:
 
 
 async def make_service(client: httpx.AsyncClient, name: str, script: str) -> str:
-    body = service_body(
-        name,
-        script=script,
-        input=[{"storage_provider": "minio", "path": f"{name}/in"}],
-        output=[{"storage_provider": "minio", "path": f"{name}/out"}],
-    )
-    created = await client.post("/system/services", json=body)
-    assert created.status_code == 201, created.text
+    await create_io_service(client, name, script)
     return name
 
 

@@ -1,0 +1,105 @@
+"""The cluster's nodes for ``/system/status``: capacity from the nodes, usage from the metrics API
+(``metrics.k8s.io``, served by metrics-server), and what the manager's own running pods request.
+
+As upstream: only nodes that are not control-plane ones count, and without a metrics API the status cannot
+be given (upstream answers 500 then). Requests are summed over the pods of the services' namespace, not
+over every namespace as upstream does: reading every pod of the cluster is a permission the manager does
+not otherwise need.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from oscar_manager.backends.kube_answers import KubernetesError, reason
+from oscar_manager.domain.cluster import MetricsUnavailable, NodeStatus
+from oscar_manager.domain.quantities import parse_quantity
+
+GPU = "nvidia.com/gpu"
+# Upstream (utils.SelectEligibleNodes) leaves out the control plane's nodes, unless they are all there is.
+CONTROL_PLANE_LABELS = ("node-role.kubernetes.io/control-plane", "node-role.kubernetes.io/master")
+INTERLINK_LABEL = "virtual-node.interlink/type"
+
+
+def _amount(quantities: dict[str, str] | None, name: str, *, milli: bool = False) -> int:
+    """A resource quantity as upstream reads it: ``MilliValue()`` or ``Value()``, rounded up."""
+    amount = parse_quantity((quantities or {}).get(name, "") or "") or Decimal(0)
+    scaled = amount * 1000 if milli else amount
+    return int(scaled.to_integral_value(rounding="ROUND_CEILING"))
+
+
+def _requests(pods: list[Any]) -> dict[str, tuple[int, int]]:
+    """Node -> (millicores, bytes) requested by its pods that have not ended: the larger of the app
+    containers' sum and the largest init container, as the scheduler counts them."""
+    totals: dict[str, tuple[int, int]] = {}
+    for pod in pods:
+        node = pod.spec.node_name if pod.spec else None
+        if not node or (pod.status and pod.status.phase in ("Succeeded", "Failed")):
+            continue
+
+        def asked(containers: list[Any] | None) -> list[tuple[int, int]]:
+            return [
+                (
+                    _amount(c.resources.requests if c.resources else None, "cpu", milli=True),
+                    _amount(c.resources.requests if c.resources else None, "memory"),
+                )
+                for c in containers or []
+            ]
+
+        apps, inits = asked(pod.spec.containers), asked(pod.spec.init_containers)
+        cpu = max(sum(c for c, _ in apps), max((c for c, _ in inits), default=0))
+        memory = max(sum(m for _, m in apps), max((m for _, m in inits), default=0))
+        before = totals.get(node, (0, 0))
+        totals[node] = (before[0] + cpu, before[1] + memory)
+    return totals
+
+
+def _control_plane(node: Any) -> bool:
+    return any(label in (node.metadata.labels or {}) for label in CONTROL_PLANE_LABELS)
+
+
+async def cluster_nodes(api: client.ApiClient, *, namespace: str) -> list[NodeStatus]:
+    core = client.CoreV1Api(api)
+    try:
+        nodes = (await core.list_node()).items
+        pods = (await core.list_namespaced_pod(namespace)).items
+    except ApiException as exc:
+        raise KubernetesError(f"Kubernetes refused to list the nodes: {reason(exc)}") from None
+    try:
+        metrics = await client.CustomObjectsApi(api).list_cluster_custom_object(
+            "metrics.k8s.io", "v1beta1", "nodes"
+        )
+    except ApiException as exc:
+        raise MetricsUnavailable(f"Error getting metrics info: {reason(exc)}") from None
+    usage = {item["metadata"]["name"]: item.get("usage") or {} for item in metrics.get("items") or []}
+    requested = _requests(pods)
+    workers = [node for node in nodes if not _control_plane(node)]
+    found: list[NodeStatus] = []
+    for node in workers or nodes:
+        labels = node.metadata.labels or {}
+        name = node.metadata.name
+        if name not in usage:  # as upstream, only nodes the metrics API reports on are listed
+            continue
+        allocatable = node.status.allocatable if node.status else None
+        cpu, memory = requested.get(name, (0, 0))
+        found.append(
+            NodeStatus(
+                name=name,
+                cpu_millis=_amount(allocatable, "cpu", milli=True),
+                memory_bytes=_amount(allocatable, "memory"),
+                cpu_used_millis=_amount(usage[name], "cpu", milli=True),
+                memory_used_bytes=_amount(usage[name], "memory"),
+                cpu_requested_millis=cpu,
+                memory_requested_bytes=memory,
+                gpus=_amount(allocatable, GPU),
+                interlink=labels.get(INTERLINK_LABEL) == "virtual-kubelet",
+                conditions={
+                    c.type: c.status == "True" for c in (node.status.conditions or []) if node.status
+                },
+            )
+        )
+    return found

@@ -1,0 +1,153 @@
+"""The dashboard's Status, Deployment, Volumes, Quotas and Metrics calls: upstream's shapes and codes."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from oscar_manager.settings import Settings
+from tests.support.app import app_client
+from tests.support.factories import service_body
+from tests.support.kube_api import KubeApiDouble, _node
+
+pytestmark = pytest.mark.asyncio
+
+POD_STATES = {"Pending", "Running", "Succeeded", "Failed", "Unknown"}
+
+
+async def test_status_in_upstream_shape(client: httpx.AsyncClient) -> None:
+    assert (await client.post("/system/buckets", json={"bucket_name": "stat"})).status_code == 201
+    put = await client.put("/system/buckets/stat/objects/keep/data.txt", content=b"twelve bytes")
+    assert put.status_code == 201
+
+    response = await client.get("/system/status")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"cluster", "oscar", "minio"}
+    cluster = body["cluster"]
+    assert cluster["nodes_count"] == len(cluster["nodes"]) >= 1
+    assert set(cluster["metrics"]["cpu"]) == {
+        "total_free_cores",
+        "max_free_on_node_cores",
+        "total_schedulable_cores",
+        "total_schedulable_on_node_cores",
+    }
+    node = cluster["nodes"][0]
+    assert node["status"] == "Ready"
+    assert {"type": "Ready", "status": True} in node["conditions"]
+    assert node["cpu"]["capacity_cores"] >= 1000
+    assert node["memory"]["capacity_bytes"] > 0
+    assert cluster["metrics"]["cpu"]["total_free_cores"] == sum(
+        n["cpu"]["capacity_cores"] - n["cpu"].get("usage_cores", 0) for n in cluster["nodes"]
+    )
+    oscar = body["oscar"]
+    assert oscar["deployment_name"] == "oscar"
+    assert oscar["ready"] is True
+    assert set(oscar["pods"]["states"]) == POD_STATES  # the admin sees the job counts
+    assert oscar["jobs_count"] == oscar["pods"]["total"] == sum(oscar["pods"]["states"].values())
+    assert body["minio"]["buckets_count"] >= 1
+    assert body["minio"]["total_objects"] >= 1  # the upload; the empty folder markers are not counted
+
+
+async def test_status_needs_credentials(settings: Settings) -> None:
+    async with app_client(settings, auth=False) as anonymous:
+        assert (await anonymous.get("/system/status")).status_code == 401
+
+
+async def test_kubernetes_status_from_nodes_and_metrics(
+    kubernetes_settings: Settings, double: tuple[KubeApiDouble, str]
+) -> None:
+    api, _url = double
+    control = _node("control", cpu="2", memory="2Gi")
+    control["metadata"]["labels"]["node-role.kubernetes.io/control-plane"] = ""
+    api.nodes = [control, _node("node-1"), _node("node-2", ready="False")]
+    api.node_usage = {"control": {"cpu": "1", "memory": "1Gi"}, "node-1": {"cpu": "250m", "memory": "1Gi"}}
+    async with app_client(kubernetes_settings) as client:
+        body = (await client.get("/system/status")).json()
+
+    # The control plane is left out, and node-2 with it since the metrics API does not report on it.
+    assert [node["name"] for node in body["cluster"]["nodes"]] == ["node-1"]
+    node = body["cluster"]["nodes"][0]
+    assert node["cpu"] == {"capacity_cores": 4000, "usage_cores": 250}
+    assert node["memory"] == {"capacity_bytes": 8 * 2**30, "usage_bytes": 2**30}
+    assert body["cluster"]["metrics"]["cpu"]["total_free_cores"] == 3750
+    assert body["cluster"]["metrics"]["memory"]["max_free_on_node_bytes"] == 7 * 2**30
+
+
+async def test_kubernetes_status_without_metrics_api_is_500_as_upstream(
+    kubernetes_settings: Settings, double: tuple[KubeApiDouble, str]
+) -> None:
+    api, _url = double
+    api.node_usage = None
+    async with app_client(kubernetes_settings) as client:
+        response = await client.get("/system/status")
+    assert response.status_code == 500
+    assert "Error getting metrics info" in response.text
+
+
+class TestDeployment:
+    async def test_status_of_a_service_that_is_not_exposed(self, client: httpx.AsyncClient) -> None:
+        assert (await client.post("/system/services", json=service_body("dep"))).status_code == 201
+        response = await client.get("/system/services/dep/deployment")
+        assert response.status_code == 200
+        assert response.json() == {
+            "service_name": "dep",
+            "namespace": "oscar-svc",
+            "state": "unavailable",
+            "reason": "Current deployment visibility is unavailable for this service runtime.",
+            "active_instances": 0,
+            "affected_instances": 0,
+            "resource_kind": "unavailable",
+        }
+
+    async def test_logs_as_the_dashboard_asks(self, client: httpx.AsyncClient) -> None:
+        assert (await client.post("/system/services", json=service_body("dep"))).status_code == 201
+        response = await client.get(
+            "/system/services/dep/deployment/logs", params={"timestamps": "false", "tailLines": 200}
+        )
+        assert response.status_code == 200
+        assert response.json() == {
+            "service_name": "dep",
+            "available": False,
+            "message": "Deployment logs are unavailable for this service.",
+            "entries": [],
+        }
+
+    @pytest.mark.parametrize("path", ["deployment", "deployment/logs"])
+    async def test_unknown_service(self, client: httpx.AsyncClient, path: str) -> None:
+        assert (await client.get(f"/system/services/nope/{path}")).status_code == 404
+
+    @pytest.mark.parametrize("action", ["stop", "start", "restart"])
+    async def test_lifecycle_of_a_service_that_is_not_exposed(
+        self, client: httpx.AsyncClient, action: str
+    ) -> None:
+        assert (await client.post("/system/services", json=service_body("dep"))).status_code == 201
+        response = await client.post(f"/system/services/dep/{action}")
+        assert response.status_code == 400
+        assert "is not exposed" in response.text  # the message, whether the body is text or JSON
+        assert (await client.post(f"/system/services/nope/{action}")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/system/volumes"),
+        ("POST", "/system/volumes"),
+        ("GET", "/system/volumes/data"),
+        ("DELETE", "/system/volumes/data"),
+        ("GET", "/system/quotas/user"),
+        ("GET", "/system/quotas/user/alice"),
+        ("PUT", "/system/quotas/user/alice"),
+        ("GET", "/system/metrics"),
+        ("GET", "/system/metrics/breakdown"),
+        ("GET", "/system/metrics/cowsay"),
+    ],
+)
+async def test_features_off_answer_404_as_upstream(settings: Settings, method: str, path: str) -> None:
+    async with app_client(settings) as client:
+        response = await client.request(method, path)
+        config = (await client.get("/system/config")).json()["config"]
+    assert response.status_code == 404
+    assert config["volume_enable"] is False
+    assert config["kueue_enable"] is False
