@@ -75,9 +75,8 @@ class TestCreate:
         )
         assert (await create(client, body)).status_code == 201
         service = (await client.get("/system/services/cowsay")).json()
-        assert service["input"] == [
-            {"storage_provider": "minio.default", "path": "cowsay/input", "suffix": [], "prefix": []}
-        ]
+        # Empty suffix/prefix lists are left out, as upstream's omitempty does.
+        assert service["input"] == [{"storage_provider": "minio.default", "path": "cowsay/input"}]
         assert service["output"][0]["path"] == "cowsay/out"
         assert service["output"][0]["storage_provider"] == "minio.default"
         assert service["output"][0]["suffix"] == [".txt"]
