@@ -93,6 +93,18 @@ class Cluster(GoModel):
     ssl_verify: bool = False
 
 
+class Replica(GoModel):
+    """A federation member as OSCAR v3 recorded it (``types.Replica``): v3 clients still send and read it."""
+
+    type: str = ""
+    cluster_id: str = ""
+    service_name: str = ""
+    url: str = ""
+    ssl_verify: bool = False
+    priority: Annotated[int, Field(ge=0, le=2**64 - 1)] = 0
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
 class Service(GoModel):
     """Field order follows the Go struct, so dumps read like upstream's."""
 
@@ -108,6 +120,11 @@ class Service(GoModel):
     image_prefetch: bool = False
     synchronous: Synchronous = Field(default_factory=Synchronous)
     federation: dict[str, Any] | None = None
+    # OSCAR v3's federation fields (v4 moved them under ``federation``). Typed, not kept as unknown keys:
+    # a value of another type would make every v3 client (oscar-cli) fail to read the service list.
+    replicas: list[Replica] | None = None
+    delegation: str | None = None
+    rescheduler_threshold: Int64 | None = None
     log_level: str = ""
     image: str
     alpine: bool = False

@@ -30,7 +30,7 @@ def _dump(service: Service) -> dict[str, Any]:
         cluster_id: credentials.masked(entry, credentials.CLUSTER_SECRET_KEYS)
         for cluster_id, entry in data["clusters"].items()
     }
-    for optional in ("federation", "volume", "kserve"):
+    for optional in ("federation", "replicas", "delegation", "rescheduler_threshold", "volume", "kserve"):
         if data.get(optional) is None:
             data.pop(optional, None)
     return data

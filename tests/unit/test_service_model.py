@@ -206,6 +206,10 @@ class TestWireShape:
             ("clusters", {"a": {"ssl_verify": "maybe"}}),
             ("storage_providers", {"minio": {"x": {"verify": "yes"}}}),
             ("storage_providers", {"s3": {"x": {"secret_key": ["a"]}}}),
+            ("replicas", "one"),
+            ("replicas", [{"priority": -1}]),
+            ("delegation", 5),
+            ("rescheduler_threshold", "soon"),
         ],
     )
     def test_values_the_go_types_cannot_hold_are_refused(self, field: str, value: Any) -> None:
