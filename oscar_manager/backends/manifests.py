@@ -20,7 +20,8 @@ from typing import Any
 
 import yaml
 
-from oscar_manager.domain.service import SERVICE_LABEL, Service, job_view
+from oscar_manager.domain.service import SERVICE_LABEL, Service
+from oscar_manager.domain.service_views import job_view
 from oscar_manager.supervisor import body_parts, reads, response_frame
 from oscar_manager.supervisor.stage import event_variable
 

@@ -8,9 +8,9 @@ so that what a client sent comes back to it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 
 class GoModel(BaseModel):
@@ -43,3 +43,45 @@ class GoModel(BaseModel):
                 continue
             matched[key] = value
         return {**extras, **matched}
+
+
+def go_text(value: Any) -> Any:
+    """YAML turns ``cpu: 1.0`` into a float; quantities are strings in the schema, so accept both."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+def _scalars_as_text(value: Any) -> Any:
+    """Map values (env vars, labels) written as YAML numbers or booleans become their text."""
+    if not isinstance(value, dict):
+        return value
+    out: dict[Any, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, bool):
+            out[key] = "true" if item else "false"
+        elif isinstance(item, int | float):
+            out[key] = str(item)
+        else:
+            out[key] = item
+    return out
+
+
+def _scalar_as_list(value: Any) -> Any:
+    """OSCAR v3 had scalar ``api_port``/``nodePort``; v4 has lists. Accept both, 0 meaning none."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return [] if value == 0 else [value]
+    return value
+
+
+# Go's integer widths: a number the Go types cannot hold would make every Go client fail on the service.
+Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+Quantity = Annotated[str, BeforeValidator(go_text)]
+TextMap = Annotated[dict[str, str], BeforeValidator(_scalars_as_text)]
+PortList = Annotated[list[Int64], BeforeValidator(_scalar_as_list)]
+NodePortList = Annotated[list[Int32], BeforeValidator(_scalar_as_list)]

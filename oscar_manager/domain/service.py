@@ -13,7 +13,9 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator
 
-from oscar_manager.domain.gomodel import GoModel
+from oscar_manager.domain import credentials
+from oscar_manager.domain.gomodel import GoModel, Int32, Int64, NodePortList, PortList, Quantity, TextMap
+from oscar_manager.domain.providers import typed_provider
 from oscar_manager.domain.quantities import check_cpu, check_memory, check_quantity
 from oscar_manager.errors import BadRequest
 
@@ -37,44 +39,6 @@ _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
-def _number_as_text(value: Any) -> Any:
-    """YAML turns ``cpu: 1.0`` into a float; quantities are strings in the schema, so accept both."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float):
-        return str(value)
-    return value
-
-
-def _scalars_as_text(value: Any) -> Any:
-    """Map values (env vars, labels) written as YAML numbers or booleans become their text."""
-    if not isinstance(value, dict):
-        return value
-    out: dict[Any, Any] = {}
-    for key, item in value.items():
-        if isinstance(item, bool):
-            out[key] = "true" if item else "false"
-        elif isinstance(item, int | float):
-            out[key] = str(item)
-        else:
-            out[key] = item
-    return out
-
-
-def _scalar_as_list(value: Any) -> Any:
-    """OSCAR v3 had scalar ``api_port``/``nodePort``; v4 has lists. Accept both, 0 meaning none."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return [] if value == 0 else [value]
-    return value
-
-
-Quantity = Annotated[str, BeforeValidator(_number_as_text)]
-TextMap = Annotated[dict[str, str], BeforeValidator(_scalars_as_text)]
-PortList = Annotated[list[int], BeforeValidator(_scalar_as_list)]
-
-
 class StorageIOConfig(GoModel):
     storage_provider: str = ""
     path: str = ""
@@ -82,22 +46,28 @@ class StorageIOConfig(GoModel):
     prefix: list[str] = Field(default_factory=list)
 
 
+def _empty_mapping_as_text(value: Any) -> Any:
+    """``mount.options`` is rclone's flags as one string upstream; definitions stored before it was typed
+    hold ``{}`` there."""
+    return "" if value == {} else value
+
+
 class MountConfig(StorageIOConfig):
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: Annotated[str, BeforeValidator(_empty_mapping_as_text)] = ""
 
 
 class Synchronous(GoModel):
-    min_scale: int = 0
-    max_scale: int = 0
+    min_scale: Int64 = 0
+    max_scale: Int64 = 0
 
 
 class Expose(GoModel):
-    min_scale: int = 0
-    max_scale: int = 0
+    min_scale: Int32 = 0
+    max_scale: Int32 = 0
     api_port: PortList = Field(default_factory=list)
-    cpu_threshold: int = 0
+    cpu_threshold: Int32 = 0
     rewrite_target: bool = False
-    node_port: PortList = Field(default_factory=list, alias="nodePort")
+    node_port: NodePortList = Field(default_factory=list, alias="nodePort")
     default_command: bool = False
     set_auth: bool = False
     auth_type: str = ""
@@ -112,6 +82,27 @@ class Environment(GoModel):
 
 class VolumeStatus(GoModel):
     enabled: bool = False
+
+
+class Cluster(GoModel):
+    """A target cluster oscar-cli's ``apply`` records in the service (upstream ``types.Cluster``)."""
+
+    endpoint: str = ""
+    auth_user: str = ""
+    auth_password: str = ""
+    ssl_verify: bool = False
+
+
+class Replica(GoModel):
+    """A federation member as OSCAR v3 recorded it (``types.Replica``): v3 clients still send and read it."""
+
+    type: str = ""
+    cluster_id: str = ""
+    service_name: str = ""
+    url: str = ""
+    ssl_verify: bool = False
+    priority: Annotated[int, Field(ge=0, le=2**64 - 1)] = 0
+    headers: dict[str, str] = Field(default_factory=dict)
 
 
 class Service(GoModel):
@@ -129,6 +120,11 @@ class Service(GoModel):
     image_prefetch: bool = False
     synchronous: Synchronous = Field(default_factory=Synchronous)
     federation: dict[str, Any] | None = None
+    # OSCAR v3's federation fields (v4 moved them under ``federation``). Typed, not kept as unknown keys:
+    # a value of another type would make every v3 client (oscar-cli) fail to read the service list.
+    replicas: list[Replica] | None = None
+    delegation: str | None = None
+    rescheduler_threshold: Int64 | None = None
     log_level: str = ""
     image: str
     alpine: bool = False
@@ -144,7 +140,7 @@ class Service(GoModel):
     vo: str = ""
     labels: TextMap = Field(default_factory=dict)
     storage_providers: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
-    clusters: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    clusters: dict[str, Cluster] = Field(default_factory=dict)
     owner: str = ""
     namespace: str = ""
     interlink_node_name: str = ""
@@ -159,9 +155,19 @@ class Service(GoModel):
     @field_validator("storage_providers", mode="before")
     @classmethod
     def _provider_types_lower_case(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {str(key).lower(): item for key, item in value.items()}
-        return value
+        if not isinstance(value, dict):
+            return value
+        providers: dict[str, Any] = {}
+        for key, entries in value.items():
+            kind = str(key).lower()
+            if isinstance(entries, dict):
+                entries = {
+                    provider_id: typed_provider(kind, str(provider_id), entry)
+                    for provider_id, entry in entries.items()
+                    if entry is not None
+                }
+            providers[kind] = entries
+        return providers
 
 
 class ProviderRef:
@@ -337,9 +343,20 @@ def normalise_update(service: Service, *, current: Service, minio: MinioDefault)
         key: (value if value else kept.get(key, "")) for key, value in service.environment.secrets.items()
     }
     environment = service.environment.model_copy(update={"secrets": secrets_})
+    clusters = {
+        cluster_id: Cluster.model_validate(
+            credentials.kept(
+                cluster.model_dump(),
+                current.clusters[cluster_id].model_dump() if cluster_id in current.clusters else None,
+                credentials.CLUSTER_SECRET_KEYS,
+            )
+        )
+        for cluster_id, cluster in service.clusters.items()
+    }
     return service.model_copy(
         update={
             "storage_providers": _keep_provider_secrets(service, current),
+            "clusters": clusters,
             "token": current.token,
             "owner": current.owner,
             "namespace": current.namespace,
@@ -348,52 +365,19 @@ def normalise_update(service: Service, *, current: Service, minio: MinioDefault)
     )
 
 
-# Keys of a storage provider entry that hold credentials.
-PROVIDER_SECRET_KEYS = ("secret_key", "password", "token")
-
-
-def _without_secret_values(service: Service) -> dict[str, Any]:
-    data = service.model_dump(mode="json", by_alias=True)
-    data["environment"]["secrets"] = {key: "" for key in service.environment.secrets}
-    for optional in ("federation", "volume", "kserve"):
-        if data.get(optional) is None:
-            data.pop(optional, None)
-    return data
-
-
-def job_view(service: Service) -> dict[str, Any]:
-    """The definition a job's supervisor reads: storage credentials in, secret values out (those reach the
-    job through its environment)."""
-    return _without_secret_values(service)
-
-
-def public_view(service: Service, *, reveal_credentials: bool = False) -> dict[str, Any]:
-    """The JSON clients get: every field present with Go zero values, ``environment.secrets`` values
-    never echoed. The credentials of declared storage providers only to who may change the service (its
-    owner, an admin: oscar-python's storage client needs them); a public service would otherwise show
-    them to every user."""
-    data = _without_secret_values(service)
-    for entries in data["storage_providers"].values() if not reveal_credentials else []:
-        for entry in entries.values():
-            for key in PROVIDER_SECRET_KEYS:
-                if isinstance(entry, dict) and entry.get(key) and entry[key] != HIDDEN:
-                    entry[key] = ""
-    data["volume_status"] = VolumeStatus().model_dump(mode="json")
-    return data
-
-
 def _keep_provider_secrets(service: Service, current: Service) -> dict[str, dict[str, dict[str, Any]]]:
     """Provider credentials sent back empty (as responses show them) keep their stored values."""
-    providers: dict[str, dict[str, dict[str, Any]]] = {}
-    for kind, entries in service.storage_providers.items():
-        providers[kind] = {}
-        for provider_id, entry in entries.items():
-            stored = current.storage_providers.get(kind, {}).get(provider_id) or {}
-            kept = {
-                key: stored[key] for key in PROVIDER_SECRET_KEYS if entry.get(key) == "" and stored.get(key)
-            }
-            providers[kind][provider_id] = {**entry, **kept}
-    return providers
+    return {
+        kind: {
+            provider_id: credentials.kept(
+                entry,
+                current.storage_providers.get(kind, {}).get(provider_id),
+                credentials.PROVIDER_SECRET_KEYS,
+            )
+            for provider_id, entry in entries.items()
+        }
+        for kind, entries in service.storage_providers.items()
+    }
 
 
 # A service that needs network access from the local executor says so with this annotation.

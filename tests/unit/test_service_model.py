@@ -10,12 +10,11 @@ from oscar_manager.domain.service import (
     MinioDefault,
     ProviderRef,
     Service,
-    job_view,
     normalise_new,
     normalise_update,
     parse_service,
-    public_view,
 )
+from oscar_manager.domain.service_views import job_view, public_view
 from oscar_manager.errors import BadRequest
 from tests.support.factories import service_body
 
@@ -125,7 +124,6 @@ class TestNormalisation:
         assert "federation" not in view
         assert "kserve" not in view
         assert view["volume_status"] == {"enabled": False}
-        assert view["expose"]["nodePort"] == []
 
     def test_storage_provider_credentials_are_masked_and_kept_on_a_round_trip(self) -> None:
         providers = {
@@ -157,6 +155,122 @@ class TestNormalisation:
         assert owners_view["storage_providers"]["s3"]["aws"]["secret_key"] == "s3-secret"
         # What a job reads still has the credentials.
         assert job_view(updated)["storage_providers"]["s3"]["aws"]["secret_key"] == "s3-secret"
+
+
+class TestWireShape:
+    """What upstream v4.1.2's Go types leave out (``omitempty``) is left out, so both generations of the Go
+    types (v3: ``api_port int``; v4: ``[]int``) read an unexposed service."""
+
+    def test_empty_ports_and_other_omitempty_keys_left_out(self) -> None:
+        view = public_view(new(input=[{"storage_provider": "minio", "path": "in"}]))
+        for key in ("api_port", "nodePort", "auth_type", "probe_mode"):
+            assert key not in view["expose"]
+        assert view["expose"]["max_scale"] == 0
+        assert view["expose"]["health_path"] == ""
+        for key in ("image_pull_secrets", "clusters"):
+            assert key not in view
+        assert view["input"] == [{"storage_provider": "minio.default", "path": "cowsay/in"}]
+        assert view["mount"] == {"storage_provider": "", "path": ""}
+        # Keys without omitempty stay, even when empty.
+        assert view["output"] == []
+        assert view["allowed_users"] == []
+        assert view["namespace"] == "ns"
+
+    def test_set_values_are_sent_in_the_v4_shape(self) -> None:
+        view = public_view(
+            new(
+                expose={"api_port": 8080, "nodePort": [30080], "auth_type": "basic"},
+                input=[{"path": "in", "suffix": [".txt"]}],
+                image_pull_secrets=["creds"],
+                mount={"storage_provider": "minio", "path": "b", "options": "--read-only"},
+            )
+        )
+        assert view["expose"]["api_port"] == [8080]
+        assert view["expose"]["nodePort"] == [30080]
+        assert view["expose"]["auth_type"] == "basic"
+        assert view["input"][0]["suffix"] == [".txt"]
+        assert "prefix" not in view["input"][0]
+        assert view["image_pull_secrets"] == ["creds"]
+        assert view["mount"]["options"] == "--read-only"
+
+    def test_mount_options_stored_as_a_mapping_read_as_text(self) -> None:
+        assert parse_service(service_body(mount={"path": "b", "options": {}})).mount.options == ""
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [
+            ("expose", {"max_scale": 2**31}),
+            ("expose", {"nodePort": [2**31]}),
+            ("expose", {"cpu_threshold": -(2**31) - 1}),
+            ("synchronous", {"min_scale": 2**63}),
+            ("clusters", {"a": {"ssl_verify": "maybe"}}),
+            ("storage_providers", {"minio": {"x": {"verify": "yes"}}}),
+            ("storage_providers", {"s3": {"x": {"secret_key": ["a"]}}}),
+            ("replicas", "one"),
+            ("replicas", [{"priority": -1}]),
+            ("delegation", 5),
+            ("rescheduler_threshold", "soon"),
+        ],
+    )
+    def test_values_the_go_types_cannot_hold_are_refused(self, field: str, value: Any) -> None:
+        with pytest.raises(BadRequest, match=field):
+            parse_service(service_body(**{field: value}))
+
+    def test_provider_fields_spelt_and_typed_as_go_reads_them(self) -> None:
+        service = parse_service(
+            service_body(
+                storage_providers={
+                    "S3": {"aws": {"Secret_Key": "k", "REGION": 1, "extra": [1]}},
+                    "minio": {"m": {"endpoint": "http://m", "verify": None, "secret_key": None}},
+                }
+            )
+        )
+        assert service.storage_providers["s3"]["aws"] == {"secret_key": "k", "region": "1", "extra": [1]}
+        assert service.storage_providers["minio"]["m"] == {
+            "endpoint": "http://m",
+            "verify": False,
+            "secret_key": "",
+        }
+
+
+CLUSTER = {
+    "endpoint": "https://oscar.example",
+    "auth_user": "oscar",
+    "auth_password": "admin-pass",
+    "ssl_verify": True,
+}
+
+
+class TestCredentials:
+    def test_cluster_password_never_shown(self) -> None:
+        current = new(clusters={"oscar-a": CLUSTER})
+        for view in (public_view(current), public_view(current, reveal_credentials=True), job_view(current)):
+            assert view["clusters"]["oscar-a"] == {**CLUSTER, "auth_password": ""}
+            assert "admin-pass" not in str(view)
+
+    def test_cluster_password_kept_when_sent_back_masked_and_replaced_by_a_new_one(self) -> None:
+        current = new(clusters={"oscar-a": CLUSTER, "oscar-b": {**CLUSTER, "auth_password": "b-pass"}})
+        sent_back = public_view(current)
+        sent_back["clusters"]["oscar-b"]["auth_password"] = "new-b-pass"
+        sent_back["clusters"]["oscar-c"] = {**CLUSTER, "auth_password": ""}
+        updated = normalise_update(parse_service(sent_back), current=current, minio=MINIO)
+        assert updated.clusters["oscar-a"].auth_password == "admin-pass"
+        assert updated.clusters["oscar-b"].auth_password == "new-b-pass"
+        assert updated.clusters["oscar-c"].auth_password == ""
+
+    def test_case_folded_and_rucio_credentials_are_masked_and_kept(self) -> None:
+        current = new(
+            storage_providers={
+                "s3": {"aws": {"Secret_Key": "s3-secret"}},
+                "rucio": {"r": {"host": "h", "refresh_token": "rucio-token"}},
+            }
+        )
+        view = public_view(current)
+        assert "s3-secret" not in str(view)
+        assert view["storage_providers"]["rucio"]["r"] == {"host": "h", "refresh_token": ""}
+        updated = normalise_update(parse_service(view), current=current, minio=MINIO)
+        assert updated.storage_providers["s3"]["aws"]["secret_key"] == "s3-secret"
+        assert updated.storage_providers["rucio"]["r"]["refresh_token"] == "rucio-token"
 
 
 def principal(uid: str) -> Principal:

@@ -15,7 +15,7 @@ from oscar_manager.api.deps import (
     after_services_change,
 )
 from oscar_manager.domain.access import can_change
-from oscar_manager.domain.service import public_view
+from oscar_manager.domain.service_views import public_view
 from oscar_manager.operations import services
 
 router = APIRouter(prefix="/system/services", tags=["services"])

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from oscar_manager.operations import Database
 from oscar_manager.settings import Settings
 from tests.support.app import app_client
 from tests.support.factories import COWSAY_FDL, service_body
@@ -74,9 +75,8 @@ class TestCreate:
         )
         assert (await create(client, body)).status_code == 201
         service = (await client.get("/system/services/cowsay")).json()
-        assert service["input"] == [
-            {"storage_provider": "minio.default", "path": "cowsay/input", "suffix": [], "prefix": []}
-        ]
+        # Empty suffix/prefix lists are left out, as upstream's omitempty does.
+        assert service["input"] == [{"storage_provider": "minio.default", "path": "cowsay/input"}]
         assert service["output"][0]["path"] == "cowsay/out"
         assert service["output"][0]["storage_provider"] == "minio.default"
         assert service["output"][0]["suffix"] == [".txt"]
@@ -101,8 +101,12 @@ class TestCreate:
         assert isinstance(listed["expose"]["max_scale"], int)
         assert listed["environment"] == {"variables": {}, "secrets": {}}
         assert "default" in listed["storage_providers"]["minio"]
-        for key in ("input", "output", "allowed_users", "image_pull_secrets", "bucket_list"):
+        for key in ("input", "output", "allowed_users", "bucket_list"):
             assert listed[key] == []
+        # Left out when empty, as upstream's omitempty does: a v3 client reads api_port as an int.
+        assert "image_pull_secrets" not in listed
+        assert "api_port" not in listed["expose"]
+        assert "nodePort" not in listed["expose"]
 
     async def test_yaml_fdl_creates_every_service(self, client: httpx.AsyncClient) -> None:
         fdl = """
@@ -340,6 +344,31 @@ class TestUpdate:
         assert (await client.put("/system/services", json=current)).status_code == 204
         after = (await client.get("/system/services/cowsay")).json()
         assert after["environment"]["secrets"] == {"KEEP": "", "NEW": ""}
+
+    async def test_cluster_passwords_never_shown_kept_when_masked_replaced_when_new(
+        self, client: httpx.AsyncClient, backend_settings: Settings
+    ) -> None:
+        """What oscar-cli's apply stores: the target clusters' credentials, the admin password included."""
+        cluster = {"endpoint": "https://oscar.example", "auth_user": "oscar", "ssl_verify": True}
+        clusters = {"a": {**cluster, "auth_password": "pass-a"}, "b": {**cluster, "auth_password": "pass-b"}}
+        await create(client, service_body(clusters=clusters))
+        for response in (await client.get("/system/services/cowsay"), await client.get("/system/services")):
+            assert "pass-a" not in response.text
+            assert "pass-b" not in response.text
+        current = (await client.get("/system/services/cowsay")).json()
+        assert current["clusters"]["a"] == {**cluster, "auth_password": ""}
+        current["clusters"]["b"]["auth_password"] = "new-pass-b"
+        assert (await client.put("/system/services", json=current)).status_code == 204
+        assert "new-pass-b" not in (await client.get("/system/services/cowsay")).text
+        database = Database(backend_settings.oscar_database_url)
+        try:
+            async with database.transaction() as tx:
+                stored = await tx.services.get("cowsay")
+        finally:
+            await database.dispose()
+        assert stored is not None
+        assert stored.clusters["a"].auth_password == "pass-a"
+        assert stored.clusters["b"].auth_password == "new-pass-b"
 
     async def test_unknown_service_is_404(self, client: httpx.AsyncClient) -> None:
         response = await client.put("/system/services", json=service_body("ghost"))
