@@ -119,14 +119,10 @@ async def _starlette_error(request: Request, exc: Exception) -> Response:
     if status_code == 404 and exc.detail == HTTPStatus.NOT_FOUND.phrase:
         message = f"there is no {request.url.path} on this server"
     elif status_code == 405:
-        allowed = (exc.headers or {}).get("Allow", "")
-        message = f"{request.url.path} does not take {request.method}" + (
-            f" (only {allowed})" if allowed else ""
-        )
+        # Not naming the methods it takes: Starlette's Allow lists only the first route of that path.
+        message = f"{request.url.path} does not take {request.method}"
     else:
         message = str(exc.detail)
-    if status_code in (204, 304):  # no body allowed: nothing to render
-        return Response(status_code=status_code, headers=exc.headers)
     return error_response(request, status_code, error_name(status_code), message, exc.headers)
 
 

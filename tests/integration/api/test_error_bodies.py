@@ -34,8 +34,8 @@ def assert_text(response: httpx.Response, status: int, *fragments: str) -> None:
 
 
 async def with_service(client: httpx.AsyncClient) -> str:
-    folders = {"input": [{"storage_provider": "minio.default", "path": "cowsay/in"}]}
-    assert (await client.post("/system/services", json=service_body(**folders))).status_code == 201
+    body = service_body(input=[{"storage_provider": "minio.default", "path": "cowsay/in"}])
+    assert (await client.post("/system/services", json=body)).status_code == 201
     token: str = (await client.get("/system/services/cowsay")).json()["token"]
     return token
 
