@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import fastapi_offline
-from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from oscar_manager import __version__
 from oscar_manager.api.deps import require_admin
+from oscar_manager.api.error_answers import CatchAll, document_errors, install_error_handlers
 from oscar_manager.api.routes import (
     buckets,
     deployment,
@@ -36,7 +34,6 @@ from oscar_manager.api.s3.server import s3_face
 from oscar_manager.auth.authenticator import build_authenticator
 from oscar_manager.auth.groups import realm
 from oscar_manager.domain.service import Service
-from oscar_manager.errors import InternalError, OscarError
 from oscar_manager.operations.system import git_commit
 from oscar_manager.runtime import Runtime
 from oscar_manager.settings import Settings
@@ -56,57 +53,6 @@ OIDC_DESCRIPTION = """
 With OIDC enabled, users authenticate with an access token of a trusted issuer (`Authorize`: log in with
 the issuer, or paste a token as `BearerAuth`); they are admitted when one of their groups is in
 `OIDC_GROUPS`. `/job` and `/run` take the service's token or such a user's token."""
-
-
-def error_body(error: str, detail: str) -> dict[str, str]:
-    return {"error": error, "detail": detail}
-
-
-async def _oscar_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, OscarError)
-    return JSONResponse(error_body(type(exc).__name__, exc.message), exc.status_code, headers=exc.headers)
-
-
-async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
-    # Upstream answers bad input with 400; FastAPI's default would be 422.
-    assert isinstance(exc, RequestValidationError)
-    parts = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
-    return JSONResponse(error_body("BadRequest", "; ".join(parts)), 400)
-
-
-class _CatchAll:
-    """Renders any exception no handler took as a 500 in the format of every other error, logging the
-    traceback under an incident id that the answer names (the answer itself says nothing internal).
-
-    An ASGI middleware rather than a handler for ``Exception``: Starlette runs that handler outside every
-    middleware, so a browser would see a CORS failure instead of the error.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def watched(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watched)
-        except Exception:
-            incident = secrets.token_hex(6)
-            log.exception("unexpected error (incident %s) in %s %s", incident, scope["method"], scope["path"])
-            if started:
-                raise  # part of the answer is out: the server can only close the connection
-            error = InternalError(
-                f"unexpected error (incident {incident}); the manager's log has the details"
-            )
-            await (await _oscar_error(Request(scope), error))(scope, receive, send)
 
 
 @asynccontextmanager
@@ -229,16 +175,20 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     schemas["Service"] = service_schema
     components["securitySchemes"] = schemes = _security_schemes(settings)
     users: list[dict[str, list[str]]] = [{name: []} for name in schemes if name != "BasicAuth"]
+    authenticated: set[tuple[str, str]] = set()
     for path, operations in schema["paths"].items():
         security: list[dict[str, list[str]]]
         if path.startswith("/system"):
             security = [{"BasicAuth": []}, *users]
-        elif path.startswith(("/job/", "/run/")) and users:
+        elif path.startswith(("/job/", "/run/")):
             security = users  # plus the service's own token, which is a bearer token too
         else:
             continue
-        for operation in operations.values():
-            operation["security"] = security
+        for method, operation in operations.items():
+            authenticated.add((path, method))
+            if security:
+                operation["security"] = security
+    document_errors(schema, authenticated=authenticated)
     app.openapi_schema = schema
     return schema
 
@@ -271,8 +221,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         swagger_ui_init_oauth=swagger_oauth(settings),
     )
     app.state.settings = settings
-    app.add_exception_handler(OscarError, _oscar_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    install_error_handlers(app)
     for router in (
         health.router,
         system.router,
@@ -287,7 +236,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     # Buckets have no owners yet: with OIDC on, users must not reach everyone's objects.
     app.include_router(buckets.router, dependencies=[Depends(require_admin)])
-    app.add_middleware(_CatchAll)  # before CORS, which then wraps it: its 500s carry CORS headers too
+    app.add_middleware(CatchAll)  # before CORS, which then wraps it: its 500s carry CORS headers too
     _install_cors(app, settings.oscar_cors_origins)
     _install_docs(app)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]

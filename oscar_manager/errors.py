@@ -1,8 +1,9 @@
 """The manager's one error type.
 
-Every failure a caller should see is an ``OscarError`` subclass carrying its HTTP status; one handler in
-``app.py`` renders them all as ``{"error": <class name>, "detail": <message>}``. Adapters convert their
-libraries' exceptions into these, so no library exception leaks past its adapter.
+Every failure a caller should see is an ``OscarError`` subclass carrying its HTTP status; one handler
+(``api/error_answers.py``) renders them all: the message as text, or ``{"error": <class name>, "detail":
+<message>}`` for a caller that prefers JSON. So a message is a sentence for people, never JSON. Adapters
+convert their libraries' exceptions into these, so no library exception leaks past its adapter.
 """
 
 from __future__ import annotations

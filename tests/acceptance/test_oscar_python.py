@@ -94,6 +94,9 @@ def test_service_lifecycle(server: RunningServer, tmp_path: Path) -> None:
         with pytest.raises(requests.HTTPError) as caught:
             gone("acc-cowsay")
         assert caught.value.response.status_code == 404
+        # The body is the message as text, as upstream answers (requests sends ``Accept: */*``).
+        assert caught.value.response.headers["content-type"] == "text/plain; charset=utf-8"
+        assert caught.value.response.text == "service 'acc-cowsay' not found"
 
 
 def test_wrong_password_is_an_http_error(server: RunningServer) -> None:

@@ -190,7 +190,7 @@ async def test_a_service_whose_config_map_is_forbidden_is_a_502_naming_the_reaso
     answer = await manager.post("/system/services", json=body)
     assert answer.status_code == 502
     # The detail passes on the API server's own message, after the HTTP status and reason.
-    assert answer.json()["detail"].endswith(
+    assert answer.text.endswith(
         '403 Forbidden: configmaps is forbidden: User "' + SA_USER + '" cannot create resource "configmaps" '
         f'in API group "" in the namespace "{NS}"'
     )

@@ -105,8 +105,7 @@ class TestAdmission:
     async def test_user_without_an_allowed_vo_is_403(self, api: httpx.AsyncClient, egi: FakeIssuer) -> None:
         response = await api.get("/system/services", headers=user(egi, "eve"))
         assert response.status_code == 403
-        assert response.json()["error"] == "Forbidden"
-        assert ALLOWED_VO in response.json()["detail"]
+        assert ALLOWED_VO in response.text
 
     async def test_basic_admin_still_works(self, api: httpx.AsyncClient) -> None:
         assert (await api.get("/system/services", headers=auth(ADMIN))).status_code == 200
@@ -180,7 +179,7 @@ class TestBadTokens:
         egi.discovery.mock(side_effect=httpx.ConnectError("down"))
         response = await api.get("/system/services", headers=user(egi, "alice"))
         assert response.status_code == 503
-        assert "discovery" in response.json()["detail"]
+        assert "discovery" in response.text
         assert response.headers["retry-after"] == "5"
 
     async def test_userinfo_down_is_503_and_admits_nobody(
@@ -304,7 +303,7 @@ class TestBuckets:
             api, bob, "writer", output=[{"storage_provider": "minio", "path": "alice-data/x"}]
         )
         assert response.status_code == 403
-        assert "alice-data" in response.json()["detail"]
+        assert "alice-data" in response.text
         # Nor by updating a service of one's own towards it.
         assert (await create(api, bob, "mine")).status_code == 201
         moved = await api.put("/system/services", json=service_body("mine", input=stolen), headers=bob)
@@ -333,7 +332,7 @@ class TestVO:
     async def test_vo_the_user_is_not_in(self, api: httpx.AsyncClient, egi: FakeIssuer, vo: str) -> None:
         response = await create(api, user(egi, "alice"), "svc", vo=vo)
         assert response.status_code == 400
-        assert "not enrolled" in response.json()["detail"]
+        assert "not enrolled" in response.text
         assert (await api.get("/system/services/svc", headers=auth(ADMIN))).status_code == 404
 
     async def test_no_vo_takes_the_first_allowed_group_of_the_user(

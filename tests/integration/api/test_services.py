@@ -166,7 +166,7 @@ class TestCreateRejects:
         self, client: httpx.AsyncClient, response: httpx.Response, status: int, fragment: str
     ) -> None:
         assert response.status_code == status, response.text
-        assert fragment in response.json()["detail"]
+        assert fragment in response.text
         assert await names(client) == []
 
     async def test_malformed_json(self, client: httpx.AsyncClient) -> None:
@@ -243,7 +243,7 @@ class TestCreateRejects:
         assert (await create(client, service_body(image="first"))).status_code == 201
         response = await create(client, service_body(image="second"))
         assert response.status_code == 409
-        assert "already exists" in response.json()["detail"]
+        assert "already exists" in response.text
         assert (await client.get("/system/services/cowsay")).json()["image"] == "first"
 
     async def test_fdl_is_all_or_nothing(self, client: httpx.AsyncClient) -> None:
@@ -299,7 +299,7 @@ class TestRead:
     async def test_missing_is_404(self, client: httpx.AsyncClient) -> None:
         response = await client.get("/system/services/nothing")
         assert response.status_code == 404
-        assert response.json() == {"error": "NotFound", "detail": "service 'nothing' not found"}
+        assert response.text == "service 'nothing' not found"
 
     async def test_invalid_name_is_400(self, client: httpx.AsyncClient) -> None:
         response = await client.get("/system/services/bad%20name!")
@@ -392,7 +392,7 @@ class TestUpdate:
             "/system/services", json=service_body(volume={"size": "2Gi", "mount_path": "/data"})
         )
         assert response.status_code == 400
-        assert "volume" in response.json()["detail"]
+        assert "volume" in response.text
 
 
 class TestDelete:
@@ -424,7 +424,7 @@ class TestBodyLimit:
         body = json.dumps(service_body(script="x" * 4096)).encode()
         response = await small_client.post("/system/services", content=body)
         assert response.status_code == 413
-        assert response.json()["error"] == "PayloadTooLarge"
+        assert "exceeds the limit of" in response.text
         assert await names(small_client) == []
 
     async def test_body_under_limit_is_accepted(self, small_client: httpx.AsyncClient) -> None:

@@ -86,7 +86,8 @@ async def test_without_a_sandbox_scripts_are_refused_unless_opted_in(settings: S
         execution = (await client.get("/system/info")).json()["execution"]
         assert execution["sandbox"] == "none"
         assert "OSCAR_ALLOW_UNSANDBOXED" in execution["scripts"]
-        refused = await client.post("/run/echo", content=body, headers=bearer(token), auth=NO_AUTH)
+        as_json = {**bearer(token), "Accept": "application/json"}
+        refused = await client.post("/run/echo", content=body, headers=as_json, auth=NO_AUTH)
         assert refused.status_code == 503
         assert refused.json()["error"] == "SandboxRefused"
         assert "bubblewrap" in refused.json()["detail"]

@@ -189,9 +189,7 @@ def assert_mentions(text: str, *parts: str) -> None:
 
 def assert_refused(response: httpx.Response, address: str) -> None:
     assert response.status_code == 403, response.text
-    body = response.json()
-    assert body["error"] == "ProviderRefused"
-    assert_mentions(body["detail"], "'minio.evil'", address)
+    assert_mentions(response.text, "'minio.evil'", address, "does not connect to")
     assert SECRET.decode() not in response.text
 
 
@@ -223,7 +221,7 @@ async def test_loopback_minio_is_refused_and_reached_only_when_allowed(
             "/system/services", json=evil_service(f"{name}-2", endpoint, minio_server, victim)
         )
         assert again.status_code == 400, again.text
-        assert "storage_providers.minio.evil.endpoint" in again.json()["detail"]
+        assert "storage_providers.minio.evil.endpoint" in again.text
     assert await outputs(minio_store, victim) == []
 
 
@@ -270,7 +268,7 @@ async def test_this_hosts_addresses_are_refused_at_create_and_at_connect(
     async with app_client(make()) as http:
         refused = await http.post("/system/services", json=body)
         assert refused.status_code == 400, refused.text
-        assert "storage_providers.minio.evil.endpoint" in refused.json()["detail"]
+        assert "storage_providers.minio.evil.endpoint" in refused.text
         assert (await http.get(f"/system/services/{name}")).status_code == 404
 
     # Allowed, the manager does connect there (to the canary) for the script ...
@@ -301,7 +299,7 @@ async def test_other_spellings_of_loopback_are_refused_at_create(
     async with app_client(make()) as http:
         refused = await http.post("/system/services", json=body)
     assert refused.status_code == 400, refused.text
-    assert "storage_providers.minio.evil.endpoint" in refused.json()["detail"]
+    assert "storage_providers.minio.evil.endpoint" in refused.text
 
 
 # --- names that resolve somewhere else when connected -----------------------------------------------

@@ -134,7 +134,7 @@ async def test_a_stuck_provider_fails_its_runs_in_time_and_starves_no_one(
         assert not any(task.done() for task in stuck)  # served while the stuck runs were still waiting
         for response in await asyncio.gather(*stuck):
             assert response.status_code == 504, response.text
-            detail = response.json()["detail"]
+            detail = response.text
             assert "minio.hole" in detail
             assert OBJECT in detail
     finally:

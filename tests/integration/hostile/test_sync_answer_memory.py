@@ -30,7 +30,9 @@ SPARSE = 'truncate -s {size} "$TMP_OUTPUT_DIR/big.bin"\n'
 async def run(client: httpx.AsyncClient, name: str, script: str) -> httpx.Response:
     created = await client.post("/system/services", json=service_body(name, script=script))
     assert created.status_code == 201, created.text
-    return await client.post(f"/run/{name}", content=base64.b64encode(b"x"))
+    # The error's JSON form (asked for) names its kind.
+    headers = {"Accept": "application/json"}
+    return await client.post(f"/run/{name}", content=base64.b64encode(b"x"), headers=headers)
 
 
 def assert_too_large(response: httpx.Response, size: int) -> None:
@@ -70,7 +72,7 @@ async def test_a_sparse_gigabyte_is_refused_by_its_size_on_kubernetes(kubernetes
     # manager refuses it from that declaration.
     assert response.status_code == 500, response.text[:300]
     assert response.json()["error"] == "ResponseTooLarge"
-    assert "OSCAR_MAX_RUN_RESPONSE_BYTES" in response.json()["detail"]
+    assert "OSCAR_MAX_RUN_RESPONSE_BYTES" in response.text
 
 
 def test_the_manager_refuses_a_frame_by_its_declared_size_before_decoding() -> None:
