@@ -46,6 +46,10 @@ class StorageIOConfig(GoModel):
     prefix: list[str] = Field(default_factory=list)
 
 
+def _empty_text_as_none(value: Any) -> Any:
+    return None if value == "" else value
+
+
 def _empty_mapping_as_text(value: Any) -> Any:
     """``mount.options`` is rclone's flags as one string upstream; definitions stored before it was typed
     hold ``{}`` there."""
@@ -124,7 +128,8 @@ class Service(GoModel):
     # a value of another type would make every v3 client (oscar-cli) fail to read the service list.
     replicas: list[Replica] | None = None
     delegation: str | None = None
-    rescheduler_threshold: Int64 | None = None
+    # The dashboard's form sends "" here (upstream v4 no longer has the field and ignores it): no value.
+    rescheduler_threshold: Annotated[Int64 | None, BeforeValidator(_empty_text_as_none)] = None
     log_level: str = ""
     image: str
     alpine: bool = False
