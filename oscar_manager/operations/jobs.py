@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from oscar_manager.backends.base import Backend
+from oscar_manager.domain import logtimes
 from oscar_manager.domain.access import can_change
 from oscar_manager.domain.jobs import JobOutcome, JobRecord, JobStatus
 from oscar_manager.domain.principal import Principal
@@ -123,12 +124,17 @@ async def page(tx: Transaction, *, principal: Principal, service: str, page: str
     return JobPage(jobs=jobs, next_page=next_page, remaining=remaining)
 
 
-async def log(tx: Transaction, *, principal: Principal, service: str, job_id: str) -> str:
+async def log(
+    tx: Transaction, *, principal: Principal, service: str, job_id: str, timestamps: bool = False
+) -> str:
+    """The job's log; with ``timestamps`` each line prefixed by its RFC 3339 time, as Kubernetes does."""
     await _job(tx, principal=principal, service=service, job_id=job_id)
-    text = await tx.jobs.log(service, job_id)
-    if text is None:
+    kept = await tx.jobs.log(service, job_id)
+    if kept is None:
         raise NotFound(f"job {job_id!r} of service {service!r} not found")
-    return text
+    if not timestamps:
+        return kept.text
+    return logtimes.stamped(kept.text, kept.times, fallback=logtimes.stamp_of(kept.fallback))
 
 
 async def delete(

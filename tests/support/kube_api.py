@@ -133,6 +133,8 @@ class KubeApiDouble:
     validate_bodies: bool = True
     objects: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)  # (kind, ns, name)
     logs: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, pod) -> log
+    # (ns, pod) -> the kubelet's time of each line of its log (``?timestamps=true``)
+    log_stamps: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
     refused: list[str] = field(default_factory=list)  # validation messages, for assertions
     # (rv, type, job as it was then): the Job events a watch replays; ``_lines`` has them serialised.
@@ -229,8 +231,10 @@ class KubeApiDouble:
         log: str = "",
         exit_code: int | None = None,
         reason: str = "",
+        stamps: list[str] | None = None,
     ) -> None:
-        """End the job's pod (and the job) the way the kubelet and the Job controller would."""
+        """End the job's pod (and the job) the way the kubelet and the Job controller would. ``stamps``:
+        the time of each line of ``log`` as the kubelet would have recorded it (default: now, for all)."""
         pods = [pod for pod in self.of_kind("Pod") if pod["metadata"]["labels"].get("job-name") == job_name]
         code = (0 if succeeded else 1) if exit_code is None else exit_code
         for pod in pods:
@@ -251,6 +255,8 @@ class KubeApiDouble:
                 ],
             }
             self.logs[(namespace, pod["metadata"]["name"])] = log
+            now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
+            self.log_stamps[(namespace, pod["metadata"]["name"])] = stamps or [now] * (log.count("\n") + 1)
         job = self.get("Job", namespace, job_name)
         if job is not None:
             condition = {"type": "Complete" if succeeded else "Failed", "status": "True"}
@@ -502,7 +508,18 @@ class KubeApiDouble:
         key = (request.match_info["ns"], request.match_info["name"])
         if ("Pod", *key) not in self.objects:
             return status(404, "NotFound", f'pods "{key[1]}" not found')
-        return web.Response(text=self.logs.get(key, ""))
+        text = self.logs.get(key, "")
+        if request.query.get("timestamps", "").lower() == "true":  # kubernetes-asyncio sends "True"
+            # As the kubelet: every line (a last one without its newline too) prefixed by its time.
+            lines = text.split("\n")
+            ends = ["\n"] * (len(lines) - 1) + [""]
+            stamps = self.log_stamps.get(key, [])
+            text = "".join(
+                f"{stamps[index] if index < len(stamps) else _now()} {line}{end}"
+                for index, (line, end) in enumerate(zip(lines, ends, strict=True))
+                if line or end
+            )
+        return web.Response(text=text)
 
     async def _nodes(self, _request: web.Request) -> web.StreamResponse:
         return web.json_response(

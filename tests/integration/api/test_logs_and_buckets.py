@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from sqlalchemy import update
 
+from oscar_manager.registry import Database
+from oscar_manager.registry.tables import JobRow
 from oscar_manager.settings import Settings
 from tests.support.app import NO_AUTH, app_client
 from tests.support.jobs import wait_for_jobs
@@ -72,6 +76,54 @@ class TestJobList:
     async def test_requires_admin(self, client: httpx.AsyncClient) -> None:
         await service_with_jobs(client, count=1)
         assert (await client.get("/system/logs/svc", auth=NO_AUTH)).status_code == 401
+
+
+RFC3339_NANO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
+
+
+class TestJobLogTimestamps:
+    """``?timestamps=true`` (oscar-cli's ``service logs get -t``): each line prefixed by its RFC 3339 time and
+    a space, as the Kubernetes log API does; without it the log is as it always was."""
+
+    async def test_each_line_with_its_time(self, client: httpx.AsyncClient) -> None:
+        (job,) = await service_with_jobs(client, count=1, script="echo first\nsleep 0.3\necho second\n")
+        plain = (await client.get(f"/system/logs/svc/{job}")).text
+        stamped = (await client.get(f"/system/logs/svc/{job}", params={"timestamps": "true"})).text
+        assert "first\nsecond\n" in plain
+        assert stamped.count("\n") == plain.count("\n")
+        pairs = [line.split(" ", 1) for line in stamped.splitlines()]
+        assert [text for _, text in pairs] == plain.splitlines()
+        assert all(RFC3339_NANO.match(stamp) for stamp, _ in pairs), stamped
+        stamps = [stamp for stamp, _ in pairs]
+        assert stamps == sorted(stamps)
+        first = stamps[plain.splitlines().index("first")]
+        second = stamps[plain.splitlines().index("second")]
+        assert first <= second
+        # The text is unchanged, and false is the same as no parameter.
+        again = await client.get(f"/system/logs/svc/{job}", params={"timestamps": "false"})
+        assert again.text == plain
+
+    async def test_a_log_kept_before_times_were_recorded(
+        self, client: httpx.AsyncClient, database_url: str
+    ) -> None:
+        (job,) = await service_with_jobs(client, count=1, script="echo one\necho two\n")
+        plain = (await client.get(f"/system/logs/svc/{job}")).text
+        database = Database(database_url)
+        try:
+            async with database.engine.begin() as connection:
+                await connection.execute(update(JobRow).where(JobRow.id == job).values(log_times=None))
+        finally:
+            await database.dispose()
+        assert (await client.get(f"/system/logs/svc/{job}")).text == plain
+        stamped = (await client.get(f"/system/logs/svc/{job}", params={"timestamps": "true"})).text
+        # Every line gets the job's end, the best time known.
+        finished = (await client.get("/system/logs/svc")).json()["jobs"][job]["finish_time"]
+        stamps = {line.split(" ", 1)[0] for line in stamped.splitlines()}
+        assert len(stamps) == 1
+        (stamp,) = stamps
+        assert RFC3339_NANO.match(stamp)
+        assert stamp[:19] == finished[:19]
+        assert [line.split(" ", 1)[1] for line in stamped.splitlines()] == plain.splitlines()
 
 
 class TestJobDeletion:
