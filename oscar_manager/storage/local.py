@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from oscar_manager.errors import Conflict
+from oscar_manager.storage import folder_marks
 from oscar_manager.storage.base import BucketNotFound, InvalidKey, ObjectInfo, ObjectNotFound, StorageError
 from oscar_manager.storage.blocking import run_blocking as _blocking
 from oscar_manager.storage.keys import validate_bucket, validate_key
@@ -57,6 +58,11 @@ def _mtime(st: os.stat_result) -> datetime:
 
 def _info(bucket: str, key: str, st: os.stat_result) -> ObjectInfo:
     return ObjectInfo(bucket=bucket, key=key, size=st.st_size, last_modified=_mtime(st), etag=file_etag(st))
+
+
+def _marker(bucket: str, key: str, st: os.stat_result) -> ObjectInfo:
+    """A folder as the empty object S3 servers keep for it (its ETag is the MD5 of nothing)."""
+    return ObjectInfo(bucket=bucket, key=key, size=0, last_modified=_mtime(st), etag=folder_marks.EMPTY_ETAG)
 
 
 def _is_valid_key(key: str, *, folder: bool = False) -> bool:
@@ -194,7 +200,11 @@ class LocalObjectStore:
     def _ensure_folder(self, bucket: str, folder: str) -> None:
         fd = self._open_bucket(bucket, create=True)
         try:
-            os.close(_descend(fd, self._segments(bucket, folder), create=True))
+            folder_fd = _descend(fd, self._segments(bucket, folder), create=True)
+            try:
+                folder_marks.mark(folder_fd)
+            finally:
+                os.close(folder_fd)
         except OSError as exc:
             if exc.errno in _NOT_A_DIR:
                 raise Conflict(
@@ -228,7 +238,7 @@ class LocalObjectStore:
                 names.append(validate_bucket(name))
         return sorted(names)
 
-    def _list_objects(self, bucket: str, prefix: str) -> list[ObjectInfo]:
+    def _list_objects(self, bucket: str, prefix: str, *, markers: bool = False) -> list[ObjectInfo]:
         found: list[ObjectInfo] = []
 
         # Depth first, holding one descriptor per level (depth is bounded by the key length), never
@@ -252,6 +262,8 @@ class LocalObjectStore:
                             continue
                         raise
                     try:
+                        if markers and sub.startswith(prefix) and folder_marks.is_marked(sub_fd):
+                            found.append(_marker(bucket, sub, os.fstat(sub_fd)))
                         walk(sub_fd, sub)
                     finally:
                         os.close(sub_fd)
@@ -376,10 +388,11 @@ class LocalObjectStore:
     async def list_buckets(self) -> list[str]:
         return await _blocking(self._list_buckets)
 
-    async def list_objects(self, bucket: str, prefix: str = "") -> list[ObjectInfo]:
-        """Regular files whose key starts with ``prefix`` (a plain string match, never a path)."""
+    async def list_objects(self, bucket: str, prefix: str = "", *, markers: bool = False) -> list[ObjectInfo]:
+        """Regular files whose key starts with ``prefix`` (a plain string match, never a path); with
+        ``markers`` also the folders made by ``ensure_folder``, as empty ``folder/`` objects."""
         validate_bucket(bucket)
-        return await _blocking(lambda: self._list_objects(bucket, prefix))
+        return await _blocking(lambda: self._list_objects(bucket, prefix, markers=markers))
 
     async def stat(self, bucket: str, key: str) -> ObjectInfo | None:
         self.object_path(bucket, key)

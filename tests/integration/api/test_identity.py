@@ -227,6 +227,19 @@ class TestVisibility:
         assert admins["owner"] == "cluster_admin"
 
     @pytest.mark.usefixtures("owned")
+    async def test_buckets_carry_their_services_owner(self, api: httpx.AsyncClient) -> None:
+        """As upstream tags a service's buckets (``owner``, ``from_service``, ``owner_name``): a user's
+        service's bucket lists its owner, the admin's lists ``""`` with ``owner_name: oscar``."""
+        listed = {b["bucket_name"]: b for b in (await api.get("/system/buckets", headers=auth(ADMIN))).json()}
+        assert (listed["priv"]["owner"], listed["priv"]["metadata"]) == ("alice", {"from_service": "priv"})
+        assert (listed["adminsvc"]["owner"], listed["adminsvc"]["metadata"]) == (
+            "",
+            {"from_service": "adminsvc", "owner_name": "oscar"},
+        )
+        one = (await api.get("/system/buckets/priv", headers=auth(ADMIN))).json()
+        assert (one["owner"], one["metadata"]) == ("alice", {"owner": "alice", "from_service": "priv"})
+
+    @pytest.mark.usefixtures("owned")
     async def test_read_matrix(self, api: httpx.AsyncClient, egi: FakeIssuer) -> None:
         expected = {
             "alice": {"priv": 200, "pub": 200, "restr": 200, "adminsvc": 403},

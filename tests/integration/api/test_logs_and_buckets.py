@@ -15,7 +15,7 @@ from sqlalchemy import update
 from oscar_manager.registry import Database
 from oscar_manager.registry.tables import JobRow
 from oscar_manager.settings import Settings
-from tests.support.app import NO_AUTH, app_client
+from tests.support.app import NO_AUTH, app_client, create_io_service
 from tests.support.jobs import wait_for_jobs
 
 pytestmark = pytest.mark.asyncio
@@ -178,6 +178,44 @@ class TestJobDeletion:
         assert (await client.get("/system/buckets/svc/objects/kept/keep.txt")).content == b"data"
         await client.post("/system/services", json={"name": "svc", "image": "img", "script": "true"})
         assert (await client.get("/system/logs/svc")).json()["jobs"] == {}
+
+
+class TestBucketListings:
+    """What upstream's bucket routes show: the folder markers a service's folders are, and owner and
+    metadata as upstream tags a service's buckets (on local storage and on S3 alike)."""
+
+    async def test_folder_markers_are_listed(self, client: httpx.AsyncClient) -> None:
+        await create_io_service(client, "marks", "true\n")
+        put = await client.put("/system/buckets/marks/objects/other/deep/file.txt", content=b"data")
+        assert put.status_code == 201
+        bucket = (await client.get("/system/buckets/marks")).json()
+        # The folders made for the service are listed; one that only holds an upload is not (no marker).
+        assert [(o["object_name"], o["size_bytes"]) for o in bucket["objects"]] == [
+            ("in/", 0),
+            ("other/deep/file.txt", 4),
+            ("out/", 0),
+        ]
+        assert bucket["returned_items"] == 3
+
+    async def test_owner_and_metadata_as_upstream_tags_them(self, client: httpx.AsyncClient) -> None:
+        for name in ("first", "second"):  # both use the bucket "shared": the one created last wins
+            body = {"name": name, "image": "img", "script": "true", "input": [{"path": f"shared/{name}"}]}
+            assert (await client.post("/system/services", json=body)).status_code == 201
+        assert (await client.post("/system/buckets", json={"bucket_name": "loose"})).status_code == 201
+        listed = {b["bucket_name"]: b for b in (await client.get("/system/buckets")).json()}
+        assert (listed["shared"]["owner"], listed["shared"]["metadata"]) == (
+            "",
+            {"from_service": "second", "owner_name": "oscar"},
+        )
+        assert (listed["loose"]["owner"], listed["loose"]["metadata"]) == ("", {})
+        shared = (await client.get("/system/buckets/shared")).json()
+        assert shared["owner"] == "cluster_admin"
+        assert shared["metadata"] == {"owner": "", "from_service": "second", "owner_name": "oscar"}
+        loose = (await client.get("/system/buckets/loose")).json()
+        assert (loose["owner"], loose["metadata"]) == ("cluster_admin", {})
+        assert (await client.delete("/system/services/second")).status_code == 204
+        listed = {b["bucket_name"]: b for b in (await client.get("/system/buckets")).json()}
+        assert listed["shared"]["metadata"]["from_service"] == "first"
 
 
 class TestObjects:
