@@ -75,15 +75,39 @@ async def test_kubernetes_status_from_nodes_and_metrics(
     assert body["cluster"]["metrics"]["memory"]["max_free_on_node_bytes"] == 7 * 2**30
 
 
-async def test_kubernetes_status_without_metrics_api_is_500_as_upstream(
+async def test_kubernetes_status_without_metrics_api_lists_the_nodes_without_usage(
     kubernetes_settings: Settings, double: tuple[KubeApiDouble, str]
 ) -> None:
+    """Upstream answers 500 here and the dashboard's Status page spins forever: we answer what is known."""
     api, _url = double
     api.node_usage = None
+    api.nodes = [_node("node-1"), _node("node-2", cpu="2", memory="4Gi")]
+    namespace = kubernetes_settings.oscar_services_namespace
+    api.objects[("Pod", namespace, "busy")] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "busy", "namespace": namespace},
+        "spec": {
+            "nodeName": "node-1",
+            "containers": [
+                {"name": "c", "image": "i", "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}}
+            ],
+        },
+        "status": {"phase": "Running"},
+    }
     async with app_client(kubernetes_settings) as client:
         response = await client.get("/system/status")
-    assert response.status_code == 500
-    assert "Error getting metrics info" in response.text
+    assert response.status_code == 200, response.text
+    nodes = {node["name"]: node for node in response.json()["cluster"]["nodes"]}
+    assert set(nodes) == {"node-1", "node-2"}
+    # Usage is left out (Go's omitempty of a zero), capacity and requests are there.
+    assert nodes["node-1"]["cpu"] == {"capacity_cores": 4000, "request_cores": 500}
+    assert nodes["node-1"]["memory"] == {"capacity_bytes": 8 * 2**30, "request_bytes": 2**30}
+    assert nodes["node-2"]["cpu"] == {"capacity_cores": 2000}
+    metrics = response.json()["cluster"]["metrics"]
+    # Free is what the requests leave when nothing measures usage.
+    assert metrics["cpu"]["total_free_cores"] == 4000 - 500 + 2000
+    assert metrics["memory"]["max_free_on_node_bytes"] == 7 * 2**30
 
 
 class TestDeployment:
