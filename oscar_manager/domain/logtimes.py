@@ -10,7 +10,7 @@ A stamp is an RFC 3339 time with nanoseconds in UTC, as the kubelet writes them
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 LineTimes = tuple[tuple[int, str], ...]
@@ -67,8 +67,13 @@ def decode(text: str) -> LineTimes:
 
 
 def stamped(log: str, times: LineTimes | None, *, fallback: str) -> str:
-    """The log with each line prefixed by its time and a space. Lines the runs do not cover, or whose time
-    is unknown (a log kept before times were recorded, a line added when the job ended), get ``fallback``."""
+    """The log with each line prefixed by its time and a space."""
+    return "".join(f"{stamp} {line}" for stamp, line in timed_lines(log, times, fallback=fallback))
+
+
+def timed_lines(log: str, times: LineTimes | None, *, fallback: str) -> list[tuple[str, str]]:
+    """Each line of the log (with its end) and its stamp. Lines the runs do not cover, or whose time is
+    unknown (a log kept before times were recorded, a line added when the job ended), get ``fallback``."""
     lines = _lines(log)
     stamps: list[str] = []
     for count, stamp in times or ():
@@ -76,7 +81,7 @@ def stamped(log: str, times: LineTimes | None, *, fallback: str) -> str:
         if len(stamps) >= len(lines):
             break
     stamps.extend([fallback] * (len(lines) - len(stamps)))
-    return "".join(f"{stamp} {line}" for stamp, line in zip(stamps, lines, strict=True))
+    return list(zip(stamps, lines, strict=True))
 
 
 def unstamp(text: str) -> tuple[str, LineTimes]:
@@ -107,17 +112,3 @@ def _lines(text: str) -> list[str]:
 
 def _looks_like_stamp(word: str) -> bool:
     return _STAMP.fullmatch(word) is not None
-
-
-def shift(times: Sequence[tuple[int, str]], lines: int) -> LineTimes:
-    """The runs of the last ``lines`` lines (a log cut to its tail)."""
-    total = sum(count for count, _ in times)
-    skip = max(total - lines, 0)
-    kept: list[tuple[int, str]] = []
-    for count, stamp in times:
-        if skip >= count:
-            skip -= count
-            continue
-        kept.append((count - skip, stamp))
-        skip = 0
-    return runs(kept)
