@@ -98,8 +98,7 @@ class Backend(Protocol):
 
     async def nodes(self) -> list[NodeStatus]:
         """The machines jobs run on, with their capacity, what running jobs request of them and their
-        measured usage. ``MetricsUnavailable`` when usage cannot be measured (as upstream, no partial
-        answer)."""
+        measured usage (None where nothing measures it)."""
         ...
 
     def describe(self) -> dict[str, Any]: ...

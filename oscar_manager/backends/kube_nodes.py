@@ -1,14 +1,16 @@
 """The cluster's nodes for ``/system/status``: capacity from the nodes, usage from the metrics API
 (``metrics.k8s.io``, served by metrics-server), and what the manager's own running pods request.
 
-As upstream: only nodes that are not control-plane ones count, and without a metrics API the status cannot
-be given (upstream answers 500 then). Requests are summed over the pods of the services' namespace, not
-over every namespace as upstream does: reading every pod of the cluster is a permission the manager does
-not otherwise need.
+As upstream: only nodes that are not control-plane ones count, and only those the metrics API reports on.
+Without a metrics API (or one that refuses or fails) upstream answers 500 and the dashboard's Status page
+spins forever; here every eligible node is listed with its capacity and requests and no usage. Requests are
+summed over the pods of the services' namespace, not over every namespace as upstream does: reading every
+pod of the cluster is a permission the manager does not otherwise need.
 """
 
 from __future__ import annotations
 
+import logging
 from decimal import Decimal
 from typing import Any
 
@@ -16,8 +18,10 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from oscar_manager.backends.kube_answers import KubernetesError, reason
-from oscar_manager.domain.cluster import MetricsUnavailable, NodeStatus
+from oscar_manager.domain.cluster import NodeStatus
 from oscar_manager.domain.quantities import parse_quantity
+
+log = logging.getLogger(__name__)
 
 GPU = "nvidia.com/gpu"
 # Upstream (utils.SelectEligibleNodes) leaves out the control plane's nodes, unless they are all there is.
@@ -69,21 +73,23 @@ async def cluster_nodes(api: client.ApiClient, *, namespace: str) -> list[NodeSt
         pods = (await core.list_namespaced_pod(namespace)).items
     except ApiException as exc:
         raise KubernetesError(f"Kubernetes refused to list the nodes: {reason(exc)}") from None
+    usage: dict[str, dict[str, str]] | None = None
     try:
         metrics = await client.CustomObjectsApi(api).list_cluster_custom_object(
             "metrics.k8s.io", "v1beta1", "nodes"
         )
+        usage = {item["metadata"]["name"]: item.get("usage") or {} for item in metrics.get("items") or []}
     except ApiException as exc:
-        raise MetricsUnavailable(f"Error getting metrics info: {reason(exc)}") from None
-    usage = {item["metadata"]["name"]: item.get("usage") or {} for item in metrics.get("items") or []}
+        log.warning("status without node usage: the metrics API answered %s", reason(exc))
     requested = _requests(pods)
     workers = [node for node in nodes if not _control_plane(node)]
     found: list[NodeStatus] = []
     for node in workers or nodes:
         labels = node.metadata.labels or {}
         name = node.metadata.name
-        if name not in usage:  # as upstream, only nodes the metrics API reports on are listed
+        if usage is not None and name not in usage:  # as upstream, only nodes the metrics API reports on
             continue
+        used = None if usage is None else usage[name]
         allocatable = node.status.allocatable if node.status else None
         cpu, memory = requested.get(name, (0, 0))
         found.append(
@@ -91,8 +97,8 @@ async def cluster_nodes(api: client.ApiClient, *, namespace: str) -> list[NodeSt
                 name=name,
                 cpu_millis=_amount(allocatable, "cpu", milli=True),
                 memory_bytes=_amount(allocatable, "memory"),
-                cpu_used_millis=_amount(usage[name], "cpu", milli=True),
-                memory_used_bytes=_amount(usage[name], "memory"),
+                cpu_used_millis=None if used is None else _amount(used, "cpu", milli=True),
+                memory_used_bytes=None if used is None else _amount(used, "memory"),
                 cpu_requested_millis=cpu,
                 memory_requested_bytes=memory,
                 gpus=_amount(allocatable, GPU),

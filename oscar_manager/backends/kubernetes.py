@@ -47,6 +47,7 @@ from oscar_manager.backends.base import (
 )
 from oscar_manager.backends.kube_answers import KubernetesError, invalid_fields, reason, retryable
 from oscar_manager.backends.kube_nodes import cluster_nodes
+from oscar_manager.domain import logtimes
 from oscar_manager.domain.cluster import NodeStatus
 from oscar_manager.domain.jobs import JobOutcome, JobStatus
 from oscar_manager.domain.service import SERVICE_LABEL, Service
@@ -293,7 +294,7 @@ class KubernetesBackend:
                     with _answers(f"store the body of a sync run of {service.name}"):
                         await self._deliver_body(service, name, created.metadata.uid, request.body)
                 job = await self._await_end(name, created.metadata.resource_version)
-            outcome = await self._outcome(job)
+            outcome = await self._outcome(job, timestamps=False)
         except TimeoutError:
             raise RunTimeout(
                 f"the run did not finish within {request.timeout:g} s; its Job was deleted"
@@ -410,7 +411,7 @@ class KubernetesBackend:
         status = job.status
         if _ended(job):
             if name not in self._finished:
-                await self._reporter.finished(name, outcome=await self._outcome(job))
+                await self._reporter.finished(name, outcome=await self._outcome(job, timestamps=True))
                 self._finished.add(name)
         elif status is not None and status.active and name not in self._started:
             await self._reporter.started(name, at=status.start_time or datetime.now(UTC))
@@ -429,12 +430,15 @@ class KubernetesBackend:
         self._started.discard(name)
         self._finished.discard(name)
 
-    async def _outcome(self, job: client.V1Job) -> JobOutcome:
-        """The job's end, with its pod's log copied (so it outlives the pod)."""
+    async def _outcome(self, job: client.V1Job, *, timestamps: bool) -> JobOutcome:
+        """The job's end, with its pod's log copied (so it outlives the pod). With ``timestamps`` the log is
+        read with the kubelet's time of each line, kept apart from the text (a sync run's answer frame is
+        read from the plain log)."""
         job_name = job.metadata.name
         succeeded = "Complete" in _conditions(job)
         deadline = job.spec.active_deadline_seconds if job.spec else None
         text = ""
+        times: logtimes.LineTimes | None = None
         exit_code: int | None = 0 if succeeded else None
         try:
             pods = await self._core.list_namespaced_pod(
@@ -442,8 +446,10 @@ class KubernetesBackend:
             )
             for pod in pods.items[:1]:
                 text = await self._core.read_namespaced_pod_log(
-                    pod.metadata.name, self._namespace, container=manifests.CONTAINER
+                    pod.metadata.name, self._namespace, container=manifests.CONTAINER, timestamps=timestamps
                 )
+                if timestamps:
+                    text, times = logtimes.unstamp(text)
                 for container in (pod.status.container_statuses or []) if pod.status else []:
                     terminated = container.state.terminated if container.state else None
                     if container.name == manifests.CONTAINER and terminated is not None:
@@ -457,6 +463,7 @@ class KubernetesBackend:
             exit_code=exit_code,
             log=text,
             finished_at=datetime.now(UTC),
+            log_times=times,  # lines added here have none: they show the job's end
         )
 
 

@@ -212,7 +212,13 @@ class LocalBackend:
             log.exception("job %s failed unexpectedly", request.job_id)
             slog.error(f"internal error: {type(exc).__name__}: {exc}")
             status = JobStatus.FAILED
-        return JobOutcome(status=status, exit_code=exit_code, log=slog.text(), finished_at=datetime.now(UTC))
+        return JobOutcome(
+            status=status,
+            exit_code=exit_code,
+            log=slog.text(),
+            finished_at=datetime.now(UTC),
+            log_times=slog.times(),
+        )
 
     # --- sync runs ---------------------------------------------------------------------------------
 
@@ -328,7 +334,7 @@ class LocalBackend:
                 disk_bytes=self._disk_bytes,
             )
             result = await self._sandbox.run(script_run)
-        slog.output(result.output.decode("utf-8", errors="replace"))
+        slog.output(result.output.decode("utf-8", errors="replace"), result.output_times)
         bounds_hit = result.bounds_hit(script_run)
         for reason in bounds_hit:
             slog.error(reason)

@@ -300,6 +300,7 @@ class Sandbox:
             exit_code=exit_code,
             timed_out=timed_out,
             output=output.result(),
+            output_times=output.times(),
             duration=duration,
             usage=usage,
             over_disk=over_disk,

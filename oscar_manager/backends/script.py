@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oscar_manager.backends.cgroups import CgroupUsage
+from oscar_manager.domain.logtimes import LineTimes
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,7 @@ class ScriptResult:
     duration: float
     usage: CgroupUsage | None = None  # what the job's cgroup counted; None without cgroups
     over_disk: bool = False  # killed because the job folder went over ``disk_bytes``
+    output_times: LineTimes = ()  # when each line of ``output`` was read
 
     def bounds_hit(self, run: ScriptRun) -> list[str]:
         """Why the job was stopped by one of its bounds, as sentences for its log (empty if it was not)."""

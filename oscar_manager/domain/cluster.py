@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from oscar_manager.errors import OscarError
-
 
 @dataclass(frozen=True, slots=True)
 class NodeStatus:
-    """One machine: capacity and what is requested of it in millicores and bytes, and measured usage.
+    """One machine: capacity and what is requested of it in millicores and bytes, and measured usage
+    (None when nothing measures it: a cluster without a metrics API).
 
     The units are upstream's (``Quantity.MilliValue()`` for cpu, ``Value()`` for memory)."""
 
     name: str
     cpu_millis: int
     memory_bytes: int
-    cpu_used_millis: int
-    memory_used_bytes: int
+    cpu_used_millis: int | None
+    memory_used_bytes: int | None
     cpu_requested_millis: int = 0
     memory_requested_bytes: int = 0
     gpus: int = 0
@@ -31,9 +30,3 @@ class NodeStatus:
         if "Ready" not in self.conditions:
             return "Unknown"
         return "Ready" if self.conditions["Ready"] else "NotReady"
-
-
-class MetricsUnavailable(OscarError):
-    """The cluster's usage cannot be read (Kubernetes without a metrics API): upstream answers 500 then."""
-
-    status_code = 500

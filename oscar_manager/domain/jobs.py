@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from oscar_manager.domain.logtimes import LineTimes
+
 
 class JobStatus(StrEnum):
     PENDING = "Pending"
@@ -50,3 +52,15 @@ class JobOutcome:
     exit_code: int | None
     log: str
     finished_at: datetime
+    # When each line of ``log`` was written; None when not known (such lines show the job's end).
+    log_times: LineTimes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobLog:
+    """A job's log as kept, with what is needed to show it with times."""
+
+    text: str
+    times: LineTimes | None
+    # The time given to lines whose own is not known: when the job ended (or started, or was created).
+    fallback: datetime

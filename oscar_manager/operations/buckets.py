@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from oscar_manager.domain.service import DEFAULT_OWNER
 from oscar_manager.errors import BadRequest, Conflict
 from oscar_manager.storage.base import BucketNotFound, ObjectInfo, ObjectNotFound, ObjectStore
 from oscar_manager.storage.keys import validate_bucket, validate_key
@@ -28,23 +29,41 @@ class Presigned:
     expires_at: int
 
 
-def _bucket_view(name: str) -> dict[str, Any]:
-    return {"bucket_name": name, "visibility": "private", "allowed_users": [], "owner": "", "metadata": {}}
+def _bucket_view(name: str, *, owner: str, metadata: dict[str, str]) -> dict[str, Any]:
+    return {
+        "bucket_name": name,
+        "visibility": "private",
+        "allowed_users": [],
+        "owner": owner,
+        "metadata": metadata,
+    }
 
 
-async def list_buckets(store: ObjectStore) -> list[dict[str, Any]]:
-    return [_bucket_view(name) for name in await store.list_buckets()]
+async def list_buckets(store: ObjectStore, *, tags: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+    """As upstream's listing: ``owner`` from the bucket's tags (empty for the admin's, which the dashboard
+    shows as ``oscar``) and the other tags as ``metadata`` (the dashboard's Service column). ``tags``: what
+    upstream would have tagged each bucket with (``services.bucket_tags``)."""
+    views = []
+    for name in await store.list_buckets():
+        found = tags.get(name, {})
+        metadata = {key: value for key, value in found.items() if key != "owner"}
+        views.append(_bucket_view(name, owner=found.get("owner", ""), metadata=metadata))
+    return views
 
 
-async def get_bucket(store: ObjectStore, *, bucket: str, page: str, limit: int) -> dict[str, Any]:
+async def get_bucket(
+    store: ObjectStore, *, bucket: str, page: str, limit: int, tags: dict[str, str]
+) -> dict[str, Any]:
+    """A bucket and its objects, folder markers included (upstream lists every key, ``in/`` too). As
+    upstream, ``owner`` is the ``owner`` tag or ``cluster_admin``, and ``metadata`` every tag."""
     validate_bucket(bucket)
     if not await store.bucket_exists(bucket):
         raise BucketNotFound(f"bucket {bucket!r} not found")
-    objects = [info for info in await store.list_objects(bucket) if info.key > page]
+    objects = [info for info in await store.list_objects(bucket, markers=True) if info.key > page]
     shown = objects[:limit]
     truncated = len(objects) > limit
     return {
-        **_bucket_view(bucket),
+        **_bucket_view(bucket, owner=tags.get("owner") or DEFAULT_OWNER, metadata=dict(tags)),
         "objects": [
             {
                 "object_name": info.key,

@@ -11,14 +11,18 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from oscar_manager.backends.base import Backend
+from oscar_manager.domain import logtimes
 from oscar_manager.domain.access import can_change
-from oscar_manager.domain.jobs import JobOutcome, JobRecord, JobStatus
+from oscar_manager.domain.jobs import JobLog, JobOutcome, JobRecord, JobStatus
 from oscar_manager.domain.principal import Principal
 from oscar_manager.errors import BadRequest, NotFound
 from oscar_manager.operations import services
 from oscar_manager.registry import Database, Transaction
 
 logger = logging.getLogger(__name__)
+
+# Job logs read at a time when recent ones are gathered (a log may hold up to the output budget).
+_LOG_BATCH = 20
 
 
 def _log_failure(future: asyncio.Future[None]) -> None:
@@ -123,12 +127,37 @@ async def page(tx: Transaction, *, principal: Principal, service: str, page: str
     return JobPage(jobs=jobs, next_page=next_page, remaining=remaining)
 
 
-async def log(tx: Transaction, *, principal: Principal, service: str, job_id: str) -> str:
+async def log(
+    tx: Transaction, *, principal: Principal, service: str, job_id: str, timestamps: bool = False
+) -> str:
+    """The job's log; with ``timestamps`` each line prefixed by its RFC 3339 time, as Kubernetes does."""
     await _job(tx, principal=principal, service=service, job_id=job_id)
-    text = await tx.jobs.log(service, job_id)
-    if text is None:
+    kept = await tx.jobs.log(service, job_id)
+    if kept is None:
         raise NotFound(f"job {job_id!r} of service {service!r} not found")
-    return text
+    if not timestamps:
+        return kept.text
+    return logtimes.stamped(kept.text, kept.times, fallback=logtimes.stamp_of(kept.fallback))
+
+
+async def finished_logs(
+    tx: Transaction, *, principal: Principal, service: str, enough: Callable[[list[JobLog]], bool]
+) -> list[JobLog]:
+    """The logs of the service's finished jobs the caller may see, newest first, read a page at a time
+    until ``enough`` says so or there are no more."""
+    owner = await _jobs_scope(tx, principal=principal, service=service)
+    found: list[JobLog] = []
+    after: tuple[datetime, str] | None = None
+    while not enough(found):
+        batch = await tx.jobs.page(service, limit=_LOG_BATCH, after=after, owner=owner)
+        for job in batch:
+            kept = await tx.jobs.log(service, job.id) if job.status.finished else None
+            if kept is not None:
+                found.append(kept)
+        if len(batch) < _LOG_BATCH:
+            break
+        after = (batch[-1].created_at, batch[-1].id)
+    return found
 
 
 async def delete(

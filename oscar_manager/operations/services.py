@@ -17,6 +17,7 @@ from oscar_manager.domain.definitions import load_document, service_definitions
 from oscar_manager.domain.events import InputRoute
 from oscar_manager.domain.principal import Principal
 from oscar_manager.domain.service import (
+    DEFAULT_OWNER,
     MinioDefault,
     ProviderRef,
     Service,
@@ -185,6 +186,22 @@ async def using_bucket(tx: Transaction, bucket: str) -> list[str]:
         for service in await tx.services.list()
         if any(own_bucket == bucket for own_bucket, _folder in _own_paths(service))
     ]
+
+
+async def bucket_tags(tx: Transaction) -> dict[str, dict[str, str]]:
+    """What upstream tags each bucket of the manager's own storage with when a service is created with it
+    (``owner``: the owner's id, empty for the admin; ``from_service``; ``owner_name``: ``oscar`` for the
+    admin, a user's name is not kept here). As upstream, the service created last wins."""
+    tags: dict[str, dict[str, str]] = {}
+    for service in await tx.services.list_by_creation():
+        admin = service.owner == DEFAULT_OWNER
+        for bucket, _folder in _own_paths(service):
+            tags[bucket] = {
+                "owner": "" if admin else service.owner,
+                "from_service": service.name,
+                **({"owner_name": "oscar"} if admin else {}),
+            }
+    return tags
 
 
 async def list_visible(tx: Transaction, *, principal: Principal) -> list[Service]:

@@ -26,7 +26,7 @@ POD_STATES = ("Pending", "Running", "Succeeded", "Failed", "Unknown")
 
 
 def _node(node: NodeStatus) -> dict[str, Any]:
-    # Zero figures are left out, as Go's omitempty does in NodeResource.
+    # Zero figures are left out, as Go's omitempty does in NodeResource, and so is usage nothing measures.
     cpu = {
         "capacity_cores": node.cpu_millis,
         "usage_cores": node.cpu_used_millis,
@@ -48,9 +48,16 @@ def _node(node: NodeStatus) -> dict[str, Any]:
     }
 
 
+def _known(measured: int | None, requested: int) -> int:
+    return requested if measured is None else measured
+
+
 def _cluster(nodes: list[NodeStatus]) -> dict[str, Any]:
-    free_cpu = [node.cpu_millis - node.cpu_used_millis for node in nodes]
-    free_memory = [node.memory_bytes - node.memory_used_bytes for node in nodes]
+    # Without measured usage (no metrics API), what is free is what the requests leave.
+    free_cpu = [node.cpu_millis - _known(node.cpu_used_millis, node.cpu_requested_millis) for node in nodes]
+    free_memory = [
+        node.memory_bytes - _known(node.memory_used_bytes, node.memory_requested_bytes) for node in nodes
+    ]
     open_cpu = [node.cpu_millis - node.cpu_requested_millis for node in nodes]
     open_memory = [node.memory_bytes - node.memory_requested_bytes for node in nodes]
     return {

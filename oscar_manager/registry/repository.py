@@ -13,8 +13,9 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from oscar_manager.domain import logtimes
 from oscar_manager.domain.events import InputRoute
-from oscar_manager.domain.jobs import JobOutcome, JobRecord, JobStatus
+from oscar_manager.domain.jobs import JobLog, JobOutcome, JobRecord, JobStatus
 from oscar_manager.domain.service import Service
 from oscar_manager.errors import Conflict
 from oscar_manager.registry.hot_statements import HotStatements, hot_statements
@@ -73,6 +74,13 @@ class ServiceRepository:
                     )
                 )
         return routes
+
+    async def list_by_creation(self) -> list[Service]:
+        """Every service, the oldest first."""
+        rows = await self._session.scalars(
+            select(ServiceRow).order_by(ServiceRow.created_at, ServiceRow.name)
+        )
+        return [_to_service(row) for row in rows]
 
     async def list(self) -> list[Service]:
         rows = await self._session.scalars(select(ServiceRow).order_by(ServiceRow.name))
@@ -307,6 +315,7 @@ class JobRepository:
                 status=outcome.status.value,
                 exit_code=outcome.exit_code,
                 log=outcome.log,
+                log_times=None if outcome.log_times is None else logtimes.encode(outcome.log_times),
                 finished_at=outcome.finished_at,
             )
         )
@@ -332,9 +341,15 @@ class JobRepository:
         rows = await self._session.execute(select(JobRow.status, func.count()).group_by(JobRow.status))
         return {status: int(count) for status, count in rows}
 
-    async def log(self, service: str, job_id: str) -> str | None:
+    async def log(self, service: str, job_id: str) -> JobLog | None:
         row = await self._session.get(JobRow, job_id)
-        return row.log if row is not None and row.service == service else None
+        if row is None or row.service != service:
+            return None
+        return JobLog(
+            text=row.log,
+            times=None if row.log_times is None else logtimes.decode(row.log_times),
+            fallback=_aware(row.finished_at or row.started_at or row.created_at),
+        )
 
     @staticmethod
     def _listing(service: str, after: tuple[datetime, str] | None, owner: str | None = None) -> Any:

@@ -77,6 +77,8 @@ class JobRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     exit_code: Mapped[int | None] = mapped_column(Integer)
     log: Mapped[str] = mapped_column(Text, default="")
+    # When the log's lines were written, as runs (``domain/logtimes``); NULL for logs kept before.
+    log_times: Mapped[str | None] = mapped_column(Text)
     # Who started it, when an OIDC user did: such users list only their own jobs of others' services.
     owner: Mapped[str | None] = mapped_column(String(255))
 

@@ -57,8 +57,9 @@ class ObjectStore(Protocol):
 
     async def list_buckets(self) -> list[str]: ...
 
-    async def list_objects(self, bucket: str, prefix: str = "") -> list[ObjectInfo]:
-        """Every object under ``prefix`` (recursively), sorted by key; folder markers excluded."""
+    async def list_objects(self, bucket: str, prefix: str = "", *, markers: bool = False) -> list[ObjectInfo]:
+        """Every object under ``prefix`` (recursively), sorted by key; folder markers (``in/``, empty, as
+        upstream lists them) only with ``markers``."""
 
     async def stat(self, bucket: str, key: str) -> ObjectInfo | None: ...
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from oscar_manager.errors import Conflict
+from oscar_manager.storage import folder_marks
 from oscar_manager.storage.base import BucketNotFound, InvalidKey, ObjectInfo, ObjectNotFound, StorageError
 from oscar_manager.storage.blocking import run_blocking as _blocking
 from oscar_manager.storage.keys import validate_bucket, validate_key
@@ -59,12 +60,9 @@ def _info(bucket: str, key: str, st: os.stat_result) -> ObjectInfo:
     return ObjectInfo(bucket=bucket, key=key, size=st.st_size, last_modified=_mtime(st), etag=file_etag(st))
 
 
-# A folder listed as S3 lists its marker object: empty, with the ETag of no content.
-EMPTY_ETAG = "d41d8cd98f00b204e9800998ecf8427e"
-
-
-def _folder_info(bucket: str, key: str, st: os.stat_result) -> ObjectInfo:
-    return ObjectInfo(bucket=bucket, key=key, size=0, last_modified=_mtime(st), etag=EMPTY_ETAG)
+def _marker(bucket: str, key: str, st: os.stat_result) -> ObjectInfo:
+    """A folder as the empty object S3 servers keep for it (its ETag is the MD5 of nothing)."""
+    return ObjectInfo(bucket=bucket, key=key, size=0, last_modified=_mtime(st), etag=folder_marks.EMPTY_ETAG)
 
 
 def _is_valid_key(key: str, *, folder: bool = False) -> bool:
@@ -202,7 +200,11 @@ class LocalObjectStore:
     def _ensure_folder(self, bucket: str, folder: str) -> None:
         fd = self._open_bucket(bucket, create=True)
         try:
-            os.close(_descend(fd, self._segments(bucket, folder), create=True))
+            folder_fd = _descend(fd, self._segments(bucket, folder), create=True)
+            try:
+                folder_marks.mark(folder_fd)
+            finally:
+                os.close(folder_fd)
         except OSError as exc:
             if exc.errno in _NOT_A_DIR:
                 raise Conflict(
@@ -236,7 +238,7 @@ class LocalObjectStore:
                 names.append(validate_bucket(name))
         return sorted(names)
 
-    def _list_objects(self, bucket: str, prefix: str, *, folders: bool = False) -> list[ObjectInfo]:
+    def _list_objects(self, bucket: str, prefix: str, *, markers: bool = False) -> list[ObjectInfo]:
         found: list[ObjectInfo] = []
 
         # Depth first, holding one descriptor per level (depth is bounded by the key length), never
@@ -253,9 +255,6 @@ class LocalObjectStore:
                         continue
                     if not _is_valid_key(sub, folder=True):
                         continue
-                    if folders and sub.startswith(prefix):
-                        with contextlib.suppress(FileNotFoundError):
-                            found.append(_folder_info(bucket, sub, entry.stat(follow_symlinks=False)))
                     try:
                         sub_fd = _open_dir(entry.name, dir_fd=fd, create=False)
                     except OSError as exc:  # replaced since scandir saw it
@@ -263,6 +262,8 @@ class LocalObjectStore:
                             continue
                         raise
                     try:
+                        if markers and sub.startswith(prefix) and folder_marks.is_marked(sub_fd):
+                            found.append(_marker(bucket, sub, os.fstat(sub_fd)))
                         walk(sub_fd, sub)
                     finally:
                         os.close(sub_fd)
@@ -399,11 +400,11 @@ class LocalObjectStore:
 
         return await _blocking(listed)
 
-    async def list_objects(self, bucket: str, prefix: str = "", *, folders: bool = False) -> list[ObjectInfo]:
+    async def list_objects(self, bucket: str, prefix: str = "", *, markers: bool = False) -> list[ObjectInfo]:
         """Regular files whose key starts with ``prefix`` (a plain string match, never a path); with
-        ``folders``, each folder too, as the empty marker object ``folder/`` an S3 server would list."""
+        ``markers`` also the folders made by ``ensure_folder``, as empty ``folder/`` objects."""
         validate_bucket(bucket)
-        return await _blocking(lambda: self._list_objects(bucket, prefix, folders=folders))
+        return await _blocking(lambda: self._list_objects(bucket, prefix, markers=markers))
 
     async def stat(self, bucket: str, key: str) -> ObjectInfo | None:
         self.object_path(bucket, key)

@@ -98,9 +98,9 @@ def _status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
 
 
-def _is_valid_key(key: str) -> bool:
+def _is_valid_key(key: str, *, folder: bool = False) -> bool:
     try:
-        validate_key(key)
+        validate_key(key, folder=folder)
     except InvalidKey:
         return False
     return True
@@ -344,8 +344,9 @@ class S3ObjectStore:
                 valid.append(validate_bucket(name))
         return sorted(valid)
 
-    async def list_objects(self, bucket: str, prefix: str = "") -> list[ObjectInfo]:
-        """Objects whose key starts with ``prefix`` (a plain string match), sorted; markers excluded.
+    async def list_objects(self, bucket: str, prefix: str = "", *, markers: bool = False) -> list[ObjectInfo]:
+        """Objects whose key starts with ``prefix`` (a plain string match), sorted; folder markers (keys
+        ending in ``/``) only with ``markers``.
 
         Keys that this API could not address (``a//b``, control characters, written by other clients)
         are skipped, as the local store skips such file names.
@@ -357,7 +358,8 @@ class S3ObjectStore:
             async for page in pages:
                 for item in page.get("Contents", []):
                     info = answers.listed(bucket, item, where=self._where)
-                    if info.key.endswith("/") or not _is_valid_key(info.key):
+                    marker = info.key.endswith("/")
+                    if (marker and not markers) or not _is_valid_key(info.key, folder=marker):
                         continue
                     found.append(info)
         found.sort(key=lambda info: info.key)

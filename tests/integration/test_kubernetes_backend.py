@@ -134,6 +134,22 @@ async def test_an_invocation_becomes_a_job_whose_log_outlives_the_pod(
     assert logs.text == "supervisor says hi\n"
 
 
+async def test_a_jobs_log_keeps_the_kubelets_line_times(
+    manager: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
+) -> None:
+    api, _url = double
+    assert (await manager.post("/system/services", json=definition("stamped"))).status_code == 201
+    job_id = (await invoke(manager, "stamped", b"e30=")).headers["X-Oscar-Job-Ids"]
+    await until(lambda: api.get("Job", NS, job_id) is not None)
+    stamps = ["2026-12-05T16:00:00.000000001Z", "2026-12-05T16:00:02.500000000Z"]
+    await api.finish_pod(NS, job_id, succeeded=True, log="first line\n  second line\n", stamps=stamps)
+    await wait_for_jobs(manager, "stamped", count=1)
+    api.objects.clear()  # the pod is gone: what follows comes from the registry
+    assert (await manager.get(f"/system/logs/stamped/{job_id}")).text == "first line\n  second line\n"
+    stamped = await manager.get(f"/system/logs/stamped/{job_id}", params={"timestamps": "true"})
+    assert stamped.text == f"{stamps[0]} first line\n{stamps[1]}   second line\n"
+
+
 async def test_a_failed_pod_is_a_failed_job(
     manager: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
 ) -> None:

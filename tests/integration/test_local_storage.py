@@ -168,6 +168,27 @@ async def test_list_objects_reports_stat(store: ObjectStore, bucket: str) -> Non
     assert await store.list_objects(bucket) == [put]
 
 
+async def test_folder_markers_are_listed_when_asked_for(store: ObjectStore) -> None:
+    """Upstream's bucket listing shows the markers of the folders made for services (``in/``), not
+    folders that only hold uploads; on local storage the folders ``ensure_folder`` made are the markers."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    await store.ensure_folder(name, "in")
+    await store.ensure_folder(name, "nested/deeper")
+    await store.put_stream(name, "in/file.txt", chunks(b"data"))
+    await store.put_stream(name, "uploaded/only/file.txt", chunks(b"more"))
+    listed = await store.list_objects(name, markers=True)
+    assert [(info.key, info.size) for info in listed] == [
+        ("in/", 0),
+        ("in/file.txt", 4),
+        ("nested/deeper/", 0),
+        ("uploaded/only/file.txt", 4),
+    ]
+    assert [info.key for info in await store.list_objects(name, "nested/", markers=True)] == [
+        "nested/deeper/"
+    ]
+    assert [info.key for info in await store.list_objects(name)] == ["in/file.txt", "uploaded/only/file.txt"]
+
+
 async def test_folders_are_not_objects(store: ObjectStore) -> None:
     name = f"test-{uuid.uuid4().hex[:12]}"
     await store.ensure_folder(name, "input")  # creates the bucket too

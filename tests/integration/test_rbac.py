@@ -1,6 +1,7 @@
-"""The Role in deploy/kubernetes/rbac.yaml is least privilege: the Kubernetes backend, driven through its
-whole lifecycle against the API double enforcing that Role, is never refused and uses every rule; and a
-Role lacking a verb the backend needs makes the API answer the refusal with its reason.
+"""The Role and ClusterRole in deploy/kubernetes/rbac.yaml are least privilege: the Kubernetes backend,
+driven through its whole lifecycle (and the cluster status) against the API double enforcing them, is never
+refused and uses every rule, namespaced and cluster-scoped; and a Role lacking a verb the backend needs makes
+the API answer the refusal with its reason.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from oscar_manager.backends import manifests
 from oscar_manager.backends.base import JobRequest, SyncRequest
+from oscar_manager.backends.kube_answers import KubernetesError
 from oscar_manager.backends.kubernetes import KubernetesBackend
 from oscar_manager.domain.jobs import JobStatus
 from oscar_manager.settings import Settings
@@ -36,6 +38,10 @@ SA_USER = "system:serviceaccount:oscar:oscar-sa"
 
 def role() -> dict[str, Any]:
     return find("Role", "oscar-controller")
+
+
+def cluster_role() -> dict[str, Any]:
+    return find("ClusterRole", "oscar-status")
 
 
 def without(role: dict[str, Any], group: str, resource: str, verb: str) -> dict[str, Any]:
@@ -82,7 +88,7 @@ async def test_the_backend_lifecycle_needs_exactly_the_role(
     double: tuple[KubeApiDouble, str], backend: tuple[KubernetesBackend, RecordingReporter]
 ) -> None:
     api, _url = double
-    rbac = api.rbac = Rbac.from_role(role(), user=SA_USER)
+    rbac = api.rbac = Rbac.from_role(role(), user=SA_USER, cluster_role=cluster_role())
     kube, reporter = backend
     await asyncio.wait_for(kube.watching.wait(), timeout=10)
 
@@ -126,7 +132,16 @@ async def test_the_backend_lifecycle_needs_exactly_the_role(
     assert api.of_kind("ConfigMap") == []
     assert api.of_kind("Job") == []
 
+    # /system/status: the nodes and their usage, cluster-scoped.
+    api.node_usage = {"node-1": {"cpu": "100m", "memory": "1Gi"}}
+    (node,) = await kube.nodes()
+    assert node.cpu_used_millis == 100
+
     assert rbac.forbidden == []
+    assert {access.triple for access in rbac.asked if access.namespace == ""} == {
+        ("", "nodes", "list"),
+        ("metrics.k8s.io", "nodes", "list"),
+    }
     # Every rule was needed: nothing granted that the backend never asked for (no wildcards either).
     assert rbac.granted() - rbac.asked_for() == set()
     assert not any("*" in value for value in _rule_values(rbac))
@@ -197,3 +212,20 @@ async def test_a_service_whose_config_map_is_forbidden_is_a_502_naming_the_reaso
     assert (await manager.get("/system/services/denied")).status_code == 404
     assert api.of_kind("ConfigMap") == []
     assert [access.triple for access in api.rbac.forbidden] == [("", "configmaps", "create")]
+
+
+async def test_the_status_without_the_metrics_rule_has_no_usage_and_without_the_nodes_rule_says_why(
+    double: tuple[KubeApiDouble, str], backend: tuple[KubernetesBackend, RecordingReporter]
+) -> None:
+    api, _url = double
+    kube, _reporter = backend
+    api.node_usage = {"node-1": {"cpu": "100m", "memory": "1Gi"}}
+    cluster = cluster_role()
+    api.rbac = Rbac.from_role(role(), user=SA_USER, cluster_role={**cluster, "rules": [cluster["rules"][0]]})
+    (node,) = await kube.nodes()
+    assert (node.name, node.cpu_millis, node.cpu_used_millis) == ("node-1", 4000, None)
+    assert [access.triple for access in api.rbac.forbidden] == [("metrics.k8s.io", "nodes", "list")]
+
+    api.rbac = Rbac.from_role(role(), user=SA_USER)  # no ClusterRole at all
+    with pytest.raises(KubernetesError, match="cannot list resource .nodes. in API group .. at the cluster"):
+        await kube.nodes()

@@ -133,6 +133,8 @@ class KubeApiDouble:
     validate_bodies: bool = True
     objects: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)  # (kind, ns, name)
     logs: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, pod) -> log
+    # (ns, pod) -> the kubelet's time of each line of its log (``?timestamps=true``)
+    log_stamps: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
     refused: list[str] = field(default_factory=list)  # validation messages, for assertions
     # (rv, type, job as it was then): the Job events a watch replays; ``_lines`` has them serialised.
@@ -229,8 +231,10 @@ class KubeApiDouble:
         log: str = "",
         exit_code: int | None = None,
         reason: str = "",
+        stamps: list[str] | None = None,
     ) -> None:
-        """End the job's pod (and the job) the way the kubelet and the Job controller would."""
+        """End the job's pod (and the job) the way the kubelet and the Job controller would. ``stamps``:
+        the time of each line of ``log`` as the kubelet would have recorded it (default: now, for all)."""
         pods = [pod for pod in self.of_kind("Pod") if pod["metadata"]["labels"].get("job-name") == job_name]
         code = (0 if succeeded else 1) if exit_code is None else exit_code
         for pod in pods:
@@ -251,6 +255,8 @@ class KubeApiDouble:
                 ],
             }
             self.logs[(namespace, pod["metadata"]["name"])] = log
+            now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
+            self.log_stamps[(namespace, pod["metadata"]["name"])] = stamps or [now] * (log.count("\n") + 1)
         job = self.get("Job", namespace, job_name)
         if job is not None:
             condition = {"type": "Complete" if succeeded else "Failed", "status": "True"}
@@ -502,7 +508,18 @@ class KubeApiDouble:
         key = (request.match_info["ns"], request.match_info["name"])
         if ("Pod", *key) not in self.objects:
             return status(404, "NotFound", f'pods "{key[1]}" not found')
-        return web.Response(text=self.logs.get(key, ""))
+        text = self.logs.get(key, "")
+        if request.query.get("timestamps", "").lower() == "true":  # kubernetes-asyncio sends "True"
+            # As the kubelet: every line (a last one without its newline too) prefixed by its time.
+            lines = text.split("\n")
+            ends = ["\n"] * (len(lines) - 1) + [""]
+            stamps = self.log_stamps.get(key, [])
+            text = "".join(
+                f"{stamps[index] if index < len(stamps) else _now()} {line}{end}"
+                for index, (line, end) in enumerate(zip(lines, ends, strict=True))
+                if line or end
+            )
+        return web.Response(text=text)
 
     async def _nodes(self, _request: web.Request) -> web.StreamResponse:
         return web.json_response(
@@ -532,6 +549,11 @@ _RESOURCE_PATH = re.compile(
     r"^/(?:api/v1|apis/(?P<group>[^/]+)/[^/]+)/namespaces/(?P<namespace>[^/]+)/(?P<resource>[^/]+)"
     r"(?:/(?P<name>[^/]+)(?:/(?P<subresource>[^/]+))?)?$"
 )
+# A cluster-scoped one (``/api/v1/nodes``, ``/apis/metrics.k8s.io/v1beta1/nodes``): no namespace.
+_CLUSTER_PATH = re.compile(
+    r"^/(?:api/v1|apis/(?P<group>[^/]+)/[^/]+)/(?P<resource>[^/]+)"
+    r"(?:/(?P<name>[^/]+)(?:/(?P<subresource>[^/]+))?)?$"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -541,7 +563,7 @@ class Access:
     group: str
     resource: str  # with its subresource: "pods/log"
     verb: str
-    namespace: str
+    namespace: str  # "" for a cluster-scoped resource
     name: str = ""
 
     @property
@@ -551,9 +573,10 @@ class Access:
 
 def access_of(request: web.Request) -> Access | None:
     """The request's RBAC attributes (the API server's RequestInfo); None for a non-resource path."""
-    match = _RESOURCE_PATH.match(request.path)
+    match = _RESOURCE_PATH.match(request.path) or _CLUSTER_PATH.match(request.path)
     if match is None:
         return None
+    namespace = match.groupdict().get("namespace") or ""
     name, subresource = match["name"] or "", match["subresource"]
     if request.method == "GET":
         watching = request.query.get("watch", "").lower() in ("true", "1")
@@ -565,7 +588,7 @@ def access_of(request: web.Request) -> Access | None:
             request.method, request.method.lower()
         )
     resource = f"{match['resource']}/{subresource}" if subresource else match["resource"]
-    return Access(match["group"] or "", resource, verb, match["namespace"], name)
+    return Access(match["group"] or "", resource, verb, namespace, name)
 
 
 def _listed(values: list[str], value: str) -> bool:
@@ -574,38 +597,44 @@ def _listed(values: list[str], value: str) -> bool:
 
 @dataclass
 class Rbac:
-    """The RBAC authoriser for one user bound to one Role: ``rules`` apply in ``namespace`` only."""
+    """The RBAC authoriser for one user bound to one Role and, optionally, one ClusterRole (by a
+    ClusterRoleBinding): ``rules`` apply in ``namespace`` only, ``cluster_rules`` to cluster-scoped
+    resources and in every namespace."""
 
     namespace: str
     rules: list[dict[str, Any]]
     user: str = "system:serviceaccount:oscar:oscar-sa"
     asked: list[Access] = field(default_factory=list)  # every resource request, allowed or not
     forbidden: list[Access] = field(default_factory=list)
+    cluster_rules: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def from_role(cls, role: dict[str, Any], *, user: str = "system:serviceaccount:oscar:oscar-sa") -> Rbac:
+    def from_role(
+        cls,
+        role: dict[str, Any],
+        *,
+        user: str = "system:serviceaccount:oscar:oscar-sa",
+        cluster_role: dict[str, Any] | None = None,
+    ) -> Rbac:
         assert role["kind"] == "Role", role["kind"]
-        return cls(namespace=role["metadata"]["namespace"], rules=copy.deepcopy(role["rules"]), user=user)
+        assert cluster_role is None or cluster_role["kind"] == "ClusterRole", cluster_role
+        return cls(
+            namespace=role["metadata"]["namespace"],
+            rules=copy.deepcopy(role["rules"]),
+            user=user,
+            cluster_rules=copy.deepcopy(cluster_role["rules"]) if cluster_role else [],
+        )
 
     def allows(self, access: Access) -> bool:
-        if access.namespace != self.namespace:
-            return False
-        for rule in self.rules:
-            names = rule.get("resourceNames") or []
-            if (
-                _listed(rule.get("apiGroups") or [], access.group)
-                and _listed(rule.get("resources") or [], access.resource)
-                and _listed(rule.get("verbs") or [], access.verb)
-                and (not names or access.name in names)
-            ):
-                return True
-        return False
+        if _matches(self.cluster_rules, access):
+            return True
+        return access.namespace == self.namespace and _matches(self.rules, access)
 
     def granted(self) -> set[tuple[str, str, str]]:
         """Every (apiGroup, resource, verb) the rules name (wildcards as written)."""
         return {
             (group, resource, verb)
-            for rule in self.rules
+            for rule in [*self.rules, *self.cluster_rules]
             for group in rule.get("apiGroups") or []
             for resource in rule.get("resources") or []
             for verb in rule.get("verbs") or []
@@ -628,11 +657,25 @@ class Rbac:
         plural = access.resource.split("/")[0]
         qualified = f"{plural}.{access.group}" if access.group else plural
         subject = f'{qualified} "{access.name}"' if access.name else qualified
+        scope = f'in the namespace "{access.namespace}"' if access.namespace else "at the cluster scope"
         message = (
             f'{subject} is forbidden: User "{self.user}" cannot {access.verb} resource "{access.resource}" '
-            f'in API group "{access.group}" in the namespace "{access.namespace}"'
+            f'in API group "{access.group}" {scope}'
         )
         return status(403, "Forbidden", message, name=access.name, group=access.group, kind=plural)
+
+
+def _matches(rules: list[dict[str, Any]], access: Access) -> bool:
+    for rule in rules:
+        names = rule.get("resourceNames") or []
+        if (
+            _listed(rule.get("apiGroups") or [], access.group)
+            and _listed(rule.get("resources") or [], access.resource)
+            and _listed(rule.get("verbs") or [], access.verb)
+            and (not names or access.name in names)
+        ):
+            return True
+    return False
 
 
 def kubeconfig(url: str, namespace: str = "oscar-svc") -> str:

@@ -91,12 +91,32 @@ def test_the_role_binding_gives_the_role_to_the_deployments_service_account() ->
     assert pod().get("automountServiceAccountToken", True) is True  # the backend authenticates with it
 
 
-def test_the_role_is_in_the_namespace_the_manager_runs_jobs_in_and_nothing_is_granted_cluster_wide() -> None:
+def test_the_role_is_in_the_namespace_the_manager_runs_jobs_in_and_cluster_wide_only_nodes_are_listed() -> (
+    None
+):
     role = find("Role", "oscar-controller")
     assert role["metadata"]["namespace"] == settings_from_env().oscar_services_namespace
-    assert of_kind("ClusterRole") == []
-    assert of_kind("ClusterRoleBinding") == []
     assert [r["metadata"]["name"] for r in of_kind("Role")] == ["oscar-controller"]
+    # /system/status reads the nodes and their usage: list, and nothing else, cluster-wide.
+    (cluster,) = of_kind("ClusterRole")
+    assert cluster["rules"] == [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]},
+        {"apiGroups": ["metrics.k8s.io"], "resources": ["nodes"], "verbs": ["list"]},
+    ]
+    (binding,) = of_kind("ClusterRoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": cluster["metadata"]["name"],
+    }
+    account = find("ServiceAccount", pod()["serviceAccountName"])
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": account["metadata"]["name"],
+            "namespace": account["metadata"]["namespace"],
+        }
+    ]
 
 
 # --- the Deployment and its settings ------------------------------------------------------------------------

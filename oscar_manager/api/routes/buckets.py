@@ -55,8 +55,8 @@ async def _send(stores: Stores, bucket: str, key: str) -> StreamingResponse:
 
 
 @router.get("", summary="List buckets")
-async def list_buckets(_caller: CallerDep, stores: StoresDep) -> list[dict[str, Any]]:
-    return await buckets.list_buckets(stores.default)
+async def list_buckets(_caller: CallerDep, stores: StoresDep, tx: TransactionDep) -> list[dict[str, Any]]:
+    return await buckets.list_buckets(stores.default, tags=await services.bucket_tags(tx))
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_class=Response, summary="Create a bucket")
@@ -67,10 +67,16 @@ async def create_bucket(body: BucketCreate, _caller: CallerDep, stores: StoresDe
 
 @router.get("/{bucket}", summary="A bucket and its objects (paged by next_page)")
 async def get_bucket(
-    bucket: str, _caller: CallerDep, stores: StoresDep, settings: SettingsDep, page: str = ""
+    bucket: str,
+    _caller: CallerDep,
+    stores: StoresDep,
+    settings: SettingsDep,
+    tx: TransactionDep,
+    page: str = "",
 ) -> dict[str, Any]:
+    tags = (await services.bucket_tags(tx)).get(bucket, {})
     return await buckets.get_bucket(
-        stores.default, bucket=bucket, page=page, limit=settings.job_listing_limit
+        stores.default, bucket=bucket, page=page, limit=settings.job_listing_limit, tags=tags
     )
 
 

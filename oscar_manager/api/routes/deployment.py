@@ -25,12 +25,22 @@ async def deployment_status(
     return await deployment.status(tx, principal=caller, settings=settings, name=name)
 
 
-@router.get("/{name}/deployment/logs", summary="The service's deployment logs", responses=_SEEN)
+@router.get(
+    "/{name}/deployment/logs",
+    summary="The last tailLines lines (1-1000, default 200) of the service's finished jobs' logs",
+    responses=_SEEN,
+)
 async def deployment_logs(
-    name: str, caller: CallerDep, tx: TransactionDep, timestamps: bool = False, tailLines: int = 200
+    name: str, caller: CallerDep, tx: TransactionDep, timestamps: str = "false", tailLines: str = "200"
 ) -> dict[str, Any]:
-    del timestamps, tailLines  # there are no deployment pods whose log they would select
-    return await deployment.logs(tx, principal=caller, name=name)
+    # Read as upstream reads them (Go's ParseBool and ParseInt, falling back to the defaults).
+    return await deployment.logs(
+        tx,
+        principal=caller,
+        name=name,
+        timestamps=deployment.go_bool(timestamps),
+        tail_lines=deployment.tail_lines(tailLines),
+    )
 
 
 def _lifecycle_route(action: str) -> None:

@@ -55,12 +55,15 @@ async def delete_jobs(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/{service}/{job}", response_class=PlainTextResponse, summary="A job's log (kept after it ends)")
+@router.get(
+    "/{service}/{job}",
+    response_class=PlainTextResponse,
+    summary="A job's log (kept after it ends); timestamps=true prefixes each line with its RFC 3339 time",
+)
 async def job_log(
     service: str, job: str, caller: CallerDep, tx: TransactionDep, timestamps: bool = False
 ) -> str:
-    del timestamps  # accepted for compatibility; our supervisor lines carry their own timestamps
-    return await jobs.log(tx, principal=caller, service=service, job_id=job)
+    return await jobs.log(tx, principal=caller, service=service, job_id=job, timestamps=timestamps)
 
 
 @router.delete(

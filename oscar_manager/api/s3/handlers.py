@@ -13,9 +13,9 @@ from starlette.responses import Response, StreamingResponse
 from oscar_manager.api.s3.context import S3Face, S3Request
 from oscar_manager.errors import OscarError, PayloadTooLarge
 from oscar_manager.operations import buckets, services
+from oscar_manager.storage import folder_marks
 from oscar_manager.storage.base import ObjectInfo, ObjectNotFound
 from oscar_manager.storage.keys import validate_bucket, validate_key
-from oscar_manager.storage.local import EMPTY_ETAG
 from oscar_manager.storage.s3face import s3xml
 from oscar_manager.storage.s3face.chunked import payload
 from oscar_manager.storage.s3face.errors import S3Error, not_implemented
@@ -148,7 +148,7 @@ async def _list_objects(face: S3Face, request: S3Request) -> Response:
         token=token,
         fetch_owner=params.get("fetch-owner") == "true",
     )
-    entries = await face.store.list_objects(request.bucket, prefix, folders=True)
+    entries = await face.store.list_objects(request.bucket, prefix, markers=True)
     result = page(
         entries,
         prefix=prefix,
@@ -262,7 +262,7 @@ async def _put_object(face: S3Face, request: S3Request) -> Response:
         if await _drain(request):
             raise S3Error("InvalidArgument", "an object whose key ends with '/' must be empty")
         await face.store.ensure_folder(bucket, key)
-        return Response(status_code=200, headers={"ETag": s3xml.quoted_etag(EMPTY_ETAG)})
+        return Response(status_code=200, headers={"ETag": s3xml.quoted_etag(folder_marks.EMPTY_ETAG)})
     validate_key(key)
     info = await face.store.put_stream(bucket, key, _body(request))
     return Response(status_code=200, headers={"ETag": s3xml.quoted_etag(info.etag)})

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import re
+
 import httpx
 import pytest
 
 from oscar_manager.settings import Settings
 from tests.support.app import app_client
 from tests.support.factories import service_body
+from tests.support.jobs import wait_for_jobs
 from tests.support.kube_api import KubeApiDouble, _node
 
 pytestmark = pytest.mark.asyncio
@@ -75,15 +79,39 @@ async def test_kubernetes_status_from_nodes_and_metrics(
     assert body["cluster"]["metrics"]["memory"]["max_free_on_node_bytes"] == 7 * 2**30
 
 
-async def test_kubernetes_status_without_metrics_api_is_500_as_upstream(
+async def test_kubernetes_status_without_metrics_api_lists_the_nodes_without_usage(
     kubernetes_settings: Settings, double: tuple[KubeApiDouble, str]
 ) -> None:
+    """Upstream answers 500 here and the dashboard's Status page spins forever: we answer what is known."""
     api, _url = double
     api.node_usage = None
+    api.nodes = [_node("node-1"), _node("node-2", cpu="2", memory="4Gi")]
+    namespace = kubernetes_settings.oscar_services_namespace
+    api.objects[("Pod", namespace, "busy")] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "busy", "namespace": namespace},
+        "spec": {
+            "nodeName": "node-1",
+            "containers": [
+                {"name": "c", "image": "i", "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}}
+            ],
+        },
+        "status": {"phase": "Running"},
+    }
     async with app_client(kubernetes_settings) as client:
         response = await client.get("/system/status")
-    assert response.status_code == 500
-    assert "Error getting metrics info" in response.text
+    assert response.status_code == 200, response.text
+    nodes = {node["name"]: node for node in response.json()["cluster"]["nodes"]}
+    assert set(nodes) == {"node-1", "node-2"}
+    # Usage is left out (Go's omitempty of a zero), capacity and requests are there.
+    assert nodes["node-1"]["cpu"] == {"capacity_cores": 4000, "request_cores": 500}
+    assert nodes["node-1"]["memory"] == {"capacity_bytes": 8 * 2**30, "request_bytes": 2**30}
+    assert nodes["node-2"]["cpu"] == {"capacity_cores": 2000}
+    metrics = response.json()["cluster"]["metrics"]
+    # Free is what the requests leave when nothing measures usage.
+    assert metrics["cpu"]["total_free_cores"] == 4000 - 500 + 2000
+    assert metrics["memory"]["max_free_on_node_bytes"] == 7 * 2**30
 
 
 class TestDeployment:
@@ -113,6 +141,32 @@ class TestDeployment:
             "message": "Deployment logs are unavailable for this service.",
             "entries": [],
         }
+
+    async def test_logs_are_the_last_lines_of_the_finished_jobs(self, client: httpx.AsyncClient) -> None:
+        """Upstream's answer on a plain cluster: the logs of the service's finished job pods, the last
+        ``tailLines`` lines of them all by time; here from the job logs the registry keeps."""
+        body = service_body("dep", script='cat "$INPUT_FILE_PATH"; echo\n', log_level="ERROR")
+        assert (await client.post("/system/services", json=body)).status_code == 201
+        for count, word in enumerate((b"alpha", b"beta"), start=1):
+            assert (await client.post("/job/dep", content=base64.b64encode(word))).status_code == 201
+            await wait_for_jobs(client, "dep", count=count)
+        newest = await client.get(
+            "/system/services/dep/deployment/logs", params={"timestamps": "true", "tailLines": "1"}
+        )
+        assert newest.status_code == 200
+        assert newest.json()["available"] is True
+        assert newest.json()["message"] == (
+            "Returning recent logs from the last runtime attempt while deployment status remains unavailable."
+        )
+        ((entry),) = newest.json()["entries"]
+        assert entry["message"] == "beta"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", entry["timestamp"])
+        # tailLines that Go cannot read is 200; without timestamps=true entries have none.
+        every = (await client.get("/system/services/dep/deployment/logs", params={"tailLines": "x"})).json()
+        messages = [item["message"] for item in every["entries"]]
+        assert all(set(item) == {"message"} for item in every["entries"])
+        assert "" not in messages
+        assert messages.index("alpha") < messages.index("beta")
 
     @pytest.mark.parametrize("path", ["deployment", "deployment/logs"])
     async def test_unknown_service(self, client: httpx.AsyncClient, path: str) -> None:

@@ -225,6 +225,25 @@ class TestVisibility:
         admins = (await api.get("/system/services/adminsvc", headers=auth(ADMIN))).json()
         assert admins["owner"] == "cluster_admin"
 
+    async def test_buckets_carry_their_services_owner(self, api: httpx.AsyncClient, egi: FakeIssuer) -> None:
+        """As upstream tags a service's buckets (``owner``, ``from_service``, ``owner_name``): a user's
+        service's bucket lists its owner, the admin's lists ``""`` with ``owner_name: oscar``."""
+        inputs = [{"storage_provider": "minio.default", "path": "alices/in"}]
+        assert (await create(api, user(egi, "alice"), "mine", input=inputs)).status_code == 201
+        inputs = [{"storage_provider": "minio.default", "path": "admins/in"}]
+        assert (await create(api, auth(ADMIN), "theirs", input=inputs)).status_code == 201
+        listed = {b["bucket_name"]: b for b in (await api.get("/system/buckets", headers=auth(ADMIN))).json()}
+        assert (listed["alices"]["owner"], listed["alices"]["metadata"]) == (
+            "alice",
+            {"from_service": "mine"},
+        )
+        assert (listed["admins"]["owner"], listed["admins"]["metadata"]) == (
+            "",
+            {"from_service": "theirs", "owner_name": "oscar"},
+        )
+        one = (await api.get("/system/buckets/alices", headers=auth(ADMIN))).json()
+        assert (one["owner"], one["metadata"]) == ("alice", {"owner": "alice", "from_service": "mine"})
+
     @pytest.mark.usefixtures("owned")
     async def test_read_matrix(self, api: httpx.AsyncClient, egi: FakeIssuer) -> None:
         expected = {

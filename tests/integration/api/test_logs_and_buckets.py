@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from sqlalchemy import update
 
+from oscar_manager.registry import Database
+from oscar_manager.registry.tables import JobRow
 from oscar_manager.settings import Settings
-from tests.support.app import NO_AUTH, app_client
+from tests.support.app import NO_AUTH, app_client, create_io_service
 from tests.support.jobs import wait_for_jobs
 
 pytestmark = pytest.mark.asyncio
@@ -74,6 +78,54 @@ class TestJobList:
         assert (await client.get("/system/logs/svc", auth=NO_AUTH)).status_code == 401
 
 
+RFC3339_NANO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
+
+
+class TestJobLogTimestamps:
+    """``?timestamps=true`` (oscar-cli's ``service logs get -t``): each line prefixed by its RFC 3339 time and
+    a space, as the Kubernetes log API does; without it the log is as it always was."""
+
+    async def test_each_line_with_its_time(self, client: httpx.AsyncClient) -> None:
+        (job,) = await service_with_jobs(client, count=1, script="echo first\nsleep 0.3\necho second\n")
+        plain = (await client.get(f"/system/logs/svc/{job}")).text
+        stamped = (await client.get(f"/system/logs/svc/{job}", params={"timestamps": "true"})).text
+        assert "first\nsecond\n" in plain
+        assert stamped.count("\n") == plain.count("\n")
+        pairs = [line.split(" ", 1) for line in stamped.splitlines()]
+        assert [text for _, text in pairs] == plain.splitlines()
+        assert all(RFC3339_NANO.match(stamp) for stamp, _ in pairs), stamped
+        stamps = [stamp for stamp, _ in pairs]
+        assert stamps == sorted(stamps)
+        first = stamps[plain.splitlines().index("first")]
+        second = stamps[plain.splitlines().index("second")]
+        assert first <= second
+        # The text is unchanged, and false is the same as no parameter.
+        again = await client.get(f"/system/logs/svc/{job}", params={"timestamps": "false"})
+        assert again.text == plain
+
+    async def test_a_log_kept_before_times_were_recorded(
+        self, client: httpx.AsyncClient, database_url: str
+    ) -> None:
+        (job,) = await service_with_jobs(client, count=1, script="echo one\necho two\n")
+        plain = (await client.get(f"/system/logs/svc/{job}")).text
+        database = Database(database_url)
+        try:
+            async with database.engine.begin() as connection:
+                await connection.execute(update(JobRow).where(JobRow.id == job).values(log_times=None))
+        finally:
+            await database.dispose()
+        assert (await client.get(f"/system/logs/svc/{job}")).text == plain
+        stamped = (await client.get(f"/system/logs/svc/{job}", params={"timestamps": "true"})).text
+        # Every line gets the job's end, the best time known.
+        finished = (await client.get("/system/logs/svc")).json()["jobs"][job]["finish_time"]
+        stamps = {line.split(" ", 1)[0] for line in stamped.splitlines()}
+        assert len(stamps) == 1
+        (stamp,) = stamps
+        assert RFC3339_NANO.match(stamp)
+        assert stamp[:19] == finished[:19]
+        assert [line.split(" ", 1)[1] for line in stamped.splitlines()] == plain.splitlines()
+
+
 class TestJobDeletion:
     async def test_delete_one(self, client: httpx.AsyncClient) -> None:
         first, second = await service_with_jobs(client, count=2)
@@ -126,6 +178,44 @@ class TestJobDeletion:
         assert (await client.get("/system/buckets/svc/objects/kept/keep.txt")).content == b"data"
         await client.post("/system/services", json={"name": "svc", "image": "img", "script": "true"})
         assert (await client.get("/system/logs/svc")).json()["jobs"] == {}
+
+
+class TestBucketListings:
+    """What upstream's bucket routes show: the folder markers a service's folders are, and owner and
+    metadata as upstream tags a service's buckets (on local storage and on S3 alike)."""
+
+    async def test_folder_markers_are_listed(self, client: httpx.AsyncClient) -> None:
+        await create_io_service(client, "marks", "true\n")
+        put = await client.put("/system/buckets/marks/objects/other/deep/file.txt", content=b"data")
+        assert put.status_code == 201
+        bucket = (await client.get("/system/buckets/marks")).json()
+        # The folders made for the service are listed; one that only holds an upload is not (no marker).
+        assert [(o["object_name"], o["size_bytes"]) for o in bucket["objects"]] == [
+            ("in/", 0),
+            ("other/deep/file.txt", 4),
+            ("out/", 0),
+        ]
+        assert bucket["returned_items"] == 3
+
+    async def test_owner_and_metadata_as_upstream_tags_them(self, client: httpx.AsyncClient) -> None:
+        for name in ("first", "second"):  # both use the bucket "shared": the one created last wins
+            body = {"name": name, "image": "img", "script": "true", "input": [{"path": f"shared/{name}"}]}
+            assert (await client.post("/system/services", json=body)).status_code == 201
+        assert (await client.post("/system/buckets", json={"bucket_name": "loose"})).status_code == 201
+        listed = {b["bucket_name"]: b for b in (await client.get("/system/buckets")).json()}
+        assert (listed["shared"]["owner"], listed["shared"]["metadata"]) == (
+            "",
+            {"from_service": "second", "owner_name": "oscar"},
+        )
+        assert (listed["loose"]["owner"], listed["loose"]["metadata"]) == ("", {})
+        shared = (await client.get("/system/buckets/shared")).json()
+        assert shared["owner"] == "cluster_admin"
+        assert shared["metadata"] == {"owner": "", "from_service": "second", "owner_name": "oscar"}
+        loose = (await client.get("/system/buckets/loose")).json()
+        assert (loose["owner"], loose["metadata"]) == ("cluster_admin", {})
+        assert (await client.delete("/system/services/second")).status_code == 204
+        listed = {b["bucket_name"]: b for b in (await client.get("/system/buckets")).json()}
+        assert listed["shared"]["metadata"]["from_service"] == "first"
 
 
 class TestObjects:

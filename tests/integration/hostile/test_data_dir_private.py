@@ -50,7 +50,8 @@ async def test_a_fresh_serve_keeps_everything_it_writes_private(tmp_path: Path) 
             # The job's folder was still reachable by the script's user under the private umask.
             assert list(jobs.values())[0]["status"] == "Succeeded", jobs
             listing = (await client.get("/system/buckets/echo")).json()
-            assert any(item["object_name"].startswith("out/") for item in listing["objects"]), listing
+            names = [item["object_name"] for item in listing["objects"]]
+            assert any(name.startswith("out/") and name != "out/" for name in names), listing
     finally:
         stop_server(server)
     data = tmp_path / "oscar-data"

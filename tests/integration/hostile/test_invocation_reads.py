@@ -81,7 +81,10 @@ async def finished_jobs(api: httpx.AsyncClient, service: str, count: int) -> dic
 async def objects(api: httpx.AsyncClient, bucket: str) -> list[str]:
     listing = await api.get(f"/system/buckets/{bucket}", headers=ADMIN)
     assert listing.status_code == 200, listing.text
-    return [entry["object_name"] for entry in listing.json()["objects"]]
+    # Folder markers (``in/``, ``out/``) are no results.
+    return [
+        entry["object_name"] for entry in listing.json()["objects"] if not entry["object_name"].endswith("/")
+    ]
 
 
 # --- two OIDC users: alice's private results, bob's service -----------------------------------------

@@ -46,7 +46,7 @@ async def check(client: httpx.AsyncClient, name: str, *, within: float) -> None:
     assert job["status"] == "Succeeded", log
     assert "not valid UTF-8" in log
     listed = (await client.get(f"/system/buckets/{name}")).json()["objects"]
-    assert [item["object_name"] for item in listed] == ["out/ok.txt"]
+    assert [item["object_name"] for item in listed] == ["in/", "out/", "out/ok.txt"]
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -75,7 +75,8 @@ async def make_service(client: httpx.AsyncClient, name: str, script: str) -> str
 async def outputs(client: httpx.AsyncClient, bucket: str) -> set[str]:
     listed = await client.get(f"/system/buckets/{bucket}")
     assert listed.status_code == 200, listed.text
-    return {item["object_name"].removeprefix("out/") for item in listed.json()["objects"]}
+    names = [item["object_name"] for item in listed.json()["objects"]]
+    return {name.removeprefix("out/") for name in names if not name.endswith("/")}  # markers are no outputs
 
 
 async def attack(client: httpx.AsyncClient, name: str, script: str, *, within: float) -> dict[str, Any]:
