@@ -42,6 +42,9 @@ class ObjectInfo:
     last_modified: datetime
     # Changes whenever the content changes: part of the dedup key of the event the object causes.
     etag: str
+    # Which write left the object as it is (``domain.generations``), the same however the object is
+    # found (listed, stat'ed, notified); "" when the answer does not tell (S3 ``HEAD``: whole seconds).
+    generation: str
 
 
 class ObjectStore(Protocol):
