@@ -201,7 +201,7 @@ async def test_a_bucket_a_service_uses_is_not_deleted(
     assert keys(s3_server.client(), name) == ["in/", "out/"]
 
 
-async def test_uploads_while_the_manager_was_down_run_once_after_start(
+async def test_uploads_while_the_manager_was_down_run_once_each_after_start(
     s3_server: S3Server, tmp_path: Path, sqlite_url: str
 ) -> None:
     s3 = s3_server.client()
@@ -221,6 +221,16 @@ async def test_uploads_while_the_manager_was_down_run_once_after_start(
             assert len(await all_jobs(http, name)) == 3
     assert {job["status"] for job in jobs.values()} == {"Succeeded"}
     assert await wait_for_object(s3, name, "out/file-2.txt") == b"TEXT 2"
+
+    # Down again (more than a second after the first PUTs: moto's listings show whole seconds): file-0
+    # uploaded again with the same content, twice (a listing sees the last upload only), and a new file.
+    for _put in range(2):
+        s3.put_object(Bucket=name, Key="in/file-0.txt", Body=b"text 0")
+    s3.put_object(Bucket=name, Key="in/file-3.txt", Body=b"text 3")
+    async with app_client(settings) as http:
+        jobs = await wait_for_jobs(http, name, count=5)
+        await settle()
+        assert len(await all_jobs(http, name)) == 5
 
 
 async def test_storage_unreachable_at_create_is_502_and_creates_nothing(
