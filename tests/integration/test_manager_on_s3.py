@@ -315,8 +315,8 @@ async def test_each_upload_is_one_job_from_listen_and_webhook_and_redelivery(
 
 
 def _notify_webhook(s3: Any, bucket: str, arn: str, within: float = 10) -> None:
-    """Object-created events under ``in/`` of ``bucket`` to the webhook ``arn``, retried while a starting MinIO has not
-    loaded its targets yet (``InvalidArgument``)."""
+    """Object-created events under ``in/`` of ``bucket`` to the webhook ``arn``, retried while a starting
+    MinIO has not loaded its targets yet (``InvalidArgument``)."""
     deadline = time.monotonic() + within
     while True:
         try:
