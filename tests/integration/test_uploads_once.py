@@ -30,7 +30,7 @@ async def create(http: httpx.AsyncClient) -> None:
 
 async def processed(http: httpx.AsyncClient) -> list[str]:
     """The input file of each job, from its log."""
-    names = []
+    names: list[str] = []
     for job_id in await all_jobs(http, NAME):
         log = (await http.get(f"/system/logs/{NAME}/{job_id}")).text
         names.extend(line.split()[-1] for line in log.splitlines() if line.startswith("processing "))
