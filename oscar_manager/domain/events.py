@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote_plus
 
+from oscar_manager.domain import generations
 from oscar_manager.domain.documents import parse_json as parse_document
 from oscar_manager.domain.service import ProviderRef, Service
 from oscar_manager.errors import BadRequest
@@ -31,7 +32,7 @@ WATCHED_PROVIDER = "minio.default"
 
 @dataclass(frozen=True, slots=True)
 class ObjectEvent:
-    """One object-created notification: which object, which version of it."""
+    """One object-created notification: which object, which write (upload) of it."""
 
     bucket: str
     key: str  # decoded: the real object key
@@ -40,10 +41,21 @@ class ObjectEvent:
     event_time: str
     event_name: str = "s3:ObjectCreated:Put"
     principal: str = ""
+    # Which write of the object (``domain.generations``): "" when the source does not tell.
+    generation: str = ""
 
-    def dedup_key(self, service: str) -> str:
-        """Same object, same content, same service: the same event, however often it is delivered."""
-        return f"object:{service}:{self.bucket}/{self.key}@{self.etag}"
+    def dedup_key(self, service: str, *, legacy_until: datetime | None = None) -> str:
+        """Same object, same write, same service: the same event, however often and by however many
+        sources it is delivered; a new upload of the same content is a new event.
+
+        ``legacy_until``: events were keyed by ETag alone until then (``Intake``), so a write from before
+        keeps the key it was recorded under and is not run again.
+        """
+        base = f"object:{service}:{self.bucket}/{self.key}@{self.etag}"
+        written = generations.written(self.generation)
+        if not self.generation or (legacy_until and written is not None and written <= legacy_until):
+            return base
+        return f"{base}#{self.generation}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +104,9 @@ def now_rfc3339() -> str:
 
 def notification(event: ObjectEvent) -> dict[str, Any]:
     """A MinIO-style notification body for ``event`` (what scripts find in ``$EVENT``)."""
-    encoded_key = quote(event.key, safe="")
+    object_fields: dict[str, Any] = {"key": quote(event.key, safe=""), "size": event.size, "eTag": event.etag}
+    if (sequencer := generations.sequencer(event.generation)) is not None:
+        object_fields["sequencer"] = sequencer
     return {
         "EventName": event.event_name,
         "Key": f"{event.bucket}/{event.key}",
@@ -114,7 +128,7 @@ def notification(event: ObjectEvent) -> dict[str, Any]:
                         "ownerIdentity": {"principalId": event.principal},
                         "arn": f"arn:aws:s3:::{event.bucket}",
                     },
-                    "object": {"key": encoded_key, "size": event.size, "eTag": event.etag},
+                    "object": object_fields,
                 },
             }
         ],
@@ -150,6 +164,7 @@ def _record_event(record: Any, *, encoded_keys: bool = True) -> ObjectEvent | No
         event_time=str(record.get("eventTime") or ""),
         event_name=str(record.get("eventName") or ""),
         principal=principal if isinstance(principal, str) else "",
+        generation=generations.from_record(source, obj.get("sequencer"), record.get("eventTime")),
     )
 
 

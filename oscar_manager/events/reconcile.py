@@ -1,7 +1,10 @@
 """Find objects that arrived while nobody was listening, and turn them into events.
 
 Every listener (local folders, MinIO) calls this after its subscription is in place, so an object is
-either reported by the subscription or found here; the intake's dedup key makes the overlap harmless.
+either reported by the subscription or found here; the intake's dedup key makes the overlap harmless: an
+object found here has the generation (``domain.generations``) its notification carries, so both name the
+same upload. A listing shows only the last write of each object: uploads replaced while nobody was
+listening are not seen, and an object put several times meanwhile runs once, on its last content.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ def object_event(info: ObjectInfo, *, principal: str) -> ObjectEvent:
         size=info.size,
         event_time=now_rfc3339(),
         principal=principal,
+        generation=info.generation,
     )
 
 

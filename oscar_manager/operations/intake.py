@@ -6,6 +6,7 @@ import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from oscar_manager.domain.events import (
@@ -43,7 +44,9 @@ def _single_record(document: dict[str, Any], record: Any) -> bytes:
     return json.dumps({**document, "Records": [record]}).encode()
 
 
-def _items(service: Service, body: bytes, idempotency_key: str | None) -> list[tuple[str, bytes]]:
+def _items(
+    service: Service, body: bytes, idempotency_key: str | None, legacy_until: datetime | None
+) -> list[tuple[str, bytes]]:
     """(dedup key, job payload) for each job a body asks for; raises 400 (or 403 for a storage event the
     job may not read) before anything is written."""
     document = parse_json(body)
@@ -57,8 +60,11 @@ def _items(service: Service, body: bytes, idempotency_key: str | None) -> list[t
         # storage events name objects under the service's inputs (the admin reads elsewhere with /run).
         storage_reads(service, [event for event, _ in pairs], any_bucket=False)
         if len(pairs) == 1 and len(found) == 1:
-            return [(found[0][0].dedup_key(service.name), body)]
-        return [(event.dedup_key(service.name), _single_record(document, record)) for event, record in pairs]
+            return [(found[0][0].dedup_key(service.name, legacy_until=legacy_until), body)]
+        return [
+            (event.dedup_key(service.name, legacy_until=legacy_until), _single_record(document, record))
+            for event, record in pairs
+        ]
     decode_payload(body)  # a plain invocation must be JSON or base64, as the supervisor will read it
     return [(payload_dedup_key(service.name, idempotency_key), body)]
 
@@ -102,6 +108,17 @@ class Intake:
         )
         # Storage events since start: new, duplicates, ignored (shown by /system/info).
         self.counters: Counter[str] = Counter()
+        self._legacy_until: datetime | None = None
+        self._legacy_read = False
+
+    async def _legacy_object_keys_until(self) -> datetime | None:
+        """Until when object events were keyed by ETag alone (``ObjectEvent.dedup_key``); read once, as
+        only a migration sets it."""
+        if not self._legacy_read:
+            async with self._database.reading() as tx:
+                self._legacy_until = await tx.marks.legacy_object_keys_until()
+            self._legacy_read = True
+        return self._legacy_until
 
     async def invocation(
         self, *, service: Service, body: bytes, idempotency_key: str | None, owner: str | None = None
@@ -110,7 +127,8 @@ class Intake:
         if owner and idempotency_key:
             # A user's Idempotency-Key names their own request, never the job of someone else.
             idempotency_key = f"{owner}\n{idempotency_key}"
-        items = await off_loop(lambda: _items(service, body, idempotency_key), size=len(body))
+        legacy_until = await self._legacy_object_keys_until()
+        items = await off_loop(lambda: _items(service, body, idempotency_key, legacy_until), size=len(body))
         events = _new_events(service.name, items, owner=owner)
         if not events:  # folder markers only
             return Accepted(job_ids=[], new=0)
@@ -121,7 +139,8 @@ class Intake:
 
     async def object_event(self, *, service: str, event: ObjectEvent) -> Accepted:
         payload = json.dumps(notification(event)).encode()
-        events = _new_events(service, [(event.dedup_key(service), payload)])
+        legacy_until = await self._legacy_object_keys_until()
+        events = _new_events(service, [(event.dedup_key(service, legacy_until=legacy_until), payload)])
         accepted = _accepted(events, await self._batch.add(events))
         if accepted.new:
             self._wake()
@@ -134,6 +153,8 @@ class Intake:
         ago gets its events, and a deleted one none.
         """
 
+        legacy_until = await self._legacy_object_keys_until()
+
         async def route(tx: Transaction) -> Routed:
             new = duplicates = ignored = 0
             routes = watched(await tx.services.input_routes())
@@ -144,7 +165,8 @@ class Intake:
                     continue
                 payload = json.dumps(notification(event)).encode()
                 for route in targets:
-                    accepted = await _record(tx, route.service, [(event.dedup_key(route.service), payload)])
+                    key = event.dedup_key(route.service, legacy_until=legacy_until)
+                    accepted = await _record(tx, route.service, [(key, payload)])
                     new += accepted.new
                     duplicates += 1 - accepted.new
             return Routed(new=new, duplicates=duplicates, ignored=ignored)

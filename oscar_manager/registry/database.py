@@ -16,7 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from oscar_manager.domain.service import Service
 from oscar_manager.registry import sqlite_inline
-from oscar_manager.registry.repository import EventRepository, JobRepository, ServiceRepository
+from oscar_manager.registry.repository import (
+    EventRepository,
+    JobRepository,
+    MarkRepository,
+    ServiceRepository,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,7 @@ class Transaction:
         self.services = ServiceRepository(session)
         self.events = EventRepository(session)
         self.jobs = JobRepository(session)
+        self.marks = MarkRepository(session)
 
 
 def _tune_sqlite(engine: AsyncEngine, *, writer: bool = True) -> None:

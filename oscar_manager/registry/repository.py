@@ -19,7 +19,7 @@ from oscar_manager.domain.jobs import JobLog, JobOutcome, JobRecord, JobStatus
 from oscar_manager.domain.service import Service
 from oscar_manager.errors import Conflict
 from oscar_manager.registry.hot_statements import HotStatements, hot_statements
-from oscar_manager.registry.tables import EventRow, JobRow, ServiceRow
+from oscar_manager.registry.tables import EventRow, JobRow, MarkRow, ServiceRow
 
 
 def _definition(service: Service) -> dict[str, Any]:
@@ -242,6 +242,22 @@ class EventRepository:
 
     async def delete_for_service(self, service: str) -> None:
         await self._session.execute(delete(EventRow).where(EventRow.service == service))
+
+
+# Until when object events were keyed by ETag alone (migration 0006); absent when none ever were.
+LEGACY_OBJECT_KEYS = "object_keys_by_etag_until"
+
+
+class MarkRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def at(self, name: str) -> datetime | None:
+        value = await self._session.scalar(select(MarkRow.at).where(MarkRow.name == name))
+        return None if value is None else _aware(value)
+
+    async def legacy_object_keys_until(self) -> datetime | None:
+        return await self.at(LEGACY_OBJECT_KEYS)
 
 
 def _job(row: JobRow) -> JobRecord:

@@ -64,6 +64,15 @@ class EventRow(Base):
     __table_args__ = (Index("ix_events_due", "status", "available_at", "id"),)
 
 
+class MarkRow(Base):
+    """Moments in this registry's history that the code must know about (one row each), set by migrations."""
+
+    __tablename__ = "marks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class JobRow(Base):
     __tablename__ = "jobs"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -42,6 +42,10 @@ class ObjectInfo:
     last_modified: datetime
     # Changes whenever the content changes: part of the dedup key of the event the object causes.
     etag: str
+    # Which write left the object as it is (``domain.generations``), as listings and notifications tell
+    # it; "" when the answer does not (S3 ``HEAD``: whole seconds). Not compared: an object is the same
+    # however it was found.
+    generation: str = field(compare=False)
 
 
 class ObjectStore(Protocol):

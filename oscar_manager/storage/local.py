@@ -21,11 +21,13 @@ import os
 import secrets
 import shutil
 import stat as stat_module
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
+from oscar_manager.domain import generations
 from oscar_manager.errors import Conflict
 from oscar_manager.storage import folder_marks
 from oscar_manager.storage.base import BucketNotFound, InvalidKey, ObjectInfo, ObjectNotFound, StorageError
@@ -57,12 +59,27 @@ def _mtime(st: os.stat_result) -> datetime:
 
 
 def _info(bucket: str, key: str, st: os.stat_result) -> ObjectInfo:
-    return ObjectInfo(bucket=bucket, key=key, size=st.st_size, last_modified=_mtime(st), etag=file_etag(st))
+    return ObjectInfo(
+        bucket=bucket,
+        key=key,
+        size=st.st_size,
+        last_modified=_mtime(st),
+        etag=file_etag(st),
+        # The write's time, as stamped by ``_NewFile.close`` (or by the kernel for files written by others).
+        generation=generations.from_nanoseconds(st.st_mtime_ns),
+    )
 
 
 def _marker(bucket: str, key: str, st: os.stat_result) -> ObjectInfo:
     """A folder as the empty object S3 servers keep for it (its ETag is the MD5 of nothing)."""
-    return ObjectInfo(bucket=bucket, key=key, size=0, last_modified=_mtime(st), etag=folder_marks.EMPTY_ETAG)
+    return ObjectInfo(
+        bucket=bucket,
+        key=key,
+        size=0,
+        last_modified=_mtime(st),
+        etag=folder_marks.EMPTY_ETAG,
+        generation=generations.from_nanoseconds(st.st_mtime_ns),
+    )
 
 
 def _is_valid_key(key: str, *, folder: bool = False) -> bool:
@@ -119,10 +136,18 @@ class _NewFile:
         assert self.out is not None
         self.out.write(data)
 
-    def close(self) -> os.stat_result:
-        """Close the file; its stat as written (a rename keeps inode, size and mtime)."""
+    def close(self, *, stamp: bool = False) -> os.stat_result:
+        """Close the file; its stat as written (a rename keeps inode, size and mtime).
+
+        ``stamp``: set its modification time to now, precisely: the time of this write that every
+        listing and the watcher read back as its generation. The kernel's own file times tick in jiffies
+        (several milliseconds), so two uploads in a row could otherwise look like one write.
+        """
         assert self.out is not None
         self.out.flush()
+        if stamp:
+            now = time.time_ns()
+            os.utime(self.out.fileno(), ns=(now, now))
         st = os.fstat(self.out.fileno())
         self.out.close()
         return st
@@ -329,7 +354,7 @@ class LocalObjectStore:
         segments = self._segments(bucket, key)
         try:
             # Stat before the rename: afterwards the name may already hold a concurrent put's file.
-            st = staged.close()
+            st = staged.close(stamp=True)
             parent = _descend(self._open_bucket(bucket), segments[:-1], create=True)
             try:
                 os.replace(staged.path, segments[-1], dst_dir_fd=parent)

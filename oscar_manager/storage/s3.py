@@ -494,7 +494,9 @@ class S3ObjectStore:
             with contextlib.suppress(StorageError):  # an answer lacking the size: say what we stored
                 return answers.answered(bucket, key, head, where=self._where)
         # Replaced or deleted by someone else in the meantime: describe what we stored.
-        return ObjectInfo(bucket=bucket, key=key, size=size, last_modified=answers.now(), etag=etag)
+        return ObjectInfo(
+            bucket=bucket, key=key, size=size, last_modified=answers.now(), etag=etag, generation=""
+        )
 
     async def _get(self, bucket: str, key: str) -> tuple[ObjectInfo, StreamingBody]:
         got = await self._call(

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from oscar_manager.domain import generations
 from oscar_manager.storage.base import UNKNOWN_TIME, ObjectInfo, StorageError
 
 
@@ -41,14 +42,16 @@ def _modified(answer: Mapping[str, Any]) -> datetime:
 
 
 def listed(bucket: str, item: Mapping[str, Any], *, where: str) -> ObjectInfo:
-    """One entry of a ``ListObjectsV2`` page."""
+    """One entry of a ``ListObjectsV2`` page, its generation from the milliseconds only listings show."""
     what = f"a listing of bucket {bucket!r}"
+    modified = item.get("LastModified")
     return ObjectInfo(
         bucket=bucket,
         key=required(item, "Key", what=what, where=where),
         size=required(item, "Size", what=what, where=where),
         last_modified=_modified(item),
         etag=etag(required(item, "ETag", what=what, where=where)),
+        generation=generations.from_time(modified) if isinstance(modified, datetime) else "",
     )
 
 
@@ -61,4 +64,5 @@ def answered(bucket: str, key: str, answer: Mapping[str, Any], *, where: str) ->
         size=required(answer, "ContentLength", what=what, where=where),
         last_modified=_modified(answer),
         etag=etag(required(answer, "ETag", what=what, where=where)),
+        generation="",  # HEAD and GET tell the time to the second only
     )

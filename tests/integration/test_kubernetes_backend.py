@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -451,3 +452,27 @@ async def test_a_sync_run_outlives_a_lost_watch_and_410_gone(
     assert answer.status_code == 200
     assert answer.text == "finished\n"
     assert ("GET", f"/apis/batch/v1/namespaces/{NS}/jobs/{name}") in api.requests  # re-read after 410
+
+
+async def test_a_new_upload_is_a_new_job_and_a_redelivered_one_the_same(
+    manager: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
+) -> None:
+    """Job names come from the event's dedup key: MinIO's record of one PUT names one Job however often
+    it is delivered; a new PUT of the same content (same ETag, new sequencer) names a new Job."""
+    api, _url = double
+    assert (await manager.post("/system/services", json=definition("uploads"))).status_code == 201
+    written = 1_790_000_000_123_456_789  # the object's modification time in ns: MinIO's sequencer
+
+    def put_record(nanoseconds: int) -> bytes:
+        obj = {"key": "in%2Fx.txt", "size": 4, "eTag": "same", "sequencer": f"{nanoseconds:X}"}
+        record = {"eventSource": "minio:s3", "s3": {"bucket": {"name": "uploads"}, "object": obj}}
+        return json.dumps({"Records": [record]}).encode()
+
+    first, again, later = [
+        (await invoke(manager, "uploads", put_record(ns))).headers["X-Oscar-Job-Ids"]
+        for ns in (written, written, written + 1_000_000)
+    ]
+    assert first == again != later
+    await until(lambda: api.get("Job", NS, first) is not None and api.get("Job", NS, later) is not None)
+    await settle(0.2)
+    assert sorted(job["metadata"]["name"] for job in api.of_kind("Job")) == sorted([first, later])

@@ -13,15 +13,17 @@ from typing import Any
 
 import httpx
 import pytest
+from botocore.exceptions import ClientError
 
 from oscar_manager.settings import Settings
-from tests.support.app import app_client
+from tests.support.app import NO_AUTH, app_client
 from tests.support.components import free_port
 from tests.support.databases import SqliteDatabases
 from tests.support.factories import make_settings
 from tests.support.jobs import all_jobs, settle, wait_for_jobs
-from tests.support.minio import MinioServer, boto3_client, start_minio, webhook_env
+from tests.support.minio import MinioServer, WebhookReceiver, boto3_client, start_minio, webhook_env
 
+WEBHOOK_TOKEN = "w" * 40
 UPPERCASE = 'tr a-z A-Z < "$INPUT_FILE_PATH" > "$TMP_OUTPUT_DIR/$(basename "$INPUT_FILE_PATH")"\n'
 
 
@@ -199,7 +201,7 @@ async def test_a_bucket_a_service_uses_is_not_deleted(
     assert keys(s3_server.client(), name) == ["in/", "out/"]
 
 
-async def test_uploads_while_the_manager_was_down_run_once_after_start(
+async def test_uploads_while_the_manager_was_down_run_once_each_after_start(
     s3_server: S3Server, tmp_path: Path, sqlite_url: str
 ) -> None:
     s3 = s3_server.client()
@@ -219,6 +221,16 @@ async def test_uploads_while_the_manager_was_down_run_once_after_start(
             assert len(await all_jobs(http, name)) == 3
     assert {job["status"] for job in jobs.values()} == {"Succeeded"}
     assert await wait_for_object(s3, name, "out/file-2.txt") == b"TEXT 2"
+
+    # Down again (more than a second after the first PUTs: moto's listings show whole seconds): file-0
+    # uploaded again with the same content, twice (a listing sees the last upload only), and a new file.
+    for _put in range(2):
+        s3.put_object(Bucket=name, Key="in/file-0.txt", Body=b"text 0")
+    s3.put_object(Bucket=name, Key="in/file-3.txt", Body=b"text 3")
+    async with app_client(settings) as http:
+        jobs = await wait_for_jobs(http, name, count=5)
+        await settle()
+        assert len(await all_jobs(http, name)) == 5
 
 
 async def test_storage_unreachable_at_create_is_502_and_creates_nothing(
@@ -258,22 +270,73 @@ async def test_an_upload_with_any_s3_client_runs_the_job_and_the_output_lands(
     assert len(await all_jobs(minio_manager, name)) == 1
 
 
-async def test_an_object_is_one_job_per_content(minio_manager: httpx.AsyncClient, minio: S3Server) -> None:
-    """The dedup key is (service, bucket, key, ETag): the same content put again is the same event."""
-    s3 = minio.client()
-    name = unique("dedup")
-    body = service(name, inputs=[f"{name}/in"], outputs=[f"{name}/out"])
-    assert (await minio_manager.post("/system/services", json=body)).status_code == 201
-    await _until_following(minio_manager, name)
-    s3.put_object(Bucket=name, Key="in/x.txt", Body=b"same")
-    await wait_for_jobs(minio_manager, name, count=1)
-    s3.put_object(Bucket=name, Key="in/x.txt", Body=b"same")
-    await settle()
-    assert len(await all_jobs(minio_manager, name)) == 1
-    s3.put_object(Bucket=name, Key="in/x.txt", Body=b"changed")
-    await wait_for_jobs(minio_manager, name, count=2)
-    info = (await minio_manager.get("/system/info")).json()["storage"]["events"]
-    assert info["duplicates"] >= 1
+async def test_each_upload_is_one_job_from_listen_and_webhook_and_redelivery(
+    minio_binary: Path, tmp_path: Path, sqlite_url: str
+) -> None:
+    """Both MinIO sources on: the listen stream, and the webhook record of the same PUT (relayed to
+    ``/events/minio`` by the test, as the in-process app has no port for MinIO to post to; the records are
+    MinIO's own). One job per PUT, however often it is reported; the same content put again is a new one."""
+    receiver = WebhookReceiver()
+    await receiver.start()
+    server = await start_minio(minio_binary, webhook_env("OSCAR", receiver.url(), "t"))
+    try:
+        minio = S3Server("minio", server.endpoint, server.access_key, server.secret_key)
+        s3 = minio.client()
+        name = unique("twice")
+        settings = s3_settings(minio, tmp_path, sqlite_url, oscar_minio_webhook_token=WEBHOOK_TOKEN)
+        async with app_client(settings) as http:
+            body = service(name, inputs=[f"{name}/in"], outputs=[f"{name}/out"])
+            assert (await http.post("/system/services", json=body)).status_code == 201
+            await _until_following(http, name)
+            await asyncio.to_thread(_notify_webhook, s3, name, "arn:minio:sqs::OSCAR:webhook")
+
+            for count in (1, 2):
+                # In a thread: MinIO answers the PUT once the receiver (on this loop) has the record.
+                await asyncio.to_thread(s3.put_object, Bucket=name, Key="in/x.txt", Body=b"same")
+                [*_, delivery] = await receiver.wait_for(name, count)
+                for _delivery in range(2):  # MinIO redelivering it changes nothing
+                    relayed = await http.post(
+                        "/events/minio",
+                        json=delivery.body,
+                        headers={"Authorization": f"Bearer {WEBHOOK_TOKEN}"},
+                        auth=NO_AUTH,
+                    )
+                    assert relayed.status_code == 200, relayed.text
+                    assert relayed.json()["new"] + relayed.json()["duplicates"] == 1
+                await wait_for_jobs(http, name, count=count)
+                await settle()
+                assert len(await all_jobs(http, name)) == count
+            info = (await http.get("/system/info")).json()["storage"]["events"]
+            assert info["new"] == 2
+            assert info["duplicates"] == 4
+    finally:
+        await asyncio.to_thread(server.stop)
+        await receiver.stop()
+
+
+def _notify_webhook(s3: Any, bucket: str, arn: str, within: float = 10) -> None:
+    """Object-created events under ``in/`` of ``bucket`` to the webhook ``arn``, retried while a starting
+    MinIO has not loaded its targets yet (``InvalidArgument``)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            s3.put_bucket_notification_configuration(
+                Bucket=bucket,
+                NotificationConfiguration={
+                    "QueueConfigurations": [
+                        {
+                            "QueueArn": arn,
+                            "Events": ["s3:ObjectCreated:*"],
+                            "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "in/"}]}},
+                        }
+                    ]
+                },
+            )
+            return
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "InvalidArgument" or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.05)
 
 
 async def _until_following(http: httpx.AsyncClient, bucket: str, within: float = 10) -> None:

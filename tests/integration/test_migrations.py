@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import DateTime, Integer, LargeBinary, String, column, insert, inspect, table
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from oscar_manager.registry import migrations
+from oscar_manager.registry import Database, migrations
 from oscar_manager.registry.tables import Base
 
 pytestmark = pytest.mark.asyncio
@@ -57,3 +58,60 @@ async def test_migrations_match_the_table_definitions(engine: AsyncEngine) -> No
 
     async with engine.connect() as connection:
         assert await connection.run_sync(differences) == []
+
+
+async def test_an_upgraded_registry_knows_until_when_object_events_were_keyed_by_etag(
+    engine: AsyncEngine,
+) -> None:
+    """0006: uploads already run under the old keys are not run again after the upgrade (the scans of
+    input folders would otherwise find each one as a new upload); a new registry has no such time."""
+    await migrations.upgrade_engine(engine, "0004")
+    events = table(
+        "events",
+        column("dedup_key", String),
+        column("service", String),
+        column("job_id", String),
+        column("payload", LargeBinary),
+        column("status", String),
+        column("attempts", Integer),
+        column("available_at", DateTime(timezone=True)),
+        column("created_at", DateTime(timezone=True)),
+    )
+    last = datetime(2026, 11, 30, 8, 0, 0, 250000, tzinfo=UTC)
+    rows = [
+        ("object:svc:b/in/a.txt@e1", last - timedelta(days=1)),
+        ("object:svc:b/in/b.txt@e2", last),
+        ("request:svc:0123", last + timedelta(days=1)),  # not an object event
+    ]
+    async with engine.begin() as connection:
+        for key, created in rows:
+            await connection.execute(
+                insert(events).values(
+                    dedup_key=key,
+                    service="svc",
+                    job_id=key[-8:],
+                    payload=b"{}",
+                    status="done",
+                    attempts=1,
+                    available_at=created,
+                    created_at=created,
+                )
+            )
+    await migrations.upgrade_engine(engine)
+
+    database = Database(engine.url.render_as_string(hide_password=False))
+    try:
+        async with database.reading() as tx:
+            assert await tx.marks.legacy_object_keys_until() == last
+    finally:
+        await database.dispose()
+
+
+async def test_a_new_registry_has_no_etag_keyed_events(engine: AsyncEngine) -> None:
+    await migrations.upgrade_engine(engine)
+    database = Database(engine.url.render_as_string(hide_password=False))
+    try:
+        async with database.reading() as tx:
+            assert await tx.marks.legacy_object_keys_until() is None
+    finally:
+        await database.dispose()

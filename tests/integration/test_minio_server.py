@@ -7,6 +7,7 @@
   a failed delivery is dropped, not retried, when the target has no queue_dir).
 - ListenBucketNotification streams events (raw and through miniopy-async).
 - How object keys are encoded in each (``pytest -s`` prints a table).
+- What tells one PUT from another: the sequencer, and the listing's LastModified.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote_plus, unquote, unquote_plus
@@ -408,3 +410,32 @@ async def test_object_key_encoding_in_webhook_and_listen_events(
     assert delivery.body["Key"] == f"{bucket}/{key}"  # the top-level Key is not encoded
     assert listened["s3"]["object"]["key"] == key  # nor is the listen API's
     print(f"\n{key!r}: webhook s3.object.key={encoded!r} Key={delivery.body['Key']!r} listen={key!r}")
+
+
+async def test_the_sequencer_names_the_put_in_both_sources_and_the_listing_shows_it_to_the_ms(
+    minio: MinioServer, s3: S3Client, bucket: str, webhook: WebhookReceiver, http: aiohttp.ClientSession
+) -> None:
+    """What tells one PUT from another: ``s3.object.sequencer`` is the object's modification time in
+    nanoseconds (``%X``), the same in the webhook and the listen record of one PUT (their ``eventTime``s
+    differ: each source stamps its own), new for a PUT of identical content (whose ETag stays), and the
+    listing's ``LastModified`` is that time truncated to milliseconds."""
+    await _notify(s3, bucket, ENV_ARN)
+    key = "input/again.txt"
+    sequencers = []
+    async with listen(http, minio, bucket) as stream:
+        for _ in range(2):
+            await _put(s3, bucket, key, b"identical")
+            listened = await stream.next_record()
+            [*_, delivered] = webhook.for_bucket(bucket)
+            hooked = delivered.record
+            assert hooked["s3"]["object"]["sequencer"] == listened["s3"]["object"]["sequencer"]
+            assert hooked["s3"]["object"]["eTag"] == listened["s3"]["object"]["eTag"]
+            listing = await s3.list_objects_v2(Bucket=bucket, Prefix=key)
+            [item] = listing["Contents"]
+            nanoseconds = int(hooked["s3"]["object"]["sequencer"], 16)
+            since_epoch = item["LastModified"] - datetime(1970, 1, 1, tzinfo=UTC)
+            assert since_epoch // timedelta(milliseconds=1) == nanoseconds // 1_000_000
+            assert item["ETag"].strip('"') == hooked["s3"]["object"]["eTag"]
+            sequencers.append(nanoseconds)
+    assert sequencers[0] != sequencers[1]
+    assert len(webhook.for_bucket(bucket)) == 2

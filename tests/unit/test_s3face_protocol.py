@@ -205,7 +205,7 @@ async def test_a_body_that_is_not_the_signed_sha256_is_refused() -> None:
 
 
 def _entries(*keys: str) -> list[ObjectInfo]:
-    return [ObjectInfo("b", key, 1, NOW, "e") for key in sorted(keys)]
+    return [ObjectInfo("b", key, 1, NOW, "e", "") for key in sorted(keys)]
 
 
 def test_pages_with_common_prefixes_resume_after_the_prefix() -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from oscar_manager.domain.events import ObjectEvent, notification
 from oscar_manager.settings import Settings
+from oscar_manager.storage.local import LocalObjectStore
 from tests.support.app import NO_AUTH, app_client, bearer, create_io_service
 from tests.support.jobs import settle, wait_for_jobs
 
@@ -187,16 +188,26 @@ class TestStorageEvents:
         async with app_client(settings) as http:
             yield http
 
+    @pytest.fixture
+    def store(self, settings: Settings) -> LocalObjectStore:
+        """The manager's buckets, read directly: what the watcher sees of an upload."""
+        return LocalObjectStore(settings.buckets_dir)
+
     async def put(self, client: httpx.AsyncClient, bucket: str, key: str, data: bytes) -> dict[str, Any]:
         response = await client.put(f"/system/buckets/{bucket}/objects/{key}", content=data)
         assert response.status_code == 201, response.text
         result: dict[str, Any] = response.json()
         return result
 
-    def event_for(self, info: dict[str, Any]) -> dict[str, Any]:
+    def event_for(self, info: dict[str, Any], *, generation: str = "") -> dict[str, Any]:
         return notification(
             ObjectEvent(
-                bucket=info["bucket"], key=info["key"], etag=info["etag"], size=info["size"], event_time="t"
+                bucket=info["bucket"],
+                key=info["key"],
+                etag=info["etag"],
+                size=info["size"],
+                event_time="t",
+                generation=generation,
             )
         )
 
@@ -209,12 +220,16 @@ class TestStorageEvents:
         assert output.status_code == 200
         assert output.content == b"SOME TEXT"
 
-    async def test_redelivered_event_runs_once(self, client: httpx.AsyncClient) -> None:
+    async def test_redelivered_event_runs_once(
+        self, client: httpx.AsyncClient, store: LocalObjectStore
+    ) -> None:
         token = await make_service(client, script='cat "$INPUT_FILE_PATH"\n')
         # Under the input folder (an event may name no other object): the watcher's own event for the
         # upload and the posted ones are the same event.
         stat = await self.put(client, "upper", "in/y.txt", b"payload")
-        event = self.event_for(stat)
+        stored = await store.stat("upper", "in/y.txt")
+        assert stored is not None
+        event = self.event_for(stat, generation=stored.generation)
         ids = set()
         for _ in range(3):
             response = await client.post("/job/upper", json=event, headers=bearer(token), auth=NO_AUTH)
@@ -237,6 +252,21 @@ class TestStorageEvents:
         await wait_for_jobs(client, "upper", count=2)
         await settle()
         assert len((await client.get("/system/logs/upper")).json()["jobs"]) == 2
+
+    async def test_the_same_content_uploaded_again_is_a_new_job(
+        self, client: httpx.AsyncClient, settings: Settings
+    ) -> None:
+        """Each upload runs once, whatever it holds: a user who fixed the script uploads the input again.
+        So does the same content written into the folder by another program."""
+        await make_service(client)
+        for count in (1, 2):
+            await self.put(client, "upper", "in/again.txt", b"same")
+            await wait_for_jobs(client, "upper", count=count)
+        (settings.buckets_dir / "upper" / "in" / "again.txt").write_bytes(b"same")
+        jobs = await wait_for_jobs(client, "upper", count=3)
+        await settle()
+        assert len((await client.get("/system/logs/upper")).json()["jobs"]) == 3
+        assert {job["status"] for job in jobs.values()} == {"Succeeded"}
 
     async def test_changed_object_is_a_new_event(self, client: httpx.AsyncClient) -> None:
         await make_service(client)

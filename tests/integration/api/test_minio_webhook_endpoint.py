@@ -24,18 +24,22 @@ async def hooked(settings: Settings) -> Any:
         yield http
 
 
-def record(bucket: str, key: str, etag: str = "0123abcd") -> dict[str, Any]:
+def record(bucket: str, key: str, etag: str = "0123abcd", sequencer: str | None = None) -> dict[str, Any]:
+    """A record as MinIO sends it; ``sequencer``: the object's modification time in ns, in hex."""
+    item = {
+        # As MinIO sends it: Go's url.QueryEscape of the key.
+        "key": quote_plus(key, safe=""),
+        "size": 5,
+        "eTag": etag,
+        **({"sequencer": sequencer} if sequencer else {}),
+    }
     return {
         "eventVersion": "2.0",
         "eventSource": "minio:s3",
         "eventName": "s3:ObjectCreated:Put",
         "eventTime": "2026-11-22T06:00:00.000Z",
         "userIdentity": {"principalId": "minio"},
-        "s3": {
-            "bucket": {"name": bucket},
-            # As MinIO sends it: Go's url.QueryEscape of the key.
-            "object": {"key": quote_plus(key, safe=""), "size": 5, "eTag": etag},
-        },
+        "s3": {"bucket": {"name": bucket}, "object": item},
     }
 
 
@@ -66,7 +70,7 @@ async def counters(http: httpx.AsyncClient) -> dict[str, int]:
 
 
 async def test_a_notification_runs_every_service_whose_input_holds_the_object(
-    hooked: httpx.AsyncClient,
+    hooked: httpx.AsyncClient, settings: Settings
 ) -> None:
     await create(hooked, "first", ["shared/in"])
     await create(hooked, "second", ["shared/in/sub dir"])
@@ -75,8 +79,11 @@ async def test_a_notification_runs_every_service_whose_input_holds_the_object(
     upload = await hooked.put(f"/system/buckets/shared/objects/{quote(key)}", content=b"hello")
     assert upload.status_code == 201
 
-    # The same object version (ETag) as the folder watcher reports: whichever comes second is a duplicate.
-    answer = await post(hooked, notification(record("shared", key, etag=upload.json()["etag"])))
+    # The same upload (ETag, and the write's time as MinIO's sequencer) as the folder watcher reports:
+    # whichever comes second is a duplicate.
+    written = (settings.buckets_dir / "shared" / key).stat().st_mtime_ns
+    same = record("shared", key, etag=upload.json()["etag"], sequencer=f"{written:X}")
+    answer = await post(hooked, notification(same))
     assert answer.status_code == 200, answer.text
     assert answer.json()["new"] + answer.json()["duplicates"] == 2
 
@@ -92,14 +99,19 @@ async def test_a_redelivered_notification_is_one_job(hooked: httpx.AsyncClient) 
     await create(hooked, "once", ["once/in"])
     await hooked.put("/system/buckets/once/objects/in/x.txt", content=b"x")
     await wait_for_jobs(hooked, "once", count=1)
-    body = notification(record("once", "in/x.txt", etag="feed"))
+    written = 1_790_000_000_123_456_789  # ns: a MinIO sequencer is the object's modification time
+    body = notification(record("once", "in/x.txt", etag="feed", sequencer=f"{written:X}"))
     first = (await post(hooked, body)).json()
     again = (await post(hooked, body)).json()
     assert again == {"new": 0, "duplicates": 1, "ignored": 0}
-    assert first["new"] == 1  # another etag than the watcher's: recorded once, then never again
-    await wait_for_jobs(hooked, "once", count=2)
+    assert first["new"] == 1  # another upload than the watcher's: recorded once, then never again
+    # The same content put again (MinIO: the same ETag, a new sequencer) is a new upload.
+    again_put = record("once", "in/x.txt", etag="feed", sequencer=f"{written + 1_000_000:X}")
+    later = (await post(hooked, notification(again_put))).json()
+    assert later == {"new": 1, "duplicates": 0, "ignored": 0}
+    await wait_for_jobs(hooked, "once", count=3)
     await settle()
-    assert len(await all_jobs(hooked, "once")) == 2
+    assert len(await all_jobs(hooked, "once")) == 3
 
 
 async def test_objects_under_no_input_are_ignored_and_counted(hooked: httpx.AsyncClient) -> None:
