@@ -43,4 +43,9 @@ def test_readme_walkthrough_runs_verbatim(server: RunningServer) -> None:
     assert "upper-casing notes.txt" in out  # the job log
     assert re.search(r"^[0-9a-f]{64}$", out, re.M)  # the pipeline's checksum of the word count
     assert "\n4" in out
+    # oscar-cli's way of editing: the S3 face for its file commands, a duplicate refused in words, the PUT
+    # of the whole definition with cluster credentials that are kept but never shown.
+    assert re.search(r"^http://127\.0\.0\.1:\d+$", out, re.M)
+    assert re.search(r"^a service named 'uppercase' already exists 409$", out, re.M), out
+    assert "\n204\n512Mi ''\n" in out
     assert out.rstrip().endswith("204")
