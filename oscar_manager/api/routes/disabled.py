@@ -2,6 +2,10 @@
 off. Upstream registers no route for volumes without ``VOLUME_ENABLE`` nor for quotas without Kueue or
 volumes, so those paths are 404; ``/system/config`` says ``volume_enable: false``, ``kueue_enable: false``.
 The dashboard shows its Metrics page as "unavailable" on a 404, as for a manager without the metrics routes.
+
+One deliberate difference: ``GET /system/volumes`` answers an empty list. The dashboard's Volumes page has
+no "unavailable" state (any refusal shows "Failed to load volumes"), and with the feature off there are no
+volumes; creating one is still refused with 404.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ router = APIRouter(prefix="/system", tags=["system"])
 _OFF: dict[int | str, dict[str, Any]] = {404: {"description": "The feature is not enabled on this cluster"}}
 # The routes upstream has for each feature, with their methods.
 FEATURES = {
-    "volumes": (("/volumes", ("GET", "POST")), ("/volumes/{name}", ("GET", "DELETE"))),
+    "volumes": (("/volumes", ("POST",)), ("/volumes/{name}", ("GET", "DELETE"))),
     "quotas": (("/quotas/user", ("GET",)), ("/quotas/user/{user_id}", ("GET", "PUT"))),
     "metrics": (("/metrics", ("GET",)), ("/metrics/breakdown", ("GET",)), ("/metrics/{service}", ("GET",))),
 }
@@ -37,6 +41,11 @@ def _off(feature: str, path: str, method: str) -> None:
         summary=f"Not enabled: {feature} (404, as upstream with the feature off)",
         responses=_OFF,
     )
+
+
+@router.get("/volumes", summary="Volumes (none: the feature is not enabled on this cluster)")
+async def list_volumes(_caller: CallerDep) -> list[dict[str, Any]]:
+    return []
 
 
 for _feature, _routes in FEATURES.items():

@@ -186,7 +186,6 @@ class TestDeployment:
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("GET", "/system/volumes"),
         ("POST", "/system/volumes"),
         ("GET", "/system/volumes/data"),
         ("DELETE", "/system/volumes/data"),
@@ -205,3 +204,11 @@ async def test_features_off_answer_404_as_upstream(settings: Settings, method: s
     assert response.status_code == 404
     assert config["volume_enable"] is False
     assert config["kueue_enable"] is False
+
+
+async def test_no_volumes_are_listed_while_the_feature_is_off(settings: Settings) -> None:
+    """The dashboard's Volumes page shows an error for any refusal (it has no "unavailable" state): with the
+    feature off the list is empty, and creating one is refused (above)."""
+    async with app_client(settings) as client:
+        listed = await client.get("/system/volumes")
+    assert (listed.status_code, listed.json()) == (200, [])
