@@ -33,7 +33,8 @@ from oscar_manager.operations.ratelimit import RateLimiter
 from oscar_manager.settings import BackendKind, Settings, kept_secret
 from oscar_manager.storage.base import ObjectStore
 from oscar_manager.storage.egress import EgressPolicy
-from oscar_manager.storage.local import LocalObjectStore
+from oscar_manager.storage.leftovers import sweep_all, sweep_older
+from oscar_manager.storage.local import STAGING, LocalObjectStore
 from oscar_manager.storage.minio import MinioEndpoint, MinioExtras
 from oscar_manager.storage.presign import PresignSigner
 from oscar_manager.storage.providers import Stores
@@ -253,6 +254,8 @@ class Runtime:
         """Called once a change to services is committed: follow the input buckets as they are now."""
         if self.listener is not None:
             self.listener.wake()
+        if self.watcher is not None:
+            self.watcher.wake()
 
     async def _prepare_webhook(self) -> None:
         """Register the target (MinIO dials its endpoint to validate it, so this runs once the manager
@@ -272,6 +275,7 @@ class Runtime:
     async def start(self) -> None:
         _fast_child_watcher()
         await recover(self.database)
+        await asyncio.to_thread(self._sweep_leftovers)
         reporter = DatabaseJobReporter(
             self.database,
             complete_events_on_finish=not self.backend.durable_submissions,
@@ -288,6 +292,16 @@ class Runtime:
             self.dispatch_loop.start()
         else:
             log.warning("OSCAR_DISPATCH is off: events are recorded but no job runs")
+
+    def _sweep_leftovers(self) -> None:
+        """Before any job runs or upload arrives: what a killed process left is nobody's any more."""
+        removed = sweep_older(self.settings.s3_uploads_dir)
+        if isinstance(self.backend, LocalBackend):
+            removed += sweep_all(self.backend.work_root)
+        if isinstance(self.stores.default, LocalObjectStore):
+            removed += sweep_all(self.stores.default.root / STAGING)
+        if removed:
+            log.info("removed %d folder(s) and file(s) left by a previous run", removed)
 
     async def stop(self) -> None:
         await self.dispatch_loop.stop()

@@ -87,6 +87,11 @@ class LocalBackend:
         self._sync_slots = asyncio.Semaphore(concurrency)
         self._reporter: JobReporter | None = None
 
+    @property
+    def work_root(self) -> Path:
+        """Where job and run folders are made (each removed when its run ends)."""
+        return self._work_root
+
     # --- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self, reporter: JobReporter) -> None:

@@ -28,6 +28,10 @@ _STARTS_AS_OBJECT = re.compile(rb"\s*\{")
 STORAGE_EVENT_SOURCES = frozenset({"aws:s3", "minio:s3"})
 # The manager's own storage: the only provider whose input folders it watches for new objects.
 WATCHED_PROVIDER = "minio.default"
+# The longest dedup key the registry holds (``events.dedup_key``, in characters as PostgreSQL counts).
+DEDUP_KEY_MAX = 1100
+# What a longer key keeps readable before the digest of the whole key.
+_DEDUP_KEY_READABLE = DEDUP_KEY_MAX - 80
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +58,22 @@ class ObjectEvent:
         base = f"object:{service}:{self.bucket}/{self.key}@{self.etag}"
         written = generations.written(self.generation)
         if not self.generation or (legacy_until and written is not None and written <= legacy_until):
-            return base
-        return f"{base}#{self.generation}"
+            return bounded_key(base)
+        return bounded_key(f"{base}#{self.generation}")
+
+
+def bounded_key(key: str) -> str:
+    """``key`` as the registry can hold it: itself when it fits, else a readable start and the SHA-256 of
+    the whole. Deterministic, so every delivery of one upload still names one event (and one job: job
+    names derive from this key); keys that fit keep the form older registries recorded them under.
+
+    A key of 1,024 bytes with the longest service and bucket names (and an ETag and generation) does not
+    fit; events from webhooks may carry ETags of any length."""
+    if len(key) <= DEDUP_KEY_MAX:
+        return key
+    return (
+        f"{key[:_DEDUP_KEY_READABLE]}~sha256:{hashlib.sha256(key.encode(errors='surrogatepass')).hexdigest()}"
+    )
 
 
 @dataclass(frozen=True, slots=True)

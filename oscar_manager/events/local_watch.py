@@ -4,6 +4,12 @@ The whole buckets tree is watched, so creating a service needs no watch bookkeep
 events is routed against the services' inputs as they are at that moment. Only finished files count:
 ``IN_CLOSE_WRITE`` (written in place) and ``IN_MOVED_TO`` (renamed in, as our own uploads do), never a
 half-written file.
+
+Watches follow the folders on disk, not the paths they once had: a folder removed (a bucket purged with
+its service) is forgotten when the kernel drops its watch, a folder made again at the same path gets a
+watch of its own, and every change to services walks the tree again (``wake``), adding what is missing.
+What is watched is what the store calls objects: every folder inside a bucket, dot folders included
+(``in/.x/file`` is a valid key), and no top-level folder that is not a bucket (the store's ``.staging``).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import logging
 import os
 from pathlib import Path
 
-from asyncinotify import Event, Inotify, Mask
+from asyncinotify import Event, Inotify, Mask, Watch
 
 from oscar_manager.events.reconcile import Deliver, Enqueue, Routes, object_event, reconcile
 from oscar_manager.storage.base import InvalidKey
@@ -36,8 +42,19 @@ class LocalBucketWatcher:
         self._enqueue = enqueue
         self._deliver = deliver
         self._inotify: Inotify | None = None
-        self._watched: dict[Path, object] = {}
+        self._watched: dict[Path, Watch] = {}
+        # Watches change in threads (walking a tree blocks): one change at a time.
+        self._watching = asyncio.Lock()
+        self._rewalk = asyncio.Event()
         self.ready = asyncio.Event()
+
+    def wake(self) -> None:
+        """Services changed: walk the buckets tree again for folders that have no watch."""
+        self._rewalk.set()
+
+    @property
+    def watch_count(self) -> int:
+        return len(self._watched)
 
     async def reconcile(self) -> int:
         """Enqueue objects under service inputs that arrived after the service and have no event yet."""
@@ -55,11 +72,21 @@ class LocalBucketWatcher:
             if found:
                 log.info("reconciled %d object(s) in local input folders", found)
             try:
-                async for event in inotify:
-                    await self._handle([event, *self._drain(inotify)])
+                # Either failing ends both, and the supervisor starts over with a new inotify.
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._follow_services())
+                    async for event in inotify:
+                        await self._handle([event, *self._drain(inotify)])
             finally:
                 self._inotify = None
                 self._watched.clear()
+
+    async def _follow_services(self) -> None:
+        while True:
+            await self._rewalk.wait()
+            self._rewalk.clear()
+            async with self._watching:
+                await asyncio.to_thread(self._watch_tree, self._root)
 
     def _drain(self, inotify: Inotify) -> list[Event]:
         """Events already read and waiting: handled as one batch so routes are loaded once per batch."""
@@ -82,36 +109,67 @@ class LocalBucketWatcher:
             pending.extend(
                 Path(entry.path)
                 for entry in entries
-                if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".")
+                if entry.is_dir(follow_symlinks=False) and self._holds_objects(Path(entry.path))
             )
 
+    def _holds_objects(self, directory: Path) -> bool:
+        """A bucket, or any folder inside one: not the store's own top-level folders (``.staging``)."""
+        if directory.parent != self._root:
+            return True
+        try:
+            validate_bucket(directory.name)
+        except InvalidKey:
+            return False
+        return True
+
     def _add_watch(self, directory: Path) -> None:
-        if directory in self._watched or self._inotify is None:
+        # Always asked of the kernel, never assumed from the path: the folder there may be a new one (the
+        # old one's watch is gone). The same folder again gets its own watch back, its path brought up to
+        # date.
+        if self._inotify is None:
             return
         try:
-            self._watched[directory] = self._inotify.add_watch(directory, _DIRECTORY_MASK)
+            watch = self._inotify.add_watch(directory, _DIRECTORY_MASK)
         except OSError as exc:  # vanished meanwhile, or not a directory any more
             log.debug("cannot watch %s: %s", directory, exc)
+            return
+        watch.path = directory
+        self._watched[directory] = watch
+
+    def _forget(self, watch: Watch) -> None:
+        """The kernel dropped ``watch`` (its folder was removed): its path is free for a new folder."""
+        if self._watched.get(watch.path) is watch:
+            del self._watched[watch.path]
 
     async def _handle(self, events: list[Event]) -> None:
+        async with self._watching:
+            files = await self._files_in(events)
+        if files:
+            await self._report(files)
+
+    async def _files_in(self, events: list[Event]) -> list[Path]:
         files: list[Path] = []
         for event in events:
             if event.mask & Mask.Q_OVERFLOW:
-                log.warning("inotify queue overflowed: reconciling the bucket folders")
+                log.warning("inotify queue overflowed: watching the tree again and reconciling")
+                await asyncio.to_thread(self._watch_tree, self._root)
                 await self.reconcile()
+                continue
+            if event.mask & Mask.IGNORED:
+                if event.watch is not None:
+                    self._forget(event.watch)
                 continue
             if event.path is None:
                 continue
             if event.mask & Mask.ISDIR:
-                if event.mask & (Mask.CREATE | Mask.MOVED_TO) and not event.path.name.startswith("."):
+                if event.mask & (Mask.CREATE | Mask.MOVED_TO) and self._holds_objects(event.path):
                     # Files may already be inside a folder moved in or created before its watch existed.
                     await asyncio.to_thread(self._watch_tree, event.path)
                     files.extend(await asyncio.to_thread(_files_under, event.path))
                 continue
             if event.mask & (Mask.CLOSE_WRITE | Mask.MOVED_TO):
                 files.append(event.path)
-        if files:
-            await self._report(files)
+        return files
 
     async def _report(self, files: list[Path]) -> None:
         """The finished files as object events, in one batch: the intake routes them to the services

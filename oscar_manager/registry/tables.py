@@ -9,6 +9,8 @@ from sqlalchemy import JSON, DateTime, Index, Integer, LargeBinary, MetaData, St
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from oscar_manager.domain.events import DEDUP_KEY_MAX
+
 # Named constraints make migrations reproducible across databases.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -46,7 +48,7 @@ class EventRow(Base):
     __tablename__ = "events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    dedup_key: Mapped[str] = mapped_column(String(1100), unique=True)
+    dedup_key: Mapped[str] = mapped_column(String(DEDUP_KEY_MAX), unique=True)
     service: Mapped[str] = mapped_column(String(39), index=True)
     job_id: Mapped[str] = mapped_column(String(64))
     payload: Mapped[bytes] = mapped_column(LargeBinary)

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import DateTime, Integer, LargeBinary, String, column, insert, inspect, table
+from sqlalchemy import DateTime, Integer, LargeBinary, String, column, insert, inspect, select, table
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from oscar_manager.domain.events import DEDUP_KEY_MAX, bounded_key
 from oscar_manager.registry import Database, migrations
 from oscar_manager.registry.tables import Base
 
@@ -105,6 +106,50 @@ async def test_an_upgraded_registry_knows_until_when_object_events_were_keyed_by
             assert await tx.marks.legacy_object_keys_until() == last
     finally:
         await database.dispose()
+
+
+async def test_keys_too_long_for_the_column_are_rewritten_as_the_intake_now_computes_them(
+    engine: AsyncEngine,
+) -> None:
+    """0007: SQLite held dedup keys of any length (PostgreSQL could not); an upload recorded under one
+    is found under the bounded key after the upgrade, so the scan does not run it again. Keys that fit
+    are untouched."""
+    await migrations.upgrade_engine(engine, "0006")
+    events = table(
+        "events",
+        column("id", Integer),
+        column("dedup_key", String),
+        column("service", String),
+        column("job_id", String),
+        column("payload", LargeBinary),
+        column("status", String),
+        column("attempts", Integer),
+        column("available_at", DateTime(timezone=True)),
+        column("created_at", DateTime(timezone=True)),
+    )
+    short = "object:svc:b/in/a.txt@e1#1764950400000"
+    long = "object:svc:b/in/" + "k" * DEDUP_KEY_MAX + "@e1#1764950400000"
+    keys = [short, long] if engine.dialect.name == "sqlite" else [short]
+    now = datetime.now(UTC)
+    async with engine.begin() as connection:
+        for n, key in enumerate(keys):
+            await connection.execute(
+                insert(events).values(
+                    dedup_key=key,
+                    service="svc",
+                    job_id=f"svc-{n}",
+                    payload=b"{}",
+                    status="done",
+                    attempts=1,
+                    available_at=now,
+                    created_at=now,
+                )
+            )
+    await migrations.upgrade_engine(engine)
+    async with engine.connect() as connection:
+        stored = set((await connection.execute(select(events.c.dedup_key))).scalars())
+    assert stored == {bounded_key(key) for key in keys}
+    assert short in stored
 
 
 async def test_a_new_registry_has_no_etag_keyed_events(engine: AsyncEngine) -> None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from oscar_manager.domain import generations
-from oscar_manager.domain.events import ObjectEvent, notification, object_events
+from oscar_manager.domain.events import DEDUP_KEY_MAX, ObjectEvent, notification, object_events
 from oscar_manager.domain.jobs import job_name
 from oscar_manager.events.reconcile import object_event
 from oscar_manager.storage import s3_answers
@@ -104,3 +104,23 @@ def test_uploads_from_before_the_change_keep_their_etag_key() -> None:
     assert before.dedup_key("svc") != legacy
     assert generations.written(before.generation) == LISTED
     assert generations.written(after.generation) == LISTED + timedelta(seconds=2)
+
+
+def test_a_key_too_long_for_the_registry_is_bounded_the_same_way_every_time() -> None:
+    """The longest legal names (39-character service, 63-character bucket, 1,024-byte key) with a
+    webhook's arbitrary ETag: the key fits the column, stays readable at its start, is the same for each
+    delivery and differs for a different object or upload; keys that fit keep their old form."""
+    long_key = "in/" + "k" * 1021
+
+    def event(key: str, etag: str = "e" * 300, generation: str = "1764950400000") -> ObjectEvent:
+        return ObjectEvent(bucket="b" * 63, key=key, etag=etag, size=1, event_time="", generation=generation)
+
+    key = event(long_key).dedup_key("s" * 39)
+    assert len(key) <= DEDUP_KEY_MAX
+    assert key.startswith(f"object:{'s' * 39}:{'b' * 63}/in/kkk")
+    assert key == event(long_key).dedup_key("s" * 39)
+    assert key != event(long_key[:-1] + "x").dedup_key("s" * 39)
+    assert key != event(long_key, generation="1764950400001").dedup_key("s" * 39)
+    assert len(job_name("s" * 39, key)) <= 56
+    short = event("in/a.txt", etag="abc")
+    assert short.dedup_key("svc") == "object:svc:" + "b" * 63 + "/in/a.txt@abc#1764950400000"
