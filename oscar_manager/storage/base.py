@@ -17,6 +17,19 @@ class StorageError(OscarError):
     status_code = 502
 
 
+class StorageUnavailable(StorageError):
+    """The store cannot take writes now (read-only, or refused by the file system): not the caller's
+    fault nor the script's, so accepted work is retried later."""
+
+    status_code = 503
+
+
+class StorageFull(StorageError):
+    """No space left in the store: 507 Insufficient Storage; accepted work is retried later."""
+
+    status_code = 507
+
+
 class InvalidKey(BadRequest):
     """A bucket name or object key that is not allowed (traversal, empty segments, control characters)."""
 
