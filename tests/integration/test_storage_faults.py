@@ -19,7 +19,8 @@ import httpx
 from oscar_manager.settings import Settings
 from tests.support.app import app_client
 from tests.support.components import unavailable
-from tests.support.factories import service_body
+from tests.support.databases import SqliteDatabases
+from tests.support.factories import make_settings, service_body
 from tests.support.jobs import all_jobs, settle, wait_for_jobs
 
 NAME = "faults"
@@ -117,3 +118,55 @@ async def test_a_read_only_store_is_answered_503_and_accepted_jobs_run_once_it_i
         assert (await http.get("/health", params={"ready": "1"})).status_code == 200
         assert (await http.put(f"/system/buckets/{NAME}/objects/in/b.txt", content=b"x")).status_code == 201
         await wait_for_jobs(http, NAME, count=2, within=60)
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True)
+    _mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder))
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+async def test_a_full_data_disk_while_a_file_arrives_loses_nothing_once_space_is_back(
+    tmp_path: Path, sqlite_databases: SqliteDatabases
+) -> None:
+    """The default layout (the SQLite registry inside the data directory) on a small disk that fills up
+    while a file arrives: the watcher's writes fail, and so does its catch-up after a restart. Once space
+    is back, without a restart, the file that arrived runs (the periodic reconcile finds it) and a new
+    upload runs (the watcher watches again): one job each."""
+    data = tmp_path / "data"
+    with tmpfs(data, "16m"):
+        url = sqlite_databases.create(data / "oscar.db", migrated=True)
+        settings = make_settings(database_url=url, data_dir=data, oscar_reconcile_interval=1)
+        async with app_client(settings) as http:
+            await create(http)
+            # Written before the disk fills, moved into the input folder once it is full (a rename takes
+            # no space): the watcher reports it and fails to record it.
+            hold = settings.buckets_dir / NAME / ".hold"
+            hold.mkdir()
+            (hold / "a.txt").write_bytes(b"x")
+            with full(data):
+                (hold / "a.txt").rename(settings.buckets_dir / NAME / "in" / "a.txt")
+                for index in range(20):  # more arrivals, so the registry has to grow
+                    with contextlib.suppress(OSError):
+                        (settings.buckets_dir / NAME / "in" / f"c{index}.txt").write_bytes(b"")
+                ready = await http.get("/health", params={"ready": "1"})
+                assert ready.status_code == 503
+                assert "no space left" in ready.json()["storage"]["reason"]
+                await settle(2)
+            await eventually(lambda: _ready(http))
+            assert (
+                await http.put(f"/system/buckets/{NAME}/objects/in/b.txt", content=b"x")
+            ).status_code == 201
+            in_folder = sorted(p.name for p in (settings.buckets_dir / NAME / "in").iterdir())
+            await wait_for_jobs(http, NAME, count=len(in_folder), within=60)
+            await settle()
+            assert await processed(http) == in_folder
+            assert "a.txt" in in_folder and "b.txt" in in_folder
+
+
+async def _ready(http: httpx.AsyncClient) -> bool:
+    return (await http.get("/health", params={"ready": "1"})).status_code == 200
