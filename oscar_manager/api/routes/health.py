@@ -24,5 +24,8 @@ async def health(request: Request, ready: Annotated[bool, Query()] = False) -> R
 
 
 async def _readiness(request: Request) -> tuple[bool, dict[str, Any]]:
-    answer: tuple[bool, dict[str, Any]] = await request.app.state.readiness()
+    probe = getattr(request.app.state, "readiness", None)
+    if probe is None:  # the runtime has not started (or has stopped)
+        return False, {"ready": False, "reason": "the manager is not running"}
+    answer: tuple[bool, dict[str, Any]] = await probe()
     return answer
