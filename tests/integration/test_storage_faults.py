@@ -170,3 +170,29 @@ async def test_a_full_data_disk_while_a_file_arrives_loses_nothing_once_space_is
 
 async def _ready(http: httpx.AsyncClient) -> bool:
     return (await http.get("/health", params={"ready": "1"})).status_code == 200
+
+
+async def test_a_job_ending_while_the_disk_is_full_is_recorded_once_space_is_back(
+    tmp_path: Path, sqlite_databases: SqliteDatabases
+) -> None:
+    """The registry (SQLite in the data directory) cannot record a job's end: the end is retried until it
+    is recorded, without a restart, and the job runs once."""
+    data = tmp_path / "data"
+    with tmpfs(data, "16m"):
+        url = sqlite_databases.create(data / "oscar.db", migrated=True)
+        settings = make_settings(database_url=url, data_dir=data)
+        async with app_client(settings) as http:
+            body = service_body(NAME, script="sleep 2\necho done\n")
+            assert (await http.post("/system/services", json=body)).status_code == 201
+            assert (await http.post(f"/job/{NAME}", content=base64.b64encode(b"x"))).status_code == 201
+
+            async def running() -> bool:
+                jobs = await all_jobs(http, NAME)
+                return [job["status"] for job in jobs.values()] == ["Running"]
+
+            await eventually(running)
+            with full(data):
+                await settle(4)  # the script ends meanwhile; its end cannot be written
+                assert await running()
+            jobs = await wait_for_jobs(http, NAME, count=1, within=60)
+            assert [job["status"] for job in jobs.values()] == ["Succeeded"]
