@@ -165,7 +165,8 @@ async def test_a_full_data_disk_while_a_file_arrives_loses_nothing_once_space_is
             await wait_for_jobs(http, NAME, count=len(in_folder), within=60)
             await settle()
             assert await processed(http) == in_folder
-            assert "a.txt" in in_folder and "b.txt" in in_folder
+            assert "a.txt" in in_folder
+            assert "b.txt" in in_folder
 
 
 async def _ready(http: httpx.AsyncClient) -> bool:
