@@ -36,8 +36,7 @@ from oscar_manager.storage.base import (
     ObjectInfo,
     ObjectNotFound,
     StorageError,
-    StorageFull,
-    StorageUnavailable,
+    os_storage_error,
 )
 from oscar_manager.storage.blocking import run_blocking as _blocking
 from oscar_manager.storage.keys import validate_bucket, validate_key
@@ -98,18 +97,8 @@ def _is_valid_key(key: str, *, folder: bool = False) -> bool:
     return True
 
 
-# Write failures that say the store (not the request) is at fault, and that pass once it recovers.
-_FULL = (errno.ENOSPC, errno.EDQUOT)
-_UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
-
-
 def _storage_error(action: str, exc: OSError) -> StorageError:
-    message = f"local storage: cannot {action}: {exc.strerror or exc}"
-    if exc.errno in _FULL:
-        return StorageFull(message)
-    if exc.errno in _UNWRITABLE:
-        return StorageUnavailable(message)
-    return StorageError(message)
+    return os_storage_error(f"local storage: cannot {action}", exc)
 
 
 def _open_dir(name: str, *, dir_fd: int, create: bool) -> int:
