@@ -316,7 +316,7 @@ class Runtime:
 
     async def start(self) -> None:
         _fast_child_watcher()
-        await recover(self.database)
+        await recover(self.database, jobs_die_with_manager=not self.backend.durable_submissions)
         reporter = DatabaseJobReporter(
             self.database,
             complete_events_on_finish=not self.backend.durable_submissions,

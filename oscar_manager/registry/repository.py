@@ -349,6 +349,20 @@ class JobRepository:
             )
         )
 
+    async def fail_unqueued(self, *, log: str, at: datetime) -> int:
+        """Jobs left Pending or Running by a previous process whose event is no longer queued (so nothing
+        will run or end them): marked Failed with ``log``. Only for a backend whose jobs die with it."""
+        queued = select(EventRow.id).where(
+            EventRow.job_id == JobRow.id, EventRow.status.in_(("pending", "claimed"))
+        )
+        result = await self._session.execute(
+            update(JobRow)
+            .where(JobRow.status.notin_(_FINISHED), ~queued.exists())
+            .values(status=JobStatus.FAILED.value, log=JobRow.log + log, finished_at=at)
+            .execution_options(synchronize_session=False)
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
     async def requeue(self, job_id: str) -> None:
         """A job that will run again: Pending until then (never undoing an end)."""
         await self._session.execute(
