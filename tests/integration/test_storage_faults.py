@@ -153,6 +153,13 @@ async def test_a_full_data_disk_while_a_file_arrives_loses_nothing_once_space_is
                 for index in range(20):  # more arrivals, so the registry has to grow
                     with contextlib.suppress(OSError):
                         (settings.buckets_dir / NAME / "in" / f"c{index}.txt").write_bytes(b"")
+                refused = await http.put(
+                    f"/system/buckets/{NAME}/objects/in/refused.txt",
+                    content=b"x" * 65536,
+                    headers={"Accept": "application/json"},
+                )
+                assert refused.status_code == 507, refused.text
+                assert refused.json()["error"] == "StorageFull"
                 ready = await http.get("/health", params={"ready": "1"})
                 assert ready.status_code == 503
                 assert "no space left" in ready.json()["storage"]["reason"]
