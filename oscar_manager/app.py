@@ -77,6 +77,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.webhook_token = runtime.webhook_token
             app.state.services_changed = runtime.services_changed
             app.state.event_status = runtime.event_status
+            app.state.readiness = runtime.readiness
             async with s3_face(settings, runtime.stores.default, runtime.database):
                 _announce(settings, generated=generated)
                 yield

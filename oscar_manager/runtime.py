@@ -14,6 +14,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from oscar_manager.backends.base import Backend
 from oscar_manager.backends.kubernetes import KubernetesBackend
@@ -25,7 +26,7 @@ from oscar_manager.events.local_watch import LocalBucketWatcher
 from oscar_manager.events.minio_listen import MinioListener
 from oscar_manager.events.minio_webhook import WEBHOOK_PATH, WebhookRules, ensure_target
 from oscar_manager.events.reconcile import reconcile
-from oscar_manager.operations import Database
+from oscar_manager.operations import Database, readiness
 from oscar_manager.operations.dispatch import Dispatcher, recover
 from oscar_manager.operations.intake import Intake
 from oscar_manager.operations.jobs import DatabaseJobReporter
@@ -119,6 +120,10 @@ def minio_endpoint(settings: Settings) -> MinioEndpoint:
     )
 
 
+def _task_check(task: SupervisedTask | LoopWorker | RetryingTask) -> readiness.Check:
+    return readiness.Check(ok=task.state == "running", state=task.state, reason=task.last_error)
+
+
 class Runtime:
     """Open with :meth:`open`, which connects the storage first (MinIO when ``MINIO_ENDPOINT`` is set)."""
 
@@ -160,11 +165,15 @@ class Runtime:
         self.watcher: LocalBucketWatcher | None = None
         self.listener: MinioListener | None = None
         self.webhook_rules: WebhookRules | None = None
+        self._watch_task: SupervisedTask | None = None
+        self._listen_task: SupervisedTask | None = None
+        self._webhook_task: RetryingTask | None = None
         if isinstance(default_store, LocalObjectStore):
             self.watcher = LocalBucketWatcher(
                 default_store, routes=self._routes, enqueue=self._enqueue, deliver=self.intake.storage_events
             )
-            self._tasks.append(SupervisedTask("local-bucket-watcher", self.watcher.run))
+            self._watch_task = SupervisedTask("local-bucket-watcher", self.watcher.run)
+            self._tasks.append(self._watch_task)
         if minio is not None and settings.oscar_minio_listen:
             self.listener = MinioListener(
                 minio,
@@ -173,16 +182,22 @@ class Runtime:
                 enqueue=self._enqueue,
                 deliver=self.intake.storage_events,
             )
-            self._tasks.append(SupervisedTask("minio-listener", self.listener.run))
+            self._listen_task = SupervisedTask("minio-listener", self.listener.run)
+            self._tasks.append(self._listen_task)
         if minio is not None and settings.oscar_minio_webhook_url:
             self.webhook_rules = WebhookRules(
                 minio, default_store, target=settings.oscar_minio_webhook_target
             )
-            self._tasks.append(RetryingTask("MinIO webhook setup", self._prepare_webhook))
-        if minio is not None and settings.oscar_reconcile_interval > 0:
-            self._tasks.append(
-                LoopWorker("reconciler", self._reconcile_all, interval=settings.oscar_reconcile_interval)
+            self._webhook_task = RetryingTask("MinIO webhook setup", self._prepare_webhook)
+            self._tasks.append(self._webhook_task)
+        # On every store: whatever happened to the watcher or the streams, a missed object is found
+        # within the interval.
+        self._reconciler: LoopWorker | None = None
+        if settings.oscar_reconcile_interval > 0:
+            self._reconciler = LoopWorker(
+                "reconciler", self._reconcile_all, interval=settings.oscar_reconcile_interval
             )
+            self._tasks.append(self._reconciler)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -240,15 +255,45 @@ class Runtime:
             log.debug("periodic reconcile offered %d object(s) to the intake", found)
         return 0  # never "more to do at once": the next round comes after the interval
 
-    def event_status(self) -> dict[str, list[str]]:
+    def event_status(self) -> dict[str, Any]:
         """How new objects reach the manager right now: its sources (``webhook-pending`` until MinIO has
-        the target) and the buckets whose listen streams are connected."""
+        the target), the buckets whose listen streams are connected, and each source's state and last
+        error."""
         sources = ["folder-watch"] if self.watcher is not None else []
         sources += ["listen"] if self.listener is not None else []
         if self.webhook_rules is not None:
             sources.append("webhook" if self.webhook_rules.enabled else "webhook-pending")
         listening = sorted(self.listener.connected) if self.listener is not None else []
-        return {"event_sources": sources, "listening": listening}
+        states = {
+            name: {"state": check.state, "last_error": check.reason}
+            for name, check in self.source_checks().items()
+        }
+        return {"event_sources": sources, "listening": listening, "source_states": states}
+
+    def source_checks(self) -> dict[str, readiness.Check]:
+        """Each event source (and the reconciler that backs them all up): up, or why not."""
+        checks: dict[str, readiness.Check] = {}
+        if self._watch_task is not None:
+            checks["folder-watch"] = _task_check(self._watch_task)
+        if self._listen_task is not None and self.listener is not None:
+            check = _task_check(self._listen_task)
+            down = self.listener.stream_errors
+            if check.ok and down:
+                reason = "; ".join(f"bucket {bucket}: {error}" for bucket, error in sorted(down.items()))
+                check = readiness.Check(ok=False, state="failing", reason=reason)
+            checks["listen"] = check
+        if self._webhook_task is not None:
+            checks["webhook"] = _task_check(self._webhook_task)
+        if self._reconciler is not None:
+            checks["reconciler"] = _task_check(self._reconciler)
+        return checks
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        return readiness.answer(
+            sources=self.source_checks(),
+            database=await readiness.database(self.database),
+            storage=await readiness.storage(self.stores.default),
+        )
 
     def services_changed(self) -> None:
         """Called once a change to services is committed: follow the input buckets as they are now."""
@@ -274,7 +319,7 @@ class Runtime:
 
     async def start(self) -> None:
         _fast_child_watcher()
-        await recover(self.database)
+        await recover(self.database, jobs_die_with_manager=not self.backend.durable_submissions)
         await asyncio.to_thread(self._sweep_leftovers)
         reporter = DatabaseJobReporter(
             self.database,

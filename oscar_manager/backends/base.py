@@ -61,6 +61,10 @@ class JobReporter(Protocol):
 
     async def finished(self, job_id: str, *, outcome: JobOutcome) -> None: ...
 
+    async def retry_later(self, job_id: str, *, reason: str) -> None:
+        """The job could not run for a reason outside it (the store is read-only or full): run it again
+        after a backoff, instead of recording an end."""
+
     async def ended(self, job_ids: list[str]) -> set[str]:
         """Those of ``job_ids`` whose end is recorded already (a backend need not report them again)."""
         ...

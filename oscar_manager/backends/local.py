@@ -33,6 +33,7 @@ from oscar_manager.domain.jobs import JobOutcome, JobStatus
 from oscar_manager.domain.quantities import quantity_bytes, quantity_cores
 from oscar_manager.domain.service import Service, wants_network
 from oscar_manager.errors import OscarError
+from oscar_manager.storage.base import StorageFull, StorageUnavailable
 from oscar_manager.storage.blocking import run_blocking
 from oscar_manager.storage.providers import StoreResolver, Stores
 from oscar_manager.supervisor.answer import SyncAnswer, render_response
@@ -180,6 +181,11 @@ class LocalBackend:
         workspace = self._workspace()
         try:
             outcome = await self._job_outcome(request, workspace, supervisor_log)
+        except (StorageUnavailable, StorageFull) as exc:
+            # The store, not the script, failed: accepted work runs again once the store recovers.
+            log.warning("job %s will run again: %s", request.job_id, exc.message)
+            await self._reporter.retry_later(request.job_id, reason=exc.message)
+            return
         finally:
             await asyncio.to_thread(workspace.cleanup)
         await self._reporter.finished(request.job_id, outcome=outcome)
@@ -210,6 +216,8 @@ class LocalBackend:
                 status = JobStatus.SUCCEEDED
             else:
                 status = JobStatus.FAILED
+        except (StorageUnavailable, StorageFull):
+            raise  # not the job's end: it is retried (``_execute``)
         except OscarError as exc:
             slog.error(f"{type(exc).__name__}: {exc.message}")
             status = JobStatus.FAILED

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from asyncinotify import Event, Inotify, Mask, Watch
@@ -60,18 +61,21 @@ class LocalBucketWatcher:
         """Enqueue objects under service inputs that arrived after the service and have no event yet."""
         return await reconcile(self._store, await self._routes(), self._enqueue, principal=PRINCIPAL)
 
-    async def run(self) -> None:
+    async def run(self, up: Callable[[], None] = lambda: None) -> None:
+        """Watch the tree until a failure, which the supervisor answers by calling this again: every run
+        starts from a fresh inotify instance and an empty watch list, so nothing of a failed run (its
+        watches died with its instance) is taken for a live watch."""
         self._root.mkdir(parents=True, exist_ok=True)
         # sync_timeout=0: draining already-read events must never block the event loop.
         with Inotify(sync_timeout=0) as inotify:
             self._inotify = inotify
-            await asyncio.to_thread(self._watch_tree, self._root)
-            self.ready.set()
-            # Watches are in place: whatever arrived before (or while we were down) is found now.
-            found = await self.reconcile()
-            if found:
-                log.info("reconciled %d object(s) in local input folders", found)
+            self._watched.clear()
             try:
+                await asyncio.to_thread(self._watch_tree, self._root)
+                self.ready.set()
+                up()
+                # Watches are in place: whatever arrived before (or while we were down) is found now.
+                await self._catch_up()
                 # Either failing ends both, and the supervisor starts over with a new inotify.
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._follow_services())
@@ -87,6 +91,19 @@ class LocalBucketWatcher:
             self._rewalk.clear()
             async with self._watching:
                 await asyncio.to_thread(self._watch_tree, self._root)
+
+    async def _catch_up(self) -> None:
+        """The reconcile after (re)starting. Its failure (the registry cannot write: a full disk) must not
+        stop the watching that just began: the periodic reconcile finds the same objects later."""
+        try:
+            found = await self.reconcile()
+        except Exception as exc:
+            log.warning(
+                "reconciling the local input folders failed (the periodic reconcile retries): %s", exc
+            )
+            return
+        if found:
+            log.info("reconciled %d object(s) in local input folders", found)
 
     def _drain(self, inotify: Inotify) -> list[Event]:
         """Events already read and waiting: handled as one batch so routes are loaded once per batch."""

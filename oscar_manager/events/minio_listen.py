@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from oscar_manager.domain.events import InputRoute, object_events, watched
@@ -46,16 +47,18 @@ class MinioListener:
         self._route_sets: dict[str, frozenset[tuple[str, str]]] = {}
         self._wake = asyncio.Event()
         self.connected: set[str] = set()
+        self.stream_errors: dict[str, str] = {}  # bucket -> why its stream is down, while it is
 
     def wake(self) -> None:
         """Services changed: look at the input buckets again now."""
         self._wake.set()
 
-    async def run(self) -> None:
+    async def run(self, up: Callable[[], None] = lambda: None) -> None:
         try:
             while True:
                 self._wake.clear()
                 await self.refresh()
+                up()
                 await wait_or_timeout(self._wake, self._refresh_interval)
         finally:
             await self._stop_streams(set(self._streams))
@@ -86,6 +89,8 @@ class MinioListener:
 
     async def _stop_streams(self, buckets: set[str]) -> None:
         tasks = [self._streams.pop(bucket) for bucket in buckets]
+        for bucket in buckets:
+            self.stream_errors.pop(bucket, None)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -111,16 +116,20 @@ class MinioListener:
             try:
                 async with self._extras.listen(bucket) as records:
                     self.connected.add(bucket)
+                    self.stream_errors.pop(bucket, None)
                     delay = 0.5
                     # Subscribed: what arrived before (or while we were away) is found by listing.
                     await self._reconcile(await self._routes(), {bucket})
                     async for record in records:
                         await self._record(bucket, record)
                 log.warning("the event stream of bucket %s ended; reconnecting", bucket)
+                self.stream_errors[bucket] = "the event stream ended"
             except StorageError as exc:
+                self.stream_errors[bucket] = exc.message
                 log.warning("listening to bucket %s: %s; retrying in %.1f s", bucket, exc.message, delay)
-            except Exception:
+            except Exception as exc:
                 # The intake (database) may fail too: keep following; the reconcile will catch up.
+                self.stream_errors[bucket] = f"{type(exc).__name__}: {exc}"
                 log.exception("listening to bucket %s failed; retrying in %.1f s", bucket, delay)
             self.connected.discard(bucket)
             await asyncio.sleep(delay)

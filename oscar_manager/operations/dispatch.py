@@ -24,16 +24,26 @@ def backoff(attempt: int) -> float:
     return float(min(2 ** (attempt - 1), 300))
 
 
-async def recover(database: Database) -> int:
+_ORPHAN_LOG = "the manager stopped while this job was under way, and nothing queued it again\n"
+
+
+async def recover(database: Database, *, jobs_die_with_manager: bool = False) -> int:
     """At start-up: events a previous run claimed but never finished go back to the queue.
 
-    A job of the local executor dies with the manager, so it is run again; a Kubernetes Job that was
-    created answers 409 to the resubmission, which counts as done. Assumes one manager per database.
+    A job of the local executor dies with the manager, so it is run again (its row goes back to Pending
+    when it is claimed); one left Pending or Running with no event to run it again is marked Failed, so
+    none stays Running for ever. A Kubernetes Job that was created answers 409 to the resubmission, which
+    counts as done (its watcher reports its end). Assumes one manager per database.
     """
     async with database.transaction() as tx:
         released = await tx.events.release_claimed()
+        orphans = (
+            await tx.jobs.fail_unqueued(log=_ORPHAN_LOG, at=datetime.now(UTC)) if jobs_die_with_manager else 0
+        )
     if released:
         log.info("recovered %d event(s) left claimed by a previous run", released)
+    if orphans:
+        log.warning("marked %d job(s) left unfinished by a previous run as Failed", orphans)
     return released
 
 

@@ -6,7 +6,7 @@ import asyncio
 import base64
 import binascii
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,9 +17,13 @@ from oscar_manager.domain.jobs import JobLog, JobOutcome, JobRecord, JobStatus
 from oscar_manager.domain.principal import Principal
 from oscar_manager.errors import BadRequest, NotFound
 from oscar_manager.operations import services
+from oscar_manager.operations.dispatch import backoff
 from oscar_manager.registry import Database, Transaction
 
 logger = logging.getLogger(__name__)
+
+# At most this long between attempts to record a job's end.
+_MAX_RECORD_DELAY = 30.0
 
 # Job logs read at a time when recent ones are gathered (a log may hold up to the output budget).
 _LOG_BATCH = 20
@@ -61,15 +65,39 @@ class DatabaseJobReporter:
         await tx.jobs.mark_running_many(starts)
 
     async def finished(self, job_id: str, *, outcome: JobOutcome) -> None:
-        """Returns once the end is committed."""
+        """Returns once the end is committed: retried until it is (a full disk, the database away), so a
+        job never stays Running with its event claimed while the manager runs on."""
 
         async def record(tx: Transaction) -> None:
             await tx.jobs.finish(job_id, outcome=outcome)
             if self._complete_events:
                 await tx.events.complete_for_job(job_id)
 
-        await self._database.write(record)
+        await self._write_until_done(record, what=f"the end of job {job_id}")
         self._wake()
+
+    async def retry_later(self, job_id: str, *, reason: str) -> None:
+        """Back to the queue after a backoff (by the attempts so far), the job Pending meanwhile; never
+        failed for good, since the cause is the store and not the script."""
+
+        async def requeue(tx: Transaction) -> None:
+            delay = backoff(max(await tx.events.attempts_for_job(job_id), 1))
+            await tx.events.retry_for_job(job_id, error=reason, delay=delay)
+            await tx.jobs.requeue(job_id)
+
+        await self._write_until_done(requeue, what=f"the retry of job {job_id}")
+        self._wake()
+
+    async def _write_until_done(self, work: Callable[[Transaction], Awaitable[None]], *, what: str) -> None:
+        delay = 1.0
+        while True:
+            try:
+                await self._database.write(work)
+                return
+            except Exception as exc:
+                logger.warning("%s was not recorded (%s); retrying in %.0f s", what, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_RECORD_DELAY)
 
     async def ended(self, job_ids: list[str]) -> set[str]:
         async with self._database.reading() as tx:

@@ -47,9 +47,7 @@ def info(*, commit: str, execution: dict[str, Any], storage: dict[str, Any]) -> 
     }
 
 
-def storage(
-    settings: Settings, *, events: Mapping[str, int], status: Mapping[str, list[str]]
-) -> dict[str, Any]:
+def storage(settings: Settings, *, events: Mapping[str, int], status: Mapping[str, Any]) -> dict[str, Any]:
     """Where ``minio.default`` lives and how new objects reach the manager, with event counts."""
     return {
         "kind": "minio" if settings.uses_minio else "local",

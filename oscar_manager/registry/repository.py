@@ -224,6 +224,19 @@ class EventRepository:
             .values(status="pending", available_at=available, last_error=error)
         )
 
+    async def retry_for_job(self, job_id: str, *, error: str, delay: float) -> None:
+        """The job's event back to the queue, due after ``delay`` seconds."""
+        available = datetime.now(UTC) + timedelta(seconds=delay)
+        await self._session.execute(
+            update(EventRow)
+            .where(EventRow.job_id == job_id, EventRow.status == "claimed")
+            .values(status="pending", available_at=available, last_error=error)
+        )
+
+    async def attempts_for_job(self, job_id: str) -> int:
+        found = await self._session.scalar(select(EventRow.attempts).where(EventRow.job_id == job_id))
+        return int(found or 0)
+
     async def fail(self, event_id: int, *, error: str) -> None:
         await self._session.execute(
             update(EventRow).where(EventRow.id == event_id).values(status="failed", last_error=error)
@@ -334,6 +347,28 @@ class JobRepository:
                 log_times=None if outcome.log_times is None else logtimes.encode(outcome.log_times),
                 finished_at=outcome.finished_at,
             )
+        )
+
+    async def fail_unqueued(self, *, log: str, at: datetime) -> int:
+        """Jobs left Pending or Running by a previous process whose event is no longer queued (so nothing
+        will run or end them): marked Failed with ``log``. Only for a backend whose jobs die with it."""
+        queued = select(EventRow.id).where(
+            EventRow.job_id == JobRow.id, EventRow.status.in_(("pending", "claimed"))
+        )
+        result = await self._session.execute(
+            update(JobRow)
+            .where(JobRow.status.notin_(_FINISHED), ~queued.exists())
+            .values(status=JobStatus.FAILED.value, log=JobRow.log + log, finished_at=at)
+            .execution_options(synchronize_session=False)
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    async def requeue(self, job_id: str) -> None:
+        """A job that will run again: Pending until then (never undoing an end)."""
+        await self._session.execute(
+            update(JobRow)
+            .where(JobRow.id == job_id, JobRow.status.notin_(_FINISHED))
+            .values(status=JobStatus.PENDING.value)
         )
 
     async def ended(self, job_ids: list[str]) -> set[str]:

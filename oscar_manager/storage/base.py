@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,6 +16,34 @@ class StorageError(OscarError):
     """The storage backend failed (unreachable, refused): the caller may retry later."""
 
     status_code = 502
+
+
+class StorageUnavailable(StorageError):
+    """The store cannot take writes now (read-only, or refused by the file system): not the caller's
+    fault nor the script's, so accepted work is retried later."""
+
+    status_code = 503
+
+
+class StorageFull(StorageError):
+    """No space left in the store: 507 Insufficient Storage; accepted work is retried later."""
+
+    status_code = 507
+
+
+# Write failures that say the store (not the request) is at fault, and that pass once it recovers.
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+
+
+def os_storage_error(message: str, exc: OSError) -> StorageError:
+    """A file system's failure as the storage error it means: full (507), unwritable (503), else 502."""
+    message = f"{message}: {exc.strerror or exc}"
+    if exc.errno in _FULL:
+        return StorageFull(message)
+    if exc.errno in _UNWRITABLE:
+        return StorageUnavailable(message)
+    return StorageError(message)
 
 
 class InvalidKey(BadRequest):

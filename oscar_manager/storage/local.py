@@ -30,7 +30,14 @@ from typing import BinaryIO
 from oscar_manager.domain import generations
 from oscar_manager.errors import Conflict
 from oscar_manager.storage import folder_marks
-from oscar_manager.storage.base import BucketNotFound, InvalidKey, ObjectInfo, ObjectNotFound, StorageError
+from oscar_manager.storage.base import (
+    BucketNotFound,
+    InvalidKey,
+    ObjectInfo,
+    ObjectNotFound,
+    StorageError,
+    os_storage_error,
+)
 from oscar_manager.storage.blocking import run_blocking as _blocking
 from oscar_manager.storage.keys import validate_bucket, validate_key
 from oscar_manager.storage.nofollow import DIR_FLAGS, open_regular
@@ -91,7 +98,7 @@ def _is_valid_key(key: str, *, folder: bool = False) -> bool:
 
 
 def _storage_error(action: str, exc: OSError) -> StorageError:
-    return StorageError(f"local storage: cannot {action}: {exc.strerror or exc}")
+    return os_storage_error(f"local storage: cannot {action}", exc)
 
 
 def _open_dir(name: str, *, dir_fd: int, create: bool) -> int:
@@ -170,6 +177,20 @@ class LocalObjectStore:
     @property
     def root(self) -> Path:
         return self._root
+
+    def unwritable_reason(self) -> str:
+        """Why nothing can be stored now ("" when something can): for the readiness answer."""
+        try:
+            fs = os.statvfs(self._root)
+        except OSError as exc:
+            return f"cannot reach {str(self._root)!r}: {exc.strerror or exc}"
+        if fs.f_flag & os.ST_RDONLY:
+            return f"{str(self._root)!r} is on a read-only file system"
+        if fs.f_bavail == 0 or (fs.f_files and fs.f_favail == 0):
+            return f"no space left on the file system of {str(self._root)!r}"
+        if not os.access(self._root, os.W_OK):
+            return f"{str(self._root)!r} is not writable"
+        return ""
 
     # --- paths for the file watcher and the local job runner ---------------------------------------
 

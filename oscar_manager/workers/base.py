@@ -22,6 +22,23 @@ class _OwnedTask:
     def __init__(self, name: str) -> None:
         self.name = name
         self._task: asyncio.Task[None] | None = None
+        # What readiness and /system/info report: the last failure, cleared once the work goes well again.
+        self.last_error = ""
+        self.failures = 0  # in a row
+
+    @property
+    def state(self) -> str:
+        if self._task is None:
+            return "stopped"
+        return "failing" if self.failures else "running"
+
+    def _failed(self, exc: BaseException) -> None:
+        self.failures += 1
+        self.last_error = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
+
+    def _recovered(self) -> None:
+        self.failures = 0
+        self.last_error = ""
 
     async def _main(self) -> None:
         raise NotImplementedError
@@ -49,16 +66,15 @@ class LoopWorker(_OwnedTask):
         self._wake.set()
 
     async def _main(self) -> None:
-        failures = 0
         while True:
             self._wake.clear()
             try:
                 done = await self._run_once()
-                failures = 0
-            except Exception:
-                failures += 1
-                delay = min(self._interval * 2**failures, 60.0)
-                log.exception("%s failed (%d in a row); retrying in %.1f s", self.name, failures, delay)
+                self._recovered()
+            except Exception as exc:
+                self._failed(exc)
+                delay = min(self._interval * 2**self.failures, 60.0)
+                log.exception("%s failed (%d in a row); retrying in %.1f s", self.name, self.failures, delay)
                 await asyncio.sleep(delay)
                 continue
             if done:
@@ -67,23 +83,29 @@ class LoopWorker(_OwnedTask):
 
 
 class SupervisedTask(_OwnedTask):
-    """A long-running coroutine (a listener) restarted with backoff when it ends or fails."""
+    """A long-running coroutine (a listener) restarted with backoff when it ends or fails.
 
-    def __init__(self, name: str, run: Callable[[], Awaitable[None]], *, restart_delay: float = 1.0) -> None:
+    ``run`` calls the ``up`` it is given once it is working (watches or subscriptions in place): that
+    clears the failure count, so the backoff starts small again after the next failure, and readiness
+    reports the source as running."""
+
+    def __init__(
+        self, name: str, run: Callable[[Callable[[], None]], Awaitable[None]], *, restart_delay: float = 1.0
+    ) -> None:
         super().__init__(name)
         self._run = run
         self._restart_delay = restart_delay
 
     async def _main(self) -> None:
-        delay = self._restart_delay
         while True:
             try:
-                await self._run()
+                await self._run(self._recovered)
+                self._failed(RuntimeError("it ended"))
                 log.warning("%s ended; restarting", self.name)
-            except Exception:
-                log.exception("%s failed; restarting in %.1f s", self.name, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 60.0)
+            except Exception as exc:
+                self._failed(exc)
+                log.exception("%s failed (%d in a row); restarting", self.name, self.failures)
+            await asyncio.sleep(min(self._restart_delay * 2 ** (self.failures - 1), 60.0))
 
 
 class RetryingTask(_OwnedTask):
@@ -104,9 +126,11 @@ class RetryingTask(_OwnedTask):
             try:
                 await self._attempt()
             except Exception as exc:
+                self._failed(exc)
                 log.warning("%s: %s; retrying in %.1f s", self.name, getattr(exc, "message", exc), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)
                 continue
+            self._recovered()
             self.done.set()
             return

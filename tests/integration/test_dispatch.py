@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -211,3 +212,32 @@ async def test_a_batch_that_breaks_in_the_background_is_logged(
     assert "a bug in the backend" in failed[0].getMessage()
     assert await event_status(database) == {"claimed": 1}
     await dispatcher.stop()
+
+
+async def test_jobs_a_previous_process_left_unfinished_are_rerun_or_marked_failed(database: Database) -> None:
+    """At start-up, with a backend whose jobs die with the manager: a job whose event is still claimed
+    runs again (back to Pending); one left Running with no event to run it again (here its event was
+    completed by hand) is marked Failed instead of staying Running for ever."""
+    rerun = await one_event(database, fresh=True)
+    orphan = await one_event(database, fresh=True)
+    backend = FlakyBackend(failures=0, durable=False)
+    assert await Dispatcher(database, backend, max_attempts=3).dispatch_once() == 2
+    async with database.transaction() as tx:
+        await tx.jobs.mark_running_many({rerun: datetime.now(UTC), orphan: datetime.now(UTC)})
+        await tx.events.complete_for_job(orphan)
+
+    assert await recover(database, jobs_die_with_manager=True) == 1
+    async with database.transaction() as tx:
+        left = await tx.jobs.get("cowsay", orphan)
+        log = await tx.jobs.log("cowsay", orphan)
+    assert left is not None
+    assert left.status is JobStatus.FAILED
+    assert log is not None
+    assert "the manager stopped" in log.text
+    again = FlakyBackend(failures=0, durable=False)
+    assert await Dispatcher(database, again, max_attempts=3).dispatch_once() == 1
+    assert again.accepted == [rerun]
+    async with database.transaction() as tx:
+        job = await tx.jobs.get("cowsay", rerun)
+    assert job is not None
+    assert job.status is JobStatus.PENDING

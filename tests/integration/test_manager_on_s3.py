@@ -369,6 +369,11 @@ async def test_minio_down_while_events_flow_loses_nothing(
                 f"/job/{name}", content=b"aGk=", headers={"Authorization": f"Bearer {token}"}
             )
             assert direct.status_code == 201
+            # Readiness shows the fault while it lasts: the store does not answer.
+            ready = await http.get("/health", params={"ready": "1"})
+            assert ready.status_code == 503
+            assert ready.json()["storage"]["ok"] is False
+            assert ready.json()["storage"]["reason"]
             await asyncio.to_thread(server.revive)
             # Uploaded before the listener is back: found by the reconcile that follows its reconnect.
             s3.put_object(Bucket=name, Key="in/after.txt", Body=b"after")
@@ -379,6 +384,10 @@ async def test_minio_down_while_events_flow_loses_nothing(
             assert len(await all_jobs(http, name)) == 3
             assert await wait_for_object(s3, name, "out/after.txt") == b"AFTER"
             assert sorted(job["status"] for job in jobs.values()).count("Succeeded") >= 2
+            deadline = time.monotonic() + 30
+            while (ready := await http.get("/health", params={"ready": "1"})).status_code != 200:
+                assert time.monotonic() < deadline, ready.text
+                await asyncio.sleep(0.1)
     finally:
         await asyncio.to_thread(server.stop)
 

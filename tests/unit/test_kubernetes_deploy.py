@@ -234,14 +234,25 @@ async def test_the_probes_ask_a_path_the_app_serves_without_credentials(tmp_path
     # The routes as the app publishes them (routers are nested: the OpenAPI paths list them all).
     served = {(path, method.upper()) for path, item in app.openapi()["paths"].items() for method in item}
     ports = {p["name"]: p["containerPort"] for p in container()["ports"]}
-    probes = [container()[kind] for kind in ("startupProbe", "livenessProbe", "readinessProbe")]
+    probes = {kind: container()[kind] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://probe") as http:
-        for probe in probes:
+        for kind, probe in probes.items():
             path, port = probe["httpGet"]["path"], probe["httpGet"]["port"]
-            assert (path, "GET") in served
+            assert (path.partition("?")[0], "GET") in served
             assert (ports[port] if isinstance(port, str) else port) == settings_from_env().oscar_service_port
-            assert (await http.get(path)).status_code == 200  # as the kubelet asks: no credentials
+            answer = await http.get(path)  # as the kubelet asks: no credentials
+            if kind == "readinessProbe":
+                # The readiness answer: JSON saying what is down (here nothing runs: not started).
+                assert answer.status_code == 503
+                assert answer.json()["ready"] is False
+            else:
+                assert answer.status_code == 200
+
+
+def test_the_readiness_probe_asks_for_readiness_and_the_liveness_probe_does_not() -> None:
+    assert container()["readinessProbe"]["httpGet"]["path"] == "/health?ready=1"
+    assert container()["livenessProbe"]["httpGet"]["path"] == "/health"
 
 
 # --- Pod Security --------------------------------------------------------------------------------------

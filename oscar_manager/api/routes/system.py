@@ -16,7 +16,7 @@ async def get_info(
     request: Request, backend: BackendDep, settings: SettingsDep, intake: IntakeDep, _caller: CallerDep
 ) -> dict[str, Any]:
     commit: str = request.app.state.git_commit
-    status: dict[str, list[str]] = request.app.state.event_status()
+    status: dict[str, Any] = request.app.state.event_status()
     return system.info(
         commit=commit,
         execution=backend.describe(),

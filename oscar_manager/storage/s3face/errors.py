@@ -11,7 +11,7 @@ from oscar_manager.errors import (
     PayloadTooLarge,
     Unauthorized,
 )
-from oscar_manager.storage.base import BucketNotFound, InvalidKey, ObjectNotFound
+from oscar_manager.storage.base import BucketNotFound, InvalidKey, ObjectNotFound, StorageUnavailable
 
 
 class S3Error(OscarError):
@@ -25,6 +25,7 @@ class S3Error(OscarError):
 
 # The manager's own errors, as an S3 client expects to see them (most specific first).
 _CODES: list[tuple[type[OscarError], str]] = [
+    (StorageUnavailable, "ServiceUnavailable"),
     (BucketNotFound, "NoSuchBucket"),
     (ObjectNotFound, "NoSuchKey"),
     (InvalidKey, "InvalidArgument"),

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from oscar_manager.storage.base import os_storage_error
 from oscar_manager.storage.blocking import run_blocking
 from oscar_manager.storage.local import COPY_CHUNK
 from oscar_manager.storage.s3face.errors import S3Error
@@ -51,8 +52,11 @@ class MultipartUploads:
 
         def create() -> None:
             folder = self._root / upload_id
-            folder.mkdir(parents=True)
-            (folder / "target").write_text(json.dumps({"bucket": bucket, "key": key}))
+            try:
+                folder.mkdir(parents=True)
+                (folder / "target").write_text(json.dumps({"bucket": bucket, "key": key}))
+            except OSError as exc:
+                raise os_storage_error("cannot start a multipart upload", exc) from None
 
         await run_blocking(create)
         return upload_id
@@ -66,7 +70,10 @@ class MultipartUploads:
         folder = await run_blocking(lambda: self._folder(upload_id, bucket, key))
         staged = folder / f".{number}.{secrets.token_hex(6)}"
         digest = hashlib.md5(usedforsecurity=False)
-        out = await run_blocking(lambda: staged.open("xb"))
+        try:
+            out = await run_blocking(lambda: staged.open("xb"))
+        except OSError as exc:
+            raise os_storage_error(f"cannot store part {number}", exc) from None
         try:
             pending = bytearray()
             async for chunk in chunks:
@@ -79,8 +86,11 @@ class MultipartUploads:
             await run_blocking(out.close)
             etag = digest.hexdigest()
             await run_blocking(lambda: os.replace(staged, folder / f"{number}.{etag}"))
+        except OSError as exc:
+            raise os_storage_error(f"cannot store part {number}", exc) from None
         finally:
-            out.close()
+            with contextlib.suppress(OSError):  # a failed write's buffer cannot be flushed either
+                out.close()
             with contextlib.suppress(FileNotFoundError):
                 staged.unlink()
         return etag

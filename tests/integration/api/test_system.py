@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from oscar_manager.settings import Settings
-from tests.support.app import app_client
+from tests.support.app import NO_AUTH, app_client
 from tests.support.components import free_port
 from tests.support.factories import ADMIN_PASSWORD, service_body
 
@@ -86,6 +86,30 @@ async def test_info(client: httpx.AsyncClient) -> None:
     assert info["architecture"]
     assert isinstance(info["kubernetes_version"], str)
     assert "serverless_backend" not in info
+
+
+async def test_info_and_readiness_show_each_event_source_state(settings: Settings) -> None:
+    """Local storage: the folder watcher and the periodic reconcile that backs it up, each running."""
+    async with app_client(settings) as client:
+        await _states_and_readiness(client)
+
+
+async def _states_and_readiness(client: httpx.AsyncClient) -> None:
+    states = (await client.get("/system/info")).json()["storage"]["source_states"]
+    assert states == {
+        "folder-watch": {"state": "running", "last_error": ""},
+        "reconciler": {"state": "running", "last_error": ""},
+    }
+    ready = await client.get("/health", params={"ready": "1"}, auth=NO_AUTH)
+    assert ready.status_code == 200, ready.text
+    body = ready.json()
+    assert body["ready"] is True
+    assert body["database"] == {"ok": True}
+    assert body["storage"] == {"ok": True}
+    assert body["event_sources"]["folder-watch"] == {"ok": True, "state": "running"}
+    # The liveness probe stays plain.
+    live = await client.get("/health", auth=NO_AUTH)
+    assert live.text == "Ok"
 
 
 @pytest.mark.parametrize("path", ["/system/config", "/system/config/"])
