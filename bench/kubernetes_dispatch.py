@@ -36,7 +36,7 @@ from kubernetes_asyncio import client
 
 from oscar_manager.app import create_app
 from oscar_manager.backends import manifests
-from oscar_manager.backends.kubernetes import without_environment_lookups
+from oscar_manager.backends.kube_client import without_environment_lookups
 from oscar_manager.domain.service import MinioDefault, normalise_new, parse_service
 from oscar_manager.registry.migrations import upgrade
 from oscar_manager.settings import Settings

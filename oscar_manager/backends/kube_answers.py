@@ -1,7 +1,7 @@
 """What the Kubernetes API server's refusals say, read from their status code and ``Status`` body.
 
 Pure: it works on anything with the attributes of kubernetes-asyncio's ``ApiException`` (``status``,
-``reason``, ``body``), so that only ``backends/kubernetes.py`` imports the client library.
+``reason``, ``body``), so that only the Kubernetes backend's modules import the client library.
 """
 
 from __future__ import annotations

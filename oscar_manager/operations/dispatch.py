@@ -12,7 +12,8 @@ from oscar_manager.domain.jobs import JobOutcome, JobStatus
 from oscar_manager.domain.service import Service
 from oscar_manager.operations.ratelimit import RateLimiter
 from oscar_manager.registry import Database, Transaction
-from oscar_manager.registry.repository import ClaimedEvent, PreparedJob
+from oscar_manager.registry.event_repository import ClaimedEvent
+from oscar_manager.registry.job_repository import PreparedJob
 
 log = logging.getLogger(__name__)
 

@@ -2,9 +2,12 @@
 
 One code path serves PostgreSQL (asyncpg) and SQLite (aiosqlite); what differs between them is confined
 to ``database.py`` (engines, locking) and ``hot_statements.py`` (which ``INSERT`` has ``ON CONFLICT``).
+Every query lives in a repository, one a module (``service_repository``, ``event_repository``,
+``job_repository``, ``mark_repository``): they turn rows into domain objects and back, and flush but never
+commit (the transaction belongs to ``Database.transaction``).
 """
 
 from oscar_manager.registry.database import Database, Transaction, WriteBatch
-from oscar_manager.registry.repository import NewEvent
+from oscar_manager.registry.event_repository import NewEvent
 
 __all__ = ["Database", "NewEvent", "Transaction", "WriteBatch"]

@@ -16,12 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from oscar_manager.domain.service import Service
 from oscar_manager.registry import sqlite_inline
-from oscar_manager.registry.repository import (
-    EventRepository,
-    JobRepository,
-    MarkRepository,
-    ServiceRepository,
-)
+from oscar_manager.registry.event_repository import EventRepository
+from oscar_manager.registry.job_repository import JobRepository
+from oscar_manager.registry.mark_repository import MarkRepository
+from oscar_manager.registry.service_repository import ServiceRepository
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from oscar_manager.domain.jobs import JobStatus
 from oscar_manager.registry.tables import EventRow, JobRow
@@ -84,3 +85,9 @@ def hot_statements(dialect: str) -> HotStatements:
         .where(JOBS.c.id == bindparam("job_id"), JOBS.c.status == JobStatus.PENDING.value)
         .values(status=JobStatus.RUNNING.value, started_at=bindparam("at")),
     )
+
+
+async def on_connection(session: AsyncSession) -> tuple[AsyncConnection, HotStatements]:
+    """The session's connection, and the prebuilt statements for its database."""
+    connection = await session.connection()
+    return connection, hot_statements(connection.dialect.name)

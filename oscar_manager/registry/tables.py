@@ -1,8 +1,11 @@
-"""Table definitions. Alembic migrations in ``migrations/`` create them; a test checks the two agree."""
+"""Table definitions. Alembic migrations in ``migrations/`` create them; a test checks the two agree.
+
+Also ``aware``: how the repositories read back the times stored in them.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Index, Integer, LargeBinary, MetaData, String, Text
@@ -95,3 +98,8 @@ class JobRow(Base):
 
     # Listing a service's jobs newest first, paged by (created_at, id).
     __table_args__ = (Index("ix_jobs_service_created_at_id", "service", "created_at", "id"),)
+
+
+def aware(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes even for timezone-aware columns; everything we store is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

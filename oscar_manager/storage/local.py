@@ -10,24 +10,24 @@ Every operation on a missing bucket raises ``BucketNotFound``; a missing object 
 ``None`` (``stat``), ``False`` (``delete_object``) or ``ObjectNotFound``. A key that cannot be a file
 because of what is already on disk (``a`` is a folder, or ``a`` is a file and ``a/b`` is written) is a
 ``Conflict``.
+
+The class keeps the buckets' layout and what each operation means; the steps it is built from live beside
+it: ``local_dirs`` (the no-follow walk), ``local_files`` (staged writes, copies, chunked reads) and
+``local_listing`` (object infos and the listing walk).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import os
 import secrets
 import shutil
 import stat as stat_module
-import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
 
-from oscar_manager.domain import generations
 from oscar_manager.errors import Conflict
 from oscar_manager.storage import folder_marks
 from oscar_manager.storage.base import (
@@ -36,135 +36,25 @@ from oscar_manager.storage.base import (
     ObjectInfo,
     ObjectNotFound,
     StorageError,
-    os_storage_error,
 )
 from oscar_manager.storage.blocking import run_blocking as _blocking
 from oscar_manager.storage.keys import validate_bucket, validate_key
-from oscar_manager.storage.nofollow import DIR_FLAGS, open_regular
+from oscar_manager.storage.local_dirs import ABSENT, NOT_A_DIR, descend, open_dir
+from oscar_manager.storage.local_files import (
+    COPY_CHUNK,
+    READ_CHUNK,
+    NewFile,
+    copy_out,
+    open_source,
+    read_chunks,
+    read_range,
+    storage_error,
+    write_coalesced,
+)
+from oscar_manager.storage.local_listing import file_etag, list_tree, mtime, object_info
+from oscar_manager.storage.nofollow import open_regular
 
 STAGING = ".staging"
-READ_CHUNK = 64 * 1024
-# File-to-file copies and coalesced small upload chunks cross into threads in pieces of this size.
-COPY_CHUNK = 1024 * 1024
-
-
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-# "Something that is not a directory (a file, a symlink) sits where a directory should be."
-_NOT_A_DIR = (errno.ENOTDIR, errno.ELOOP)
-# Reasons a key cannot name an existing object.
-_ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG)
-
-
-def file_etag(st: os.stat_result) -> str:
-    """The ETag of a local file: changes whenever the file is replaced or rewritten."""
-    return f"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"
-
-
-def _mtime(st: os.stat_result) -> datetime:
-    seconds, nanoseconds = divmod(st.st_mtime_ns, 1_000_000_000)
-    return datetime.fromtimestamp(seconds, UTC) + timedelta(microseconds=nanoseconds // 1000)
-
-
-def _info(bucket: str, key: str, st: os.stat_result) -> ObjectInfo:
-    return ObjectInfo(
-        bucket=bucket,
-        key=key,
-        size=st.st_size,
-        last_modified=_mtime(st),
-        etag=file_etag(st),
-        # The write's time, as stamped by ``_NewFile.close`` (or by the kernel for files written by others).
-        generation=generations.from_nanoseconds(st.st_mtime_ns),
-    )
-
-
-def _marker(bucket: str, key: str, st: os.stat_result) -> ObjectInfo:
-    """A folder as the empty object S3 servers keep for it (its ETag is the MD5 of nothing)."""
-    return ObjectInfo(
-        bucket=bucket,
-        key=key,
-        size=0,
-        last_modified=_mtime(st),
-        etag=folder_marks.EMPTY_ETAG,
-        generation=generations.from_nanoseconds(st.st_mtime_ns),
-    )
-
-
-def _is_valid_key(key: str, *, folder: bool = False) -> bool:
-    try:
-        validate_key(key, folder=folder)
-    except InvalidKey:
-        return False
-    return True
-
-
-def _storage_error(action: str, exc: OSError) -> StorageError:
-    return os_storage_error(f"local storage: cannot {action}", exc)
-
-
-def _open_dir(name: str, *, dir_fd: int, create: bool) -> int:
-    try:
-        return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
-    except FileNotFoundError:
-        if not create:
-            raise
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(name, dir_fd=dir_fd)
-    return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
-
-
-def _descend(fd: int, names: list[str], *, create: bool) -> int:
-    """Walk from directory ``fd`` (consumed) through ``names``; the last directory's descriptor."""
-    try:
-        for name in names:
-            next_fd = _open_dir(name, dir_fd=fd, create=create)
-            os.close(fd)
-            fd = next_fd
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-class _NewFile:
-    """A file being written under a temporary name; ``discard`` removes every trace of it.
-
-    The path is chosen before the file is created, so cleanup knows it even if creation was cancelled.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.out: BinaryIO | None = None
-
-    def create(self) -> None:
-        # Not mkstemp: the file gets the usual umask-based mode (0600 would lock out job containers).
-        self.out = os.fdopen(os.open(self.path, _CREATE_FLAGS, 0o666), "wb")
-
-    def write(self, data: bytes | bytearray) -> None:
-        assert self.out is not None
-        self.out.write(data)
-
-    def close(self, *, stamp: bool = False) -> os.stat_result:
-        """Close the file; its stat as written (a rename keeps inode, size and mtime).
-
-        ``stamp``: set its modification time to now, precisely: the time of this write that every
-        listing and the watcher read back as its generation. The kernel's own file times tick in jiffies
-        (several milliseconds), so two uploads in a row could otherwise look like one write.
-        """
-        assert self.out is not None
-        self.out.flush()
-        if stamp:
-            now = time.time_ns()
-            os.utime(self.out.fileno(), ns=(now, now))
-        st = os.fstat(self.out.fileno())
-        self.out.close()
-        return st
-
-    def discard(self) -> None:
-        if self.out is not None:
-            with contextlib.suppress(OSError):
-                self.out.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
 
 
 class LocalObjectStore:
@@ -226,14 +116,14 @@ class LocalObjectStore:
         except FileNotFoundError:
             raise missing from None
         except OSError as exc:
-            raise _storage_error(f"open the storage root {str(self._root)!r}", exc) from None
+            raise storage_error(f"open the storage root {str(self._root)!r}", exc) from None
         try:
-            return _open_dir(bucket, dir_fd=root_fd, create=create)
+            return open_dir(bucket, dir_fd=root_fd, create=create)
         except FileNotFoundError:
             raise missing from None
         except OSError as exc:
-            if exc.errno not in _NOT_A_DIR:
-                raise _storage_error(f"open bucket {bucket!r}", exc) from None
+            if exc.errno not in NOT_A_DIR:
+                raise storage_error(f"open bucket {bucket!r}", exc) from None
             if create:
                 raise StorageError(f"local storage: {bucket!r} exists and is not a directory") from None
             raise missing from None
@@ -246,13 +136,13 @@ class LocalObjectStore:
     def _ensure_folder(self, bucket: str, folder: str) -> None:
         fd = self._open_bucket(bucket, create=True)
         try:
-            folder_fd = _descend(fd, self._segments(bucket, folder), create=True)
+            folder_fd = descend(fd, self._segments(bucket, folder), create=True)
             try:
                 folder_marks.mark(folder_fd)
             finally:
                 os.close(folder_fd)
         except OSError as exc:
-            if exc.errno in _NOT_A_DIR:
+            if exc.errno in NOT_A_DIR:
                 raise Conflict(
                     f"cannot create folder {folder!r} in bucket {bucket!r}: a file or symlink is in the way"
                 ) from None
@@ -260,7 +150,7 @@ class LocalObjectStore:
                 raise InvalidKey(
                     f"invalid folder {folder!r}: a segment is too long for the filesystem"
                 ) from None
-            raise _storage_error(f"create folder {folder!r} in bucket {bucket!r}", exc) from None
+            raise storage_error(f"create folder {folder!r} in bucket {bucket!r}", exc) from None
 
     def _bucket_exists(self, bucket: str) -> bool:
         try:
@@ -268,7 +158,7 @@ class LocalObjectStore:
         except FileNotFoundError:
             return False
         except OSError as exc:
-            raise _storage_error(f"check bucket {bucket!r}", exc) from None
+            raise storage_error(f"check bucket {bucket!r}", exc) from None
 
     def _list_buckets(self) -> list[str]:
         try:
@@ -277,7 +167,7 @@ class LocalObjectStore:
         except FileNotFoundError:
             return []
         except OSError as exc:
-            raise _storage_error("list buckets", exc) from None
+            raise storage_error("list buckets", exc) from None
         names = []
         for name in candidates:
             with contextlib.suppress(InvalidKey):  # .staging, and directories nobody could address
@@ -285,56 +175,21 @@ class LocalObjectStore:
         return sorted(names)
 
     def _list_objects(self, bucket: str, prefix: str, *, markers: bool = False) -> list[ObjectInfo]:
-        found: list[ObjectInfo] = []
-
-        # Depth first, holding one descriptor per level (depth is bounded by the key length), never
-        # one per pending sibling.
-        def walk(fd: int, folder: str) -> None:
-            with os.scandir(fd) as scan:
-                entries = list(scan)
-            for entry in entries:
-                key = folder + entry.name
-                if entry.is_dir(follow_symlinks=False):
-                    sub = key + "/"
-                    # String-prefix semantics: only descend where a match is still possible.
-                    if not (sub.startswith(prefix) or prefix.startswith(sub)):
-                        continue
-                    if not _is_valid_key(sub, folder=True):
-                        continue
-                    try:
-                        sub_fd = _open_dir(entry.name, dir_fd=fd, create=False)
-                    except OSError as exc:  # replaced since scandir saw it
-                        if exc.errno in _ABSENT:
-                            continue
-                        raise
-                    try:
-                        if markers and sub.startswith(prefix) and folder_marks.is_marked(sub_fd):
-                            found.append(_marker(bucket, sub, os.fstat(sub_fd)))
-                        walk(sub_fd, sub)
-                    finally:
-                        os.close(sub_fd)
-                # A file named so that it could not be read back is not an object.
-                elif key.startswith(prefix) and entry.is_file(follow_symlinks=False) and _is_valid_key(key):
-                    with contextlib.suppress(FileNotFoundError):
-                        found.append(_info(bucket, key, entry.stat(follow_symlinks=False)))
-
         fd = self._open_bucket(bucket)
         try:
-            walk(fd, "")
+            return list_tree(fd, bucket, prefix, markers=markers)
         except OSError as exc:
-            raise _storage_error(f"list bucket {bucket!r}", exc) from None
+            raise storage_error(f"list bucket {bucket!r}", exc) from None
         finally:
             os.close(fd)
-        found.sort(key=lambda info: info.key)
-        return found
 
     def _open_parent(self, bucket: str, segments: list[str]) -> int | None:
         """The directory holding the object named by ``segments``, or ``None`` if there is none."""
         fd = self._open_bucket(bucket)
         try:
-            return _descend(fd, segments[:-1], create=False)
+            return descend(fd, segments[:-1], create=False)
         except OSError as exc:
-            if exc.errno in _ABSENT:
+            if exc.errno in ABSENT:
                 return None
             raise
 
@@ -349,10 +204,10 @@ class LocalObjectStore:
             finally:
                 os.close(parent)
         except OSError as exc:
-            if exc.errno in _ABSENT:
+            if exc.errno in ABSENT:
                 return None
-            raise _storage_error(f"stat {bucket}/{key}", exc) from None
-        return _info(bucket, key, st) if stat_module.S_ISREG(st.st_mode) else None
+            raise storage_error(f"stat {bucket}/{key}", exc) from None
+        return object_info(bucket, key, st) if stat_module.S_ISREG(st.st_mode) else None
 
     def _open_object(self, bucket: str, key: str) -> tuple[int, os.stat_result]:
         segments = self._segments(bucket, key)
@@ -365,24 +220,24 @@ class LocalObjectStore:
                 finally:
                     os.close(parent)
         except OSError as exc:
-            if exc.errno not in _ABSENT:
-                raise _storage_error(f"read {bucket}/{key}", exc) from None
+            if exc.errno not in ABSENT:
+                raise storage_error(f"read {bucket}/{key}", exc) from None
         if opened is None:
             raise ObjectNotFound(f"object {key!r} not found in bucket {bucket!r}")
         return opened
 
-    def _publish(self, staged: _NewFile, bucket: str, key: str) -> ObjectInfo:
+    def _publish(self, staged: NewFile, bucket: str, key: str) -> ObjectInfo:
         segments = self._segments(bucket, key)
         try:
             # Stat before the rename: afterwards the name may already hold a concurrent put's file.
             st = staged.close(stamp=True)
-            parent = _descend(self._open_bucket(bucket), segments[:-1], create=True)
+            parent = descend(self._open_bucket(bucket), segments[:-1], create=True)
             try:
                 os.replace(staged.path, segments[-1], dst_dir_fd=parent)
             finally:
                 os.close(parent)
         except OSError as exc:
-            if exc.errno in _NOT_A_DIR:
+            if exc.errno in NOT_A_DIR:
                 raise Conflict(
                     f"cannot store {key!r}: a file or symlink is in the way of its folder"
                 ) from None
@@ -392,8 +247,8 @@ class LocalObjectStore:
                 raise InvalidKey(
                     f"invalid object key {key!r}: a segment is too long for the filesystem"
                 ) from None
-            raise _storage_error(f"store {bucket}/{key}", exc) from None
-        return _info(bucket, key, st)
+            raise storage_error(f"store {bucket}/{key}", exc) from None
+        return object_info(bucket, key, st)
 
     def _delete(self, bucket: str, key: str) -> bool:
         segments = self._segments(bucket, key)
@@ -410,9 +265,9 @@ class LocalObjectStore:
             finally:
                 os.close(parent)
         except OSError as exc:
-            if exc.errno in _ABSENT:
+            if exc.errno in ABSENT:
                 return False
-            raise _storage_error(f"delete {bucket}/{key}", exc) from None
+            raise storage_error(f"delete {bucket}/{key}", exc) from None
         return True
 
     # --- the ObjectStore protocol ---------------------------------------------------------------
@@ -441,7 +296,7 @@ class LocalObjectStore:
             found = []
             for name in self._list_buckets():
                 with contextlib.suppress(FileNotFoundError):
-                    found.append((name, _mtime(os.lstat(self._root / name))))
+                    found.append((name, mtime(os.lstat(self._root / name))))
             return found
 
         return await _blocking(listed)
@@ -460,18 +315,9 @@ class LocalObjectStore:
         """Store ``source``'s content; ``source`` must be a regular file (a symlink is refused)."""
         self.object_path(bucket, key)
 
-        def open_source() -> int:
-            try:
-                opened = open_regular(source)
-            except OSError as exc:
-                raise _storage_error(f"read {str(source)!r}", exc) from None
-            if opened is None:
-                raise StorageError(f"local storage: {str(source)!r} is not a regular file")
-            return opened[0]
-
-        fd = await _blocking(open_source, discard=os.close)
+        fd = await _blocking(lambda: open_source(source), discard=os.close)
         try:
-            return await self.put_stream(bucket, key, _read_chunks(fd, COPY_CHUNK, str(source)))
+            return await self.put_stream(bucket, key, read_chunks(fd, COPY_CHUNK, str(source)))
         finally:
             os.close(fd)
 
@@ -479,7 +325,7 @@ class LocalObjectStore:
         self.object_path(bucket, key)
         # Refuse an unknown bucket before consuming the stream (_publish checks again).
         await _blocking(lambda: os.close(self._open_bucket(bucket)))
-        staged = _NewFile(str(self._staging / f"{secrets.token_hex(12)}.part"))
+        staged = NewFile(str(self._staging / f"{secrets.token_hex(12)}.part"))
 
         def create() -> None:
             os.makedirs(self._staging, exist_ok=True)
@@ -489,26 +335,14 @@ class LocalObjectStore:
             try:
                 staged.write(data)
             except OSError as exc:
-                raise _storage_error(f"store {bucket}/{key}", exc) from None
+                raise storage_error(f"store {bucket}/{key}", exc) from None
 
         try:
             try:
                 await _blocking(create)
             except OSError as exc:
-                raise _storage_error(f"create a temporary file in {str(self._staging)!r}", exc) from None
-            # An HTTP body can arrive a few bytes at a time: coalesce so that each thread hop writes a
-            # useful amount, with memory bounded by COPY_CHUNK.
-            pending = bytearray()
-            async for chunk in chunks:
-                if not pending and len(chunk) >= COPY_CHUNK:
-                    await _blocking(functools.partial(write, chunk))
-                    continue
-                pending += chunk
-                if len(pending) >= COPY_CHUNK:
-                    await _blocking(functools.partial(write, pending))
-                    pending.clear()
-            if pending:
-                await _blocking(functools.partial(write, pending))
+                raise storage_error(f"create a temporary file in {str(self._staging)!r}", exc) from None
+            await write_coalesced(chunks, write)
             return await _blocking(lambda: self._publish(staged, bucket, key))
         finally:
             # After a successful publish the temporary name is gone and this only closes the file.
@@ -518,32 +352,13 @@ class LocalObjectStore:
         """Copy the object to ``target`` (replaced atomically; parent directories are created)."""
         self.object_path(bucket, key)
         fd, st = await _blocking(lambda: self._open_object(bucket, key), discard=lambda r: os.close(r[0]))
-        staged = _NewFile(str(target.parent / f".{target.name}.{secrets.token_hex(6)}.part"))
-
-        def create() -> None:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            staged.create()
-
-        def copy() -> bool:
-            data = os.read(fd, COPY_CHUNK)
-            staged.write(data)
-            return bool(data)
-
-        def finish() -> None:
-            staged.close()
-            os.replace(staged.path, target)
-
         try:
-            await _blocking(create)
-            while await _blocking(copy):
-                pass
-            await _blocking(finish)
+            await copy_out(fd, target)
         except OSError as exc:
-            raise _storage_error(f"copy {bucket}/{key} to {str(target)!r}", exc) from None
+            raise storage_error(f"copy {bucket}/{key} to {str(target)!r}", exc) from None
         finally:
             os.close(fd)
-            await _blocking(staged.discard)
-        return _info(bucket, key, st)
+        return object_info(bucket, key, st)
 
     async def read_stream(
         self, bucket: str, key: str, *, start: int = 0, end: int | None = None, etag: str | None = None
@@ -558,10 +373,10 @@ class LocalObjectStore:
                 raise ObjectNotFound(f"object {key!r} in bucket {bucket!r} changed while being read")
             what = f"{bucket}/{key}"
             if start == 0 and end is None:
-                async for chunk in _read_chunks(fd, READ_CHUNK, what):
+                async for chunk in read_chunks(fd, READ_CHUNK, what):
                     yield chunk
             else:
-                async for chunk in _read_range(fd, start, end, what):
+                async for chunk in read_range(fd, start, end, what):
                     yield chunk
         finally:
             os.close(fd)
@@ -604,7 +419,7 @@ class LocalObjectStore:
                 os.makedirs(self._staging, exist_ok=True)
                 os.rename(self._root / bucket, doomed)
             except OSError as exc:
-                raise _storage_error(f"delete bucket {bucket!r}", exc) from None
+                raise storage_error(f"delete bucket {bucket!r}", exc) from None
             shutil.rmtree(doomed, ignore_errors=True)
 
         await _blocking(remove)
@@ -612,31 +427,3 @@ class LocalObjectStore:
 
     async def presigned_url(self, bucket: str, key: str, *, method: str, expires_in: int) -> str | None:
         return None  # folders cannot sign: the manager serves signed URLs (``/storage/...``) instead
-
-
-async def _read_range(fd: int, start: int, end: int | None, what: str) -> AsyncIterator[bytes]:
-    position = start
-
-    def read() -> bytes:
-        size = READ_CHUNK if end is None else min(READ_CHUNK, end + 1 - position)
-        if size <= 0:
-            return b""
-        try:
-            return os.pread(fd, size, position)
-        except OSError as exc:
-            raise _storage_error(f"read {what}", exc) from None
-
-    while data := await _blocking(read):
-        position += len(data)
-        yield data
-
-
-async def _read_chunks(fd: int, size: int, what: str) -> AsyncIterator[bytes]:
-    def read() -> bytes:
-        try:
-            return os.read(fd, size)
-        except OSError as exc:
-            raise _storage_error(f"read {what}", exc) from None
-
-    while data := await _blocking(read):
-        yield data

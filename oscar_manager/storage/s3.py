@@ -27,24 +27,20 @@ listed as objects. Differences that S3 imposes:
 - ``put_stream`` reads up to one part (8 MiB) before its first request, so an unknown bucket is reported
   after that much of the stream has been consumed.
 
-Every botocore, aiobotocore and aiohttp exception is converted to the errors of ``storage.base``; this
-module and ``storage.s3_client`` (which configures the client) are the only ones that import them.
+Every botocore, aiobotocore and aiohttp exception is converted to the errors of ``storage.base``
+(``storage.s3_errors``). The parts of the adapter live beside this class: ``s3_client`` (configures the
+client), ``s3_errors``, ``s3_answers`` (reads the answers), ``s3_upload`` (streamed and multipart puts) and
+``s3_files`` (upload sources and staged downloads).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
-import logging
-import os
-import secrets
-import stat as stat_module
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, NoReturn, TypeVar, cast
+from typing import TYPE_CHECKING, BinaryIO, cast
 
-import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
 
 from oscar_manager.errors import Conflict
@@ -54,48 +50,18 @@ from oscar_manager.storage.blocking import run_blocking as _blocking
 from oscar_manager.storage.egress import ConnectGuard
 from oscar_manager.storage.keys import validate_bucket, validate_key
 from oscar_manager.storage.s3_client import describe, open_client
+from oscar_manager.storage.s3_errors import TRANSPORT_ERRORS, S3Errors, code, status
+from oscar_manager.storage.s3_files import StagedDownload, open_source
+from oscar_manager.storage.s3_upload import upload_stream
 
 if TYPE_CHECKING:
     from aiobotocore.response import StreamingBody
     from types_aiobotocore_s3.client import S3Client
     from types_aiobotocore_s3.literals import BucketLocationConstraintType
-    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef, ObjectIdentifierTypeDef
+    from types_aiobotocore_s3.type_defs import ObjectIdentifierTypeDef
 
-log = logging.getLogger(__name__)
-
-# Multipart part size: the memory one upload holds. S3 allows 10,000 parts, so the size doubles every
-# 1,000 parts (8 MiB parts up to 8 GiB, 16 MiB up to 24 GiB, ...) to stay within the limit.
-PART_SIZE = 8 * 1024 * 1024
-PARTS_PER_DOUBLING = 1000
-MAX_PARTS = 10_000
 READ_CHUNK = 64 * 1024
 COPY_CHUNK = 1024 * 1024
-
-_T = TypeVar("_T")
-
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-_NOT_FOUND_CODES = {"404", "NotFound", "NoSuchKey"}
-_INVALID_CODES = {"InvalidBucketName", "KeyTooLongError", "InvalidObjectName"}
-_ACCESS_CODES = {
-    "403",
-    "AccessDenied",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "AllAccessDisabled",
-    "ExpiredToken",
-    "InvalidToken",
-}
-# Raised by aiohttp or the event loop underneath aiobotocore when a connection breaks.
-_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError)
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _status(exc: ClientError) -> int:
-    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
 
 
 def _is_valid_key(key: str, *, folder: bool = False) -> bool:
@@ -104,54 +70,6 @@ def _is_valid_key(key: str, *, folder: bool = False) -> bool:
     except InvalidKey:
         return False
     return True
-
-
-class _StagedFile:
-    """A download being written under a temporary name next to its target."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-        self.path = target.parent / f".{target.name}.{secrets.token_hex(6)}.part"
-        self.out: BinaryIO | None = None
-
-    def create(self) -> None:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.out = os.fdopen(os.open(self.path, _CREATE_FLAGS, 0o666), "wb")
-
-    def write(self, data: bytes) -> None:
-        assert self.out is not None
-        self.out.write(data)
-
-    def publish(self) -> None:
-        assert self.out is not None
-        self.out.close()
-        os.replace(self.path, self.target)
-
-    def discard(self) -> None:
-        if self.out is not None:
-            with contextlib.suppress(OSError):
-                self.out.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-
-
-def _open_source(source: Path) -> BinaryIO:
-    """``source`` opened for reading; a symlink or anything but a regular file is refused.
-
-    Uploaded files may come from a job's sandbox, where a planted symlink could point anywhere.
-    """
-    try:
-        fd = os.open(source, _READ_FLAGS)
-    except OSError as exc:
-        raise StorageError(f"cannot read {str(source)!r}: {exc.strerror or exc}") from None
-    try:
-        if not stat_module.S_ISREG(os.fstat(fd).st_mode):
-            raise StorageError(f"cannot read {str(source)!r}: not a regular file")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 async def _file_chunks(handle: BinaryIO, source: Path) -> AsyncIterator[bytes]:
@@ -172,6 +90,7 @@ class S3ObjectStore:
         """Wrap an open aiobotocore S3 client (closed by its owner); prefer :meth:`connect`."""
         self._client = client
         self._where = where
+        self._errors = S3Errors(where)
         self._region = region
 
     @classmethod
@@ -222,44 +141,6 @@ class S3ObjectStore:
         """The endpoint, as named in error messages."""
         return self._where
 
-    # --- errors -------------------------------------------------------------------------------------
-
-    def _fail(self, action: str, exc: Exception, bucket: str | None, key: str | None) -> NoReturn:
-        if isinstance(exc, ClientError):
-            code = _code(exc)
-            message = exc.response.get("Error", {}).get("Message") or code or f"HTTP {_status(exc)}"
-            if code == "NoSuchBucket" and bucket is not None:
-                raise BucketNotFound(f"bucket {bucket!r} does not exist") from None
-            if code in _NOT_FOUND_CODES and key is not None and bucket is not None:
-                raise ObjectNotFound(f"object {key!r} not found in bucket {bucket!r}") from None
-            if code in _INVALID_CODES:
-                raise InvalidKey(f"S3 storage at {self._where} refused to {action}: {message}") from None
-            if code in _ACCESS_CODES:
-                raise StorageError(
-                    f"S3 storage at {self._where}: access denied: cannot {action} ({code}: {message})"
-                ) from None
-            raise StorageError(f"S3 storage at {self._where}: cannot {action}: {code}: {message}") from None
-        if isinstance(exc, BotoCoreError | asyncio.TimeoutError | aiohttp.ClientError | OSError):
-            raise StorageError(f"S3 storage at {self._where}: cannot {action}: {exc}") from None
-        raise exc
-
-    @contextlib.contextmanager
-    def _translate(self, action: str, bucket: str | None = None, key: str | None = None) -> Iterator[None]:
-        """Convert the S3 client's exceptions raised in the block into the errors of ``storage.base``."""
-        try:
-            yield
-        except (ClientError, BotoCoreError, *_TRANSPORT_ERRORS) as exc:
-            self._fail(action, exc, bucket, key)
-
-    async def _call(
-        self, action: str, request: Awaitable[_T], bucket: str | None = None, key: str | None = None
-    ) -> _T:
-        """Await one S3 request, converting its exceptions."""
-        try:
-            return await request
-        except (ClientError, BotoCoreError, *_TRANSPORT_ERRORS) as exc:
-            self._fail(action, exc, bucket, key)
-
     async def _require_bucket(self, bucket: str) -> None:
         """Raise ``BucketNotFound`` unless ``bucket`` exists (after a 404 that may mean either)."""
         if not await self.bucket_exists(bucket):
@@ -282,21 +163,21 @@ class S3ObjectStore:
             else:
                 await self._client.create_bucket(Bucket=bucket)
         except ClientError as exc:
-            code = _code(exc)
-            if code == "BucketAlreadyOwnedByYou":
+            answered = code(exc)
+            if answered == "BucketAlreadyOwnedByYou":
                 return
             # Some S3-compatible servers answer this for the caller's own buckets too.
-            if code == "BucketAlreadyExists":
+            if answered == "BucketAlreadyExists":
                 if await self._bucket_accessible(bucket):
                     return
                 raise Conflict(f"bucket name {bucket!r} is already taken by another account") from None
-            self._fail(action, exc, None, None)
-        except (BotoCoreError, *_TRANSPORT_ERRORS) as exc:
-            self._fail(action, exc, None, None)
+            self._errors.fail(action, exc, None, None)
+        except (BotoCoreError, *TRANSPORT_ERRORS) as exc:
+            self._errors.fail(action, exc, None, None)
 
     async def _bucket_accessible(self, bucket: str) -> bool:
         try:
-            await self._call(f"check bucket {bucket!r}", self._client.head_bucket(Bucket=bucket))
+            await self._errors.call(f"check bucket {bucket!r}", self._client.head_bucket(Bucket=bucket))
         except StorageError:
             return False
         return True
@@ -314,11 +195,11 @@ class S3ObjectStore:
         try:
             await self._client.put_object(Bucket=bucket, Key=marker, Body=b"", IfNoneMatch="*")
         except ClientError as exc:
-            if _code(exc) == "PreconditionFailed" or _status(exc) == 412:
+            if code(exc) == "PreconditionFailed" or status(exc) == 412:
                 return  # there already
-            self._fail(f"create folder {marker!r} in bucket {bucket!r}", exc, bucket, None)
-        except (BotoCoreError, *_TRANSPORT_ERRORS) as exc:
-            self._fail(f"create folder {marker!r} in bucket {bucket!r}", exc, bucket, None)
+            self._errors.fail(f"create folder {marker!r} in bucket {bucket!r}", exc, bucket, None)
+        except (BotoCoreError, *TRANSPORT_ERRORS) as exc:
+            self._errors.fail(f"create folder {marker!r} in bucket {bucket!r}", exc, bucket, None)
 
     async def bucket_exists(self, bucket: str) -> bool:
         """Whether ``bucket`` exists; one we may not access is a ``StorageError`` (access denied)."""
@@ -326,16 +207,16 @@ class S3ObjectStore:
         try:
             await self._client.head_bucket(Bucket=bucket)
         except ClientError as exc:
-            if _status(exc) == 404 or _code(exc) in {"404", "NoSuchBucket", "NotFound"}:
+            if status(exc) == 404 or code(exc) in {"404", "NoSuchBucket", "NotFound"}:
                 return False
-            self._fail(f"check bucket {bucket!r}", exc, None, None)
-        except (BotoCoreError, *_TRANSPORT_ERRORS) as exc:
-            self._fail(f"check bucket {bucket!r}", exc, None, None)
+            self._errors.fail(f"check bucket {bucket!r}", exc, None, None)
+        except (BotoCoreError, *TRANSPORT_ERRORS) as exc:
+            self._errors.fail(f"check bucket {bucket!r}", exc, None, None)
         return True
 
     async def list_buckets(self) -> list[str]:
         names: list[str] = []
-        with self._translate("list buckets"):
+        with self._errors.translate("list buckets"):
             async for page in self._client.get_paginator("list_buckets").paginate():
                 names.extend(bucket["Name"] for bucket in page.get("Buckets", []))
         valid = []
@@ -353,7 +234,7 @@ class S3ObjectStore:
         """
         validate_bucket(bucket)
         found: list[ObjectInfo] = []
-        with self._translate(f"list bucket {bucket!r}", bucket):
+        with self._errors.translate(f"list bucket {bucket!r}", bucket):
             pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
             async for page in pages:
                 for item in page.get("Contents", []):
@@ -367,7 +248,7 @@ class S3ObjectStore:
 
     async def _head(self, bucket: str, key: str) -> ObjectInfo | None:
         try:
-            head = await self._call(
+            head = await self._errors.call(
                 f"stat {bucket}/{key}", self._client.head_object(Bucket=bucket, Key=key), bucket, key
             )
         except ObjectNotFound:
@@ -387,7 +268,7 @@ class S3ObjectStore:
         """
         validate_bucket(bucket)
         validate_key(key)
-        handle = await _blocking(lambda: _open_source(source))
+        handle = await _blocking(lambda: open_source(source))
         try:
             return await self.put_stream(bucket, key, _file_chunks(handle, source))
         finally:
@@ -401,94 +282,16 @@ class S3ObjectStore:
         """
         validate_bucket(bucket)
         validate_key(key)
-        action = f"store {bucket}/{key}"
-        buffer = bytearray()
-        upload_id: str | None = None
-        parts: list[CompletedPartTypeDef] = []
-        size = 0
-
-        async def upload_part(data: bytes) -> None:
-            nonlocal upload_id
-            if upload_id is None:
-                created = await self._call(
-                    action, self._client.create_multipart_upload(Bucket=bucket, Key=key), bucket
-                )
-                upload_id = answers.required(
-                    created, "UploadId", what=f"a request to {action}", where=self._where
-                )
-            if len(parts) >= MAX_PARTS:
-                raise StorageError(
-                    f"S3 storage at {self._where}: cannot {action}: more than {MAX_PARTS} parts"
-                )
-            number = len(parts) + 1
-            uploaded = await self._call(
-                action,
-                self._client.upload_part(
-                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
-                ),
-                bucket,
-            )
-            part_etag = answers.required(uploaded, "ETag", what=f"a request to {action}", where=self._where)
-            parts.append({"PartNumber": number, "ETag": part_etag})
-
-        try:
-            async for chunk in chunks:
-                size += len(chunk)
-                buffer += chunk
-                part_size = PART_SIZE << (len(parts) // PARTS_PER_DOUBLING)
-                if len(buffer) < part_size:
-                    continue
-                offset = 0
-                with memoryview(buffer) as view:
-                    while len(buffer) - offset >= part_size:
-                        await upload_part(bytes(view[offset : offset + part_size]))
-                        offset += part_size
-                        part_size = PART_SIZE << (len(parts) // PARTS_PER_DOUBLING)
-                del buffer[:offset]
-            if upload_id is None:
-                put = await self._call(
-                    action, self._client.put_object(Bucket=bucket, Key=key, Body=bytes(buffer)), bucket
-                )
-                etag = answers.etag(
-                    answers.required(put, "ETag", what=f"a request to {action}", where=self._where)
-                )
-            else:
-                if buffer:
-                    await upload_part(bytes(buffer))
-                buffer.clear()
-                completed = await self._call(
-                    action,
-                    self._client.complete_multipart_upload(
-                        Bucket=bucket,
-                        Key=key,
-                        UploadId=upload_id,
-                        MultipartUpload={"Parts": parts},
-                    ),
-                    bucket,
-                )
-                etag = answers.etag(
-                    answers.required(completed, "ETag", what=f"a request to {action}", where=self._where)
-                )
-        except BaseException:
-            if upload_id is not None:
-                await asyncio.shield(self._abort(bucket, key, upload_id))
-            raise
+        size, etag = await upload_stream(
+            self._client, self._errors, where=self._where, bucket=bucket, key=key, chunks=chunks
+        )
         return await self._info_after_put(bucket, key, size, etag)
-
-    async def _abort(self, bucket: str, key: str, upload_id: str) -> None:
-        try:
-            await self._client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-        except (ClientError, BotoCoreError, *_TRANSPORT_ERRORS) as exc:
-            # The server's lifecycle rules (or a later abort) must clean it up.
-            log.warning(
-                "S3 storage at %s: cannot abort the upload of %s/%s: %s", self._where, bucket, key, exc
-            )
 
     async def _info_after_put(self, bucket: str, key: str, size: int, etag: str) -> ObjectInfo:
         """The stored object's info, as ``stat`` reports it (a PUT's answer lacks the date)."""
         try:
             head = await self._client.head_object(Bucket=bucket, Key=key)
-        except (ClientError, BotoCoreError, *_TRANSPORT_ERRORS):
+        except (ClientError, BotoCoreError, *TRANSPORT_ERRORS):
             head = None
         if head is not None and answers.etag(head.get("ETag") or "") == etag:
             with contextlib.suppress(StorageError):  # an answer lacking the size: say what we stored
@@ -499,7 +302,7 @@ class S3ObjectStore:
         )
 
     async def _get(self, bucket: str, key: str) -> tuple[ObjectInfo, StreamingBody]:
-        got = await self._call(
+        got = await self._errors.call(
             f"read {bucket}/{key}", self._client.get_object(Bucket=bucket, Key=key), bucket, key
         )
         try:
@@ -513,8 +316,8 @@ class S3ObjectStore:
     async def _read(self, body: StreamingBody, size: int, bucket: str, key: str) -> bytes:
         try:
             data: bytes = await body.read(size)
-        except (ClientError, BotoCoreError, *_TRANSPORT_ERRORS) as exc:
-            self._fail(f"read {bucket}/{key}", exc, bucket, key)
+        except (ClientError, BotoCoreError, *TRANSPORT_ERRORS) as exc:
+            self._errors.fail(f"read {bucket}/{key}", exc, bucket, key)
         return data
 
     async def get_file(self, bucket: str, key: str, target: Path) -> ObjectInfo:
@@ -522,7 +325,7 @@ class S3ObjectStore:
         validate_bucket(bucket)
         validate_key(key)
         info, body = await self._get(bucket, key)
-        staged = _StagedFile(target)
+        staged = StagedDownload(target)
         try:
             try:
                 await _blocking(staged.create)
@@ -554,7 +357,7 @@ class S3ObjectStore:
         validate_key(key)
         if await self._head(bucket, key) is None:
             return False
-        await self._call(
+        await self._errors.call(
             f"delete {bucket}/{key}", self._client.delete_object(Bucket=bucket, Key=key), bucket, key
         )
         return True
@@ -562,7 +365,7 @@ class S3ObjectStore:
     async def remove_folder(self, bucket: str, folder: str) -> None:
         validate_bucket(bucket)
         marker = validate_key(folder, folder=True).removesuffix("/") + "/"
-        await self._call(
+        await self._errors.call(
             f"remove folder {bucket}/{marker}", self._client.delete_object(Bucket=bucket, Key=marker), bucket
         )
 
@@ -570,7 +373,7 @@ class S3ObjectStore:
         validate_bucket(bucket)
         await self._require_bucket(bucket)
         count = 0
-        with self._translate(f"delete bucket {bucket!r}", bucket):
+        with self._errors.translate(f"delete bucket {bucket!r}", bucket):
             pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
             async for page in pages:
                 keys: list[ObjectIdentifierTypeDef] = [
@@ -597,7 +400,7 @@ class S3ObjectStore:
         validate_bucket(bucket)
         validate_key(key)
         operation = {"GET": "get_object", "PUT": "put_object"}[method]
-        with self._translate(f"sign a URL for {bucket}/{key}", bucket, key):
+        with self._errors.translate(f"sign a URL for {bucket}/{key}", bucket, key):
             return await self._client.generate_presigned_url(
                 operation, Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_in
             )

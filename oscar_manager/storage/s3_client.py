@@ -1,8 +1,8 @@
 """How the S3 adapter's aiobotocore client is configured: endpoint, credentials, timeouts, retries, and
 for the providers a service declares, where it may connect.
 
-``storage.s3`` does the object operations over the client opened here; the two modules together are the
-only importers of aiobotocore and botocore.
+``storage.s3`` does the object operations over the client opened here; the ``s3_*`` modules of
+``storage`` are the only importers of aiobotocore and botocore.
 
 A guarded client (a ``ConnectGuard`` from ``storage.egress``) checks every address its connections go to,
 in aiohttp's connector, after resolution and for IP literals alike (aiohttp resolves nothing for those),

@@ -11,7 +11,7 @@ import pytest
 from oscar_manager.domain.jobs import JobOutcome, JobStatus
 from oscar_manager.registry import Database, NewEvent
 from oscar_manager.registry.hot_statements import hot_statements
-from oscar_manager.registry.repository import PreparedJob
+from oscar_manager.registry.job_repository import PreparedJob
 
 pytestmark = pytest.mark.asyncio
 

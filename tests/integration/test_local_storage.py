@@ -26,7 +26,9 @@ from oscar_manager.storage.base import (
     ObjectStore,
     StorageError,
 )
-from oscar_manager.storage.local import READ_CHUNK, STAGING, LocalObjectStore, file_etag
+from oscar_manager.storage.local import STAGING, LocalObjectStore
+from oscar_manager.storage.local_files import READ_CHUNK
+from oscar_manager.storage.local_listing import file_etag
 from oscar_manager.storage.s3 import S3ObjectStore
 
 MiB = 1024 * 1024

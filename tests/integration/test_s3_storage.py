@@ -18,7 +18,8 @@ from botocore.exceptions import ClientError
 from oscar_manager.errors import Conflict
 from oscar_manager.storage import s3 as s3_module
 from oscar_manager.storage.base import BucketNotFound, InvalidKey, ObjectNotFound, StorageError
-from oscar_manager.storage.s3 import PART_SIZE, S3ObjectStore
+from oscar_manager.storage.s3 import S3ObjectStore
+from oscar_manager.storage.s3_upload import PART_SIZE
 from tests.integration.test_local_storage import Boom, chunks, keys, read_all
 from tests.support.components import free_port
 

@@ -11,7 +11,7 @@ import httpx
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from oscar_manager.registry.repository import LEGACY_OBJECT_KEYS
+from oscar_manager.registry.mark_repository import LEGACY_OBJECT_KEYS
 from oscar_manager.registry.tables import EventRow, MarkRow
 from oscar_manager.settings import Settings
 from oscar_manager.storage.local import LocalObjectStore

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from oscar_manager.storage.base import os_storage_error
 from oscar_manager.storage.blocking import run_blocking
-from oscar_manager.storage.local import COPY_CHUNK
+from oscar_manager.storage.local_files import COPY_CHUNK
 from oscar_manager.storage.s3face.errors import S3Error
 
 MAX_PARTS = 10_000
