@@ -35,6 +35,8 @@ PARENT_PREFIX: Final = "oscar-manager-"
 JOIN_SCRIPT: Final = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
 # How long to wait for killed processes to leave a cgroup before giving up on removing it.
 EMPTY_WAIT_SECONDS: Final = 5.0
+# How many times to kill what is left of a job before giving up on it (each followed by that wait).
+KILL_ROUNDS: Final = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,14 +114,27 @@ class JobCgroup:
         """Kill what is left, read the counters and remove the cgroup (blocking: call it in a thread)."""
         self.kill()
         usage = self.usage()
-        if not _wait_for(lambda: not self.pids(), EMPTY_WAIT_SECONDS):
+        # On a loaded machine killed processes (or a freeze) can take seconds: kill again rather than
+        # leave the cgroup behind for the rest of the manager's life.
+        for _ in range(KILL_ROUNDS):
+            if _wait_for(lambda: not self.pids(), EMPTY_WAIT_SECONDS):
+                break
+            self.kill()
+        else:
             log.error(
                 "processes of a job are still in %s after SIGKILL", ", ".join(map(str, self.dirs.values()))
             )
+        # The kernel may refuse a cgroup's removal (EBUSY) for a moment after its last process left.
+        if not _wait_for(self._remove, EMPTY_WAIT_SECONDS):
+            log.error("could not remove the job cgroup %s", ", ".join(map(str, self.dirs.values())))
+        return usage
+
+    def _remove(self) -> bool:
+        """Try to remove every directory of the cgroup; True once none is left."""
         for path in self.dirs.values():
             with contextlib.suppress(OSError):
                 path.rmdir()
-        return usage
+        return not any(path.exists() for path in self.dirs.values())
 
 
 class Cgroups:
