@@ -2,7 +2,7 @@
 
 oscar-cli decodes services, config, info and job lists into ``github.com/grycap/oscar/v3`` v3.3.0
 ``pkg/types`` with ``json.NewDecoder(...).Decode`` (no client decodes strictly); v3.7.1 is the newest
-generation the Go module proxy serves. ``tests/goconformance`` is a small Go program built against both
+generation the Go module proxy serves. ``tests/go/conformance`` is a small Go program built against both
 (``scripts/build-goconformance``); this module drives the real app through a realistic scenario and feeds
 it every answer. Adding a route is one line in ``ROUTES`` (and one in ``decoders`` of the Go program if it
 decodes into a type not listed there yet).
