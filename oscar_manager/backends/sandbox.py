@@ -60,6 +60,22 @@ KILL_GRACE_SECONDS: Final = 1.0
 DRAIN_SECONDS: Final = 1.0
 
 
+async def _create_cgroup(cgroups: Cgroups, limits: JobLimits) -> JobCgroup:
+    """A job cgroup made in a worker thread. Cancelled meanwhile (a client gone, the manager stopping), the
+    thread still makes it: it is removed as soon as it exists instead of staying for the manager's life."""
+    creating = asyncio.ensure_future(asyncio.to_thread(cgroups.create, limits))
+    try:
+        return await asyncio.shield(creating)
+    except asyncio.CancelledError:
+        creating.add_done_callback(_discard_cgroup)
+        raise
+
+
+def _discard_cgroup(created: asyncio.Future[JobCgroup]) -> None:
+    if not created.cancelled() and created.exception() is None:
+        asyncio.get_running_loop().run_in_executor(None, created.result().finish)
+
+
 class SandboxUnavailable(OscarError):
     """bubblewrap was required but cannot run here."""
 
@@ -186,7 +202,7 @@ class Sandbox:
         group = None
         if self._cgroups is not None:
             limits = JobLimits(memory_bytes=run.memory_bytes, cpu_cores=run.cpu_cores, max_pids=run.max_pids)
-            group = await asyncio.to_thread(self._cgroups.create, limits)
+            group = await _create_cgroup(self._cgroups, limits)
         command = _shell_command(
             self.job_path(run.workdir, run.workdir / run.script),
             memory_bytes=run.memory_bytes if group is None else None,

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,6 +178,34 @@ async def test_nothing_is_left_in_or_of_the_cgroup(sandbox: Sandbox, workdir: Pa
     assert result.timed_out
     assert cgroups.host_cgroups().job_dirs() == []
     assert not any(path.exists() for path in dirs)
+
+
+async def test_a_run_cancelled_while_its_cgroup_is_made_leaves_none(
+    sandbox: Sandbox, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client gone or a manager stopping while the worker thread makes the job's cgroup: the thread
+    finishes making it, and it must be removed then, not stay for the manager's life."""
+    host = cgroups.host_cgroups()
+    entered, release = threading.Event(), threading.Event()
+    real_create = cgroups.Cgroups.create
+
+    def slow_create(self: cgroups.Cgroups, limits: cgroups.JobLimits) -> cgroups.JobCgroup:
+        entered.set()
+        release.wait(30)
+        return real_create(self, limits)
+
+    monkeypatch.setattr(cgroups.Cgroups, "create", slow_create)
+    task = asyncio.create_task(sandbox.run(job(workdir, "echo never\n")))
+    assert await asyncio.to_thread(entered.wait, 30)
+    task.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(500):
+        if not host.job_dirs():
+            break
+        await asyncio.sleep(0.02)
+    assert host.job_dirs() == []
 
 
 def test_cgroups_of_a_crashed_manager_are_removed_at_start() -> None:
