@@ -33,7 +33,7 @@ from oscar_manager.domain.jobs import JobOutcome, JobStatus
 from oscar_manager.domain.quantities import quantity_bytes, quantity_cores
 from oscar_manager.domain.service import Service, wants_network
 from oscar_manager.errors import OscarError
-from oscar_manager.storage.base import StorageFull, StorageUnavailable
+from oscar_manager.storage.base import STORE_FAULTS
 from oscar_manager.storage.blocking import run_blocking
 from oscar_manager.storage.providers import StoreResolver, Stores
 from oscar_manager.supervisor.answer import SyncAnswer, render_response
@@ -181,7 +181,7 @@ class LocalBackend:
         workspace = self._workspace()
         try:
             outcome = await self._job_outcome(request, workspace, supervisor_log)
-        except (StorageUnavailable, StorageFull) as exc:
+        except STORE_FAULTS as exc:
             # The store, not the script, failed: accepted work runs again once the store recovers.
             log.warning("job %s will run again: %s", request.job_id, exc.message)
             await self._reporter.retry_later(request.job_id, reason=exc.message)
@@ -216,7 +216,7 @@ class LocalBackend:
                 status = JobStatus.SUCCEEDED
             else:
                 status = JobStatus.FAILED
-        except (StorageUnavailable, StorageFull):
+        except STORE_FAULTS:
             raise  # not the job's end: it is retried (``_execute``)
         except OscarError as exc:
             slog.error(f"{type(exc).__name__}: {exc.message}")

@@ -31,6 +31,15 @@ class StorageFull(StorageError):
     status_code = 507
 
 
+class StorageUnreachable(StorageError):
+    """The store did not answer (connection refused or cut, timed out, or it said it is not ready yet):
+    still 502 to a client, but not the script's fault either, so accepted work is retried later."""
+
+
+# What a job's run may meet that is the store's fault and passes once the store recovers: the job is run
+# again later instead of ending Failed.
+STORE_FAULTS = (StorageUnavailable, StorageFull, StorageUnreachable)
+
 # Write failures that say the store (not the request) is at fault, and that pass once it recovers.
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)

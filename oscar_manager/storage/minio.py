@@ -24,7 +24,7 @@ from miniopy_async.notificationconfig import NotificationConfig, PrefixFilterRul
 
 from oscar_manager.domain.documents import parse_json
 from oscar_manager.errors import OscarError
-from oscar_manager.storage.base import StorageError
+from oscar_manager.storage.base import StorageError, StorageUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class MinioExtras:
         except (MinioException, ValueError) as exc:
             raise StorageError(f"MinIO at {where}: cannot {action}: {exc}") from None
         except _TRANSPORT_ERRORS as exc:
-            raise StorageError(f"MinIO at {where} is unreachable: cannot {action}: {exc}") from None
+            raise StorageUnreachable(f"MinIO at {where} is unreachable: cannot {action}: {exc}") from None
 
     # --- ListenBucketNotification ------------------------------------------------------------------
 

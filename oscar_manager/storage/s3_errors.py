@@ -14,9 +14,16 @@ from collections.abc import Awaitable, Iterator
 from typing import NoReturn, TypeVar
 
 import aiohttp
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from oscar_manager.storage.base import BucketNotFound, InvalidKey, ObjectNotFound, StorageError
+from oscar_manager.storage.base import (
+    BucketNotFound,
+    InvalidKey,
+    ObjectNotFound,
+    StorageError,
+    StorageUnreachable,
+)
 
 _T = TypeVar("_T")
 
@@ -31,6 +38,8 @@ _ACCESS_CODES = {
     "ExpiredToken",
     "InvalidToken",
 }
+# Answers of a server that is there but not serving yet (MinIO starting up) or shedding load.
+_NOT_READY_CODES = {"ServiceUnavailable", "SlowDown", "XMinioServerNotInitialized"}
 # Raised by aiohttp or the event loop underneath aiobotocore when a connection breaks.
 TRANSPORT_ERRORS = (aiohttp.ClientError, OSError)
 
@@ -63,10 +72,14 @@ class S3Errors:
                 raise StorageError(
                     f"S3 storage at {self._where}: access denied: cannot {action} ({answered}: {message})"
                 ) from None
-            raise StorageError(
-                f"S3 storage at {self._where}: cannot {action}: {answered}: {message}"
-            ) from None
-        if isinstance(exc, BotoCoreError | asyncio.TimeoutError | aiohttp.ClientError | OSError):
+            fault = StorageUnreachable if answered in _NOT_READY_CODES or status(exc) == 503 else StorageError
+            raise fault(f"S3 storage at {self._where}: cannot {action}: {answered}: {message}") from None
+        unreachable = (
+            BotoConnectionError | HTTPClientError | asyncio.TimeoutError | aiohttp.ClientError | OSError
+        )
+        if isinstance(exc, unreachable):
+            raise StorageUnreachable(f"S3 storage at {self._where}: cannot {action}: {exc}") from None
+        if isinstance(exc, BotoCoreError):
             raise StorageError(f"S3 storage at {self._where}: cannot {action}: {exc}") from None
         raise exc
 

@@ -15,11 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
 from oscar_manager.settings import Settings
 from tests.support.app import app_client
-from tests.support.components import unavailable
-from tests.support.databases import SqliteDatabases
+from tests.support.components import PostgresServer, unavailable
+from tests.support.databases import PostgresDatabases, SqliteDatabases
 from tests.support.factories import make_settings, service_body
 from tests.support.jobs import all_jobs, settle, wait_for_jobs
 
@@ -139,41 +140,57 @@ async def test_a_full_data_disk_while_a_file_arrives_loses_nothing_once_space_is
     upload runs (the watcher watches again): one job each."""
     data = tmp_path / "data"
     with tmpfs(data, "16m"):
-        url = sqlite_databases.create(data / "oscar.db", migrated=True)
-        settings = make_settings(database_url=url, data_dir=data, oscar_reconcile_interval=1)
-        async with app_client(settings) as http:
-            await create(http)
-            # Written before the disk fills, moved into the input folder once it is full (a rename takes
-            # no space): the watcher reports it and fails to record it.
-            hold = settings.buckets_dir / NAME / ".hold"
-            hold.mkdir()
-            (hold / "a.txt").write_bytes(b"x")
-            with full(data):
-                (hold / "a.txt").rename(settings.buckets_dir / NAME / "in" / "a.txt")
-                for index in range(20):  # more arrivals, so the registry has to grow
-                    with contextlib.suppress(OSError):
-                        (settings.buckets_dir / NAME / "in" / f"c{index}.txt").write_bytes(b"")
-                refused = await http.put(
-                    f"/system/buckets/{NAME}/objects/in/refused.txt",
-                    content=b"x" * 65536,
-                    headers={"Accept": "application/json"},
-                )
-                assert refused.status_code == 507, refused.text
-                assert refused.json()["error"] == "StorageFull"
-                ready = await http.get("/health", params={"ready": "1"})
-                assert ready.status_code == 503
-                assert "no space left" in ready.json()["storage"]["reason"]
-                await settle(2)
-            await eventually(lambda: _ready(http))
-            assert (
-                await http.put(f"/system/buckets/{NAME}/objects/in/b.txt", content=b"x")
-            ).status_code == 201
-            in_folder = sorted(p.name for p in (settings.buckets_dir / NAME / "in").iterdir())
-            await wait_for_jobs(http, NAME, count=len(in_folder), within=60)
-            await settle()
-            assert await processed(http) == in_folder
-            assert "a.txt" in in_folder
-            assert "b.txt" in in_folder
+        await _files_arrive_on_a_full_disk(data, sqlite_databases.create(data / "oscar.db", migrated=True))
+
+
+@pytest.mark.postgres
+async def test_a_full_data_disk_with_the_registry_on_postgresql_loses_nothing_once_space_is_back(
+    tmp_path: Path, postgres_databases: PostgresDatabases
+) -> None:
+    """The same with the registry on PostgreSQL, off the full disk: only the store is full. Uploads are
+    refused 507, and once space is back, without a restart, every file in the input folder runs once."""
+    data = tmp_path / "data"
+    url = postgres_databases.create(migrated=True)
+    try:
+        with tmpfs(data, "16m"):
+            await _files_arrive_on_a_full_disk(data, url)
+    finally:
+        postgres_databases.drop(url)
+
+
+async def _files_arrive_on_a_full_disk(data: Path, url: str) -> None:
+    settings = make_settings(database_url=url, data_dir=data, oscar_reconcile_interval=1)
+    async with app_client(settings) as http:
+        await create(http)
+        # Written before the disk fills, moved into the input folder once it is full (a rename takes
+        # no space): the watcher reports it (and, on SQLite, fails to record it).
+        hold = settings.buckets_dir / NAME / ".hold"
+        hold.mkdir()
+        (hold / "a.txt").write_bytes(b"x")
+        with full(data):
+            (hold / "a.txt").rename(settings.buckets_dir / NAME / "in" / "a.txt")
+            for index in range(20):  # more arrivals, so the registry has to grow
+                with contextlib.suppress(OSError):
+                    (settings.buckets_dir / NAME / "in" / f"c{index}.txt").write_bytes(b"")
+            refused = await http.put(
+                f"/system/buckets/{NAME}/objects/in/refused.txt",
+                content=b"x" * 65536,
+                headers={"Accept": "application/json"},
+            )
+            assert refused.status_code == 507, refused.text
+            assert refused.json()["error"] == "StorageFull"
+            ready = await http.get("/health", params={"ready": "1"})
+            assert ready.status_code == 503
+            assert "no space left" in ready.json()["storage"]["reason"]
+            await settle(2)
+        await eventually(lambda: _ready(http))
+        assert (await http.put(f"/system/buckets/{NAME}/objects/in/b.txt", content=b"x")).status_code == 201
+        in_folder = sorted(p.name for p in (settings.buckets_dir / NAME / "in").iterdir())
+        await wait_for_jobs(http, NAME, count=len(in_folder), within=60)
+        await settle()
+        assert await processed(http) == in_folder
+        assert "a.txt" in in_folder
+        assert "b.txt" in in_folder
 
 
 async def _ready(http: httpx.AsyncClient) -> bool:
@@ -204,3 +221,48 @@ async def test_a_job_ending_while_the_disk_is_full_is_recorded_once_space_is_bac
                 assert await running()
             jobs = await wait_for_jobs(http, NAME, count=1, within=60)
             assert [job["status"] for job in jobs.values()] == ["Succeeded"]
+
+
+@pytest.mark.postgres
+async def test_a_job_ending_while_postgresql_is_down_is_recorded_once_it_is_back(tmp_path: Path) -> None:
+    """The PostgreSQL analog of the full disk when a job ends: the registry's server goes away while the
+    job runs (a server of its own, so the other tests' one stays up). Readiness says the database is
+    down meanwhile; once the server is back, without a manager restart, the job's end is recorded, once,
+    and new work runs."""
+    try:
+        server = await asyncio.to_thread(PostgresServer.start)
+    except Exception as exc:
+        unavailable(f"cannot start a PostgreSQL server: {exc}")
+    try:
+        url = PostgresDatabases(server.url).create(migrated=True)
+        settings = make_settings(database_url=url, data_dir=tmp_path / "data")
+        async with app_client(settings) as http:
+            body = service_body(NAME, script="sleep 2\necho done\n")
+            assert (await http.post("/system/services", json=body)).status_code == 201
+            assert (await http.post(f"/job/{NAME}", content=base64.b64encode(b"x"))).status_code == 201
+
+            async def running() -> bool:
+                jobs = await all_jobs(http, NAME)
+                return [job["status"] for job in jobs.values()] == ["Running"]
+
+            await eventually(running)
+            await asyncio.to_thread(server.halt)
+            try:
+                ready = await http.get("/health", params={"ready": "1"})
+                assert ready.status_code == 503
+                assert ready.json()["database"]["ok"] is False
+                assert ready.json()["database"]["reason"]
+                await settle(4)  # the script ends meanwhile; its end cannot be written
+            finally:
+                await asyncio.to_thread(server.resume)
+            await eventually(lambda: _ready(http))
+            jobs = await wait_for_jobs(http, NAME, count=1, within=60)
+            assert [job["status"] for job in jobs.values()] == ["Succeeded"]
+            (job_id,) = jobs
+            assert (await http.get(f"/system/logs/{NAME}/{job_id}")).text.count("done") == 1
+            # The dispatcher survived the outage: new work runs.
+            assert (await http.post(f"/job/{NAME}", content=base64.b64encode(b"y"))).status_code == 201
+            jobs = await wait_for_jobs(http, NAME, count=2, within=60)
+            assert [job["status"] for job in jobs.values()] == ["Succeeded", "Succeeded"]
+    finally:
+        await asyncio.to_thread(server.stop)

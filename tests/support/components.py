@@ -76,14 +76,32 @@ class PostgresServer:
         server._run(
             "initdb", "-D", str(datadir), "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--no-sync"
         )
-        options = (
-            f"-c listen_addresses=127.0.0.1 -p {server.port} -k {datadir} "
+        server.resume()
+        return server
+
+    def _options(self) -> str:
+        return (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.datadir} "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
         )
-        server._run(
-            "pg_ctl", "-D", str(datadir), "-l", str(datadir / "server.log"), "-w", "-o", options, "start"
+
+    def halt(self) -> None:
+        """The server goes away (as in a crash: connections are cut), its data kept for :meth:`resume`."""
+        self._run("pg_ctl", "-D", str(self.datadir), "-m", "immediate", "-w", "stop")
+
+    def resume(self) -> None:
+        """Back on the same port with the same data after :meth:`halt`."""
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.datadir),
+            "-l",
+            str(self.datadir / "server.log"),
+            "-w",
+            "-o",
+            self._options(),
+            "start",
         )
-        return server
 
     def stop(self) -> None:
         try:
