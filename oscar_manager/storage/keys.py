@@ -43,3 +43,12 @@ def validate_key(key: str, *, folder: bool = False) -> str:
     if any(segment in ("", ".", "..") for segment in body.split("/")):
         raise InvalidKey(f"invalid object key {key!r}: empty, '.' or '..' segments are not allowed")
     return key
+
+
+def is_valid_key(key: str, *, folder: bool = False) -> bool:
+    """Whether ``key`` is one ``validate_key`` accepts: listings skip names no object could have."""
+    try:
+        validate_key(key, folder=folder)
+    except InvalidKey:
+        return False
+    return True

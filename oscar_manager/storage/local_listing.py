@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 from oscar_manager.domain import generations
 from oscar_manager.storage import folder_marks
-from oscar_manager.storage.base import InvalidKey, ObjectInfo
-from oscar_manager.storage.keys import validate_key
+from oscar_manager.storage.base import ObjectInfo
+from oscar_manager.storage.keys import is_valid_key
 from oscar_manager.storage.local_dirs import ABSENT, open_dir
 
 
@@ -52,14 +52,6 @@ def marker_info(bucket: str, key: str, st: os.stat_result) -> ObjectInfo:
     )
 
 
-def _is_valid_key(key: str, *, folder: bool = False) -> bool:
-    try:
-        validate_key(key, folder=folder)
-    except InvalidKey:
-        return False
-    return True
-
-
 def list_tree(bucket_fd: int, bucket: str, prefix: str, *, markers: bool) -> list[ObjectInfo]:
     """The objects under the bucket folder ``bucket_fd`` (not consumed) whose key starts with ``prefix``,
     sorted by key; with ``markers`` also the marked folders. An ``OSError`` is the caller's to judge."""
@@ -77,7 +69,7 @@ def list_tree(bucket_fd: int, bucket: str, prefix: str, *, markers: bool) -> lis
                 # String-prefix semantics: only descend where a match is still possible.
                 if not (sub.startswith(prefix) or prefix.startswith(sub)):
                     continue
-                if not _is_valid_key(sub, folder=True):
+                if not is_valid_key(sub, folder=True):
                     continue
                 try:
                     sub_fd = open_dir(entry.name, dir_fd=fd, create=False)
@@ -92,7 +84,7 @@ def list_tree(bucket_fd: int, bucket: str, prefix: str, *, markers: bool) -> lis
                 finally:
                     os.close(sub_fd)
             # A file named so that it could not be read back is not an object.
-            elif key.startswith(prefix) and entry.is_file(follow_symlinks=False) and _is_valid_key(key):
+            elif key.startswith(prefix) and entry.is_file(follow_symlinks=False) and is_valid_key(key):
                 with contextlib.suppress(FileNotFoundError):
                     found.append(object_info(bucket, key, entry.stat(follow_symlinks=False)))
 

@@ -48,7 +48,7 @@ from oscar_manager.storage import s3_answers as answers
 from oscar_manager.storage.base import BucketNotFound, InvalidKey, ObjectInfo, ObjectNotFound, StorageError
 from oscar_manager.storage.blocking import run_blocking as _blocking
 from oscar_manager.storage.egress import ConnectGuard
-from oscar_manager.storage.keys import validate_bucket, validate_key
+from oscar_manager.storage.keys import is_valid_key, validate_bucket, validate_key
 from oscar_manager.storage.s3_client import describe, open_client
 from oscar_manager.storage.s3_errors import TRANSPORT_ERRORS, S3Errors, code, status
 from oscar_manager.storage.s3_files import StagedDownload, open_source
@@ -62,14 +62,6 @@ if TYPE_CHECKING:
 
 READ_CHUNK = 64 * 1024
 COPY_CHUNK = 1024 * 1024
-
-
-def _is_valid_key(key: str, *, folder: bool = False) -> bool:
-    try:
-        validate_key(key, folder=folder)
-    except InvalidKey:
-        return False
-    return True
 
 
 async def _file_chunks(handle: BinaryIO, source: Path) -> AsyncIterator[bytes]:
@@ -240,7 +232,7 @@ class S3ObjectStore:
                 for item in page.get("Contents", []):
                     info = answers.listed(bucket, item, where=self._where)
                     marker = info.key.endswith("/")
-                    if (marker and not markers) or not _is_valid_key(info.key, folder=marker):
+                    if (marker and not markers) or not is_valid_key(info.key, folder=marker):
                         continue
                     found.append(info)
         found.sort(key=lambda info: info.key)
