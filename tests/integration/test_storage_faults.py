@@ -22,7 +22,7 @@ from tests.support.app import app_client
 from tests.support.components import PostgresServer, unavailable
 from tests.support.databases import PostgresDatabases, SqliteDatabases
 from tests.support.factories import make_settings, service_body
-from tests.support.jobs import all_jobs, settle, wait_for_jobs
+from tests.support.jobs import all_jobs, processed, settle, wait_for_jobs
 
 NAME = "faults"
 SCRIPT = 'echo "processing $(basename "$INPUT_FILE_PATH")"\ncp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/"\n'
@@ -69,14 +69,6 @@ def full(folder: Path) -> Iterator[None]:
 async def create(http: httpx.AsyncClient) -> None:
     body = service_body(NAME, script=SCRIPT, input=[{"path": f"{NAME}/in"}], output=[{"path": f"{NAME}/out"}])
     assert (await http.post("/system/services", json=body)).status_code == 201
-
-
-async def processed(http: httpx.AsyncClient) -> list[str]:
-    names: list[str] = []
-    for job_id in await all_jobs(http, NAME):
-        log = (await http.get(f"/system/logs/{NAME}/{job_id}")).text
-        names.extend(line.split()[-1] for line in log.splitlines() if line.startswith("processing "))
-    return sorted(names)
 
 
 async def eventually(check: object, *, within: float = 30.0) -> None:
@@ -188,7 +180,7 @@ async def _files_arrive_on_a_full_disk(data: Path, url: str) -> None:
         in_folder = sorted(p.name for p in (settings.buckets_dir / NAME / "in").iterdir())
         await wait_for_jobs(http, NAME, count=len(in_folder), within=60)
         await settle()
-        assert await processed(http) == in_folder
+        assert await processed(http, NAME) == in_folder
         assert "a.txt" in in_folder
         assert "b.txt" in in_folder
 

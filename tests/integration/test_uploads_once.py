@@ -17,7 +17,7 @@ from oscar_manager.settings import Settings
 from oscar_manager.storage.local import LocalObjectStore
 from tests.support.app import app_client
 from tests.support.factories import service_body
-from tests.support.jobs import all_jobs, settle, wait_for_jobs
+from tests.support.jobs import all_jobs, processed, settle, wait_for_jobs
 
 NAME = "upper"
 SCRIPT = 'echo "processing $(basename "$INPUT_FILE_PATH")"\n'
@@ -26,15 +26,6 @@ SCRIPT = 'echo "processing $(basename "$INPUT_FILE_PATH")"\n'
 async def create(http: httpx.AsyncClient) -> None:
     body = service_body(NAME, script=SCRIPT, input=[{"path": f"{NAME}/in"}], output=[{"path": f"{NAME}/out"}])
     assert (await http.post("/system/services", json=body)).status_code == 201
-
-
-async def processed(http: httpx.AsyncClient) -> list[str]:
-    """The input file of each job, from its log."""
-    names: list[str] = []
-    for job_id in await all_jobs(http, NAME):
-        log = (await http.get(f"/system/logs/{NAME}/{job_id}")).text
-        names.extend(line.split()[-1] for line in log.splitlines() if line.startswith("processing "))
-    return sorted(names)
 
 
 async def test_the_scan_after_downtime_runs_each_new_upload_once_and_nothing_already_run(
@@ -59,7 +50,7 @@ async def test_the_scan_after_downtime_runs_each_new_upload_once_and_nothing_alr
         async with app_client(settings) as http:
             await wait_for_jobs(http, NAME, count=4)
             await settle()
-            assert await processed(http) == ["a.txt", "a.txt", "b.txt", "c.txt"]
+            assert await processed(http, NAME) == ["a.txt", "a.txt", "b.txt", "c.txt"]
 
 
 async def test_uploads_run_under_etag_keys_before_an_upgrade_are_not_run_again(settings: Settings) -> None:
@@ -96,7 +87,7 @@ async def test_uploads_run_under_etag_keys_before_an_upgrade_are_not_run_again(s
         assert await all_jobs(http, NAME) == {}
         assert (await http.put(f"/system/buckets/{NAME}/objects/in/old.txt", content=b"x")).status_code == 201
         await wait_for_jobs(http, NAME, count=1)
-        assert await processed(http) == ["old.txt"]
+        assert await processed(http, NAME) == ["old.txt"]
 
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:

@@ -42,3 +42,12 @@ async def all_jobs(client: httpx.AsyncClient, service: str) -> dict[str, dict[st
 async def settle(seconds: float = 0.5) -> None:
     """Give background work a chance to (wrongly) do something before asserting it did not."""
     await asyncio.sleep(seconds)
+
+
+async def processed(client: httpx.AsyncClient, service: str) -> list[str]:
+    """The input file of each job of ``service``, from the ``processing <name>`` line its script logs."""
+    names: list[str] = []
+    for job_id in await all_jobs(client, service):
+        log = (await client.get(f"/system/logs/{service}/{job_id}")).text
+        names.extend(line.split()[-1] for line in log.splitlines() if line.startswith("processing "))
+    return sorted(names)
