@@ -18,6 +18,20 @@ from oscar_manager.registry.tables import Base
 
 pytestmark = pytest.mark.asyncio
 
+# The events table's columns the upgrade tests write and read with plain SQL, as old registries had them.
+EVENTS = table(
+    "events",
+    column("id", Integer),
+    column("dedup_key", String),
+    column("service", String),
+    column("job_id", String),
+    column("payload", LargeBinary),
+    column("status", String),
+    column("attempts", Integer),
+    column("available_at", DateTime(timezone=True)),
+    column("created_at", DateTime(timezone=True)),
+)
+
 
 async def table_names(engine: AsyncEngine) -> set[str]:
     async with engine.connect() as connection:
@@ -67,17 +81,6 @@ async def test_an_upgraded_registry_knows_until_when_object_events_were_keyed_by
     """0006: uploads already run under the old keys are not run again after the upgrade (the scans of
     input folders would otherwise find each one as a new upload); a new registry has no such time."""
     await migrations.upgrade_engine(engine, "0004")
-    events = table(
-        "events",
-        column("dedup_key", String),
-        column("service", String),
-        column("job_id", String),
-        column("payload", LargeBinary),
-        column("status", String),
-        column("attempts", Integer),
-        column("available_at", DateTime(timezone=True)),
-        column("created_at", DateTime(timezone=True)),
-    )
     last = datetime(2026, 11, 30, 8, 0, 0, 250000, tzinfo=UTC)
     rows = [
         ("object:svc:b/in/a.txt@e1", last - timedelta(days=1)),
@@ -87,7 +90,7 @@ async def test_an_upgraded_registry_knows_until_when_object_events_were_keyed_by
     async with engine.begin() as connection:
         for key, created in rows:
             await connection.execute(
-                insert(events).values(
+                insert(EVENTS).values(
                     dedup_key=key,
                     service="svc",
                     job_id=key[-8:],
@@ -115,18 +118,6 @@ async def test_keys_too_long_for_the_column_are_rewritten_as_the_intake_now_comp
     is found under the bounded key after the upgrade, so the scan does not run it again. Keys that fit
     are untouched."""
     await migrations.upgrade_engine(engine, "0006")
-    events = table(
-        "events",
-        column("id", Integer),
-        column("dedup_key", String),
-        column("service", String),
-        column("job_id", String),
-        column("payload", LargeBinary),
-        column("status", String),
-        column("attempts", Integer),
-        column("available_at", DateTime(timezone=True)),
-        column("created_at", DateTime(timezone=True)),
-    )
     short = "object:svc:b/in/a.txt@e1#1764950400000"
     long = "object:svc:b/in/" + "k" * DEDUP_KEY_MAX + "@e1#1764950400000"
     keys = [short, long] if engine.dialect.name == "sqlite" else [short]
@@ -134,7 +125,7 @@ async def test_keys_too_long_for_the_column_are_rewritten_as_the_intake_now_comp
     async with engine.begin() as connection:
         for n, key in enumerate(keys):
             await connection.execute(
-                insert(events).values(
+                insert(EVENTS).values(
                     dedup_key=key,
                     service="svc",
                     job_id=f"svc-{n}",
@@ -147,7 +138,7 @@ async def test_keys_too_long_for_the_column_are_rewritten_as_the_intake_now_comp
             )
     await migrations.upgrade_engine(engine)
     async with engine.connect() as connection:
-        stored = set((await connection.execute(select(events.c.dedup_key))).scalars())
+        stored = set((await connection.execute(select(EVENTS.c.dedup_key))).scalars())
     assert stored == {bounded_key(key) for key in keys}
     assert short in stored
 
