@@ -71,6 +71,19 @@ async def create(http: httpx.AsyncClient) -> None:
     assert (await http.post("/system/services", json=body)).status_code == 201
 
 
+async def only_job_running(http: httpx.AsyncClient) -> bool:
+    jobs = await all_jobs(http, NAME)
+    return [job["status"] for job in jobs.values()] == ["Running"]
+
+
+async def one_job_running(http: httpx.AsyncClient) -> None:
+    """A service whose job sleeps two seconds, then says "done"; returns once that job is Running."""
+    body = service_body(NAME, script="sleep 2\necho done\n")
+    assert (await http.post("/system/services", json=body)).status_code == 201
+    assert (await http.post(f"/job/{NAME}", content=base64.b64encode(b"x"))).status_code == 201
+    await eventually(lambda: only_job_running(http))
+
+
 async def eventually(check: object, *, within: float = 30.0) -> None:
     deadline = time.monotonic() + within
     while True:
@@ -199,18 +212,10 @@ async def test_a_job_ending_while_the_disk_is_full_is_recorded_once_space_is_bac
         url = sqlite_databases.create(data / "oscar.db", migrated=True)
         settings = make_settings(database_url=url, data_dir=data)
         async with app_client(settings) as http:
-            body = service_body(NAME, script="sleep 2\necho done\n")
-            assert (await http.post("/system/services", json=body)).status_code == 201
-            assert (await http.post(f"/job/{NAME}", content=base64.b64encode(b"x"))).status_code == 201
-
-            async def running() -> bool:
-                jobs = await all_jobs(http, NAME)
-                return [job["status"] for job in jobs.values()] == ["Running"]
-
-            await eventually(running)
+            await one_job_running(http)
             with full(data):
                 await settle(4)  # the script ends meanwhile; its end cannot be written
-                assert await running()
+                assert await only_job_running(http)
             jobs = await wait_for_jobs(http, NAME, count=1, within=60)
             assert [job["status"] for job in jobs.values()] == ["Succeeded"]
 
@@ -229,15 +234,7 @@ async def test_a_job_ending_while_postgresql_is_down_is_recorded_once_it_is_back
         url = PostgresDatabases(server.url).create(migrated=True)
         settings = make_settings(database_url=url, data_dir=tmp_path / "data")
         async with app_client(settings) as http:
-            body = service_body(NAME, script="sleep 2\necho done\n")
-            assert (await http.post("/system/services", json=body)).status_code == 201
-            assert (await http.post(f"/job/{NAME}", content=base64.b64encode(b"x"))).status_code == 201
-
-            async def running() -> bool:
-                jobs = await all_jobs(http, NAME)
-                return [job["status"] for job in jobs.values()] == ["Running"]
-
-            await eventually(running)
+            await one_job_running(http)
             await asyncio.to_thread(server.halt)
             try:
                 ready = await http.get("/health", params={"ready": "1"})
