@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import os
+import secrets
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -18,13 +18,24 @@ from oscar_manager.settings import Settings
 from oscar_manager.storage.s3 import S3ObjectStore
 from tests.support.app import app_client
 from tests.support.components import PostgresServer, unavailable
+from tests.support.controlplane import ControlPlane, locate_binaries
 from tests.support.databases import PostgresDatabases, SqliteDatabases
 from tests.support.factories import make_settings
-from tests.support.kube_api import KubeApiDouble, on_kubernetes
+from tests.support.kube_api import KubeApiDouble
+from tests.support.kube_cluster import (
+    TestNamespace,
+    create_namespace,
+    install_shipped_rbac,
+    manager_settings,
+    service_account_token,
+)
 from tests.support.kubelet import BusyboxImage, SupervisorKubelet
 from tests.support.minio import MinioServer, locate_minio_binary, start_minio
+from tests.support.runner_kubelet import ApiObjects, RunnerKubelet
 from tests.support.supervisor import BusyboxRoot, build_executable, static_busybox
 
+# What the OSCAR deployment gives every job: minio.default's keys (moto takes any).
+MOTO_KEYS = {"accessKey": "testing", "secretKey": "testing"}
 DATABASE_KINDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
@@ -96,41 +107,79 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """The real Kubernetes control plane (``tests.support.controlplane``), built on first use (about ten
+    minutes once, then cached in ``.cache/``) and started for the whole session (about ten seconds)."""
+    try:
+        binaries = locate_binaries()
+    except (subprocess.SubprocessError, OSError) as exc:
+        unavailable(f"cannot build the Kubernetes control plane: {exc}")
+    try:
+        plane = ControlPlane.start_all(binaries, tmp_path_factory.mktemp("controlplane"))
+    except (RuntimeError, OSError, httpx.HTTPError) as exc:
+        unavailable(f"cannot start the Kubernetes control plane: {exc}")
+    try:
+        yield plane
+    finally:
+        plane.stop_all()
+
+
+@pytest.fixture(scope="session")
+async def kube_admin(control_plane: ControlPlane) -> AsyncIterator[httpx.AsyncClient]:
+    """The apiserver as its admin, with ``deploy/kubernetes``'s namespaces and RBAC applied."""
+    async with control_plane.async_http(timeout=30) as http:
+        await install_shipped_rbac(http)
+        yield http
+
+
+@pytest.fixture(scope="session")
+async def manager_token(kube_admin: httpx.AsyncClient) -> str:
+    """A token of the shipped ServiceAccount: the manager runs with exactly the shipped RBAC."""
+    return await service_account_token(kube_admin)
+
+
+@pytest.fixture
+async def kube_namespace(kube_admin: httpx.AsyncClient) -> TestNamespace:
+    """A namespace of the test's own for its jobs, like the shipped one; its pods go to its own node."""
+    return await create_namespace(kube_admin, node=f"node-{secrets.token_hex(4)}", credentials=MOTO_KEYS)
+
+
 @pytest.fixture
 async def kubernetes_settings(
     settings: Settings,
-    double: tuple[KubeApiDouble, str],
+    control_plane: ControlPlane,
+    kube_admin: httpx.AsyncClient,
+    manager_token: str,
+    kube_namespace: TestNamespace,
     moto_endpoint: str,
     tmp_path: Path,
     busybox: Path,
     supervisor_executable: Path,
     bwrap: str,
-) -> Settings:
-    """``settings`` on the Kubernetes backend: the API double with a kubelet that runs each pod as a node
-    would (the supervisor executable copied by the init container, in a busybox-only root), and
-    ``minio.default`` on moto's S3 server (emptied first: tests reuse bucket names)."""
-    api, url = double
+) -> AsyncIterator[Settings]:
+    """``settings`` on the Kubernetes backend of the real control plane, as the shipped ServiceAccount. The
+    test's node is the runner kubelet: its pods really run (the supervisor executable copied by the init
+    container, in a busybox-only root). ``minio.default`` is moto's S3 server (emptied first: tests reuse
+    bucket names)."""
     image = BusyboxImage(busybox=busybox, supervisor=supervisor_executable, bwrap=bwrap)
-    api.kubelet = SupervisorKubelet(api, tmp_path / "pods", image=image)
-    # What the OSCAR deployment provides to every job: minio.default's keys.
-    keys = {"accessKey": "testing", "secretKey": "testing"}
-    api.objects[("Secret", "oscar-svc", "minio")] = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "minio", "namespace": "oscar-svc"},
-        "data": {key: base64.b64encode(value.encode()).decode() for key, value in keys.items()},
-    }
-    async with httpx.AsyncClient() as http:
-        (await http.post(f"{moto_endpoint}/moto-api/reset")).raise_for_status()
-    return on_kubernetes(
-        settings,
-        url,
-        tmp_path,
-        minio_endpoint=moto_endpoint,
-        minio_access_key=keys["accessKey"],
-        minio_secret_key=keys["secretKey"],
-        oscar_minio_listen=False,  # moto has no ListenBucketNotification
-    )
+    node = kube_namespace.node
+    pods = SupervisorKubelet(ApiObjects(kube_admin), tmp_path / "pods", node=node, image=image)
+    serving = control_plane.pki.node_server(node)
+    async with RunnerKubelet.running(http=kube_admin, node=node, serving=serving, runner=pods):
+        async with httpx.AsyncClient() as http:
+            (await http.post(f"{moto_endpoint}/moto-api/reset")).raise_for_status()
+        yield manager_settings(
+            settings,
+            control_plane,
+            manager_token,
+            kube_namespace.name,
+            tmp_path,
+            minio_endpoint=moto_endpoint,
+            minio_access_key=MOTO_KEYS["accessKey"],
+            minio_secret_key=MOTO_KEYS["secretKey"],
+            oscar_minio_listen=False,  # moto has no ListenBucketNotification
+        )
 
 
 @pytest.fixture(scope="session")

@@ -26,17 +26,22 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from oscar_manager.backends import manifests
 from oscar_manager.errors import OscarError
 from oscar_manager.supervisor import cli
-from tests.support.kube_api import KubeApiDouble
 from tests.support.supervisor import BusyboxRoot
 
 
 class PodFailed(Exception):
     pass
+
+
+class Objects(Protocol):
+    """Where the kubelet reads the ConfigMaps and Secrets a pod needs (None: there is no such object)."""
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,7 @@ class BusyboxImage:
 
 @dataclass
 class SupervisorKubelet:
-    api: KubeApiDouble
+    api: Objects
     root: Path
     node: str = "double-node"
     image: BusyboxImage | None = None
@@ -61,7 +66,7 @@ class SupervisorKubelet:
         pod_dir = self.root / pod["metadata"]["name"]
         try:
             await self._volumes_ready(namespace, pod)
-            env = self._environment(namespace, container)
+            env = await self._environment(namespace, container)
             if self.image is not None:
                 return await self._run_in_image(namespace, pod, env, pod_dir, log)
             return await self._run_in_process(namespace, pod, env, pod_dir, log)
@@ -74,7 +79,7 @@ class SupervisorKubelet:
     ) -> int:
         if pod["spec"]["containers"][0].get("command") != [f"{manifests.SUPERVISOR_DIR}/supervisor"]:
             raise PodFailed("exec: the command is not the supervisor")
-        self._mount_volumes(namespace, pod, pod_dir)
+        await self._mount_volumes(namespace, pod, pod_dir)
         (pod_dir / "tmp").mkdir()
         # The image's own PATH (this machine's tools) and a private temporary folder.
         env.setdefault("PATH", os.environ.get("PATH", "/usr/bin:/bin"))
@@ -98,7 +103,7 @@ class SupervisorKubelet:
     ) -> int:
         assert self.image is not None
         root = BusyboxRoot.create(pod_dir, busybox=self.image.busybox, bwrap=self.image.bwrap)
-        self._mount_volumes(namespace, pod, root.path)
+        await self._mount_volumes(namespace, pod, root.path)
         for init in pod["spec"].get("initContainers", []):
             self._run_manager_init_container(init, root)
         command = pod["spec"]["containers"][0]["command"]
@@ -142,8 +147,8 @@ class SupervisorKubelet:
         shutil.copyfile(self.image.supervisor, target)
         target.chmod(0o755)
 
-    def _object(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
-        found = self.api.get(kind, namespace, name)
+    async def _object(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        found = await self.api.get(kind, namespace, name)
         if found is None:
             raise PodFailed(f'MountVolume.SetUp failed: {kind.lower()} "{name}" not found')
         return found
@@ -166,38 +171,39 @@ class SupervisorKubelet:
         """Wait until every object the volumes need exists, as the kubelet retries a failed mount."""
         deadline = time.monotonic() + self.mount_timeout
         for kind, name in self._volume_objects(pod):
-            while self.api.get(kind, namespace, name) is None:
+            while await self.api.get(kind, namespace, name) is None:
                 if time.monotonic() > deadline:
                     raise PodFailed(f'MountVolume.SetUp failed: {kind.lower()} "{name}" not found')
                 await asyncio.sleep(0.02)
 
-    def _mount_volumes(self, namespace: str, pod: dict[str, Any], base: Path) -> None:
+    async def _mount_volumes(self, namespace: str, pod: dict[str, Any], base: Path) -> None:
         volumes = {volume["name"]: volume for volume in pod["spec"].get("volumes", [])}
         for mount in pod["spec"]["containers"][0].get("volumeMounts", []):
             target = _inside(base, PurePosixPath(mount["mountPath"]))
             target.mkdir(parents=True, exist_ok=True)
             volume = volumes[mount["name"]]
             if "configMap" in volume:
-                data = self._object("ConfigMap", namespace, volume["configMap"]["name"]).get("data", {})
+                config_map = await self._object("ConfigMap", namespace, volume["configMap"]["name"])
+                data = config_map.get("data", {})
                 for key, text in data.items():
                     (target / key).write_text(text)
             elif "secret" in volume:
-                secret = self._object("Secret", namespace, volume["secret"]["secretName"])
+                secret = await self._object("Secret", namespace, volume["secret"]["secretName"])
                 for key, encoded in secret.get("data", {}).items():
                     (target / key).write_bytes(base64.b64decode(encoded))
             for source in volume.get("projected", {}).get("sources", []):
-                data = self._object("Secret", namespace, source["secret"]["name"]).get("data", {})
+                data = (await self._object("Secret", namespace, source["secret"]["name"])).get("data", {})
                 for item in source["secret"].get("items") or [{"key": key, "path": key} for key in data]:
                     (target / item["path"]).write_bytes(base64.b64decode(data[item["key"]]))
 
-    def _secret_values(self, namespace: str, name: str) -> dict[str, str]:
-        data = self._object("Secret", namespace, name).get("data", {})
+    async def _secret_values(self, namespace: str, name: str) -> dict[str, str]:
+        data = (await self._object("Secret", namespace, name)).get("data", {})
         return {key: base64.b64decode(value).decode() for key, value in data.items()}
 
-    def _environment(self, namespace: str, container: dict[str, Any]) -> dict[str, str]:
+    async def _environment(self, namespace: str, container: dict[str, Any]) -> dict[str, str]:
         env: dict[str, str] = {}
         for source in container.get("envFrom", []):
-            env.update(self._secret_values(namespace, source["secretRef"]["name"]))
+            env.update(await self._secret_values(namespace, source["secretRef"]["name"]))
         for item in container.get("env", []):
             if "value" in item:
                 env[item["name"]] = item["value"]
@@ -207,7 +213,8 @@ class SupervisorKubelet:
                 env[item["name"]] = self.node
             elif "secretKeyRef" in reference:
                 key_ref = reference["secretKeyRef"]
-                env[item["name"]] = self._secret_values(namespace, key_ref["name"])[key_ref["key"]]
+                values = await self._secret_values(namespace, key_ref["name"])
+                env[item["name"]] = values[key_ref["key"]]
             else:
                 raise PodFailed(f"CreateContainerConfigError: unsupported valueFrom {reference!r}")
         return env

@@ -1,0 +1,375 @@
+"""A real Kubernetes control plane on loopback for the tests: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and kwok, built from the Go module proxy by ``scripts/build-controlplane``.
+
+Started once per session (about ten seconds); each component can be stopped and started again on the same
+ports and data (``stop``/``start``), so tests can take the apiserver or etcd away mid-stream. RBAC and the
+admission chain are the real ones (Node,RBAC authorisation; PodSecurity, ServiceAccount and PodNodeSelector
+admission among the defaults); an audit log records who asked for what. Pods are played by kwok
+(``tests.support.kwok_stages``) on nodes labelled for it, or really run by the tests' runner kubelet
+(``tests.support.runner_kubelet``) on nodes of their own.
+
+Different from a production cluster on purpose: one node-lifecycle rule. The controller manager's node
+lifecycle controller is off, so nodes never turn NotReady because a test stopped etcd or the apiserver for
+longer than the grace period (that would taint them and evict the pods under test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import ssl
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from tests.support.components import free_port
+from tests.support.kube_pki import KeyPair, Pki
+from tests.support.kwok_stages import KWOK_NODE_LABEL, configuration
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = ROOT / "scripts" / "build-controlplane"
+KWOK_NODE = "kwok-node"
+# What the audit log keeps: who did what to which resource, for every request; with the body of each Job
+# created (tests read back what the manager sent, once the Job is gone).
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "Request", "verbs": ["create"], "resources": [{"group": "batch", "resources": ["jobs"]}]},
+        {"level": "Metadata"},
+    ],
+}
+
+
+def locate_binaries() -> Path:
+    """The folder of etcd, kube and kwok: ``$OSCAR_CONTROLPLANE_BIN`` or the build (run here if needed)."""
+    given = os.environ.get("OSCAR_CONTROLPLANE_BIN")
+    if given:
+        return Path(given)
+    done = subprocess.run(
+        ["bash", str(BUILD_SCRIPT)], check=True, capture_output=True, text=True, timeout=3600
+    )
+    return Path(done.stdout.strip())
+
+
+def kubeconfig(server: str, ca: Path, *, user: dict[str, Any], namespace: str = "default") -> str:
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "test", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+            "users": [{"name": "user", "user": user}],
+            "contexts": [
+                {"name": "test", "context": {"cluster": "test", "user": "user", "namespace": namespace}}
+            ],
+            "current-context": "test",
+        }
+    )
+
+
+@dataclass
+class Component:
+    name: str
+    command: list[str]
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                self.command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+@dataclass
+class ControlPlane:
+    binaries: Path
+    folder: Path
+    pki: Pki
+    admin: KeyPair
+    etcd_port: int = field(default_factory=free_port)
+    etcd_peer_port: int = field(default_factory=free_port)
+    apiserver_port: int = field(default_factory=free_port)
+    kwok_port: int = field(default_factory=free_port)
+    components: dict[str, Component] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    @property
+    def ca(self) -> Path:
+        return self.pki.ca.cert
+
+    @property
+    def audit_log(self) -> Path:
+        return self.folder / "audit.log"
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        return self.folder / "admin.kubeconfig"
+
+    def admin_tls(self) -> ssl.SSLContext:
+        """TLS as the admin: the apiserver checked against the CA, the admin's client certificate shown."""
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.load_cert_chain(self.admin.cert, self.admin.key)
+        return context
+
+    def http(self, **options: Any) -> httpx.Client:
+        """A blocking client of the apiserver as the admin (system:masters)."""
+        return httpx.Client(base_url=self.url, verify=self.admin_tls(), **options)
+
+    def async_http(self, **options: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, verify=self.admin_tls(), **options)
+
+    @classmethod
+    def start_all(cls, binaries: Path, folder: Path) -> ControlPlane:
+        pki = Pki.create(folder / "pki")
+        plane = cls(binaries=binaries, folder=folder, pki=pki, admin=pki.client("admin"))
+        (folder / "logs").mkdir(exist_ok=True)
+        plane.admin_kubeconfig.write_text(
+            kubeconfig(
+                plane.url,
+                plane.ca,
+                user={"client-certificate": str(plane.admin.cert), "client-key": str(plane.admin.key)},
+            )
+        )
+        plane._define()
+        try:
+            plane.start("etcd")
+            plane.start("apiserver")
+            plane.start("controller-manager")
+            plane.start("scheduler")
+            plane._add_kwok_node()
+            plane.start("kwok")
+            plane._wait_node_ready(KWOK_NODE)
+        except BaseException:
+            plane.stop_all()
+            raise
+        return plane
+
+    def _component_kubeconfig(self, name: str) -> Path:
+        pair = self.pki.client(name)
+        path = self.folder / f"{name}.kubeconfig"
+        path.write_text(
+            kubeconfig(
+                self.url, self.ca, user={"client-certificate": str(pair.cert), "client-key": str(pair.key)}
+            )
+        )
+        return path
+
+    def _define(self) -> None:
+        pki = self.pki
+        serving = pki.apiserver()
+        kubelet_client = pki.client("apiserver-kubelet-client")
+        kwok_serving = pki.node_server("kwok")
+        (self.folder / "audit-policy.yaml").write_text(yaml.safe_dump(AUDIT_POLICY))
+        logs_file = self.folder / "kwok-pod.log"
+        logs_file.write_text("2026-01-01T00:00:00.000000000Z stdout F a pod that kwok played\n")
+        (self.folder / "kwok.yaml").write_text(
+            configuration(node_port=self.kwok_port, logs_file=str(logs_file))
+        )
+        kube = str(self.binaries / "kube")
+        etcd_url = f"http://127.0.0.1:{self.etcd_port}"
+        commands = {
+            "etcd": [
+                str(self.binaries / "etcd"),
+                "--data-dir",
+                str(self.folder / "etcd"),
+                "--listen-client-urls",
+                etcd_url,
+                "--advertise-client-urls",
+                etcd_url,
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{self.etcd_peer_port}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{self.etcd_peer_port}",
+                "--initial-cluster",
+                f"default=http://127.0.0.1:{self.etcd_peer_port}",
+                "--listen-metrics-urls",
+                f"http://127.0.0.1:{free_port()}",
+                "--unsafe-no-fsync",
+            ],
+            "apiserver": [
+                kube,
+                "apiserver",
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.apiserver_port}",
+                f"--tls-cert-file={serving.cert}",
+                f"--tls-private-key-file={serving.key}",
+                f"--client-ca-file={pki.ca.cert}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={pki.service_account_public}",
+                f"--service-account-signing-key-file={pki.service_account_key}",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=PodNodeSelector",
+                f"--kubelet-client-certificate={kubelet_client.cert}",
+                f"--kubelet-client-key={kubelet_client.key}",
+                "--kubelet-preferred-address-types=InternalIP",
+                "--endpoint-reconciler-type=none",
+                f"--audit-policy-file={self.folder / 'audit-policy.yaml'}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-mode=blocking",
+                "--profiling=false",
+            ],
+            "controller-manager": [
+                kube,
+                "controller-manager",
+                f"--kubeconfig={self._component_kubeconfig('controller-manager')}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+                "--leader-elect=false",
+                "--use-service-account-credentials",
+                f"--service-account-private-key-file={pki.service_account_key}",
+                f"--root-ca-file={pki.ca.cert}",
+                f"--cluster-signing-cert-file={pki.ca.cert}",
+                f"--cluster-signing-key-file={pki.ca.key}",
+                "--controllers=*,-node-lifecycle-controller",
+                "--profiling=false",
+            ],
+            "scheduler": [
+                kube,
+                "scheduler",
+                f"--kubeconfig={self._component_kubeconfig('scheduler')}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+                "--leader-elect=false",
+                "--profiling=false",
+            ],
+            "kwok": [
+                str(self.binaries / "kwok"),
+                f"--kubeconfig={self._component_kubeconfig('kwok')}",
+                f"--config={self.folder / 'kwok.yaml'}",
+                f"--server-address=127.0.0.1:{self.kwok_port}",
+                f"--tls-cert-file={kwok_serving.cert}",
+                f"--tls-private-key-file={kwok_serving.key}",
+            ],
+        }
+        for name, command in commands.items():
+            self.components[name] = Component(name, command, self.folder / "logs" / f"{name}.log")
+
+    def start(self, name: str, *, timeout: float = 60) -> None:
+        """Start a component (again) and wait until it answers."""
+        component = self.components[name]
+        component.start()
+        deadline = time.monotonic() + timeout
+        while not self._healthy(name):
+            if not component.alive():
+                raise RuntimeError(f"{name} exited: {self.log_tail(name)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} not healthy after {timeout} s: {self.log_tail(name)}")
+            time.sleep(0.1)
+
+    def stop(self, name: str, *, kill: bool = False) -> None:
+        self.components[name].stop(kill=kill)
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.components)):
+            self.components[name].stop()
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        text = (
+            self.components[name].log.read_text(errors="replace")
+            if self.components[name].log.exists()
+            else ""
+        )
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _healthy(self, name: str) -> bool:
+        try:
+            if name == "etcd":
+                return httpx.get(f"http://127.0.0.1:{self.etcd_port}/health", timeout=2).status_code == 200
+            if name == "apiserver":
+                with self.http(timeout=2) as http:
+                    return http.get("/readyz").status_code == 200
+            if name in ("controller-manager", "scheduler"):
+                port = next(
+                    arg.split("=", 1)[1] for arg in self.components[name].command if "--secure-port" in arg
+                )
+                # Their serving certificates are self-signed, made at start: nothing to verify them against.
+                answer = httpx.get(f"https://127.0.0.1:{port}/healthz", verify=False, timeout=2)  # noqa: S501
+                return answer.status_code == 200
+            return self.components[name].alive()  # kwok: its node turning Ready is waited for by the caller
+        except httpx.HTTPError:
+            return False
+
+    def _add_kwok_node(self) -> None:
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": KWOK_NODE, "labels": {KWOK_NODE_LABEL: "kwok", "type": "kwok"}},
+        }
+        with self.http(timeout=10) as http:
+            http.post("/api/v1/nodes", json=node).raise_for_status()
+
+    def _wait_node_ready(self, name: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        with self.http(timeout=10) as http:
+            while time.monotonic() < deadline:
+                node = http.get(f"/api/v1/nodes/{name}").json()
+                conditions = (node.get("status") or {}).get("conditions") or []
+                if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+                    return
+                time.sleep(0.1)
+        raise RuntimeError(f"node {name} not Ready after {timeout} s: {self.log_tail('kwok')}")
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    verb: str  # create, get, list, watch, update, patch, delete, deletecollection
+    resource: str  # jobs, pods/log...
+    namespace: str
+    name: str
+    code: int
+    body: dict[str, Any] | None = None  # the object sent, where the policy keeps it (Jobs created)
+
+
+def audit_records(path: Path, *, user: str, start: int = 0) -> list[AuditRecord]:
+    """What ``user`` asked the apiserver for, in order, from byte ``start`` of the audit log on."""
+    records = []
+    with path.open("rb") as log:
+        log.seek(start)
+        for line in log:
+            event = json.loads(line)
+            if event.get("stage") != "ResponseComplete" or event["user"].get("username") != user:
+                continue
+            ref = event.get("objectRef") or {}
+            resource = ref.get("resource", "")
+            if ref.get("subresource"):
+                resource += "/" + ref["subresource"]
+            records.append(
+                AuditRecord(
+                    verb=event["verb"],
+                    resource=resource,
+                    namespace=ref.get("namespace", ""),
+                    name=ref.get("name", ""),
+                    code=int((event.get("responseStatus") or {}).get("code", 0)),
+                    body=event.get("requestObject"),
+                )
+            )
+    return records
