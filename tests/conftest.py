@@ -23,7 +23,7 @@ from tests.support.databases import PostgresDatabases, SqliteDatabases
 from tests.support.factories import make_settings
 from tests.support.kube_api import KubeApiDouble
 from tests.support.kube_cluster import (
-    TestNamespace,
+    JobNamespace,
     create_namespace,
     install_shipped_rbac,
     manager_settings,
@@ -140,7 +140,7 @@ async def manager_token(kube_admin: httpx.AsyncClient) -> str:
 
 
 @pytest.fixture
-async def kube_namespace(kube_admin: httpx.AsyncClient) -> TestNamespace:
+async def kube_namespace(kube_admin: httpx.AsyncClient) -> JobNamespace:
     """A namespace of the test's own for its jobs, like the shipped one; its pods go to its own node."""
     return await create_namespace(kube_admin, node=f"node-{secrets.token_hex(4)}", credentials=MOTO_KEYS)
 
@@ -151,7 +151,7 @@ async def kubernetes_settings(
     control_plane: ControlPlane,
     kube_admin: httpx.AsyncClient,
     manager_token: str,
-    kube_namespace: TestNamespace,
+    kube_namespace: JobNamespace,
     moto_endpoint: str,
     tmp_path: Path,
     busybox: Path,

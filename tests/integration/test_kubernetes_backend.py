@@ -27,7 +27,7 @@ from oscar_manager.settings import Settings
 from tests.support.app import NO_AUTH, app_client
 from tests.support.controlplane import AuditRecord, ControlPlane, audit_records
 from tests.support.jobs import all_jobs, settle, wait_for_jobs
-from tests.support.kube_cluster import SERVICE_ACCOUNT, TestNamespace, manager_settings
+from tests.support.kube_cluster import SERVICE_ACCOUNT, JobNamespace, manager_settings
 from tests.support.runner_kubelet import RunnerKubelet
 
 MANAGER_USER = f"system:serviceaccount:{SERVICE_ACCOUNT[0]}:{SERVICE_ACCOUNT[1]}"
@@ -90,7 +90,7 @@ async def cluster(
     control_plane: ControlPlane,
     kube_admin: httpx.AsyncClient,
     manager_token: str,
-    kube_namespace: TestNamespace,
+    kube_namespace: JobNamespace,
     tmp_path: Path,
 ) -> AsyncIterator[Cluster]:
     node = kube_namespace.node

@@ -10,7 +10,8 @@ admission among the defaults); an audit log records who asked for what. Pods are
 
 Different from a production cluster on purpose: one node-lifecycle rule. The controller manager's node
 lifecycle controller is off, so nodes never turn NotReady because a test stopped etcd or the apiserver for
-longer than the grace period (that would taint them and evict the pods under test).
+longer than the grace period (that would taint them and evict the pods under test); the ``not-ready`` taint
+a new node is created with is lifted by the tests instead (:func:`untaint`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ from tests.support.kwok_stages import KWOK_NODE_LABEL, configuration
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = ROOT / "scripts" / "build-controlplane"
 KWOK_NODE = "kwok-node"
+# A RoleBinding of deploy/kubernetes, and the ServiceAccount it lets watch Jobs: (namespace, name, user).
+RBAC_PROBE = ("oscar-svc", "oscar-controller", "system:serviceaccount:oscar:oscar-sa")
+# The PodNodeSelector admission plugin's annotation: every pod of the namespace gets that node selector.
+NODE_SELECTOR = "scheduler.alpha.kubernetes.io/node-selector"
 # What the audit log keeps: who did what to which resource, for every request; with the body of each Job
 # created (tests read back what the manager sent, once the Job is gone).
 AUDIT_POLICY = {
@@ -72,6 +77,17 @@ def kubeconfig(server: str, ca: Path, *, user: dict[str, Any], namespace: str = 
             "current-context": "test",
         }
     )
+
+
+def untaint(http: httpx.Client, node: str) -> None:
+    """A node is created tainted ``not-ready``; the node lifecycle controller (off here, see above) lifts
+    the taint once the node is Ready, so this does it in its place."""
+    answer = http.patch(
+        f"/api/v1/nodes/{node}",
+        json={"spec": {"taints": None}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    answer.raise_for_status()
 
 
 @dataclass
@@ -165,6 +181,9 @@ class ControlPlane:
             plane._add_kwok_node()
             plane.start("kwok")
             plane._wait_node_ready(KWOK_NODE)
+            with plane.http(timeout=10) as http:
+                untaint(http, KWOK_NODE)
+            plane._wait_job_completes()
         except BaseException:
             plane.stop_all()
             raise
@@ -306,7 +325,7 @@ class ControlPlane:
                 return httpx.get(f"http://127.0.0.1:{self.etcd_port}/health", timeout=2).status_code == 200
             if name == "apiserver":
                 with self.http(timeout=2) as http:
-                    return http.get("/readyz").status_code == 200
+                    return http.get("/readyz").status_code == 200 and self._rbac_in_force(http)
             if name in ("controller-manager", "scheduler"):
                 port = next(
                     arg.split("=", 1)[1] for arg in self.components[name].command if "--secure-port" in arg
@@ -318,6 +337,25 @@ class ControlPlane:
         except httpx.HTTPError:
             return False
 
+    def _rbac_in_force(self, http: httpx.Client) -> bool:
+        """A restarted apiserver answers ``/readyz`` before its RBAC authoriser has every RoleBinding: for a
+        moment it refuses what they allow (403). Ready means: the shipped Role is in force (once applied)."""
+        namespace, name = RBAC_PROBE[0], RBAC_PROBE[1]
+        path = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings/{name}"
+        if http.get(path).status_code == 404:
+            return True  # not applied (yet): nothing to wait for
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": RBAC_PROBE[2],
+                "groups": ["system:serviceaccounts", "system:authenticated"],
+                "resourceAttributes": {"namespace": namespace, "verb": "watch", "group": "batch", "resource": "jobs"},
+            },
+        }
+        answer = http.post("/apis/authorization.k8s.io/v1/subjectaccessreviews", json=review)
+        return answer.is_success and bool(answer.json()["status"].get("allowed"))
+
     def _add_kwok_node(self) -> None:
         node = {
             "apiVersion": "v1",
@@ -326,6 +364,34 @@ class ControlPlane:
         }
         with self.http(timeout=10) as http:
             http.post("/api/v1/nodes", json=node).raise_for_status()
+
+    def _wait_job_completes(self, timeout: float = 90) -> None:
+        """The controller manager starts its controllers one by one for seconds after it answers healthy:
+        the plane is ready when a Job gets its pod, scheduled, played by kwok and seen Complete."""
+        namespace = {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": "plane-probe", "annotations": {NODE_SELECTOR: "type=kwok"}},
+        }
+        account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}
+        container = {"name": "probe", "image": "probe", "command": ["true"]}
+        job = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "probe"},
+            "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [container]}}},
+        }
+        deadline = time.monotonic() + timeout
+        with self.http(timeout=10) as http:
+            http.post("/api/v1/namespaces", json=namespace).raise_for_status()
+            http.post("/api/v1/namespaces/plane-probe/serviceaccounts", json=account)  # 409: made already
+            http.post("/apis/batch/v1/namespaces/plane-probe/jobs", json=job).raise_for_status()
+            while time.monotonic() < deadline:
+                status = http.get("/apis/batch/v1/namespaces/plane-probe/jobs/probe").json().get("status", {})
+                if any(c["type"] == "Complete" and c["status"] == "True" for c in status.get("conditions", [])):
+                    return
+                time.sleep(0.1)
+        raise RuntimeError(f"a probe Job did not complete in {timeout} s: {self.log_tail('controller-manager')}")
 
     def _wait_node_ready(self, name: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

@@ -19,12 +19,11 @@ from typing import Any
 import httpx
 
 from oscar_manager.settings import Settings
-from tests.support.controlplane import ControlPlane, kubeconfig
+from tests.support.controlplane import NODE_SELECTOR, ControlPlane, kubeconfig
 from tests.support.deploy import KUBERNETES, documents
 
 SHIPPED_NAMESPACE = "oscar-svc"
 SERVICE_ACCOUNT = ("oscar", "oscar-sa")
-NODE_SELECTOR = "scheduler.alpha.kubernetes.io/node-selector"
 _PLURALS = {
     "Namespace": "namespaces",
     "ServiceAccount": "serviceaccounts",
@@ -92,14 +91,14 @@ async def service_account_token(http: httpx.AsyncClient) -> str:
 
 
 @dataclass(frozen=True)
-class TestNamespace:
+class JobNamespace:
     name: str
     node: str  # where its pods are scheduled
 
 
 async def create_namespace(
     http: httpx.AsyncClient, *, node: str, credentials: dict[str, str]
-) -> TestNamespace:
+) -> JobNamespace:
     """A namespace like the shipped ``oscar-svc`` (labels, Role, RoleBinding) whose pods go to ``node``."""
     name = f"t-{secrets.token_hex(5)}"
     template = shipped("Namespace", SHIPPED_NAMESPACE)
@@ -137,7 +136,7 @@ async def create_namespace(
     created = await http.post(f"/api/v1/namespaces/{name}/serviceaccounts", json=account)
     if created.status_code not in (201, 409):
         created.raise_for_status()
-    return TestNamespace(name=name, node=node)
+    return JobNamespace(name=name, node=node)
 
 
 def manager_settings(

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -166,6 +167,13 @@ class RunnerKubelet:
             headers={"Content-Type": "application/strategic-merge-patch+json"},
         )
         answer.raise_for_status()
+        # What the node lifecycle controller would do now that the node is Ready (it is off on this plane).
+        answer = await self.http.patch(
+            f"/api/v1/nodes/{self.node}",
+            json={"spec": {"taints": None}},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        answer.raise_for_status()
 
     # --- pods -----------------------------------------------------------------------------------------------
 
@@ -173,13 +181,14 @@ class RunnerKubelet:
         selector = f"spec.nodeName={self.node}"
         version = ""
         while True:
-            if not version:
-                listed = (await self.http.get("/api/v1/pods", params={"fieldSelector": selector})).json()
-                version = listed["metadata"]["resourceVersion"]
-                for pod in listed["items"]:
-                    await self._pod_changed(pod)
-            params = {"fieldSelector": selector, "watch": "1", "resourceVersion": version}
             try:
+                if not version:
+                    listed = await self.http.get("/api/v1/pods", params={"fieldSelector": selector})
+                    listed.raise_for_status()
+                    version = listed.json()["metadata"]["resourceVersion"]
+                    for pod in listed.json()["items"]:
+                        await self._pod_changed(pod)
+                params = {"fieldSelector": selector, "watch": "1", "resourceVersion": version}
                 async with self.http.stream("GET", "/api/v1/pods", params=params, timeout=None) as stream:
                     async for line in stream.aiter_lines():
                         event = json.loads(line)
@@ -189,8 +198,10 @@ class RunnerKubelet:
                         version = event["object"]["metadata"]["resourceVersion"]
                         if event["type"] != "DELETED":
                             await self._pod_changed(event["object"])
-            except httpx.HTTPError:
-                await asyncio.sleep(0.2)  # the apiserver went away: watch again from where we were
+            except (httpx.HTTPError, ValueError, KeyError) as exc:
+                # The apiserver went away (or cut a line short): watch again from where we were.
+                logging.getLogger(__name__).info("kubelet %s: watch lost (%r)", self.node, exc)
+                await asyncio.sleep(0.2)
 
     async def _pod_changed(self, pod: dict[str, Any]) -> None:
         uid = pod["metadata"]["uid"]
@@ -220,14 +231,19 @@ class RunnerKubelet:
             )
 
     async def _set_status(self, pod: dict[str, Any], status: dict[str, Any]) -> None:
+        """Report the pod's status, retrying while the apiserver is away (as a kubelet does)."""
         meta = pod["metadata"]
-        answer = await self.http.patch(
-            f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status",
-            json={"status": status},
-            headers={"Content-Type": "application/strategic-merge-patch+json"},
-        )
-        if answer.status_code != 404:  # deleted meanwhile
-            answer.raise_for_status()
+        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status"
+        headers = {"Content-Type": "application/strategic-merge-patch+json"}
+        async with asyncio.timeout(120):
+            while True:
+                try:
+                    answer = await self.http.patch(path, json={"status": status}, headers=headers)
+                except httpx.HTTPError:
+                    answer = None
+                if answer is not None and (answer.status_code == 404 or answer.is_success):
+                    return  # reported, or the pod was deleted meanwhile
+                await asyncio.sleep(0.2)
 
     def _container_statuses(self, pod: dict[str, Any], state: dict[str, Any], *, ready: bool) -> list[Any]:
         return [
