@@ -3,11 +3,13 @@
 etcd keeps no object over its ``--max-request-bytes`` (1.5 MiB by default; a larger Job fails after the
 API server has validated it, with a misleading 422) and the API server takes no request body over 3 MiB.
 A Job carries its service's definition (environment variables, labels, annotations, twice: on the Job
-and on its pod template) and its event: inline in ``EVENT`` up to ``EVENT_ENV_MAX_BYTES``, or else in
-Secrets the Job owns, of which the Job itself carries only a projected volume naming each part
-(``manifests.body_secrets``). So the largest Job of a service is its Job for an empty event plus the
-larger of those two shares, and that is known when the service is created or updated: a service whose
-Jobs could not all be stored is refused then (413), instead of every invocation failing after its 201.
+and on its pod template), the API server's record of its fields (managedFields) and its event: inline
+in ``EVENT`` up to ``EVENT_ENV_MAX_BYTES``, or else in Secrets the Job owns, of which the Job itself
+carries only a projected volume naming each part (``manifests.body_secrets``). So the largest Job of a
+service is its Job for an empty event plus the larger of those two shares, and that is known when the
+service is created or updated: a service whose Jobs could not all be stored is refused then (413),
+instead of every invocation failing after its 201. (Its ConfigMap, limited to 1 MiB of data, the API
+server checks itself: a 422, the service's 400.)
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from oscar_manager.supervisor.stage import EVENT_ENV_MAX_BYTES
 
 KiB = 1024
 # etcd's default --max-request-bytes, and what of it the API server's additions to a created Job take
-# (defaults, managedFields, status: a few KiB measured; kept generous, the estimate being JSON's size).
+# besides its managedFields (estimated apart): defaults, status, uid... a few KiB; kept generous.
 ETCD_MAX_BYTES = 1536 * KiB
-SERVER_ADDITIONS = 128 * KiB
+SERVER_ADDITIONS = 64 * KiB
 # The API server's maxRequestBodyBytes.
 REQUEST_MAX_BYTES = 3 * 1024 * KiB
 # JSON writes a control character of a body as ``\\u00XX``: at most six bytes sent for one stored.
@@ -38,10 +40,25 @@ def _json_bytes(obj: Any, *, ascii_only: bool) -> int:
     return len(json.dumps(obj, ensure_ascii=ascii_only, separators=(",", ":")).encode())
 
 
+def _field_set(obj: Any) -> Any:
+    """About the managedFields the API server records with the object: the set of its fields (every
+    key; list items by their ``name``), values left out. It grows with the number of fields, not with
+    their values: a thousand small environment variables cost more there than in the object."""
+    if isinstance(obj, dict):
+        return {key: _field_set(value) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [
+            {"name": item["name"], **_field_set(item)} if isinstance(item, dict) and "name" in item else {}
+            for item in obj
+        ]
+    return ""
+
+
 def job_sizes(service: Service, cluster: manifests.ClusterConfig, *, body_bytes: int) -> tuple[int, int]:
     """(about what etcd would store, the request's size) of the largest Job ``service`` can have for a
     body of up to ``body_bytes``: its sync-run Job (a few more variables) for an empty event, plus the
-    larger of the event's two ways into it. The stored size is the JSON's, UTF-8 as etcd's protobuf."""
+    larger of the event's two ways into it. The stored size is the JSON's (UTF-8, as in etcd's protobuf,
+    which is the smaller) and its managedFields'."""
     job = manifests.job(
         service,
         job_id=_LONGEST_JOB_ID,
@@ -54,7 +71,8 @@ def job_sizes(service: Service, cluster: manifests.ClusterConfig, *, body_bytes:
     inline = (EVENT_ENV_MAX_BYTES, _JSON_ESCAPE * EVENT_ENV_MAX_BYTES)
     # The parts' volume, its mount and the two variables describing the parts (digest and count).
     parts = _json_bytes(manifests.body_volume(_LONGEST_JOB_ID, _parts(body_bytes)), ascii_only=True) + 512
-    stored = _json_bytes(job, ascii_only=False) + max(inline[0], parts)
+    stored = _json_bytes(job, ascii_only=False) + _json_bytes(_field_set(job), ascii_only=False)
+    stored += max(inline[0], parts)
     sent = _json_bytes(job, ascii_only=True) + max(inline[1], parts)
     return stored, sent
 

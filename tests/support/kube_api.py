@@ -138,7 +138,7 @@ class KubeApiDouble:
     logs: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, pod) -> log
     # (ns, pod) -> the kubelet's time of each line of its log (``?timestamps=true``)
     log_stamps: dict[tuple[str, str], list[str]] = field(default_factory=dict)
-    requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
+    requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path[?dryRun=All])
     refused: list[str] = field(default_factory=list)  # validation messages, for assertions
     # (rv, type, job as it was then): the Job events a watch replays; ``_lines`` has them serialised.
     history: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
@@ -191,7 +191,9 @@ class KubeApiDouble:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
-        self.requests.append((request.method, request.path))
+        # A dry run's path says so: it is no create (tests count creates by their path).
+        dry_run = "?dryRun=All" if "dryRun" in request.query else ""
+        self.requests.append((request.method, request.path + dry_run))
         if self.delay:
             await asyncio.sleep(self.delay)
         for index, (method, fragment, code) in enumerate(self.fail_next):

@@ -75,6 +75,10 @@ def validate(manifest: dict[str, Any]) -> None:
     if len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
         raise Invalid("metadata.name", f"{name!r} is not a DNS-1123 subdomain")
     _check_metadata(metadata, "metadata")
+    if manifest["kind"] == "ConfigMap":
+        # As ValidateConfigMap: the values of data, all keys together (the manager sends no binaryData).
+        if sum(len(value.encode()) for value in (manifest.get("data") or {}).values()) > MAX_SECRET_BYTES:
+            raise Invalid("[]", f"Too long: must have at most {MAX_SECRET_BYTES} bytes")
     if manifest["kind"] == "Secret":
         size = sum(len(base64.b64decode(value)) for value in (manifest.get("data") or {}).values())
         size += sum(len(value.encode()) for value in (manifest.get("stringData") or {}).values())
