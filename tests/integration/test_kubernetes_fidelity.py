@@ -316,3 +316,23 @@ functions:
     mount = yaml.safe_load(config_map["data"]["function_config.yaml"])["mount"]
     assert mount["options"] == "--vfs-cache-mode full --read-only"
     assert mount["path"] == "b/f"
+
+
+# --- the same rules on the local backend: a service moves between backends unchanged ----------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"annotations": {"bad key!": "x"}}, "annotations: invalid key 'bad key!'"),
+        ({"labels": {"team": "x" * 64}}, "labels: the value of 'team' is 64 characters long"),
+    ],
+)
+async def test_the_local_backend_refuses_the_same_labels_and_annotations(
+    settings: Settings, fields: dict[str, Any], named: str
+) -> None:
+    async with app_client(settings) as local:
+        refused = await local.post("/system/services", json=definition(**fields))
+        assert refused.status_code == 400
+        assert named in refused.text
+        assert (await local.get("/system/services/fidelity")).status_code == 404
