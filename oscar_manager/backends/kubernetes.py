@@ -14,6 +14,9 @@ A body too large for the Job's environment (``manifests.body_inline``) goes, aft
 the Job owns, which the garbage collector deletes with it; the pod waits for them as for any volume. A
 resubmission finds the Job (409) and creates what is missing of them.
 
+A service's create or update first checks its Jobs: their size against etcd's limit (``kube_limits``)
+and a dry-run create of one, so what the API server would refuse in every Job is the request's 400.
+
 Beside this class: ``kube_client`` (the client and its errors), ``kube_watches`` (the job watcher and the
 sync-run watch), ``kube_jobs`` (a Job's state and outcome, its pod's log), ``kube_nodes`` (``/system/status``)
 and ``kube_answers`` (what refusals say).

@@ -158,7 +158,7 @@ async def test_valid_prefixed_keys_are_accepted_and_reach_the_job(
     manager: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
 ) -> None:
     api, _url = double
-    fields = {
+    fields: dict[str, Any] = {
         "labels": {"example.org/team": "imaging", "tier": ""},
         "annotations": {"Example.org/Owner": "lab 7, room 3", "note": "free text: anything goes"},
     }
