@@ -229,6 +229,9 @@ class Runtime:
                             manager_image=settings.oscar_manager_image,
                             ttl_seconds=settings.ttl_job,
                             job_timeout=math.ceil(settings.oscar_job_timeout),
+                            max_body_bytes=max(
+                                settings.oscar_max_body_bytes, settings.oscar_max_run_body_bytes
+                            ),
                         ),
                         concurrency=settings.oscar_kubernetes_concurrency,
                     )

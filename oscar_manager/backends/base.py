@@ -93,9 +93,10 @@ class Backend(Protocol):
     async def cancel(self, job_id: str) -> None:
         """Stop a job if it is running or queued; nothing if it is unknown."""
 
-    async def prepare_service(self, service: Service) -> None:
+    async def prepare_service(self, service: Service, *, previous: Service | None = None) -> None:
         """Whatever the backend keeps per service (Kubernetes: its ConfigMap and Secret), created or
-        replaced; raising fails the create or update, which is then rolled back."""
+        replaced (``previous``: the version an update replaces); raising fails the create or update,
+        which is then rolled back."""
 
     async def remove_service(self, service: Service) -> None:
         """Remove what ``prepare_service`` made, and the service's jobs."""

@@ -1,8 +1,9 @@
 """The Kubernetes backend's two watches on Jobs.
 
-The job watcher follows the services' Jobs in the namespace and reports their starts and ends, so the
-job rows stay current: it resumes from the last resourceVersion, and lists again after 410 Gone. A sync
-run's Job is left out of it (labelled) and awaited by its request instead, with a watch on that one Job.
+The job watcher follows the services' Jobs in the namespace and reports their starts (once their pod
+runs) and ends, so the job rows stay current: it resumes from the last resourceVersion, and lists again
+after 410 Gone. A sync run's Job is left out of it (labelled) and awaited by its request instead, with a
+watch on that one Job.
 """
 
 from __future__ import annotations
@@ -118,8 +119,12 @@ class JobWatcher:
                 outcome = await job_outcome(self._core, self._namespace, job, timestamps=True)
                 await self._reporter.finished(name, outcome=outcome)
                 self._finished.add(name)
-        elif status is not None and status.active and name not in self._started:
-            await self._reporter.started(name, at=status.start_time or datetime.now(UTC))
+        elif status is not None and status.ready and name not in self._started:
+            # Running once its pod is: ``ready`` counts the pods whose containers run (a Job's pods have no
+            # readiness probes), where ``active`` counts them from their creation, unscheduled and
+            # pulling images too. The Job says not since when: it is seen now (a start seen only in a
+            # listing after a restart is recorded late).
+            await self._reporter.started(name, at=datetime.now(UTC))
             self._started.add(name)
 
     async def _skip_recorded_ends(self, jobs: list[client.V1Job]) -> None:

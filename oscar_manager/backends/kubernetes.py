@@ -14,6 +14,9 @@ A body too large for the Job's environment (``manifests.body_inline``) goes, aft
 the Job owns, which the garbage collector deletes with it; the pod waits for them as for any volume. A
 resubmission finds the Job (409) and creates what is missing of them.
 
+A service's create or update first checks its Jobs: their size against etcd's limit (``kube_limits``)
+and a dry-run create of one, so what the API server would refuse in every Job is the request's 400.
+
 Beside this class: ``kube_client`` (the client and its errors), ``kube_watches`` (the job watcher and the
 sync-run watch), ``kube_jobs`` (a Job's state and outcome, its pod's log), ``kube_nodes`` (``/system/status``)
 and ``kube_answers`` (what refusals say).
@@ -54,6 +57,7 @@ from oscar_manager.backends.kube_client import (
     without_environment_lookups,
 )
 from oscar_manager.backends.kube_jobs import job_outcome, past_deadline
+from oscar_manager.backends.kube_limits import check_job_size
 from oscar_manager.backends.kube_nodes import cluster_nodes
 from oscar_manager.backends.kube_watches import JobWatcher, await_end
 from oscar_manager.domain.cluster import NodeStatus
@@ -128,19 +132,34 @@ class KubernetesBackend:
 
     # --- services ----------------------------------------------------------------------------------
 
-    async def prepare_service(self, service: Service) -> None:
-        """Create or replace the service's ConfigMap (definition, script) and Secret (its secrets)."""
+    async def prepare_service(self, service: Service, *, previous: Service | None = None) -> None:
+        """Check that the cluster will take the service's Jobs (their size, then a dry-run create), then
+        create or replace its ConfigMap (definition, script) and Secret (its secrets). The Secret is
+        deleted only when the version replaced had one: not a DELETE answered 404 on every change."""
+        check_job_size(service, self._cluster, body_bytes=self._cluster.max_body_bytes)
+        await self._dry_run_job(service)
         await self._apply("configmap", manifests.config_map(service))
         secret = manifests.secret(service)
         if secret is not None:
             await self._apply("secret", secret)
-        else:
+        elif previous is not None and manifests.secret(previous) is not None:
             await self._delete_quietly("secret", service.name)
 
+    async def _dry_run_job(self, service: Service) -> None:
+        """Have the API server validate (and admit, not store) a Job of the service for an empty event:
+        what it would refuse in every Job (an invalid field, a webhook's policy) is refused now, as the
+        service's 400, instead of after each invocation's 201."""
+        name = f"{service.name}-dry-run"  # no job has this name: a job id ends in hex digits
+        body = manifests.job(service, job_id=name, event=b"", cluster=self._cluster)
+        with answers(f"create a Job of service {service.name} (dry run)"):
+            await self._create(self._batch.create_namespaced_job, body, dry_run="All")
+
     async def remove_service(self, service: Service) -> None:
-        """Delete the service's ConfigMap, Secret and Jobs (their pods go with them, in the background)."""
+        """Delete the service's ConfigMap, Secret (if it has one) and Jobs (their pods go with them, in
+        the background)."""
         await self._delete_quietly("configmap", service.name)
-        await self._delete_quietly("secret", service.name)
+        if manifests.secret(service) is not None:
+            await self._delete_quietly("secret", service.name)
         with answers(f"delete the jobs of {service.name}"):
             await self._batch.delete_collection_namespaced_job(
                 self._namespace,
@@ -195,12 +214,17 @@ class KubernetesBackend:
             self._inflight -= 1
 
     async def _create(
-        self, create: Callable[..., Awaitable[object]], body: dict[str, Any], *, parse: bool = False
+        self,
+        create: Callable[..., Awaitable[object]],
+        body: dict[str, Any],
+        *,
+        parse: bool = False,
+        dry_run: str | None = None,
     ) -> dict[str, Any] | None:
         """POST ``body``; return the object created (when ``parse``, else {}), or None if it existed already
         (409). The answer is left unparsed otherwise: no client model spares half the call's CPU. (The
         client is typed for its models; it serialises plain dicts all the same.)"""
-        answer = await create(self._namespace, body, _preload_content=False)
+        answer = await create(self._namespace, body, _preload_content=False, dry_run=dry_run)
         async with cast("aiohttp.ClientResponse", answer) as raw:
             if raw.status == 409:
                 return None

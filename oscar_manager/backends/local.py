@@ -138,7 +138,7 @@ class LocalBackend:
         self._queued.add(request.job_id)
         await self._queue.put(request)
 
-    async def prepare_service(self, service: Service) -> None:
+    async def prepare_service(self, service: Service, *, previous: Service | None = None) -> None:
         """Nothing to prepare: a local job reads its service from the manager itself."""
 
     async def remove_service(self, service: Service) -> None:

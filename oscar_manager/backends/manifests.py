@@ -9,6 +9,17 @@ intake's dedup key, so a redelivered event maps to the same Job (409 AlreadyExis
 and a body too large for ``EVENT`` travels in Secrets the Job owns (``body_secrets``), projected into the
 pod at ``/oscar/event``: a container cannot start with an environment string over 128 KiB, nor can etcd
 keep a Job over 1.5 MiB.
+
+Pod Security: a Job's pod meets the "baseline" profile, which the services' namespace enforces, and of
+"restricted" what users' images allow. The init container (ours: it copies the supervisor) meets all of
+"restricted": it runs as the manager image's own non-root user (``SUPERVISOR_UID``), without privilege
+escalation, with every capability dropped; the file it writes into the ``emptyDir`` keeps the image's
+mode (0755), so the main container executes it whatever user it runs as. The pod's seccomp profile is
+``RuntimeDefault`` (the container runtime's default filter, which ordinary programs never notice), and the
+main container cannot gain privileges (``allowPrivilegeEscalation: false``: no setuid binary such as
+``sudo`` takes effect; a process already root stays root). Left as the image says, as upstream does: the
+main container's user (``runAsNonRoot`` would refuse the many scientific images that run as root) and its
+capabilities (dropping ALL would break root images that ``chown`` files or bind to low ports).
 """
 
 from __future__ import annotations
@@ -37,6 +48,8 @@ GPU_RESOURCE = "nvidia.com/gpu"
 SYNC_LABEL = "oscar_sync"
 # A sync Job outliving a crashed manager is collected after at most this long.
 SYNC_TTL_SECONDS = 3600
+# The manager image's own user (Dockerfile ``USER 10001:10001``): the init container runs as it.
+SUPERVISOR_UID = 10001
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +60,9 @@ class ClusterConfig:
     credentials_secret: str = "minio"  # noqa: S105
     # OSCAR_JOB_TIMEOUT, as on the local backend: Kubernetes kills a Job running longer (None: never).
     job_timeout: int | None = None
+    # The largest invocation body a Job may have to carry (the larger of OSCAR_MAX_BODY_BYTES and
+    # OSCAR_MAX_RUN_BODY_BYTES): a service is refused if its Jobs could not carry that (``kube_limits``).
+    max_body_bytes: int = 50 * 1024 * 1024
 
 
 def _labels(service: Service) -> dict[str, str]:
@@ -93,6 +109,27 @@ def _resources(service: Service) -> dict[str, Any]:
     return {"limits": limits, "requests": dict(limits)}
 
 
+def pod_security() -> dict[str, Any]:
+    """The pod's ``securityContext`` (see the module's docstring for what is set, and what not, and why)."""
+    return {"seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def init_security() -> dict[str, Any]:
+    """The init container's: all of Pod Security "restricted"."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": SUPERVISOR_UID,
+        "runAsGroup": SUPERVISOR_UID,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def container_security() -> dict[str, Any]:
+    """The main container's: what users' images allow of "restricted"."""
+    return {"allowPrivilegeEscalation": False}
+
+
 def body_inline(event: bytes) -> bool:
     """The body travels in the Job's ``EVENT`` (as upstream's): it fits there, and as it is."""
     text = event_variable(event)
@@ -106,8 +143,8 @@ def _event_env(event: bytes, *, inline: bool) -> list[dict[str, Any]]:
     return [{"name": name, "value": value} for name, value in body_parts.environment(event).items()]
 
 
-def _body_volume(job_id: str, event: bytes) -> dict[str, Any]:
-    """The body's parts, one Secret each, as the files of one read-only volume."""
+def body_volume(job_id: str, parts: int) -> dict[str, Any]:
+    """The body's ``parts``, one Secret each, as the files of one read-only volume."""
     sources = [
         {
             "secret": {
@@ -115,7 +152,7 @@ def _body_volume(job_id: str, event: bytes) -> dict[str, Any]:
                 "items": [{"key": body_parts.PART_KEY, "path": name}],
             }
         }
-        for index, name in enumerate(map(body_parts.part_name, range(body_parts.count(event))))
+        for index, name in enumerate(map(body_parts.part_name, range(parts)))
     ]
     return {"name": "oscar-event", "projected": {"sources": sources}}
 
@@ -212,6 +249,7 @@ def job(
             max_response=sync_max_response,
         ),
         "resources": _resources(service),
+        "securityContext": container_security(),
         "volumeMounts": [
             {"name": "oscar-config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "oscar-supervisor", "mountPath": SUPERVISOR_DIR, "readOnly": True},
@@ -224,7 +262,7 @@ def job(
         {"name": "minio-credentials", "secret": {"secretName": cluster.credentials_secret}},
     ]
     if not inline:
-        volumes.append(_body_volume(job_id, event))
+        volumes.append(body_volume(job_id, body_parts.count(event)))
         container["volumeMounts"].append(
             {"name": "oscar-event", "mountPath": str(body_parts.BODY_DIR), "readOnly": True}
         )
@@ -236,6 +274,7 @@ def job(
         "command": ["cp", IMAGE_SUPERVISOR, f"{SUPERVISOR_DIR}/supervisor"],
         "volumeMounts": [{"name": "oscar-supervisor", "mountPath": SUPERVISOR_DIR}],
         "resources": {"limits": {"cpu": "100m", "memory": "64Mi"}},
+        "securityContext": init_security(),
     }
     labels = {**_labels(service), "job-id": job_id, **({SYNC_LABEL: "true"} if sync else {})}
     pod_metadata = {"labels": labels, "annotations": dict(service.annotations)}
@@ -264,6 +303,7 @@ def job(
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
+                    "securityContext": pod_security(),
                     "imagePullSecrets": [{"name": name} for name in service.image_pull_secrets],
                     "initContainers": [init],
                     "containers": [container],

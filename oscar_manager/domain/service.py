@@ -15,6 +15,7 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator
 
 from oscar_manager.domain import credentials
 from oscar_manager.domain.gomodel import GoModel, Int32, Int64, NodePortList, PortList, Quantity, TextMap
+from oscar_manager.domain.kube_metadata import check_annotations, check_labels
 from oscar_manager.domain.providers import typed_provider
 from oscar_manager.domain.quantities import check_cpu, check_memory, check_quantity
 from oscar_manager.errors import BadRequest
@@ -289,6 +290,9 @@ def _normalise_common(service: Service, *, minio: MinioDefault) -> Service:
     check_quantity("total_memory", service.total_memory)
     check_quantity("total_cpu", service.total_cpu)
     check_quantity("ephemeral_storage_request", service.ephemeral_storage_request)
+    # As every Job will carry them (the service's own label among them).
+    check_labels({**service.labels, SERVICE_LABEL: service.name})
+    check_annotations(service.annotations)
     log_level = service.log_level.strip().upper()
     if log_level not in LOG_LEVELS:
         log_level = "INFO"

@@ -238,7 +238,7 @@ async def update(
     await _check_buckets_are_the_users(tx, principal, [service])
     await tx.services.replace(service)
     await prepare_storage(service, stores=provisioning.stores)
-    await provisioning.backend.prepare_service(service)
+    await provisioning.backend.prepare_service(service, previous=current)
     await _notify_inputs(tx, provisioning.notifications, input_buckets(current) | input_buckets(service))
     return service
 

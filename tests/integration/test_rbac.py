@@ -97,7 +97,7 @@ async def test_the_backend_lifecycle_needs_exactly_the_role(
     await kube.prepare_service(secretive)
     await kube.prepare_service(secretive)
     assert api.get("Secret", NS, "secretive") is not None
-    await kube.prepare_service(stored_service("secretive"))
+    await kube.prepare_service(stored_service("secretive"), previous=secretive)
     assert api.get("Secret", NS, "secretive") is None
     plain = stored_service("plain")
     await kube.prepare_service(plain)

@@ -2,8 +2,11 @@
 
 It keeps ConfigMaps, Secrets, Jobs and Pods per namespace and validates every body it is sent against the
 official schema (``tests.support.kubernetes.validate``), answering as the API server does: ``Status``
-objects with 201/200, 404 NotFound, 409 AlreadyExists and 422 Invalid (naming the field). A created Job
-gets a Pod at once; the test decides how it ends with :meth:`KubeApiDouble.finish_pod`. Watches of Jobs
+objects with 201/200, 404 NotFound, 409 AlreadyExists and 422 Invalid (naming the field); a create with
+``dryRun=All`` is validated and answered, not stored. A created Job gets a Pod at once, Pending (counted in
+the Job's ``status.active``), which then runs (``status.ready``) unless the test holds it with
+``hold_pods`` (a pod waiting for a node, or for its image) until :meth:`KubeApiDouble.run_pod`; the test
+decides how it ends with :meth:`KubeApiDouble.finish_pod`. Watches of Jobs
 stream ADDED/MODIFIED/DELETED events (newline-delimited JSON) from a resourceVersion; a resourceVersion
 older than the kept history answers 410 Gone, as a compacted etcd would.
 
@@ -135,7 +138,7 @@ class KubeApiDouble:
     logs: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, pod) -> log
     # (ns, pod) -> the kubelet's time of each line of its log (``?timestamps=true``)
     log_stamps: dict[tuple[str, str], list[str]] = field(default_factory=dict)
-    requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
+    requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path[?dryRun=All])
     refused: list[str] = field(default_factory=list)  # validation messages, for assertions
     # (rv, type, job as it was then): the Job events a watch replays; ``_lines`` has them serialised.
     history: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
@@ -145,6 +148,8 @@ class KubeApiDouble:
     created_at: dict[str, float] = field(default_factory=dict)  # Job name -> loop time it was created
     # When set, a created Job's pod really runs (see tests.support.kubelet); otherwise tests end pods.
     kubelet: Kubelet | None = None
+    # Set: the pods of Jobs created from now on stay Pending until ``run_pod``.
+    hold_pods: bool = False
     _running: set[asyncio.Task[None]] = field(default_factory=set)
     # The cluster's nodes (served at /api/v1/nodes) and their usage as metrics-server reports it; None:
     # no metrics API.
@@ -186,7 +191,9 @@ class KubeApiDouble:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
-        self.requests.append((request.method, request.path))
+        # A dry run's path says so: it is no create (tests count creates by their path).
+        dry_run = "?dryRun=All" if "dryRun" in request.query else ""
+        self.requests.append((request.method, request.path + dry_run))
         if self.delay:
             await asyncio.sleep(self.delay)
         for index, (method, fragment, code) in enumerate(self.fail_next):
@@ -235,7 +242,7 @@ class KubeApiDouble:
     ) -> None:
         """End the job's pod (and the job) the way the kubelet and the Job controller would. ``stamps``:
         the time of each line of ``log`` as the kubelet would have recorded it (default: now, for all)."""
-        pods = [pod for pod in self.of_kind("Pod") if pod["metadata"]["labels"].get("job-name") == job_name]
+        pods = self._pods_of(job_name)
         code = (0 if succeeded else 1) if exit_code is None else exit_code
         for pod in pods:
             terminated = {"exitCode": code, "reason": "Completed" if succeeded else "Error"}
@@ -268,6 +275,29 @@ class KubeApiDouble:
                 "completionTime": _now(),
             }
             await self._record("MODIFIED", job)
+
+    def _pods_of(self, job_name: str) -> list[dict[str, Any]]:
+        return [pod for pod in self.of_kind("Pod") if pod["metadata"]["labels"].get("job-name") == job_name]
+
+    async def run_pod(self, namespace: str, job_name: str) -> None:
+        """The job's pod is scheduled and its containers start: Running and Ready (a Job's pods have no
+        readiness probes), which the Job controller counts in ``status.ready``."""
+        job = self.get("Job", namespace, job_name)
+        if job is None or (job.get("status") or {}).get("conditions"):
+            return
+        for pod in self._pods_of(job_name):
+            pod["status"] = {
+                "phase": "Running",
+                "startTime": _now(),
+                "conditions": [{"type": "Ready", "status": "True"}],
+            }
+            if self.kubelet is not None:
+                deadline = job["spec"].get("activeDeadlineSeconds")
+                task = asyncio.create_task(self._run_pod(namespace, job_name, pod, deadline))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+        job["status"] = {**job["status"], "ready": 1}
+        await self._record("MODIFIED", job)
 
     async def _run_pod(
         self, namespace: str, job_name: str, pod: dict[str, Any], deadline: float | None
@@ -341,6 +371,12 @@ class KubeApiDouble:
         key = (kind, namespace, name)
         if key in self.objects:
             return status(409, "AlreadyExists", f'{kind.lower()}s "{name}" already exists', name=name)
+        dry_run = request.query.getall("dryRun", [])
+        if dry_run:
+            if dry_run != ["All"]:
+                return status(400, "BadRequest", f"unsupported dry run directive: {dry_run}")
+            # Validated (and, on a real cluster, admitted), never stored: no etcd, no watch event.
+            return web.json_response(body, status=201)
         body["metadata"].update(namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp=_now())
         if kind == "Secret" and "stringData" in body:  # as the API server stores it
             encoded = {k: base64.b64encode(v.encode()).decode() for k, v in body.pop("stringData").items()}
@@ -372,16 +408,14 @@ class KubeApiDouble:
             "kind": "Pod",
             "metadata": {"name": name, "namespace": namespace, "labels": labels},
             "spec": copy.deepcopy(job["spec"]["template"]["spec"]),
-            "status": {"phase": "Running", "startTime": _now()},
+            "status": {"phase": "Pending"},
         }
         self.objects[("Pod", namespace, name)] = pod
-        job["status"] = {"active": 1, "startTime": _now()}
+        # As the Job controller: the pod counts as active from its creation, unscheduled as it is.
+        job["status"] = {"active": 1, "ready": 0, "startTime": _now()}
         await self._record("MODIFIED", job)
-        if self.kubelet is not None:
-            deadline = job["spec"].get("activeDeadlineSeconds")
-            task = asyncio.create_task(self._run_pod(namespace, job["metadata"]["name"], pod, deadline))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+        if not self.hold_pods:
+            await self.run_pod(namespace, job["metadata"]["name"])
 
     async def _replace(self, request: web.Request) -> web.StreamResponse:
         kind, namespace, name = self._kind(request), request.match_info["ns"], request.match_info["name"]

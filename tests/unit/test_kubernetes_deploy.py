@@ -26,6 +26,7 @@ from tests.support.deploy import (
 )
 from tests.support.factories import make_settings
 from tests.support.kubernetes import validate
+from tests.support.pod_security import baseline_violations, restricted_violations
 
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass"}
 
@@ -256,55 +257,6 @@ def test_the_readiness_probe_asks_for_readiness_and_the_liveness_probe_does_not(
 
 
 # --- Pod Security --------------------------------------------------------------------------------------
-
-
-_BASELINE_CAPABILITIES = {
-    "AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE",
-    "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
-}  # fmt: skip
-_RESTRICTED_VOLUMES = {
-    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected",
-    "secret",
-}  # fmt: skip
-
-
-def baseline_violations(spec: dict[str, Any]) -> list[str]:
-    """What Pod Security admission's ``baseline`` level refuses (the checks that can apply here)."""
-    found = [f"host namespace {key}" for key in ("hostNetwork", "hostPID", "hostIPC") if spec.get(key)]
-    found += [f"hostPath volume {v['name']}" for v in spec.get("volumes") or [] if "hostPath" in v]
-    for c in [*(spec.get("initContainers") or []), *spec["containers"]]:
-        context = c.get("securityContext") or {}
-        if context.get("privileged"):
-            found.append(f"{c['name']} is privileged")
-        extra = set((context.get("capabilities") or {}).get("add") or []) - _BASELINE_CAPABILITIES
-        found += [f"{c['name']} adds {cap}" for cap in sorted(extra)]
-        found += [f"{c['name']} uses a hostPort" for p in c.get("ports") or [] if p.get("hostPort")]
-    return found
-
-
-def restricted_violations(spec: dict[str, Any]) -> list[str]:
-    """``baseline`` plus what the ``restricted`` level adds."""
-    found = baseline_violations(spec)
-    pod_context = spec.get("securityContext") or {}
-    found += [
-        f"volume type of {v['name']}"
-        for v in spec.get("volumes") or []
-        if not set(v) - {"name"} <= _RESTRICTED_VOLUMES
-    ]
-    for c in [*(spec.get("initContainers") or []), *spec["containers"]]:
-        context = {**pod_context, **(c.get("securityContext") or {})}
-        if context.get("allowPrivilegeEscalation") is not False:
-            found.append(f"{c['name']} may escalate privileges")
-        if context.get("runAsNonRoot") is not True or context.get("runAsUser") == 0:
-            found.append(f"{c['name']} may run as root")
-        if (context.get("seccompProfile") or {}).get("type") not in ("RuntimeDefault", "Localhost"):
-            found.append(f"{c['name']} has no seccomp profile")
-        capabilities = context.get("capabilities") or {}
-        if "ALL" not in (capabilities.get("drop") or []):
-            found.append(f"{c['name']} does not drop ALL capabilities")
-        if set(capabilities.get("add") or []) - {"NET_BIND_SERVICE"}:
-            found.append(f"{c['name']} adds capabilities")
-    return found
 
 
 def test_the_pod_security_checks_here_catch_what_they_should() -> None:
