@@ -17,12 +17,14 @@ from oscar_manager.operations import Database
 from oscar_manager.settings import Settings
 from oscar_manager.storage.s3 import S3ObjectStore
 from tests.support.app import app_client
+from tests.support.cluster_view import Cluster
 from tests.support.components import PostgresServer, unavailable
 from tests.support.controlplane import ControlPlane, locate_binaries
 from tests.support.databases import PostgresDatabases, SqliteDatabases
 from tests.support.factories import make_settings
 from tests.support.kube_api import KubeApiDouble
 from tests.support.kube_cluster import (
+    MOTO_KEYS,
     JobNamespace,
     create_namespace,
     install_shipped_rbac,
@@ -34,8 +36,6 @@ from tests.support.minio import MinioServer, locate_minio_binary, start_minio
 from tests.support.runner_kubelet import ApiObjects, RunnerKubelet
 from tests.support.supervisor import BusyboxRoot, build_executable, static_busybox
 
-# What the OSCAR deployment gives every job: minio.default's keys (moto takes any).
-MOTO_KEYS = {"accessKey": "testing", "secretKey": "testing"}
 DATABASE_KINDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
@@ -291,3 +291,27 @@ def busybox_root(tmp_path: Path, bwrap: str, busybox: Path, supervisor_executabl
     if probe.returncode != 0:
         unavailable(f"bubblewrap cannot start a sandbox here: {probe.stderr.decode(errors='replace')}")
     return root
+
+
+@pytest.fixture
+async def cluster(
+    settings: Settings,
+    control_plane: ControlPlane,
+    kube_admin: httpx.AsyncClient,
+    manager_token: str,
+    kube_namespace: JobNamespace,
+    tmp_path: Path,
+) -> AsyncIterator[Cluster]:
+    """A manager's place on the real control plane (its settings, its namespace), with a manual kubelet:
+    the pods of its jobs run until the test ends them (``cluster.kubelet.finish``)."""
+    node = kube_namespace.node
+    serving = control_plane.pki.node_server(node)
+    async with RunnerKubelet.running(http=kube_admin, node=node, serving=serving) as kubelet:
+        yield Cluster(
+            plane=control_plane,
+            http=kube_admin,
+            namespace=kube_namespace.name,
+            kubelet=kubelet,
+            settings=manager_settings(settings, control_plane, manager_token, kube_namespace.name, tmp_path),
+            audit_start=control_plane.audit_log.stat().st_size,
+        )

@@ -43,6 +43,18 @@ def retryable(exc: ApiError) -> bool:
     return exc.status >= 500 or exc.status == 429
 
 
+# An apiserver that is starting serves requests before its RBAC authoriser has read every binding, and
+# for a moment refuses (403) what they allow: seen on a real control plane restarted under a running
+# manager. A Job refused so is tried again this many times (1 + 2 + 4 s of backoff) before its refusal
+# counts as final.
+FORBIDDEN_RETRIES = 3
+
+
+def refused_for_now(exc: ApiError, attempt: int) -> bool:
+    """Whether a refusal on the ``attempt``-th try (from 1) is worth another try."""
+    return retryable(exc) or (exc.status == 403 and attempt <= FORBIDDEN_RETRIES)
+
+
 def invalid_fields(exc: ApiError) -> list[str]:
     """The fields a 422 Invalid names (``details.causes[].field``)."""
     causes = (status_body(exc).get("details") or {}).get("causes") or []

@@ -17,7 +17,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from oscar_manager.backends import manifests
 from oscar_manager.backends.base import BackendUnavailable, JobReporter
-from oscar_manager.backends.kube_answers import KubernetesError, reason, retryable
+from oscar_manager.backends.kube_answers import KubernetesError, reason, refused_for_now, retryable
 from oscar_manager.backends.kube_client import TRANSPORT_ERRORS
 from oscar_manager.backends.kube_jobs import ended, job_outcome, watched_job
 from oscar_manager.domain.service import SERVICE_LABEL
@@ -146,6 +146,7 @@ async def await_end(api: client.ApiClient, *, namespace: str, name: str, version
     from the Job as it is now."""
     batch = client.BatchV1Api(api)
     delay = 0.2
+    refusals = 0  # 403s so far: one from an apiserver that is starting is not final
     while True:
         try:
             if version is None:
@@ -174,7 +175,8 @@ async def await_end(api: client.ApiClient, *, namespace: str, name: str, version
                 continue
             if exc.status == 404:
                 raise BackendUnavailable(f"the Job {name} of the sync run was deleted") from None
-            if not retryable(exc):
+            refusals += exc.status == 403
+            if not refused_for_now(exc, refusals):
                 raise KubernetesError(f"Kubernetes refused to watch job {name}: {reason(exc)}") from None
             problem = reason(exc)
         except TRANSPORT_ERRORS as exc:

@@ -49,7 +49,7 @@ from oscar_manager.backends.base import (
     SubmissionRefused,
     SyncRequest,
 )
-from oscar_manager.backends.kube_answers import reason, retryable
+from oscar_manager.backends.kube_answers import reason, refused_for_now
 from oscar_manager.backends.kube_client import (
     TRANSPORT_ERRORS,
     answers,
@@ -202,7 +202,7 @@ class KubernetesBackend:
                 uid = created["metadata"]["uid"] if created else await self._job_uid(name)
                 await self._deliver_body(service, name, uid, payload)
         except ApiException as exc:
-            if retryable(exc):
+            if refused_for_now(exc, request.attempt):
                 raise BackendUnavailable(f"Kubernetes could not create the job: {reason(exc)}") from None
             if not inline:  # its pod would wait for its volumes until its deadline
                 with contextlib.suppress(OscarError):

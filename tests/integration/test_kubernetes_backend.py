@@ -14,96 +14,27 @@ import asyncio
 import base64
 import json
 import ssl
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from oscar_manager.backends.kube_answers import FORBIDDEN_RETRIES
 from oscar_manager.settings import Settings
 from tests.support.app import NO_AUTH, app_client
-from tests.support.controlplane import AuditRecord, ControlPlane, audit_records
+from tests.support.cluster_view import (
+    MANAGER_USER,
+    Cluster,
+    job_created,
+    until,
+    until_async,
+    with_shipped_role,
+    without_verb,
+)
+from tests.support.controlplane import ControlPlane, audit_records
 from tests.support.jobs import all_jobs, settle, wait_for_jobs
-from tests.support.kube_cluster import SERVICE_ACCOUNT, JobNamespace, manager_settings
-from tests.support.runner_kubelet import RunnerKubelet
-
-MANAGER_USER = f"system:serviceaccount:{SERVICE_ACCOUNT[0]}:{SERVICE_ACCOUNT[1]}"
-
-
-@dataclass
-class Cluster:
-    """The test's view of the control plane: its namespace, its node's kubelet, what the manager asked."""
-
-    plane: ControlPlane
-    http: httpx.AsyncClient  # as the admin
-    namespace: str
-    kubelet: RunnerKubelet
-    settings: Settings  # the manager's
-    audit_start: int
-
-    def requests(self) -> list[AuditRecord]:
-        """What the manager asked for in this test's namespace (or cluster-wide), in order."""
-        return [
-            record
-            for record in audit_records(self.plane.audit_log, user=MANAGER_USER, start=self.audit_start)
-            if record.namespace in (self.namespace, "")
-        ]
-
-    def created_jobs(self) -> list[dict[str, Any]]:
-        """Every Job the manager created (bodies as sent), deleted since or not."""
-        return [
-            r.body
-            for r in self.requests()
-            if (r.verb, r.resource, r.code) == ("create", "jobs", 201) and r.body
-        ]
-
-    async def get(self, resource: str, name: str) -> dict[str, Any] | None:
-        group = "/apis/batch/v1" if resource == "jobs" else "/api/v1"
-        answer = await self.http.get(f"{group}/namespaces/{self.namespace}/{resource}/{name}")
-        if answer.status_code == 404:
-            return None
-        answer.raise_for_status()
-        found: dict[str, Any] = answer.json()
-        return found
-
-    async def jobs(self) -> list[str]:
-        answer = await self.http.get(f"/apis/batch/v1/namespaces/{self.namespace}/jobs")
-        return sorted(job["metadata"]["name"] for job in answer.json()["items"])
-
-    async def delete_job(self, name: str) -> None:
-        """As the TTL controller does: the Job goes, its pod with it (background propagation)."""
-        path = f"/apis/batch/v1/namespaces/{self.namespace}/jobs/{name}"
-        await self.http.request("DELETE", path, json={"propagationPolicy": "Background"})
-        selector = {"labelSelector": f"job-name={name}"}
-        await until_async(
-            lambda: self.http.get(f"/api/v1/namespaces/{self.namespace}/pods", params=selector),
-            lambda answer: answer.json()["items"] == [],
-        )
-
-
-@pytest.fixture
-async def cluster(
-    settings: Settings,
-    control_plane: ControlPlane,
-    kube_admin: httpx.AsyncClient,
-    manager_token: str,
-    kube_namespace: JobNamespace,
-    tmp_path: Path,
-) -> AsyncIterator[Cluster]:
-    node = kube_namespace.node
-    serving = control_plane.pki.node_server(node)
-    async with RunnerKubelet.running(http=kube_admin, node=node, serving=serving) as kubelet:
-        yield Cluster(
-            plane=control_plane,
-            http=kube_admin,
-            namespace=kube_namespace.name,
-            kubelet=kubelet,
-            settings=manager_settings(settings, control_plane, manager_token, kube_namespace.name, tmp_path),
-            audit_start=control_plane.audit_log.stat().st_size,
-        )
 
 
 @pytest.fixture
@@ -128,28 +59,6 @@ async def invoke(http: httpx.AsyncClient, name: str, body: bytes, **headers: str
     return await http.post(
         f"/job/{name}", content=body, headers={"Authorization": f"Bearer {token}", **headers}, auth=NO_AUTH
     )
-
-
-async def until(check: Callable[[], Any], within: float = 20) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "gave up waiting"
-        await asyncio.sleep(0.05)
-
-
-async def until_async(ask: Callable[[], Any], check: Callable[[Any], bool], within: float = 20) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        answer = await ask()
-        if check(answer):
-            return answer
-        assert time.monotonic() < deadline, f"gave up waiting: last {answer!r}"
-        await asyncio.sleep(0.05)
-
-
-async def job_created(cluster: Cluster, name: str) -> dict[str, Any]:
-    found: dict[str, Any] = await until_async(lambda: cluster.get("jobs", name), lambda job: job is not None)
-    return found
 
 
 async def test_proxy_variables_do_not_divert_the_api_client(
@@ -245,17 +154,7 @@ async def test_a_failed_pod_is_a_failed_job(manager: httpx.AsyncClient, cluster:
     assert (await manager.get(f"/system/logs/failing/{job_id}")).text == "boom\n"
 
 
-async def without_verb(cluster: Cluster, resource: str, verb: str) -> None:
-    """The namespace's Role, as shipped but without ``verb`` on ``resource``: RBAC refuses it for real."""
-    path = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{cluster.namespace}/roles/oscar-controller"
-    role = (await cluster.http.get(path)).json()
-    for rule in role["rules"]:
-        if resource in rule["resources"]:
-            rule["verbs"] = [v for v in rule["verbs"] if v != verb]
-    (await cluster.http.put(path, json=role)).raise_for_status()
-
-
-async def test_a_refused_job_fails_at_once_with_the_reason(
+async def test_a_refused_job_fails_after_a_few_tries_with_the_reason(
     manager: httpx.AsyncClient, cluster: Cluster
 ) -> None:
     assert (await manager.post("/system/services", json=definition("forbidden"))).status_code == 201
@@ -266,7 +165,26 @@ async def test_a_refused_job_fails_at_once_with_the_reason(
     log = (await manager.get(f"/system/logs/forbidden/{job_id}")).text
     assert "403" in log
     assert "cannot create resource" in log  # the apiserver's own reason, passed on
+    assert f"after {FORBIDDEN_RETRIES + 1} attempts" in log
     assert await cluster.jobs() == []
+
+
+async def test_a_job_refused_for_a_moment_is_created_once_rbac_allows_it(
+    manager: httpx.AsyncClient, cluster: Cluster
+) -> None:
+    """An apiserver that is starting refuses (403) for a moment what RBAC allows (its authoriser has not
+    read every binding yet): a Job refused so is tried again, not failed at once."""
+    assert (await manager.post("/system/services", json=definition("patience"))).status_code == 201
+    await without_verb(cluster, "jobs", "create")
+    job_id = (await invoke(manager, "patience", b"e30=")).headers["X-Oscar-Job-Ids"]
+    await until(
+        lambda: any((r.verb, r.resource, r.code) == ("create", "jobs", 403) for r in cluster.requests())
+    )
+    await with_shipped_role(cluster)
+    await job_created(cluster, job_id)
+    await cluster.kubelet.finish(job_id, succeeded=True, log="made it\n")
+    jobs = await wait_for_jobs(manager, "patience", count=1)
+    assert jobs[job_id]["status"] == "Succeeded"
 
 
 async def test_rbac_refusing_service_objects_fails_the_create_and_records_nothing(
@@ -410,7 +328,11 @@ class Runs:
 
     def created(self) -> list[dict[str, Any]]:
         records = audit_records(self.plane.audit_log, user=MANAGER_USER, start=self.audit_start)
-        return [r.body for r in records if (r.verb, r.resource, r.code) == ("create", "jobs", 201) and r.body]
+        return [
+            r.body
+            for r in records
+            if (r.verb, r.resource, r.code) == ("create", "jobs", 201) and r.body and not r.dry_run
+        ]
 
     def asked(self, verb: str, resource: str, name: str) -> bool:
         records = audit_records(self.plane.audit_log, user=MANAGER_USER, start=self.audit_start)
@@ -521,19 +443,25 @@ async def test_a_sync_run_over_the_body_limit_is_413_and_creates_nothing(
     assert runs.created() == []
 
 
-async def test_a_sync_run_outlives_an_api_server_restart(runs: Runs, kube_admin: httpx.AsyncClient) -> None:
+async def test_a_sync_run_outlives_an_api_server_restart(
+    kubernetes_settings: Settings, control_plane: ControlPlane, kube_admin: httpx.AsyncClient
+) -> None:
     """The run's watch breaks with the apiserver; it comes back with a fresh watch cache, too new for the
-    run's resourceVersion (410 Gone), so the run reads its Job again and still answers."""
-    script = "sleep 4\necho finished\n"
-    assert (
-        await runs.http.post("/system/services", json=definition("patient", script=script))
-    ).status_code == 201
-    call = asyncio.create_task(run(runs.http, "patient", base64.b64encode(b"x")))
-    await until(lambda: len(runs.created()) == 1)
-    name = runs.created()[0]["metadata"]["name"]
-    await asyncio.to_thread(runs.plane.stop, "apiserver")
-    await asyncio.to_thread(runs.plane.start, "apiserver")
-    answer = await call
+    run's resourceVersion (410 Gone), so the run reads its Job again and still answers. The controllers
+    take their time to catch up after the restart, hence the generous run timeout."""
+    start = control_plane.audit_log.stat().st_size
+    async with app_client(kubernetes_settings.model_copy(update={"oscar_run_timeout": 90.0})) as http:
+        runs = Runs(http, control_plane, kubernetes_settings.oscar_services_namespace, start)
+        script = "sleep 4\necho finished\n"
+        assert (
+            await http.post("/system/services", json=definition("patient", script=script))
+        ).status_code == 201
+        call = asyncio.create_task(run(http, "patient", base64.b64encode(b"x")))
+        await until(lambda: len(runs.created()) == 1)
+        name = runs.created()[0]["metadata"]["name"]
+        await asyncio.to_thread(control_plane.stop, "apiserver")
+        await asyncio.to_thread(control_plane.start, "apiserver")
+        answer = await call
     assert answer.status_code == 200
     assert answer.text == "finished\n"
     assert await gone(kube_admin, runs.namespace, name)

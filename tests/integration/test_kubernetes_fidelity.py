@@ -1,9 +1,8 @@
-"""Issue 15: where the Kubernetes backend behaved otherwise than on a real control plane, through the API.
-
-Run against the API double (``tests.support.kube_api``), which models what these tests rely on as a real
-1.37 API server does: a Job's ``status.active`` counts its pod from its creation and ``status.ready``
-once it runs; ``dryRun=All`` validates without storing; label and annotation keys are checked; a stored
-object over etcd's 1.5 MiB is refused. Holding a pod Pending on demand is the double's ``hold_pods``.
+"""Issue 15: where the Kubernetes backend behaved otherwise than on a real control plane, through the API,
+now on one (``tests.support.controlplane``): a Job's ``status.active`` counts its pod from its creation and
+``status.ready`` once it runs; ``dryRun=All`` validates without storing; label and annotation keys are
+checked; an object over etcd's request limit is refused. Pods run on the test's node (manual kubelet) or
+on the kwok node, which plays them by label (``tests.support.kwok_stages``).
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +20,34 @@ import yaml
 
 from oscar_manager.settings import Settings
 from tests.support.app import NO_AUTH, app_client
-from tests.support.jobs import all_jobs, wait_for_jobs
-from tests.support.kube_api import KubeApiDouble, on_kubernetes
+from tests.support.cluster_view import Cluster, job_created, until_async
+from tests.support.controlplane import ControlPlane
+from tests.support.jobs import all_jobs, settle, wait_for_jobs
+from tests.support.kube_cluster import MOTO_KEYS, create_namespace, manager_settings
+from tests.support.kwok_stages import OUTCOME_LABEL
 
-NS = "oscar-svc"
 MiB = 1024 * 1024
 
 
 @pytest.fixture
-def kube_settings(settings: Settings, double: tuple[KubeApiDouble, str], tmp_path: Path) -> Settings:
-    return on_kubernetes(settings, double[1], tmp_path)
+async def manager(cluster: Cluster) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(cluster.settings) as http:
+        yield http
 
 
 @pytest.fixture
-async def manager(kube_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async with app_client(kube_settings) as http:
+async def on_kwok(
+    settings: Settings,
+    control_plane: ControlPlane,
+    kube_admin: httpx.AsyncClient,
+    manager_token: str,
+    tmp_path: Path,
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A manager whose jobs' pods go to the kwok node."""
+    namespace = await create_namespace(kube_admin, node="kwok", credentials=MOTO_KEYS)
+    async with app_client(
+        manager_settings(settings, control_plane, manager_token, namespace.name, tmp_path)
+    ) as http:
         yield http
 
 
@@ -60,13 +72,6 @@ async def invoke(http: httpx.AsyncClient, name: str, body: bytes) -> str:
     return job_id
 
 
-async def until(check: Callable[[], Any], within: float = 10) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "gave up waiting"
-        await asyncio.sleep(0.02)
-
-
 async def status_of(http: httpx.AsyncClient, service: str, job_id: str) -> str:
     """The job's status as listed ("" while its row is not written yet)."""
     status: str = (await all_jobs(http, service)).get(job_id, {}).get("status", "")
@@ -83,42 +88,57 @@ async def until_status(http: httpx.AsyncClient, service: str, job_id: str, wante
 # --- 1. the pod's phase drives Pending / Running ---------------------------------------------------------
 
 
-async def test_a_job_is_pending_until_its_pod_runs(
-    manager: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
-) -> None:
-    """A Job whose pod is not running yet (unscheduled, pulling its image) is active but not ready: its
-    job is Pending. Another job, created after it and running, shows Running: the watcher has seen the
-    first Job's events by then (they come earlier in the same watch)."""
-    api, _url = double
-    assert (await manager.post("/system/services", json=definition())).status_code == 201
-    api.hold_pods = True
-    waiting = await invoke(manager, "fidelity", base64.b64encode(b"one"))
-    await until(lambda: api.get("Job", NS, waiting) is not None)
-    assert api.get("Job", NS, waiting)["status"]["active"] == 1  # type: ignore[index]
-    api.hold_pods = False
-    running = await invoke(manager, "fidelity", base64.b64encode(b"two"))
-    await until_status(manager, "fidelity", running, "Running")
-    assert await status_of(manager, "fidelity", waiting) == "Pending"
-
-    await api.run_pod(NS, waiting)
+async def test_a_job_is_pending_until_its_pod_runs(manager: httpx.AsyncClient, cluster: Cluster) -> None:
+    """A Job whose pod is not running yet (here: not schedulable, the node's CPUs are taken by another job
+    of the service) is active but not ready: its job is Pending while the other runs. Once the other ends,
+    the scheduler places the pod, it runs, and its job shows Running."""
+    assert (await manager.post("/system/services", json=definition(cpu="6"))).status_code == 201
+    first = await invoke(manager, "fidelity", base64.b64encode(b"one"))
+    await until_status(manager, "fidelity", first, "Running")
+    waiting = await invoke(manager, "fidelity", base64.b64encode(b"two"))  # 6 + 6 CPUs > the node's 8
+    await until_async(
+        lambda: cluster.get("jobs", waiting), lambda job: (job or {}).get("status", {}).get("active") == 1
+    )
+    await cluster.kubelet.finish(first, succeeded=True, log="first\n")
+    await until_status(manager, "fidelity", first, "Succeeded")
+    # The first pod ended, so the second fits now; until the scheduler places it, its job waits.
     await until_status(manager, "fidelity", waiting, "Running")
-    await api.finish_pod(NS, waiting, succeeded=True, log="done\n")
+    await cluster.kubelet.finish(waiting, succeeded=True, log="done\n")
     await until_status(manager, "fidelity", waiting, "Succeeded")
 
 
-async def test_a_job_ending_before_it_was_seen_running_still_succeeds(
-    manager: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
+async def test_an_unschedulable_job_stays_pending(manager: httpx.AsyncClient, cluster: Cluster) -> None:
+    """Upstream shows the pod's phase: a pod nowhere to be placed is Pending, however long."""
+    assert (await manager.post("/system/services", json=definition(cpu="16"))).status_code == 201
+    job_id = await invoke(manager, "fidelity", base64.b64encode(b"big"))
+    job = await until_async(
+        lambda: cluster.get("jobs", job_id), lambda job: (job or {}).get("status", {}).get("active") == 1
+    )
+    assert job["status"].get("ready", 0) == 0
+    await settle(1.0)
+    assert await status_of(manager, "fidelity", job_id) == "Pending"
+
+
+async def test_kwok_plays_jobs_by_label_and_their_logs_come_through_the_api_server(
+    on_kwok: httpx.AsyncClient,
 ) -> None:
-    """A pod can run and end between two looks at it: the Job goes from active straight to Complete."""
-    api, _url = double
-    assert (await manager.post("/system/services", json=definition())).status_code == 201
-    api.hold_pods = True
-    job_id = await invoke(manager, "fidelity", base64.b64encode(b"quick"))
-    await until(lambda: api.get("Job", NS, job_id) is not None)
-    await api.finish_pod(NS, job_id, succeeded=True, log="quick\n")
-    jobs = await wait_for_jobs(manager, "fidelity", count=1)
-    assert jobs[job_id]["status"] == "Succeeded"
-    assert (await manager.get(f"/system/logs/fidelity/{job_id}")).text == "quick\n"
+    """On the kwok node: a pod runs and completes, fails with exit code 1 (``fail``), or is held Pending
+    (``pending``) or Running (``run``), as its service's labels say; a job that ends before the manager
+    saw it running still ends as it did; its log is kwok's, read through the apiserver's ``pods/log``."""
+    outcomes = {"plain": None, "failing": "fail", "held": "pending", "running": "run"}
+    jobs = {}
+    for name, outcome in outcomes.items():
+        labels = {OUTCOME_LABEL: outcome} if outcome else {}
+        assert (
+            await on_kwok.post("/system/services", json=definition(name, labels=labels))
+        ).status_code == 201
+        jobs[name] = await invoke(on_kwok, name, base64.b64encode(name.encode()))
+    assert (await wait_for_jobs(on_kwok, "plain", count=1))[jobs["plain"]]["status"] == "Succeeded"
+    assert (await wait_for_jobs(on_kwok, "failing", count=1))[jobs["failing"]]["status"] == "Failed"
+    await until_status(on_kwok, "running", jobs["running"], "Running")
+    assert await status_of(on_kwok, "held", jobs["held"]) == "Pending"
+    log = (await on_kwok.get(f"/system/logs/plain/{jobs['plain']}")).text
+    assert log == "a pod that kwok played\n"
 
 
 # --- 2. what every Job will carry is checked when the service is created or updated -----------------------
@@ -136,15 +156,14 @@ async def test_a_job_ending_before_it_was_seen_running_still_succeeds(
     ],
 )
 async def test_labels_and_annotations_no_job_could_carry_are_refused_at_create_and_update(
-    manager: httpx.AsyncClient, double: tuple[KubeApiDouble, str], fields: dict[str, Any], named: str
+    manager: httpx.AsyncClient, cluster: Cluster, fields: dict[str, Any], named: str
 ) -> None:
-    api, _url = double
     refused = await manager.post("/system/services", json=definition(**fields))
     assert refused.status_code == 400
     assert refused.headers["content-type"].startswith("text/plain")
     assert named in refused.text
     assert (await manager.get("/system/services/fidelity")).status_code == 404
-    assert api.get("ConfigMap", NS, "fidelity") is None
+    assert await cluster.get("configmaps", "fidelity") is None
 
     assert (await manager.post("/system/services", json=definition())).status_code == 201
     refused = await manager.put("/system/services", json=definition(**fields))
@@ -155,43 +174,41 @@ async def test_labels_and_annotations_no_job_could_carry_are_refused_at_create_a
 
 
 async def test_valid_prefixed_keys_are_accepted_and_reach_the_job(
-    manager: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
+    manager: httpx.AsyncClient, cluster: Cluster
 ) -> None:
-    api, _url = double
     fields: dict[str, Any] = {
         "labels": {"example.org/team": "imaging", "tier": ""},
         "annotations": {"Example.org/Owner": "lab 7, room 3", "note": "free text: anything goes"},
     }
     assert (await manager.post("/system/services", json=definition(**fields))).status_code == 201
     job_id = await invoke(manager, "fidelity", base64.b64encode(b"x"))
-    await until(lambda: api.get("Job", NS, job_id) is not None)
-    job = api.get("Job", NS, job_id)
-    assert job is not None
+    job = await job_created(cluster, job_id)
     assert job["metadata"]["annotations"] == fields["annotations"]
     assert job["metadata"]["labels"]["example.org/team"] == "imaging"
 
 
 async def test_a_service_whose_jobs_the_api_server_would_refuse_is_refused_at_create(
-    manager: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
+    manager: httpx.AsyncClient, cluster: Cluster
 ) -> None:
     """What only the API server checks (here an environment variable name Kubernetes does not take) is
     found by a dry-run create of one of the service's Jobs: 400 with the API server's reason, nothing
     stored, no Job made."""
-    api, _url = double
     body = definition(environment={"variables": {"A=B": "1"}})
     refused = await manager.post("/system/services", json=body)
     assert refused.status_code == 400
     assert "env[0].name" in refused.text
-    assert "printable ASCII characters other than '='" in refused.text
-    assert ("POST", f"/apis/batch/v1/namespaces/{NS}/jobs?dryRun=All") in api.requests
+    assert "other than '='" in refused.text
+    dry_runs = [r for r in cluster.all_requests() if r.dry_run]
+    assert [(r.verb, r.resource, r.code) for r in dry_runs] == [("create", "jobs", 422)]
     assert (await manager.get("/system/services/fidelity")).status_code == 404
-    assert api.get("ConfigMap", NS, "fidelity") is None
-    assert api.of_kind("Job") == []
+    assert await cluster.get("configmaps", "fidelity") is None
+    assert await cluster.jobs() == []
 
     assert (await manager.post("/system/services", json=definition())).status_code == 201
     assert (await manager.put("/system/services", json=body)).status_code == 400
-    config = yaml.safe_load(api.get("ConfigMap", NS, "fidelity")["data"]["function_config.yaml"])  # type: ignore[index]
-    assert config["environment"]["variables"] == {}
+    config_map = await cluster.get("configmaps", "fidelity")
+    assert config_map is not None
+    assert yaml.safe_load(config_map["data"]["function_config.yaml"])["environment"]["variables"] == {}
 
 
 # --- 2 and 3: a Job too large for etcd, by its service or by its event --------------------------------------
@@ -223,14 +240,12 @@ async def accepted(http: httpx.AsyncClient, size: int) -> bool:
 # (under the Kubernetes client) warns about; Python ignores ResourceWarnings outside tests.
 @pytest.mark.filterwarnings("ignore:Sending a large body directly:ResourceWarning")
 async def test_a_service_too_large_for_its_jobs_is_413_and_one_just_under_carries_the_largest_body(
-    kube_settings: Settings, double: tuple[KubeApiDouble, str]
+    cluster: Cluster,
 ) -> None:
     """At the boundary: a service whose Jobs would be over etcd's limit for some body is refused (413,
     nothing stored); the largest one accepted still gets a Job (and its body's Secrets) for a ``/job``
-    body at the manager's limit, all stored by the API server (the double refuses what etcd would, and a
-    request over 3 MiB)."""
-    api, _url = double
-    async with app_client(kube_settings) as manager:
+    body at the manager's limit, all stored by the real apiserver and etcd."""
+    async with app_client(cluster.settings) as manager:
         # The boundary as the manager draws it, within 4 KiB: none of BIG is fine, 1 MiB of it is not.
         low, high = 0, MiB
         assert await accepted(manager, low)
@@ -238,63 +253,67 @@ async def test_a_service_too_large_for_its_jobs_is_413_and_one_just_under_carrie
         while high - low > 4096:
             middle = (low + high) // 2
             low, high = (middle, high) if await accepted(manager, middle) else (low, middle)
-        assert api.get("ConfigMap", NS, "fidelity") is None
+        assert await cluster.get("configmaps", "fidelity") is None
 
         created = await manager.post("/system/services", json=variables(low))
         assert created.status_code == 201, created.text
-        limit = kube_settings.oscar_max_body_bytes
+        limit = cluster.settings.oscar_max_body_bytes
         job_id = await invoke(manager, "fidelity", b"a" * limit)
-        await until(lambda: len(api.of_kind("Secret")) == limit // (512 * 1024), within=30)
-        job = api.get("Job", NS, job_id)
-        assert job is not None
-        await api.finish_pod(NS, job_id, succeeded=True, log="big\n")
+        await job_created(cluster, job_id)
+        secrets = f"/api/v1/namespaces/{cluster.namespace}/secrets"
+        await until_async(
+            lambda: cluster.http.get(secrets, params={"labelSelector": f"job-id={job_id}"}),
+            lambda answer: len(answer.json()["items"]) == limit // (512 * 1024),
+            within=60,
+        )
+        await cluster.kubelet.finish(job_id, succeeded=True, log="big\n")
         jobs = await wait_for_jobs(manager, "fidelity", count=1)
         assert jobs[job_id]["status"] == "Succeeded"
-    assert not [message for message in api.refused]
+    # Nothing the manager sent was refused by the apiserver or etcd, the dry runs included.
+    assert [r for r in cluster.all_requests() if r.code >= 400 and not r.dry_run] == []
+    assert [r for r in cluster.all_requests() if r.code >= 500] == []
 
 
 # --- 4. no needless calls ---------------------------------------------------------------------------------
 
 
-def secret_deletes(api: KubeApiDouble) -> int:
-    return sum(1 for method, path in api.requests if method == "DELETE" and "/secrets/" in path)
+def secret_deletes(cluster: Cluster) -> int:
+    return sum(1 for r in cluster.requests() if (r.verb, r.resource) == ("delete", "secrets"))
 
 
 async def test_a_service_without_secrets_never_deletes_a_secret(
-    manager: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
+    manager: httpx.AsyncClient, cluster: Cluster
 ) -> None:
-    api, _url = double
     assert (await manager.post("/system/services", json=definition())).status_code == 201
     assert (await manager.put("/system/services", json=definition(script="echo 2\n"))).status_code == 204
     assert (await manager.delete("/system/services/fidelity")).status_code == 204
-    assert secret_deletes(api) == 0
+    assert secret_deletes(cluster) == 0
+    assert [r for r in cluster.requests() if r.code == 404] == []
 
 
 async def test_a_secret_is_deleted_when_the_service_drops_its_secrets_or_goes(
-    manager: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
+    manager: httpx.AsyncClient, cluster: Cluster
 ) -> None:
-    api, _url = double
     secretive = definition(environment={"secrets": {"TOKEN": "x"}})
     assert (await manager.post("/system/services", json=secretive)).status_code == 201
     assert (await manager.put("/system/services", json=definition())).status_code == 204
-    assert api.get("Secret", NS, "fidelity") is None
-    assert secret_deletes(api) == 1
+    assert await cluster.get("secrets", "fidelity") is None
+    assert secret_deletes(cluster) == 1
     assert (await manager.put("/system/services", json=secretive)).status_code == 204
     assert (await manager.delete("/system/services/fidelity")).status_code == 204
-    assert api.get("Secret", NS, "fidelity") is None
-    assert secret_deletes(api) == 2
+    assert await cluster.get("secrets", "fidelity") is None
+    assert secret_deletes(cluster) == 2
 
 
 # --- issue item 4: mount as upstream types it ---------------------------------------------------------------
 
 
 async def test_an_upstream_fdl_with_mount_options_keeps_them_as_text(
-    manager: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
+    manager: httpx.AsyncClient, cluster: Cluster
 ) -> None:
     """``mount.options`` is one string upstream (rclone flags): an upstream FDL is accepted, and the
     ConfigMap's ``function_config.yaml`` (which upstream's manager reads too, on a shared cluster) has
     it as a string."""
-    api, _url = double
     fdl = """
 functions:
   oscar:
@@ -311,7 +330,7 @@ functions:
         "/system/services", content=fdl, headers={"Content-Type": "application/yaml"}
     )
     assert created.status_code == 201, created.text
-    config_map = api.get("ConfigMap", NS, "fidelity")
+    config_map = await cluster.get("configmaps", "fidelity")
     assert config_map is not None
     mount = yaml.safe_load(config_map["data"]["function_config.yaml"])["mount"]
     assert mount["options"] == "--vfs-cache-mode full --read-only"

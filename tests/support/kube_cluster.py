@@ -23,6 +23,8 @@ from tests.support.controlplane import NODE_SELECTOR, ControlPlane, kubeconfig
 from tests.support.deploy import KUBERNETES, documents
 
 SHIPPED_NAMESPACE = "oscar-svc"
+# What the OSCAR deployment gives every job: minio.default's keys (the tests' moto S3 takes any).
+MOTO_KEYS = {"accessKey": "testing", "secretKey": "testing"}
 SERVICE_ACCOUNT = ("oscar", "oscar-sa")
 _PLURALS = {
     "Namespace": "namespaces",
