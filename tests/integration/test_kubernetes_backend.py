@@ -28,6 +28,7 @@ from tests.support.app import NO_AUTH, app_client
 from tests.support.controlplane import AuditRecord, ControlPlane, audit_records
 from tests.support.jobs import all_jobs, settle, wait_for_jobs
 from tests.support.kube_cluster import SERVICE_ACCOUNT, JobNamespace, manager_settings
+from tests.support.kube_cluster import without_verb as role_without_verb
 from tests.support.runner_kubelet import RunnerKubelet
 
 MANAGER_USER = f"system:serviceaccount:{SERVICE_ACCOUNT[0]}:{SERVICE_ACCOUNT[1]}"
@@ -247,12 +248,7 @@ async def test_a_failed_pod_is_a_failed_job(manager: httpx.AsyncClient, cluster:
 
 async def without_verb(cluster: Cluster, resource: str, verb: str) -> None:
     """The namespace's Role, as shipped but without ``verb`` on ``resource``: RBAC refuses it for real."""
-    path = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{cluster.namespace}/roles/oscar-controller"
-    role = (await cluster.http.get(path)).json()
-    for rule in role["rules"]:
-        if resource in rule["resources"]:
-            rule["verbs"] = [v for v in rule["verbs"] if v != verb]
-    (await cluster.http.put(path, json=role)).raise_for_status()
+    await role_without_verb(cluster.http, cluster.namespace, resource, verb)
 
 
 async def test_a_refused_job_fails_at_once_with_the_reason(

@@ -350,7 +350,12 @@ class ControlPlane:
             "spec": {
                 "user": RBAC_PROBE[2],
                 "groups": ["system:serviceaccounts", "system:authenticated"],
-                "resourceAttributes": {"namespace": namespace, "verb": "watch", "group": "batch", "resource": "jobs"},
+                "resourceAttributes": {
+                    "namespace": namespace,
+                    "verb": "watch",
+                    "group": "batch",
+                    "resource": "jobs",
+                },
             },
         }
         answer = http.post("/apis/authorization.k8s.io/v1/subjectaccessreviews", json=review)
@@ -388,10 +393,14 @@ class ControlPlane:
             http.post("/apis/batch/v1/namespaces/plane-probe/jobs", json=job).raise_for_status()
             while time.monotonic() < deadline:
                 status = http.get("/apis/batch/v1/namespaces/plane-probe/jobs/probe").json().get("status", {})
-                if any(c["type"] == "Complete" and c["status"] == "True" for c in status.get("conditions", [])):
+                if any(
+                    c["type"] == "Complete" and c["status"] == "True" for c in status.get("conditions", [])
+                ):
                     return
                 time.sleep(0.1)
-        raise RuntimeError(f"a probe Job did not complete in {timeout} s: {self.log_tail('controller-manager')}")
+        raise RuntimeError(
+            f"a probe Job did not complete in {timeout} s: {self.log_tail('controller-manager')}"
+        )
 
     def _wait_node_ready(self, name: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -413,6 +422,7 @@ class AuditRecord:
     name: str
     code: int
     body: dict[str, Any] | None = None  # the object sent, where the policy keeps it (Jobs created)
+    group: str = ""  # the resource's API group: "" (core), "batch", "metrics.k8s.io"...
 
 
 def audit_records(path: Path, *, user: str, start: int = 0) -> list[AuditRecord]:
@@ -436,6 +446,7 @@ def audit_records(path: Path, *, user: str, start: int = 0) -> list[AuditRecord]
                     name=ref.get("name", ""),
                     code=int((event.get("responseStatus") or {}).get("code", 0)),
                     body=event.get("requestObject"),
+                    group=ref.get("apiGroup", ""),
                 )
             )
     return records
