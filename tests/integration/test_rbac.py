@@ -111,19 +111,18 @@ class Plane:
             kubeconfig=self.kubeconfig, namespace=self.namespace, cluster=cluster, concurrency=8
         )
 
-    async def items(self, path: str, **params: str) -> list[dict[str, Any]]:
-        answer = await self.admin.get(
-            f"{path}/namespaces/{self.namespace}/{params.pop('kind')}", params=params
-        )
+    async def items(self, group_version: str, plural: str, **params: str) -> list[dict[str, Any]]:
+        """The namespace's objects of a kind, as the admin sees them now."""
+        answer = await self.admin.get(f"{group_version}/namespaces/{self.namespace}/{plural}", params=params)
         answer.raise_for_status()
         found: list[dict[str, Any]] = answer.json()["items"]
         return found
 
     async def jobs(self) -> list[dict[str, Any]]:
-        return await self.items("/apis/batch/v1", kind="jobs")
+        return await self.items("/apis/batch/v1", "jobs")
 
     async def secrets(self, selector: str) -> list[dict[str, Any]]:
-        return await self.items("/api/v1", kind="secrets", labelSelector=selector)
+        return await self.items("/api/v1", "secrets", labelSelector=selector)
 
 
 @pytest.fixture
