@@ -17,7 +17,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from oscar_manager.backends import manifests
 from oscar_manager.backends.base import BackendUnavailable, JobReporter
-from oscar_manager.backends.kube_answers import KubernetesError, reason, refused_for_now, retryable
+from oscar_manager.backends.kube_answers import KubernetesError, reason, refused_for_now
 from oscar_manager.backends.kube_client import TRANSPORT_ERRORS
 from oscar_manager.backends.kube_jobs import ended, job_outcome, watched_job
 from oscar_manager.domain.service import SERVICE_LABEL

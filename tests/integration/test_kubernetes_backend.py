@@ -25,7 +25,6 @@ from oscar_manager.backends.kube_answers import FORBIDDEN_RETRIES
 from oscar_manager.settings import Settings
 from tests.support.app import NO_AUTH, app_client
 from tests.support.cluster_view import (
-    MANAGER_USER,
     Cluster,
     job_created,
     until,
@@ -35,6 +34,7 @@ from tests.support.cluster_view import (
 )
 from tests.support.controlplane import ControlPlane, audit_records
 from tests.support.jobs import all_jobs, settle, wait_for_jobs
+from tests.support.kube_cluster import MANAGER_USER
 
 
 @pytest.fixture
@@ -180,7 +180,7 @@ async def test_a_job_refused_for_a_moment_is_created_once_rbac_allows_it(
     await until(
         lambda: any((r.verb, r.resource, r.code) == ("create", "jobs", 403) for r in cluster.requests())
     )
-    await with_shipped_role(cluster)
+    await with_shipped_role(cluster, verb="create", resource="jobs", group="batch")
     await job_created(cluster, job_id)
     await cluster.kubelet.finish(job_id, succeeded=True, log="made it\n")
     jobs = await wait_for_jobs(manager, "patience", count=1)

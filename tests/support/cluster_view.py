@@ -12,11 +12,10 @@ from typing import Any
 import httpx
 
 from oscar_manager.settings import Settings
+from tests.support import kube_cluster
 from tests.support.controlplane import AuditRecord, ControlPlane, audit_records
-from tests.support.kube_cluster import SERVICE_ACCOUNT, shipped
+from tests.support.kube_cluster import MANAGER_USER
 from tests.support.runner_kubelet import RunnerKubelet
-
-MANAGER_USER = f"system:serviceaccount:{SERVICE_ACCOUNT[0]}:{SERVICE_ACCOUNT[1]}"
 
 
 async def until(check: Callable[[], Any], within: float = 20) -> None:
@@ -97,17 +96,16 @@ class Cluster:
 
 
 async def without_verb(cluster: Cluster, resource: str, verb: str) -> None:
-    """The namespace's Role, as shipped but without ``verb`` on ``resource``: RBAC refuses it for real."""
-    path = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{cluster.namespace}/roles/oscar-controller"
-    role = (await cluster.http.get(path)).json()
-    for rule in role["rules"]:
-        if resource in rule["resources"]:
-            rule["verbs"] = [v for v in rule["verbs"] if v != verb]
-    (await cluster.http.put(path, json=role)).raise_for_status()
+    """The namespace's Role, as shipped but without ``verb`` on ``resource``, in force."""
+    await kube_cluster.without_verb(cluster.http, cluster.namespace, resource, verb)
 
 
-async def with_shipped_role(cluster: Cluster) -> None:
+async def with_shipped_role(cluster: Cluster, *, verb: str, resource: str, group: str = "") -> None:
+    """The namespace's Role as shipped again, in force (``verb`` on ``resource`` allowed again)."""
     path = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{cluster.namespace}/roles/oscar-controller"
     role = (await cluster.http.get(path)).json()
-    role["rules"] = shipped("Role", "oscar-controller")["rules"]
+    role["rules"] = kube_cluster.shipped("Role", "oscar-controller")["rules"]
     (await cluster.http.put(path, json=role)).raise_for_status()
+    await kube_cluster.until_authorised(
+        cluster.http, allowed=True, verb=verb, resource=resource, group=group, namespace=cluster.namespace
+    )

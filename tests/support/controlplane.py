@@ -423,6 +423,7 @@ class AuditRecord:
     code: int
     body: dict[str, Any] | None = None  # the object sent, where the policy keeps it (Jobs created)
     dry_run: bool = False  # ?dryRun=All: checked, not stored
+    group: str = ""  # the resource's API group: "" (core), "batch", "metrics.k8s.io"...
 
 
 def audit_records(path: Path, *, user: str, start: int = 0) -> list[AuditRecord]:
@@ -447,6 +448,7 @@ def audit_records(path: Path, *, user: str, start: int = 0) -> list[AuditRecord]
                     code=int((event.get("responseStatus") or {}).get("code", 0)),
                     body=event.get("requestObject"),
                     dry_run="dryRun=" in event.get("requestURI", ""),
+                    group=ref.get("apiGroup", ""),
                 )
             )
     return records

@@ -14,8 +14,6 @@ Covered: ``/api/v1/namespaces/{ns}/{configmaps,secrets,pods}``, ``/apis/batch/v1
 ``.../pods/{name}/log``; labelSelector of the form ``k[=v]``/``!k`` (comma-separated), fieldSelector on the
 name. ``delay`` adds latency to every answer; ``fail_next`` injects errors into chosen requests. With a
 ``kubelet`` the pods of created Jobs really run (``tests.support.kubelet``) and end by themselves.
-``rbac`` (an :class:`Rbac` built from a Role's rules) authorises every request as the RBAC authoriser
-would, answering 403 Forbidden to what the rules do not allow, and records what was asked for.
 
 Sizes are limited as on a real cluster: a request body over 3 MiB is 413 (the API server's
 ``maxRequestBodyBytes``), an object over 1.5 MiB as stored is 500 "etcdserver: request is too large"
@@ -37,7 +35,6 @@ import bisect
 import copy
 import io
 import json
-import re
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -157,7 +154,6 @@ class KubeApiDouble:
     node_usage: dict[str, dict[str, str]] | None = field(
         default_factory=lambda: {"node-1": {"cpu": "250m", "memory": "1Gi"}}
     )
-    rbac: Rbac | None = None  # None: every request is allowed
     # Cleared: watch requests are answered 503 (an API server restarting). See also ``break_watches``.
     watches_open: asyncio.Event = field(default_factory=asyncio.Event)
     _watch_generation: int = 0
@@ -172,9 +168,7 @@ class KubeApiDouble:
 
     def app(self) -> web.Application:
         # aiohttp's own body limit (1 MiB by default) would answer first: the double applies the API server's.
-        app = web.Application(
-            middlewares=[self._middleware, self._authorize], client_max_size=64 * 1024 * 1024
-        )
+        app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024 * 1024)
         for group_path in ("/api/v1", "/apis/batch/v1"):
             base = group_path + "/namespaces/{ns}/{plural}"
             app.router.add_post(base, self._create)
@@ -209,15 +203,6 @@ class KubeApiDouble:
             )
         if request.query.get("watch") and not self.watches_open.is_set():
             return status(503, "ServiceUnavailable", "watches are held by the test")
-        response: web.StreamResponse = await handler(request)
-        return response
-
-    @web.middleware
-    async def _authorize(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
-        if self.rbac is not None:
-            refusal = self.rbac.authorize(request)
-            if refusal is not None:
-                return refusal
         response: web.StreamResponse = await handler(request)
         return response
 
@@ -573,143 +558,6 @@ class KubeApiDouble:
 
     async def _created(self, _request: web.Request) -> web.StreamResponse:
         return web.json_response(self.created_at)
-
-
-# --- RBAC mode -------------------------------------------------------------------------------------------
-
-# A namespaced resource request: /api/v1/... (core group) or /apis/<group>/<version>/..., then the
-# resource, an optional name and an optional subresource (``pods/<name>/log``).
-_RESOURCE_PATH = re.compile(
-    r"^/(?:api/v1|apis/(?P<group>[^/]+)/[^/]+)/namespaces/(?P<namespace>[^/]+)/(?P<resource>[^/]+)"
-    r"(?:/(?P<name>[^/]+)(?:/(?P<subresource>[^/]+))?)?$"
-)
-# A cluster-scoped one (``/api/v1/nodes``, ``/apis/metrics.k8s.io/v1beta1/nodes``): no namespace.
-_CLUSTER_PATH = re.compile(
-    r"^/(?:api/v1|apis/(?P<group>[^/]+)/[^/]+)/(?P<resource>[^/]+)"
-    r"(?:/(?P<name>[^/]+)(?:/(?P<subresource>[^/]+))?)?$"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Access:
-    """What the authoriser decides on: a request's attributes as the API server derives them."""
-
-    group: str
-    resource: str  # with its subresource: "pods/log"
-    verb: str
-    namespace: str  # "" for a cluster-scoped resource
-    name: str = ""
-
-    @property
-    def triple(self) -> tuple[str, str, str]:
-        return (self.group, self.resource, self.verb)
-
-
-def access_of(request: web.Request) -> Access | None:
-    """The request's RBAC attributes (the API server's RequestInfo); None for a non-resource path."""
-    match = _RESOURCE_PATH.match(request.path) or _CLUSTER_PATH.match(request.path)
-    if match is None:
-        return None
-    namespace = match.groupdict().get("namespace") or ""
-    name, subresource = match["name"] or "", match["subresource"]
-    if request.method == "GET":
-        watching = request.query.get("watch", "").lower() in ("true", "1")
-        verb = "get" if name else ("watch" if watching else "list")
-    elif request.method == "DELETE":
-        verb = "delete" if name else "deletecollection"
-    else:
-        verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(
-            request.method, request.method.lower()
-        )
-    resource = f"{match['resource']}/{subresource}" if subresource else match["resource"]
-    return Access(match["group"] or "", resource, verb, namespace, name)
-
-
-def _listed(values: list[str], value: str) -> bool:
-    return "*" in values or value in values
-
-
-@dataclass
-class Rbac:
-    """The RBAC authoriser for one user bound to one Role and, optionally, one ClusterRole (by a
-    ClusterRoleBinding): ``rules`` apply in ``namespace`` only, ``cluster_rules`` to cluster-scoped
-    resources and in every namespace."""
-
-    namespace: str
-    rules: list[dict[str, Any]]
-    user: str = "system:serviceaccount:oscar:oscar-sa"
-    asked: list[Access] = field(default_factory=list)  # every resource request, allowed or not
-    forbidden: list[Access] = field(default_factory=list)
-    cluster_rules: list[dict[str, Any]] = field(default_factory=list)
-
-    @classmethod
-    def from_role(
-        cls,
-        role: dict[str, Any],
-        *,
-        user: str = "system:serviceaccount:oscar:oscar-sa",
-        cluster_role: dict[str, Any] | None = None,
-    ) -> Rbac:
-        assert role["kind"] == "Role", role["kind"]
-        assert cluster_role is None or cluster_role["kind"] == "ClusterRole", cluster_role
-        return cls(
-            namespace=role["metadata"]["namespace"],
-            rules=copy.deepcopy(role["rules"]),
-            user=user,
-            cluster_rules=copy.deepcopy(cluster_role["rules"]) if cluster_role else [],
-        )
-
-    def allows(self, access: Access) -> bool:
-        if _matches(self.cluster_rules, access):
-            return True
-        return access.namespace == self.namespace and _matches(self.rules, access)
-
-    def granted(self) -> set[tuple[str, str, str]]:
-        """Every (apiGroup, resource, verb) the rules name (wildcards as written)."""
-        return {
-            (group, resource, verb)
-            for rule in [*self.rules, *self.cluster_rules]
-            for group in rule.get("apiGroups") or []
-            for resource in rule.get("resources") or []
-            for verb in rule.get("verbs") or []
-        }
-
-    def asked_for(self) -> set[tuple[str, str, str]]:
-        return {access.triple for access in self.asked}
-
-    def authorize(self, request: web.Request) -> web.Response | None:
-        """None to let the request through; else the 403 the API server would answer."""
-        access = access_of(request)
-        if access is None:
-            message = f'forbidden: User "{self.user}" cannot {request.method.lower()} path "{request.path}"'
-            return status(403, "Forbidden", message)
-        self.asked.append(access)
-        if self.allows(access):
-            return None
-        self.forbidden.append(access)
-        # As apiserver's responsewriters.forbiddenMessage and errors.NewForbidden word it.
-        plural = access.resource.split("/")[0]
-        qualified = f"{plural}.{access.group}" if access.group else plural
-        subject = f'{qualified} "{access.name}"' if access.name else qualified
-        scope = f'in the namespace "{access.namespace}"' if access.namespace else "at the cluster scope"
-        message = (
-            f'{subject} is forbidden: User "{self.user}" cannot {access.verb} resource "{access.resource}" '
-            f'in API group "{access.group}" {scope}'
-        )
-        return status(403, "Forbidden", message, name=access.name, group=access.group, kind=plural)
-
-
-def _matches(rules: list[dict[str, Any]], access: Access) -> bool:
-    for rule in rules:
-        names = rule.get("resourceNames") or []
-        if (
-            _listed(rule.get("apiGroups") or [], access.group)
-            and _listed(rule.get("resources") or [], access.resource)
-            and _listed(rule.get("verbs") or [], access.verb)
-            and (not names or access.name in names)
-        ):
-            return True
-    return False
 
 
 def kubeconfig(url: str, namespace: str = "oscar-svc") -> str:

@@ -9,9 +9,11 @@ mount, and a node selector sending its pods to the test's own node (``PodNodeSel
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,13 @@ SHIPPED_NAMESPACE = "oscar-svc"
 # What the OSCAR deployment gives every job: minio.default's keys (the tests' moto S3 takes any).
 MOTO_KEYS = {"accessKey": "testing", "secretKey": "testing"}
 SERVICE_ACCOUNT = ("oscar", "oscar-sa")
+MANAGER_USER = f"system:serviceaccount:{SERVICE_ACCOUNT[0]}:{SERVICE_ACCOUNT[1]}"
+# The groups the apiserver puts a ServiceAccount's token in (RBAC also matches subjects by group).
+MANAGER_GROUPS = [
+    "system:serviceaccounts",
+    f"system:serviceaccounts:{SERVICE_ACCOUNT[0]}",
+    "system:authenticated",
+]
 _PLURALS = {
     "Namespace": "namespaces",
     "ServiceAccount": "serviceaccounts",
@@ -156,4 +165,50 @@ def manager_settings(
             "oscar_dispatch_interval": 0.05,
             **overrides,
         }
+    )
+
+
+async def manager_may(
+    http: httpx.AsyncClient, *, verb: str, resource: str, group: str = "", namespace: str = ""
+) -> bool:
+    """Whether the apiserver's authoriser now lets the manager do ``verb`` on ``resource`` (``pods/log``
+    for a subresource; no ``namespace``: cluster-scoped), as a SubjectAccessReview answers it."""
+    plural, _, subresource = resource.partition("/")
+    attributes = {"verb": verb, "group": group, "resource": plural, "subresource": subresource}
+    if namespace:
+        attributes["namespace"] = namespace
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {"user": MANAGER_USER, "groups": MANAGER_GROUPS, "resourceAttributes": attributes},
+    }
+    answer = await http.post("/apis/authorization.k8s.io/v1/subjectaccessreviews", json=review)
+    answer.raise_for_status()
+    return bool(answer.json()["status"].get("allowed"))
+
+
+async def until_authorised(
+    http: httpx.AsyncClient, *, allowed: bool, within: float = 20, **access: str
+) -> None:
+    """Wait until an edited Role or ClusterRole is in force: the RBAC authoriser follows them through an
+    informer, so a request right after the edit may still be decided by the old rules."""
+    deadline = time.monotonic() + within
+    while await manager_may(http, **access) != allowed:
+        assert time.monotonic() < deadline, f"RBAC still {'refuses' if allowed else 'allows'} {access}"
+        await asyncio.sleep(0.05)
+
+
+async def without_verb(http: httpx.AsyncClient, namespace: str, resource: str, verb: str) -> None:
+    """The namespace's Role, as shipped but without ``verb`` on ``resource``: RBAC refuses it for real
+    (once in force: waited for). Every rule naming ``resource`` loses the verb, for all its resources."""
+    path = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles/oscar-controller"
+    role = (await http.get(path)).json()
+    group = ""
+    for rule in role["rules"]:
+        if resource in rule["resources"]:
+            rule["verbs"] = [v for v in rule["verbs"] if v != verb]
+            group = rule["apiGroups"][0]
+    (await http.put(path, json=role)).raise_for_status()
+    await until_authorised(
+        http, allowed=False, verb=verb, resource=resource, group=group, namespace=namespace
     )
