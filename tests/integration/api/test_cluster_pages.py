@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import base64
 import re
+from pathlib import Path
 
 import httpx
 import pytest
 
 from oscar_manager.settings import Settings
 from tests.support.app import app_client
+from tests.support.cluster_view import Cluster, until_async
+from tests.support.controlplane import KWOK_NODE
 from tests.support.factories import service_body
-from tests.support.jobs import wait_for_jobs
-from tests.support.kube_api import KubeApiDouble, _node
+from tests.support.jobs import all_jobs, wait_for_jobs
+from tests.support.kube_api import KubeApiDouble, _node, on_kubernetes
 
 pytestmark = pytest.mark.asyncio
 
@@ -60,14 +63,16 @@ async def test_status_needs_credentials(settings: Settings) -> None:
 
 
 async def test_kubernetes_status_from_nodes_and_metrics(
-    kubernetes_settings: Settings, double: tuple[KubeApiDouble, str]
+    settings: Settings, double: tuple[KubeApiDouble, str], tmp_path: Path
 ) -> None:
-    api, _url = double
+    """On the API double: the tests' control plane serves no metrics API (metrics-server needs kubelets
+    that measure), so usage figures can only come from the double."""
+    api, url = double
     control = _node("control", cpu="2", memory="2Gi")
     control["metadata"]["labels"]["node-role.kubernetes.io/control-plane"] = ""
     api.nodes = [control, _node("node-1"), _node("node-2", ready="False")]
     api.node_usage = {"control": {"cpu": "1", "memory": "1Gi"}, "node-1": {"cpu": "250m", "memory": "1Gi"}}
-    async with app_client(kubernetes_settings) as client:
+    async with app_client(on_kubernetes(settings, url, tmp_path)) as client:
         body = (await client.get("/system/status")).json()
 
     # The control plane is left out, and node-2 with it since the metrics API does not report on it.
@@ -79,49 +84,45 @@ async def test_kubernetes_status_from_nodes_and_metrics(
     assert body["cluster"]["metrics"]["memory"]["max_free_on_node_bytes"] == 7 * 2**30
 
 
-async def test_kubernetes_status_without_metrics_api_lists_the_nodes_without_usage(
-    kubernetes_settings: Settings, double: tuple[KubeApiDouble, str]
-) -> None:
-    """Upstream answers 500 here and the dashboard's Status page spins forever: we answer what is known."""
-    api, _url = double
-    api.node_usage = None
-    api.nodes = [_node("node-1"), _node("node-2", cpu="2", memory="4Gi")]
-    namespace = kubernetes_settings.oscar_services_namespace
-    api.objects[("Pod", namespace, "busy")] = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "busy", "namespace": namespace},
-        "spec": {
-            "nodeName": "node-1",
-            "containers": [
-                {"name": "c", "image": "i", "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}}
-            ],
-        },
-        "status": {"phase": "Running"},
-    }
-    async with app_client(kubernetes_settings) as client:
+async def test_kubernetes_status_without_metrics_api_lists_the_nodes_without_usage(cluster: Cluster) -> None:
+    """On the real control plane, which serves no metrics API: upstream answers 500 here and the
+    dashboard's Status page spins forever; we answer what is known, the nodes' capacity and what the
+    jobs' pods request."""
+    async with app_client(cluster.settings) as client:
+        body = service_body("busy", cpu="0.5", memory="1Gi")
+        assert (await client.post("/system/services", json=body)).status_code == 201
+        token = (await client.get("/system/services/busy")).json()["token"]
+        answer = await client.post("/job/busy", content=b"e30=", headers={"Authorization": f"Bearer {token}"})
+        job_id = answer.headers["X-Oscar-Job-Ids"]
+        await until_async(
+            lambda: all_jobs(client, "busy"), lambda jobs: jobs.get(job_id, {}).get("status") == "Running"
+        )
         response = await client.get("/system/status")
+        await cluster.kubelet.finish(job_id, succeeded=True)
     assert response.status_code == 200, response.text
     nodes = {node["name"]: node for node in response.json()["cluster"]["nodes"]}
-    assert set(nodes) == {"node-1", "node-2"}
+    assert {cluster.kubelet.node, KWOK_NODE} <= set(nodes)
     # Usage is left out (Go's omitempty of a zero), capacity and requests are there.
-    assert nodes["node-1"]["cpu"] == {"capacity_cores": 4000, "request_cores": 500}
-    assert nodes["node-1"]["memory"] == {"capacity_bytes": 8 * 2**30, "request_bytes": 2**30}
-    assert nodes["node-2"]["cpu"] == {"capacity_cores": 2000}
+    mine = nodes[cluster.kubelet.node]
+    assert mine["cpu"] == {"capacity_cores": 8000, "request_cores": 500}
+    assert mine["memory"] == {"capacity_bytes": 16 * 2**30, "request_bytes": 2**30}
     metrics = response.json()["cluster"]["metrics"]
     # Free is what the requests leave when nothing measures usage.
-    assert metrics["cpu"]["total_free_cores"] == 4000 - 500 + 2000
-    assert metrics["memory"]["max_free_on_node_bytes"] == 7 * 2**30
+    assert metrics["cpu"]["total_free_cores"] == sum(
+        node["cpu"]["capacity_cores"] - node["cpu"].get("request_cores", 0) for node in nodes.values()
+    )
 
 
 class TestDeployment:
-    async def test_status_of_a_service_that_is_not_exposed(self, client: httpx.AsyncClient) -> None:
+    async def test_status_of_a_service_that_is_not_exposed(
+        self, client: httpx.AsyncClient, backend_settings: Settings
+    ) -> None:
         assert (await client.post("/system/services", json=service_body("dep"))).status_code == 201
         response = await client.get("/system/services/dep/deployment")
         assert response.status_code == 200
         assert response.json() == {
             "service_name": "dep",
-            "namespace": "oscar-svc",
+            "namespace": backend_settings.oscar_services_namespace,
             "state": "unavailable",
             "reason": "Current deployment visibility is unavailable for this service runtime.",
             "active_instances": 0,
