@@ -165,6 +165,8 @@ def configuration(*, node_port: int, logs_file: str) -> str:
             "nodeIP": "127.0.0.1",
             "manageAllNodes": False,
             "manageNodesWithLabelSelector": f"{KWOK_NODE_LABEL}=kwok",
+            # The kubelet's /containerLogs (what the apiserver's pods/log proxies to) is one of these.
+            "enableDebuggingHandlers": True,
         },
     }
     logs = {
