@@ -250,7 +250,6 @@ async def double() -> AsyncIterator[tuple[KubeApiDouble, str]]:
     try:
         yield api, f"http://127.0.0.1:{server.port}"
     finally:
-        await api.close()
         await server.close()
 
 

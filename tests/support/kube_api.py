@@ -12,8 +12,11 @@ older than the kept history answers 410 Gone, as a compacted etcd would.
 
 Covered: ``/api/v1/namespaces/{ns}/{configmaps,secrets,pods}``, ``/apis/batch/v1/namespaces/{ns}/jobs``,
 ``.../pods/{name}/log``; labelSelector of the form ``k[=v]``/``!k`` (comma-separated), fieldSelector on the
-name. ``delay`` adds latency to every answer; ``fail_next`` injects errors into chosen requests. With a
-``kubelet`` the pods of created Jobs really run (``tests.support.kubelet``) and end by themselves.
+name. ``delay`` adds latency to every answer; ``fail_next`` injects errors into chosen requests.
+
+What it is for now that the tests have a real control plane (``tests.support.controlplane``): what a real
+apiserver cannot be made to answer on demand (a 503 to one chosen request, a 422 the manager's own checks
+would prevent, a metrics API), and benchmarks that want the apiserver's cost out of the figures.
 
 Sizes are limited as on a real cluster: a request body over 3 MiB is 413 (the API server's
 ``maxRequestBodyBytes``), an object over 1.5 MiB as stored is 500 "etcdserver: request is too large"
@@ -33,11 +36,10 @@ import asyncio
 import base64
 import bisect
 import copy
-import io
 import json
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -122,10 +124,6 @@ def _selected(obj: dict[str, Any], selector: str, fields: str = "") -> bool:
     return True
 
 
-# What runs a pod's main container, as a kubelet would: (namespace, pod, its log) -> exit code.
-Kubelet = Callable[[str, dict[str, Any], io.BytesIO], Awaitable[int]]
-
-
 @dataclass
 class KubeApiDouble:
     delay: float = 0.0
@@ -143,11 +141,8 @@ class KubeApiDouble:
     # (method, path fragment, HTTP status): the next matching request gets that status, once each.
     fail_next: list[tuple[str, str, int]] = field(default_factory=list)
     created_at: dict[str, float] = field(default_factory=dict)  # Job name -> loop time it was created
-    # When set, a created Job's pod really runs (see tests.support.kubelet); otherwise tests end pods.
-    kubelet: Kubelet | None = None
     # Set: the pods of Jobs created from now on stay Pending until ``run_pod``.
     hold_pods: bool = False
-    _running: set[asyncio.Task[None]] = field(default_factory=set)
     # The cluster's nodes (served at /api/v1/nodes) and their usage as metrics-server reports it; None:
     # no metrics API.
     nodes: list[dict[str, Any]] = field(default_factory=lambda: [_node("node-1")])
@@ -276,31 +271,8 @@ class KubeApiDouble:
                 "startTime": _now(),
                 "conditions": [{"type": "Ready", "status": "True"}],
             }
-            if self.kubelet is not None:
-                deadline = job["spec"].get("activeDeadlineSeconds")
-                task = asyncio.create_task(self._run_pod(namespace, job_name, pod, deadline))
-                self._running.add(task)
-                task.add_done_callback(self._running.discard)
         job["status"] = {**job["status"], "ready": 1}
         await self._record("MODIFIED", job)
-
-    async def _run_pod(
-        self, namespace: str, job_name: str, pod: dict[str, Any], deadline: float | None
-    ) -> None:
-        """The kubelet's part, and the Job controller's ``activeDeadlineSeconds``."""
-        assert self.kubelet is not None
-        output = io.BytesIO()
-        try:
-            async with asyncio.timeout(deadline):
-                code = await self.kubelet(namespace, pod, output)
-        except TimeoutError:
-            log = output.getvalue().decode("utf-8", errors="replace")
-            await self.finish_pod(
-                namespace, job_name, succeeded=False, log=log, exit_code=137, reason="DeadlineExceeded"
-            )
-            return
-        log = output.getvalue().decode("utf-8", errors="replace")
-        await self.finish_pod(namespace, job_name, succeeded=code == 0, log=log, exit_code=code)
 
     def compact(self) -> None:
         """Forget the history so far, as etcd compaction does: resuming from an older version is 410 Gone."""
@@ -311,12 +283,6 @@ class KubeApiDouble:
         self._watch_generation += 1
         async with self._changed:
             self._changed.notify_all()
-
-    async def close(self) -> None:
-        """Stop the pods still running (a test's end)."""
-        for task in list(self._running):
-            task.cancel()
-        await asyncio.gather(*self._running, return_exceptions=True)
 
     # --- handlers ------------------------------------------------------------------------------------
 
