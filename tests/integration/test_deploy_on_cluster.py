@@ -10,17 +10,16 @@ their PersistentVolumeClaim. That is as far as admission goes; running the manag
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import secrets
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
 from oscar_manager.backends import manifests
+from tests.support.cluster_view import until_async
 from tests.support.deploy import all_objects, find
 from tests.support.factories import stored_service
 from tests.support.kube_cluster import SHIPPED_NAMESPACE, apply, create_namespace, object_path, shipped
@@ -38,16 +37,6 @@ def key(obj: dict[str, Any]) -> str:
 
 def objects() -> list[Any]:
     return [pytest.param(obj, id=key(obj)) for obj in all_objects(examples=True)]
-
-
-async def until_async(ask: Callable[[], Any], check: Callable[[Any], bool], within: float = 30) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        answer = await ask()
-        if check(answer):
-            return answer
-        assert time.monotonic() < deadline, f"gave up waiting: last {answer!r}"
-        await asyncio.sleep(0.1)
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,7 @@ import asyncio
 import contextlib
 import copy
 import json
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,12 +35,12 @@ from oscar_manager.settings import Settings
 from oscar_manager.supervisor.response_frame import frame
 from oscar_manager.supervisor.stage import EVENT_ENV_MAX_BYTES
 from tests.support.app import app_client
-from tests.support.controlplane import AuditRecord, ControlPlane, audit_records, kubeconfig
+from tests.support.cluster_view import Cluster, until, until_async
+from tests.support.controlplane import AuditRecord, ControlPlane, audit_records
 from tests.support.deploy import find
 from tests.support.factories import stored_service
 from tests.support.kube_cluster import (
     MANAGER_USER,
-    JobNamespace,
     manager_settings,
     until_authorised,
     without_verb,
@@ -69,39 +68,42 @@ def triples(records: list[AuditRecord]) -> set[Triple]:
     return {(r.group, r.resource, r.verb) for r in records}
 
 
-async def until(check: Callable[[], Any], within: float = 30) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "gave up waiting"
-        await asyncio.sleep(0.05)
-
-
-async def until_async(ask: Callable[[], Any], check: Callable[[Any], bool], within: float = 30) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        answer = await ask()
-        if check(answer):
-            return answer
-        assert time.monotonic() < deadline, f"gave up waiting: last {answer!r}"
-        await asyncio.sleep(0.05)
-
-
 @dataclass
 class Plane:
-    """The test's part of the control plane: its namespace, its node's manual kubelet, the manager's
-    kubeconfig (the shipped ServiceAccount's token) and where the audit log stood when the test began."""
+    """The test's part of the control plane (``cluster``, with a manual kubelet), seen as the backend
+    needs it."""
 
-    control: ControlPlane
-    admin: httpx.AsyncClient
-    namespace: str
-    kubelet: RunnerKubelet
-    kubeconfig: Path
-    audit_start: int
+    cluster: Cluster
+
+    @property
+    def control(self) -> ControlPlane:
+        return self.cluster.plane
+
+    @property
+    def admin(self) -> httpx.AsyncClient:
+        return self.cluster.http
+
+    @property
+    def namespace(self) -> str:
+        return self.cluster.namespace
+
+    @property
+    def kubelet(self) -> RunnerKubelet:
+        return self.cluster.kubelet
+
+    @property
+    def kubeconfig(self) -> Path:
+        config = self.cluster.settings.oscar_kubeconfig
+        assert config is not None
+        return config
+
+    @property
+    def audit_start(self) -> int:
+        return self.cluster.audit_start
 
     def requests(self) -> list[AuditRecord]:
-        """What the manager asked for in the test's namespace, or cluster-wide, in order."""
-        records = audit_records(self.control.audit_log, user=MANAGER_USER, start=self.audit_start)
-        return [r for r in records if r.namespace in (self.namespace, "")]
+        """What the manager asked for in the test's namespace, or cluster-wide, in order (dry runs too)."""
+        return self.cluster.all_requests()
 
     def backend(self) -> contextlib.AbstractAsyncContextManager[KubernetesBackend]:
         cluster = manifests.ClusterConfig(
@@ -126,30 +128,8 @@ class Plane:
 
 
 @pytest.fixture
-async def plane(
-    control_plane: ControlPlane,
-    kube_admin: httpx.AsyncClient,
-    manager_token: str,
-    kube_namespace: JobNamespace,
-    tmp_path: Path,
-) -> AsyncIterator[Plane]:
-    node = kube_namespace.node
-    config_file = tmp_path / "manager.kubeconfig"
-    config_file.write_text(
-        kubeconfig(
-            control_plane.url, control_plane.ca, user={"token": manager_token}, namespace=kube_namespace.name
-        )
-    )
-    serving = control_plane.pki.node_server(node)
-    async with RunnerKubelet.running(http=kube_admin, node=node, serving=serving) as kubelet:
-        yield Plane(
-            control=control_plane,
-            admin=kube_admin,
-            namespace=kube_namespace.name,
-            kubelet=kubelet,
-            kubeconfig=config_file,
-            audit_start=control_plane.audit_log.stat().st_size,
-        )
+def plane(cluster: Cluster) -> Plane:
+    return Plane(cluster)
 
 
 async def test_the_backend_lifecycle_needs_exactly_the_shipped_rbac(plane: Plane) -> None:

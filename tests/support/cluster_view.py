@@ -18,14 +18,14 @@ from tests.support.kube_cluster import MANAGER_USER
 from tests.support.runner_kubelet import RunnerKubelet
 
 
-async def until(check: Callable[[], Any], within: float = 20) -> None:
+async def until(check: Callable[[], Any], within: float = 30) -> None:
     deadline = time.monotonic() + within
     while not check():
         assert time.monotonic() < deadline, "gave up waiting"
         await asyncio.sleep(0.05)
 
 
-async def until_async(ask: Callable[[], Any], check: Callable[[Any], bool], within: float = 20) -> Any:
+async def until_async(ask: Callable[[], Any], check: Callable[[Any], bool], within: float = 30) -> Any:
     deadline = time.monotonic() + within
     while True:
         answer = await ask()
