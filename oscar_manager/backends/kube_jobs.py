@@ -85,6 +85,8 @@ async def job_outcome(
     text = ""
     times: logtimes.LineTimes | None = None
     exit_code: int | None = 0 if succeeded else None
+    # When the container started: a job can end between two looks of the watcher, never seen running.
+    started_at: datetime | None = job.status.start_time if job.status else None
     try:
         pods = await core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}")
         for pod in pods.items[:1]:
@@ -97,6 +99,7 @@ async def job_outcome(
                 terminated = container.state.terminated if container.state else None
                 if container.name == manifests.CONTAINER and terminated is not None:
                     exit_code = terminated.exit_code
+                    started_at = terminated.started_at
     except ApiException as exc:
         text = f"(the log could not be read: {reason(exc)})\n"
     if past_deadline(job):
@@ -107,4 +110,5 @@ async def job_outcome(
         log=text,
         finished_at=datetime.now(UTC),
         log_times=times,  # lines added here have none: they show the job's end
+        started_at=started_at,
     )

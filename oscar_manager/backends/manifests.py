@@ -34,6 +34,7 @@ import yaml
 from oscar_manager.domain.service import SERVICE_LABEL, Service
 from oscar_manager.domain.service_views import job_view
 from oscar_manager.supervisor import body_parts, reads, response_frame
+from oscar_manager.supervisor import deadline as deadlines
 from oscar_manager.supervisor.stage import event_variable
 
 CONTAINER = "oscar-container"
@@ -46,6 +47,8 @@ IMAGE_SUPERVISOR = "/opt/oscar-manager/bin/supervisor"
 GPU_RESOURCE = "nvidia.com/gpu"
 # Marks the Jobs of sync runs: the manager awaits those itself, the job watcher leaves them alone.
 SYNC_LABEL = "oscar_sync"
+# How long after the job's time limit Kubernetes kills a Job whose supervisor did not (a hung upload...).
+DEADLINE_BACKSTOP_SECONDS = 60
 # A sync Job outliving a crashed manager is collected after at most this long.
 SYNC_TTL_SECONDS = 3600
 # The manager image's own user (Dockerfile ``USER 10001:10001``): the init container runs as it.
@@ -191,13 +194,19 @@ def _env(
     sync: bool,
     any_bucket: bool,
     max_response: int | None,
+    timeout: int | None,
 ) -> list[dict[str, Any]]:
+    ours = (reads.READ_ANY_BUCKET_ENV, body_parts.PARTS_ENV, body_parts.DIGEST_ENV, deadlines.DEADLINE_ENV)
     variables = [
         {"name": name, "value": value}
         for name, value in service.environment.variables.items()
-        # Ours to set: what the supervisor may read, and how the body reached it.
-        if name not in (reads.READ_ANY_BUCKET_ENV, body_parts.PARTS_ENV, body_parts.DIGEST_ENV)
+        # Ours to set: what the supervisor may read, how the body reached it, its time limit.
+        if name not in ours
     ]
+    if timeout is not None:
+        time_limit = [{"name": deadlines.DEADLINE_ENV, "value": str(timeout)}]
+    else:
+        time_limit = []
     framing = [{"name": response_frame.ENV, "value": "1"}] if sync else []
     if sync and max_response is not None:
         # The supervisor refuses a larger answer before encoding it (and declares only its size).
@@ -212,6 +221,7 @@ def _env(
         {"name": "JOB_UUID", "value": job_id},
         {"name": "RESOURCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         *framing,
+        *time_limit,
     ]
 
 
@@ -247,6 +257,7 @@ def job(
             sync=sync,
             any_bucket=any_bucket,
             max_response=sync_max_response,
+            timeout=None if sync else cluster.job_timeout,
         ),
         "resources": _resources(service),
         "securityContext": container_security(),
@@ -284,9 +295,11 @@ def job(
         if sync
         else cluster.ttl_seconds,
     }
+    # A sync run's Job is killed at its deadline (the manager answered 504 by then); another job's supervisor
+    # keeps the job's time limit itself, so it ends with its log, and Kubernetes' deadline is a backstop.
     deadline = sync_deadline if sync else cluster.job_timeout
     if deadline is not None:
-        spec["activeDeadlineSeconds"] = max(deadline, 1)
+        spec["activeDeadlineSeconds"] = max(deadline, 1) + (0 if sync else DEADLINE_BACKSTOP_SECONDS)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

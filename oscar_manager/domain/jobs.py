@@ -54,6 +54,8 @@ class JobOutcome:
     finished_at: datetime
     # When each line of ``log`` was written; None when not known (such lines show the job's end).
     log_times: LineTimes | None = None
+    # When it started, where the backend knows (a job that ended before its start was seen gets it).
+    started_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

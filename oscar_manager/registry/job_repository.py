@@ -92,6 +92,8 @@ class JobRepository:
                 log=outcome.log,
                 log_times=None if outcome.log_times is None else logtimes.encode(outcome.log_times),
                 finished_at=outcome.finished_at,
+                # As seen when it started; else the backend's word (a job can end before its start is seen).
+                started_at=func.coalesce(JobRow.started_at, outcome.started_at),
             )
         )
 

@@ -36,6 +36,7 @@ from oscar_manager.storage.base import ObjectStore
 from oscar_manager.storage.providers import s3_settings
 from oscar_manager.storage.s3 import S3ObjectStore
 from oscar_manager.supervisor import body_parts, response_frame
+from oscar_manager.supervisor import deadline as deadlines
 from oscar_manager.supervisor.answer import ResponseTooLarge, SyncAnswer, encoded_size, render_response
 from oscar_manager.supervisor.log import SupervisorLog
 from oscar_manager.supervisor.reads import READ_ANY_BUCKET_ENV
@@ -204,6 +205,7 @@ async def supervise(
                 return store
 
             invocation = Invocation.read(event)
+            deadline = deadlines.from_environment(env)
             input_path = await stage_in(
                 invocation=invocation,
                 service=service,
@@ -211,6 +213,7 @@ async def supervise(
                 workspace=workspace,
                 log=log,
                 any_bucket=env.get(READ_ANY_BUCKET_ENV) == "true",
+                deadline=deadline,
             )
             script_env = {
                 **{name: value for name, value in env.items() if name not in _EVENT_CARRIERS},
@@ -228,12 +231,17 @@ async def supervise(
                 script_env["PATH"] = env["PATH"]
             workspace.write_script(service.script)
             log.info("Running the user script")
-            code, output = await run_script(workspace.script, script_env, workspace.root, live=live)
+            try:
+                async with asyncio.timeout(deadline.remaining()):
+                    code, output = await run_script(workspace.script, script_env, workspace.root, live=live)
+            except TimeoutError:
+                log.error(f"The script was killed after the {deadline.seconds:g} s timeout")
+                return 1, SyncAnswer.of_bytes(b""), log.text()
             log.output(output.decode("utf-8", errors="replace"))
             if code != 0:
                 log.error(f"The script exited with code {code}")
                 return code, SyncAnswer.of_bytes(output), log.text()
-            await stage_out(service=service, stores=resolve, workspace=workspace, log=log)
+            await stage_out(service=service, stores=resolve, workspace=workspace, log=log, deadline=deadline)
             answer = render_response(
                 invocation=invocation,
                 workspace=workspace,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import TypeVar
 
 from oscar_manager.errors import OscarError
@@ -45,3 +45,16 @@ class Deadline:
 
 
 NO_DEADLINE = Deadline(None)
+
+# In a Kubernetes Job: the job's time limit in seconds, which the supervisor keeps itself, so that the pod
+# ends as any failed run does, with its log (a Job killed at its activeDeadlineSeconds loses its pod, and
+# the log with it, before the manager can copy it; that deadline stays, later, as a backstop).
+DEADLINE_ENV = "OSCAR_JOB_TIMEOUT"
+
+
+def from_environment(env: Mapping[str, str]) -> Deadline:
+    value = env.get(DEADLINE_ENV, "")
+    try:
+        return Deadline(float(value)) if value else NO_DEADLINE
+    except ValueError:
+        return NO_DEADLINE

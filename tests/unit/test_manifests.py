@@ -194,10 +194,15 @@ def test_the_job_of_a_sync_run_frames_its_response_and_has_a_deadline() -> None:
     assert job["spec"]["ttlSecondsAfterFinished"] == manifests.SYNC_TTL_SECONDS
 
 
-def test_the_job_timeout_is_the_deadline_of_every_job() -> None:
+def test_the_job_timeout_is_kept_by_the_supervisor_and_backed_by_the_jobs_deadline() -> None:
+    """The supervisor kills the script at the job's time limit, so the pod ends with its log; Kubernetes
+    kills the Job a minute later should the supervisor not (its pod, and the log, go with it)."""
     timed = manifests.ClusterConfig(manager_image="m", ttl_seconds=60, job_timeout=3600)
-    job = manifests.job(make(), job_id=JOB_ID, event=EVENT, cluster=timed)
-    assert job["spec"]["activeDeadlineSeconds"] == 3600
+    service = make(environment={"variables": {"OSCAR_JOB_TIMEOUT": "999999"}})
+    job = manifests.job(service, job_id=JOB_ID, event=EVENT, cluster=timed)
+    assert job["spec"]["activeDeadlineSeconds"] == 3600 + manifests.DEADLINE_BACKSTOP_SECONDS
+    env = [item for item in pod_spec(job)["containers"][0]["env"] if item["name"] == "OSCAR_JOB_TIMEOUT"]
+    assert env == [{"name": "OSCAR_JOB_TIMEOUT", "value": "3600"}]  # the service cannot lengthen it
     assert manifests.SYNC_LABEL not in job["metadata"]["labels"]
     assert "OSCAR_RESPONSE_FRAME" not in str(pod_spec(job)["containers"][0]["env"])
     assert (
