@@ -133,6 +133,29 @@ async def test_an_invocation_becomes_a_job_whose_log_outlives_the_pod(
     assert logs.text == "supervisor says hi\n"
 
 
+async def test_the_ttl_controller_collects_a_finished_job_and_its_log_stays(cluster: Cluster) -> None:
+    """``TTL_JOB``: the real TTL-after-finished controller deletes the Job (and the garbage collector its
+    pod) once it is that old; the manager had copied its log, and serves it still."""
+    async with app_client(cluster.settings.model_copy(update={"ttl_job": 1})) as manager:
+        assert (await manager.post("/system/services", json=definition("brief"))).status_code == 201
+        job_id = (await invoke(manager, "brief", b"e30=")).headers["X-Oscar-Job-Ids"]
+        job = await job_created(cluster, job_id)
+        assert job["spec"]["ttlSecondsAfterFinished"] == 1
+        await cluster.kubelet.finish(job_id, succeeded=True, log="short-lived\n")
+        await wait_for_jobs(manager, "brief", count=1)
+        await until_async(lambda: cluster.get("jobs", job_id), lambda found: found is None, within=60)
+        pods = f"/api/v1/namespaces/{cluster.namespace}/pods"
+        await until_async(
+            lambda: cluster.http.get(pods, params={"labelSelector": f"job-name={job_id}"}),
+            lambda answer: answer.json()["items"] == [],
+            within=60,
+        )
+        assert (await manager.get(f"/system/logs/brief/{job_id}")).text == "short-lived\n"
+        assert (await all_jobs(manager, "brief"))[job_id]["status"] == "Succeeded"
+    # Not the manager: the Job went by the TTL controller's hand.
+    assert not [r for r in cluster.requests() if (r.verb, r.resource, r.name) == ("delete", "jobs", job_id)]
+
+
 async def test_a_jobs_log_keeps_the_kubelets_line_times(manager: httpx.AsyncClient, cluster: Cluster) -> None:
     assert (await manager.post("/system/services", json=definition("stamped"))).status_code == 201
     job_id = (await invoke(manager, "stamped", b"e30=")).headers["X-Oscar-Job-Ids"]
