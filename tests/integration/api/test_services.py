@@ -37,7 +37,9 @@ class TestCreate:
         stored = (await client.get("/system/services/cowsay")).json()
         assert stored["visibility"] == (visibility or "private")
 
-    async def test_upstream_defaults_applied(self, client: httpx.AsyncClient) -> None:
+    async def test_upstream_defaults_applied(
+        self, client: httpx.AsyncClient, backend_settings: Settings
+    ) -> None:
         assert (await create(client, service_body(log_level="verbose"))).status_code == 201
         service = (await client.get("/system/services/cowsay")).json()
         assert service["memory"] == "256Mi"
@@ -45,7 +47,7 @@ class TestCreate:
         assert service["log_level"] == "INFO"
         assert service["visibility"] == "private"
         assert service["owner"] == "cluster_admin"
-        assert service["namespace"] == "oscar-svc"
+        assert service["namespace"] == backend_settings.oscar_services_namespace  # oscar-svc by default
         assert service["labels"]["oscar_service"] == "cowsay"
         assert re.fullmatch(r"[0-9a-f]{64}", service["token"])
         minio = service["storage_providers"]["minio"]["default"]

@@ -113,14 +113,14 @@ async def _states_and_readiness(client: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.parametrize("path", ["/system/config", "/system/config/"])
-async def test_config_shape(client: httpx.AsyncClient, path: str) -> None:
+async def test_config_shape(client: httpx.AsyncClient, backend_settings: Settings, path: str) -> None:
     response = await client.get(path)
     assert response.status_code == 200
     body = response.json()
     assert set(body) == {"config", "minio_provider", "allowed_image_repositories"}
     config = body["config"]
     assert config["name"] == "oscar"
-    assert config["services_namespace"] == "oscar-svc"
+    assert config["services_namespace"] == backend_settings.oscar_services_namespace
     assert config["oidc_groups"] == []
     for flag in ("gpu_available", "interLink_available", "yunikorn_enable", "kueue_enable", "volume_enable"):
         assert config[flag] is False
