@@ -86,7 +86,7 @@ async def job_outcome(
     times: logtimes.LineTimes | None = None
     exit_code: int | None = 0 if succeeded else None
     # When the container started: a job can end between two looks of the watcher, never seen running.
-    started_at: datetime | None = job.status.start_time if job.status else None
+    started_at: datetime | None = None
     try:
         pods = await core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}")
         for pod in pods.items[:1]:
