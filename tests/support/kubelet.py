@@ -1,11 +1,12 @@
-"""A kubelet for the Kubernetes API double: the pods of OSCAR Jobs really run.
+"""How the tests' runner kubelet (``tests.support.runner_kubelet``) runs a pod of an OSCAR Job for real.
 
 It does for a pod what a kubelet does, as far as the manager's pods need: each volume the main container
 mounts is materialised (ConfigMap and Secret keys as files, emptyDirs empty), the container's environment
 is resolved (values, ``spec.nodeName``, ``secretKeyRef``, ``envFrom`` Secrets), and standard output and
 standard error are merged into the pod log, as the container runtime keeps them. Projected volumes of
 Secrets are mounted too. A volume whose ConfigMap or Secret is missing is waited for, as a real kubelet
-retries the mount (for ``mount_timeout`` seconds here, then the pod fails). A container whose environment
+retries the mount (for ``mount_timeout`` seconds here, then the pod fails). The ConfigMaps and Secrets are
+read from the apiserver (``Objects``). A container whose environment
 the kernel refuses (a string over 128 KiB) fails to start, as ``runc`` reports it.
 
 With an ``image`` the pod runs as on a node: its "image" is a root file system holding nothing but a static
