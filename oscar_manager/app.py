@@ -78,6 +78,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.services_changed = runtime.services_changed
             app.state.event_status = runtime.event_status
             app.state.readiness = runtime.readiness
+            app.state.identities = runtime.identities
             async with s3_face(settings, runtime.stores.default, runtime.database):
                 _announce(settings, generated=generated)
                 yield

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from oscar_manager.auth.sealing import Sealer
 from oscar_manager.backends.base import Backend
 from oscar_manager.backends.kubernetes import KubernetesBackend
 from oscar_manager.backends.local import LocalBackend
@@ -28,6 +29,7 @@ from oscar_manager.events.minio_webhook import WEBHOOK_PATH, WebhookRules, ensur
 from oscar_manager.events.reconcile import reconcile
 from oscar_manager.operations import Database, readiness
 from oscar_manager.operations.dispatch import Dispatcher, recover
+from oscar_manager.operations.identities import StorageIdentities
 from oscar_manager.operations.intake import Intake
 from oscar_manager.operations.jobs import DatabaseJobReporter
 from oscar_manager.operations.ratelimit import RateLimiter
@@ -37,6 +39,7 @@ from oscar_manager.storage.egress import EgressPolicy
 from oscar_manager.storage.leftovers import sweep_all, sweep_older
 from oscar_manager.storage.local import STAGING, LocalObjectStore
 from oscar_manager.storage.minio import MinioEndpoint, MinioExtras
+from oscar_manager.storage.minio_users import MinioUsers
 from oscar_manager.storage.presign import PresignSigner
 from oscar_manager.storage.providers import Stores
 from oscar_manager.storage.s3 import S3ObjectStore
@@ -134,6 +137,7 @@ class Runtime:
         default_store: ObjectStore,
         minio: MinioExtras | None,
         backend: Backend | None = None,
+        minio_users: MinioUsers | None = None,
     ) -> None:
         self.settings = settings
         self.database = Database(settings.database_url)
@@ -161,6 +165,16 @@ class Runtime:
         self.intake = Intake(self.database, wake=self.dispatch_loop.wake)
         self.webhook_token = _webhook_token(settings)
         self._minio = minio
+        # OIDC users' own MinIO users (issue 16): only with OIDC on and MinIO as ``minio.default``.
+        self.identities: StorageIdentities | None = None
+        if minio_users is not None:
+            self.identities = StorageIdentities(
+                self.database,
+                minio_users,
+                Sealer.from_settings(settings.oscar_credentials_key, settings.credentials_key_file),
+                root_access_key=settings.minio_access_key,
+                check_interval=settings.oscar_minio_user_check_interval,
+            )
         self._tasks: list[SupervisedTask | LoopWorker | RetryingTask] = []
         self.watcher: LocalBucketWatcher | None = None
         self.listener: MinioListener | None = None
@@ -204,6 +218,7 @@ class Runtime:
     async def open(cls, settings: Settings) -> AsyncIterator[Runtime]:
         async with contextlib.AsyncExitStack() as stack:
             minio: MinioExtras | None = None
+            minio_users: MinioUsers | None = None
             default_store: ObjectStore
             if settings.uses_minio:
                 endpoint = minio_endpoint(settings)
@@ -217,6 +232,8 @@ class Runtime:
                     )
                 )
                 minio = await stack.enter_async_context(MinioExtras.connect(endpoint))
+                if settings.gives_users_minio_identities:
+                    minio_users = await stack.enter_async_context(MinioUsers.connect(endpoint))
             else:
                 default_store = LocalObjectStore(settings.buckets_dir)
             backend: Backend | None = None
@@ -236,7 +253,9 @@ class Runtime:
                         concurrency=settings.oscar_kubernetes_concurrency,
                     )
                 )
-            runtime = cls(settings, default_store=default_store, minio=minio, backend=backend)
+            runtime = cls(
+                settings, default_store=default_store, minio=minio, backend=backend, minio_users=minio_users
+            )
             await runtime.start()
             try:
                 yield runtime

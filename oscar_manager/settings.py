@@ -118,6 +118,16 @@ class Settings(BaseSettings):
     oscar_minio_webhook_target: str = "OSCAR"
     # The Bearer token MinIO sends; empty: generated once and kept in the data directory.
     oscar_minio_webhook_token: str = ""
+    # With OIDC on, every user gets a MinIO user of their own (keys in ``/system/config``), made through
+    # MinIO's admin API on their first request. Off for an S3 server that is no MinIO (no admin API):
+    # users then get no keys.
+    oscar_minio_users: bool = True
+    # Seconds a user's MinIO identity is trusted before the next request checks it again (re-created if
+    # it was deleted); ``/system/config``, which hands the keys out, always checks.
+    oscar_minio_user_check_interval: float = Field(default=60, ge=0)
+    # The key sealing users' MinIO secrets in the registry (a Fernet key: 32 bytes, url-safe base64).
+    # Empty: generated once into the data directory. Replicas sharing a database need the same one.
+    oscar_credentials_key: str = ""
     # Input folders are listed again this often (seconds; 0: only at start and on reconnect), a safety
     # net for deliveries MinIO dropped (it keeps no queue for a webhook target unless told to).
     oscar_reconcile_interval: float = Field(default=300, ge=0)
@@ -191,6 +201,15 @@ class Settings(BaseSettings):
     def uses_minio(self) -> bool:
         """``minio.default`` is a MinIO (or S3) server rather than local folders."""
         return bool(self.minio_endpoint)
+
+    @property
+    def gives_users_minio_identities(self) -> bool:
+        """OIDC users get MinIO users of their own (issue 16)."""
+        return self.oidc_enable and self.uses_minio and self.oscar_minio_users
+
+    @property
+    def credentials_key_file(self) -> Path:
+        return self.oscar_data_dir / "credentials-key"
 
     @property
     def serves_s3(self) -> bool:

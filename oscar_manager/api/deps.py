@@ -12,6 +12,7 @@ from oscar_manager.backends.base import Backend
 from oscar_manager.domain.principal import Principal
 from oscar_manager.errors import Forbidden, PayloadTooLarge
 from oscar_manager.operations import Database, Transaction
+from oscar_manager.operations.identities import StorageIdentities
 from oscar_manager.operations.intake import Intake
 from oscar_manager.operations.services import InputNotifications, Provisioning
 from oscar_manager.settings import Settings
@@ -80,8 +81,18 @@ async def get_transaction(request: Request) -> AsyncIterator[Transaction]:
         yield tx
 
 
+async def get_identities(request: Request) -> StorageIdentities | None:
+    identities: StorageIdentities | None = request.app.state.identities
+    return identities
+
+
 async def authenticate(request: Request) -> Principal:
-    return await (await get_authenticator(request)).authenticate(request.headers.get("authorization"))
+    """The caller; an OIDC user's own MinIO user is made on their first request (issue 16)."""
+    caller = await (await get_authenticator(request)).authenticate(request.headers.get("authorization"))
+    identities = await get_identities(request)
+    if identities is not None and not caller.is_admin:
+        await identities.ensure(caller.uid)
+    return caller
 
 
 async def require_admin(caller: Annotated[Principal, Depends(authenticate)]) -> Principal:
@@ -124,6 +135,7 @@ IntakeDep = Annotated[Intake, Depends(get_intake)]
 PresignerDep = Annotated[PresignSigner, Depends(get_presigner)]
 ProvisioningDep = Annotated[Provisioning, Depends(get_provisioning)]
 AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
+IdentitiesDep = Annotated[StorageIdentities | None, Depends(get_identities)]
 RunBodyDep = Annotated[bytes, Depends(read_run_body)]
 TransactionDep = Annotated[Transaction, Depends(get_transaction, scope="function")]
 CallerDep = Annotated[Principal, Depends(authenticate)]

@@ -57,16 +57,24 @@ def storage(settings: Settings, *, events: Mapping[str, int], status: Mapping[st
     }
 
 
-def config(settings: Settings, *, principal: Principal, s3_endpoint: str = "") -> dict[str, Any]:
-    """``s3_endpoint``: the manager's own S3 face of the local buckets, as this caller reaches it."""
-    # The admin gets the keys (MinIO's root keys, as upstream; on the S3 face its own user and
-    # password). OIDC users get none until buckets have owners.
-    show_keys = principal.is_admin
+def config(
+    settings: Settings,
+    *,
+    principal: Principal,
+    s3_endpoint: str = "",
+    user_keys: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """``s3_endpoint``: the manager's own S3 face of the local buckets, as this caller reaches it;
+    ``user_keys``: an OIDC user's own MinIO keys (``operations.identities``)."""
+    # The admin gets the root keys (MinIO's, as upstream; on the S3 face its own user and password), an
+    # OIDC user their own MinIO user's, and none where they have no MinIO user (local storage).
     if s3_endpoint:
         endpoint, access_key, secret_key = s3_endpoint, settings.oscar_username, settings.oscar_password
     else:
         endpoint, access_key = settings.minio_endpoint, settings.minio_access_key
         secret_key = settings.minio_secret_key
+    if not principal.is_admin:
+        access_key, secret_key = user_keys or ("", "")
     return {
         "config": {
             "name": settings.oscar_name,
@@ -84,8 +92,8 @@ def config(settings: Settings, *, principal: Principal, s3_endpoint: str = "") -
         "minio_provider": {
             "endpoint": endpoint,
             "verify": settings.minio_tls_verify,
-            "access_key": access_key if show_keys else "",
-            "secret_key": secret_key if show_keys else "",
+            "access_key": access_key,
+            "secret_key": secret_key,
             # oscar-python and the dashboard need a region (an empty one disables the dashboard's buckets).
             "region": settings.minio_region or "us-east-1",
         },

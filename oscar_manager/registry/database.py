@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from oscar_manager.domain.service import Service
 from oscar_manager.registry import sqlite_inline
 from oscar_manager.registry.event_repository import EventRepository
+from oscar_manager.registry.identity_repository import IdentityRepository
 from oscar_manager.registry.job_repository import JobRepository
 from oscar_manager.registry.mark_repository import MarkRepository
 from oscar_manager.registry.service_repository import ServiceRepository
@@ -44,6 +45,7 @@ class Transaction:
         self.events = EventRepository(session)
         self.jobs = JobRepository(session)
         self.marks = MarkRepository(session)
+        self.identities = IdentityRepository(session)
 
 
 def _tune_sqlite(engine: AsyncEngine, *, writer: bool = True) -> None:

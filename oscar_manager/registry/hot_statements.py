@@ -37,7 +37,7 @@ class HotStatements:
     start: Any
 
 
-def _insert(dialect: str, table: Table) -> Any:
+def dialect_insert(dialect: str, table: Table) -> Any:
     """An INSERT of ``dialect``, the one with ``ON CONFLICT`` clauses."""
     return (postgresql_insert if dialect == "postgresql" else sqlite_insert)(table)
 
@@ -54,7 +54,7 @@ def hot_statements(dialect: str) -> HotStatements:
         .with_for_update(skip_locked=True)
     )
     return HotStatements(
-        enqueue=_insert(dialect, EVENTS)
+        enqueue=dialect_insert(dialect, EVENTS)
         .on_conflict_do_nothing(index_elements=[EVENTS.c.dedup_key])
         .returning(EVENTS.c.dedup_key),
         claim=update(EVENTS)
@@ -68,7 +68,7 @@ def hot_statements(dialect: str) -> HotStatements:
             EVENTS.c.attempts,
             EVENTS.c.owner,
         ),
-        prepare=_insert(dialect, JOBS).on_conflict_do_update(
+        prepare=dialect_insert(dialect, JOBS).on_conflict_do_update(
             index_elements=[JOBS.c.id],
             set_={
                 "status": JobStatus.PENDING.value,

@@ -100,6 +100,18 @@ class JobRow(Base):
     __table_args__ = (Index("ix_jobs_service_created_at_id", "service", "created_at", "id"),)
 
 
+class StorageIdentityRow(Base):
+    """An OIDC user's own MinIO user (issue 16): one row per user, whichever replica made it first."""
+
+    __tablename__ = "storage_identities"
+
+    uid: Mapped[str] = mapped_column(String(255), primary_key=True)
+    access_key: Mapped[str] = mapped_column(String(255), unique=True)
+    # Sealed with a key the registry does not hold (``auth.sealing``): never the secret itself.
+    sealed_secret: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 def aware(value: datetime) -> datetime:
     # SQLite hands back naive datetimes even for timezone-aware columns; everything we store is UTC.
     return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -4,7 +4,15 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from oscar_manager.api.deps import BackendDep, CallerDep, IntakeDep, SettingsDep, StoresDep, TransactionDep
+from oscar_manager.api.deps import (
+    BackendDep,
+    CallerDep,
+    IdentitiesDep,
+    IntakeDep,
+    SettingsDep,
+    StoresDep,
+    TransactionDep,
+)
 from oscar_manager.operations import status, system
 from oscar_manager.settings import Settings
 
@@ -27,8 +35,14 @@ async def get_info(
 # oscar-python asks for ``/system/config/`` (trailing slash), others without: serve both directly.
 @router.get("/config", summary="Cluster configuration and the MinIO provider clients use")
 @router.get("/config/", include_in_schema=False)
-async def get_config(request: Request, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
-    return system.config(settings, principal=caller, s3_endpoint=s3_endpoint(settings, request))
+async def get_config(
+    request: Request, settings: SettingsDep, caller: CallerDep, identities: IdentitiesDep
+) -> dict[str, Any]:
+    # An OIDC user's own MinIO keys, their MinIO user checked again: the keys handed out work.
+    user_keys = await identities.keys(caller.uid) if identities is not None and not caller.is_admin else None
+    return system.config(
+        settings, principal=caller, s3_endpoint=s3_endpoint(settings, request), user_keys=user_keys
+    )
 
 
 def s3_endpoint(settings: Settings, request: Request) -> str:

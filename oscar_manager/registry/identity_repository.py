@@ -1,0 +1,50 @@
+"""Users' own MinIO identities (``storage_identities``): one row per OIDC user, the secret sealed.
+
+Like every repository, it reads and flushes but never commits: the transaction belongs to the caller.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import cast
+
+from sqlalchemy import Table, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from oscar_manager.domain.identities import StorageIdentity
+from oscar_manager.registry.hot_statements import dialect_insert
+from oscar_manager.registry.tables import StorageIdentityRow
+
+IDENTITIES = cast("Table", StorageIdentityRow.__table__)
+
+
+class IdentityRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def get(self, uid: str) -> StorageIdentity | None:
+        row = (
+            await self._session.execute(
+                select(IDENTITIES.c.access_key, IDENTITIES.c.sealed_secret).where(IDENTITIES.c.uid == uid)
+            )
+        ).first()
+        return None if row is None else StorageIdentity(uid, row.access_key, row.sealed_secret)
+
+    async def add_if_absent(self, identity: StorageIdentity, *, now: datetime) -> StorageIdentity:
+        """Record ``identity`` unless the user has one already (another request or replica was first),
+        and return the one recorded: the first one wins, so every replica hands out the same keys."""
+        dialect = (await self._session.connection()).dialect.name
+        await self._session.execute(
+            dialect_insert(dialect, IDENTITIES)
+            .values(
+                uid=identity.uid,
+                access_key=identity.access_key,
+                sealed_secret=identity.sealed_secret,
+                created_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=[IDENTITIES.c.uid])
+        )
+        recorded = await self.get(identity.uid)
+        if recorded is None:  # cannot be: the row was there or has just been written
+            raise RuntimeError(f"no storage identity recorded for {identity.uid!r}")
+        return recorded
