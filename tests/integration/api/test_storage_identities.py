@@ -1,0 +1,238 @@
+"""OIDC users' own MinIO identities (issue 16, first part), against the real MinIO of the tests and the fake
+issuer: each user's keys from ``/system/config`` are proved with an S3 client of their own on MinIO."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import stat
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import botocore.exceptions
+import httpx
+import pytest
+import respx
+from cryptography.fernet import Fernet
+from miniopy_async.credentials.providers import StaticProvider
+from miniopy_async.minioadmin import MinioAdmin
+
+from oscar_manager.registry import Database
+from oscar_manager.settings import Settings
+from tests.support.app import app_client, bearer
+from tests.support.factories import ADMIN_PASSWORD
+from tests.support.minio import MinioServer, boto3_client, start_minio
+from tests.support.oidc import ALLOWED_VO, EGI_ISSUER, FakeIssuer
+
+pytestmark = pytest.mark.asyncio
+
+ADMIN = {"Authorization": "Basic " + base64.b64encode(f"oscar:{ADMIN_PASSWORD}".encode()).decode()}
+
+
+@pytest.fixture
+def egi() -> Iterator[FakeIssuer]:
+    with respx.mock(assert_all_called=False) as router:
+        yield FakeIssuer(EGI_ISSUER, router)
+
+
+def oidc_on(settings: Settings, minio: MinioServer, **overrides: Any) -> Settings:
+    return settings.model_copy(
+        update={
+            "oidc_enable": True,
+            "oidc_issuers": [EGI_ISSUER],
+            "oidc_groups": [ALLOWED_VO],
+            "minio_endpoint": minio.endpoint,
+            "minio_access_key": minio.access_key,
+            "minio_secret_key": minio.secret_key,
+            "oscar_minio_listen": False,
+            "oscar_reconcile_interval": 0,
+            **overrides,
+        }
+    )
+
+
+def new_user(egi: FakeIssuer, name: str) -> tuple[str, dict[str, str]]:
+    """A fresh subject (the session's MinIO outlives each test), as EGI names them, and its headers."""
+    subject = f"{name}-{uuid.uuid4().hex[:12]}@egi.eu"
+    egi.add_user(subject, ALLOWED_VO)
+    return subject, bearer(egi.token(subject))
+
+
+async def provider(http: httpx.AsyncClient, headers: dict[str, str]) -> dict[str, Any]:
+    answer = await http.get("/system/config", headers=headers)
+    assert answer.status_code == 200, answer.text
+    keys: dict[str, Any] = answer.json()["minio_provider"]
+    return keys
+
+
+def s3_as(minio: MinioServer, keys: dict[str, Any]) -> Any:
+    return boto3_client(minio.endpoint, keys["access_key"], keys["secret_key"])
+
+
+def s3_error(call: Any, **kwargs: Any) -> str:
+    with pytest.raises(botocore.exceptions.ClientError) as caught:
+        call(**kwargs)
+    code: str = caught.value.response["Error"]["Code"]
+    return code
+
+
+@pytest.fixture
+async def admin_api(minio_server: MinioServer) -> AsyncIterator[MinioAdmin]:
+    """MinIO's admin API as the root, to look behind the manager's back."""
+    async with aiohttp.ClientSession() as session:
+        credentials = StaticProvider(minio_server.access_key, minio_server.secret_key)
+        yield MinioAdmin(minio_server.address, credentials=credentials, secure=False, session=session)
+
+
+async def test_two_users_get_distinct_keys_that_work_and_reach_no_bucket_of_the_root(
+    settings: Settings, minio_server: MinioServer, egi: FakeIssuer, admin_api: MinioAdmin
+) -> None:
+    root = boto3_client(minio_server.endpoint, minio_server.access_key, minio_server.secret_key)
+    bucket = f"root-only-{uuid.uuid4().hex[:8]}"
+    root.create_bucket(Bucket=bucket)
+    root.put_object(Bucket=bucket, Key="in/secret.txt", Body=b"root's")
+    alice, alice_headers = new_user(egi, "alice")
+    _bob, bob_headers = new_user(egi, "bob")
+    async with app_client(oidc_on(settings, minio_server), auth=False) as http:
+        alice_keys = await provider(http, alice_headers)
+        bob_keys = await provider(http, bob_headers)
+        admin_keys = await provider(http, ADMIN)
+    # As upstream: the access key is the subject; the admin still gets the root's keys.
+    assert alice_keys["access_key"] == alice
+    assert alice_keys["access_key"] != bob_keys["access_key"]
+    assert alice_keys["secret_key"] != bob_keys["secret_key"]
+    assert (admin_keys["access_key"], admin_keys["secret_key"]) == (
+        minio_server.access_key,
+        minio_server.secret_key,
+    )
+    assert set(alice_keys) == {"endpoint", "verify", "access_key", "secret_key", "region"}
+    info = json.loads(await admin_api.user_info(alice))
+    assert info["status"] == "enabled"
+    assert "all_users_group" in info["memberOf"]
+    for keys in (alice_keys, bob_keys):
+        s3 = s3_as(minio_server, keys)
+        # The keys are MinIO's: listing buckets works (the all-users group's policy) ...
+        assert bucket in {b["Name"] for b in s3.list_buckets()["Buckets"]}
+        # ... and no bucket of the root is theirs to read or write.
+        assert s3_error(s3.list_objects_v2, Bucket=bucket) == "AccessDenied"
+        assert s3_error(s3.get_object, Bucket=bucket, Key="in/secret.txt") == "AccessDenied"
+        assert s3_error(s3.put_object, Bucket=bucket, Key="in/mine.txt", Body=b"x") == "AccessDenied"
+    wrong = dict(alice_keys, secret_key=bob_keys["secret_key"])
+    assert s3_error(s3_as(minio_server, wrong).list_buckets) == "SignatureDoesNotMatch"
+
+
+async def test_the_keys_outlive_the_manager_and_the_secret_is_sealed_at_rest(
+    settings: Settings, minio_server: MinioServer, egi: FakeIssuer
+) -> None:
+    subject, headers = new_user(egi, "carol")
+    configured = oidc_on(settings, minio_server)
+    async with app_client(configured, auth=False) as http:
+        first = await provider(http, headers)
+    async with app_client(configured, auth=False) as http:  # a restart: same registry, same key file
+        again = await provider(http, headers)
+    assert (again["access_key"], again["secret_key"]) == (first["access_key"], first["secret_key"])
+    key_file = configured.credentials_key_file
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    database = Database(configured.database_url)
+    try:
+        async with database.reading() as tx:
+            row = await tx.identities.get(subject)
+    finally:
+        await database.dispose()
+    assert row is not None
+    assert row.access_key == subject
+    secret = first["secret_key"].encode()
+    assert secret not in row.sealed_secret
+    assert base64.b64encode(secret) not in row.sealed_secret
+    assert Fernet(key_file.read_text().strip().encode()).decrypt(row.sealed_secret) == secret
+
+
+async def test_concurrent_first_requests_on_two_replicas_make_one_user_with_one_secret(
+    settings: Settings, minio_server: MinioServer, egi: FakeIssuer, tmp_path: Path
+) -> None:
+    """Two managers on one database (same OSCAR_CREDENTIALS_KEY, data directories of their own), each
+    taking several first requests of the same user at once: one row, the same keys everywhere, and they
+    work (a replica that lost the race must not leave MinIO with its own secret)."""
+    subject, headers = new_user(egi, "dave")
+    shared = {"oscar_credentials_key": Fernet.generate_key().decode()}
+    one = oidc_on(settings, minio_server, **shared)
+    two = oidc_on(settings, minio_server, oscar_data_dir=tmp_path / "replica-2", **shared)
+    async with app_client(one, auth=False) as first, app_client(two, auth=False) as second:
+        answers = await asyncio.gather(
+            *(provider(http, headers) for _ in range(4) for http in (first, second))
+        )
+    assert len({(a["access_key"], a["secret_key"]) for a in answers}) == 1
+    assert not (tmp_path / "replica-2" / "credentials-key").exists()
+    s3_as(minio_server, answers[0]).list_buckets()
+    database = Database(one.database_url)
+    try:
+        async with database.reading() as tx:
+            row = await tx.identities.get(subject)
+    finally:
+        await database.dispose()
+    assert row is not None
+    assert row.access_key == subject
+
+
+async def test_a_minio_user_deleted_behind_the_managers_back_is_made_again_on_the_next_request(
+    settings: Settings, minio_server: MinioServer, egi: FakeIssuer, admin_api: MinioAdmin
+) -> None:
+    subject, headers = new_user(egi, "erin")
+    configured = oidc_on(settings, minio_server, oscar_minio_user_check_interval=0)
+    async with app_client(configured, auth=False) as http:
+        keys = await provider(http, headers)
+        for ask_again in ("/system/services", "/system/config"):
+            await admin_api.user_remove(subject)
+            assert s3_error(s3_as(minio_server, keys).list_buckets) == "InvalidAccessKeyId"
+            answer = await http.get(ask_again, headers=headers)
+            assert answer.status_code == 200, answer.text
+            s3_as(minio_server, keys).list_buckets()  # the same keys work again
+            info = json.loads(await admin_api.user_info(subject))
+            assert "all_users_group" in info["memberOf"]
+        assert await provider(http, headers) == keys
+
+
+async def test_minio_admin_unreachable_is_a_503_that_records_nothing_and_the_next_request_retries(
+    settings: Settings, minio_binary: Path, egi: FakeIssuer
+) -> None:
+    minio = await start_minio(minio_binary)  # its own: this test kills it
+    try:
+        subject, headers = new_user(egi, "frank")
+        configured = oidc_on(settings, minio)
+        async with app_client(configured, auth=False) as http:
+            await asyncio.to_thread(minio.kill)
+            refused = await http.get("/system/services", headers=headers)
+            assert refused.status_code == 503, refused.text
+            assert "MinIO's admin API" in refused.text
+            assert "unreachable" in refused.text
+            assert subject in refused.text
+            assert refused.headers["retry-after"]
+            database = Database(configured.database_url)
+            try:
+                async with database.reading() as tx:
+                    assert await tx.identities.get(subject) is None
+                await asyncio.to_thread(minio.revive)
+                keys = await provider(http, headers)
+                async with database.reading() as tx:
+                    assert await tx.identities.get(subject) is not None
+            finally:
+                await database.dispose()
+        s3_as(minio, keys).list_buckets()
+    finally:
+        await asyncio.to_thread(minio.stop)
+
+
+async def test_without_minio_users_get_no_keys_and_nothing_is_made(
+    settings: Settings, minio_server: MinioServer, egi: FakeIssuer, admin_api: MinioAdmin
+) -> None:
+    """``OSCAR_MINIO_USERS=false`` (an S3 server with no MinIO admin API): as before, no keys."""
+    subject, headers = new_user(egi, "gina")
+    async with app_client(oidc_on(settings, minio_server, oscar_minio_users=False), auth=False) as http:
+        keys = await provider(http, headers)
+    assert (keys["access_key"], keys["secret_key"]) == ("", "")
+    with pytest.raises(Exception, match="XMinioAdminNoSuchUser"):
+        await admin_api.user_info(subject)
