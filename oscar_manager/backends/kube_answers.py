@@ -45,14 +45,14 @@ def retryable(exc: ApiError) -> bool:
 
 # An apiserver that is starting serves requests before its RBAC authoriser has read every binding, and
 # for a moment refuses (403) what they allow: seen on a real control plane restarted under a running
-# manager. A Job refused so is tried again this many times (1 + 2 + 4 s of backoff) before its refusal
-# counts as final.
+# manager. A request refused so is tried again this many times (with the caller's backoff) before the
+# refusal counts as final.
 FORBIDDEN_RETRIES = 3
 
 
-def refused_for_now(exc: ApiError, attempt: int) -> bool:
-    """Whether a refusal on the ``attempt``-th try (from 1) is worth another try."""
-    return retryable(exc) or (exc.status == 403 and attempt <= FORBIDDEN_RETRIES)
+def refused_for_now(exc: ApiError, refusals: int) -> bool:
+    """Whether a refusal is worth another try; ``refusals``: the 403s met so far, this one included."""
+    return retryable(exc) or (exc.status == 403 and refusals <= FORBIDDEN_RETRIES)
 
 
 def invalid_fields(exc: ApiError) -> list[str]:

@@ -74,6 +74,10 @@ class ResponseLost(OscarError):
     status_code = 502
 
 
+# At most this many jobs' 403 counts are kept (a bound, should jobs vanish between their attempts).
+_MAX_REFUSALS_KEPT = 10_000
+
+
 class KubernetesBackend:
     durable_submissions = True
 
@@ -92,6 +96,9 @@ class KubernetesBackend:
         self._cluster = cluster
         self._concurrency = concurrency
         self._inflight = 0
+        # Job -> the 403s its creation met so far (its other failed attempts, say while the apiserver was
+        # away, do not count): a few are an apiserver that is starting, more a refusal.
+        self._refusals: dict[str, int] = {}
         self._watcher: asyncio.Task[None] | None = None
         self.watching = asyncio.Event()
 
@@ -201,8 +208,12 @@ class KubernetesBackend:
                 # Created before (a resubmission): its Secrets may be there too, or only some of them.
                 uid = created["metadata"]["uid"] if created else await self._job_uid(name)
                 await self._deliver_body(service, name, uid, payload)
+            self._refusals.pop(name, None)
         except ApiException as exc:
-            if refused_for_now(exc, request.attempt):
+            refusals = self._refusals.pop(name, 0) + (exc.status == 403)
+            if refused_for_now(exc, refusals):
+                if refusals and len(self._refusals) < _MAX_REFUSALS_KEPT:
+                    self._refusals[name] = refusals
                 raise BackendUnavailable(f"Kubernetes could not create the job: {reason(exc)}") from None
             if not inline:  # its pod would wait for its volumes until its deadline
                 with contextlib.suppress(OscarError):

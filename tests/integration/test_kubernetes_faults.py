@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from oscar_manager.backends.kube_answers import FORBIDDEN_RETRIES
 from oscar_manager.settings import Settings
 from tests.support.app import NO_AUTH, app_client
 from tests.support.jobs import settle
@@ -65,3 +66,26 @@ async def test_an_invalid_service_object_fails_the_create_naming_the_field(
     assert "metadata.labels" in answer.text
     assert (await manager.get("/system/services/refused")).status_code == 404
     assert api.get("ConfigMap", NS, "refused") is None
+
+
+async def test_a_403_after_other_failures_is_still_tried_again(
+    manager: httpx.AsyncClient, double: tuple[KubeApiDouble, str]
+) -> None:
+    """An apiserver away for a while (503s: attempts spent) that then starts and refuses for a moment (403,
+    its RBAC not read yet): only the 403s count towards a final refusal, so the Job is still created. On
+    the real control plane this is the apiserver killed under load; here its answers in that order."""
+    api, _url = double
+    assert (await manager.post("/system/services", json=definition("restart"))).status_code == 201
+    # Attempts 1-3 spent on 503s; the 403 of the fourth was taken as final before.
+    api.fail_next = [("POST", "/jobs", 503)] * FORBIDDEN_RETRIES + [("POST", "/jobs", 403)]
+    token = (await manager.get("/system/services/restart")).json()["token"]
+    answer = await manager.post(
+        "/job/restart", content=b"e30=", headers={"Authorization": f"Bearer {token}"}, auth=NO_AUTH
+    )
+    job_id = answer.headers["X-Oscar-Job-Ids"]
+    deadline = time.monotonic() + 40  # the dispatcher's backoff: 1 + 2 + 4 + 8 s
+    while api.get("Job", NS, job_id) is None:
+        assert time.monotonic() < deadline, "the Job was never created"
+        await settle(0.1)
+    creates = [path for method, path in api.requests if method == "POST" and path.endswith("/jobs")]
+    assert len(creates) == FORBIDDEN_RETRIES + 2
