@@ -233,16 +233,17 @@ def lists_of_jobs(cluster: Cluster) -> int:
     return sum(1 for r in cluster.requests() if (r.verb, r.resource, r.name) == ("list", "jobs", ""))
 
 
-async def test_the_job_watcher_lists_again_after_the_api_server_restarts(
+async def test_the_job_watcher_lists_again_after_410_gone(
     manager: httpx.AsyncClient, cluster: Cluster
 ) -> None:
-    """A restarted apiserver starts its watch cache afresh: the watcher's resourceVersion is too old (410
-    Gone), so it lists again, and the job that ends afterwards is still seen."""
+    """The apiserver goes away, and etcd's history is compacted meanwhile: the watcher's resourceVersion
+    is too old (410 Gone) when it is back, so it lists again, and the job that ends afterwards is seen."""
     assert (await manager.post("/system/services", json=definition("relist"))).status_code == 201
     job_id = (await invoke(manager, "relist", b"e30=")).headers["X-Oscar-Job-Ids"]
     await job_created(cluster, job_id)
     lists_before = lists_of_jobs(cluster)
     await asyncio.to_thread(cluster.plane.stop, "apiserver")
+    await asyncio.to_thread(cluster.plane.compact_etcd)
     await asyncio.to_thread(cluster.plane.start, "apiserver")
     await cluster.kubelet.finish(job_id, succeeded=True, log="ended after the restart\n")
     jobs = await wait_for_jobs(manager, "relist", count=1, within=60)
@@ -469,9 +470,9 @@ async def test_a_sync_run_over_the_body_limit_is_413_and_creates_nothing(
 async def test_a_sync_run_outlives_an_api_server_restart(
     kubernetes_settings: Settings, control_plane: ControlPlane, kube_admin: httpx.AsyncClient
 ) -> None:
-    """The run's watch breaks with the apiserver; it comes back with a fresh watch cache, too new for the
-    run's resourceVersion (410 Gone), so the run reads its Job again and still answers. The controllers
-    take their time to catch up after the restart, hence the generous run timeout."""
+    """The run's watch breaks with the apiserver, and etcd's history is compacted meanwhile: the run's
+    resourceVersion is too old (410 Gone) when it is back, so the run reads its Job again and still
+    answers. The controllers take their time to catch up after the restart, hence the generous timeout."""
     start = control_plane.audit_log.stat().st_size
     async with app_client(kubernetes_settings.model_copy(update={"oscar_run_timeout": 90.0})) as http:
         runs = Runs(http, control_plane, kubernetes_settings.oscar_services_namespace, start)
@@ -483,8 +484,10 @@ async def test_a_sync_run_outlives_an_api_server_restart(
         await until(lambda: len(runs.created()) == 1)
         name = runs.created()[0]["metadata"]["name"]
         await asyncio.to_thread(control_plane.stop, "apiserver")
+        await asyncio.to_thread(control_plane.compact_etcd)
         await asyncio.to_thread(control_plane.start, "apiserver")
         answer = await call
     assert answer.status_code == 200
     assert answer.text == "finished\n"
+    assert runs.asked("get", "jobs", name)  # read again after the 410
     assert await gone(kube_admin, runs.namespace, name)

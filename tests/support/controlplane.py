@@ -16,6 +16,7 @@ a new node is created with is lifted by the tests instead (:func:`untaint`).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -306,6 +307,18 @@ class ControlPlane:
 
     def stop(self, name: str, *, kill: bool = False) -> None:
         self.components[name].stop(kill=kill)
+
+    def compact_etcd(self) -> None:
+        """A write, then etcd's history compacted up to it (through etcd's own HTTP gateway, the apiserver
+        may be down): every resourceVersion seen so far is too old to watch from (410 Gone), as happens
+        when a watcher was away longer than the history kept."""
+        etcd = f"http://127.0.0.1:{self.etcd_port}/v3/kv"
+        key = base64.b64encode(b"/oscar-tests/compaction").decode()
+        with httpx.Client(timeout=10) as http:
+            written = http.post(f"{etcd}/put", json={"key": key, "value": key})
+            written.raise_for_status()
+            revision = written.json()["header"]["revision"]
+            http.post(f"{etcd}/compaction", json={"revision": revision, "physical": True}).raise_for_status()
 
     def stop_all(self) -> None:
         for name in reversed(list(self.components)):

@@ -325,13 +325,20 @@ class RunnerKubelet:
         """End the (manual) pod of ``job_name`` once it runs, with ``log`` (``stamps``: each line's time)."""
         assert self.manual, "finish() is for a manual kubelet"
         code = (0 if succeeded else 1) if exit_code is None else exit_code
-        async with asyncio.timeout(30):
-            while True:
-                for name, end in self._manual_ends.items():
-                    if name.startswith(f"{job_name}-") and not end.done():
-                        end.set_result((code, log, stamps))
-                        return
-                await asyncio.sleep(0.02)
+        deadline = asyncio.get_running_loop().time() + 30
+        while asyncio.get_running_loop().time() < deadline:
+            for name, end in self._manual_ends.items():
+                if name.startswith(f"{job_name}-") and not end.done():
+                    end.set_result((code, log, stamps))
+                    return
+            await asyncio.sleep(0.02)
+        # Say where the job's pods are instead, for whoever reads the failure.
+        pods = await self.http.get("/api/v1/pods", params={"labelSelector": f"job-name={job_name}"})
+        where = [
+            (p["metadata"]["name"], p["spec"].get("nodeName"), p["status"].get("phase"))
+            for p in pods.json().get("items", [])
+        ]
+        raise AssertionError(f"no pod of {job_name} ran on {self.node} within 30 s; its pods: {where}")
 
     # --- the kubelet's log endpoint -----------------------------------------------------------------------
 
