@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from oscar_manager.domain.service import Service
 from oscar_manager.registry import sqlite_inline
+from oscar_manager.registry.bucket_repository import BucketRepository
 from oscar_manager.registry.event_repository import EventRepository
 from oscar_manager.registry.identity_repository import IdentityRepository
 from oscar_manager.registry.job_repository import JobRepository
@@ -46,6 +47,7 @@ class Transaction:
         self.jobs = JobRepository(session)
         self.marks = MarkRepository(session)
         self.identities = IdentityRepository(session)
+        self.buckets = BucketRepository(session)
 
 
 def _tune_sqlite(engine: AsyncEngine, *, writer: bool = True) -> None:

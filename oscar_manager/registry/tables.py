@@ -112,6 +112,23 @@ class StorageIdentityRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class BucketRow(Base):
+    """Who owns a bucket of the manager's own storage and who may use it (issue 16,
+    ``domain.buckets``): the one source MinIO's groups and policies are derived from."""
+
+    __tablename__ = "buckets"
+
+    # S3's longest bucket name.
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255), index=True)
+    visibility: Mapped[str] = mapped_column(String(16))
+    allowed_users: Mapped[list[str]] = mapped_column(JSONDocument)
+    metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JSONDocument)
+    # The service whose input or output made it; None for a bucket made through the buckets API.
+    service: Mapped[str | None] = mapped_column(String(39), nullable=True, index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 def aware(value: datetime) -> datetime:
     # SQLite hands back naive datetimes even for timezone-aware columns; everything we store is UTC.
     return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -1,0 +1,85 @@
+"""Buckets' owners, visibility and members (``buckets``, ``domain.buckets``).
+
+Like every repository, it reads and flushes but never commits: the transaction belongs to the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from oscar_manager.domain.buckets import BucketRecord
+from oscar_manager.registry.hot_statements import dialect_insert
+from oscar_manager.registry.tables import BucketRow
+
+BUCKETS = cast("Table", BucketRow.__table__)
+_COLUMNS = (
+    BUCKETS.c.name,
+    BUCKETS.c.owner,
+    BUCKETS.c.visibility,
+    BUCKETS.c.allowed_users,
+    BUCKETS.c.metadata,
+    BUCKETS.c.service,
+)
+
+
+def _record(row: Any) -> BucketRecord:
+    return BucketRecord(
+        name=row.name,
+        owner=row.owner,
+        visibility=row.visibility,
+        allowed_users=tuple(row.allowed_users),
+        metadata=dict(row.metadata),
+        service=row.service,
+    )
+
+
+class BucketRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def get(self, name: str) -> BucketRecord | None:
+        row = (await self._session.execute(select(*_COLUMNS).where(BUCKETS.c.name == name))).first()
+        return None if row is None else _record(row)
+
+    async def many(self, names: Iterable[str]) -> dict[str, BucketRecord]:
+        wanted = sorted(set(names))
+        if not wanted:
+            return {}
+        rows = await self._session.execute(select(*_COLUMNS).where(BUCKETS.c.name.in_(wanted)))
+        return {row.name: _record(row) for row in rows}
+
+    async def all(self) -> list[BucketRecord]:
+        rows = await self._session.execute(select(*_COLUMNS).order_by(BUCKETS.c.name))
+        return [_record(row) for row in rows]
+
+    async def lock(self, name: str) -> BucketRecord | None:
+        """The record, locked until the transaction ends (PostgreSQL; SQLite has one writer anyway), so
+        concurrent changes of one bucket's visibility or members apply one after the other."""
+        row = (
+            await self._session.execute(select(*_COLUMNS).where(BUCKETS.c.name == name).with_for_update())
+        ).first()
+        return None if row is None else _record(row)
+
+    async def put(self, record: BucketRecord, *, now: datetime) -> None:
+        """Record ``record``, replacing what was recorded of its bucket."""
+        dialect = (await self._session.connection()).dialect.name
+        values = {
+            "owner": record.owner,
+            "visibility": record.visibility,
+            "allowed_users": list(record.allowed_users),
+            "metadata": dict(record.metadata),
+            "service": record.service,
+            "updated_at": now,
+        }
+        statement = dialect_insert(dialect, BUCKETS).values(name=record.name, **values)
+        await self._session.execute(
+            statement.on_conflict_do_update(index_elements=[BUCKETS.c.name], set_=values)
+        )
+
+    async def remove(self, name: str) -> None:
+        await self._session.execute(delete(BUCKETS).where(BUCKETS.c.name == name))
