@@ -79,6 +79,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.event_status = runtime.event_status
             app.state.readiness = runtime.readiness
             app.state.identities = runtime.identities
+            app.state.bucket_policies = runtime.bucket_policies
             async with s3_face(settings, runtime.stores.default, runtime.database):
                 _announce(settings, generated=generated)
                 yield

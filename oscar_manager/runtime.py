@@ -33,6 +33,7 @@ from oscar_manager.operations.identities import StorageIdentities
 from oscar_manager.operations.intake import Intake
 from oscar_manager.operations.jobs import DatabaseJobReporter
 from oscar_manager.operations.ratelimit import RateLimiter
+from oscar_manager.operations.services import BucketPolicies
 from oscar_manager.settings import BackendKind, Settings, kept_secret
 from oscar_manager.storage.base import ObjectStore
 from oscar_manager.storage.egress import EgressPolicy
@@ -175,6 +176,8 @@ class Runtime:
                 root_access_key=settings.minio_access_key,
                 check_interval=settings.oscar_minio_user_check_interval,
             )
+        # What makes MinIO itself enforce the bucket records (issue 16); None on the local store.
+        self.bucket_policies: BucketPolicies | None = None
         self._tasks: list[SupervisedTask | LoopWorker | RetryingTask] = []
         self.watcher: LocalBucketWatcher | None = None
         self.listener: MinioListener | None = None

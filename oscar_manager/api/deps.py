@@ -14,7 +14,7 @@ from oscar_manager.errors import Forbidden, PayloadTooLarge
 from oscar_manager.operations import Database, Transaction
 from oscar_manager.operations.identities import StorageIdentities
 from oscar_manager.operations.intake import Intake
-from oscar_manager.operations.services import InputNotifications, Provisioning
+from oscar_manager.operations.services import BucketPolicies, InputNotifications, Provisioning
 from oscar_manager.settings import Settings
 from oscar_manager.storage.presign import PresignSigner
 from oscar_manager.storage.providers import Stores
@@ -56,11 +56,17 @@ async def get_notifications(request: Request) -> InputNotifications | None:
     return notifications
 
 
+async def get_bucket_policies(request: Request) -> BucketPolicies | None:
+    policies: BucketPolicies | None = request.app.state.bucket_policies
+    return policies
+
+
 async def get_provisioning(request: Request) -> Provisioning:
     return Provisioning(
         stores=await get_stores(request),
         backend=await get_backend(request),
         notifications=await get_notifications(request),
+        policies=await get_bucket_policies(request),
     )
 
 

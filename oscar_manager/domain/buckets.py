@@ -15,11 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from oscar_manager.domain.principal import Principal
+from oscar_manager.domain.service import DEFAULT_OWNER as ADMIN_OWNER
+from oscar_manager.domain.service import VISIBILITIES
 from oscar_manager.errors import BadRequest, Forbidden
-
-VISIBILITIES = ("private", "restricted", "public")
-# The owner of the admin's buckets (Basic auth): upstream's name for it.
-ADMIN_OWNER = "cluster_admin"
 
 # An OIDC subject as a member of a bucket: printable, no whitespace, bounded like the identities' uid
 # column. What OIDC issuers use (EGI's ``<hex>@egi.eu``, Keycloak's UUIDs, emails) all fit.

@@ -40,13 +40,24 @@ class InputNotifications(Protocol):
     async def apply(self, routes: Iterable[InputRoute], buckets: set[str]) -> None: ...
 
 
+class BucketPolicies(Protocol):
+    """Makes the storage itself enforce the bucket records (``domain.bucket_policies``: MinIO's groups
+    and policies). None on the local store, whose only door is the manager's own checks."""
+
+    async def apply(self, tx: Transaction, names: Iterable[str]) -> None:
+        """Make the storage's rules for buckets ``names`` (and the public ones) what the records in
+        ``tx`` say, before it commits: a storage that cannot be told fails the change (503)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Provisioning:
-    """What a service is set up with besides its row: buckets, the backend's objects, notifications."""
+    """What a service is set up with besides its row: buckets, the backend's objects, notifications and
+    the storage's rules of who may use each bucket."""
 
     stores: Stores
     backend: Backend
     notifications: InputNotifications | None = None
+    policies: BucketPolicies | None = None
 
 
 def _own_paths(service: Service, kinds: str = "io") -> list[tuple[str, str]]:
