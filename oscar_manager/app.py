@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import fastapi_offline
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.openapi.utils import get_openapi
@@ -17,7 +17,6 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from oscar_manager import __version__
-from oscar_manager.api.deps import require_admin
 from oscar_manager.api.error_answers import CatchAll, document_errors, install_error_handlers
 from oscar_manager.api.routes import (
     buckets,
@@ -233,12 +232,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         disabled.router,
         invocations.router,
         logs.router,
+        buckets.router,
         buckets.presigned_router,
         events.router,
     ):
         app.include_router(router)
-    # Buckets have no owners yet: with OIDC on, users must not reach everyone's objects.
-    app.include_router(buckets.router, dependencies=[Depends(require_admin)])
     app.add_middleware(CatchAll)  # before CORS, which then wraps it: its 500s carry CORS headers too
     _install_cors(app, settings.oscar_cors_origins)
     _install_docs(app)

@@ -27,13 +27,13 @@ from oscar_manager.events.local_watch import LocalBucketWatcher
 from oscar_manager.events.minio_listen import MinioListener
 from oscar_manager.events.minio_webhook import WEBHOOK_PATH, WebhookRules, ensure_target
 from oscar_manager.events.reconcile import reconcile
-from oscar_manager.operations import Database, readiness
+from oscar_manager.operations import Database, readiness, service_buckets
+from oscar_manager.operations.buckets import BucketPolicies
 from oscar_manager.operations.dispatch import Dispatcher, recover
 from oscar_manager.operations.identities import StorageIdentities
 from oscar_manager.operations.intake import Intake
 from oscar_manager.operations.jobs import DatabaseJobReporter
 from oscar_manager.operations.ratelimit import RateLimiter
-from oscar_manager.operations.services import BucketPolicies
 from oscar_manager.settings import BackendKind, Settings, kept_secret
 from oscar_manager.storage.base import ObjectStore
 from oscar_manager.storage.egress import EgressPolicy
@@ -345,6 +345,10 @@ class Runtime:
     async def start(self) -> None:
         _fast_child_watcher()
         await recover(self.database, jobs_die_with_manager=not self.backend.durable_submissions)
+        async with self.database.transaction() as tx:
+            adopted = await service_buckets.adopt(tx)
+        if adopted:
+            log.info("recorded the owners of %d bucket(s) of existing services", len(adopted))
         await asyncio.to_thread(self._sweep_leftovers)
         reporter = DatabaseJobReporter(
             self.database,

@@ -10,11 +10,12 @@ from fastapi import BackgroundTasks, Depends, Request
 from oscar_manager.auth.authenticator import Authenticator
 from oscar_manager.backends.base import Backend
 from oscar_manager.domain.principal import Principal
-from oscar_manager.errors import Forbidden, PayloadTooLarge
+from oscar_manager.errors import PayloadTooLarge
 from oscar_manager.operations import Database, Transaction
+from oscar_manager.operations.buckets import BucketPolicies
 from oscar_manager.operations.identities import StorageIdentities
 from oscar_manager.operations.intake import Intake
-from oscar_manager.operations.services import BucketPolicies, InputNotifications, Provisioning
+from oscar_manager.operations.services import InputNotifications, Provisioning
 from oscar_manager.settings import Settings
 from oscar_manager.storage.presign import PresignSigner
 from oscar_manager.storage.providers import Stores
@@ -101,14 +102,6 @@ async def authenticate(request: Request) -> Principal:
     return caller
 
 
-async def require_admin(caller: Annotated[Principal, Depends(authenticate)]) -> Principal:
-    """Routes over the whole cluster's storage: the admin only, until buckets have owners (OIDC users
-    would otherwise read and overwrite everyone's objects)."""
-    if not caller.is_admin:
-        raise Forbidden("only the admin may use this route")
-    return caller
-
-
 async def read_body(request: Request) -> bytes:
     """The whole body, refused with 413 as soon as it passes ``OSCAR_MAX_BODY_BYTES``."""
     return await read_limited(request, (await get_settings(request)).oscar_max_body_bytes)
@@ -141,6 +134,7 @@ IntakeDep = Annotated[Intake, Depends(get_intake)]
 PresignerDep = Annotated[PresignSigner, Depends(get_presigner)]
 ProvisioningDep = Annotated[Provisioning, Depends(get_provisioning)]
 AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
+BucketPoliciesDep = Annotated[BucketPolicies | None, Depends(get_bucket_policies)]
 IdentitiesDep = Annotated[StorageIdentities | None, Depends(get_identities)]
 RunBodyDep = Annotated[bytes, Depends(read_run_body)]
 TransactionDep = Annotated[Transaction, Depends(get_transaction, scope="function")]

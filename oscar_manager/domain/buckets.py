@@ -15,9 +15,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from oscar_manager.domain.principal import Principal
-from oscar_manager.domain.service import DEFAULT_OWNER as ADMIN_OWNER
-from oscar_manager.domain.service import VISIBILITIES
+from oscar_manager.domain.service import DEFAULT_OWNER, VISIBILITIES
 from oscar_manager.errors import BadRequest, Forbidden
+
+# The owner of the admin's buckets, as of the admin's services: upstream's name.
+ADMIN_OWNER = DEFAULT_OWNER
 
 # An OIDC subject as a member of a bucket: printable, no whitespace, bounded like the identities' uid
 # column. What OIDC issuers use (EGI's ``<hex>@egi.eu``, Keycloak's UUIDs, emails) all fit.

@@ -17,9 +17,7 @@ from oscar_manager.domain.definitions import load_document, service_definitions
 from oscar_manager.domain.events import InputRoute
 from oscar_manager.domain.principal import Principal
 from oscar_manager.domain.service import (
-    DEFAULT_OWNER,
     MinioDefault,
-    ProviderRef,
     Service,
     check_name_readable,
     normalise_new,
@@ -27,26 +25,19 @@ from oscar_manager.domain.service import (
     parse_service,
 )
 from oscar_manager.errors import BadRequest, Conflict, Forbidden, NotFound, OscarError
+from oscar_manager.operations import service_buckets
+from oscar_manager.operations.buckets import BucketPolicies, enforce
 from oscar_manager.operations.offload import off_loop
+from oscar_manager.operations.service_buckets import own_paths
 from oscar_manager.registry import Transaction
 from oscar_manager.settings import Settings
-from oscar_manager.storage.providers import DEFAULT_PROVIDER, Stores
-from oscar_manager.supervisor.stage import split_path
+from oscar_manager.storage.providers import Stores
 
 
 class InputNotifications(Protocol):
     """Tells the storage which input folders to report new objects of (MinIO's webhook rules)."""
 
     async def apply(self, routes: Iterable[InputRoute], buckets: set[str]) -> None: ...
-
-
-class BucketPolicies(Protocol):
-    """Makes the storage itself enforce the bucket records (``domain.bucket_policies``: MinIO's groups
-    and policies). None on the local store, whose only door is the manager's own checks."""
-
-    async def apply(self, tx: Transaction, names: Iterable[str]) -> None:
-        """Make the storage's rules for buckets ``names`` (and the public ones) what the records in
-        ``tx`` say, before it commits: a storage that cannot be told fails the change (503)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,18 +51,8 @@ class Provisioning:
     policies: BucketPolicies | None = None
 
 
-def _own_paths(service: Service, kinds: str = "io") -> list[tuple[str, str]]:
-    """(bucket, folder) of the inputs and/or outputs on the manager's own storage."""
-    configs = [*(service.input if "i" in kinds else []), *(service.output if "o" in kinds else [])]
-    return [
-        split_path(io_config.path)
-        for io_config in configs
-        if str(ProviderRef(io_config.storage_provider)) == DEFAULT_PROVIDER
-    ]
-
-
 def input_buckets(service: Service) -> set[str]:
-    return {bucket for bucket, _folder in _own_paths(service, "i")}
+    return {bucket for bucket, _folder in own_paths(service, "i")}
 
 
 async def _notify_inputs(
@@ -104,7 +85,7 @@ async def prepare_storage(service: Service, *, stores: Stores) -> None:
     fails, the service is not recorded.
     """
     folders: dict[str, set[str]] = {}
-    for bucket, folder in _own_paths(service):
+    for bucket, folder in own_paths(service):
         folders.setdefault(bucket, set()).update([folder] if folder else [])
 
     async def prepare(bucket: str) -> None:
@@ -156,63 +137,17 @@ async def create(
     for service in services:
         if await tx.services.exists(service.name):
             raise Conflict(f"a service named {service.name!r} already exists")
-    await _check_buckets_are_the_users(tx, principal, services)
+    await service_buckets.check_ownership(tx, provisioning.stores.default, principal, services)
+    changed: set[str] = set()
     for service in services:
         await tx.services.add(service)
+        changed |= await service_buckets.record(tx, service)
+    await enforce(tx, provisioning.policies, changed)
     for service in services:
         await prepare_storage(service, stores=provisioning.stores)
         await provisioning.backend.prepare_service(service)
     await _notify_inputs(tx, provisioning.notifications, set().union(*map(input_buckets, services)))
     return services
-
-
-async def _check_buckets_are_the_users(
-    tx: Transaction, principal: Principal, services: list[Service]
-) -> None:
-    """A user's service must not read from or write into a bucket that another owner's service uses.
-
-    Buckets have no owners of their own yet; the services using them are the best evidence there is.
-    The admin may share buckets between anyone's services.
-    """
-    if principal.is_admin:
-        return
-    names = {service.name for service in services}
-    others: dict[str, str] = {}
-    for other in await tx.services.list():
-        if other.name not in names and other.owner != principal.uid:
-            for bucket, _folder in _own_paths(other):
-                others.setdefault(bucket, other.name)
-    for service in services:
-        for bucket, _folder in _own_paths(service):
-            if bucket in others:
-                raise Forbidden(
-                    f"bucket {bucket!r} is used by a service of another owner ({others[bucket]!r})"
-                )
-
-
-async def using_bucket(tx: Transaction, bucket: str) -> list[str]:
-    """Services whose inputs or outputs are in ``bucket`` of the manager's own storage."""
-    return [
-        service.name
-        for service in await tx.services.list()
-        if any(own_bucket == bucket for own_bucket, _folder in _own_paths(service))
-    ]
-
-
-async def bucket_tags(tx: Transaction) -> dict[str, dict[str, str]]:
-    """What upstream tags each bucket of the manager's own storage with when a service is created with it
-    (``owner``: the owner's id, empty for the admin; ``from_service``; ``owner_name``: ``oscar`` for the
-    admin, a user's name is not kept here). As upstream, the service created last wins."""
-    tags: dict[str, dict[str, str]] = {}
-    for service in await tx.services.list_by_creation():
-        admin = service.owner == DEFAULT_OWNER
-        for bucket, _folder in _own_paths(service):
-            tags[bucket] = {
-                "owner": "" if admin else service.owner,
-                "from_service": service.name,
-                **({"owner_name": "oscar"} if admin else {}),
-            }
-    return tags
 
 
 async def list_visible(tx: Transaction, *, principal: Principal) -> list[Service]:
@@ -246,8 +181,9 @@ async def update(
         definition = definition.model_copy(update={"vo": vo})
     service = normalise_update(definition, current=current, minio=minio_default(settings))
     provisioning.stores.check_endpoints(service)
-    await _check_buckets_are_the_users(tx, principal, [service])
+    await service_buckets.check_ownership(tx, provisioning.stores.default, principal, [service])
     await tx.services.replace(service)
+    await enforce(tx, provisioning.policies, await service_buckets.record(tx, service, previous=current))
     await prepare_storage(service, stores=provisioning.stores)
     await provisioning.backend.prepare_service(service, previous=current)
     await _notify_inputs(tx, provisioning.notifications, input_buckets(current) | input_buckets(service))
@@ -279,6 +215,7 @@ async def delete(
     await tx.jobs.delete_where(name, statuses=None)
     await tx.events.delete_for_service(name)
     await tx.services.delete(name)
+    await enforce(tx, provisioning.policies, await service_buckets.release(tx, service))
     await provisioning.backend.remove_service(service)
     await _notify_inputs(tx, provisioning.notifications, input_buckets(service))
     if purge:
@@ -292,7 +229,7 @@ async def purge_storage(tx: Transaction, service: Service, *, stores: Stores) ->
     rolled back, and what was already removed stays removed (the service can be deleted again)."""
     store = stores.default
     buckets: set[str] = set()
-    for bucket, folder in _own_paths(service):
+    for bucket, folder in own_paths(service):
         buckets.add(bucket)
         if not await store.bucket_exists(bucket):
             continue
@@ -301,7 +238,7 @@ async def purge_storage(tx: Transaction, service: Service, *, stores: Stores) ->
         if folder:
             await store.remove_folder(bucket, folder)
     for bucket in sorted(buckets):
-        if await using_bucket(tx, bucket):
+        if await service_buckets.using_bucket(tx, bucket):
             continue
         if await store.bucket_exists(bucket) and not await store.list_objects(bucket):
             await store.delete_bucket(bucket)

@@ -38,6 +38,16 @@ def _record(row: Any) -> BucketRecord:
     )
 
 
+def _values(record: BucketRecord) -> dict[str, Any]:
+    return {
+        "owner": record.owner,
+        "visibility": record.visibility,
+        "allowed_users": list(record.allowed_users),
+        "metadata": dict(record.metadata),
+        "service": record.service,
+    }
+
+
 class BucketRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
@@ -65,17 +75,21 @@ class BucketRepository:
         ).first()
         return None if row is None else _record(row)
 
+    async def add(self, record: BucketRecord, *, now: datetime) -> bool:
+        """Record a new bucket; False (nothing written) if it has a record already, so that of two
+        users creating one bucket at once only one gets it."""
+        dialect = (await self._session.connection()).dialect.name
+        result = await self._session.execute(
+            dialect_insert(dialect, BUCKETS)
+            .values(name=record.name, updated_at=now, **_values(record))
+            .on_conflict_do_nothing(index_elements=[BUCKETS.c.name])
+        )
+        return bool(getattr(result, "rowcount", 0))
+
     async def put(self, record: BucketRecord, *, now: datetime) -> None:
         """Record ``record``, replacing what was recorded of its bucket."""
         dialect = (await self._session.connection()).dialect.name
-        values = {
-            "owner": record.owner,
-            "visibility": record.visibility,
-            "allowed_users": list(record.allowed_users),
-            "metadata": dict(record.metadata),
-            "service": record.service,
-            "updated_at": now,
-        }
+        values = {**_values(record), "updated_at": now}
         statement = dialect_insert(dialect, BUCKETS).values(name=record.name, **values)
         await self._session.execute(
             statement.on_conflict_do_update(index_elements=[BUCKETS.c.name], set_=values)

@@ -13,8 +13,15 @@ from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from oscar_manager.api.deps import CallerDep, PresignerDep, SettingsDep, StoresDep, TransactionDep
-from oscar_manager.operations import buckets, services
+from oscar_manager.api.deps import (
+    BucketPoliciesDep,
+    CallerDep,
+    PresignerDep,
+    SettingsDep,
+    StoresDep,
+    TransactionDep,
+)
+from oscar_manager.operations import buckets, service_buckets
 from oscar_manager.storage.providers import Stores
 
 router = APIRouter(prefix="/system/buckets", tags=["buckets"])
@@ -26,6 +33,14 @@ class BucketCreate(BaseModel):
     visibility: str = "private"
     allowed_users: list[str] = Field(default_factory=list)
     metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class BucketUpdate(BaseModel):
+    bucket_name: str
+    visibility: str = "private"
+    allowed_users: list[str] = Field(default_factory=list)
+    # Left out: the bucket keeps its metadata.
+    metadata: dict[str, str] | None = None
 
 
 class PresignRequest(BaseModel):
@@ -54,29 +69,59 @@ async def _send(stores: Stores, bucket: str, key: str) -> StreamingResponse:
     )
 
 
-@router.get("", summary="List buckets")
-async def list_buckets(_caller: CallerDep, stores: StoresDep, tx: TransactionDep) -> list[dict[str, Any]]:
-    return await buckets.list_buckets(stores.default, tags=await services.bucket_tags(tx))
+@router.get("", summary="The buckets the caller may use")
+async def list_buckets(caller: CallerDep, stores: StoresDep, tx: TransactionDep) -> list[dict[str, Any]]:
+    return await buckets.list_buckets(stores.default, tx, principal=caller)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_class=Response, summary="Create a bucket")
-async def create_bucket(body: BucketCreate, _caller: CallerDep, stores: StoresDep) -> Response:
-    await buckets.create_bucket(stores.default, bucket=body.bucket_name)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_class=Response,
+    summary="Create a bucket of the caller's, private, restricted to allowed_users, or public",
+    responses={409: {"description": "The bucket exists already"}},
+)
+async def create_bucket(
+    body: BucketCreate, caller: CallerDep, stores: StoresDep, tx: TransactionDep, policies: BucketPoliciesDep
+) -> Response:
+    request = buckets.BucketRequest(
+        body.bucket_name, body.visibility, tuple(body.allowed_users), body.metadata
+    )
+    await buckets.create_bucket(stores.default, tx, policies, principal=caller, request=request)
     return Response(status_code=status.HTTP_201_CREATED)
+
+
+@router.put(
+    "",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    summary="Change a bucket's visibility, allowed users or metadata",
+    responses={
+        403: {"description": "Another user's bucket, or a service's (change the service instead)"},
+        404: {"description": "No such bucket"},
+    },
+)
+async def update_bucket(
+    body: BucketUpdate, caller: CallerDep, stores: StoresDep, tx: TransactionDep, policies: BucketPoliciesDep
+) -> Response:
+    request = buckets.BucketRequest(
+        body.bucket_name, body.visibility, tuple(body.allowed_users), body.metadata
+    )
+    await buckets.update_bucket(stores.default, tx, policies, principal=caller, request=request)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/{bucket}", summary="A bucket and its objects (paged by next_page)")
 async def get_bucket(
     bucket: str,
-    _caller: CallerDep,
+    caller: CallerDep,
     stores: StoresDep,
     settings: SettingsDep,
     tx: TransactionDep,
     page: str = "",
 ) -> dict[str, Any]:
-    tags = (await services.bucket_tags(tx)).get(bucket, {})
     return await buckets.get_bucket(
-        stores.default, bucket=bucket, page=page, limit=settings.job_listing_limit, tags=tags
+        stores.default, tx, principal=caller, bucket=bucket, page=page, limit=settings.job_listing_limit
     )
 
 
@@ -86,13 +131,18 @@ async def get_bucket(
     response_class=Response,
     summary="Delete a bucket with all its objects",
     responses={
+        403: {"description": "Another user's bucket"},
         404: {"description": "No such bucket"},
         409: {"description": "A service uses the bucket: nothing was deleted"},
     },
 )
-async def delete_bucket(bucket: str, _caller: CallerDep, stores: StoresDep, tx: TransactionDep) -> Response:
-    used_by = await services.using_bucket(tx, bucket)
-    await buckets.delete_bucket(stores.default, bucket=bucket, used_by=used_by)
+async def delete_bucket(
+    bucket: str, caller: CallerDep, stores: StoresDep, tx: TransactionDep, policies: BucketPoliciesDep
+) -> Response:
+    used_by = await service_buckets.using_bucket(tx, bucket)
+    await buckets.delete_bucket(
+        stores.default, tx, policies, principal=caller, bucket=bucket, used_by=used_by
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -102,13 +152,17 @@ async def delete_bucket(bucket: str, _caller: CallerDep, stores: StoresDep, tx: 
     summary="Upload an object (streamed; replaces an existing one)",
 )
 async def upload_object(
-    bucket: str, key: str, request: Request, _caller: CallerDep, stores: StoresDep
+    bucket: str, key: str, request: Request, caller: CallerDep, stores: StoresDep, tx: TransactionDep
 ) -> dict[str, Any]:
+    await buckets.check_use(tx, principal=caller, bucket=bucket)
     return await _receive(stores, bucket, key, request)
 
 
 @router.get("/{bucket}/objects/{key:path}", response_class=StreamingResponse, summary="Download an object")
-async def download_object(bucket: str, key: str, _caller: CallerDep, stores: StoresDep) -> StreamingResponse:
+async def download_object(
+    bucket: str, key: str, caller: CallerDep, stores: StoresDep, tx: TransactionDep
+) -> StreamingResponse:
+    await buckets.check_use(tx, principal=caller, bucket=bucket)
     return await _send(stores, bucket, key)
 
 
@@ -117,10 +171,13 @@ async def presign(
     bucket: str,
     body: PresignRequest,
     request: Request,
-    _caller: CallerDep,
+    caller: CallerDep,
     stores: StoresDep,
     signer: PresignerDep,
+    tx: TransactionDep,
 ) -> dict[str, Any]:
+    # The URL is the only credential its holder needs: it is signed only for who may use the bucket.
+    await buckets.check_use(tx, principal=caller, bucket=bucket)
     signed = await buckets.presign(
         stores.default,
         signer,

@@ -11,8 +11,9 @@ from urllib.parse import unquote
 from starlette.responses import Response, StreamingResponse
 
 from oscar_manager.api.s3.context import S3Face, S3Request
+from oscar_manager.domain.principal import Principal
 from oscar_manager.errors import OscarError, PayloadTooLarge
-from oscar_manager.operations import buckets, services
+from oscar_manager.operations import buckets, service_buckets
 from oscar_manager.storage import folder_marks
 from oscar_manager.storage.base import ObjectInfo, ObjectNotFound
 from oscar_manager.storage.keys import validate_bucket, validate_key
@@ -29,6 +30,9 @@ _UNSUPPORTED = {
     "accelerate", "requestPayment", "analytics", "inventory", "metrics", "intelligent-tiering",
     "ownershipControls", "publicAccessBlock", "restore", "select", "attributes",
 }  # fmt: skip
+
+# Who the face acts as: it takes only the admin's keys.
+FACE_USER = Principal.admin("s3-face")
 
 
 def _xml(body: bytes, status: int = 200) -> Response:
@@ -108,7 +112,8 @@ async def _bucket_operation(face: S3Face, request: S3Request, method: str) -> Re
         return await _list_objects(face, request)
     if method == "PUT":
         await _small_body(request, face.max_body_bytes)  # a CreateBucketConfiguration says nothing we keep
-        await buckets.create_bucket(face.store, bucket=request.bucket)
+        # The face's only user is the admin, whose buckets need no record (``domain.buckets``).
+        await face.store.ensure_bucket(validate_bucket(request.bucket))
         return Response(status_code=200, headers={"Location": f"/{request.bucket}"})
     if method == "DELETE":
         return await _delete_bucket(face, request.bucket)
@@ -119,11 +124,12 @@ async def _bucket_operation(face: S3Face, request: S3Request, method: str) -> Re
 
 async def _delete_bucket(face: S3Face, bucket: str) -> Response:
     await _existing_bucket(face, bucket)
-    async with face.database.reading() as tx:
-        used_by = await services.using_bucket(tx, bucket)
-    if not used_by and await face.store.list_objects(bucket):
-        raise S3Error("BucketNotEmpty", f"bucket {bucket!r} is not empty", status=409)
-    await buckets.delete_bucket(face.store, bucket=bucket, used_by=used_by)
+    async with face.database.transaction() as tx:
+        used_by = await service_buckets.using_bucket(tx, bucket)
+        if not used_by and await face.store.list_objects(bucket):
+            raise S3Error("BucketNotEmpty", f"bucket {bucket!r} is not empty", status=409)
+        # The face is local storage's: no storage rules to tell (``BucketPolicies`` is MinIO's).
+        await buckets.delete_bucket(face.store, tx, None, principal=FACE_USER, bucket=bucket, used_by=used_by)
     return Response(status_code=204)
 
 

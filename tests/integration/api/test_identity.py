@@ -309,7 +309,8 @@ class TestVisibility:
 
 
 class TestBuckets:
-    """Buckets have no owners yet: a user's service may not use a bucket another owner's service uses."""
+    """A user's service may not use a bucket another owner's service made (``test_bucket_access.py`` has
+    the rest of buckets' ownership)."""
 
     async def test_no_service_on_another_users_bucket(self, api: httpx.AsyncClient, egi: FakeIssuer) -> None:
         alice, bob = user(egi, "alice"), user(egi, "bob")
@@ -525,14 +526,6 @@ class TestClusterWide:
             mine = (await api.get("/system/config", headers=user(egi, name))).json()
             assert (mine["minio_provider"]["access_key"], mine["minio_provider"]["secret_key"]) == ("", "")
             assert mine["config"]["oidc_groups"] == [ALLOWED_VO, LAB_GROUP]
-
-    async def test_buckets_are_for_the_admin_until_they_have_owners(
-        self, api: httpx.AsyncClient, egi: FakeIssuer
-    ) -> None:
-        assert (await api.get("/system/buckets", headers=user(egi, "alice"))).status_code == 403
-        created = await api.post("/system/buckets", json={"bucket_name": "mine"}, headers=user(egi, "dave"))
-        assert created.status_code == 403
-        assert (await api.get("/system/buckets", headers=auth(ADMIN))).status_code == 200
 
 
 class TestCors:

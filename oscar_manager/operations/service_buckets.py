@@ -1,0 +1,122 @@
+"""The records of the buckets services read and write (issue 16, ``domain.buckets``).
+
+A service's buckets on the manager's own storage take its owner, visibility and allowed users, as
+upstream tags them: when several services use one bucket, the one created or changed last wins. A bucket
+no service uses any more stays, its owner's and private (upstream's choice too): data is never deleted
+without an explicit request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from oscar_manager.domain.buckets import ADMIN_OWNER, BucketRecord, allowed_users
+from oscar_manager.domain.principal import Principal
+from oscar_manager.domain.service import ProviderRef, Service
+from oscar_manager.errors import Forbidden
+from oscar_manager.registry import Transaction
+from oscar_manager.storage.base import ObjectStore
+from oscar_manager.storage.providers import DEFAULT_PROVIDER
+from oscar_manager.supervisor.stage import split_path
+
+
+def own_paths(service: Service, kinds: str = "io") -> list[tuple[str, str]]:
+    """(bucket, folder) of the inputs and/or outputs on the manager's own storage."""
+    configs = [*(service.input if "i" in kinds else []), *(service.output if "o" in kinds else [])]
+    return [
+        split_path(io_config.path)
+        for io_config in configs
+        if str(ProviderRef(io_config.storage_provider)) == DEFAULT_PROVIDER
+    ]
+
+
+def own_buckets(service: Service) -> set[str]:
+    return {bucket for bucket, _folder in own_paths(service)}
+
+
+def service_bucket(service: Service, bucket: str) -> BucketRecord:
+    """``bucket`` as ``service`` makes it: upstream's tags (``from_service``, and ``owner_name: oscar``
+    for the admin's) as its metadata."""
+    admin = service.owner == ADMIN_OWNER
+    return BucketRecord(
+        name=bucket,
+        owner=service.owner,
+        visibility=service.visibility or "private",
+        allowed_users=allowed_users(service.allowed_users, owner=service.owner),
+        metadata={"from_service": service.name, **({"owner_name": "oscar"} if admin else {})},
+        service=service.name,
+    )
+
+
+async def check_ownership(
+    tx: Transaction, store: ObjectStore, principal: Principal, services: Iterable[Service]
+) -> None:
+    """A user's service may only use buckets that are theirs or new: reading another owner's inputs, or
+    writing into their bucket, would pass by the bucket's visibility. The admin may use any bucket."""
+    if principal.is_admin:
+        return
+    buckets = set().union(*map(own_buckets, services))
+    records = await tx.buckets.many(buckets)
+    for bucket in sorted(buckets):
+        record = records.get(bucket)
+        if record is None:
+            # Made outside the manager (or before buckets had owners): the admin's.
+            if await store.bucket_exists(bucket):
+                raise Forbidden(f"bucket {bucket!r} exists and belongs to another owner")
+        elif record.owner != principal.uid:
+            used = f" (used by service {record.service!r})" if record.service else ""
+            raise Forbidden(f"bucket {bucket!r} belongs to another owner{used}")
+
+
+async def record(tx: Transaction, service: Service, *, previous: Service | None = None) -> set[str]:
+    """Record the buckets of ``service`` (just added or replaced in ``tx``) as its own, and release
+    those ``previous`` used and it no longer does. Returns the buckets whose records changed."""
+    now = datetime.now(UTC)
+    buckets = own_buckets(service)
+    for bucket in sorted(buckets):
+        await tx.buckets.put(service_bucket(service, bucket), now=now)
+    dropped = own_buckets(previous) - buckets if previous is not None else set()
+    for bucket in sorted(dropped):
+        await _release(tx, bucket, previous_service=service.name, now=now)
+    return buckets | dropped
+
+
+async def release(tx: Transaction, service: Service) -> set[str]:
+    """After ``service`` is deleted in ``tx``: its buckets follow the services still using them, or
+    become their owner's private buckets. Returns the buckets whose records changed."""
+    now = datetime.now(UTC)
+    buckets = own_buckets(service)
+    for bucket in sorted(buckets):
+        await _release(tx, bucket, previous_service=service.name, now=now)
+    return buckets
+
+
+async def _release(tx: Transaction, bucket: str, *, previous_service: str, now: datetime) -> None:
+    current = await tx.buckets.get(bucket)
+    if current is None or current.service != previous_service:
+        return  # another service made it its own since: its record stands
+    users = [service for service in await tx.services.list_by_creation() if bucket in own_buckets(service)]
+    if users:
+        await tx.buckets.put(service_bucket(users[-1], bucket), now=now)
+    else:
+        await tx.buckets.put(BucketRecord(name=bucket, owner=current.owner), now=now)
+
+
+async def adopt(tx: Transaction) -> set[str]:
+    """Record the buckets of services made before buckets had records (once, at start-up): each takes
+    the owner of the last service created using it. Returns the buckets recorded."""
+    latest: dict[str, Service] = {}
+    for service in await tx.services.list_by_creation():
+        for bucket in own_buckets(service):
+            latest[bucket] = service
+    missing = set(latest) - set(await tx.buckets.many(latest))
+    now = datetime.now(UTC)
+    for bucket in sorted(missing):
+        await tx.buckets.put(service_bucket(latest[bucket], bucket), now=now)
+    return missing
+
+
+async def using_bucket(tx: Transaction, bucket: str) -> list[str]:
+    """Services whose inputs or outputs are in ``bucket`` of the manager's own storage."""
+    return [service.name for service in await tx.services.list() if bucket in own_buckets(service)]
