@@ -208,6 +208,7 @@ class LocalBackend:
             if run.succeeded:
                 await stage_out(
                     service=request.service,
+                    invocation=run.invocation,
                     stores=run.stores,
                     workspace=workspace,
                     log=slog,
@@ -259,7 +260,12 @@ class LocalBackend:
                 bounds = "".join(f" ({reason})" for reason in run.bounds_hit)
                 raise ScriptFailed(f"the script exited with code {run.result.exit_code}{bounds}: {tail}")
             await stage_out(
-                service=request.service, stores=run.stores, workspace=workspace, log=slog, deadline=deadline
+                service=request.service,
+                invocation=run.invocation,
+                stores=run.stores,
+                workspace=workspace,
+                log=slog,
+                deadline=deadline,
             )
             # The answer keeps its file open: it is sent after the workspace is gone.
             return await run_blocking(

@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +20,8 @@ from urllib.parse import quote, unquote_plus
 
 from oscar_manager.domain import generations
 from oscar_manager.domain.documents import parse_json as parse_document
-from oscar_manager.domain.service import ProviderRef, Service
+from oscar_manager.domain.isolation import user_buckets_of
+from oscar_manager.domain.service import DEFAULT_PROVIDER_ID, ProviderRef, Service
 from oscar_manager.errors import BadRequest
 
 # Whitespace, then an opening brace: matched in place, without copying a body of megabytes.
@@ -98,12 +99,36 @@ class InputRoute(InputFolder):
 
 
 def input_folders(service: Service) -> list[InputFolder]:
-    """The service's inputs as the folders they read, providers normalised (``minio``: ``minio.default``)."""
+    """The service's inputs as the folders they read, providers normalised (``minio``: ``minio.default``),
+    with the users' private buckets of USER isolation."""
+    return [
+        InputFolder(provider=provider, bucket=bucket, folder=folder)
+        for provider, bucket, folder in isolated_inputs(
+            ((io.storage_provider, io.path) for io in service.input),
+            isolation_level=service.isolation_level,
+            allowed_users=service.allowed_users,
+            owner=service.owner,
+        )
+    ]
+
+
+def isolated_inputs(
+    inputs: Iterable[tuple[str, str]], *, isolation_level: str, allowed_users: Sequence[str], owner: str
+) -> list[tuple[str, str, str]]:
+    """(provider, bucket, folder) of each (provider, path) input, then of each user's private bucket
+    (``domain.isolation``) for the inputs it is made from. Plain values: the registry reads them so."""
+    inputs = list(inputs)
     folders = []
-    for io_config in service.input:
-        bucket, _, folder = io_config.path.strip().strip("/").partition("/")
-        provider = str(ProviderRef(io_config.storage_provider or "minio"))
-        folders.append(InputFolder(provider=provider, bucket=bucket, folder=folder.strip("/")))
+    for provider, path in inputs:
+        bucket, _, folder = path.strip().strip("/").partition("/")
+        folders.append((str(ProviderRef(provider or "minio")), bucket, folder.strip("/")))
+    users = user_buckets_of(inputs, isolation_level=isolation_level, allowed_users=allowed_users, owner=owner)
+    for user_bucket in users:
+        folders += [
+            (provider, user_bucket.name, folder)
+            for provider, bucket, folder in folders[: len(inputs)]
+            if bucket == user_bucket.source and provider == f"minio.{DEFAULT_PROVIDER_ID}"
+        ]
     return folders
 
 

@@ -12,18 +12,18 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from oscar_manager.domain.buckets import ADMIN_OWNER, BucketRecord, allowed_users
+from oscar_manager.domain.isolation import user_buckets, with_bucket_list
 from oscar_manager.domain.principal import Principal
-from oscar_manager.domain.service import ProviderRef, Service
+from oscar_manager.domain.service import ProviderRef, Service, StorageIOConfig
 from oscar_manager.errors import Forbidden
 from oscar_manager.registry import Transaction
 from oscar_manager.storage.base import ObjectStore
+from oscar_manager.storage.keys import validate_bucket
 from oscar_manager.storage.providers import DEFAULT_PROVIDER
 from oscar_manager.supervisor.stage import split_path
 
 
-def own_paths(service: Service, kinds: str = "io") -> list[tuple[str, str]]:
-    """(bucket, folder) of the inputs and/or outputs on the manager's own storage."""
-    configs = [*(service.input if "i" in kinds else []), *(service.output if "o" in kinds else [])]
+def _default_paths(configs: Iterable[StorageIOConfig]) -> list[tuple[str, str]]:
     return [
         split_path(io_config.path)
         for io_config in configs
@@ -31,8 +31,40 @@ def own_paths(service: Service, kinds: str = "io") -> list[tuple[str, str]]:
     ]
 
 
+def own_paths(service: Service, kinds: str = "io") -> list[tuple[str, str]]:
+    """(bucket, folder) of the inputs and/or outputs on the manager's own storage, the users' private
+    buckets of USER isolation (``domain.isolation``) included: their input and output folders."""
+    inputs = _default_paths(service.input)
+    outputs = _default_paths(service.output)
+    paths = [*(inputs if "i" in kinds else []), *(outputs if "o" in kinds else [])]
+    for bucket in user_buckets(service):
+        if "i" in kinds:
+            paths += [(bucket.name, folder) for source, folder in inputs if source == bucket.source]
+        if "o" in kinds:
+            paths += [(bucket.name, folder) for _source, folder in outputs]
+    return paths
+
+
 def own_buckets(service: Service) -> set[str]:
     return {bucket for bucket, _folder in own_paths(service)}
+
+
+def with_user_buckets(service: Service) -> Service:
+    """``service`` with its ``bucket_list`` (USER isolation), each a valid bucket name, or a 400."""
+    service = with_bucket_list(service)
+    for name in service.bucket_list:
+        validate_bucket(name)
+    return service
+
+
+def service_records(service: Service) -> dict[str, BucketRecord]:
+    """The records of every bucket ``service`` uses: its own, and each user's private one."""
+    records = {bucket: service_bucket(service, bucket) for bucket, _folder in own_paths(service)}
+    for bucket in user_buckets(service):
+        records[bucket.name] = BucketRecord(
+            name=bucket.name, owner=bucket.uid, metadata={"from_service": service.name}, service=service.name
+        )
+    return records
 
 
 def service_bucket(service: Service, bucket: str) -> BucketRecord:
@@ -56,6 +88,8 @@ async def check_ownership(
     writing into their bucket, would pass by the bucket's visibility. The admin may use any bucket."""
     if principal.is_admin:
         return
+    services = list(services)
+    names = {service.name for service in services}
     buckets = set().union(*map(own_buckets, services))
     records = await tx.buckets.many(buckets)
     for bucket in sorted(buckets):
@@ -64,7 +98,8 @@ async def check_ownership(
             # Made outside the manager (or before buckets had owners): the admin's.
             if await store.bucket_exists(bucket):
                 raise Forbidden(f"bucket {bucket!r} exists and belongs to another owner")
-        elif record.owner != principal.uid:
+        elif record.owner != principal.uid and record.service not in names:
+            # (A user's private bucket of this very service is theirs, and the service's.)
             used = f" (used by service {record.service!r})" if record.service else ""
             raise Forbidden(f"bucket {bucket!r} belongs to another owner{used}")
 
@@ -73,9 +108,10 @@ async def record(tx: Transaction, service: Service, *, previous: Service | None 
     """Record the buckets of ``service`` (just added or replaced in ``tx``) as its own, and release
     those ``previous`` used and it no longer does. Returns the buckets whose records changed."""
     now = datetime.now(UTC)
-    buckets = own_buckets(service)
-    for bucket in sorted(buckets):
-        await tx.buckets.put(service_bucket(service, bucket), now=now)
+    records = service_records(service)
+    for bucket in sorted(records):
+        await tx.buckets.put(records[bucket], now=now)
+    buckets = set(records)
     dropped = own_buckets(previous) - buckets if previous is not None else set()
     for bucket in sorted(dropped):
         await _release(tx, bucket, previous_service=service.name, now=now)
@@ -98,7 +134,7 @@ async def _release(tx: Transaction, bucket: str, *, previous_service: str, now: 
         return  # another service made it its own since: its record stands
     users = [service for service in await tx.services.list_by_creation() if bucket in own_buckets(service)]
     if users:
-        await tx.buckets.put(service_bucket(users[-1], bucket), now=now)
+        await tx.buckets.put(service_records(users[-1])[bucket], now=now)
     else:
         await tx.buckets.put(BucketRecord(name=bucket, owner=current.owner), now=now)
 
@@ -106,14 +142,13 @@ async def _release(tx: Transaction, bucket: str, *, previous_service: str, now: 
 async def adopt(tx: Transaction) -> set[str]:
     """Record the buckets of services made before buckets had records (once, at start-up): each takes
     the owner of the last service created using it. Returns the buckets recorded."""
-    latest: dict[str, Service] = {}
+    latest: dict[str, BucketRecord] = {}
     for service in await tx.services.list_by_creation():
-        for bucket in own_buckets(service):
-            latest[bucket] = service
+        latest.update(service_records(service))
     missing = set(latest) - set(await tx.buckets.many(latest))
     now = datetime.now(UTC)
     for bucket in sorted(missing):
-        await tx.buckets.put(service_bucket(latest[bucket], bucket), now=now)
+        await tx.buckets.put(latest[bucket], now=now)
     return missing
 
 

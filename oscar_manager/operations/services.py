@@ -122,13 +122,15 @@ async def create(
         raise BadRequest(f"the document defines {', '.join(map(repr, duplicates))} more than once")
     minio = minio_default(settings)
     services = [
-        normalise_new(
-            definition.model_copy(
-                update={"vo": service_vo(principal, definition.vo, cluster_groups=settings.oidc_groups)}
-            ),
-            owner=principal.uid,
-            namespace=settings.oscar_services_namespace,
-            minio=minio,
+        service_buckets.with_user_buckets(
+            normalise_new(
+                definition.model_copy(
+                    update={"vo": service_vo(principal, definition.vo, cluster_groups=settings.oidc_groups)}
+                ),
+                owner=principal.uid,
+                namespace=settings.oscar_services_namespace,
+                minio=minio,
+            )
         )
         for definition in definitions
     ]
@@ -179,7 +181,9 @@ async def update(
         if vo != current.vo:
             vo = service_vo(principal, vo, cluster_groups=settings.oidc_groups)
         definition = definition.model_copy(update={"vo": vo})
-    service = normalise_update(definition, current=current, minio=minio_default(settings))
+    service = service_buckets.with_user_buckets(
+        normalise_update(definition, current=current, minio=minio_default(settings))
+    )
     provisioning.stores.check_endpoints(service)
     await service_buckets.check_ownership(tx, provisioning.stores.default, principal, [service])
     await tx.services.replace(service)

@@ -13,7 +13,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from oscar_manager.domain.events import InputRoute
+from oscar_manager.domain.events import InputRoute, isolated_inputs
 from oscar_manager.domain.service import Service
 from oscar_manager.errors import Conflict
 from oscar_manager.registry.tables import ServiceRow, aware
@@ -49,21 +49,26 @@ class ServiceRepository:
     async def input_routes(self) -> list[InputRoute]:
         """Every service input as (service, provider, bucket, folder, since): what routes object events."""
         rows = await self._session.execute(
-            select(ServiceRow.name, ServiceRow.definition, ServiceRow.created_at)
+            select(ServiceRow.name, ServiceRow.owner, ServiceRow.definition, ServiceRow.created_at)
         )
         routes = []
-        for name, definition, created_at in rows:
-            for entry in definition.get("input") or []:
-                bucket, _, folder = str(entry.get("path", "")).partition("/")
-                routes.append(
-                    InputRoute(
-                        service=name,
-                        provider=str(entry.get("storage_provider", "")),
-                        bucket=bucket,
-                        folder=folder,
-                        since=aware(created_at),
-                    )
+        for name, owner, definition, created_at in rows:
+            inputs = [
+                (str(entry.get("storage_provider", "")), str(entry.get("path", "")))
+                for entry in definition.get("input") or []
+            ]
+            folders = isolated_inputs(
+                inputs,
+                isolation_level=str(definition.get("isolation_level") or ""),
+                allowed_users=[str(uid) for uid in definition.get("allowed_users") or []],
+                owner=owner,
+            )
+            routes += [
+                InputRoute(
+                    service=name, provider=provider, bucket=bucket, folder=folder, since=aware(created_at)
                 )
+                for provider, bucket, folder in folders
+            ]
         return routes
 
     async def list_by_creation(self) -> list[Service]:

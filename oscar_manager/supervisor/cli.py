@@ -241,7 +241,14 @@ async def supervise(
             if code != 0:
                 log.error(f"The script exited with code {code}")
                 return code, SyncAnswer.of_bytes(output), log.text()
-            await stage_out(service=service, stores=resolve, workspace=workspace, log=log, deadline=deadline)
+            await stage_out(
+                service=service,
+                invocation=invocation,
+                stores=resolve,
+                workspace=workspace,
+                log=log,
+                deadline=deadline,
+            )
             answer = render_response(
                 invocation=invocation,
                 workspace=workspace,

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Final
 
 from oscar_manager.domain.events import ObjectEvent, decode_payload, object_events, parse_json
+from oscar_manager.domain.isolation import output_bucket
 from oscar_manager.domain.service import BUCKET_PROVIDER_TYPES, ProviderRef, Service, StorageIOConfig
 from oscar_manager.storage.base import InvalidKey
 from oscar_manager.storage.blocking import run_blocking
 from oscar_manager.storage.keys import validate_key
-from oscar_manager.storage.providers import StoreResolver
+from oscar_manager.storage.providers import DEFAULT_PROVIDER, StoreResolver
 from oscar_manager.supervisor.deadline import NO_DEADLINE, Deadline
 from oscar_manager.supervisor.log import SupervisorLog
 from oscar_manager.supervisor.outputs import OpenFile, file_chunks, open_output, output_files, write_input
@@ -148,12 +149,16 @@ def matches_filters(name: str, output: StorageIOConfig) -> bool:
 async def stage_out(
     *,
     service: Service,
+    invocation: Invocation,
     stores: StoreResolver,
     workspace: Workspace,
     log: SupervisorLog,
     deadline: Deadline = NO_DEADLINE,
 ) -> list[str]:
-    """Upload every output file that passes an output's filters; return ``bucket/key`` of each upload."""
+    """Upload every output file that passes an output's filters; return ``bucket/key`` of each upload.
+    A job started by an upload to a user's private bucket (USER isolation) writes its ``minio.default``
+    outputs back into that bucket (``domain.isolation``)."""
+    event = invocation.storage_event
     files = await run_blocking(functools.partial(output_files, workspace, log))
     uploaded: list[str] = []
     for output in service.output:
@@ -162,6 +167,8 @@ async def stage_out(
             log.warning(f"Output provider '{ref}' is not supported here: skipping {output.path!r}")
             continue
         bucket, folder = split_path(output.path)
+        if str(ref) == DEFAULT_PROVIDER:
+            bucket = output_bucket(service, configured=bucket, event_bucket=event.bucket if event else None)
         for name in files:
             if not matches_filters(name, output):
                 continue

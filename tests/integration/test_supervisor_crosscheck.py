@@ -233,7 +233,9 @@ async def run_ours(service: Service, body: bytes, *, store: LocalObjectStore, tm
         ScriptRun(workdir=workspace.root, script=SCRIPT_NAME, env=env, timeout=30, memory_bytes=None)
     )
     assert result.exit_code == 0, result.output.decode(errors="replace")
-    uploaded = await stage_out(service=service, stores=stores, workspace=workspace, log=slog)
+    uploaded = await stage_out(
+        service=service, invocation=invocation, stores=stores, workspace=workspace, log=slog
+    )
     answer = render_response(
         invocation=invocation, workspace=workspace, script_output=result.output, limit=None
     )

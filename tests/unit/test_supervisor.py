@@ -43,6 +43,9 @@ from tests.support.factories import service_body
 BUCKET = "svc"
 EVENT_TIME = "2026-01-02T03:04:05.678Z"
 
+# An invocation without a storage event (a plain /job body).
+NO_EVENT = Invocation(body=b"", storage_event=None)
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> LocalObjectStore:
@@ -366,7 +369,9 @@ async def test_stage_out_applies_prefix_then_suffix_filters(
     write_outputs(workspace, OUTPUT_FILES)
     await store.ensure_bucket("svc")
 
-    uploaded = await stage_out(service=service, stores=stores, workspace=workspace, log=log)
+    uploaded = await stage_out(
+        service=service, invocation=NO_EVENT, stores=stores, workspace=workspace, log=log
+    )
 
     assert sorted(uploaded) == [f"svc/out/{name}" for name in expected]
     assert await bucket_contents(store, "svc") == {f"out/{name}": OUTPUT_FILES[name] for name in expected}
@@ -402,7 +407,9 @@ async def test_stage_out_nested_and_several_outputs(
     for bucket in ("results", "flat"):
         await store.ensure_bucket(bucket)
 
-    uploaded = await stage_out(service=service, stores=stores, workspace=workspace, log=log)
+    uploaded = await stage_out(
+        service=service, invocation=NO_EVENT, stores=stores, workspace=workspace, log=log
+    )
 
     assert sorted(uploaded) == [
         "flat/a/b/c.txt",
@@ -435,7 +442,9 @@ async def test_stage_out_skips_outputs_it_cannot_write(
     write_outputs(workspace, {"r.txt": b"r"})
     await store.ensure_bucket("svc")
 
-    uploaded = await stage_out(service=service, stores=stores, workspace=workspace, log=log)
+    uploaded = await stage_out(
+        service=service, invocation=NO_EVENT, stores=stores, workspace=workspace, log=log
+    )
 
     assert uploaded == ["svc/out/r.txt"]
     assert "onedata.space" in log.text()
@@ -461,7 +470,9 @@ async def test_symlinks_and_special_files_in_the_output_folder_are_never_uploade
     await store.ensure_bucket("svc")
 
     assert output_files(workspace) == ["real.txt"]
-    uploaded = await stage_out(service=service, stores=stores, workspace=workspace, log=log)
+    uploaded = await stage_out(
+        service=service, invocation=NO_EVENT, stores=stores, workspace=workspace, log=log
+    )
 
     assert uploaded == ["svc/out/real.txt"]
     assert await bucket_contents(store, "svc") == {"out/real.txt": b"real output"}

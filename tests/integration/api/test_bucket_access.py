@@ -14,6 +14,7 @@ import httpx
 import pytest
 import respx
 
+from oscar_manager.registry import Database
 from oscar_manager.settings import Settings
 from tests.support.app import app_client
 from tests.support.factories import ADMIN_PASSWORD, service_body
@@ -239,3 +240,95 @@ async def test_a_users_service_may_not_take_another_owners_bucket(
         assert taken.status_code == 403, taken.text
         assert bucket in taken.text
     assert (await api.get("/system/buckets/owned", headers=ADMIN)).json()["owner"] == "owner"
+
+
+async def finished_jobs(api: httpx.AsyncClient, service: str, count: int) -> dict[str, dict[str, Any]]:
+    for _ in range(600):
+        jobs = (await api.get(f"/system/logs/{service}", headers=ADMIN)).json()["jobs"]
+        if len(jobs) >= count and all(job["status"] in ("Succeeded", "Failed") for job in jobs.values()):
+            return dict(jobs)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{count} job(s) of {service} did not finish")
+
+
+async def test_user_isolation_gives_each_user_a_private_bucket_that_runs_the_service(
+    api: httpx.AsyncClient, egi: FakeIssuer
+) -> None:
+    """``isolation_level: USER`` (upstream ``docs/multitenancy.md``): each allowed user and the owner get
+    ``<input bucket>-<uid prefix>`` with the input and output folders; an upload to their input runs the
+    service, whose outputs land in their own bucket; nobody else may use it."""
+    owner, allowed, outsider = (as_user(egi, name) for name in USERS)
+    body = service_body(
+        "gray",
+        script='#!/bin/sh\ncp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/done.txt"\n',
+        input=[{"storage_provider": "minio.default", "path": "gray/in"}],
+        output=[{"storage_provider": "minio.default", "path": "gray/out"}],
+        visibility="restricted",
+        allowed_users=["allowed"],
+        isolation_level="USER",
+    )
+    assert (await api.post("/system/services", json=body, headers=owner)).status_code == 201
+    stored = (await api.get("/system/services/gray", headers=owner)).json()
+    assert stored["bucket_list"] == ["gray-allowed", "gray-owner"]
+    mine = (await api.get("/system/buckets/gray-allowed", headers=allowed)).json()
+    assert (mine["owner"], mine["visibility"]) == ("allowed", "private")
+    assert {o["object_name"] for o in mine["objects"]} == {"in/", "out/"}
+    # Each private bucket is its user's alone; the service's own bucket is shared as its visibility says.
+    assert (await api.get("/system/buckets/gray-owner", headers=allowed)).status_code == 403
+    assert (await api.get("/system/buckets/gray-allowed", headers=owner)).status_code == 403
+    for bucket in ("gray", "gray-allowed", "gray-owner"):
+        assert (await api.get(f"/system/buckets/{bucket}", headers=outsider)).status_code == 403
+    assert (await api.get("/system/buckets/gray", headers=allowed)).status_code == 200
+
+    up = await api.put("/system/buckets/gray-allowed/objects/in/photo.txt", content=b"mine", headers=allowed)
+    assert up.status_code == 201
+    jobs = await finished_jobs(api, "gray", 1)
+    assert [job["status"] for job in jobs.values()] == ["Succeeded"]
+    result = await api.get("/system/buckets/gray-allowed/objects/out/done.txt", headers=allowed)
+    assert result.content == b"mine"
+    # Nothing went to the service's own output folder.
+    shared = (await api.get("/system/buckets/gray", headers=owner)).json()
+    assert {o["object_name"] for o in shared["objects"]} == {"in/", "out/"}
+
+
+async def test_user_isolation_refuses_users_whose_buckets_would_meet(
+    api: httpx.AsyncClient, egi: FakeIssuer
+) -> None:
+    body = service_body(
+        "twins",
+        input=[{"storage_provider": "minio.default", "path": "twins/in"}],
+        allowed_users=["0123456789-alice", "0123456789-bob"],
+        isolation_level="user",
+    )
+    refused = await api.post("/system/services", json=body, headers=as_user(egi, "owner"))
+    assert refused.status_code == 400
+    assert "twins-0123456789" in refused.text
+    assert (await api.get("/system/services/twins", headers=ADMIN)).status_code == 404
+    assert (await api.get("/system/buckets", headers=ADMIN)).json() == []
+
+
+async def test_buckets_of_services_made_before_records_are_recorded_at_start(
+    settings: Settings, egi: FakeIssuer
+) -> None:
+    """A registry from before buckets had owners: at start-up each service's buckets take its owner and
+    visibility, so the owner keeps their bucket and nobody else gains it."""
+    oidc = settings.model_copy(
+        update={"oidc_enable": True, "oidc_issuers": [EGI_ISSUER], "oidc_groups": [ALLOWED_VO]}
+    )
+    body = service_body("old", input=[{"storage_provider": "minio.default", "path": "old-data/in"}])
+    async with app_client(oidc, auth=False) as api:
+        assert (
+            await api.post("/system/services", json=body, headers=as_user(egi, "owner"))
+        ).status_code == 201
+    database = Database(settings.database_url)
+    try:
+        async with database.transaction() as tx:
+            await tx.buckets.remove("old-data")
+    finally:
+        await database.dispose()
+    async with app_client(oidc, auth=False) as api:
+        one = await api.get("/system/buckets/old-data", headers=as_user(egi, "owner"))
+        assert (one.status_code, one.json()["owner"], one.json()["visibility"]) == (200, "owner", "private")
+        assert (
+            await api.get("/system/buckets/old-data", headers=as_user(egi, "outsider"))
+        ).status_code == 403

@@ -164,7 +164,13 @@ async def test_a_folder_swapped_after_the_listing_is_not_followed(
     monkeypatch.setattr(stage, "output_files", list_then_swap)
     service = parse_service(service_body("svc", output=[{"storage_provider": "minio", "path": "svc/out"}]))
     try:
-        await stage.stage_out(service=service, stores=Stores(store), workspace=workspace, log=SupervisorLog())
+        await stage.stage_out(
+            service=service,
+            invocation=stage.Invocation(b"", None),
+            stores=Stores(store),
+            workspace=workspace,
+            log=SupervisorLog(),
+        )
     finally:
         workspace.cleanup()
     uploaded = {
