@@ -50,7 +50,9 @@ def own_buckets(service: Service) -> set[str]:
 
 
 def with_user_buckets(service: Service) -> Service:
-    """``service`` with its ``bucket_list`` (USER isolation), each a valid bucket name, or a 400."""
+    """``service`` with its ``bucket_list`` (USER isolation), each a valid bucket name, or a 400; its
+    ``allowed_users`` must be ids a bucket's members can be (a 400 otherwise, buckets or not)."""
+    allowed_users(service.allowed_users, owner=service.owner)
     service = with_bucket_list(service)
     for name in service.bucket_list:
         validate_bucket(name)

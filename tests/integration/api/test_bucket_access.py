@@ -177,6 +177,10 @@ async def test_bad_requests_write_nothing(api: httpx.AsyncClient, egi: FakeIssue
     assert (await api.get("/system/buckets/taken", headers=owner)).json()["visibility"] == "private"
     missing = await api.put("/system/buckets", json={"bucket_name": "nothing"}, headers=owner)
     assert missing.status_code == 404
+    # A service's members are checked as a bucket's, whether it has buckets or not.
+    body = service_body("odd", visibility="restricted", allowed_users=["ok", "two words"])
+    refused = await api.post("/system/services", json=body, headers=owner)
+    assert (refused.status_code, "two words" in refused.text) == (400, True)
 
 
 async def test_one_of_two_racing_creates_gets_the_bucket(api: httpx.AsyncClient, egi: FakeIssuer) -> None:
