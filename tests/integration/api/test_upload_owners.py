@@ -177,6 +177,7 @@ class Scene:
         assert set(await self.jobs(self.bob)) == {bobs}
         assert set(await self.jobs(self.alice)) == {bobs, *others}
         assert (await http.get(f"/system/logs/{name}", headers=self.carol.headers)).status_code == 403
+        assert (await http.get(f"/system/logs/{name}/{bobs}", headers=self.carol.headers)).status_code == 403
         log = await http.get(f"/system/logs/{name}/{bobs}", headers=self.bob.headers)
         assert log.status_code == 200, log.text
         assert "processing bobs" in log.text
