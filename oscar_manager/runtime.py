@@ -34,6 +34,7 @@ from oscar_manager.operations.identities import StorageIdentities
 from oscar_manager.operations.intake import Intake
 from oscar_manager.operations.jobs import DatabaseJobReporter
 from oscar_manager.operations.ratelimit import RateLimiter
+from oscar_manager.operations.uploaders import Uploaders
 from oscar_manager.settings import BackendKind, Settings, kept_secret
 from oscar_manager.storage.base import ObjectStore
 from oscar_manager.storage.egress import EgressPolicy
@@ -163,7 +164,13 @@ class Runtime:
             "dispatcher", self.dispatcher.dispatch_more, interval=settings.oscar_dispatch_interval
         )
         self.dispatcher.wake = self.dispatch_loop.wake
-        self.intake = Intake(self.database, wake=self.dispatch_loop.wake)
+        # Jobs of an upload are its uploader's when that is a user's own MinIO user (issue 16).
+        uploaders = (
+            Uploaders(self.database, root_access_key=settings.minio_access_key)
+            if minio_users is not None
+            else None
+        )
+        self.intake = Intake(self.database, wake=self.dispatch_loop.wake, uploaders=uploaders)
         self.webhook_token = _webhook_token(settings)
         self._minio = minio
         # OIDC users' own MinIO users (issue 16): only with OIDC on and MinIO as ``minio.default``.

@@ -26,7 +26,8 @@ from oscar_manager.errors import BadRequest
 
 # Whitespace, then an opening brace: matched in place, without copying a body of megabytes.
 _STARTS_AS_OBJECT = re.compile(rb"\s*\{")
-STORAGE_EVENT_SOURCES = frozenset({"aws:s3", "minio:s3"})
+MINIO_EVENT_SOURCE = "minio:s3"
+STORAGE_EVENT_SOURCES = frozenset({"aws:s3", MINIO_EVENT_SOURCE})
 # The manager's own storage: the only provider whose input folders it watches for new objects.
 WATCHED_PROVIDER = "minio.default"
 # The longest dedup key the registry holds (``events.dedup_key``, in characters as PostgreSQL counts).
@@ -48,6 +49,10 @@ class ObjectEvent:
     principal: str = ""
     # Which write of the object (``domain.generations``): "" when the source does not tell.
     generation: str = ""
+    # The access key that wrote the object, as MinIO's own record names it (its ``principalId``): "" for
+    # events the manager makes itself (a listing, the folder watcher), whose ``principal`` is only a
+    # label. Neither is part of the dedup key: every delivery of one upload is the same event.
+    uploader: str = ""
 
     def dedup_key(self, service: str, *, legacy_until: datetime | None = None) -> str:
         """Same object, same write, same service: the same event, however often and by however many
@@ -208,6 +213,8 @@ def _record_event(record: Any, *, encoded_keys: bool = True) -> ObjectEvent | No
         event_name=str(record.get("eventName") or ""),
         principal=principal if isinstance(principal, str) else "",
         generation=generations.from_record(source, obj.get("sequencer"), record.get("eventTime")),
+        # Only MinIO's principal is an access key of the manager's storage (AWS names its own accounts).
+        uploader=principal if source == MINIO_EVENT_SOURCE and isinstance(principal, str) else "",
     )
 
 

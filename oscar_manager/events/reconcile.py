@@ -21,6 +21,10 @@ Deliver = Callable[[list[ObjectEvent]], Awaitable[object]]
 
 
 def object_event(info: ObjectInfo, *, principal: str) -> ObjectEvent:
+    """The event of an object found by a listing (or the folder watcher). A listing does not tell who
+    uploaded the object, so the event names no uploader (``principal`` is only a label for ``$EVENT``) and
+    its job has no owner, unless MinIO's own record of the upload, arriving later by the listen stream
+    or the webhook, names a user's key (``operations.intake``)."""
     return ObjectEvent(
         bucket=info.bucket,
         key=info.key,

@@ -1,17 +1,26 @@
-"""The durable intake: every event is recorded, with its dedup key, before it is acknowledged."""
+"""The durable intake: every event is recorded, with its dedup key, before it is acknowledged.
+
+Who a job belongs to (its owner, who may list it: ``operations.jobs``) is recorded with its event: the
+OIDC user who invoked, or for a storage event the user whose own MinIO user uploaded the object
+(``operations.uploaders``). Every delivery of one upload has the same dedup key, so one event and one job;
+the first delivery recorded decides its owner, except that an event recorded without one (found by a
+listing, which cannot tell who uploaded) takes the uploader a later delivery of MinIO's names.
+"""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from oscar_manager.domain.events import (
+    WATCHED_PROVIDER,
     ObjectEvent,
     decode_payload,
+    input_folders,
     notification,
     object_records,
     parse_json,
@@ -21,6 +30,7 @@ from oscar_manager.domain.events import (
 from oscar_manager.domain.jobs import job_name
 from oscar_manager.domain.service import Service
 from oscar_manager.operations.offload import off_loop
+from oscar_manager.operations.uploaders import Uploaders
 from oscar_manager.registry import Database, NewEvent, Transaction, WriteBatch
 from oscar_manager.supervisor.reads import storage_reads
 
@@ -40,15 +50,32 @@ class Routed:
     ignored: int  # under no service's input folder (unknown bucket or prefix, folder markers)
 
 
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """One job a request asks for."""
+
+    dedup_key: str
+    payload: bytes
+    # The access key MinIO names as the object's writer, for an object of the manager's own storage.
+    uploader: str = ""
+
+
 def _single_record(document: dict[str, Any], record: Any) -> bytes:
     return json.dumps({**document, "Records": [record]}).encode()
 
 
+def _own_storage_uploader(service: Service, event: ObjectEvent) -> str:
+    """The event's uploader if its object is on the manager's own storage (each of the service's inputs
+    holding it is): another storage's access keys name none of the manager's users."""
+    holding = [folder for folder in input_folders(service) if folder.matches(event.bucket, event.key)]
+    return event.uploader if holding and all(f.provider == WATCHED_PROVIDER for f in holding) else ""
+
+
 def _items(
     service: Service, body: bytes, idempotency_key: str | None, legacy_until: datetime | None
-) -> list[tuple[str, bytes]]:
-    """(dedup key, job payload) for each job a body asks for; raises 400 (or 403 for a storage event the
-    job may not read) before anything is written."""
+) -> list[_Item]:
+    """Each job a body asks for; raises 400 (or 403 for a storage event the job may not read) before
+    anything is written."""
     document = parse_json(body)
     found = object_records(document)
     if found:
@@ -59,38 +86,44 @@ def _items(
         # A job runs later, unattended and with no record of who asked for it: whoever sends it, its
         # storage events name objects under the service's inputs (the admin reads elsewhere with /run).
         storage_reads(service, [event for event, _ in pairs], any_bucket=False)
-        if len(pairs) == 1 and len(found) == 1:
-            return [(found[0][0].dedup_key(service.name, legacy_until=legacy_until), body)]
+        whole = len(pairs) == 1 and len(found) == 1
         return [
-            (event.dedup_key(service.name, legacy_until=legacy_until), _single_record(document, record))
+            _Item(
+                event.dedup_key(service.name, legacy_until=legacy_until),
+                body if whole else _single_record(document, record),
+                _own_storage_uploader(service, event),
+            )
             for event, record in pairs
         ]
     decode_payload(body)  # a plain invocation must be JSON or base64, as the supervisor will read it
-    return [(payload_dedup_key(service.name, idempotency_key), body)]
+    return [_Item(payload_dedup_key(service.name, idempotency_key), body)]
 
 
-def _new_events(service: str, items: list[tuple[str, bytes]], *, owner: str | None = None) -> list[NewEvent]:
-    return [
-        NewEvent(
-            dedup_key=dedup_key,
-            service=service,
-            job_id=job_name(service, dedup_key),
-            payload=payload,
-            owner=owner,
-        )
-        for dedup_key, payload in items
-    ]
+def _new_event(service: str, item: _Item, owner: str | None) -> NewEvent:
+    return NewEvent(
+        dedup_key=item.dedup_key,
+        service=service,
+        job_id=job_name(service, item.dedup_key),
+        payload=item.payload,
+        owner=owner,
+    )
 
 
 def _accepted(events: list[NewEvent], recorded: list[bool]) -> Accepted:
     return Accepted(job_ids=[event.job_id for event in events], new=sum(recorded))
 
 
-async def _record(
-    tx: Transaction, service: str, items: list[tuple[str, bytes]], *, owner: str | None = None
-) -> Accepted:
-    events = _new_events(service, items, owner=owner)
-    return _accepted(events, await tx.events.enqueue_many(events))
+async def _record_upload(tx: Transaction, event: NewEvent) -> bool:
+    """Record one delivery of an upload: False if already recorded (a redelivery, another source, a
+    listing), which then takes the uploader this delivery names if it has no owner yet. Only the
+    event's owner and its job's change, never the event itself: one upload is still one job."""
+    [new] = await tx.events.enqueue_many([event])
+    # The event first, then its job (if made already): a dispatch under way, which makes the job from
+    # the event in the same transaction as its claim, holds the event's row until it commits, after
+    # which the job row is there to fill. An event that had an owner gave it to its job.
+    if not new and event.owner is not None and await tx.events.fill_owner(event.dedup_key, event.owner):
+        await tx.jobs.fill_owner(event.job_id, event.owner)
+    return new
 
 
 class Intake:
@@ -99,9 +132,13 @@ class Intake:
     own events are committed.
     """
 
-    def __init__(self, database: Database, *, wake: Callable[[], None]) -> None:
+    def __init__(
+        self, database: Database, *, wake: Callable[[], None], uploaders: Uploaders | None = None
+    ) -> None:
         self._database = database
         self._wake = wake
+        # None: users have no MinIO users of their own (no OIDC, or no MinIO), so no upload is a user's.
+        self._uploaders = uploaders
         # Events of requests arriving together: one INSERT, one commit.
         self._batch: WriteBatch[NewEvent, bool] = WriteBatch(
             database, lambda tx, events: tx.events.enqueue_many(events)
@@ -120,27 +157,41 @@ class Intake:
             self._legacy_read = True
         return self._legacy_until
 
+    async def _owners(self, uploaders: Iterable[str]) -> dict[str, str]:
+        """access key -> uid, for the uploaders that are users' own MinIO users."""
+        return {} if self._uploaders is None else await self._uploaders.owners(uploaders)
+
     async def invocation(
         self, *, service: Service, body: bytes, idempotency_key: str | None, owner: str | None = None
     ) -> Accepted:
-        """``owner``: the OIDC user invoking, recorded on the jobs so they can list them."""
+        """``owner``: the OIDC user invoking, recorded on the jobs so they can list them. Without one
+        (the service's token, as MinIO configured like upstream's posts with, or the admin), the jobs of
+        storage events are the uploader's, as upstream takes them (``principalId``).
+
+        Unlike the manager's own MinIO sources (:meth:`storage_events`), an event already recorded is
+        left as it is: whoever holds the service's token can name any uploader here."""
         if owner and idempotency_key:
             # A user's Idempotency-Key names their own request, never the job of someone else.
             idempotency_key = f"{owner}\n{idempotency_key}"
         legacy_until = await self._legacy_object_keys_until()
         items = await off_loop(lambda: _items(service, body, idempotency_key, legacy_until), size=len(body))
-        events = _new_events(service.name, items, owner=owner)
-        if not events:  # folder markers only
+        if not items:  # folder markers only
             return Accepted(job_ids=[], new=0)
+        uploaded = {} if owner is not None else await self._owners(item.uploader for item in items)
+        events = [_new_event(service.name, item, owner or uploaded.get(item.uploader)) for item in items]
         accepted = _accepted(events, await self._batch.add(events))
         if accepted.new:
             self._wake()
         return accepted
 
     async def object_event(self, *, service: str, event: ObjectEvent) -> Accepted:
+        """An object a listing found (``events.reconcile``). A listing does not tell who uploaded it, so
+        its event has no owner; a delivery of MinIO's naming the uploader may still give it one
+        (:meth:`storage_events`)."""
         payload = json.dumps(notification(event)).encode()
         legacy_until = await self._legacy_object_keys_until()
-        events = _new_events(service, [(event.dedup_key(service, legacy_until=legacy_until), payload)])
+        item = _Item(event.dedup_key(service, legacy_until=legacy_until), payload)
+        events = [_new_event(service, item, None)]
         accepted = _accepted(events, await self._batch.add(events))
         if accepted.new:
             self._wake()
@@ -150,10 +201,13 @@ class Intake:
         """Record each object event for every service whose input folder holds the object.
 
         Routes are read in the same transaction as the events are written, so a service created a moment
-        ago gets its events, and a deleted one none.
+        ago gets its events, and a deleted one none. The jobs are the uploader's (``ObjectEvent.uploader``)
+        when that is a user's own MinIO user: the sources calling this are MinIO's own records (the listen
+        stream, the webhook) and the folder watcher, whose events name no uploader.
         """
 
         legacy_until = await self._legacy_object_keys_until()
+        owners = await self._owners(event.uploader for event in events)
 
         async def route(tx: Transaction) -> Routed:
             new = duplicates = ignored = 0
@@ -164,11 +218,12 @@ class Intake:
                     ignored += 1
                     continue
                 payload = json.dumps(notification(event)).encode()
+                owner = owners.get(event.uploader)
                 for route in targets:
-                    key = event.dedup_key(route.service, legacy_until=legacy_until)
-                    accepted = await _record(tx, route.service, [(key, payload)])
-                    new += accepted.new
-                    duplicates += 1 - accepted.new
+                    item = _Item(event.dedup_key(route.service, legacy_until=legacy_until), payload)
+                    recorded = await _record_upload(tx, _new_event(route.service, item, owner))
+                    new += recorded
+                    duplicates += not recorded
             return Routed(new=new, duplicates=duplicates, ignored=ignored)
 
         routed = await self._database.write(route)

@@ -106,8 +106,9 @@ class DatabaseJobReporter:
 
 async def _jobs_scope(tx: Transaction, *, principal: Principal, service: str) -> str | None:
     """Whose jobs of the service the caller may see and delete: everyone's (None) for its owner and the
-    admin; for another user allowed on the service, only those they started (as upstream). 404 for no
-    service, 403 for a service the caller may not see."""
+    admin; for another user allowed on the service, only those they started (as upstream): by ``/job``, or
+    by an upload with their own MinIO keys (``operations.intake``). 404 for no service, 403 for a service
+    the caller may not see."""
     found = await services.read(tx, principal=principal, name=service)
     return None if can_change(principal, found) else principal.uid
 

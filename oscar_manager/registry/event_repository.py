@@ -71,6 +71,17 @@ class EventRepository:
         inserted = set((await connection.execute(hot.enqueue, rows)).scalars())
         return [event.dedup_key in inserted and first[event.dedup_key] is event for event in events]
 
+    async def fill_owner(self, dedup_key: str, owner: str) -> bool:
+        """The recorded event of ``dedup_key`` becomes ``owner``'s if it has no owner yet (it was found by
+        a listing, which cannot tell who uploaded): an owner once recorded is never replaced. True if
+        it had none."""
+        result = await self._session.execute(
+            update(EventRow)
+            .where(EventRow.dedup_key == dedup_key, EventRow.owner.is_(None))
+            .values(owner=owner)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
     async def claim(self, *, limit: int) -> list[ClaimedEvent]:
         """The oldest events due, marked claimed, in one ``UPDATE ... RETURNING``."""
         connection, hot = await on_connection(self._session)

@@ -5,6 +5,7 @@ Like every repository, it reads and flushes but never commits: the transaction b
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import cast
 
@@ -29,6 +30,16 @@ class IdentityRepository:
             )
         ).first()
         return None if row is None else StorageIdentity(uid, row.access_key, row.sealed_secret)
+
+    async def uids_by_access_key(self, access_keys: Collection[str]) -> dict[str, str]:
+        """The uid of each user whose MinIO identity has one of ``access_keys`` (unique, as the column
+        is), by access key; keys of no user are left out."""
+        if not access_keys:
+            return {}
+        rows = await self._session.execute(
+            select(IDENTITIES.c.access_key, IDENTITIES.c.uid).where(IDENTITIES.c.access_key.in_(access_keys))
+        )
+        return {row.access_key: row.uid for row in rows}
 
     async def add_if_absent(self, identity: StorageIdentity, *, now: datetime) -> StorageIdentity:
         """Record ``identity`` unless the user has one already (another request or replica was first),

@@ -180,6 +180,12 @@ class JobRepository:
         query = select(func.count()).select_from(JobRow).where(self._listing(service, after, owner))
         return int(await self._session.scalar(query) or 0)
 
+    async def fill_owner(self, job_id: str, owner: str) -> None:
+        """The job becomes ``owner``'s if it has none yet (``EventRepository.fill_owner``)."""
+        await self._session.execute(
+            update(JobRow).where(JobRow.id == job_id, JobRow.owner.is_(None)).values(owner=owner)
+        )
+
     async def delete(self, service: str, job_id: str) -> bool:
         result = await self._session.execute(
             delete(JobRow).where(JobRow.service == service, JobRow.id == job_id).returning(JobRow.id)

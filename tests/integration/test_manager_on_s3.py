@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.exceptions import EndpointConnectionError
 
 from oscar_manager.settings import Settings
 from tests.support.app import NO_AUTH, app_client
@@ -21,7 +21,14 @@ from tests.support.components import free_port
 from tests.support.databases import SqliteDatabases
 from tests.support.factories import make_settings
 from tests.support.jobs import all_jobs, settle, wait_for_jobs
-from tests.support.minio import MinioServer, WebhookReceiver, boto3_client, start_minio, webhook_env
+from tests.support.minio import (
+    MinioServer,
+    WebhookReceiver,
+    boto3_client,
+    notify_webhook,
+    start_minio,
+    webhook_env,
+)
 
 WEBHOOK_TOKEN = "w" * 40
 UPPERCASE = 'tr a-z A-Z < "$INPUT_FILE_PATH" > "$TMP_OUTPUT_DIR/$(basename "$INPUT_FILE_PATH")"\n'
@@ -288,7 +295,7 @@ async def test_each_upload_is_one_job_from_listen_and_webhook_and_redelivery(
             body = service(name, inputs=[f"{name}/in"], outputs=[f"{name}/out"])
             assert (await http.post("/system/services", json=body)).status_code == 201
             await _until_following(http, name)
-            await asyncio.to_thread(_notify_webhook, s3, name, "arn:minio:sqs::OSCAR:webhook")
+            await asyncio.to_thread(notify_webhook, s3, name, "arn:minio:sqs::OSCAR:webhook")
 
             for count in (1, 2):
                 # In a thread: MinIO answers the PUT once the receiver (on this loop) has the record.
@@ -312,31 +319,6 @@ async def test_each_upload_is_one_job_from_listen_and_webhook_and_redelivery(
     finally:
         await asyncio.to_thread(server.stop)
         await receiver.stop()
-
-
-def _notify_webhook(s3: Any, bucket: str, arn: str, within: float = 10) -> None:
-    """Object-created events under ``in/`` of ``bucket`` to the webhook ``arn``, retried while a starting
-    MinIO has not loaded its targets yet (``InvalidArgument``)."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            s3.put_bucket_notification_configuration(
-                Bucket=bucket,
-                NotificationConfiguration={
-                    "QueueConfigurations": [
-                        {
-                            "QueueArn": arn,
-                            "Events": ["s3:ObjectCreated:*"],
-                            "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "in/"}]}},
-                        }
-                    ]
-                },
-            )
-            return
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] != "InvalidArgument" or time.monotonic() >= deadline:
-                raise
-        time.sleep(0.05)
 
 
 async def _until_following(http: httpx.AsyncClient, bucket: str, within: float = 10) -> None:

@@ -86,6 +86,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
@@ -555,6 +556,31 @@ def webhook_env(name: str, endpoint: str, auth_token: str = "") -> dict[str, str
     if auth_token:
         env[f"MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_{name}"] = auth_token
     return env
+
+
+def notify_webhook(s3: Any, bucket: str, arn: str, within: float = 10) -> None:
+    """Object-created events under ``in/`` of ``bucket`` to the webhook ``arn``, retried while a starting
+    MinIO has not loaded its targets yet (``InvalidArgument``)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            s3.put_bucket_notification_configuration(
+                Bucket=bucket,
+                NotificationConfiguration={
+                    "QueueConfigurations": [
+                        {
+                            "QueueArn": arn,
+                            "Events": ["s3:ObjectCreated:*"],
+                            "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "in/"}]}},
+                        }
+                    ]
+                },
+            )
+            return
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "InvalidArgument" or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.05)
 
 
 # --- ListenBucketNotification, raw -------------------------------------------------------------------------

@@ -10,12 +10,14 @@ from oscar_manager.api.deps import (
     AuthenticatorDep,
     BackendDep,
     DatabaseDep,
+    IdentitiesDep,
     IntakeDep,
     SettingsDep,
     read_limited,
 )
 from oscar_manager.auth.authenticator import Authenticator
 from oscar_manager.operations import Database, invocations
+from oscar_manager.operations.identities import StorageIdentities
 
 router = APIRouter(tags=["invocations"])
 
@@ -30,15 +32,31 @@ _BODY = {
     }
 }
 
+_NO_MINIO_USER = (
+    "An OIDC user's own MinIO user could not be made or checked (MinIO's admin API unreachable): "
+    "nothing was recorded, try again after Retry-After"
+)
+
 
 async def _authorized_call(
-    request: Request, name: str, database: Database, authenticator: Authenticator, *, limit: int
+    request: Request,
+    name: str,
+    database: Database,
+    authenticator: Authenticator,
+    identities: StorageIdentities | None,
+    *,
+    limit: int,
 ) -> tuple[invocations.Invocation, bytes]:
     """The service, once the caller is admitted, and only then the body (so strangers cannot make the
-    manager read large bodies)."""
+    manager read large bodies).
+
+    These routes authenticate by themselves (a service's token is no user), so an OIDC user's own MinIO
+    user is made here on their first request, as ``deps.authenticate`` does for the others (issue 16)."""
     invocation = await invocations.service_for_invocation(
         database, name=name, authorization=request.headers.get("authorization"), authenticator=authenticator
     )
+    if invocation.user is not None and identities is not None:
+        await identities.ensure(invocation.user)
     return invocation, await read_limited(request, limit)
 
 
@@ -56,6 +74,7 @@ async def _authorized_call(
             "object under none of the service's inputs"
         },
         404: {"description": "No such service"},
+        503: {"description": _NO_MINIO_USER},
     },
 )
 async def start_job(
@@ -64,10 +83,11 @@ async def start_job(
     settings: SettingsDep,
     database: DatabaseDep,
     authenticator: AuthenticatorDep,
+    identities: IdentitiesDep,
     intake: IntakeDep,
 ) -> Response:
     invocation, body = await _authorized_call(
-        request, name, database, authenticator, limit=settings.oscar_max_body_bytes
+        request, name, database, authenticator, identities, limit=settings.oscar_max_body_bytes
     )
     accepted = await intake.invocation(
         service=invocation.service,
@@ -99,6 +119,7 @@ async def start_job(
         },
         404: {"description": "No such service"},
         500: {"description": "The script failed, or its answer is over OSCAR_MAX_RUN_RESPONSE_BYTES"},
+        503: {"description": _NO_MINIO_USER},
         504: {"description": "The run (staging in and out included) did not finish in time"},
     },
 )
@@ -108,10 +129,11 @@ async def run_service(
     settings: SettingsDep,
     database: DatabaseDep,
     authenticator: AuthenticatorDep,
+    identities: IdentitiesDep,
     backend: BackendDep,
 ) -> Response:
     invocation, body = await _authorized_call(
-        request, name, database, authenticator, limit=settings.oscar_max_run_body_bytes
+        request, name, database, authenticator, identities, limit=settings.oscar_max_run_body_bytes
     )
     answer = await invocations.run_sync(
         backend,
