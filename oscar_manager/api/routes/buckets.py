@@ -43,6 +43,10 @@ class BucketUpdate(BaseModel):
     metadata: dict[str, str] | None = None
 
 
+def _bucket_request(body: BucketCreate | BucketUpdate) -> buckets.BucketRequest:
+    return buckets.BucketRequest(body.bucket_name, body.visibility, tuple(body.allowed_users), body.metadata)
+
+
 class PresignRequest(BaseModel):
     object_key: str
     operation: str = "download"
@@ -84,9 +88,7 @@ async def list_buckets(caller: CallerDep, stores: StoresDep, tx: TransactionDep)
 async def create_bucket(
     body: BucketCreate, caller: CallerDep, stores: StoresDep, tx: TransactionDep, policies: BucketPoliciesDep
 ) -> Response:
-    request = buckets.BucketRequest(
-        body.bucket_name, body.visibility, tuple(body.allowed_users), body.metadata
-    )
+    request = _bucket_request(body)
     await buckets.create_bucket(stores.default, tx, policies, principal=caller, request=request)
     return Response(status_code=status.HTTP_201_CREATED)
 
@@ -104,9 +106,7 @@ async def create_bucket(
 async def update_bucket(
     body: BucketUpdate, caller: CallerDep, stores: StoresDep, tx: TransactionDep, policies: BucketPoliciesDep
 ) -> Response:
-    request = buckets.BucketRequest(
-        body.bucket_name, body.visibility, tuple(body.allowed_users), body.metadata
-    )
+    request = _bucket_request(body)
     await buckets.update_bucket(stores.default, tx, policies, principal=caller, request=request)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
