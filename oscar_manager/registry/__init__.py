@@ -1,7 +1,8 @@
 """Persistence: the only package that imports SQLAlchemy and Alembic.
 
 One code path serves PostgreSQL (asyncpg) and SQLite (aiosqlite); what differs between them is confined
-to ``database.py`` (engines, locking) and ``hot_statements.py`` (which ``INSERT`` has ``ON CONFLICT``).
+to ``database.py`` (engines, locking), ``hot_statements.py`` (which ``INSERT`` has ``ON CONFLICT``) and
+``locks.py`` (named locks across replicas).
 Every query lives in a repository, one a module (``service_repository``, ``event_repository``,
 ``job_repository``, ``mark_repository``): they turn rows into domain objects and back, and flush but never
 commit (the transaction belongs to ``Database.transaction``).

@@ -9,10 +9,11 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, select
+from sqlalchemy import Table, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from oscar_manager.domain.buckets import BucketRecord
+from oscar_manager.registry import locks
 from oscar_manager.registry.hot_statements import dialect_insert
 from oscar_manager.registry.tables import BucketRow
 
@@ -66,6 +67,28 @@ class BucketRepository:
     async def all(self) -> list[BucketRecord]:
         rows = await self._session.execute(select(*_COLUMNS).order_by(BUCKETS.c.name))
         return [_record(row) for row in rows]
+
+    async def public(self) -> list[BucketRecord]:
+        rows = await self._session.execute(
+            select(*_COLUMNS).where(BUCKETS.c.visibility == "public").order_by(BUCKETS.c.name)
+        )
+        return [_record(row) for row in rows]
+
+    async def of_member(self, uid: str) -> list[BucketRecord]:
+        """The buckets ``uid`` is a member of (``BucketRecord.members``)."""
+        rows = await self._session.execute(
+            select(*_COLUMNS)
+            .where(or_(BUCKETS.c.owner == uid, BUCKETS.c.visibility == "restricted"))
+            .order_by(BUCKETS.c.name)
+        )
+        # Allowed users are a JSON list, searched here rather than in each dialect's JSON syntax.
+        return [record for row in rows if uid in (record := _record(row)).members()]
+
+    async def lock_rules(self) -> None:
+        """Until the transaction ends, no other transaction writes the storage's rules of who may use
+        the buckets (``operations.bucket_access``); what it reads afterwards includes every change whose
+        rules were written before."""
+        await locks.hold(self._session, ["bucket-rules"])
 
     async def lock(self, name: str) -> BucketRecord | None:
         """The record, locked until the transaction ends (PostgreSQL; SQLite has one writer anyway), so

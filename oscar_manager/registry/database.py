@@ -48,6 +48,20 @@ class Transaction:
         self.marks = MarkRepository(session)
         self.identities = IdentityRepository(session)
         self.buckets = BucketRepository(session)
+        self._rollback_hooks: list[Callable[[], None]] = []
+
+    def on_rollback(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` should this transaction not commit: for what was done outside the database on
+        the strength of its changes (MinIO's rules), to be set back."""
+        self._rollback_hooks.append(hook)
+
+    def _rolled_back(self) -> None:
+        hooks, self._rollback_hooks = self._rollback_hooks, []
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("a hook run after a rollback failed")
 
 
 def _tune_sqlite(engine: AsyncEngine, *, writer: bool = True) -> None:
@@ -120,14 +134,21 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
-        async with contextlib.AsyncExitStack() as stack:
-            if self._sqlite_writer is not None:
-                await stack.enter_async_context(self._sqlite_writer)
-            session = await stack.enter_async_context(self._session(self._sessions))
-            tx = Transaction(session)
-            stack.callback(self._after_transaction, tx)
-            await stack.enter_async_context(session.begin())
-            yield tx
+        tx: Transaction | None = None
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                if self._sqlite_writer is not None:
+                    await stack.enter_async_context(self._sqlite_writer)
+                session = await stack.enter_async_context(self._session(self._sessions))
+                tx = Transaction(session)
+                stack.callback(self._after_transaction, tx)
+                await stack.enter_async_context(session.begin())
+                yield tx
+        except BaseException:
+            # Rolled back (an error in the block, or the commit failed): the locks are released by now.
+            if tx is not None:
+                tx._rolled_back()
+            raise
 
     def _after_transaction(self, tx: Transaction) -> None:
         # Committed or rolled back: either way no cached service read before now may be used again.
