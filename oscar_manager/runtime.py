@@ -28,6 +28,7 @@ from oscar_manager.events.minio_listen import MinioListener
 from oscar_manager.events.minio_webhook import WEBHOOK_PATH, WebhookRules, ensure_target
 from oscar_manager.events.reconcile import reconcile
 from oscar_manager.operations import Database, readiness, service_buckets
+from oscar_manager.operations.bucket_access import MinioBucketPolicies
 from oscar_manager.operations.buckets import BucketPolicies
 from oscar_manager.operations.dispatch import Dispatcher, recover
 from oscar_manager.operations.identities import StorageIdentities
@@ -49,6 +50,10 @@ from oscar_manager.waiting import wait_or_timeout
 from oscar_manager.workers.base import LoopWorker, RetryingTask, SupervisedTask
 
 log = logging.getLogger(__name__)
+
+# How often MinIO's bucket rules left by a change that did not commit are looked for (it is woken at
+# once; this bounds the wait after a failed attempt, with backoff).
+BUCKET_RULES_REPAIR_INTERVAL = 10.0
 
 
 def _presign_secret(path: Path) -> bytes:
@@ -186,6 +191,14 @@ class Runtime:
         # What makes MinIO itself enforce the bucket records (issue 16); None on the local store.
         self.bucket_policies: BucketPolicies | None = None
         self._tasks: list[SupervisedTask | LoopWorker | RetryingTask] = []
+        if minio_users is not None and self.identities is not None:
+            policies = MinioBucketPolicies(self.database, minio_users, self.identities)
+            self.identities.rules = policies
+            repair = LoopWorker("bucket rules repair", policies.repair, interval=BUCKET_RULES_REPAIR_INTERVAL)
+            policies.wake_repair = repair.wake
+            # At start-up, retried while MinIO's admin API cannot be reached (the manager serves meanwhile).
+            self._tasks += [RetryingTask("MinIO bucket rules from the registry", policies.reconcile), repair]
+            self.bucket_policies = policies
         self.watcher: LocalBucketWatcher | None = None
         self.listener: MinioListener | None = None
         self.webhook_rules: WebhookRules | None = None

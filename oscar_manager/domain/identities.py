@@ -11,8 +11,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-# The all-users group every user's MinIO identity joins: upstream's name, so that the policies the next
-# parts build (public buckets) are the ones upstream's tools expect.
+# The all-users group every user's MinIO identity joins: upstream's name. Its policy (bucket names, and the
+# public buckets) is ``domain.bucket_policies.all_users_policy``.
 ALL_USERS_GROUP = "all_users_group"
 
 # What MinIO takes as an access key and is safe in IAM paths and policy ARNs: no "=" or "," (MinIO's
@@ -40,14 +40,3 @@ class StorageIdentity:
     uid: str
     access_key: str
     sealed_secret: bytes
-
-
-# The policy of the all-users group, which upstream's MinIO group of the same name holds. What it grants
-# now: listing the bucket names (``ListAllMyBuckets``). Without it MinIO answers a user who may read no
-# bucket yet AccessDenied to ListBuckets, and the clients' bucket pages fail instead of showing none.
-# Names only: no bucket's objects. Bucket names are no secret here anyway (they are service names, unique
-# over the cluster). The visibility rules (private, restricted, public) add their statements later.
-ALL_USERS_POLICY: dict[str, object] = {
-    "Version": "2012-10-17",
-    "Statement": [{"Effect": "Allow", "Action": ["s3:ListAllMyBuckets"], "Resource": ["arn:aws:s3:::*"]}],
-}
