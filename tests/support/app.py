@@ -5,6 +5,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
 
 from oscar_manager.app import create_app
 from oscar_manager.settings import Settings
@@ -17,6 +18,15 @@ NO_AUTH = httpx.Auth()
 @asynccontextmanager
 async def app_client(settings: Settings, *, auth: bool = True) -> AsyncIterator[httpx.AsyncClient]:
     """Run the app's start-up and shut-down around an in-process HTTP client."""
+    async with running_app(settings, auth=auth) as (_app, http):
+        yield http
+
+
+@asynccontextmanager
+async def running_app(
+    settings: Settings, *, auth: bool = True
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """As :func:`app_client`, with the app itself (its ``state`` holds what the runtime built)."""
     app = create_app(settings)
     credentials = ("oscar", ADMIN_PASSWORD) if auth else None
     transport = httpx.ASGITransport(app=app)
@@ -24,7 +34,7 @@ async def app_client(settings: Settings, *, auth: bool = True) -> AsyncIterator[
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=transport, base_url="http://oscar.test", auth=credentials) as http,
     ):
-        yield http
+        yield app, http
 
 
 def bearer(token: str) -> dict[str, str]:
