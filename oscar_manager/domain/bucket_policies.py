@@ -15,6 +15,7 @@ which checks ownership and the services using the bucket first.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -85,3 +86,29 @@ def bucket_group_for(record: BucketRecord, access_keys: Mapping[str, str]) -> Bu
     if not members:
         return None
     return BucketGroup(bucket_group(record.name), record.name, members, policy(use_statements([record.name])))
+
+
+def same_policy(one: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
+    """Whether two policy documents say the same: MinIO hands a stored policy back with its actions in an
+    order of its own, so the order of actions, resources and statements does not count."""
+    return _normal(one) == _normal(other)
+
+
+def _normal(document: Mapping[str, Any]) -> tuple[Any, ...]:
+    statements = document.get("Statement") or []
+    return (
+        document.get("Version"),
+        sorted(_normal_statement(statement) for statement in statements),
+        sorted(key for key in document if key not in ("Version", "Statement")),
+    )
+
+
+def _normal_statement(statement: Mapping[str, Any]) -> str:
+    normal = {
+        key: sorted(value) if key in ("Action", "Resource") and isinstance(value, list) else value
+        for key, value in statement.items()
+    }
+    for key in ("Action", "Resource"):
+        if isinstance(normal.get(key), str):
+            normal[key] = [normal[key]]
+    return json.dumps(normal, sort_keys=True)

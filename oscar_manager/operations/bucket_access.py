@@ -140,7 +140,8 @@ class MinioBucketPolicies:
         if group is None:
             name = bucket_group(record.name)
             await self._users.remove_group(name)
-            await self._users.remove_policy(name)
+            if await self._users.policy(name) is not None:
+                await self._users.remove_policy(name)
             return
         current = await self._users.group_members(group.name)
         # Revoke first: should a later call fail, no one has more than either the old or the new rules.

@@ -25,6 +25,7 @@ from miniopy_async.credentials.providers import StaticProvider
 from miniopy_async.error import MinioAdminException, MinioException
 from miniopy_async.minioadmin import MinioAdmin
 
+from oscar_manager.domain.bucket_policies import same_policy
 from oscar_manager.storage.base import StorageError
 from oscar_manager.storage.minio import MinioEndpoint
 
@@ -33,6 +34,7 @@ ADMIN_TIMEOUT = 10.0
 _NO_SUCH_USER = "XMinioAdminNoSuchUser"
 _NO_SUCH_GROUP = "XMinioAdminNoSuchGroup"
 _POLICY_IN_USE = "XMinioIAMPolicyInUse"
+_NO_SUCH_POLICY = "XMinioAdminNoSuchPolicy"
 _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 
 
@@ -157,6 +159,18 @@ class MinioUsers:
             names = json.loads(await self._admin.group_list())
         return [str(name) for name in names or ()]
 
+    async def policy(self, name: str) -> dict[str, Any] | None:
+        """Canned policy ``name`` as MinIO stores it, None if there is none."""
+        with self._translate(f"read policy {name!r}"):
+            try:
+                answer = await self._admin.policy_info(name)
+            except MinioAdminException as exc:
+                if _NO_SUCH_POLICY in str(exc):
+                    return None
+                raise
+            document = json.loads(answer)
+        return document if isinstance(document, dict) else {}
+
     async def put_policy(self, name: str, document: Mapping[str, Any]) -> None:
         """Store canned policy ``name`` as ``document``, replacing it."""
         with self._translate(f"write policy {name!r}"):
@@ -190,17 +204,20 @@ class MinioUsers:
         return [str(name) for name in documents or {}]
 
     async def set_group_policy(self, group: str, name: str, document: Mapping[str, Any]) -> None:
-        """Store canned policy ``name`` as ``document`` and make it ``group``'s only policy, creating the
-        group (empty) if there is none: MinIO attaches policies only to groups that exist."""
-        await self.put_policy(name, document)
+        """Make canned policy ``name`` say ``document`` and be ``group``'s only policy, creating the group
+        (empty) if there is none: MinIO attaches policies only to groups that exist. Read before written
+        (two quick reads against two writes of some 10 ms each), so a change that leaves them as they
+        are costs little."""
+        stored = await self.policy(name)
+        if stored is None or not same_policy(stored, document):
+            await self.put_policy(name, document)
+        info = await self.group(group)
+        if info is not None and info.get("policy") == name:
+            return
         with self._translate(f"attach policy {name!r} to group {group!r}"):
-            try:
-                await self._admin.policy_set(name, group=group)
-            except MinioAdminException as exc:
-                if _NO_SUCH_GROUP not in str(exc):
-                    raise
+            if info is None:
                 await self._admin.group_add(group, cast(str, []))
-                await self._admin.policy_set(name, group=group)
+            await self._admin.policy_set(name, group=group)
 
     @contextlib.contextmanager
     def _missing_user(self, action: str) -> Iterator[None]:

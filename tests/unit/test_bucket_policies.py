@@ -13,6 +13,8 @@ from oscar_manager.domain.bucket_policies import (
     all_users_policy,
     bucket_group,
     bucket_group_for,
+    policy,
+    same_policy,
     use_statements,
 )
 from oscar_manager.domain.buckets import BucketRecord, unrecorded
@@ -111,3 +113,27 @@ def test_lock_keys_are_stable_signed_64_bit_and_distinct(name: str) -> None:
     assert -(2**63) <= key < 2**63
     assert key == lock_key(name)
     assert key != lock_key(name + "x")
+
+
+def test_a_policy_as_minio_hands_it_back_is_the_same_and_any_real_change_is_not() -> None:
+    written = all_users_policy(
+        [BucketRecord("b2", visibility="public"), BucketRecord("a1", visibility="public")]
+    )
+    handed_back = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": [*reversed(statement["Action"])],
+                "Resource": [*reversed(statement["Resource"])],
+            }
+            for statement in reversed(written["Statement"])
+        ],
+    }
+    assert same_policy(written, handed_back)
+    assert not same_policy(written, all_users_policy([BucketRecord("a1", visibility="public")]))
+    widened = {**written, "Statement": [*written["Statement"], {**LIST_NAMES, "Action": ["s3:*"]}]}
+    assert not same_policy(written, widened)
+    conditional = {**LIST_NAMES, "Condition": {"StringLike": {"s3:prefix": ["in/*"]}}}
+    assert not same_policy(policy([LIST_NAMES]), policy([conditional]))
+    assert same_policy(policy([{**LIST_NAMES, "Action": "s3:ListAllMyBuckets"}]), policy([LIST_NAMES]))

@@ -22,9 +22,9 @@ import pytest
 from fastapi import FastAPI
 from miniopy_async.minioadmin import MinioAdmin
 
-from oscar_manager.domain.bucket_policies import bucket_group, policy, use_statements
+from oscar_manager.domain.bucket_policies import LIST_NAMES, bucket_group, policy, same_policy, use_statements
 from oscar_manager.domain.buckets import BucketRecord
-from oscar_manager.operations.bucket_access import MinioBucketPolicies
+from oscar_manager.operations.bucket_access import ALL_USERS_POLICY, MinioBucketPolicies
 from oscar_manager.registry import Database
 from oscar_manager.settings import Settings
 from oscar_manager.storage.minio_users import MinioAdminUnavailable
@@ -267,7 +267,8 @@ async def test_a_member_whose_minio_user_was_deleted_is_put_back_in_the_bucket(
 async def test_start_up_undoes_what_was_done_behind_the_managers_back(
     settings: Settings, minio_server: MinioServer, egi: FakeIssuer, admin_api: MinioAdmin, tmp_path: Path
 ) -> None:
-    restricted, emptied, stale = (new_bucket(minio_server, kind) for kind in ("kept", "gone", "stale"))
+    kinds = ("kept", "gone", "mine", "wide", "stale")
+    restricted, emptied, private, widened, stale = (new_bucket(minio_server, kind) for kind in kinds)
     configured = oidc_on(settings, minio_server)
     async with running_app(configured, auth=False) as (app, http):
         owner, ally, outsider = [await login(http, egi, minio_server, n) for n in ("own", "ally", "out")]
@@ -275,35 +276,57 @@ async def test_start_up_undoes_what_was_done_behind_the_managers_back(
             app,
             shared_with(restricted, owner, ally),
             BucketRecord(emptied, owner=owner.uid),
+            BucketRecord(private, owner=owner.uid),
+            BucketRecord(widened, owner=owner.uid),
         )
-    # Behind its back: an outsider added to a bucket's group, a group of the manager's naming that no
-    # record needs (with its policy), and a recorded bucket's group removed.
-    await admin_api.group_add(bucket_group(restricted), cast(str, [outsider.keys["access_key"]]))
-    await set_stale_group(admin_api, stale, outsider.keys["access_key"], tmp_path / "stale.json")
+    # Behind its back: an outsider added to a bucket's group; a bucket's policy and the all-users one
+    # widened to buckets they do not name; a group of the manager's naming that no record needs (with its
+    # policy); a recorded bucket's group removed.
+    outsiders_key = outsider.keys["access_key"]
+    await admin_api.group_add(bucket_group(restricted), cast(str, [outsiders_key]))
+    await put_policy(
+        admin_api, bucket_group(widened), policy(use_statements([widened, restricted])), tmp_path
+    )
+    await admin_api.group_add(bucket_group(widened), cast(str, [outsiders_key]))
+    await put_policy(admin_api, ALL_USERS_POLICY, policy([LIST_NAMES, *use_statements([private])]), tmp_path)
+    await put_policy(admin_api, bucket_group(stale), policy(use_statements([stale])), tmp_path)
+    await admin_api.group_add(bucket_group(stale), cast(str, [outsiders_key]))
+    await admin_api.policy_set(bucket_group(stale), group=bucket_group(stale))
     await admin_api.group_remove(bucket_group(emptied), cast(str, [owner.keys["access_key"]]))
     await admin_api.group_remove(bucket_group(emptied))
-    uses(outsider, restricted)
-    uses(outsider, stale)
+    for bucket in (restricted, private, stale):
+        uses(outsider, bucket)
     denied(owner, emptied)
+    # The owner out of the restricted bucket's group still uses it, through the widened policy alone.
+    await admin_api.group_remove(bucket_group(restricted), cast(str, [owner.keys["access_key"]]))
+    uses(owner, restricted)
     async with running_app(configured, auth=False) as (app, _http):
         await asyncio.wait_for(policies_of(app).reconciled.wait(), 30)
-    denied(outsider, restricted)
+    for bucket in (restricted, private, stale, widened):
+        denied(outsider, bucket)
     uses(ally, restricted)
-    denied(outsider, stale)
     with pytest.raises(Exception, match="XMinioAdminNoSuchGroup"):
         await admin_api.group_info(bucket_group(stale))
     with pytest.raises(Exception, match="XMinioAdminNoSuchPolicy"):
         await admin_api.policy_info(bucket_group(stale))
     uses(owner, emptied)
+    members = {
+        bucket: set(json.loads(await admin_api.group_info(bucket_group(bucket)))["members"])
+        for bucket in (restricted, widened)
+    }
+    assert members == {
+        restricted: {owner.keys["access_key"], ally.keys["access_key"]},
+        widened: {owner.keys["access_key"]},
+    }
+    assert same_policy(
+        json.loads(await admin_api.policy_info(bucket_group(widened))), policy(use_statements([widened]))
+    )
 
 
-async def set_stale_group(admin_api: MinioAdmin, bucket: str, access_key: str, path: Path) -> None:
-    name = bucket_group(bucket)
-    # miniopy-async reads policies from files only.
-    await asyncio.to_thread(path.write_text, json.dumps(policy(use_statements([bucket]))))
+async def put_policy(admin_api: MinioAdmin, name: str, document: dict[str, Any], folder: Path) -> None:
+    path = folder / f"{name}.json"  # miniopy-async reads policies from files only
+    await asyncio.to_thread(path.write_text, json.dumps(document))
     await admin_api.policy_add(name, str(path))
-    await admin_api.group_add(name, cast(str, [access_key]))
-    await admin_api.policy_set(name, group=name)
 
 
 async def test_a_change_minio_cannot_be_told_of_fails_and_is_not_recorded(
