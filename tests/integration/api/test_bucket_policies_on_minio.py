@@ -1,9 +1,10 @@
 """Bucket visibility held in MinIO itself (issue 16): the records' rules, proved with each OIDC user's own
 keys (as ``/system/config`` gives them) against the real MinIO of the tests.
 
-The buckets API is not here yet: records are written as it will write them, in a transaction that calls
-the app's ``bucket_policies.apply`` before it commits. Three users: the owner, an allowed user and an
-outsider; buckets made by the root, as the manager makes them.
+Records are written as the buckets API and the services write them, in a transaction that calls the
+app's ``bucket_policies.apply`` before it commits, so that each rule (and each failure) is driven alone.
+Three users: the owner, an allowed user and an outsider; buckets made by the root, as the manager makes
+them. The manager's own checks of the same records are ``test_bucket_access.py``'s.
 """
 
 from __future__ import annotations
