@@ -5,13 +5,15 @@ uid>`` for every input bucket on ``minio.default``, with the input folder, which
 and the output folders, where the jobs its uploads start write their results (the supervisor redirects
 ``minio`` outputs to the event's bucket, as upstream's faas-supervisor does). Only that user may use it.
 
-Upstream takes ``uid[:10]`` as it is; here it is lowered and anything a bucket name cannot hold becomes
-``-``, and two users whose prefixes meet in one bucket name are refused (400): upstream would let them
-share one "private" bucket.
+Upstream takes ``uid[:10]`` as it is; here it is lowered, anything a bucket name cannot hold becomes
+``-`` and dashes at its ends are dropped (a uid with nothing usable there gets a hash), and two users
+whose prefixes meet in one bucket name are refused (400): upstream would let them share one "private"
+bucket.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -44,7 +46,9 @@ def isolated_users(isolation_level: str, allowed_users: Sequence[str], owner: st
 
 
 def user_bucket_name(bucket: str, uid: str) -> str:
-    return f"{bucket}-{_NOT_IN_BUCKET_NAMES.sub('-', uid[:UID_PREFIX].lower())}"
+    # Without dashes at the ends ("owner@egi.test" gives "owner-egi"): a bucket name cannot end in one.
+    prefix = _NOT_IN_BUCKET_NAMES.sub("-", uid[:UID_PREFIX].lower()).strip("-")
+    return f"{bucket}-{prefix or hashlib.sha256(uid.encode()).hexdigest()[:UID_PREFIX]}"
 
 
 def _input_buckets(inputs: Iterable[tuple[str, str]]) -> list[str]:

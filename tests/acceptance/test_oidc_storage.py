@@ -118,6 +118,7 @@ def test_owner_and_allowed_user_use_a_restricted_service_with_their_own_keys(
         download(client, name, tmp_path, f"{name}/output/{key['Key'].rsplit('/', 1)[-1]}")
         for client in (owner, allowed)
         for key in own_s3(owner).list_objects_v2(Bucket=name, Prefix="output/")["Contents"]
+        if not key["Key"].endswith("/")  # the folder's own marker
     }
     assert outputs == {"FROM THE OWNER", "FROM THE ALLOWED USER"}
     # The allowed user sees the job their own upload started; the owner sees both.
@@ -143,16 +144,18 @@ def test_user_isolation_keeps_each_users_bucket_theirs(
     owner, allowed = client_as(manager, issuer, OWNER), client_as(manager, issuer, ALLOWED)
     create(owner, tmp_path, name, isolation="USER")
     mine = f"{name}-allowed-eg"  # "allowed@egi.test"[:10], cleaned
-    assert owner.get_service(name).json()["bucket_list"] == [mine, f"{name}-owner-egi-"]
+    assert owner.get_service(name).json()["bucket_list"] == [mine, f"{name}-owner-egi"]
     wait_listening(manager, mine)
 
     upload(allowed, name, tmp_path, "private input", f"{mine}/input")
     jobs = finished_jobs(manager, name, 1)
     assert [job["status"] for job in jobs.values()] == ["Succeeded"]
-    (key,) = [o["Key"] for o in own_s3(allowed).list_objects_v2(Bucket=mine, Prefix="output/")["Contents"]]
+    listed = own_s3(allowed).list_objects_v2(Bucket=mine, Prefix="output/")["Contents"]
+    (key,) = [o["Key"] for o in listed if not o["Key"].endswith("/")]
     assert download(allowed, name, tmp_path, f"{mine}/{key}") == "PRIVATE INPUT"
     # Not even the service's owner reads another user's private bucket.
     with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied"):
         own_s3(owner).list_objects_v2(Bucket=mine)
     root = boto3_client(minio_server.endpoint, minio_server.access_key, minio_server.secret_key)
-    assert root.list_objects_v2(Bucket=name, Prefix="output/").get("KeyCount") == 0
+    shared = root.list_objects_v2(Bucket=name, Prefix="output/").get("Contents", [])
+    assert [o["Key"] for o in shared] == ["output/"]  # the folder alone: nothing went to the shared output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from oscar_manager.domain.events import input_folders
@@ -35,12 +37,14 @@ def test_the_owner_joins_the_allowed_users_but_not_the_admin() -> None:
 
 def test_names_are_the_bucket_and_a_clean_uid_prefix() -> None:
     assert user_bucket_name("gray", "62bb11b40398f73778b6@egi.eu") == "gray-62bb11b403"
-    assert user_bucket_name("gray", "Alice@Lab.Org") == "gray-alice-lab-"
+    assert user_bucket_name("gray", "Alice@Lab.Org") == "gray-alice-lab"
+    assert user_bucket_name("gray", "owner@egi.test") == "gray-owner-egi"
+    assert user_bucket_name("gray", "@@@") == "gray-" + hashlib.sha256(b"@@@").hexdigest()[:10]
 
 
 def test_bucket_list_is_computed_whatever_the_client_sent() -> None:
     service = with_bucket_list(isolated(bucket_list=["forged"]))
-    assert service.bucket_list == ["gray-62bb11b403", "gray-owner-uid-"]
+    assert service.bucket_list == ["gray-62bb11b403", "gray-owner-uid"]
     assert with_bucket_list(isolated(isolation_level="SERVICE", bucket_list=["x"])).bucket_list == []
 
 
@@ -59,7 +63,7 @@ def test_users_meeting_in_one_bucket_are_refused() -> None:
 
 def test_private_buckets_are_inputs_of_the_service() -> None:
     folders = {(f.bucket, f.folder) for f in input_folders(isolated())}
-    assert folders == {("gray", "in"), ("gray-62bb11b403", "in"), ("gray-owner-uid-", "in")}
+    assert folders == {("gray", "in"), ("gray-62bb11b403", "in"), ("gray-owner-uid", "in")}
 
 
 def test_outputs_go_back_to_the_private_bucket_the_upload_came_from() -> None:
