@@ -6,8 +6,8 @@ lists it, reads its log and may delete it, and no job of anyone else's; Alice se
 none. By the listen stream and by the webhook (MinIO's own records, relayed to ``/events/minio`` by the
 test: the in-process app has no port for MinIO to post to).
 
-Bob may write into the service's bucket here through a group and policy this test makes in MinIO itself,
-not through the manager's bucket policies (built apart), so this test stands on its own.
+Bob may write into the service's bucket because the restricted service's bucket lets its allowed users,
+in MinIO itself (``operations.bucket_access``).
 """
 
 from __future__ import annotations
@@ -15,19 +15,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import aiohttp
 import httpx
 import pytest
-import respx
-from miniopy_async.credentials.providers import StaticProvider
-from miniopy_async.minioadmin import MinioAdmin
 
 from oscar_manager.registry import Database
 from oscar_manager.settings import Settings
@@ -41,7 +36,8 @@ from tests.support.minio import (
     start_minio,
     webhook_env,
 )
-from tests.support.oidc import ALLOWED_VO, EGI_ISSUER, FakeIssuer
+from tests.support.oidc import FakeIssuer
+from tests.support.storage_users import egi_issuer, minio_admin, new_user, oidc_on
 
 pytestmark = pytest.mark.asyncio
 
@@ -53,61 +49,13 @@ FINISHED = ("Succeeded", "Failed")
 
 @pytest.fixture
 def egi() -> Iterator[FakeIssuer]:
-    with respx.mock(assert_all_called=False) as router:
-        yield FakeIssuer(EGI_ISSUER, router)
-
-
-def oidc_on(settings: Settings, minio: MinioServer, **overrides: Any) -> Settings:
-    return settings.model_copy(
-        update={
-            "oidc_enable": True,
-            "oidc_issuers": [EGI_ISSUER],
-            "oidc_groups": [ALLOWED_VO],
-            "minio_endpoint": minio.endpoint,
-            "minio_access_key": minio.access_key,
-            "minio_secret_key": minio.secret_key,
-            "oscar_minio_listen": False,
-            "oscar_reconcile_interval": 0,
-            **overrides,
-        }
-    )
+    with egi_issuer() as issuer:
+        yield issuer
 
 
 class User:
     def __init__(self, egi: FakeIssuer, name: str) -> None:
-        # A fresh subject: the session's MinIO outlives each test.
-        self.uid = f"{name}-{uuid.uuid4().hex[:12]}@egi.eu"
-        egi.add_user(self.uid, ALLOWED_VO)
-        self.headers = bearer(egi.token(self.uid))
-
-
-async def admin_for(minio: MinioServer, session: aiohttp.ClientSession) -> MinioAdmin:
-    return MinioAdmin(
-        minio.address,
-        credentials=StaticProvider(minio.access_key, minio.secret_key),
-        secure=False,
-        session=session,
-    )
-
-
-async def let_write(minio: MinioServer, bucket: str, access_key: str) -> None:
-    """``access_key`` may put objects into ``bucket``: a group and canned policy of this test's own."""
-    name = f"test-writers-{bucket}"
-    policy = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Action": ["s3:PutObject"], "Resource": [f"arn:aws:s3:::{bucket}/*"]}
-        ],
-    }
-    async with aiohttp.ClientSession() as session:
-        admin = await admin_for(minio, session)
-        with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
-            json.dump(policy, file)
-            file.flush()
-            await admin.policy_add(name, file.name)
-        # miniopy-async types ``members`` as a string but sends it as JSON: MinIO wants a list.
-        await admin.group_add(name, cast(str, [access_key]))
-        await admin.policy_set(name, group=name)
+        self.uid, self.headers = new_user(egi, name)
 
 
 class Scene:
@@ -135,7 +83,7 @@ class Scene:
         assert answer.status_code == 200, answer.text
         keys = answer.json()["minio_provider"]
         self.bob_key = keys["access_key"]
-        await let_write(self.minio, self.name, self.bob_key)
+        # Bob may write there: the restricted service's bucket lets its allowed users, in MinIO itself.
         self.bob_s3 = boto3_client(self.minio.endpoint, keys["access_key"], keys["secret_key"])
 
     async def bob_uploads(self, key: str) -> None:
@@ -313,8 +261,7 @@ async def test_a_users_first_request_by_job_or_run_makes_their_minio_user(
         token = await create_io_service(http, name, SCRIPT, headers=ADMIN, visibility="public")
         by_token = await http.post(f"/job/{name}", content=b"aGk=", headers=bearer(token), auth=NO_AUTH)
         assert by_token.status_code == 201, by_token.text
-        async with aiohttp.ClientSession() as session:
-            admin = await admin_for(minio_server, session)
+        async with minio_admin(minio_server) as admin:
             for user in (dave, erin):
                 with pytest.raises(Exception, match="XMinioAdminNoSuchUser"):
                     await admin.user_info(user.uid)
