@@ -48,6 +48,10 @@ def retryable(exc: ApiError) -> bool:
 # manager. A request refused so is tried again this many times (with the caller's backoff) before the
 # refusal counts as final.
 FORBIDDEN_RETRIES = 3
+# A restarted API server refuses (403) until its RBAC caches are filled, seconds on a loaded machine: a
+# retry after a 403 waits at least this long, so that the retries span them (the dispatcher's own backoff
+# already does, 1 + 2 + 4 s).
+FORBIDDEN_PAUSE = 2.0
 
 
 def refused_for_now(exc: ApiError, refusals: int) -> bool:

@@ -6,6 +6,7 @@ pod and the Job's TTL) and the container's exit code.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,12 +14,16 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from oscar_manager.backends import manifests
-from oscar_manager.backends.kube_answers import reason
+from oscar_manager.backends.kube_answers import FORBIDDEN_PAUSE, reason, refused_for_now
+from oscar_manager.backends.kube_client import TRANSPORT_ERRORS
 from oscar_manager.domain import logtimes
 from oscar_manager.domain.jobs import JobOutcome, JobStatus
 
 # Models built without the client's checks for required fields (a slim Job has no pod template).
 _UNCHECKED = client.Configuration()
+# Reading a finished job's pod and log: tries, and the first pause between them (doubled each time).
+READ_ATTEMPTS = 4
+READ_BACKOFF = 0.5
 _UNCHECKED.client_side_validation = False
 
 
@@ -87,21 +92,35 @@ async def job_outcome(
     exit_code: int | None = 0 if succeeded else None
     # When the container started: a job can end between two looks of the watcher, never seen running.
     started_at: datetime | None = None
-    try:
-        pods = await core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}")
-        for pod in pods.items[:1]:
-            text = await core.read_namespaced_pod_log(
-                pod.metadata.name, namespace, container=manifests.CONTAINER, timestamps=timestamps
-            )
-            if timestamps:
-                text, times = logtimes.unstamp(text)
-            for container in (pod.status.container_statuses or []) if pod.status else []:
-                terminated = container.state.terminated if container.state else None
-                if container.name == manifests.CONTAINER and terminated is not None:
-                    exit_code = terminated.exit_code
-                    started_at = terminated.started_at
-    except ApiException as exc:
-        text = f"(the log could not be read: {reason(exc)})\n"
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            pods = await core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}")
+            for pod in pods.items[:1]:
+                text = await core.read_namespaced_pod_log(
+                    pod.metadata.name, namespace, container=manifests.CONTAINER, timestamps=timestamps
+                )
+                if timestamps:
+                    text, times = logtimes.unstamp(text)
+                for container in (pod.status.container_statuses or []) if pod.status else []:
+                    terminated = container.state.terminated if container.state else None
+                    if container.name == manifests.CONTAINER and terminated is not None:
+                        exit_code = terminated.exit_code
+                        started_at = terminated.started_at
+            break
+        except ApiException as exc:
+            # A restarted API server answers 5xx, or 403 until its RBAC has caught up, for a while.
+            if attempt + 1 < READ_ATTEMPTS and refused_for_now(exc, attempt + 1):
+                pause = READ_BACKOFF * 2**attempt
+                await asyncio.sleep(max(pause, FORBIDDEN_PAUSE) if exc.status == 403 else pause)
+                continue
+            text = f"(the log could not be read: {reason(exc)})\n"
+            break
+        except TRANSPORT_ERRORS as exc:
+            # A connection the API server dropped (it restarted): the next one is new.
+            if attempt + 1 < READ_ATTEMPTS:
+                await asyncio.sleep(READ_BACKOFF * 2**attempt)
+                continue
+            text = f"(the log could not be read: {exc or type(exc).__name__})\n"
     if past_deadline(job):
         text += f"Kubernetes killed the job after its {deadline} s timeout (DeadlineExceeded)\n"
     return JobOutcome(

@@ -17,7 +17,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from oscar_manager.backends import manifests
 from oscar_manager.backends.base import BackendUnavailable, JobReporter
-from oscar_manager.backends.kube_answers import KubernetesError, reason, refused_for_now
+from oscar_manager.backends.kube_answers import FORBIDDEN_PAUSE, KubernetesError, reason, refused_for_now
 from oscar_manager.backends.kube_client import TRANSPORT_ERRORS
 from oscar_manager.backends.kube_jobs import ended, job_outcome, watched_job
 from oscar_manager.domain.service import SERVICE_LABEL
@@ -178,6 +178,8 @@ async def await_end(api: client.ApiClient, *, namespace: str, name: str, version
             refusals += exc.status == 403
             if not refused_for_now(exc, refusals):
                 raise KubernetesError(f"Kubernetes refused to watch job {name}: {reason(exc)}") from None
+            if exc.status == 403:
+                delay = max(delay, FORBIDDEN_PAUSE)
             problem = reason(exc)
         except TRANSPORT_ERRORS as exc:
             problem = str(exc) or type(exc).__name__

@@ -321,11 +321,12 @@ class RunnerKubelet:
         log: str = "",
         exit_code: int | None = None,
         stamps: list[str] | None = None,
+        within: float = 30,
     ) -> None:
         """End the (manual) pod of ``job_name`` once it runs, with ``log`` (``stamps``: each line's time)."""
         assert self.manual, "finish() is for a manual kubelet"
         code = (0 if succeeded else 1) if exit_code is None else exit_code
-        deadline = asyncio.get_running_loop().time() + 30
+        deadline = asyncio.get_running_loop().time() + within
         while asyncio.get_running_loop().time() < deadline:
             for name, end in self._manual_ends.items():
                 if name.startswith(f"{job_name}-") and not end.done():
@@ -338,7 +339,9 @@ class RunnerKubelet:
             (p["metadata"]["name"], p["spec"].get("nodeName"), p["status"].get("phase"))
             for p in pods.json().get("items", [])
         ]
-        raise AssertionError(f"no pod of {job_name} ran on {self.node} within 30 s; its pods: {where}")
+        raise AssertionError(
+            f"no pod of {job_name} ran on {self.node} within {within:g} s; its pods: {where}"
+        )
 
     # --- the kubelet's log endpoint -----------------------------------------------------------------------
 
