@@ -489,7 +489,7 @@ async def test_a_sync_run_outlives_an_api_server_restart(
         await asyncio.to_thread(control_plane.compact_etcd)
         await asyncio.to_thread(control_plane.start, "apiserver")
         answer = await call
-    assert answer.status_code == 200
+    assert answer.status_code == 200, answer.text
     assert answer.text == "finished\n"
     assert runs.asked("get", "jobs", name)  # read again after the 410
     assert await gone(kube_admin, runs.namespace, name)

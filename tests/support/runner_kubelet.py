@@ -356,15 +356,29 @@ class RunnerKubelet:
 
 @dataclass
 class ApiObjects:
-    """The ConfigMaps and Secrets a pod needs, read from the apiserver (as a kubelet reads them)."""
+    """The ConfigMaps and Secrets a pod needs, read from the apiserver as a kubelet reads them: while the
+    apiserver is away (refused connections, 5xx, the 403s of its RBAC warming up after a restart) the pod
+    waits in ContainerCreating and the kubelet tries again, up to ``patience`` seconds."""
 
     http: httpx.AsyncClient
+    patience: float = 120
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         plural = {"ConfigMap": "configmaps", "Secret": "secrets"}[kind]
-        answer = await self.http.get(f"/api/v1/namespaces/{namespace}/{plural}/{name}")
-        if answer.status_code == 404:
-            return None
-        answer.raise_for_status()
-        found: dict[str, Any] = answer.json()
-        return found
+        deadline = asyncio.get_running_loop().time() + self.patience
+        while True:
+            try:
+                answer = await self.http.get(f"/api/v1/namespaces/{namespace}/{plural}/{name}")
+            except httpx.TransportError:
+                answer = None
+            if answer is not None and answer.status_code == 404:
+                return None
+            if answer is not None and answer.status_code not in (403, 429) and answer.status_code < 500:
+                answer.raise_for_status()
+                found: dict[str, Any] = answer.json()
+                return found
+            if asyncio.get_running_loop().time() > deadline:
+                if answer is None:
+                    raise httpx.ConnectError(f"the apiserver stayed away: cannot read {plural}/{name}")
+                answer.raise_for_status()
+            await asyncio.sleep(0.5)
