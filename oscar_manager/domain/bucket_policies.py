@@ -34,9 +34,12 @@ OBJECT_ACTIONS = (
     "s3:AbortMultipartUpload",
     "s3:ListMultipartUploadParts",
 )
-# Listing bucket names (not their objects): without it MinIO answers a user who may read no bucket yet
-# AccessDenied to ListBuckets, and the clients' bucket pages fail instead of showing none.
-LIST_NAMES = {"Effect": "Allow", "Action": ["s3:ListAllMyBuckets"], "Resource": ["arn:aws:s3:::*"]}
+# No ``s3:ListAllMyBuckets``: without it MinIO's ListBuckets answers each user the buckets they may list,
+# as upstream's users get (the dashboard builds its bucket page from that answer, so with it every user
+# would see every bucket's name), and AccessDenied to a user who may list none, which the dashboard and
+# upstream's own listing read as "no buckets". The all-users policy needs a statement even when no bucket
+# is public: one that denies on a bucket no name can be (``_`` is not a bucket name character).
+NOTHING_PUBLIC = {"Effect": "Deny", "Action": ["s3:GetObject"], "Resource": ["arn:aws:s3:::_/*"]}
 
 
 def bucket_group(bucket: str) -> str:
@@ -64,9 +67,9 @@ def policy(statements: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def all_users_policy(records: Iterable[BucketRecord]) -> dict[str, Any]:
-    """The all-users group's policy: bucket names, and the public buckets' objects."""
+    """The all-users group's policy: the public buckets, or nothing at all."""
     public = [record.name for record in records if record.visibility == "public"]
-    return policy([LIST_NAMES, *use_statements(public)])
+    return policy(use_statements(public) or [NOTHING_PUBLIC])
 
 
 @dataclass(frozen=True, slots=True)

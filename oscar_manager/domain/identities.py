@@ -11,8 +11,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-# The all-users group every user's MinIO identity joins: upstream's name. Its policy (bucket names, and the
-# public buckets) is ``domain.bucket_policies.all_users_policy``.
+# The all-users group every user's MinIO identity joins: upstream's name. Its policy (the public buckets)
+# is ``domain.bucket_policies.all_users_policy``.
 ALL_USERS_GROUP = "all_users_group"
 
 # What MinIO takes as an access key and is safe in IAM paths and policy ARNs: no "=" or "," (MinIO's

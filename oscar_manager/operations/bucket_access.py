@@ -100,7 +100,7 @@ class MinioBucketPolicies:
 
     async def all_users_ready(self) -> None:
         """The all-users group's policy, written now unless :meth:`reconcile` has (a user may come
-        while MinIO's admin API is still unreachable for it, and would find no bucket names)."""
+        while MinIO's admin API is still unreachable for it, and would find no public bucket)."""
         if self.reconciled.is_set():
             return
         async with self._database.transaction() as tx:

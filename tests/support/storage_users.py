@@ -76,3 +76,16 @@ def s3_error(call: Any, **kwargs: Any) -> str:
         call(**kwargs)
     code: str = caught.value.response["Error"]["Code"]
     return code
+
+
+def keys_work(minio: MinioServer, keys: dict[str, Any]) -> list[str]:
+    """Prove ``keys`` are a MinIO user's: ListBuckets signed with them is answered as theirs (the buckets
+    they may list, or AccessDenied for one who may list none), never InvalidAccessKeyId or
+    SignatureDoesNotMatch. Returns the names listed."""
+    try:
+        listed = s3_as(minio, keys).list_buckets()["Buckets"]
+    except botocore.exceptions.ClientError as exc:
+        if exc.response["Error"]["Code"] != "AccessDenied":
+            raise
+        return []
+    return [bucket["Name"] for bucket in listed]

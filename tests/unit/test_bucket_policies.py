@@ -9,7 +9,7 @@ import pytest
 
 from oscar_manager.domain.bucket_policies import (
     BUCKET_GROUP_PREFIX,
-    LIST_NAMES,
+    NOTHING_PUBLIC,
     all_users_policy,
     bucket_group,
     bucket_group_for,
@@ -69,7 +69,6 @@ def test_members_get_object_rights_and_read_only_bucket_rights_never_a_wildcard(
     assert group is not None
     actions = {action for action, _resource in granted(group.policy) | granted(all_users_policy([]))}
     assert actions == {
-        "s3:ListAllMyBuckets",
         "s3:ListBucket",
         "s3:GetBucketLocation",
         "s3:ListBucketMultipartUploads",
@@ -88,7 +87,10 @@ def test_bucket_level_actions_are_on_the_bucket_and_object_actions_on_its_object
     assert use_statements([]) == []  # MinIO refuses a statement without resources
 
 
-def test_the_all_users_policy_lists_names_and_opens_the_public_buckets_only() -> None:
+LIST_ALL = {"Effect": "Allow", "Action": ["s3:ListAllMyBuckets"], "Resource": ["arn:aws:s3:::*"]}
+
+
+def test_the_all_users_policy_opens_the_public_buckets_only() -> None:
     records = [
         BucketRecord("open", owner="alice", visibility="public"),
         BucketRecord("shared", owner="alice", visibility="restricted", allowed_users=("bob",)),
@@ -96,10 +98,13 @@ def test_the_all_users_policy_lists_names_and_opens_the_public_buckets_only() ->
         BucketRecord("admins", visibility="public"),
     ]
     document = all_users_policy(records)
-    assert document["Statement"][0] == LIST_NAMES
-    buckets = {resource.split(":::")[1].split("/")[0] for _a, resource in granted(document)} - {"*"}
+    buckets = {resource.split(":::")[1].split("/")[0] for _a, resource in granted(document)}
     assert buckets == {"open", "admins"}
-    assert all_users_policy([])["Statement"] == [LIST_NAMES]
+    # Bucket names are not every user's: MinIO lists each user the buckets they may list.
+    assert "s3:ListAllMyBuckets" not in {action for action, _resource in granted(document)}
+    # None public: a statement that grants nothing (MinIO wants one).
+    assert all_users_policy([])["Statement"] == [NOTHING_PUBLIC]
+    assert granted(all_users_policy([])) == set()
 
 
 def test_group_names_are_the_prefix_and_the_bucket() -> None:
@@ -132,8 +137,8 @@ def test_a_policy_as_minio_hands_it_back_is_the_same_and_any_real_change_is_not(
     }
     assert same_policy(written, handed_back)
     assert not same_policy(written, all_users_policy([BucketRecord("a1", visibility="public")]))
-    widened = {**written, "Statement": [*written["Statement"], {**LIST_NAMES, "Action": ["s3:*"]}]}
+    widened = {**written, "Statement": [*written["Statement"], {**LIST_ALL, "Action": ["s3:*"]}]}
     assert not same_policy(written, widened)
-    conditional = {**LIST_NAMES, "Condition": {"StringLike": {"s3:prefix": ["in/*"]}}}
-    assert not same_policy(policy([LIST_NAMES]), policy([conditional]))
-    assert same_policy(policy([{**LIST_NAMES, "Action": "s3:ListAllMyBuckets"}]), policy([LIST_NAMES]))
+    conditional = {**LIST_ALL, "Condition": {"StringLike": {"s3:prefix": ["in/*"]}}}
+    assert not same_policy(policy([LIST_ALL]), policy([conditional]))
+    assert same_policy(policy([{**LIST_ALL, "Action": "s3:ListAllMyBuckets"}]), policy([LIST_ALL]))
