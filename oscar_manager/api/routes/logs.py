@@ -38,6 +38,7 @@ async def list_jobs(
     body: dict[str, Any] = {"jobs": {job.id: _job_info(job) for job in result.jobs}}
     if result.next_page:
         body["next_page"] = result.next_page
+    if result.remaining is not None:
         body["remaining_jobs"] = result.remaining
     return body
 
