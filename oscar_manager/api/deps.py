@@ -94,6 +94,13 @@ async def get_transaction(request: Request) -> AsyncIterator[Transaction]:
         yield tx
 
 
+async def get_reading(request: Request) -> AsyncIterator[Transaction]:
+    """For routes that write nothing: on SQLite they neither wait for nor hold up the writers
+    (``Database.reading``); each statement sees what is committed when it runs."""
+    async with (await get_database(request)).reading() as tx:
+        yield tx
+
+
 async def get_identities(request: Request) -> StorageIdentities | None:
     identities: StorageIdentities | None = request.app.state.identities
     return identities
@@ -145,5 +152,6 @@ BucketPoliciesDep = Annotated[BucketPolicies | None, Depends(get_bucket_policies
 IdentitiesDep = Annotated[StorageIdentities | None, Depends(get_identities)]
 RunBodyDep = Annotated[bytes, Depends(read_run_body)]
 TransactionDep = Annotated[Transaction, Depends(get_transaction, scope="function")]
+ReadingDep = Annotated[Transaction, Depends(get_reading, scope="function")]
 CallerDep = Annotated[Principal, Depends(authenticate)]
 BodyDep = Annotated[bytes, Depends(read_body)]

@@ -21,12 +21,16 @@ from dataclasses import dataclass, field
 from oscar_manager.domain.access import owns, sees
 from oscar_manager.domain.principal import Principal
 from oscar_manager.domain.service import Service
-from oscar_manager.domain.service_views import public_view
+from oscar_manager.domain.service_views import public_views
 from oscar_manager.registry import Database, Transaction
 from oscar_manager.registry.database import SERVICE_CACHE_SECONDS
 
 # Callers whose answers one listing keeps; past that, the kept answers are dropped and worked out again.
 _ANSWERS_KEPT = 256
+
+# Services read and rendered between two turns of the event loop: rendering 10,000 (the first list after a
+# start) takes seconds of CPU, during which the other requests must still be answered.
+_RENDERED_AT_ONCE = 100
 
 Versions = Sequence[tuple[str, str]]  # (name, version) by name
 
@@ -81,9 +85,9 @@ class _Listing:
 
 def render(service: Service) -> tuple[bytes, bytes]:
     """The service's JSON as the API sends it to who may see it, and to who may change it."""
-    public = _encode(public_view(service))
-    revealed = _encode(public_view(service, reveal_credentials=True))
-    return public, public if revealed == public else revealed
+    public, revealed = public_views(service)
+    encoded = _encode(public)
+    return encoded, encoded if revealed is public else _encode(revealed)
 
 
 def _encode(view: dict[str, object]) -> bytes:
@@ -108,35 +112,47 @@ class RenderedServices:
     def __init__(self, database: Database) -> None:
         self._database = database
         self._last: _Listing | None = None
+        # One listing is made at a time: lists that arrive meanwhile (the dashboard sends three at once)
+        # take the one made rather than each making its own.
+        self._making = asyncio.Lock()
 
     async def visible(self, tx: Transaction, *, principal: Principal) -> list[bytes]:
-        """The JSON of each service ``principal`` may see, by name, in this transaction or later."""
+        """The JSON of each service ``principal`` may see, by name, as of this request or later."""
+        last = self._last
+        if last is None or not last.current(self._database.services_generation, _now()):
+            async with self._making:
+                last = await self._current(tx)
+        return last.answer(principal)
+
+    async def _current(self, tx: Transaction) -> _Listing:
         # Taken before the registry is read: a change committed meanwhile moves it, so what is read
         # now is checked again by the next list.
-        generation = self._database.services_generation
-        now = asyncio.get_running_loop().time()
+        generation, now = self._database.services_generation, _now()
         last = self._last
-        if last is None or not last.current(generation, now):
-            versions = await tx.services.versions()
-            if last is not None and last.versions == versions:
-                last.generation, last.checked = generation, now
-            else:
-                last = await self._listing(tx, versions, last, generation=generation, now=now)
-                self._last = last
-        return last.answer(principal)
+        if last is not None and last.current(generation, now):  # made while this list waited
+            return last
+        versions = await tx.services.versions()
+        if last is not None and last.versions == versions:
+            last.generation, last.checked = generation, now
+            return last
+        self._last = await self._listing(tx, versions, last, generation=generation, now=now)
+        return self._last
 
     @staticmethod
     async def _listing(
         tx: Transaction, versions: Versions, last: _Listing | None, *, generation: int, now: float
     ) -> _Listing:
         """The listing of ``versions``: what ``last`` rendered of the versions it has too, the rest
-        rendered now. ``last`` is never changed (a concurrent list may be reading it)."""
+        rendered now. ``last`` is never changed (a list may be answering from it)."""
         kept: dict[str, _Rendered] = last.entries if last is not None else {}
         moved = {name for name, _version in set(versions).difference(last.versions if last else ())}
-        fresh = {
-            service.name: _rendered(service)
-            for service in (await tx.services.get_many(sorted(moved)) if moved else ())
-        }
+        fresh: dict[str, _Rendered] = {}
+        stale = sorted(moved)
+        for start in range(0, len(stale), _RENDERED_AT_ONCE):
+            if start:
+                await asyncio.sleep(0)  # let the loop answer others between batches
+            for service in await tx.services.get_many(stale[start : start + _RENDERED_AT_ONCE]):
+                fresh[service.name] = _rendered(service)
         if len(versions) == len(kept) and moved <= kept.keys():
             # The same services (the usual change: one updated): what moved replaced in a copy.
             entries = dict(kept)
@@ -154,3 +170,7 @@ class RenderedServices:
             if entry is not None:
                 entries[name] = entry
         return _Listing(versions=versions, entries=entries, generation=generation, checked=now)
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()

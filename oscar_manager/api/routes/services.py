@@ -10,6 +10,7 @@ from oscar_manager.api.deps import (
     BodyDep,
     CallerDep,
     ProvisioningDep,
+    ReadingDep,
     RenderedServicesDep,
     SettingsDep,
     TransactionDep,
@@ -78,7 +79,7 @@ async def create_service(
     summary="List the services the caller may see",
     responses={200: {"content": {"application/json": {"schema": {"type": "array", "items": _SERVICE_REF}}}}},
 )
-async def list_services(caller: CallerDep, tx: TransactionDep, rendered: RenderedServicesDep) -> Response:
+async def list_services(caller: CallerDep, tx: ReadingDep, rendered: RenderedServicesDep) -> Response:
     return json_array(await rendered.visible(tx, principal=caller))
 
 
