@@ -60,7 +60,7 @@ class _Listing:
         return self.generation == generation and now - self.checked < SERVICE_CACHE_SECONDS
 
     def answer(self, principal: Principal) -> list[bytes]:
-        key = (principal.uid, principal.is_admin)
+        key = (principal.uid, principal.is_admin)  # all of the caller that ``sees`` and ``owns`` read
         found = self.answers.get(key)
         if found is not None:
             return found
