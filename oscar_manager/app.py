@@ -68,6 +68,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with Runtime.open(settings) as runtime:
             # The routers read these lower-level objects; they never see the runtime itself.
             app.state.database = runtime.database
+            app.state.rendered_services = runtime.rendered_services
             app.state.backend = runtime.backend
             app.state.stores = runtime.stores
             app.state.intake = runtime.intake

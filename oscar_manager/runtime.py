@@ -35,6 +35,7 @@ from oscar_manager.operations.identities import StorageIdentities
 from oscar_manager.operations.intake import Intake
 from oscar_manager.operations.jobs import DatabaseJobReporter
 from oscar_manager.operations.ratelimit import RateLimiter
+from oscar_manager.operations.service_listing import RenderedServices
 from oscar_manager.operations.uploaders import Uploaders
 from oscar_manager.settings import BackendKind, Settings, kept_secret
 from oscar_manager.storage.base import ObjectStore
@@ -148,6 +149,7 @@ class Runtime:
     ) -> None:
         self.settings = settings
         self.database = Database(settings.database_url)
+        self.rendered_services = RenderedServices(self.database)
         self.stores = Stores(
             default_store,
             timeout=settings.oscar_provider_timeout,

@@ -15,6 +15,7 @@ from oscar_manager.operations import Database, Transaction
 from oscar_manager.operations.buckets import BucketPolicies
 from oscar_manager.operations.identities import StorageIdentities
 from oscar_manager.operations.intake import Intake
+from oscar_manager.operations.service_listing import RenderedServices
 from oscar_manager.operations.services import InputNotifications, Provisioning
 from oscar_manager.settings import Settings
 from oscar_manager.storage.presign import PresignSigner
@@ -30,6 +31,11 @@ async def get_settings(request: Request) -> Settings:
 async def get_database(request: Request) -> Database:
     database: Database = request.app.state.database
     return database
+
+
+async def get_rendered_services(request: Request) -> RenderedServices:
+    rendered: RenderedServices = request.app.state.rendered_services
+    return rendered
 
 
 async def get_backend(request: Request) -> Backend:
@@ -88,6 +94,13 @@ async def get_transaction(request: Request) -> AsyncIterator[Transaction]:
         yield tx
 
 
+async def get_reading(request: Request) -> AsyncIterator[Transaction]:
+    """For routes that write nothing: on SQLite they neither wait for nor hold up the writers
+    (``Database.reading``); each statement sees what is committed when it runs."""
+    async with (await get_database(request)).reading() as tx:
+        yield tx
+
+
 async def get_identities(request: Request) -> StorageIdentities | None:
     identities: StorageIdentities | None = request.app.state.identities
     return identities
@@ -129,6 +142,7 @@ async def read_limited(request: Request, limit: int) -> bytes:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 BackendDep = Annotated[Backend, Depends(get_backend)]
+RenderedServicesDep = Annotated[RenderedServices, Depends(get_rendered_services)]
 StoresDep = Annotated[Stores, Depends(get_stores)]
 IntakeDep = Annotated[Intake, Depends(get_intake)]
 PresignerDep = Annotated[PresignSigner, Depends(get_presigner)]
@@ -138,5 +152,6 @@ BucketPoliciesDep = Annotated[BucketPolicies | None, Depends(get_bucket_policies
 IdentitiesDep = Annotated[StorageIdentities | None, Depends(get_identities)]
 RunBodyDep = Annotated[bytes, Depends(read_run_body)]
 TransactionDep = Annotated[Transaction, Depends(get_transaction, scope="function")]
+ReadingDep = Annotated[Transaction, Depends(get_reading, scope="function")]
 CallerDep = Annotated[Principal, Depends(authenticate)]
 BodyDep = Annotated[bytes, Depends(read_body)]

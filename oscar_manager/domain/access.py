@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from oscar_manager.domain.principal import Principal
 from oscar_manager.domain.service import Service
@@ -10,15 +10,27 @@ from oscar_manager.errors import BadRequest
 
 
 def can_view(principal: Principal, service: Service) -> bool:
-    if principal.is_admin or service.owner == principal.uid:
+    return sees(
+        principal, owner=service.owner, visibility=service.visibility, allowed_users=service.allowed_users
+    )
+
+
+def sees(principal: Principal, *, owner: str, visibility: str, allowed_users: Collection[str]) -> bool:
+    """``can_view`` on the fields it depends on (for lists that keep only those)."""
+    if principal.is_admin or owner == principal.uid:
         return True
-    if service.visibility == "public":
+    if visibility == "public":
         return True
-    return service.visibility == "restricted" and principal.uid in service.allowed_users
+    return visibility == "restricted" and principal.uid in allowed_users
 
 
 def can_change(principal: Principal, service: Service) -> bool:
-    return principal.is_admin or service.owner == principal.uid
+    return owns(principal, service.owner)
+
+
+def owns(principal: Principal, owner: str) -> bool:
+    """``can_change`` on the owner's uid alone."""
+    return principal.is_admin or owner == principal.uid
 
 
 def service_vo(principal: Principal, vo: str, *, cluster_groups: Sequence[str]) -> str:

@@ -8,6 +8,7 @@ so that what a client sent comes back to it.
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -21,10 +22,7 @@ class GoModel(BaseModel):
     def _match_keys_like_go(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        exact: dict[str, str] = {}
-        for name, field in cls.model_fields.items():
-            exact[field.alias or name] = field.alias or name
-        folded = {key.lower(): key for key in exact}
+        exact, folded = _spellings(cls)
         matched: dict[str, Any] = {}
         extras: dict[str, Any] = {}
         for raw_key, value in data.items():
@@ -43,6 +41,13 @@ class GoModel(BaseModel):
                 continue
             matched[key] = value
         return {**extras, **matched}
+
+
+@functools.cache
+def _spellings(model: type[BaseModel]) -> tuple[dict[str, str], dict[str, str]]:
+    """Each field's key as spelt, and by its lower case: worked out once per model, not per object."""
+    exact = {field.alias or name: field.alias or name for name, field in model.model_fields.items()}
+    return exact, {key.lower(): key for key in exact}
 
 
 def go_text(value: Any) -> Any:

@@ -48,12 +48,33 @@ def public_view(service: Service, *, reveal_credentials: bool = False) -> dict[s
     every user. ``minio.default`` is the server's own and always shows its keys as ``hidden``."""
     data = _dump(service)
     if not reveal_credentials:
-        for kind, entries in data["storage_providers"].items():
-            for provider_id, entry in entries.items():
-                if isinstance(entry, dict) and (kind, provider_id) != ("minio", DEFAULT_PROVIDER_ID):
-                    entries[provider_id] = credentials.masked(entry, credentials.PROVIDER_SECRET_KEYS)
+        data["storage_providers"] = _masked_providers(data["storage_providers"])
     data["volume_status"] = VolumeStatus().model_dump(mode="json")
     return _omit_empty(data)
+
+
+def public_views(service: Service) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``public_view`` for who may only see the service, and for who may change it, from one dump: the
+    same object twice when they are the same (no declared provider has credentials to mask)."""
+    data = _dump(service)
+    data["volume_status"] = VolumeStatus().model_dump(mode="json")
+    revealed = _omit_empty(data)
+    masked = _masked_providers(data["storage_providers"])
+    if masked == data["storage_providers"]:
+        return revealed, revealed
+    return _omit_empty({**data, "storage_providers": masked}), revealed
+
+
+def _masked_providers(providers: dict[str, Any]) -> dict[str, Any]:
+    return {
+        kind: {
+            provider_id: credentials.masked(entry, credentials.PROVIDER_SECRET_KEYS)
+            if isinstance(entry, dict) and (kind, provider_id) != ("minio", DEFAULT_PROVIDER_ID)
+            else entry
+            for provider_id, entry in entries.items()
+        }
+        for kind, entries in providers.items()
+    }
 
 
 def _empty(value: Any) -> bool:

@@ -152,10 +152,6 @@ async def create(
     return services
 
 
-async def list_visible(tx: Transaction, *, principal: Principal) -> list[Service]:
-    return [service for service in await tx.services.list() if can_view(principal, service)]
-
-
 async def read(tx: Transaction, *, principal: Principal, name: str) -> Service:
     service = await _existing(tx, name)
     if not can_view(principal, service):

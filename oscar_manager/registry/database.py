@@ -150,6 +150,12 @@ class Database:
                 tx._rolled_back()
             raise
 
+    @property
+    def services_generation(self) -> int:
+        """Goes up once a transaction of this process that changed services has ended: what a copy of
+        services read before it is checked against (see :meth:`service`)."""
+        return self._services_generation
+
     def _after_transaction(self, tx: Transaction) -> None:
         # Committed or rolled back: either way no cached service read before now may be used again.
         if tx.services.changed:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, delete, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from oscar_manager.domain import logtimes
@@ -24,7 +24,22 @@ _FINISHED = [status.value for status in JobStatus if status.finished]
 _IDS_PER_QUERY = 1000
 
 
-def _job(row: JobRow) -> JobRecord:
+# What a job's record is made of: a list reads these alone (not its log, which may be megabytes).
+_RECORD = (
+    JobRow.id,
+    JobRow.service,
+    JobRow.status,
+    JobRow.created_at,
+    JobRow.started_at,
+    JobRow.finished_at,
+    JobRow.exit_code,
+    JobRow.attempts,
+    JobRow.owner,
+)
+
+
+def _job(row: Any) -> JobRecord:
+    """From a ``JobRow`` or a row of the ``_RECORD`` columns."""
     return JobRecord(
         id=row.id,
         service=row.service,
@@ -156,9 +171,9 @@ class JobRepository:
         if owner is not None:
             condition = and_(condition, JobRow.owner == owner)
         if after is not None:
-            created, job_id = after
-            older = or_(JobRow.created_at < created, and_(JobRow.created_at == created, JobRow.id < job_id))
-            condition = and_(condition, older)
+            # A row value: both databases walk ix_jobs_service_created_at_id from the cursor on (with
+            # "created_at < c OR (created_at = c AND id < i)" they walked it from the newest job).
+            condition = and_(condition, tuple_(JobRow.created_at, JobRow.id) < tuple_(*after))
         return condition
 
     async def page(
@@ -167,17 +182,27 @@ class JobRepository:
         """Newest first; ``after`` is the (created_at, id) of the last job of the previous page. With
         ``owner``, only the jobs that user started."""
         query = (
-            select(JobRow)
+            select(*_RECORD)
             .where(self._listing(service, after, owner))
             .order_by(JobRow.created_at.desc(), JobRow.id.desc())
             .limit(limit)
         )
-        return [_job(row) for row in await self._session.scalars(query)]
+        return [_job(row) for row in await self._session.execute(query)]
 
     async def count(
-        self, service: str, *, after: tuple[datetime, str] | None = None, owner: str | None = None
+        self,
+        service: str,
+        *,
+        after: tuple[datetime, str] | None = None,
+        owner: str | None = None,
+        at_most: int | None = None,
     ) -> int:
-        query = select(func.count()).select_from(JobRow).where(self._listing(service, after, owner))
+        """The jobs :meth:`page` would list from ``after`` on, all of them; with ``at_most``, counted no
+        further than that (a count costs a walk over the index entries it counts)."""
+        counted = select(JobRow.id).where(self._listing(service, after, owner))
+        if at_most is not None:
+            counted = counted.limit(at_most)
+        query = select(func.count()).select_from(counted.subquery())
         return int(await self._session.scalar(query) or 0)
 
     async def fill_owner(self, job_id: str, owner: str) -> None:

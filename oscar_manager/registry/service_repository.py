@@ -6,10 +6,11 @@ Like every repository, it flushes but never commits: the transaction belongs to 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import String, cast, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,6 +18,13 @@ from oscar_manager.domain.events import InputRoute, isolated_inputs
 from oscar_manager.domain.service import Service
 from oscar_manager.errors import Conflict
 from oscar_manager.registry.tables import ServiceRow, aware
+
+# A row's version: its ``updated_at``, which every change moves (``replace`` always forward), read as text
+# (10,000 of them are read per list: no time parsed). Compared for equality only.
+_VERSION = cast(ServiceRow.updated_at, String)
+
+# Names in one IN (...): well under SQLite's 32766 parameters a statement.
+_NAMES_PER_QUERY = 1000
 
 
 def _definition(service: Service) -> dict[str, Any]:
@@ -26,9 +34,13 @@ def _definition(service: Service) -> dict[str, Any]:
 
 
 def _to_service(row: ServiceRow) -> Service:
-    data = dict(row.definition)
+    return _from_columns(row.definition, row.secrets)
+
+
+def _from_columns(definition: dict[str, Any], secrets: dict[str, str]) -> Service:
+    data = dict(definition)
     environment = dict(data.get("environment") or {})
-    environment["secrets"] = dict(row.secrets)
+    environment["secrets"] = dict(secrets)
     data["environment"] = environment
     return Service.model_validate(data)
 
@@ -82,6 +94,31 @@ class ServiceRepository:
         rows = await self._session.scalars(select(ServiceRow).order_by(ServiceRow.name))
         return [_to_service(row) for row in rows]
 
+    async def versions(self) -> Sequence[tuple[str, str]]:
+        """(name, version) of every service by name, read from an index alone (no definition): what a
+        copy kept of each is checked against (``operations.service_listing``)."""
+        connection = await self._session.connection()
+        result = await connection.execute(select(ServiceRow.name, _VERSION).order_by(ServiceRow.name))
+        try:
+            # The driver's rows, as they are: SQLAlchemy's Row objects cost more than the query itself
+            # for 10,000 rows, and neither column needs processing (two strings).
+            return list(map(tuple, result.cursor.fetchall()))
+        finally:
+            result.close()
+
+    async def get_many(self, names: Sequence[str]) -> Sequence[Service]:
+        """Those of the services ``names`` that exist."""
+        found: list[Service] = []
+        connection = await self._session.connection()
+        for chunk in range(0, len(names), _NAMES_PER_QUERY):
+            rows = await connection.execute(
+                select(ServiceRow.definition, ServiceRow.secrets).where(
+                    ServiceRow.name.in_(names[chunk : chunk + _NAMES_PER_QUERY])
+                )
+            )
+            found += [_from_columns(definition, secrets) for definition, secrets in rows]
+        return found
+
     async def add(self, service: Service) -> None:
         self.changed = True
         now = datetime.now(UTC)
@@ -113,7 +150,8 @@ class ServiceRepository:
         row.token = service.token
         row.definition = _definition(service)
         row.secrets = dict(service.environment.secrets)
-        row.updated_at = datetime.now(UTC)
+        # Always later than before, even within the clock's resolution: it is the row's version.
+        row.updated_at = max(datetime.now(UTC), aware(row.updated_at) + timedelta(microseconds=1))
         await self._session.flush()
         return True
 

@@ -42,7 +42,10 @@ class ServiceRow(Base):
     # ... which live apart, so that no query that feeds a response can leak them.
     secrets: Mapped[dict[str, str]] = mapped_column(JSONDocument)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Every change moves it: the row's version, which lists read from ``ix_services_versions`` alone.
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_services_versions", "name", "updated_at"),)
 
 
 class EventRow(Base):

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Response, status
 from fastapi.responses import PlainTextResponse
 
-from oscar_manager.api.deps import BackendDep, CallerDep, SettingsDep, TransactionDep
+from oscar_manager.api.deps import BackendDep, CallerDep, ReadingDep, SettingsDep, TransactionDep
 from oscar_manager.domain.jobs import JobRecord
 from oscar_manager.operations import jobs
 
@@ -30,7 +30,7 @@ def _job_info(job: JobRecord) -> dict[str, Any]:
 
 @router.get("/{service}", summary="List a service's jobs, newest first, paged by next_page")
 async def list_jobs(
-    service: str, caller: CallerDep, tx: TransactionDep, settings: SettingsDep, page: str = ""
+    service: str, caller: CallerDep, tx: ReadingDep, settings: SettingsDep, page: str = ""
 ) -> dict[str, Any]:
     result = await jobs.page(
         tx, principal=caller, service=service, page=page, limit=settings.job_listing_limit
@@ -38,6 +38,7 @@ async def list_jobs(
     body: dict[str, Any] = {"jobs": {job.id: _job_info(job) for job in result.jobs}}
     if result.next_page:
         body["next_page"] = result.next_page
+    if result.remaining is not None:
         body["remaining_jobs"] = result.remaining
     return body
 

@@ -10,10 +10,13 @@ from oscar_manager.api.deps import (
     BodyDep,
     CallerDep,
     ProvisioningDep,
+    ReadingDep,
+    RenderedServicesDep,
     SettingsDep,
     TransactionDep,
     after_services_change,
 )
+from oscar_manager.api.streaming import json_array
 from oscar_manager.domain.access import can_change
 from oscar_manager.domain.service_views import public_view
 from oscar_manager.operations import services
@@ -76,11 +79,8 @@ async def create_service(
     summary="List the services the caller may see",
     responses={200: {"content": {"application/json": {"schema": {"type": "array", "items": _SERVICE_REF}}}}},
 )
-async def list_services(caller: CallerDep, tx: TransactionDep) -> list[dict[str, Any]]:
-    return [
-        public_view(service, reveal_credentials=can_change(caller, service))
-        for service in await services.list_visible(tx, principal=caller)
-    ]
+async def list_services(caller: CallerDep, tx: ReadingDep, rendered: RenderedServicesDep) -> Response:
+    return json_array(await rendered.visible(tx, principal=caller))
 
 
 @router.get(

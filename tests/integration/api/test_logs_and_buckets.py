@@ -12,6 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import update
 
+from oscar_manager.operations import jobs as job_records
 from oscar_manager.registry import Database
 from oscar_manager.registry.tables import JobRow
 from oscar_manager.settings import Settings
@@ -57,6 +58,24 @@ class TestJobList:
             page = body["next_page"]
         assert pages == 3
         assert sorted(seen) == sorted(ids)
+
+    async def test_remaining_jobs_left_out_past_what_is_counted(
+        self, paged_client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Past ``REMAINING_COUNTED`` later jobs a page leaves ``remaining_jobs`` out (as Kubernetes does
+        when it does not know) and still gives ``next_page``."""
+        monkeypatch.setattr(job_records, "REMAINING_COUNTED", 2)
+        await service_with_jobs(paged_client, count=5)
+        bodies = []
+        page = ""
+        while True:
+            bodies.append((await paged_client.get("/system/logs/svc", params={"page": page})).json())
+            page = bodies[-1].get("next_page", "")
+            if not page:
+                break
+        assert [len(body["jobs"]) for body in bodies] == [2, 2, 1]
+        assert [body.get("remaining_jobs") for body in bodies] == [None, 1, None]
+        assert ["next_page" in body for body in bodies] == [True, True, False]
 
     async def test_newest_first(self, client: httpx.AsyncClient) -> None:
         await service_with_jobs(client, count=3)
