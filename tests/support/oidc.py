@@ -19,6 +19,8 @@ import respx
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
+from oscar_manager.settings import Settings
+
 EGI_ISSUER = "https://aai.egi.test/auth/realms/egi"
 OTHER_ISSUER = "https://login.other.test/realms/lab"
 ALLOWED_VO = "vo.example.eu"
@@ -170,3 +172,20 @@ def serve_issuer(realm: str = "egi") -> Iterator[FakeIssuer]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@contextmanager
+def egi_issuer(*users: str) -> Iterator[FakeIssuer]:
+    """The fake EGI issuer, its HTTP answered in-process (respx), ``users`` members of ``ALLOWED_VO``."""
+    with respx.mock(assert_all_called=False) as router:
+        issuer = FakeIssuer(EGI_ISSUER, router)
+        for user in users:
+            issuer.add_user(user, ALLOWED_VO)
+        yield issuer
+
+
+def with_egi(settings: Settings) -> Settings:
+    """``settings`` with OIDC on, trusting the fake EGI issuer and admitting ``ALLOWED_VO``."""
+    return settings.model_copy(
+        update={"oidc_enable": True, "oidc_issuers": [EGI_ISSUER], "oidc_groups": [ALLOWED_VO]}
+    )

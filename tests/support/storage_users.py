@@ -6,27 +6,20 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import botocore.exceptions
 import httpx
 import pytest
-import respx
 from miniopy_async.credentials.providers import StaticProvider
 from miniopy_async.minioadmin import MinioAdmin
 
 from oscar_manager.settings import Settings
 from tests.support.app import bearer
 from tests.support.minio import MinioServer, boto3_client
-from tests.support.oidc import ALLOWED_VO, EGI_ISSUER, FakeIssuer
-
-
-@contextlib.contextmanager
-def egi_issuer() -> Iterator[FakeIssuer]:
-    with respx.mock(assert_all_called=False) as router:
-        yield FakeIssuer(EGI_ISSUER, router)
+from tests.support.oidc import ALLOWED_VO, FakeIssuer, with_egi
 
 
 @contextlib.asynccontextmanager
@@ -38,11 +31,8 @@ async def minio_admin(minio: MinioServer) -> AsyncIterator[MinioAdmin]:
 
 
 def oidc_on(settings: Settings, minio: MinioServer, **overrides: Any) -> Settings:
-    return settings.model_copy(
+    return with_egi(settings).model_copy(
         update={
-            "oidc_enable": True,
-            "oidc_issuers": [EGI_ISSUER],
-            "oidc_groups": [ALLOWED_VO],
             "minio_endpoint": minio.endpoint,
             "minio_access_key": minio.access_key,
             "minio_secret_key": minio.secret_key,

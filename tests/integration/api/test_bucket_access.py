@@ -12,13 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
-import respx
 
 from oscar_manager.registry import Database
 from oscar_manager.settings import Settings
 from tests.support.app import app_client
 from tests.support.factories import ADMIN_PASSWORD, service_body
-from tests.support.oidc import ALLOWED_VO, EGI_ISSUER, FakeIssuer
+from tests.support.oidc import FakeIssuer, egi_issuer, with_egi
 
 pytestmark = pytest.mark.asyncio
 
@@ -28,18 +27,13 @@ USERS = ("owner", "allowed", "outsider")
 
 @pytest.fixture
 def egi() -> Iterator[FakeIssuer]:
-    with respx.mock(assert_all_called=False) as router:
-        issuer = FakeIssuer(EGI_ISSUER, router)
-        for name in USERS:
-            issuer.add_user(name, ALLOWED_VO)
+    with egi_issuer(*USERS) as issuer:
         yield issuer
 
 
 @pytest.fixture
 async def api(settings: Settings, egi: FakeIssuer) -> AsyncIterator[httpx.AsyncClient]:
-    oidc = settings.model_copy(
-        update={"oidc_enable": True, "oidc_issuers": [EGI_ISSUER], "oidc_groups": [ALLOWED_VO]}
-    )
+    oidc = with_egi(settings)
     async with app_client(oidc, auth=False) as http:
         yield http
 
@@ -316,9 +310,7 @@ async def test_buckets_of_services_made_before_records_are_recorded_at_start(
 ) -> None:
     """A registry from before buckets had owners: at start-up each service's buckets take its owner and
     visibility, so the owner keeps their bucket and nobody else gains it."""
-    oidc = settings.model_copy(
-        update={"oidc_enable": True, "oidc_issuers": [EGI_ISSUER], "oidc_groups": [ALLOWED_VO]}
-    )
+    oidc = with_egi(settings)
     body = service_body("old", input=[{"storage_provider": "minio.default", "path": "old-data/in"}])
     async with app_client(oidc, auth=False) as api:
         assert (

@@ -31,9 +31,8 @@ from oscar_manager.settings import Settings
 from oscar_manager.storage.minio_users import MinioAdminUnavailable
 from tests.support.app import running_app
 from tests.support.minio import MinioServer, boto3_client, start_minio
-from tests.support.oidc import FakeIssuer
+from tests.support.oidc import FakeIssuer, egi_issuer
 from tests.support.storage_users import (
-    egi_issuer,
     minio_admin,
     new_user,
     oidc_on,

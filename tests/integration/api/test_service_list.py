@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-import respx
 
 from oscar_manager.domain import credentials
 from oscar_manager.domain.service import MinioDefault, normalise_new, parse_service
@@ -20,7 +19,7 @@ from oscar_manager.operations import Database, service_listing
 from oscar_manager.settings import Settings
 from tests.support.app import app_client
 from tests.support.factories import ADMIN_PASSWORD, service_body
-from tests.support.oidc import ALLOWED_VO, EGI_ISSUER, FakeIssuer
+from tests.support.oidc import FakeIssuer, egi_issuer, with_egi
 
 pytestmark = pytest.mark.asyncio
 
@@ -29,19 +28,14 @@ ADMIN = {"Authorization": "Basic " + base64.b64encode(f"oscar:{ADMIN_PASSWORD}".
 
 @pytest.fixture
 def egi() -> Iterator[FakeIssuer]:
-    with respx.mock(assert_all_called=False) as router:
-        issuer = FakeIssuer(EGI_ISSUER, router)
-        for subject in ("alice", "bob", "carol"):
-            issuer.add_user(subject, ALLOWED_VO)
+    with egi_issuer("alice", "bob", "carol") as issuer:
         yield issuer
 
 
 @pytest.fixture
 async def api(settings: Settings, egi: FakeIssuer) -> AsyncIterator[httpx.AsyncClient]:
     """The app with OIDC on, sending no credentials unless a request names some."""
-    oidc = settings.model_copy(
-        update={"oidc_enable": True, "oidc_issuers": [EGI_ISSUER], "oidc_groups": [ALLOWED_VO]}
-    )
+    oidc = with_egi(settings)
     async with app_client(oidc, auth=False) as http:
         yield http
 

@@ -20,9 +20,8 @@ from oscar_manager.settings import Settings
 from tests.support.app import app_client
 from tests.support.factories import ADMIN_PASSWORD
 from tests.support.minio import MinioServer, boto3_client, start_minio
-from tests.support.oidc import FakeIssuer
+from tests.support.oidc import FakeIssuer, egi_issuer
 from tests.support.storage_users import (
-    egi_issuer,
     keys_work,
     minio_admin,
     new_user,

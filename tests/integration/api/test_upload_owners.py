@@ -36,8 +36,8 @@ from tests.support.minio import (
     start_minio,
     webhook_env,
 )
-from tests.support.oidc import FakeIssuer
-from tests.support.storage_users import egi_issuer, minio_admin, new_user, oidc_on
+from tests.support.oidc import FakeIssuer, egi_issuer
+from tests.support.storage_users import minio_admin, new_user, oidc_on
 
 pytestmark = pytest.mark.asyncio
 

@@ -15,7 +15,6 @@ from typing import Any, cast
 
 import httpx
 import pytest
-import respx
 import yaml
 
 from oscar_manager.app import create_app
@@ -25,7 +24,7 @@ from oscar_manager.operations import Database
 from oscar_manager.settings import Settings
 from tests.support.app import NO_AUTH, app_client
 from tests.support.factories import ADMIN_PASSWORD, service_body
-from tests.support.oidc import ALLOWED_VO, EGI_ISSUER, FakeIssuer
+from tests.support.oidc import FakeIssuer, egi_issuer, with_egi
 
 pytestmark = pytest.mark.asyncio
 
@@ -271,17 +270,13 @@ class TestServiceNameOracle:
 
 @pytest.fixture
 def egi() -> Iterator[FakeIssuer]:
-    with respx.mock(assert_all_called=False) as router:
-        issuer = FakeIssuer(EGI_ISSUER, router)
-        issuer.add_user("alice", ALLOWED_VO)
+    with egi_issuer("alice") as issuer:
         yield issuer
 
 
 @pytest.fixture
 async def oidc_client(hostile_settings: Settings, egi: FakeIssuer) -> AsyncIterator[httpx.AsyncClient]:
-    oidc = hostile_settings.model_copy(
-        update={"oidc_enable": True, "oidc_issuers": [EGI_ISSUER], "oidc_groups": [ALLOWED_VO]}
-    )
+    oidc = with_egi(hostile_settings)
     async with app_client(oidc, auth=False) as http:
         yield http
 

@@ -21,7 +21,6 @@ from urllib.parse import quote_plus
 
 import httpx
 import pytest
-import respx
 import yaml
 
 from oscar_manager.backends import manifests
@@ -30,7 +29,7 @@ from oscar_manager.storage.s3 import S3ObjectStore
 from tests.support.app import app_client, bearer, create_io_service
 from tests.support.factories import ADMIN_PASSWORD, stored_service
 from tests.support.minio import MinioServer
-from tests.support.oidc import ALLOWED_VO, EGI_ISSUER, FakeIssuer
+from tests.support.oidc import FakeIssuer, egi_issuer, with_egi
 from tests.support.supervisor import chunks, run_python, s3_definition
 
 pytestmark = pytest.mark.asyncio
@@ -92,18 +91,13 @@ async def objects(api: httpx.AsyncClient, bucket: str) -> list[str]:
 
 @pytest.fixture
 def egi() -> Iterator[FakeIssuer]:
-    with respx.mock(assert_all_called=False) as router:
-        issuer = FakeIssuer(EGI_ISSUER, router)
-        for name in ("alice", "bob"):
-            issuer.add_user(name, ALLOWED_VO)
+    with egi_issuer("alice", "bob") as issuer:
         yield issuer
 
 
 @pytest.fixture
 async def api(settings: Settings, egi: FakeIssuer) -> AsyncIterator[httpx.AsyncClient]:
-    oidc = settings.model_copy(
-        update={"oidc_enable": True, "oidc_issuers": [EGI_ISSUER], "oidc_groups": [ALLOWED_VO]}
-    )
+    oidc = with_egi(settings)
     async with app_client(oidc, auth=False) as http:
         yield http
 
