@@ -15,6 +15,7 @@ import pytest
 from cryptography.fernet import Fernet
 from miniopy_async.minioadmin import MinioAdmin
 
+from oscar_manager.domain.identities import StorageIdentity
 from oscar_manager.registry import Database
 from oscar_manager.settings import Settings
 from tests.support.app import app_client
@@ -34,6 +35,16 @@ from tests.support.storage_users import (
 pytestmark = pytest.mark.asyncio
 
 ADMIN = {"Authorization": "Basic " + base64.b64encode(f"oscar:{ADMIN_PASSWORD}".encode()).decode()}
+
+
+async def recorded(settings: Settings, subject: str) -> StorageIdentity | None:
+    """What the registry holds of ``subject``'s MinIO identity, read as another process would."""
+    database = Database(settings.database_url)
+    try:
+        async with database.reading() as tx:
+            return await tx.identities.get(subject)
+    finally:
+        await database.dispose()
 
 
 @pytest.fixture
@@ -96,12 +107,7 @@ async def test_the_keys_outlive_the_manager_and_the_secret_is_sealed_at_rest(
     assert (again["access_key"], again["secret_key"]) == (first["access_key"], first["secret_key"])
     key_file = configured.credentials_key_file
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    database = Database(configured.database_url)
-    try:
-        async with database.reading() as tx:
-            row = await tx.identities.get(subject)
-    finally:
-        await database.dispose()
+    row = await recorded(configured, subject)
     assert row is not None
     assert row.access_key == subject
     secret = first["secret_key"].encode()
@@ -133,12 +139,7 @@ async def test_concurrent_first_requests_on_two_replicas_make_one_user_with_one_
     assert len({(a["access_key"], a["secret_key"]) for a in answers}) == 1
     assert not (tmp_path / "replica-2" / "credentials-key").exists()
     keys_work(minio_server, answers[0])
-    database = Database(one.database_url)
-    try:
-        async with database.reading() as tx:
-            row = await tx.identities.get(subject)
-    finally:
-        await database.dispose()
+    row = await recorded(one, subject)
     assert row is not None
     assert row.access_key == subject
 
@@ -176,16 +177,10 @@ async def test_minio_admin_unreachable_is_a_503_that_records_nothing_and_the_nex
             assert "unreachable" in refused.text
             assert subject in refused.text
             assert refused.headers["retry-after"]
-            database = Database(configured.database_url)
-            try:
-                async with database.reading() as tx:
-                    assert await tx.identities.get(subject) is None
-                await asyncio.to_thread(minio.revive)
-                keys = await provider(http, headers)
-                async with database.reading() as tx:
-                    assert await tx.identities.get(subject) is not None
-            finally:
-                await database.dispose()
+            assert await recorded(configured, subject) is None
+            await asyncio.to_thread(minio.revive)
+            keys = await provider(http, headers)
+            assert await recorded(configured, subject) is not None
         keys_work(minio, keys)
     finally:
         await asyncio.to_thread(minio.stop)
