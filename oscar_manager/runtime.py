@@ -10,6 +10,7 @@ import math
 import os
 import pwd
 import secrets
+import socket
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -37,6 +38,7 @@ from oscar_manager.operations.jobs import DatabaseJobReporter
 from oscar_manager.operations.ratelimit import RateLimiter
 from oscar_manager.operations.service_listing import RenderedServices
 from oscar_manager.operations.uploaders import Uploaders
+from oscar_manager.registry.leadership import Leadership
 from oscar_manager.settings import BackendKind, Settings, kept_secret
 from oscar_manager.storage.base import ObjectStore
 from oscar_manager.storage.egress import EgressPolicy
@@ -49,6 +51,7 @@ from oscar_manager.storage.providers import Stores
 from oscar_manager.storage.s3 import S3ObjectStore
 from oscar_manager.waiting import wait_or_timeout
 from oscar_manager.workers.base import LoopWorker, RetryingTask, SupervisedTask
+from oscar_manager.workers.leader import LeaderTask, LeaderWork
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +134,12 @@ def minio_endpoint(settings: Settings) -> MinioEndpoint:
     )
 
 
+def replica_name() -> str:
+    """This process among the managers sharing a database: host, pid and a random part (a pid may come
+    again on another start, in a container always)."""
+    return f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
 def _task_check(task: SupervisedTask | LoopWorker | RetryingTask) -> readiness.Check:
     return readiness.Check(ok=task.state == "running", state=task.state, reason=task.last_error)
 
@@ -159,6 +168,7 @@ class Runtime:
         )
         self.presigner = PresignSigner(_presign_secret(settings.oscar_data_dir / "presign-key"))
         self.backend = backend if backend is not None else local_backend(settings, self.stores)
+        self.replica = replica_name()
         self.dispatcher = Dispatcher(
             self.database,
             self.backend,
@@ -166,6 +176,8 @@ class Runtime:
             limiter=RateLimiter(settings.oscar_kubernetes_rate)
             if settings.oscar_backend == BackendKind.KUBERNETES
             else None,
+            replica=self.replica,
+            lease=settings.oscar_claim_lease,
         )
         self.dispatch_loop = LoopWorker(
             "dispatcher", self.dispatcher.dispatch_more, interval=settings.oscar_dispatch_interval
@@ -192,14 +204,23 @@ class Runtime:
             )
         # What makes MinIO itself enforce the bucket records (issue 16); None on the local store.
         self.bucket_policies: BucketPolicies | None = None
-        self._tasks: list[SupervisedTask | LoopWorker | RetryingTask] = []
+        # Every replica's own work; and the work one of them does, the leader (``_leader_tasks``).
+        self._tasks: list[SupervisedTask | LoopWorker | RetryingTask] = [
+            LoopWorker("claim leases", self.dispatcher.keep_leases, interval=settings.oscar_claim_lease / 3)
+        ]
+        self._leader_tasks: list[LeaderTask] = []
+        if self.backend.follows_jobs:
+            self._leader_tasks.append(SupervisedTask("job watcher", self.backend.follow_jobs))
         if minio_users is not None and self.identities is not None:
             policies = MinioBucketPolicies(self.database, minio_users, self.identities)
             self.identities.rules = policies
             repair = LoopWorker("bucket rules repair", policies.repair, interval=BUCKET_RULES_REPAIR_INTERVAL)
             policies.wake_repair = repair.wake
-            # At start-up, retried while MinIO's admin API cannot be reached (the manager serves meanwhile).
-            self._tasks += [RetryingTask("MinIO bucket rules from the registry", policies.reconcile), repair]
+            # Retried while MinIO's admin API cannot be reached (the manager serves meanwhile).
+            self._leader_tasks.append(
+                RetryingTask("MinIO bucket rules from the registry", policies.reconcile)
+            )
+            self._tasks.append(repair)
             self.bucket_policies = policies
         self.watcher: LocalBucketWatcher | None = None
         self.listener: MinioListener | None = None
@@ -212,7 +233,7 @@ class Runtime:
                 default_store, routes=self._routes, enqueue=self._enqueue, deliver=self.intake.storage_events
             )
             self._watch_task = SupervisedTask("local-bucket-watcher", self.watcher.run)
-            self._tasks.append(self._watch_task)
+            self._leader_tasks.append(self._watch_task)
         if minio is not None and settings.oscar_minio_listen:
             self.listener = MinioListener(
                 minio,
@@ -222,13 +243,13 @@ class Runtime:
                 deliver=self.intake.storage_events,
             )
             self._listen_task = SupervisedTask("minio-listener", self.listener.run)
-            self._tasks.append(self._listen_task)
+            self._leader_tasks.append(self._listen_task)
         if minio is not None and settings.oscar_minio_webhook_url:
             self.webhook_rules = WebhookRules(
                 minio, default_store, target=settings.oscar_minio_webhook_target
             )
             self._webhook_task = RetryingTask("MinIO webhook setup", self._prepare_webhook)
-            self._tasks.append(self._webhook_task)
+            self._leader_tasks.append(self._webhook_task)
         # On every store: whatever happened to the watcher or the streams, a missed object is found
         # within the interval.
         self._reconciler: LoopWorker | None = None
@@ -236,7 +257,13 @@ class Runtime:
             self._reconciler = LoopWorker(
                 "reconciler", self._reconcile_all, interval=settings.oscar_reconcile_interval
             )
-            self._tasks.append(self._reconciler)
+            self._leader_tasks.append(self._reconciler)
+        self.leader = LeaderWork(
+            Leadership(settings.database_url),
+            self._leader_tasks,
+            interval=settings.oscar_leader_interval,
+            on_lead=self._take_up_leadership,
+        )
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -315,11 +342,21 @@ class Runtime:
             name: {"state": check.state, "last_error": check.reason}
             for name, check in self.source_checks().items()
         }
-        return {"event_sources": sources, "listening": listening, "source_states": states}
+        return {
+            "event_sources": sources,
+            "listening": listening,
+            "source_states": states,
+            # The sources but webhook deliveries run on the leader only (another replica, when false).
+            "leader": self.leader.leading,
+            "replica": self.replica,
+        }
 
     def source_checks(self) -> dict[str, readiness.Check]:
-        """Each event source (and the reconciler that backs them all up): up, or why not."""
+        """Each event source (and the reconciler that backs them all up): up, or why not. Only the
+        leader runs them: another replica answers for none (its intake of webhook deliveries is up)."""
         checks: dict[str, readiness.Check] = {}
+        if not self.leader.leading:
+            return checks
         if self._watch_task is not None:
             checks["folder-watch"] = _task_check(self._watch_task)
         if self._listen_task is not None and self.listener is not None:
@@ -364,13 +401,16 @@ class Runtime:
         await self.webhook_rules.enable(await self._routes())
         log.info("MinIO webhook delivery is set up")
 
-    async def start(self) -> None:
-        _fast_child_watcher()
-        await recover(self.database, jobs_die_with_manager=not self.backend.durable_submissions)
+    async def _take_up_leadership(self) -> None:
+        """Once per leadership, before the leader's tasks start."""
         async with self.database.transaction() as tx:
             adopted = await service_buckets.adopt(tx)
         if adopted:
             log.info("recorded the owners of %d bucket(s) of existing services", len(adopted))
+
+    async def start(self) -> None:
+        _fast_child_watcher()
+        await recover(self.database, jobs_die_with_manager=not self.backend.durable_submissions)
         await asyncio.to_thread(self._sweep_leftovers)
         reporter = DatabaseJobReporter(
             self.database,
@@ -380,7 +420,10 @@ class Runtime:
         await self.backend.start(reporter)
         for task in self._tasks:
             task.start()
-        if self.watcher is not None:
+        # Alone on the database (SQLite), or no replica leads: this one leads before it serves.
+        await self.leader.try_once()
+        self.leader.start()
+        if self.watcher is not None and self.leader.leading:
             await wait_or_timeout(self.watcher.ready, 30)
             if not self.watcher.ready.is_set():
                 log.error("the local bucket watcher did not start within 30 s")
@@ -400,10 +443,20 @@ class Runtime:
             log.info("removed %d folder(s) and file(s) left by a previous run", removed)
 
     async def stop(self) -> None:
+        """Claim nothing more, let another replica lead, stop the jobs of this process and hand their
+        events back to the queue (another replica runs them at once, or this one when it starts again)."""
         await self.dispatch_loop.stop()
         await self.dispatcher.stop()
+        await self.leader.stop()
         for task in reversed(self._tasks):
             await task.stop()
         await self.backend.stop()
+        try:
+            handed = await self.dispatcher.hand_back()
+        except Exception:
+            log.exception("could not hand this manager's claims back: they go back once their lease lapses")
+        else:
+            if handed:
+                log.info("handed %d claimed event(s) back to the queue", handed)
         await self.stores.close()
         await self.database.dispose()

@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     # After this many failed submissions an event is marked failed (visible, not retried).
     oscar_dispatch_max_attempts: int = Field(default=8, ge=1)
     oscar_dispatch_interval: float = Field(default=1.0, gt=0)
+    # Several managers on one PostgreSQL: a claimed event is this replica's for this long (seconds),
+    # renewed every third of it while the replica lives; the claims of one that died go back to the queue
+    # once lapsed. And how often each replica tries to lead (or the leader checks it still does).
+    oscar_claim_lease: float = Field(default=30.0, ge=1)
+    oscar_leader_interval: float = Field(default=1.0, gt=0)
     # Local executor: jobs at once, and the longest a job may run.
     oscar_local_concurrency: int = Field(default=4, ge=1)
     oscar_job_timeout: float = Field(default=3600, gt=0)

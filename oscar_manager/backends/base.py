@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -74,10 +75,17 @@ class Backend(Protocol):
     # True when an accepted submission survives a manager crash (a Kubernetes Job object); False when it
     # lives in this process only (local jobs), so its event must stay claimed until the job finishes.
     durable_submissions: bool
+    # True when its jobs' starts and ends come from following the cluster (:meth:`follow_jobs`), which
+    # one manager of several does; False when each process reports the jobs it runs (local jobs).
+    follows_jobs: bool
 
     async def start(self, reporter: JobReporter) -> None: ...
 
     async def stop(self) -> None: ...
+
+    async def follow_jobs(self, up: Callable[[], None]) -> None:
+        """Report the starts and ends of every manager's jobs to the reporter given to :meth:`start`,
+        until cancelled (calling ``up`` once following): the leader's work, when ``follows_jobs``."""
 
     def free_slots(self) -> int:
         """How many more jobs it would accept right now (the dispatcher claims no more than that)."""

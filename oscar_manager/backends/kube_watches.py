@@ -1,15 +1,16 @@
 """The Kubernetes backend's two watches on Jobs.
 
 The job watcher follows the services' Jobs in the namespace and reports their starts (once their pod
-runs) and ends, so the job rows stay current: it resumes from the last resourceVersion, and lists again
-after 410 Gone. A sync run's Job is left out of it (labelled) and awaited by its request instead, with a
-watch on that one Job.
+runs) and ends, so the job rows stay current (of several managers, the leader runs it): it resumes from
+the last resourceVersion, and lists again after 410 Gone. A sync run's Job is left out of it (labelled)
+and awaited by its request instead, with a watch on that one Job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from kubernetes_asyncio import client, watch
@@ -54,7 +55,13 @@ class JobWatcher:
     """
 
     def __init__(
-        self, api: client.ApiClient, *, namespace: str, reporter: JobReporter, watching: asyncio.Event
+        self,
+        api: client.ApiClient,
+        *,
+        namespace: str,
+        reporter: JobReporter,
+        watching: asyncio.Event,
+        up: Callable[[], None] = lambda: None,
     ) -> None:
         self._api = api
         self._batch = client.BatchV1Api(api)
@@ -62,6 +69,7 @@ class JobWatcher:
         self._namespace = namespace
         self._reporter = reporter
         self._watching = watching
+        self._up = up  # told each time the watch is (re-)established
         self._started: set[str] = set()
         self._finished: set[str] = set()
 
@@ -79,6 +87,7 @@ class JobWatcher:
                         await self._observe(job)
                     version = listed.metadata.resource_version
                 self._watching.set()
+                self._up()
                 # Events as plain dicts, made into slim V1Jobs (watched_job): whole models cost more CPU
                 # than anything else the manager did per job.
                 async with Watch(self._api, return_type="object") as stream:

@@ -80,6 +80,7 @@ _MAX_REFUSALS_KEPT = 10_000
 
 class KubernetesBackend:
     durable_submissions = True
+    follows_jobs = True
 
     def __init__(
         self,
@@ -99,7 +100,7 @@ class KubernetesBackend:
         # Job -> the 403s its creation met so far (its other failed attempts, say while the apiserver was
         # away, do not count): a few are an apiserver that is starting, more a refusal.
         self._refusals: dict[str, int] = {}
-        self._watcher: asyncio.Task[None] | None = None
+        self._reporter: JobReporter | None = None
         self.watching = asyncio.Event()
 
     @classmethod
@@ -118,15 +119,21 @@ class KubernetesBackend:
     # --- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self, reporter: JobReporter) -> None:
-        watcher = JobWatcher(self._api, namespace=self._namespace, reporter=reporter, watching=self.watching)
-        self._watcher = asyncio.create_task(watcher.run(), name="kubernetes-job-watcher")
+        self._reporter = reporter
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
+        """Nothing of its own runs: the job watcher is the leader's (:meth:`follow_jobs`)."""
+
+    async def follow_jobs(self, up: Callable[[], None]) -> None:
+        """The job watcher: every service Job of the namespace, whichever replica created it."""
+        assert self._reporter is not None, "start() first"
+        watcher = JobWatcher(
+            self._api, namespace=self._namespace, reporter=self._reporter, watching=self.watching, up=up
+        )
+        try:
+            await watcher.run()
+        finally:
+            self.watching.clear()
 
     async def nodes(self) -> list[NodeStatus]:
         return await cluster_nodes(self._api, namespace=self._namespace)

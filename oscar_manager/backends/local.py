@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,6 +62,7 @@ class _Run:
 
 class LocalBackend:
     durable_submissions = False
+    follows_jobs = False
 
     def __init__(
         self,
@@ -110,6 +112,10 @@ class LocalBackend:
         await asyncio.gather(*self._workers, *self._running.values(), return_exceptions=True)
         self._workers = []
         self._running.clear()
+
+    async def follow_jobs(self, up: Callable[[], None]) -> None:
+        """Nothing to follow: each job's end is reported by the process that ran it."""
+        up()
 
     async def nodes(self) -> list[NodeStatus]:
         return [this_machine(self._running_services.values())]

@@ -29,27 +29,38 @@ _ORPHAN_LOG = "the manager stopped while this job was under way, and nothing que
 
 
 async def recover(database: Database, *, jobs_die_with_manager: bool = False) -> int:
-    """At start-up: events a previous run claimed but never finished go back to the queue.
+    """At start-up: events claimed and never finished by a manager that is gone go back to the queue.
+
+    A manager alone on its database (SQLite: ``serve`` locks the file) releases every claim at once, all
+    left by a run of its own. Replicas sharing PostgreSQL release only lapsed claims (a live replica
+    renews its own); the others lapse later and the lease keeper (:meth:`Dispatcher.keep_leases`)
+    releases them then.
 
     A job of the local executor dies with the manager, so it is run again (its row goes back to Pending
     when it is claimed); one left Pending or Running with no event to run it again is marked Failed, so
     none stays Running for ever. A Kubernetes Job that was created answers 409 to the resubmission, which
-    counts as done (its watcher reports its end). Assumes one manager per database.
+    counts as done (its watcher reports its end).
     """
     async with database.transaction() as tx:
-        released = await tx.events.release_claimed()
+        events = tx.events
+        released = await (events.release_claimed() if database.alone else events.release_lapsed())
         orphans = (
             await tx.jobs.fail_unqueued(log=_ORPHAN_LOG, at=datetime.now(UTC)) if jobs_die_with_manager else 0
         )
     if released:
-        log.info("recovered %d event(s) left claimed by a previous run", released)
+        log.info("recovered %d event(s) left claimed by a manager that stopped", released)
     if orphans:
         log.warning("marked %d job(s) left unfinished by a previous run as Failed", orphans)
     return released
 
 
 async def _claim(
-    tx: Transaction, *, limit: int, lookup: Callable[[str], Awaitable[Service | None]]
+    tx: Transaction,
+    *,
+    limit: int,
+    lookup: Callable[[str], Awaitable[Service | None]],
+    replica: str,
+    lease: float,
 ) -> tuple[int, list[tuple[ClaimedEvent, Service]]]:
     """Claim up to ``limit`` events and prepare their job rows; events of services gone are failed.
     Returns how many were claimed, and those to submit with their service.
@@ -57,7 +68,7 @@ async def _claim(
     Services come from ``lookup``: the database's cache, which a committed change to services clears (a
     claim comes after every event, so reading and validating the definition each time cost more than the
     claim itself)."""
-    claimed = await tx.events.claim(limit=limit)
+    claimed = await tx.events.claim(limit=limit, replica=replica, lease=lease)
     services: dict[str, Service | None] = {}
     ready: list[tuple[ClaimedEvent, Service]] = []
     for event in claimed:
@@ -80,7 +91,8 @@ async def _claim(
 
 class Dispatcher:
     """``limiter``: submissions a second at most (none: no limit), beside the backend's own bound on
-    submissions in flight (``free_slots``)."""
+    submissions in flight (``free_slots``). Claims are ``replica``'s, each for ``lease`` seconds, renewed
+    by :meth:`keep_leases` while this process lives."""
 
     def __init__(
         self,
@@ -89,10 +101,14 @@ class Dispatcher:
         *,
         max_attempts: int,
         limiter: RateLimiter | None = None,
+        replica: str = "",
+        lease: float = 30.0,
     ) -> None:
         self._database = database
         self._backend = backend
         self._max_attempts = max_attempts
+        self.replica = replica
+        self.lease = lease
         self._rate = limiter if limiter is not None else RateLimiter(0)
         self._handing = 0  # claimed, not yet handed to the backend (waiting for the rate limit)
         self._batches: set[asyncio.Task[None]] = set()
@@ -103,8 +119,10 @@ class Dispatcher:
         slots = min(self._backend.free_slots() - self._handing, MAX_BATCH)
         if slots <= 0:
             return 0, []
-        lookup = self._database.service
-        claimed, ready = await self._database.write(lambda tx: _claim(tx, limit=slots, lookup=lookup))
+        lookup, replica, lease = self._database.service, self.replica, self.lease
+        claimed, ready = await self._database.write(
+            lambda tx: _claim(tx, limit=slots, lookup=lookup, replica=replica, lease=lease)
+        )
         self._handing += len(ready)  # they hold slots until handed to the backend (after the rate limit)
         return claimed, ready
 
@@ -129,12 +147,33 @@ class Dispatcher:
     def _batch_done(self, task: asyncio.Task[None]) -> None:
         self._batches.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            # Its events stay claimed until the next start (``recover``); nothing else would tell.
+            # Its events stay claimed until handed back at stop or released at the next start.
             log.error("a dispatch batch failed: %r", task.exception(), exc_info=task.exception())
 
+    async def keep_leases(self) -> int:
+        """This replica's claims renewed; claims whose lease lapsed (a replica that died) back to the
+        queue, and the dispatch loop woken for them. For a loop every third of a lease."""
+
+        async def renew_and_release(tx: Transaction) -> int:
+            await tx.events.renew_leases(self.replica, lease=self.lease)
+            return await tx.events.release_lapsed()
+
+        released = await self._database.write(renew_and_release)
+        if released:
+            log.warning(
+                "%d event(s) claimed by a manager that stopped renewing its claims: queued again", released
+            )
+            self.wake()
+        return 0  # never "more to do at once": the next round comes after the interval
+
+    async def hand_back(self) -> int:
+        """This replica's claims back to the queue (it is stopping, its jobs stopped): another replica
+        takes them at once, or this one when it starts again."""
+        return await self._database.write(lambda tx: tx.events.hand_back(self.replica))
+
     async def stop(self) -> None:
-        """Cancel the batches under way: their events stay claimed, and go back to the queue at the next
-        start (``recover``); a Kubernetes Job created meanwhile answers 409 then, which counts as done."""
+        """Cancel the batches under way: their events stay claimed until :meth:`hand_back`; a Kubernetes
+        Job created meanwhile answers 409 to its resubmission, which counts as done."""
         batches = list(self._batches)
         for task in batches:
             task.cancel()

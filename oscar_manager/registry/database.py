@@ -30,8 +30,8 @@ I = TypeVar("I")  # noqa: E741 - an item
 R = TypeVar("R")  # its result
 Work = Callable[["Transaction"], Awaitable[T]]
 
-# How long a cached service is trusted without a change committed by this process. Only a change made by
-# another process (one manager per database is assumed) could go unnoticed meanwhile.
+# How long a cached service is trusted without a change committed by this process: a change made by
+# another replica on the same database shows within this.
 SERVICE_CACHE_SECONDS = 5.0
 
 # Writes committed together at most: bounds how long one commit keeps the others waiting.
@@ -115,6 +115,9 @@ class Database:
         self.engine = create_engine(url)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._inline = _sqlite_file(url) is not None
+        # No other process uses the database at the same time: SQLite (``serve`` locks its file).
+        # Several managers may share a PostgreSQL.
+        self.alone = self.engine.dialect.name != "postgresql"
         # SQLite has one writer at a time. Its busy handler waits in growing sleeps (up to tens of ms), so
         # letting this process's transactions queue here instead keeps each one at its real cost.
         self._sqlite_writer: asyncio.Lock | None = (

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from oscar_manager.registry.hot_statements import on_connection
@@ -36,7 +36,10 @@ class NewEvent:
 
 
 class EventRepository:
-    """The intake queue. Claims use ``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite serialises writers."""
+    """The intake queue. Claims use ``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite serialises writers.
+
+    A claim is held by a replica (its ``claimed_by``) under a lease that replica renews while it lives
+    (``renew_leases``); claims of a replica that died lapse (``release_lapsed``) and are claimed again."""
 
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
@@ -82,10 +85,18 @@ class EventRepository:
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    async def claim(self, *, limit: int) -> list[ClaimedEvent]:
-        """The oldest events due, marked claimed, in one ``UPDATE ... RETURNING``."""
+    async def claim(self, *, limit: int, replica: str = "", lease: float = 0.0) -> list[ClaimedEvent]:
+        """The oldest events due, marked claimed by ``replica`` for ``lease`` seconds (renewed by
+        :meth:`renew_leases` while it lives), in one ``UPDATE ... RETURNING``."""
+        now = datetime.now(UTC)
         connection, hot = await on_connection(self._session)
-        rows = await connection.execute(hot.claim, {"now": datetime.now(UTC), "limit": limit})
+        parameters = {
+            "now": now,
+            "limit": limit,
+            "replica": replica or None,
+            "lease_until": now + timedelta(seconds=lease),
+        }
+        rows = await connection.execute(hot.claim, parameters)
         claimed = [
             ClaimedEvent(
                 id=row.id,
@@ -135,11 +146,43 @@ class EventRepository:
         )
 
     async def release_claimed(self) -> int:
-        """Return events a previous run claimed but never completed to the queue (crash recovery)."""
+        """Return every claimed event to the queue: for a manager alone on its database (SQLite), whose
+        claims at start-up were all left by a previous run of its own."""
+        return await self._unclaim(EventRow.status == "claimed")
+
+    async def renew_leases(self, replica: str, *, lease: float) -> int:
+        """``replica``'s claims held ``lease`` seconds more from now; how many it holds."""
         result = await self._session.execute(
-            update(EventRow).where(EventRow.status == "claimed").values(status="pending", claimed_at=None)
+            update(EventRow)
+            .where(EventRow.status == "claimed", EventRow.claimed_by == replica)
+            .values(lease_until=datetime.now(UTC) + timedelta(seconds=lease))
         )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    async def release_lapsed(self) -> int:
+        """Claims whose lease lapsed (their replica died, or stalled longer than a lease) back to the
+        queue, due at once; a claim with no lease (left by a manager of before leases) counts as lapsed."""
+        lapsed = (EventRow.lease_until.is_(None)) | (EventRow.lease_until < datetime.now(UTC))
+        return await self._unclaim((EventRow.status == "claimed") & lapsed)
+
+    async def hand_back(self, replica: str) -> int:
+        """``replica``'s claims back to the queue (it is stopping): another replica takes them at once."""
+        return await self._unclaim((EventRow.status == "claimed") & (EventRow.claimed_by == replica))
+
+    async def _unclaim(self, which: ColumnElement[bool]) -> int:
+        result = await self._session.execute(
+            update(EventRow)
+            .where(which)
+            .values(status="pending", claimed_at=None, claimed_by=None, lease_until=None)
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    async def holders(self) -> dict[str, str | None]:
+        """The claimed events' jobs, each with the replica holding its claim."""
+        rows = await self._session.execute(
+            select(EventRow.job_id, EventRow.claimed_by).where(EventRow.status == "claimed")
+        )
+        return {job_id: replica for job_id, replica in rows}
 
     async def counts(self) -> dict[str, int]:
         rows = await self._session.execute(select(EventRow.status, func.count()).group_by(EventRow.status))

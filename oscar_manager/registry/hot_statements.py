@@ -27,7 +27,8 @@ JOBS = cast("Table", JobRow.__table__)
 class HotStatements:
     # executemany, a row dict each: returns the dedup keys inserted (not those already there)
     enqueue: Any
-    # now, limit: the oldest due events, marked claimed (id, service, job_id, payload, attempts, owner)
+    # now, limit, replica, lease_until: the oldest due events, marked claimed by ``replica`` until
+    # ``lease_until`` (id, service, job_id, payload, attempts, owner)
     claim: Any
     # executemany, a row dict each: creates the job rows, or resets them to Pending for another attempt
     prepare: Any
@@ -59,7 +60,13 @@ def hot_statements(dialect: str) -> HotStatements:
         .returning(EVENTS.c.dedup_key),
         claim=update(EVENTS)
         .where(EVENTS.c.id.in_(due.scalar_subquery()))
-        .values(status="claimed", claimed_at=bindparam("now"), attempts=EVENTS.c.attempts + 1)
+        .values(
+            status="claimed",
+            claimed_at=bindparam("now"),
+            attempts=EVENTS.c.attempts + 1,
+            claimed_by=bindparam("replica"),
+            lease_until=bindparam("lease_until"),
+        )
         .returning(
             EVENTS.c.id,
             EVENTS.c.service,

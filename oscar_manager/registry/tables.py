@@ -63,6 +63,10 @@ class EventRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     available_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The replica holding the claim and when its claim lapses unless renewed (several managers may share
+    # one PostgreSQL): a lapsed claim goes back to the queue.
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # The OIDC user who invoked the service (``/job``), passed on to the job; none for other sources.

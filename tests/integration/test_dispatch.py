@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,6 +36,10 @@ class FlakyBackend:
     async def start(self, reporter: JobReporter) -> None: ...
 
     async def stop(self) -> None: ...
+
+    follows_jobs = False
+
+    async def follow_jobs(self, up: Callable[[], None]) -> None: ...
 
     def free_slots(self) -> int:
         return 10
@@ -119,10 +124,18 @@ async def test_gives_up_visibly_after_max_attempts(database: Database) -> None:
 async def test_local_submissions_stay_claimed_until_recovered(database: Database) -> None:
     job_id = await one_event(database)
     backend = FlakyBackend(failures=0, durable=False)
-    assert await Dispatcher(database, backend, max_attempts=3).dispatch_once() == 1
+    first = Dispatcher(database, backend, max_attempts=3, replica="gone", lease=1.0)
+    assert await first.dispatch_once() == 1
     # Not durable: the event stays claimed while the job lives in this process only.
     assert await event_status(database) == {"claimed": 1}
-    assert await recover(database) == 1  # what a restart does
+    if database.alone:
+        assert await recover(database) == 1  # alone on SQLite: every claim is a previous run's
+    else:
+        # Several managers may share PostgreSQL: a claim under its lease may be a live replica's.
+        assert await recover(database) == 0
+        assert await event_status(database) == {"claimed": 1}
+        await asyncio.sleep(1.1)
+        assert await recover(database) == 1  # lapsed: its replica stopped renewing it
     again = FlakyBackend(failures=0, durable=False)
     assert await Dispatcher(database, again, max_attempts=3).dispatch_once() == 1
     assert again.accepted == [job_id]
@@ -130,6 +143,40 @@ async def test_local_submissions_stay_claimed_until_recovered(database: Database
         job = await tx.jobs.get("cowsay", job_id)
     assert job is not None
     assert job.attempts == 2
+
+
+async def claims(database: Database) -> dict[str, str | None]:
+    """The claimed events' jobs and the replica holding each."""
+    async with database.reading() as tx:
+        return await tx.events.holders()
+
+
+async def test_a_live_replica_keeps_its_claims_and_a_dead_ones_go_back(database: Database) -> None:
+    """Two replicas on one database: one claims and keeps renewing; the other's claims lapse, go back to
+    the queue and are taken by the live one. Handing back at stop gives the rest away at once."""
+    live_job = await one_event(database, fresh=True)
+    live = Dispatcher(
+        database, FlakyBackend(failures=0, durable=False), max_attempts=3, replica="a", lease=1.0
+    )
+    assert await live.dispatch_once() == 1
+    dead_job = await one_event(database, fresh=True)
+    dead = Dispatcher(
+        database, FlakyBackend(failures=0, durable=False), max_attempts=3, replica="b", lease=1.0
+    )
+    assert await dead.dispatch_once() == 1
+    assert await claims(database) == {live_job: "a", dead_job: "b"}
+
+    for _ in range(3):  # past the lease, "a" renewing as its lease keeper does
+        await asyncio.sleep(0.4)
+        await live.keep_leases()
+    assert await claims(database) == {live_job: "a"}  # "b"'s lapsed: back in the queue
+    assert await event_status(database) == {"claimed": 1, "pending": 1}
+    assert await live.dispatch_once() == 1
+    assert await claims(database) == {live_job: "a", dead_job: "a"}
+
+    assert await live.hand_back() == 2
+    assert await claims(database) == {}
+    assert await event_status(database) == {"pending": 2}
 
 
 async def test_events_of_deleted_services_fail_without_a_job(database: Database) -> None:
@@ -221,7 +268,8 @@ async def test_jobs_a_previous_process_left_unfinished_are_rerun_or_marked_faile
     rerun = await one_event(database, fresh=True)
     orphan = await one_event(database, fresh=True)
     backend = FlakyBackend(failures=0, durable=False)
-    assert await Dispatcher(database, backend, max_attempts=3).dispatch_once() == 2
+    # A process gone long enough for its claims' lease to have lapsed (on PostgreSQL that counts).
+    assert await Dispatcher(database, backend, max_attempts=3, lease=0.0).dispatch_once() == 2
     async with database.transaction() as tx:
         await tx.jobs.mark_running_many({rerun: datetime.now(UTC), orphan: datetime.now(UTC)})
         await tx.events.complete_for_job(orphan)

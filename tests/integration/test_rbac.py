@@ -136,7 +136,8 @@ async def test_the_backend_lifecycle_needs_exactly_the_shipped_rbac(plane: Plane
     ns = plane.namespace
     async with plane.backend() as kube:
         reporter = RecordingReporter()
-        await kube.start(reporter)  # the job watcher: list, then watch
+        await kube.start(reporter)
+        following = asyncio.create_task(kube.follow_jobs(lambda: None))  # the job watcher: list, watch
         try:
             await asyncio.wait_for(kube.watching.wait(), timeout=20)
 
@@ -196,6 +197,8 @@ async def test_the_backend_lifecycle_needs_exactly_the_shipped_rbac(plane: Plane
             await kube.remove_service(stored_service("secretive", namespace=ns))
             await until_async(plane.jobs, lambda jobs: jobs == [])
         finally:
+            following.cancel()
+            await asyncio.gather(following, return_exceptions=True)
             await kube.stop()
 
     # A watch is audited when it ends: the job watcher's once the backend stopped, so wait for it.
