@@ -1,11 +1,11 @@
 """One serving process per SQLite file.
 
 SQLite's own locking keeps a second process from corrupting the file, but not from running: two managers
-on one file would each release the other's claimed events at start-up and run them twice, and each would
-believe it alone watches the buckets. So the serving process holds an exclusive ``flock`` on a lock file
-beside the database (``<db>.lock``) for its whole life, and a second one is refused before it migrates
-or touches anything. The kernel drops the lock when the process ends, however it ends (no stale lock after
-``kill -9``). PostgreSQL is what several replicas share.
+on one file would both do the work that must have one owner (claiming events, watching buckets and jobs),
+since leases and leader election are PostgreSQL's. So the serving process holds an exclusive ``flock`` on
+a lock file beside the database (``<db>.lock``) for its whole life, and a second one is refused before it
+migrates or touches anything. The kernel drops the lock when the process ends, however it ends (no stale
+lock after ``kill -9``). PostgreSQL is what several replicas share.
 """
 
 from __future__ import annotations
