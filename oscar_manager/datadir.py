@@ -48,7 +48,8 @@ def loose_paths(settings: Settings) -> list[tuple[Path, int]]:
     data_dir = settings.oscar_data_dir
     candidates = [
         data_dir,
-        *(data_dir / name for name in ("oscar.db", "oscar.db-wal", "oscar.db-shm", "presign-key")),
+        *(data_dir / name for name in ("oscar.db", "oscar.db-wal", "oscar.db-shm")),
+        settings.presign_key_file,
         settings.password_file,
         settings.webhook_token_file,
         settings.buckets_dir,

@@ -39,7 +39,7 @@ from oscar_manager.operations.ratelimit import RateLimiter
 from oscar_manager.operations.service_listing import RenderedServices
 from oscar_manager.operations.uploaders import Uploaders
 from oscar_manager.registry.leadership import Leadership
-from oscar_manager.settings import BackendKind, Settings, kept_secret
+from oscar_manager.settings import PRESIGN_KEY_BYTES, BackendKind, Settings, kept_secret
 from oscar_manager.storage.base import ObjectStore
 from oscar_manager.storage.egress import EgressPolicy
 from oscar_manager.storage.leftovers import sweep_all, sweep_older
@@ -60,9 +60,12 @@ log = logging.getLogger(__name__)
 BUCKET_RULES_REPAIR_INTERVAL = 10.0
 
 
-def _presign_secret(path: Path) -> bytes:
-    """Kept in the data directory, so URLs handed out stay valid across a restart until they expire."""
-    return bytes.fromhex(kept_secret(path, lambda: secrets.token_hex(32)))
+def _presign_secret(settings: Settings) -> bytes:
+    """OSCAR_PRESIGN_KEY (shared by replicas), else kept in the data directory, so URLs handed out stay
+    valid across a restart until they expire."""
+    if settings.oscar_presign_key:
+        return bytes.fromhex(settings.oscar_presign_key)
+    return bytes.fromhex(kept_secret(settings.presign_key_file, lambda: secrets.token_hex(PRESIGN_KEY_BYTES)))
 
 
 def unprivileged_user() -> tuple[int, int]:
@@ -166,7 +169,7 @@ class Runtime:
                 settings.oscar_provider_allowed_networks, listen_host=settings.oscar_host
             ),
         )
-        self.presigner = PresignSigner(_presign_secret(settings.oscar_data_dir / "presign-key"))
+        self.presigner = PresignSigner(_presign_secret(settings))
         self.backend = backend if backend is not None else local_backend(settings, self.stores)
         self.replica = replica_name()
         self.dispatcher = Dispatcher(

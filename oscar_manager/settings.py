@@ -20,6 +20,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
+# The generated presign key's size, and the least a given one may have.
+PRESIGN_KEY_BYTES = 32
 _HOST_NAME = re.compile(r"(?i)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*")
 
 
@@ -37,6 +39,9 @@ class Settings(BaseSettings):
     oscar_password: str = ""
     oscar_host: str = "127.0.0.1"
     oscar_service_port: int = Field(default=8080, ge=1, le=65535)
+    # Seconds requests in flight get to finish after SIGTERM (new connections are refused at once) before
+    # they are cut and the manager shuts down. Kubernetes' terminationGracePeriodSeconds must exceed it.
+    oscar_graceful_shutdown_timeout: int = Field(default=25, ge=1)
     read_timeout: int = Field(default=300, gt=0)
     write_timeout: int = Field(default=300, gt=0)
     # Bodies parsed in memory (service definitions, events) are refused above this size with 413.
@@ -60,6 +65,9 @@ class Settings(BaseSettings):
     oscar_database_url: str = ""
     oscar_backend: BackendKind = BackendKind.LOCAL
     oscar_git_commit: str = ""
+    # The key signing the local buckets' presigned URLs (hex, at least 32 bytes). Empty: generated once into
+    # the data directory. Replicas serving the same buckets need the same one (each accepts the others' URLs).
+    oscar_presign_key: str = ""
     # Bodies of /run (base64 files) may be larger than definitions: they have their own limit.
     oscar_max_run_body_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     # The largest sync /run answer (before base64), checked from the outputs' sizes before any is read; a
@@ -185,6 +193,22 @@ class Settings(BaseSettings):
     def _empty_port_is_off(cls, value: Any) -> Any:
         return 0 if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("oscar_presign_key")
+    @classmethod
+    def _hex_key_of_32_bytes(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            return value
+        try:
+            key = bytes.fromhex(value)
+        except ValueError:
+            raise ValueError("must be hexadecimal (e.g. the output of `openssl rand -hex 32`)") from None
+        if len(key) < PRESIGN_KEY_BYTES:
+            raise ValueError(
+                f"must be at least {PRESIGN_KEY_BYTES} bytes ({2 * PRESIGN_KEY_BYTES} hex digits)"
+            )
+        return value
+
     @field_validator("oscar_provider_allowed_networks")
     @classmethod
     def _networks_or_hosts(cls, value: list[str]) -> list[str]:
@@ -220,6 +244,10 @@ class Settings(BaseSettings):
     def serves_s3(self) -> bool:
         """The manager serves the local buckets over S3 itself (``api/s3``)."""
         return not self.uses_minio and self.oscar_s3_port != 0
+
+    @property
+    def presign_key_file(self) -> Path:
+        return self.oscar_data_dir / "presign-key"
 
     @property
     def webhook_token_file(self) -> Path:

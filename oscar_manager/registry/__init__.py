@@ -2,7 +2,7 @@
 
 One code path serves PostgreSQL (asyncpg) and SQLite (aiosqlite); what differs between them is confined
 to ``database.py`` (engines, locking), ``hot_statements.py`` (which ``INSERT`` has ``ON CONFLICT``) and
-``locks.py`` (named locks across replicas).
+``locks.py`` (named locks across replicas); ``single_process.py`` keeps a SQLite file to one serving process.
 Every query lives in a repository, one a module (``service_repository``, ``event_repository``,
 ``job_repository``, ``mark_repository``): they turn rows into domain objects and back, and flush but never
 commit (the transaction belongs to ``Database.transaction``).

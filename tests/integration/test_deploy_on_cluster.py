@@ -4,6 +4,9 @@ validation (a field the apiserver does not know is refused, not dropped); the ma
 pods that the ``oscar`` namespace's Pod Security level admits for real; and a Job as the manager writes it
 is admitted in a namespace labelled like the shipped ``oscar-svc`` with no Pod Security warning.
 
+The overlay for replicas (``deploy/kubernetes-ha``, rendered by kustomize) is accepted the same way
+(dry-run) and its pods admitted.
+
 The Deployment's pods are created (admitted) but stay Pending: the plane has no storage provisioner for
 their PersistentVolumeClaim. That is as far as admission goes; running the manager is the other tests'.
 """
@@ -20,7 +23,7 @@ import pytest
 
 from oscar_manager.backends import manifests
 from tests.support.cluster_view import until_async
-from tests.support.deploy import all_objects, find
+from tests.support.deploy import KUBERNETES_HA, all_objects, find, kustomize
 from tests.support.factories import stored_service
 from tests.support.kube_cluster import SHIPPED_NAMESPACE, apply, create_namespace, object_path, shipped
 
@@ -121,6 +124,34 @@ async def test_the_manager_namespace_refuses_a_pod_short_of_its_level(kube_admin
     answer = await kube_admin.post(f"/api/v1/namespaces/{namespace}/pods", params={"dryRun": "All"}, json=pod)
     assert answer.status_code == 403, answer.text
     assert 'violates PodSecurity "restricted:v1.37"' in answer.json()["message"]
+
+
+async def test_the_replicas_overlay_is_accepted_with_strict_field_validation_and_no_warning(
+    kube_admin: httpx.AsyncClient,
+) -> None:
+    """deploy/kubernetes-ha as kustomize renders it (its Deployment's preStop sleep action, anti-affinity
+    and rolling update, its PodDisruptionBudget), dry-run: the base's objects are the applied ones."""
+    for obj in kustomize(KUBERNETES_HA):
+        answer = await apply(kube_admin, obj, dry_run=True)
+        assert answer.status_code in (200, 201), (key(obj), answer.text)
+        assert answer.headers.get_list("warning") == [], key(obj)
+    (deployment,) = [obj for obj in kustomize(KUBERNETES_HA) if obj["kind"] == "Deployment"]
+    stored = (await apply(kube_admin, deployment, dry_run=True)).json()["spec"]["template"]["spec"]
+    # Kept, not dropped as a field of a gate this apiserver has off.
+    assert stored["containers"][0]["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
+
+
+async def test_the_replicas_pods_are_admitted_by_the_manager_namespaces_pod_security_level(
+    kube_admin: httpx.AsyncClient,
+) -> None:
+    (deployment,) = [obj for obj in kustomize(KUBERNETES_HA) if obj["kind"] == "Deployment"]
+    template = deployment["spec"]["template"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "replica", **template["metadata"]}}
+    pod["spec"] = template["spec"]
+    namespace = deployment["metadata"]["namespace"]
+    answer = await kube_admin.post(f"/api/v1/namespaces/{namespace}/pods", params={"dryRun": "All"}, json=pod)
+    assert answer.status_code == 201, answer.text
+    assert answer.headers.get_list("warning") == []
 
 
 def a_job(namespace: str) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -10,10 +12,13 @@ from typing import Any
 import yaml
 
 from oscar_manager.settings import Settings
+from tests.support.components import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
+# The overlay for several replicas on PostgreSQL (its base is KUBERNETES).
+KUBERNETES_HA = DEPLOY / "kubernetes-ha"
 COMPOSE_FILE = DEPLOY / "docker-compose.yml"
 # Not a Kubernetes object: kustomize's own file, checked separately.
 KUSTOMIZATION = "kustomization.yaml"
@@ -51,6 +56,20 @@ def find(kind: str, name: str, *, examples: bool = False) -> dict[str, Any]:
 
 def of_kind(kind: str, *, examples: bool = False) -> list[dict[str, Any]]:
     return [doc for doc in all_objects(examples=examples) if doc["kind"] == kind]
+
+
+def kustomize(directory: Path) -> list[dict[str, Any]]:
+    """The objects ``kubectl apply -k <directory>`` would apply, rendered by kustomize itself (``kubectl
+    kustomize``, or a standalone ``kustomize build``)."""
+    if kubectl := shutil.which("kubectl"):
+        command = [kubectl, "kustomize", str(directory)]
+    elif standalone := shutil.which("kustomize"):
+        command = [standalone, "build", str(directory)]
+    else:
+        unavailable("neither kubectl nor kustomize is installed: cannot render a kustomization")
+    rendered = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert rendered.returncode == 0, rendered.stderr
+    return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc is not None]
 
 
 def compose() -> dict[str, Any]:

@@ -47,6 +47,7 @@ _PLURALS = {
     "Service": "services",
     "Deployment": "deployments",
     "PersistentVolumeClaim": "persistentvolumeclaims",
+    "PodDisruptionBudget": "poddisruptionbudgets",
 }
 
 

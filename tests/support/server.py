@@ -30,23 +30,26 @@ class RunningServer:
         return (self.workdir / "oscar-data" / "admin-password").read_text().strip()
 
 
-def _executable() -> list[str]:
+def serve_command() -> list[str]:
     found = shutil.which("oscar-manager", path=str(Path(sys.executable).parent))
-    return [found] if found else [sys.executable, "-m", "oscar_manager"]
+    return [*([found] if found else [sys.executable, "-m", "oscar_manager"]), "serve"]
 
 
-def start_server(workdir: Path, port: int, *, env: dict[str, str] | None = None) -> RunningServer:
-    # Only what a fresh shell would have: no OSCAR_*/MINIO_*/OIDC_* settings but those given.
+def server_environment(port: int, env: dict[str, str] | None = None) -> dict[str, str]:
+    """Only what a fresh shell would have: no OSCAR_*/MINIO_*/OIDC_* settings but those given."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("OSCAR_", "MINIO_", "OIDC_"))}
     environment.update(env or {})
     environment["OSCAR_SERVICE_PORT"] = str(port)
     # Each server its own S3 face port, so that servers of tests running side by side never collide.
     environment.setdefault("OSCAR_S3_PORT", str(free_port()))
+    return environment
+
+
+def start_server(workdir: Path, port: int, *, env: dict[str, str] | None = None) -> RunningServer:
+    environment = server_environment(port, env)
     s3_port = int(environment["OSCAR_S3_PORT"] or 0)
     with (workdir / "server.log").open("ab") as log:
-        process = subprocess.Popen(
-            [*_executable(), "serve"], cwd=workdir, env=environment, stdout=log, stderr=log
-        )
+        process = subprocess.Popen(serve_command(), cwd=workdir, env=environment, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -85,3 +85,12 @@ def test_basic_authenticator() -> None:
         with pytest.raises(Unauthorized) as caught:
             auth.authenticate(header)
         assert caught.value.headers["WWW-Authenticate"].startswith("Basic")
+
+
+def test_the_presign_key_is_hex_of_at_least_32_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OSCAR_PRESIGN_KEY", "ab" * 32)
+    assert Settings().oscar_presign_key == "ab" * 32
+    for bad, reason in (("ab" * 31, "at least 32 bytes"), ("zz" * 32, "hexadecimal")):
+        monkeypatch.setenv("OSCAR_PRESIGN_KEY", bad)
+        with pytest.raises(ValueError, match=reason):
+            Settings()

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -17,6 +18,8 @@ from oscar_manager.registry import Database
 from oscar_manager.registry.tables import JobRow
 from oscar_manager.settings import Settings
 from tests.support.app import NO_AUTH, app_client, create_io_service
+from tests.support.databases import SqliteDatabases
+from tests.support.factories import make_settings
 from tests.support.jobs import wait_for_jobs
 
 pytestmark = pytest.mark.asyncio
@@ -343,3 +346,38 @@ class TestPresign:
         await client.post("/system/buckets", json={"bucket_name": "data"})
         await client.put("/system/buckets/data/objects/x.txt", content=b"x")
         assert (await self.presign(client, **body)).status_code == status
+
+    @pytest.mark.parametrize("shared_key", [True, False], ids=["OSCAR_PRESIGN_KEY", "generated"])
+    async def test_replicas_accept_each_others_urls_only_with_one_presign_key(
+        self, sqlite_databases: SqliteDatabases, tmp_path: Path, shared_key: bool
+    ) -> None:
+        """Two managers, each with its own data directory (as replicas on Kubernetes): a URL one hands out
+        is good at whichever the load balancer picks only if they sign with one key. (Each has its own
+        database and local buckets here, holding the same bucket and key: what they share is the point.)"""
+        given = {"oscar_presign_key": "5e" * 32} if shared_key else {}
+        replicas = [
+            make_settings(
+                database_url=sqlite_databases.create(tmp_path / f"{name}.db", migrated=True),
+                data_dir=tmp_path / name,
+                **given,
+            )
+            for name in "ab"
+        ]
+        async with app_client(replicas[0]) as first, app_client(replicas[1]) as second:
+            for client, content in ((first, b"on a"), (second, b"on b")):
+                await client.post("/system/buckets", json={"bucket_name": "data"})
+                await client.put("/system/buckets/data/objects/x.txt", content=content)
+            download = urlsplit((await self.presign(first, object_key="x.txt")).json()["url"])
+            upload = urlsplit(
+                (await self.presign(first, object_key="y.txt", operation="upload")).json()["url"]
+            )
+            got = await second.get(f"{download.path}?{download.query}", auth=NO_AUTH)
+            put = await second.put(f"{upload.path}?{upload.query}", content=b"y", auth=NO_AUTH)
+        if shared_key:
+            assert (got.status_code, got.content) == (200, b"on b")
+            assert put.status_code == 201
+        else:
+            assert got.status_code == put.status_code == 403
+            assert "signature does not match" in got.text
+        # A given key is not written into the data directory; a generated one is kept there.
+        assert all(settings.presign_key_file.exists() is not shared_key for settings in replicas)
