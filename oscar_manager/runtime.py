@@ -183,7 +183,7 @@ class Runtime:
             lease=settings.oscar_claim_lease,
         )
         self.dispatch_loop = LoopWorker(
-            "dispatcher", self.dispatcher.dispatch_more, interval=settings.oscar_dispatch_interval
+            "dispatcher", self.dispatcher.dispatch_round, interval=settings.oscar_dispatch_interval
         )
         self.dispatcher.wake = self.dispatch_loop.wake
         # Jobs of an upload are its uploader's when that is a user's own MinIO user (issue 16).
@@ -192,7 +192,7 @@ class Runtime:
             if minio_users is not None
             else None
         )
-        self.intake = Intake(self.database, wake=self.dispatch_loop.wake, uploaders=uploaders)
+        self.intake = Intake(self.database, dispatch=self.dispatcher.claim_after_writes, uploaders=uploaders)
         self.webhook_token = _webhook_token(settings)
         self._minio = minio
         # OIDC users' own MinIO users (issue 16): only with OIDC on and MinIO as ``minio.default``.
@@ -418,7 +418,7 @@ class Runtime:
         reporter = DatabaseJobReporter(
             self.database,
             complete_events_on_finish=not self.backend.durable_submissions,
-            wake=self.dispatch_loop.wake,
+            wake=self.dispatcher.slot_freed,
         )
         await self.backend.start(reporter)
         for task in self._tasks:
@@ -431,6 +431,7 @@ class Runtime:
             if not self.watcher.ready.is_set():
                 log.error("the local bucket watcher did not start within 30 s")
         if self.settings.oscar_dispatch:
+            self.dispatcher.claiming = True
             self.dispatch_loop.start()
         else:
             log.warning("OSCAR_DISPATCH is off: events are recorded but no job runs")
@@ -448,6 +449,7 @@ class Runtime:
     async def stop(self) -> None:
         """Claim nothing more, let another replica lead, stop the jobs of this process and hand their
         events back to the queue (another replica runs them at once, or this one when it starts again)."""
+        self.dispatcher.claiming = False
         await self.dispatch_loop.stop()
         await self.dispatcher.stop()
         await self.leader.stop()

@@ -18,6 +18,10 @@ from oscar_manager.registry.job_repository import PreparedJob
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 64
+# How long the completion of submitted events may wait to ride in the transaction of another write (the
+# next intake, usually): until then they stay claimed, which only a restart would notice (their Jobs are
+# made again, and answer 409: done).
+COMPLETION_WAIT = 0.05
 
 
 def backoff(attempt: int) -> float:
@@ -112,19 +116,75 @@ class Dispatcher:
         self._rate = limiter if limiter is not None else RateLimiter(0)
         self._handing = 0  # claimed, not yet handed to the backend (waiting for the rate limit)
         self._batches: set[asyncio.Task[None]] = set()
-        # Called when a submission ends, so the dispatch loop claims again (set by the runtime).
+        # Whether the last claim had fewer slots than events due (or none): only then does a slot freed
+        # call for another claim at once.
+        self._cut_short = False
+        self._next_claim: asyncio.Future[tuple[int, list[tuple[ClaimedEvent, Service]]]] | None = None
+        # Called when a claim may find more (slots freed while events waited): the dispatch loop's wake-up
+        # (set by the runtime).
         self.wake: Callable[[], None] = lambda: None
+        # Whether :meth:`claim_after_writes` claims: set by the runtime while dispatching is on.
+        self.claiming = False
+
+    def _free_slots(self) -> int:
+        return min(self._backend.free_slots() - self._handing, MAX_BATCH)
+
+    async def _claim_due(self, tx: Transaction) -> tuple[int, list[tuple[ClaimedEvent, Service]]]:
+        """Claim as many due events as there are slots, counted as the claim runs (so that claims queued
+        together do not take the same slots twice)."""
+        slots = self._free_slots()
+        if slots <= 0:
+            self._cut_short = True
+            return 0, []
+        claimed, ready = await _claim(
+            tx, limit=slots, lookup=self._database.service, replica=self.replica, lease=self.lease
+        )
+        self._cut_short = claimed == slots
+        # They hold slots until handed to the backend (after the rate limit), unless this is rolled back.
+        self._handing += len(ready)
+        tx.on_rollback(lambda: self._release(len(ready)))
+        return claimed, ready
+
+    def _release(self, slots: int) -> None:
+        self._handing -= slots
 
     async def _claim_free_slots(self) -> tuple[int, list[tuple[ClaimedEvent, Service]]]:
-        slots = min(self._backend.free_slots() - self._handing, MAX_BATCH)
-        if slots <= 0:
+        if self._free_slots() <= 0:
+            self._cut_short = True
             return 0, []
-        lookup, replica, lease = self._database.service, self.replica, self.lease
-        claimed, ready = await self._database.write(
-            lambda tx: _claim(tx, limit=slots, lookup=lookup, replica=replica, lease=lease)
-        )
-        self._handing += len(ready)  # they hold slots until handed to the backend (after the rate limit)
-        return claimed, ready
+        return await self._database.write(self._claim_due)
+
+    def claim_after_writes(self) -> None:
+        """Claim at the end of the next group of writes, in their transaction, and submit what it took
+        once that commits: the intake calls this as it queues its events, so that one transaction
+        records and claims them (rather than a claim of its own after theirs)."""
+        if not self.claiming:
+            return
+        claim = self._database.queue_write_last(self._claim_due)
+        if claim is not self._next_claim:  # not asked for already in this group
+            self._next_claim = claim
+            claim.add_done_callback(self._claimed_after_writes)
+
+    def _claimed_after_writes(
+        self, claim: asyncio.Future[tuple[int, list[tuple[ClaimedEvent, Service]]]]
+    ) -> None:
+        if claim.cancelled() or not self.claiming:  # stopped: what it claimed goes back at the next start
+            return
+        if claim.exception() is not None:
+            log.warning(
+                "a claim after the intake failed (%s); the dispatch loop tries again", claim.exception()
+            )
+            self.wake()
+            return
+        _claimed, ready = claim.result()
+        self._submit_in_background(ready)
+        if self._cut_short:
+            self.wake()
+
+    def slot_freed(self) -> None:
+        """A submission or a job ended: claim again if events were left waiting for slots."""
+        if self._cut_short:
+            self.wake()
 
     async def dispatch_once(self) -> int:
         """Claim what the backend can take, submit it and record the outcome; return how many events
@@ -138,11 +198,21 @@ class Dispatcher:
         claim (for slots freed meanwhile) need not wait for the slowest submission of this batch. For the
         dispatch loop; :meth:`stop` ends what is under way."""
         claimed, ready = await self._claim_free_slots()
+        self._submit_in_background(ready)
+        return claimed
+
+    async def dispatch_round(self) -> int:
+        """The dispatch loop's round: :meth:`dispatch_more`, counting the claimed events only when more
+        may be due (the claim had fewer slots than events), so the loop goes again at once only then
+        rather than claiming nothing in a transaction of its own after every batch."""
+        claimed = await self.dispatch_more()
+        return claimed if self._cut_short else 0
+
+    def _submit_in_background(self, ready: list[tuple[ClaimedEvent, Service]]) -> None:
         if ready:
             task = asyncio.create_task(self._submit_all(ready), name="dispatch-batch")
             self._batches.add(task)
             task.add_done_callback(self._batch_done)
-        return claimed
 
     def _batch_done(self, task: asyncio.Task[None]) -> None:
         self._batches.discard(task)
@@ -186,7 +256,10 @@ class Dispatcher:
             event.id for (event, _service), failure in zip(ready, failures, strict=True) if failure is None
         ]
         if submitted and self._backend.durable_submissions:
-            await self._database.write(lambda tx: tx.events.complete(submitted))
+            complete = self._database.queue_write_later(
+                lambda tx: tx.events.complete(submitted), within=COMPLETION_WAIT
+            )
+            await complete
         for (event, _service), failure in zip(ready, failures, strict=True):
             if failure is not None:
                 await self._failed_submission(event, failure[0], final=failure[1])
@@ -208,7 +281,7 @@ class Dispatcher:
         except SubmissionRefused as exc:
             return exc.message, True
         finally:
-            self.wake()
+            self.slot_freed()
         return None
 
     async def _failed_submission(self, event: ClaimedEvent, reason: str, *, final: bool = False) -> None:

@@ -127,21 +127,25 @@ async def _record_upload(tx: Transaction, event: NewEvent) -> bool:
 
 
 class Intake:
-    """Records events and wakes the dispatcher once they are committed. Events arriving at the same time
-    are written by one statement and committed together (group commit): each caller is answered once its
-    own events are committed.
+    """Records events, and has the dispatcher claim them in the same transaction. Events arriving at the
+    same time are written by one statement and committed together (group commit): each caller is
+    answered once its own events are committed.
+
+    ``dispatch`` is called once events are queued for writing (``Dispatcher.claim_after_writes``): the
+    claim it queues runs after them in their transaction, so an event arriving alone costs one commit
+    for its record and its claim.
     """
 
     def __init__(
-        self, database: Database, *, wake: Callable[[], None], uploaders: Uploaders | None = None
+        self, database: Database, *, dispatch: Callable[[], None], uploaders: Uploaders | None = None
     ) -> None:
         self._database = database
-        self._wake = wake
+        self._dispatch = dispatch
         # None: users have no MinIO users of their own (no OIDC, or no MinIO), so no upload is a user's.
         self._uploaders = uploaders
         # Events of requests arriving together: one INSERT, one commit.
         self._batch: WriteBatch[NewEvent, bool] = WriteBatch(
-            database, lambda tx, events: tx.events.enqueue_many(events)
+            database, lambda tx, events: tx.events.enqueue_many(events), after_queued=dispatch
         )
         # Storage events since start: new, duplicates, ignored (shown by /system/info).
         self.counters: Counter[str] = Counter()
@@ -179,10 +183,7 @@ class Intake:
             return Accepted(job_ids=[], new=0)
         uploaded = {} if owner is not None else await self._owners(item.uploader for item in items)
         events = [_new_event(service.name, item, owner or uploaded.get(item.uploader)) for item in items]
-        accepted = _accepted(events, await self._batch.add(events))
-        if accepted.new:
-            self._wake()
-        return accepted
+        return _accepted(events, await self._batch.add(events))
 
     async def object_event(self, *, service: str, event: ObjectEvent) -> Accepted:
         """An object a listing found (``events.reconcile``). A listing does not tell who uploaded it, so
@@ -192,10 +193,7 @@ class Intake:
         legacy_until = await self._legacy_object_keys_until()
         item = _Item(event.dedup_key(service, legacy_until=legacy_until), payload)
         events = [_new_event(service, item, None)]
-        accepted = _accepted(events, await self._batch.add(events))
-        if accepted.new:
-            self._wake()
-        return accepted
+        return _accepted(events, await self._batch.add(events))
 
     async def storage_events(self, events: list[ObjectEvent]) -> Routed:
         """Record each object event for every service whose input folder holds the object.
@@ -226,8 +224,8 @@ class Intake:
                     duplicates += not recorded
             return Routed(new=new, duplicates=duplicates, ignored=ignored)
 
-        routed = await self._database.write(route)
+        written = self._database.queue_write(route)
+        self._dispatch()
+        routed = await written
         self.counters.update(new=routed.new, duplicates=routed.duplicates, ignored=routed.ignored)
-        if routed.new:
-            self._wake()
         return routed

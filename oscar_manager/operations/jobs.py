@@ -25,6 +25,10 @@ logger = logging.getLogger(__name__)
 # At most this long between attempts to record a job's end.
 _MAX_RECORD_DELAY = 30.0
 
+# How long a job's start may wait to ride in the transaction of another write (an intake, a claim): a
+# start alone is not worth a commit of its own, and the job shows Running that much later at most.
+START_WAIT = 0.05
+
 # Job logs read at a time when recent ones are gathered (a log may hold up to the output budget).
 _LOG_BATCH = 20
 
@@ -62,7 +66,9 @@ class DatabaseJobReporter:
         if self._starts is None:
             starts: dict[str, datetime] = {}
             self._starts = starts
-            written = self._database.queue_write(lambda tx: self._write_starts(tx, starts))
+            written = self._database.queue_write_later(
+                lambda tx: self._write_starts(tx, starts), within=START_WAIT
+            )
             written.add_done_callback(_log_failure)
         self._starts[job_id] = at
 

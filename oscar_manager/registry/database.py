@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
@@ -18,6 +17,7 @@ from oscar_manager.domain.service import Service
 from oscar_manager.registry import sqlite_inline
 from oscar_manager.registry.bucket_repository import BucketRepository
 from oscar_manager.registry.event_repository import EventRepository
+from oscar_manager.registry.group_commit import GroupCommit, Work
 from oscar_manager.registry.identity_repository import IdentityRepository
 from oscar_manager.registry.job_repository import JobRepository
 from oscar_manager.registry.mark_repository import MarkRepository
@@ -26,16 +26,10 @@ from oscar_manager.registry.service_repository import ServiceRepository
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-I = TypeVar("I")  # noqa: E741 - an item
-R = TypeVar("R")  # its result
-Work = Callable[["Transaction"], Awaitable[T]]
 
 # How long a cached service is trusted without a change committed by this process: a change made by
 # another replica on the same database shows within this.
 SERVICE_CACHE_SECONDS = 5.0
-
-# Writes committed together at most: bounds how long one commit keeps the others waiting.
-MAX_GROUP = 256
 
 
 class Transaction:
@@ -128,8 +122,7 @@ class Database:
         self._read_engine = create_engine(url, writer=False) if self._sqlite_writer else self.engine
         self._read_sessions = async_sessionmaker(self._read_engine, expire_on_commit=False)
         # Group commit (:meth:`write`): writes queued while a commit is under way go in the next one.
-        self._queued: deque[tuple[Work[Any], asyncio.Future[Any]]] = deque()
-        self._committer: asyncio.Task[None] | None = None
+        self._group = GroupCommit(self.transaction)
         # Services by name for :meth:`service`: (generation, service, loop time fetched). The generation
         # goes up once a transaction that changed services has committed; older entries are not used.
         self._services_generation = 0
@@ -197,63 +190,30 @@ class Database:
 
     async def write(self, work: Work[T]) -> T:
         """``work(tx)``'s result once it is committed, in a transaction it may share with other writes
-        (group commit): one commit, and on SQLite one turn of the writer lock, for all the writes that
-        queued up meanwhile. Works run one after the other, in the order they were queued; each sees the
-        ones before it. When one raises, the group is rolled back and each of its works is run again in a
-        transaction of its own, so an error reaches only the caller whose work raised it.
+        (group commit, :mod:`~oscar_manager.registry.group_commit`): one commit, and on SQLite one turn
+        of the writer lock, for all the writes that queued up meanwhile. Works run one after the other,
+        in the order they were queued; each sees the ones before it. When one raises, the group is rolled
+        back and each of its works is run again in a transaction of its own, so an error reaches only the
+        caller whose work raised it.
 
         For short units of work that need no answer from outside the database before they commit.
         Cancelling the caller does not withdraw a work that has started: it may still be committed.
         """
-        return await self.queue_write(work)
+        return await self._group.queue(work)
 
     def queue_write(self, work: Work[T]) -> asyncio.Future[T]:
         """As :meth:`write`, without waiting: the future is done once the work is committed (or failed)."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queued.append((work, future))
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit_queued(), name="database-group-commit")
-        return future
+        return self._group.queue(work)
 
-    async def _commit_queued(self) -> None:
-        group: list[tuple[Work[Any], asyncio.Future[Any]]] = []
-        try:
-            while self._queued:
-                group = []
-                while self._queued and len(group) < MAX_GROUP:
-                    work, future = self._queued.popleft()
-                    if not future.cancelled():  # withdrawn before it started
-                        group.append((work, future))
-                if not group:
-                    continue
-                try:
-                    async with self.transaction() as tx:
-                        results = [await work(tx) for work, _future in group]
-                except Exception as exc:
-                    if len(group) == 1:
-                        _settle(group[0][1], exc=exc)
-                    else:
-                        await self._commit_one_by_one(group)
-                else:
-                    for (_work, future), result in zip(group, results, strict=True):
-                        _settle(future, result=result)
-                group = []
-        except BaseException:
-            # Cancelled (shutting down): nothing queued waits forever.
-            for _work, future in [*group, *self._queued]:
-                future.cancel()
-            self._queued.clear()
-            raise
+    def queue_write_later(self, work: Work[T], *, within: float) -> asyncio.Future[T]:
+        """As :meth:`queue_write`, for a write that can wait up to ``within`` seconds: it goes in the
+        transaction of the next write that cannot (or in one of its own once that time is up)."""
+        return self._group.queue_later(work, within=within)
 
-    async def _commit_one_by_one(self, group: list[tuple[Work[Any], asyncio.Future[Any]]]) -> None:
-        for work, future in group:
-            try:
-                async with self.transaction() as tx:
-                    result = await work(tx)
-            except Exception as exc:
-                _settle(future, exc=exc)
-            else:
-                _settle(future, result=result)
+    def queue_write_last(self, work: Work[T]) -> asyncio.Future[T]:
+        """``work`` run once at the end of the next group of writes, after every other write in it (those
+        queued after this call too); asked for again before that group starts, the same run."""
+        return self._group.queue_last(work)
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[Transaction]:
@@ -267,55 +227,9 @@ class Database:
             await connection.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
-        if self._committer is not None and not self._committer.done():
-            # Let queued writes (such as job progress) be committed before the connections go.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self._committer), 10)
+        # Let queued writes (such as job progress) be committed before the connections go.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._group.flush(), 10)
         await self.engine.dispose()
         if self._read_engine is not self.engine:
             await self._read_engine.dispose()
-
-
-class WriteBatch(Generic[I, R]):
-    """Items added while a write of earlier ones is still queued join that write: one statement for all
-    of them (``write_many(tx, items)`` returns a result per item), committed by :meth:`Database.write`.
-    Each caller gets the results of its own items once they are committed. Should the write of a batch
-    fail, each of its callers writes its own items alone, so an error reaches only the caller at fault.
-    """
-
-    def __init__(
-        self, database: Database, write_many: Callable[[Transaction, list[I]], Awaitable[list[R]]]
-    ) -> None:
-        self._database = database
-        self._write_many = write_many
-        self._open: list[I] | None = None  # the batch still taking items
-        self._committed: asyncio.Future[list[R]] | None = None  # its results, once committed
-
-    async def add(self, items: list[I]) -> list[R]:
-        if self._open is None or self._committed is None:
-            batch: list[I] = []
-            self._open = batch
-            self._committed = self._database.queue_write(lambda tx: self._write(tx, batch))
-        batch, committed = self._open, self._committed
-        first = len(batch)
-        batch.extend(items)
-        try:
-            # Shielded: a caller that goes away must not cancel the write of the others' items.
-            results = await asyncio.shield(committed)
-        except Exception:
-            return await self._database.write(lambda tx: self._write_many(tx, items))
-        return results[first : first + len(items)]
-
-    async def _write(self, tx: Transaction, batch: list[I]) -> list[R]:
-        if self._open is batch:
-            self._open = None  # items from now on go in the next batch
-        return await self._write_many(tx, batch)
-
-
-def _settle(future: asyncio.Future[Any], *, result: Any = None, exc: BaseException | None = None) -> None:
-    if future.done():  # the caller gave up (cancelled) meanwhile; the work is committed all the same
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(result)

@@ -82,7 +82,7 @@ async def one_event(database: Database, *, fresh: bool = False) -> str:
     if await database.service(service.name) is None:
         async with database.transaction() as tx:
             await tx.services.add(service)
-    accepted = await Intake(database, wake=lambda: None).invocation(
+    accepted = await Intake(database, dispatch=lambda: None).invocation(
         service=service, body=b"aGVsbG8=", idempotency_key=uuid.uuid4().hex if fresh else None
     )
     return accepted.job_ids[0]

@@ -84,7 +84,7 @@ async def with_service(database: Database) -> Service:
 def intake(database: Database, *, uploaders: bool = True) -> Intake:
     return Intake(
         database,
-        wake=lambda: None,
+        dispatch=lambda: None,
         uploaders=Uploaders(database, root_access_key=ROOT) if uploaders else None,
     )
 
