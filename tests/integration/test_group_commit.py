@@ -79,3 +79,84 @@ async def test_the_cached_service_follows_committed_changes(database: Database) 
     async with database.transaction() as tx:
         await tx.services.delete("cowsay")
     assert await database.service("cowsay") is None
+
+
+async def test_a_write_that_can_wait_rides_in_the_next_urgent_writes_transaction(database: Database) -> None:
+    seen: list[Transaction] = []
+
+    async def note(tx: Transaction) -> int:
+        seen.append(tx)
+        return len(seen)
+
+    later = database.queue_write_later(note, within=30.0)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not later.done()  # no commit of its own yet
+    assert await database.write(note) == 2
+    assert await later == 1
+    assert seen[0] is seen[1]  # one transaction for both
+
+
+async def test_a_write_that_can_wait_alone_is_committed_once_its_time_is_up(database: Database) -> None:
+    async with database.transaction() as tx:
+        await tx.services.add(a_service())
+    later = database.queue_write_later(lambda tx: tx.events.enqueue_many([event("a")]), within=0.2)
+    await asyncio.sleep(0.05)
+    assert not later.done()
+    assert await asyncio.wait_for(later, 5) == [True]
+    async with database.reading() as tx:
+        assert await tx.events.counts() == {"pending": 1}
+
+
+async def test_a_write_that_can_wait_survives_an_urgent_one_failing_beside_it(database: Database) -> None:
+    async with database.transaction() as tx:
+        await tx.services.add(a_service())
+
+    async def add_again(tx: Transaction) -> None:
+        await tx.services.add(a_service())  # Conflict: the group is rolled back, each work run alone
+
+    later = database.queue_write_later(lambda tx: tx.events.enqueue_many([event("a")]), within=30.0)
+    with pytest.raises(Conflict):
+        await database.write(add_again)
+    assert await later == [True]
+    async with database.reading() as tx:
+        assert await tx.events.counts() == {"pending": 1}
+
+
+async def test_the_last_write_runs_once_after_every_write_of_its_group(database: Database) -> None:
+    async with database.transaction() as tx:
+        await tx.services.add(a_service())
+    seen: list[Transaction] = []
+
+    async def count(tx: Transaction) -> dict[str, int]:
+        seen.append(tx)
+        return await tx.events.counts()
+
+    async def record(tx: Transaction, key: str) -> list[bool]:
+        seen.append(tx)
+        return await tx.events.enqueue_many([event(key)])
+
+    first = database.queue_write_last(count)
+    a = database.queue_write(lambda tx: record(tx, "a"))
+    again = database.queue_write_last(count)  # asked for again before the group started: the same run
+    b = database.queue_write(lambda tx: record(tx, "b"))
+    assert again is first
+    assert await asyncio.gather(a, b, first) == [[True], [True], {"pending": 2}]
+    assert len(seen) == 3
+    assert seen[0] is seen[1] is seen[2]
+
+
+async def test_a_last_write_that_fails_takes_nothing_else_down(database: Database) -> None:
+    async with database.transaction() as tx:
+        await tx.services.add(a_service())
+
+    async def broken(tx: Transaction) -> None:
+        raise RuntimeError("a broken claim")
+
+    last = database.queue_write_last(broken)
+    recorded = database.queue_write(lambda tx: tx.events.enqueue_many([event("a")]))
+    assert await recorded == [True]
+    with pytest.raises(RuntimeError, match="a broken claim"):
+        await last
+    async with database.reading() as tx:
+        assert await tx.events.counts() == {"pending": 1}
