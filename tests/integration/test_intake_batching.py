@@ -111,7 +111,7 @@ async def test_an_error_in_one_batched_write_reaches_only_its_caller_and_the_oth
     batch: WriteBatch[str, bool] = WriteBatch(
         database, write_many, after_queued=dispatcher.claim_after_writes
     )
-    results: list[Any] = await asyncio.gather(
+    results: tuple[Any, ...] = await asyncio.gather(
         batch.add(["a"]), batch.add(["bad"]), batch.add(["b"]), return_exceptions=True
     )
     assert results[0] == [True]
