@@ -141,7 +141,7 @@ async def test_the_last_write_runs_once_after_every_write_of_its_group(database:
     again = database.queue_write_last(count)  # asked for again before the group started: the same run
     b = database.queue_write(lambda tx: record(tx, "b"))
     assert again is first
-    assert await asyncio.gather(a, b, first) == ([True], [True], {"pending": 2})
+    assert (await a, await b, await first) == ([True], [True], {"pending": 2})
     assert len(seen) == 3
     assert seen[0] is seen[1] is seen[2]
 
