@@ -168,7 +168,7 @@ class Dispatcher:
     def _claimed_after_writes(
         self, claim: asyncio.Future[tuple[int, list[tuple[ClaimedEvent, Service]]]]
     ) -> None:
-        if claim.cancelled() or not self.claiming:  # stopped: what it claimed goes back at the next start
+        if claim.cancelled() or not self.claiming:  # stopping: what it claimed is handed back
             return
         if claim.exception() is not None:
             log.warning(
