@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import math
 import os
 import pwd
 import secrets
@@ -15,14 +14,12 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from oscar_manager.auth.sealing import Sealer
 from oscar_manager.backends.base import Backend
-from oscar_manager.backends.kubernetes import KubernetesBackend
 from oscar_manager.backends.local import LocalBackend
-from oscar_manager.backends.manifests import ClusterConfig
 from oscar_manager.backends.sandbox import Sandbox
+from oscar_manager.connections import open_kubernetes, open_minio
 from oscar_manager.domain.events import InputRoute, ObjectEvent
 from oscar_manager.events.local_watch import LocalBucketWatcher
 from oscar_manager.events.minio_listen import MinioListener
@@ -44,14 +41,15 @@ from oscar_manager.storage.base import ObjectStore
 from oscar_manager.storage.egress import EgressPolicy
 from oscar_manager.storage.leftovers import sweep_all, sweep_older
 from oscar_manager.storage.local import STAGING, LocalObjectStore
-from oscar_manager.storage.minio import MinioEndpoint, MinioExtras
-from oscar_manager.storage.minio_users import MinioUsers
 from oscar_manager.storage.presign import PresignSigner
 from oscar_manager.storage.providers import Stores
-from oscar_manager.storage.s3 import S3ObjectStore
 from oscar_manager.waiting import wait_or_timeout
 from oscar_manager.workers.base import LoopWorker, RetryingTask, SupervisedTask
 from oscar_manager.workers.leader import LeaderTask, LeaderWork
+
+if TYPE_CHECKING:  # the adapters are imported by ``connections`` only when the settings use them
+    from oscar_manager.storage.minio import MinioExtras
+    from oscar_manager.storage.minio_users import MinioUsers
 
 log = logging.getLogger(__name__)
 
@@ -127,16 +125,6 @@ def _webhook_token(settings: Settings) -> str:
     return kept_secret(settings.webhook_token_file, lambda: secrets.token_hex(32))
 
 
-def minio_endpoint(settings: Settings) -> MinioEndpoint:
-    return MinioEndpoint(
-        url=settings.minio_endpoint,
-        access_key=settings.minio_access_key,
-        secret_key=settings.minio_secret_key,
-        region=settings.minio_region,
-        verify=settings.minio_tls_verify,
-    )
-
-
 def replica_name() -> str:
     """This process among the managers sharing a database: host, pid and a random part (a pid may come
     again on another start, in a container always)."""
@@ -198,6 +186,8 @@ class Runtime:
         # OIDC users' own MinIO users (issue 16): only with OIDC on and MinIO as ``minio.default``.
         self.identities: StorageIdentities | None = None
         if minio_users is not None:
+            from oscar_manager.auth.sealing import Sealer  # cryptography: only for users' identities
+
             self.identities = StorageIdentities(
                 self.database,
                 minio_users,
@@ -276,38 +266,13 @@ class Runtime:
             minio_users: MinioUsers | None = None
             default_store: ObjectStore
             if settings.uses_minio:
-                endpoint = minio_endpoint(settings)
-                default_store = await stack.enter_async_context(
-                    S3ObjectStore.connect(
-                        endpoint=endpoint.url,
-                        access_key=endpoint.access_key,
-                        secret_key=endpoint.secret_key,
-                        region=endpoint.region,
-                        verify=endpoint.verify,
-                    )
-                )
-                minio = await stack.enter_async_context(MinioExtras.connect(endpoint))
-                if settings.gives_users_minio_identities:
-                    minio_users = await stack.enter_async_context(MinioUsers.connect(endpoint))
+                connection = await open_minio(stack, settings)
+                default_store, minio, minio_users = connection.store, connection.extras, connection.users
             else:
                 default_store = LocalObjectStore(settings.buckets_dir)
             backend: Backend | None = None
             if settings.oscar_backend == BackendKind.KUBERNETES:
-                backend = await stack.enter_async_context(
-                    KubernetesBackend.connect(
-                        kubeconfig=settings.oscar_kubeconfig,
-                        namespace=settings.oscar_services_namespace,
-                        cluster=ClusterConfig(
-                            manager_image=settings.oscar_manager_image,
-                            ttl_seconds=settings.ttl_job,
-                            job_timeout=math.ceil(settings.oscar_job_timeout),
-                            max_body_bytes=max(
-                                settings.oscar_max_body_bytes, settings.oscar_max_run_body_bytes
-                            ),
-                        ),
-                        concurrency=settings.oscar_kubernetes_concurrency,
-                    )
-                )
+                backend = await open_kubernetes(stack, settings)
             runtime = cls(
                 settings, default_store=default_store, minio=minio, backend=backend, minio_users=minio_users
             )

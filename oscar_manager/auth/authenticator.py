@@ -2,22 +2,26 @@
 
 With OIDC off (the default) only Basic exists, exactly as before. With it on, a Bearer token is an OIDC
 access token; its holder is admitted when one of their groups is in ``OIDC_GROUPS`` (an empty list
-admits nobody, as upstream).
+admits nobody, as upstream). The OIDC machinery (``auth.oidc``: joserfc, authlib, httpx) is imported only
+when OIDC is on: with it off, the manager does not carry it in memory.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-
-import httpx
+from typing import TYPE_CHECKING
 
 from oscar_manager.auth.basic import BasicAuthenticator
-from oscar_manager.auth.oidc import OidcOptions, OidcVerifier
 from oscar_manager.auth.tokens import bearer_token
 from oscar_manager.domain.principal import Principal
 from oscar_manager.errors import Forbidden
 from oscar_manager.settings import Settings
+
+if TYPE_CHECKING:
+    import httpx
+
+    from oscar_manager.auth.oidc import OidcVerifier
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,10 @@ def build_authenticator(settings: Settings) -> Authenticator:
     basic = BasicAuthenticator(username=settings.oscar_username, password=settings.oscar_password)
     if not settings.oidc_enable:
         return Authenticator(basic)
+    import httpx
+
+    from oscar_manager.auth.oidc import OidcOptions, OidcVerifier
+
     http = httpx.AsyncClient(
         timeout=httpx.Timeout(settings.oscar_oidc_timeout),
         # An issuer's URLs are taken as given: a redirect could lead the manager anywhere.

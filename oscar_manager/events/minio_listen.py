@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from oscar_manager.domain.events import InputRoute, object_events, watched
 from oscar_manager.errors import OscarError
 from oscar_manager.events.reconcile import Deliver, Enqueue, Routes, reconcile
 from oscar_manager.storage.base import ObjectStore, StorageError
-from oscar_manager.storage.minio import MinioExtras
 from oscar_manager.waiting import wait_or_timeout
+
+if TYPE_CHECKING:  # the adapter loads miniopy-async: imported by the runtime only when MinIO is on
+    from oscar_manager.storage.minio import MinioExtras
 
 log = logging.getLogger(__name__)
 

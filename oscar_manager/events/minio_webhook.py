@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from oscar_manager.domain.events import InputRoute, watched
 from oscar_manager.storage.base import ObjectStore
-from oscar_manager.storage.minio import MinioExtras
+
+if TYPE_CHECKING:  # the adapter loads miniopy-async: imported by the runtime only when MinIO is on
+    from oscar_manager.storage.minio import MinioExtras
 
 log = logging.getLogger(__name__)
 

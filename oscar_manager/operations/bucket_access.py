@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from oscar_manager.domain.bucket_policies import (
     BUCKET_GROUP_PREFIX,
@@ -30,7 +31,10 @@ from oscar_manager.domain.buckets import BucketRecord, unrecorded
 from oscar_manager.domain.identities import ALL_USERS_GROUP
 from oscar_manager.operations.identities import StorageIdentities
 from oscar_manager.registry import Database, Transaction
-from oscar_manager.storage.minio_users import MinioUsers, NoSuchMinioUser
+from oscar_manager.storage.minio_errors import NoSuchMinioUser
+
+if TYPE_CHECKING:  # the adapter loads miniopy-async: imported by the runtime only when MinIO is on
+    from oscar_manager.storage.minio_users import MinioUsers
 
 log = logging.getLogger(__name__)
 

@@ -28,12 +28,15 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from oscar_manager.auth.sealing import Sealer
 from oscar_manager.domain.identities import ALL_USERS_GROUP, StorageIdentity, minio_access_key
 from oscar_manager.registry import Database, Transaction
-from oscar_manager.storage.minio_users import MinioAdminUnavailable, MinioUsers
+from oscar_manager.storage.minio_errors import MinioAdminUnavailable
+
+if TYPE_CHECKING:  # miniopy-async and cryptography: imported by the runtime only when users get identities
+    from oscar_manager.auth.sealing import Sealer
+    from oscar_manager.storage.minio_users import MinioUsers
 
 log = logging.getLogger(__name__)
 

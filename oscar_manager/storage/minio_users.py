@@ -26,8 +26,8 @@ from miniopy_async.error import MinioAdminException, MinioException
 from miniopy_async.minioadmin import MinioAdmin
 
 from oscar_manager.domain.bucket_policies import same_policy
-from oscar_manager.storage.base import StorageError
 from oscar_manager.storage.minio import MinioEndpoint
+from oscar_manager.storage.minio_errors import MinioAdminUnavailable, NoSuchMinioUser
 
 # An admin call is small: one that takes longer than this has failed (the user is told to retry).
 ADMIN_TIMEOUT = 10.0
@@ -36,16 +36,6 @@ _NO_SUCH_GROUP = "XMinioAdminNoSuchGroup"
 _POLICY_IN_USE = "XMinioIAMPolicyInUse"
 _NO_SUCH_POLICY = "XMinioAdminNoSuchPolicy"
 _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
-
-
-class MinioAdminUnavailable(StorageError):
-    """MinIO's admin API did not do what a user's identity needs (unreachable, or refused)."""
-
-    status_code = 503
-
-
-class NoSuchMinioUser(MinioAdminUnavailable):
-    """A group change named a user MinIO does not have (deleted behind the manager's back)."""
 
 
 class MinioUsers:

@@ -11,7 +11,6 @@ from oscar_manager.domain.service import ProviderRef, Service
 from oscar_manager.errors import BadRequest
 from oscar_manager.storage.base import ObjectStore
 from oscar_manager.storage.egress import SETTING, EgressPolicy
-from oscar_manager.storage.s3 import S3ObjectStore
 
 DEFAULT_PROVIDER = "minio.default"
 # faas-supervisor's endpoint for a MinIO provider that names none.
@@ -103,6 +102,10 @@ class Stores:
         async with self._lock:
             store = self._opened.get(identity)
             if store is None:
+                # Here, not at the top: the S3 stack (aiobotocore, botocore) is tens of megabytes that a
+                # manager whose services name no other provider never needs.
+                from oscar_manager.storage.s3 import S3ObjectStore
+
                 guard = self.egress.guard(provider, settings["endpoint"])
                 connect = S3ObjectStore.connect(
                     **settings,

@@ -24,7 +24,8 @@ from miniopy_async.minioadmin import MinioAdmin
 
 from oscar_manager.domain.bucket_policies import BUCKET_ACTIONS, policy
 from oscar_manager.storage.minio import MinioEndpoint
-from oscar_manager.storage.minio_users import MinioUsers, NoSuchMinioUser
+from oscar_manager.storage.minio_errors import NoSuchMinioUser
+from oscar_manager.storage.minio_users import MinioUsers
 from tests.support.minio import MinioServer, boto3_client
 from tests.support.storage_users import minio_admin
 

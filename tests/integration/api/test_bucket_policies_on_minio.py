@@ -28,7 +28,7 @@ from oscar_manager.domain.buckets import BucketRecord
 from oscar_manager.operations.bucket_access import ALL_USERS_POLICY, MinioBucketPolicies
 from oscar_manager.registry import Database
 from oscar_manager.settings import Settings
-from oscar_manager.storage.minio_users import MinioAdminUnavailable
+from oscar_manager.storage.minio_errors import MinioAdminUnavailable
 from tests.support.app import running_app
 from tests.support.minio import MinioServer, boto3_client, start_minio
 from tests.support.oidc import FakeIssuer, egi_issuer
