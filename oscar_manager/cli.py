@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -15,7 +16,7 @@ from types import FrameType
 import uvicorn
 
 from oscar_manager import datadir
-from oscar_manager.registry import migrations, single_process
+from oscar_manager.registry import single_process
 from oscar_manager.settings import Settings
 
 DEFAULT_OPENAPI_PATH = Path("openapi/openapi.json")
@@ -25,9 +26,29 @@ def _prepare_data_dir(settings: Settings) -> None:
     datadir.prepare(settings, set_umask=True)
 
 
+def _upgrade(settings: Settings) -> None:
+    from oscar_manager.registry import migrations  # Alembic and Mako: see _upgrade_in_child
+
+    migrations.upgrade(settings.database_url)
+
+
 def migrate(settings: Settings) -> None:
     _prepare_data_dir(settings)
-    migrations.upgrade(settings.database_url)
+    _upgrade(settings)
+
+
+def _upgrade_in_child(settings: Settings) -> None:
+    """Migrate in a forked child: Alembic and Mako (about 11 MB) would otherwise stay in the server's
+    memory for good after a few milliseconds' use. Forked before any thread or event loop exists; the
+    child inherits the umask, the logging set up here and the SQLite lock's descriptor (the lock stays
+    the parent's: it goes only when every copy is closed), and prints its traceback should it fail."""
+    child = multiprocessing.get_context("fork").Process(
+        target=_upgrade, args=(settings,), name="oscar-manager-migrate"
+    )
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise SystemExit(f"the database migration failed (exit code {child.exitcode}); nothing was served")
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
@@ -41,7 +62,7 @@ def serve(settings: Settings) -> None:
         lock = single_process.hold_sqlite_file(settings.database_url)
     except single_process.DatabaseInUse as refusal:
         raise SystemExit(f"oscar-manager: {refusal}") from None
-    migrations.upgrade(settings.database_url)
+    _upgrade_in_child(settings)
     # Imported here, not at the top: the app loads most of the package, which a refused process skips.
     from oscar_manager.app import create_app
 
