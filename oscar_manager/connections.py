@@ -1,7 +1,7 @@
 """Connections to the outside systems the settings name: MinIO (objects, notifications, its admin API) and
 Kubernetes. Each adapter is imported inside its opener, so a manager with neither (the embedded default)
 never loads their client libraries: aiobotocore with botocore, miniopy-async, aiohttp and kubernetes-asyncio
-are most of an idle manager's memory otherwise."""
+were about half of an idle manager's memory."""
 
 from __future__ import annotations
 
