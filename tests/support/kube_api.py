@@ -141,6 +141,9 @@ class KubeApiDouble:
     # (method, path fragment, HTTP status): the next matching request gets that status, once each.
     fail_next: list[tuple[str, str, int]] = field(default_factory=list)
     created_at: dict[str, float] = field(default_factory=dict)  # Job name -> loop time it was created
+    # Job name -> its pods' keys: finding a Job's pods by scanning every object made each create cost
+    # in proportion to all the Jobs so far (the benchmarks' bottleneck past a few thousand).
+    _job_pods: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
     # Set: the pods of Jobs created from now on stay Pending until ``run_pod``.
     hold_pods: bool = False
     # The cluster's nodes (served at /api/v1/nodes) and their usage as metrics-server reports it; None:
@@ -257,7 +260,14 @@ class KubeApiDouble:
             await self._record("MODIFIED", job)
 
     def _pods_of(self, job_name: str) -> list[dict[str, Any]]:
-        return [pod for pod in self.of_kind("Pod") if pod["metadata"]["labels"].get("job-name") == job_name]
+        keys = self._job_pods.get(job_name, [])
+        return [self.objects[key] for key in keys if key in self.objects]
+
+    def _store(self, key: tuple[str, str, str], obj: dict[str, Any]) -> None:
+        self.objects[key] = obj
+        job_name = (obj["metadata"].get("labels") or {}).get("job-name") if key[0] == "Pod" else None
+        if job_name is not None:
+            self._job_pods.setdefault(job_name, []).append(key)
 
     async def run_pod(self, namespace: str, job_name: str) -> None:
         """The job's pod is scheduled and its containers start: Running and Ready (a Job's pods have no
@@ -336,7 +346,7 @@ class KubeApiDouble:
         # (Sizing a few-KiB object costs more than the check is worth: only bodies that might be too big.)
         if (sent is None or sent > MAX_STORED_BYTES // 2) and _stored_size(body) > MAX_STORED_BYTES:
             return status(500, "InternalError", "etcdserver: request is too large")
-        self.objects[key] = body
+        self._store(key, body)
         if not self._owners_exist(namespace, body):
             # The garbage collector deletes a dependent whose owner is gone (here: at once).
             await self._remove(kind, namespace, name)
@@ -361,7 +371,7 @@ class KubeApiDouble:
             "spec": copy.deepcopy(job["spec"]["template"]["spec"]),
             "status": {"phase": "Pending"},
         }
-        self.objects[("Pod", namespace, name)] = pod
+        self._store(("Pod", namespace, name), pod)
         # As the Job controller: the pod counts as active from its creation, unscheduled as it is.
         job["status"] = {"active": 1, "ready": 0, "startTime": _now()}
         await self._record("MODIFIED", job)
@@ -402,17 +412,23 @@ class KubeApiDouble:
         return status(200, "", "deleted", name=name, kind=kind)
 
     def _owners_exist(self, namespace: str, obj: dict[str, Any]) -> bool:
+        owners = obj["metadata"].get("ownerReferences") or []
+        if not owners:
+            return True
         uids = {o["metadata"].get("uid") for (_k, ns, _n), o in self.objects.items() if ns == namespace}
-        return all(owner["uid"] in uids for owner in obj["metadata"].get("ownerReferences") or [])
+        return all(owner["uid"] in uids for owner in owners)
 
     async def _remove(self, kind: str, namespace: str, name: str) -> bool:
         obj = self.objects.pop((kind, namespace, name), None)
         if obj is None:
             return False
         if kind == "Job":  # background propagation: its pods go too
-            for key, pod in list(self.objects.items()):
-                if key[0] == "Pod" and pod["metadata"]["labels"].get("job-name") == name:
-                    del self.objects[key]
+            keys = self._job_pods.pop(name, [])
+            for key in keys:
+                if key[1] == namespace:
+                    self.objects.pop(key, None)
+            if others := [key for key in keys if key[1] != namespace]:  # a Job of that name elsewhere
+                self._job_pods[name] = others
             await self._record("DELETED", obj)
         # The garbage collector: what the object owned goes with it (background propagation).
         uid = obj["metadata"].get("uid")
