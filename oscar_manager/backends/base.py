@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from oscar_manager.backends.exposed import Exposer
 from oscar_manager.domain.cluster import NodeStatus
 from oscar_manager.domain.jobs import JobOutcome
 from oscar_manager.domain.service import Service
@@ -78,6 +79,8 @@ class Backend(Protocol):
     # True when its jobs' starts and ends come from following the cluster (:meth:`follow_jobs`), which
     # one manager of several does; False when each process reports the jobs it runs (local jobs).
     follows_jobs: bool
+    # Its exposed services' side (``backends.exposed``); None: it runs none (yet).
+    exposed: Exposer | None
 
     async def start(self, reporter: JobReporter) -> None: ...
 

@@ -49,6 +49,7 @@ from oscar_manager.backends.base import (
     SubmissionRefused,
     SyncRequest,
 )
+from oscar_manager.backends.exposed import Exposer
 from oscar_manager.backends.kube_answers import reason, refused_for_now
 from oscar_manager.backends.kube_client import (
     TRANSPORT_ERRORS,
@@ -81,6 +82,7 @@ _MAX_REFUSALS_KEPT = 10_000
 class KubernetesBackend:
     durable_submissions = True
     follows_jobs = True
+    exposed: Exposer | None = None
 
     def __init__(
         self,

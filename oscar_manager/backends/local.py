@@ -27,6 +27,7 @@ from oscar_manager.backends.base import (
     ScriptFailed,
     SyncRequest,
 )
+from oscar_manager.backends.exposed import Exposer
 from oscar_manager.backends.machine import this_machine
 from oscar_manager.backends.sandbox import Sandbox, ScriptResult, ScriptRun
 from oscar_manager.domain.cluster import NodeStatus
@@ -63,6 +64,7 @@ class _Run:
 class LocalBackend:
     durable_submissions = False
     follows_jobs = False
+    exposed: Exposer | None = None
 
     def __init__(
         self,

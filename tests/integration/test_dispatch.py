@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from oscar_manager.backends.base import BackendUnavailable, JobReporter, JobRequest, SyncRequest
+from oscar_manager.backends.exposed import Exposer
 from oscar_manager.domain.cluster import NodeStatus
 from oscar_manager.domain.jobs import JobStatus
 from oscar_manager.domain.service import MinioDefault, Service, normalise_new, parse_service
@@ -38,6 +39,7 @@ class FlakyBackend:
     async def stop(self) -> None: ...
 
     follows_jobs = False
+    exposed: Exposer | None = None
 
     async def follow_jobs(self, up: Callable[[], None]) -> None: ...
 
