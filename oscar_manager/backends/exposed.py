@@ -47,9 +47,18 @@ class DeploymentState:
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """Where one instance takes requests: ``http://host:port`` (no trailing slash)."""
+    """Where one instance takes requests: ``http://host:port`` (no trailing slash).
+
+    ``unix_socket``: when set, connect to this Unix socket instead of the url's host and port (the url
+    still gives the scheme and the Host header). The local backend's instances have no port reachable
+    from the manager's network: a relay inside each sandbox serves the instance's port on such a socket.
+    Bytes pass through it unchanged (HTTP, websocket upgrades). A connection the relay accepts and closes
+    without a byte means nothing listens on ``api_port`` in the instance: answer it as
+    :class:`ExposedUnreachable`, as a refused connection.
+    """
 
     url: str
+    unix_socket: str | None = None
 
 
 class Exposer(Protocol):
