@@ -28,6 +28,8 @@ from oscar_manager.backends.base import (
     SyncRequest,
 )
 from oscar_manager.backends.exposed import Exposer
+from oscar_manager.backends.exposed_local import LocalExposer
+from oscar_manager.backends.exposed_policy import ExposeTimings
 from oscar_manager.backends.machine import this_machine
 from oscar_manager.backends.sandbox import Sandbox, ScriptResult, ScriptRun
 from oscar_manager.domain.cluster import NodeStatus
@@ -64,7 +66,7 @@ class _Run:
 class LocalBackend:
     durable_submissions = False
     follows_jobs = False
-    exposed: Exposer | None = None
+    exposed: Exposer | None
 
     def __init__(
         self,
@@ -76,6 +78,7 @@ class LocalBackend:
         job_timeout: float | None,
         max_pids: int | None = None,
         disk_bytes: int | None = None,
+        expose_timings: ExposeTimings | None = None,
     ) -> None:
         self._stores = stores
         self._sandbox = sandbox
@@ -91,6 +94,8 @@ class LocalBackend:
         self._workers: list[asyncio.Task[None]] = []
         self._sync_slots = asyncio.Semaphore(concurrency)
         self._reporter: JobReporter | None = None
+        self._exposer = LocalExposer(sandbox=sandbox, work_root=work_root, timings=expose_timings)
+        self.exposed = self._exposer
 
     @property
     def work_root(self) -> Path:
@@ -108,12 +113,14 @@ class LocalBackend:
         ]
 
     async def stop(self) -> None:
-        """Stop taking jobs and kill running scripts; their events stay claimed and run again on restart."""
+        """Stop taking jobs and kill running scripts (their events stay claimed and run again on restart), and
+        end the exposed services' instances (exposed again at the next start)."""
         for task in [*self._workers, *self._running.values()]:
             task.cancel()
         await asyncio.gather(*self._workers, *self._running.values(), return_exceptions=True)
         self._workers = []
         self._running.clear()
+        await self._exposer.close()
 
     async def follow_jobs(self, up: Callable[[], None]) -> None:
         """Nothing to follow: each job's end is reported by the process that ran it."""

@@ -21,7 +21,8 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final, Literal
 
@@ -49,7 +50,15 @@ from oscar_manager.backends.output import BoundedOutput
 from oscar_manager.backends.script import ScriptResult, ScriptRun
 from oscar_manager.errors import OscarError
 
-__all__ = ["JOB_DIR", "Sandbox", "SandboxRefused", "SandboxUnavailable", "ScriptResult", "ScriptRun"]
+__all__ = [
+    "JOB_DIR",
+    "Sandbox",
+    "SandboxRefused",
+    "SandboxUnavailable",
+    "ScriptResult",
+    "ScriptRun",
+    "Spawned",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +83,15 @@ async def _create_cgroup(cgroups: Cgroups, limits: JobLimits) -> JobCgroup:
 def _discard_cgroup(created: asyncio.Future[JobCgroup]) -> None:
     if not created.cancelled() and created.exception() is None:
         asyncio.get_running_loop().run_in_executor(None, created.result().finish)
+
+
+@dataclass(frozen=True, slots=True)
+class Spawned:
+    """A script started by :meth:`Sandbox.spawn`, still to be ended by :meth:`Sandbox.terminate`."""
+
+    process: asyncio.subprocess.Process
+    group: JobCgroup | None  # its cgroup, None without cgroups
+    started: float  # time.monotonic() at its start
 
 
 class SandboxUnavailable(OscarError):
@@ -198,6 +216,29 @@ class Sandbox:
 
     async def run(self, run: ScriptRun) -> ScriptResult:
         self.check_allowed()
+        read_fd, write_fd = os.pipe()
+        reader = os.fdopen(read_fd, "rb", buffering=0)
+        try:
+            stdin = asyncio.subprocess.PIPE if run.stdin else asyncio.subprocess.DEVNULL
+            spawned = await self.spawn(run, stdin=stdin, output=write_fd)
+        except BaseException:
+            reader.close()
+            raise
+        finally:
+            os.close(write_fd)
+        return await self._supervise(
+            spawned.process, run=run, reader=reader, started=spawned.started, group=spawned.group
+        )
+
+    async def spawn(
+        self, run: ScriptRun, *, stdin: int, output: int, prelude: str = "", prelude_args: Sequence[str] = ()
+    ) -> Spawned:
+        """Start ``run``'s script in the sandbox and its cgroup, and return at once (``run.timeout`` is the
+        caller's to apply). ``stdin``: a descriptor, or asyncio's PIPE or DEVNULL; ``output``: where its
+        stdout and stderr go. ``prelude``: shell run in the sandbox before the script (``$1``... are
+        ``prelude_args``); the script itself then runs with /dev/null as its stdin.
+        End it with :meth:`terminate`."""
+        self.check_allowed()
         env = _script_env(run.env)
         group = None
         if self._cgroups is not None:
@@ -207,9 +248,9 @@ class Sandbox:
             self.job_path(run.workdir, run.workdir / run.script),
             memory_bytes=run.memory_bytes if group is None else None,
             file_bytes=run.disk_bytes,
+            prelude=prelude,
+            prelude_args=prelude_args,
         )
-        read_fd, write_fd = os.pipe()
-        reader = os.fdopen(read_fd, "rb", buffering=0)
         args_fd: int | None = None
         try:
             if self._bwrap is None:
@@ -235,24 +276,34 @@ class Sandbox:
             proc = await asyncio.create_subprocess_exec(
                 program,
                 *argv,
-                stdin=asyncio.subprocess.PIPE if run.stdin else asyncio.subprocess.DEVNULL,
-                stdout=write_fd,
-                stderr=write_fd,
+                stdin=stdin,
+                stdout=output,
+                stderr=output,
                 cwd=cwd,
                 env=child_env,
                 start_new_session=True,
                 pass_fds=() if args_fd is None else (args_fd,),
             )
         except BaseException:
-            reader.close()
             if group is not None:
                 await asyncio.shield(asyncio.to_thread(group.finish))
             raise
         finally:
-            os.close(write_fd)
             if args_fd is not None:
                 os.close(args_fd)
-        return await self._supervise(proc, run=run, reader=reader, started=started, group=group)
+        return Spawned(process=proc, group=group, started=started)
+
+    async def terminate(self, spawned: Spawned, *, grace: float = KILL_GRACE_SECONDS) -> CgroupUsage | None:
+        """SIGTERM to what :meth:`spawn` started, ``grace`` seconds, then SIGKILL to all of it; its cgroup
+        removed. Safe to call on a process that has ended (then only what it left is killed)."""
+        proc = spawned.process
+        if proc.returncode is None:
+            await self._stop(proc, grace=grace)
+        if self._bwrap is None:
+            _kill_group(proc.pid, signal.SIGKILL)  # what the script left running, as in ``_supervise``
+        if spawned.group is None:
+            return None
+        return await asyncio.shield(asyncio.to_thread(spawned.group.finish))
 
     async def _supervise(
         self,
@@ -322,7 +373,7 @@ class Sandbox:
             over_disk=over_disk,
         )
 
-    async def _stop(self, proc: asyncio.subprocess.Process) -> None:
+    async def _stop(self, proc: asyncio.subprocess.Process, *, grace: float = KILL_GRACE_SECONDS) -> None:
         """SIGTERM to the script's process group, a grace period, then SIGKILL."""
         group = proc.pid
         if self._bwrap is not None:
@@ -331,7 +382,7 @@ class Sandbox:
             group = _first_child(proc.pid) or proc.pid
         _kill_group(group, signal.SIGTERM)
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(KILL_GRACE_SECONDS):
+            async with asyncio.timeout(grace):
                 await proc.wait()
         # With bubblewrap this kills bwrap, whose death (--die-with-parent) kills the whole sandbox.
         _kill_group(proc.pid, signal.SIGKILL)
@@ -360,7 +411,14 @@ def _script_env(env: Mapping[str, str]) -> dict[str, str]:
     return result
 
 
-def _shell_command(script: str, *, memory_bytes: int | None, file_bytes: int | None) -> list[str]:
+def _shell_command(
+    script: str,
+    *,
+    memory_bytes: int | None,
+    file_bytes: int | None,
+    prelude: str = "",
+    prelude_args: Sequence[str] = (),
+) -> list[str]:
     # Limits are set by the shell in the child, then the script runs exactly as with `sh script`. No
     # preexec_fn: it would run Python in a fork of the threaded manager (unsafe) and rule out vfork.
     # A failing ulimit means a stricter hard limit is already in place, or an OS without that limit.
@@ -370,7 +428,11 @@ def _shell_command(script: str, *, memory_bytes: int | None, file_bytes: int | N
         steps.append(f"ulimit -f {max(file_bytes // 512, 1)} 2>/dev/null")  # POSIX sh: 512-byte blocks
     if memory_bytes is not None:
         steps.append(f"ulimit -v {max(memory_bytes // 1024, 1)} 2>/dev/null")
-    return [SHELL, "-c", "; ".join([*steps, f'exec {SHELL} "$0"']), script]
+    if prelude:
+        steps += [prelude, f'exec {SHELL} "$0" </dev/null']
+    else:
+        steps.append(f'exec {SHELL} "$0"')
+    return [SHELL, "-c", "; ".join(steps), script, *prelude_args]
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -1,0 +1,107 @@
+"""Exposed services without a cluster: each runs as long-lived sandboxed processes on this machine.
+
+An instance is the service's script run with /bin/sh, as a job's, in the same bubblewrap sandbox and
+cgroup limits (memory, cpu, the service's network choice), with ``OSCAR_SERVICE_BASE_PATH``,
+``OSCAR_SERVICE_NAME``, ``OSCAR_SERVICE_TOKEN`` and the service's variables and secrets in its environment.
+Its port is in a network namespace of its own, reached by the manager's proxy only, through a relay in
+the sandbox (``exposed_relay``): :meth:`LocalExposer.endpoint` answers a Unix socket. Instances are
+probed, restarted with backoff and scaled between ``min_scale`` and ``max_scale`` by one controller per
+service (``exposed_deployment``, ``exposed_policy``).
+
+What differs from a cluster:
+- ``expose.default_command`` is refused (400): it means the image's own command, and images are not
+  run here; the server's command belongs in the script.
+- A service that asks for the host's network (``oscar-manager/network``), or a manager without
+  bubblewrap (``OSCAR_ALLOW_UNSANDBOXED``), runs one instance only, its port on the host's network:
+  several would all bind the same port, and nothing isolates it from local users.
+- Instances live as long as the manager (bubblewrap's ``--die-with-parent``); the manager exposes its
+  services again at start-up, so :meth:`LocalExposer.expose` is idempotent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from oscar_manager.backends.exposed import DeploymentState, Endpoint, ExposedUnavailable
+from oscar_manager.backends.exposed_deployment import Deployment
+from oscar_manager.backends.exposed_instance import InstancePlaces
+from oscar_manager.backends.exposed_policy import ExposeTimings
+from oscar_manager.backends.sandbox import Sandbox
+from oscar_manager.domain.service import Service
+from oscar_manager.errors import BadRequest
+
+
+class LocalExposer:
+    def __init__(self, *, sandbox: Sandbox, work_root: Path, timings: ExposeTimings | None = None) -> None:
+        self._sandbox = sandbox
+        self._work_root = work_root
+        self._timings = timings or ExposeTimings()
+        self._places: InstancePlaces | None = None
+        self._deployments: dict[str, Deployment] = {}
+
+    async def expose(self, service: Service, *, previous: Service | None = None) -> None:
+        _check_exposable(service)
+        self._sandbox.check_allowed()
+        deployment = self._deployments.get(service.name)
+        if deployment is None:
+            if self._places is None:
+                self._places = InstancePlaces.make(self._work_root)
+            self._deployments[service.name] = Deployment(
+                service, sandbox=self._sandbox, places=self._places, timings=self._timings
+            )
+        elif deployment.service != service:
+            deployment.update(service)
+
+    async def unexpose(self, service: Service) -> None:
+        deployment = self._deployments.pop(service.name, None)
+        if deployment is not None:
+            await deployment.close()
+
+    async def endpoint(self, service: Service) -> Endpoint:
+        return await self._deployment(service).endpoint()
+
+    async def state(self, service: Service) -> DeploymentState:
+        deployment = self._deployments.get(service.name)
+        if deployment is None:
+            return DeploymentState(
+                state="pending", reason="Not deployed yet.", active_instances=0, affected_instances=0
+            )
+        return deployment.state()
+
+    async def logs(self, service: Service, *, tail_lines: int) -> list[tuple[str, str]]:
+        deployment = self._deployments.get(service.name)
+        return [] if deployment is None else deployment.logs(tail_lines)
+
+    async def stop(self, service: Service) -> None:
+        await self._deployment(service).stop()
+
+    async def start(self, service: Service) -> None:
+        self._deployment(service).start()
+
+    async def restart(self, service: Service) -> None:
+        self._deployment(service).restart()
+
+    async def close(self) -> None:
+        """End every instance (the backend stops)."""
+        deployments, self._deployments = list(self._deployments.values()), {}
+        for deployment in deployments:
+            await deployment.close()
+        if self._places is not None:
+            self._places.remove()
+            self._places = None
+
+    def _deployment(self, service: Service) -> Deployment:
+        deployment = self._deployments.get(service.name)
+        if deployment is None:
+            raise ExposedUnavailable(f"the service {service.name} is not exposed on this manager")
+        return deployment
+
+
+def _check_exposable(service: Service) -> None:
+    if not service.expose.api_port:
+        raise BadRequest(f"the service {service.name} has no expose.api_port: nothing to expose")
+    if service.expose.default_command:
+        raise BadRequest(
+            "expose.default_command runs the image's own command, and the local backend runs no images"
+            " (scripts run with this machine's tools): start the server from the service's script instead"
+        )
