@@ -193,9 +193,10 @@ class Deployment:
     async def _round(self) -> None:
         for instance in [i for i in self.instances if not i.running]:
             await self._reap(instance)
+        # Sampled before this round's probes: their own connections are not load.
+        load = sum(i.open_connections for i in self.instances)
         await asyncio.gather(*(self._check(instance) for instance in self.instances if instance.running))
         now = time.monotonic()
-        load = sum(i.open_connections for i in self.instances)
         self._target = self._scaler.decide(now=now, current=self._target, load=load, bounds=self.bounds())
         current = [i for i in self.instances if i.generation == self._generation]
         old = [i for i in self.instances if i.generation != self._generation]
