@@ -52,12 +52,16 @@ class InstancePlaces:
 
     work_root: Path
     sockets: Path
+    # The jobs' bounds, which instances get too: processes and threads at once, the size of a file.
+    max_pids: int | None = None
+    disk_bytes: int | None = None
     _numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     @classmethod
-    def make(cls, work_root: Path) -> InstancePlaces:
+    def make(cls, work_root: Path, *, max_pids: int | None, disk_bytes: int | None) -> InstancePlaces:
         work_root.mkdir(parents=True, exist_ok=True)
-        return cls(work_root=work_root, sockets=Path(tempfile.mkdtemp(prefix="oscar-exposed-")))
+        sockets = Path(tempfile.mkdtemp(prefix="oscar-exposed-"))
+        return cls(work_root=work_root, sockets=sockets, max_pids=max_pids, disk_bytes=disk_bytes)
 
     def new_socket(self) -> Path:
         return self.sockets / f"{next(self._numbers)}.sock"
@@ -104,7 +108,7 @@ class Instance:
             (home / SCRIPT_NAME).write_text(service.script)
             link = RelayLink(places.new_socket())
             instance = cls(name, generation=generation, service=service, link=link, home=home)
-            await instance._spawn(sandbox)
+            await instance._spawn(sandbox, places)
         except BaseException:
             if link is not None:
                 link.close()
@@ -112,7 +116,7 @@ class Instance:
             raise
         return instance
 
-    async def _spawn(self, sandbox: Sandbox) -> None:
+    async def _spawn(self, sandbox: Sandbox, places: InstancePlaces) -> None:
         service = self.service
         run = ScriptRun(
             workdir=self.home,
@@ -122,6 +126,8 @@ class Instance:
             memory_bytes=quantity_bytes(service.memory),
             network=wants_network(service),
             cpu_cores=quantity_cores(service.cpu),
+            max_pids=places.max_pids,
+            disk_bytes=places.disk_bytes,  # each file's size (RLIMIT_FSIZE); the home is not watched
         )
         loop = asyncio.get_running_loop()
         read_fd, write_fd = os.pipe()

@@ -32,9 +32,20 @@ from oscar_manager.errors import BadRequest
 
 
 class LocalExposer:
-    def __init__(self, *, sandbox: Sandbox, work_root: Path, timings: ExposeTimings | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        sandbox: Sandbox,
+        work_root: Path,
+        timings: ExposeTimings | None = None,
+        max_pids: int | None = None,
+        disk_bytes: int | None = None,
+    ) -> None:
+        """``max_pids``, ``disk_bytes``: the jobs' bounds, for instances too (see ``ScriptRun``)."""
         self._sandbox = sandbox
         self._work_root = work_root
+        self._max_pids = max_pids
+        self._disk_bytes = disk_bytes
         self._timings = timings or ExposeTimings()
         self._places: InstancePlaces | None = None
         self._deployments: dict[str, Deployment] = {}
@@ -45,7 +56,9 @@ class LocalExposer:
         deployment = self._deployments.get(service.name)
         if deployment is None:
             if self._places is None:
-                self._places = InstancePlaces.make(self._work_root)
+                self._places = InstancePlaces.make(
+                    self._work_root, max_pids=self._max_pids, disk_bytes=self._disk_bytes
+                )
             self._deployments[service.name] = Deployment(
                 service, sandbox=self._sandbox, places=self._places, timings=self._timings
             )

@@ -94,7 +94,13 @@ class LocalBackend:
         self._workers: list[asyncio.Task[None]] = []
         self._sync_slots = asyncio.Semaphore(concurrency)
         self._reporter: JobReporter | None = None
-        self._exposer = LocalExposer(sandbox=sandbox, work_root=work_root, timings=expose_timings)
+        self._exposer = LocalExposer(
+            sandbox=sandbox,
+            work_root=work_root,
+            timings=expose_timings,
+            max_pids=max_pids,
+            disk_bytes=disk_bytes,
+        )
         self.exposed = self._exposer
 
     @property

@@ -47,6 +47,8 @@ from oscar_manager.backends.cgroups import (
 )
 from oscar_manager.backends.diskguard import DiskWatch
 from oscar_manager.backends.output import BoundedOutput
+from oscar_manager.backends.processes import feed, first_child, kill_group, write_all
+from oscar_manager.backends.sandbox_shell import script_env, shell_command
 from oscar_manager.backends.script import ScriptResult, ScriptRun
 from oscar_manager.errors import OscarError
 
@@ -239,12 +241,12 @@ class Sandbox:
         ``prelude_args``); the script itself then runs with /dev/null as its stdin.
         End it with :meth:`terminate`."""
         self.check_allowed()
-        env = _script_env(run.env)
+        env = script_env(run.env)
         group = None
         if self._cgroups is not None:
             limits = JobLimits(memory_bytes=run.memory_bytes, cpu_cores=run.cpu_cores, max_pids=run.max_pids)
             group = await _create_cgroup(self._cgroups, limits)
-        command = _shell_command(
+        command = shell_command(
             self.job_path(run.workdir, run.workdir / run.script),
             memory_bytes=run.memory_bytes if group is None else None,
             file_bytes=run.disk_bytes,
@@ -261,7 +263,7 @@ class Sandbox:
                 # Options go through a memfd (--args) so that the environment is not on the world-readable
                 # command line of the bwrap process for as long as the job runs.
                 args_fd = os.memfd_create("oscar-bwrap-args", os.MFD_CLOEXEC)
-                _write_all(args_fd, b"".join(os.fsencode(arg) + b"\0" for arg in self._bwrap_args(run, env)))
+                write_all(args_fd, b"".join(os.fsencode(arg) + b"\0" for arg in self._bwrap_args(run, env)))
                 os.lseek(args_fd, 0, os.SEEK_SET)
                 program, argv = self._bwrap.path, ["--args", str(args_fd), "--", *command]
                 cwd, child_env = None, {}
@@ -300,7 +302,7 @@ class Sandbox:
         if proc.returncode is None:
             await self._stop(proc, grace=grace)
         if self._bwrap is None:
-            _kill_group(proc.pid, signal.SIGKILL)  # what the script left running, as in ``_supervise``
+            kill_group(proc.pid, signal.SIGKILL)  # what the script left running, as in ``_supervise``
         if spawned.group is None:
             return None
         return await asyncio.shield(asyncio.to_thread(spawned.group.finish))
@@ -323,12 +325,12 @@ class Sandbox:
         usage: CgroupUsage | None = None
         disk = None
         if run.disk_bytes is not None:
-            kill = functools.partial(_kill_group, proc.pid, signal.SIGKILL)
+            kill = functools.partial(kill_group, proc.pid, signal.SIGKILL)
             disk = DiskWatch(run.workdir, run.disk_bytes, kill=kill, group=group)
         try:
             transport, _ = await loop.connect_read_pipe(lambda: output, reader)
             if proc.stdin is not None:
-                feeder = asyncio.create_task(_feed(proc.stdin, run.stdin))
+                feeder = asyncio.create_task(feed(proc.stdin, run.stdin))
             if disk is not None:
                 disk.start()
             try:
@@ -341,7 +343,7 @@ class Sandbox:
                 # Like a container whose main process ends, whatever the script left running goes too
                 # (bubblewrap's pid namespace does that by itself). The group id cannot have been reused
                 # while any of its members is left.
-                _kill_group(proc.pid, signal.SIGKILL)
+                kill_group(proc.pid, signal.SIGKILL)
             duration = time.monotonic() - started
             if disk is not None:
                 over_disk = await disk.stop()
@@ -352,7 +354,7 @@ class Sandbox:
             if group is not None:
                 usage = await asyncio.shield(asyncio.to_thread(group.finish))
             if proc.returncode is None:
-                _kill_group(proc.pid, signal.SIGKILL)
+                kill_group(proc.pid, signal.SIGKILL)
                 await asyncio.shield(proc.wait())
             if transport is None:
                 reader.close()
@@ -379,13 +381,13 @@ class Sandbox:
         if self._bwrap is not None:
             # The script runs in the session of bwrap's child (pid 1 of the sandbox); a signal to bwrap
             # itself would kill the sandbox at once, with no grace.
-            group = _first_child(proc.pid) or proc.pid
-        _kill_group(group, signal.SIGTERM)
+            group = first_child(proc.pid) or proc.pid
+        kill_group(group, signal.SIGTERM)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
                 await proc.wait()
         # With bubblewrap this kills bwrap, whose death (--die-with-parent) kills the whole sandbox.
-        _kill_group(proc.pid, signal.SIGKILL)
+        kill_group(proc.pid, signal.SIGKILL)
         await proc.wait()
 
     def _bwrap_args(self, run: ScriptRun, env: Mapping[str, str]) -> list[str]:
@@ -400,65 +402,3 @@ class Sandbox:
         for key, value in env.items():
             args += ["--setenv", key, value]
         return args
-
-
-def _script_env(env: Mapping[str, str]) -> dict[str, str]:
-    result = dict(env)
-    for key, value in result.items():
-        if not key or "=" in key or "\0" in key or "\0" in value:
-            raise ValueError(f"invalid environment variable for the script: {key!r}")
-    result.setdefault("PATH", os.environ.get("PATH", os.defpath))
-    return result
-
-
-def _shell_command(
-    script: str,
-    *,
-    memory_bytes: int | None,
-    file_bytes: int | None,
-    prelude: str = "",
-    prelude_args: Sequence[str] = (),
-) -> list[str]:
-    # Limits are set by the shell in the child, then the script runs exactly as with `sh script`. No
-    # preexec_fn: it would run Python in a fork of the threaded manager (unsafe) and rule out vfork.
-    # A failing ulimit means a stricter hard limit is already in place, or an OS without that limit.
-    # umask 022: the script's files as before, whatever umask keeps the manager's data directory private.
-    steps = ["umask 022"]
-    if file_bytes is not None:
-        steps.append(f"ulimit -f {max(file_bytes // 512, 1)} 2>/dev/null")  # POSIX sh: 512-byte blocks
-    if memory_bytes is not None:
-        steps.append(f"ulimit -v {max(memory_bytes // 1024, 1)} 2>/dev/null")
-    if prelude:
-        steps += [prelude, f'exec {SHELL} "$0" </dev/null']
-    else:
-        steps.append(f'exec {SHELL} "$0"')
-    return [SHELL, "-c", "; ".join(steps), script, *prelude_args]
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _first_child(pid: int) -> int | None:
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return None
-    return int(children[0]) if children else None
-
-
-def _kill_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:
-    try:
-        stdin.write(data)
-        await stdin.drain()
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # the script did not read all of its input: that is its business
-    finally:
-        stdin.close()
