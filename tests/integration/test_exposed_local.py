@@ -418,3 +418,15 @@ def _homes(work_root: Path) -> list[Path]:
 
 def _exists(path: str | Path) -> bool:
     return os.path.exists(path)
+
+
+async def test_health_path_decides_readiness(exposer: LocalExposer) -> None:
+    # The server answers at once, 404 on its health path until the file is there.
+    script = "(sleep 1.5; echo ok > healthz) &\n" + HTTP_SERVER.format(port=8080)
+    service = exposed_service(script, expose={"health_path": "healthz"})
+    await exposer.expose(service)
+    await eventually(lambda: any(i.link.up.is_set() for i in deployment(exposer, service).instances))
+    await asyncio.sleep(0.5)
+    assert await is_state(exposer, service, "pending")
+    await eventually(lambda: is_state(exposer, service, "ready"))
+    assert (await get(await exposer.endpoint(service), "/healthz")).text == "ok\n"
