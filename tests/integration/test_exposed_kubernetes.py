@@ -24,6 +24,7 @@ from aiohttp import web
 from oscar_manager.backends import exposed_manifests as objects
 from oscar_manager.backends import manifests
 from oscar_manager.backends.exposed import ExposedUnavailable
+from oscar_manager.backends.exposed_kube import KubeExposer
 from oscar_manager.backends.kubernetes import KubernetesBackend
 from oscar_manager.domain.service import Service
 from tests.support.cluster_view import Cluster, until_async
@@ -84,6 +85,11 @@ class Exposing:
     cluster: Cluster
     kube: KubernetesBackend
     resolved: Resolved
+
+    @property
+    def exposer(self) -> KubeExposer:
+        assert isinstance(self.kube.exposed, KubeExposer)
+        return self.kube.exposed
 
     async def get(self, kind: str, name: str) -> dict[str, Any] | None:
         answer = await self.cluster.http.get(f"{PLURALS[kind].format(ns=self.cluster.namespace)}/{name}")
@@ -154,11 +160,10 @@ async def test_the_apiserver_accepts_every_object_of_an_exposed_service(cluster:
 
 
 async def test_an_exposed_service_is_created_served_updated_and_deleted(exposing: Exposing) -> None:
-    ns, kube = exposing.cluster.namespace, exposing.kube
-    assert kube.exposed is not None
+    ns, kube, exposer = exposing.cluster.namespace, exposing.kube, exposing.exposer
     service = exposed(ns)
     await kube.prepare_service(service)
-    await kube.exposed.expose(service)
+    await exposer.expose(service)
 
     deployment = await exposing.get("Deployment", "web-dpl")
     assert deployment is not None
@@ -173,7 +178,7 @@ async def test_an_exposed_service_is_created_served_updated_and_deleted(exposing
 
     # Its pods run and become ready: the service is ready, and a request goes to one of them.
     pods = await exposing.running_pods(service, 2)
-    state = await until_async(lambda: kube.exposed.state(service), lambda s: s.state == "ready")
+    state = await until_async(lambda: exposer.state(service), lambda s: s.state == "ready")
     assert (state.active_instances, state.affected_instances) == (2, 0)
     endpoint = await until_async(
         lambda: _endpoint_or_none(exposing, service), lambda found: found is not None
@@ -186,7 +191,7 @@ async def test_an_exposed_service_is_created_served_updated_and_deleted(exposing
         assert (await http.get(f"{endpoint.url}/hello")).text == "pod answered /hello"
     # Spread over the ready pods.
     for _ in range(4):
-        await kube.exposed.endpoint(service)
+        await exposer.endpoint(service)
     assert {address for address, _ in exposing.resolved.asked} == addresses
 
     # The logs of both pods, through the apiserver, merged by time.
@@ -197,7 +202,7 @@ async def test_an_exposed_service_is_created_served_updated_and_deleted(exposing
     exposing.cluster.kubelet.logs[(ns, second["metadata"]["name"])] = PodLog(
         lines=[("2026-01-01T00:00:02.000000000Z", b"two\n"), ("2026-01-01T00:00:04.000000000Z", b"four\n")]
     )
-    assert await kube.exposed.logs(service, tail_lines=3) == [
+    assert await exposer.logs(service, tail_lines=3) == [
         ("2026-01-01T00:00:02.000000000Z", "two"),
         ("2026-01-01T00:00:03.000000000Z", "three"),
         ("2026-01-01T00:00:04.000000000Z", "four"),
@@ -208,7 +213,7 @@ async def test_an_exposed_service_is_created_served_updated_and_deleted(exposing
     updated = updated.model_copy(
         update={"environment": service.environment.model_copy(update={"variables": {"GREETING": "bye"}})}
     )
-    await kube.exposed.expose(updated, previous=service)
+    await exposer.expose(updated, previous=service)
     deployment = await exposing.get("Deployment", "web-dpl")
     assert deployment is not None
     assert deployment["spec"]["replicas"] == 2  # what ran, within the new bounds
@@ -235,7 +240,7 @@ async def test_an_exposed_service_is_created_served_updated_and_deleted(exposing
     )
 
     # Deleted: every object goes, and deleting again is nothing.
-    await kube.exposed.unexpose(updated)
+    await exposer.unexpose(updated)
     for kind, name in (
         ("Deployment", "web-dpl"),
         ("Service", "web-svc"),
@@ -243,56 +248,55 @@ async def test_an_exposed_service_is_created_served_updated_and_deleted(exposing
     ):
         assert await exposing.get(kind, name) is None
     await until_async(lambda: exposing.pods(updated), lambda found: found == [], within=60)
-    await kube.exposed.unexpose(updated)
+    await exposer.unexpose(updated)
 
 
 async def _endpoint_or_none(exposing: Exposing, service: Service) -> Any:
     assert exposing.kube.exposed is not None
     try:
-        return await exposing.kube.exposed.endpoint(service)
+        return await exposing.exposer.endpoint(service)
     except ExposedUnavailable:
         return None
 
 
 async def test_stop_start_and_restart_act_on_the_deployment_and_the_hpa(exposing: Exposing) -> None:
-    ns, kube = exposing.cluster.namespace, exposing.kube
-    assert kube.exposed is not None
+    ns, kube, exposer = exposing.cluster.namespace, exposing.kube, exposing.exposer
     service = exposed(ns, min_scale=1)
     await kube.prepare_service(service)
-    await kube.exposed.expose(service)
+    await exposer.expose(service)
     (before,) = await exposing.running_pods(service, 1)
-    await until_async(lambda: kube.exposed.state(service), lambda s: s.state == "ready")
+    await until_async(lambda: exposer.state(service), lambda s: s.state == "ready")
 
-    await kube.exposed.stop(service)
+    await exposer.stop(service)
     deployment = await exposing.get("Deployment", "web-dpl")
     assert deployment is not None
     assert deployment["spec"]["replicas"] == 0
     assert await exposing.get("HorizontalPodAutoscaler", "web-hpa") is None  # it would scale it back
     await exposing.running_pods(service, 0)
-    state = await kube.exposed.state(service)
+    state = await exposer.state(service)
     assert (state.state, state.reason) == ("stopped", "Deployment is stopped.")
     with pytest.raises(ExposedUnavailable, match="is stopped"):
-        await kube.exposed.endpoint(service)
+        await exposer.endpoint(service)
 
     # An update of a stopped service keeps it stopped (and without its HPA).
-    await kube.exposed.expose(service, previous=service)
+    await exposer.expose(service, previous=service)
     deployment = await exposing.get("Deployment", "web-dpl")
     assert deployment is not None
     assert deployment["spec"]["replicas"] == 0
     assert await exposing.get("HorizontalPodAutoscaler", "web-hpa") is None
 
-    await kube.exposed.start(service)
+    await exposer.start(service)
     deployment = await exposing.get("Deployment", "web-dpl")
     assert deployment is not None
     assert deployment["spec"]["replicas"] == 1
     assert await exposing.get("HorizontalPodAutoscaler", "web-hpa") is not None
     (started,) = await exposing.running_pods(service, 1)
-    await until_async(lambda: kube.exposed.state(service), lambda s: s.state == "ready")
-    await kube.exposed.start(service)  # running: nothing changes
+    await until_async(lambda: exposer.state(service), lambda s: s.state == "ready")
+    await exposer.start(service)  # running: nothing changes
     assert [p["metadata"]["name"] for p in await exposing.pods(service)] == [started["metadata"]["name"]]
 
     # Restart: the rollout-restart annotation on the pod template, and a new pod replaces the old.
-    await kube.exposed.restart(service)
+    await exposer.restart(service)
     deployment = await exposing.get("Deployment", "web-dpl")
     assert deployment is not None
     assert objects.RESTARTED_AT_ANNOTATION in deployment["spec"]["template"]["metadata"]["annotations"]
@@ -305,13 +309,12 @@ async def test_stop_start_and_restart_act_on_the_deployment_and_the_hpa(exposing
 
 
 async def test_a_crash_looping_instance_makes_the_service_failed_with_the_reason(exposing: Exposing) -> None:
-    ns, kube = exposing.cluster.namespace, exposing.kube
-    assert kube.exposed is not None
+    ns, kube, exposer = exposing.cluster.namespace, exposing.kube, exposing.exposer
     service = exposed(ns, min_scale=1)
     await kube.prepare_service(service)
-    await kube.exposed.expose(service)
+    await exposer.expose(service)
     (pod,) = await exposing.running_pods(service, 1)
-    await until_async(lambda: kube.exposed.state(service), lambda s: s.state == "ready")
+    await until_async(lambda: exposer.state(service), lambda s: s.state == "ready")
 
     # What a kubelet reports of a container that keeps exiting.
     waiting = {
@@ -337,16 +340,16 @@ async def test_a_crash_looping_instance_makes_the_service_failed_with_the_reason
         headers={"Content-Type": "application/strategic-merge-patch+json"},
     )
     answer.raise_for_status()
-    state = await until_async(lambda: kube.exposed.state(service), lambda s: s.state == "failed")
+    state = await until_async(lambda: exposer.state(service), lambda s: s.state == "failed")
     assert state.reason == f"CrashLoopBackOff: {waiting['message']}"
     assert (state.active_instances, state.affected_instances) == (0, 1)
     # No instance to send a request to: a 503 saying so.
     with pytest.raises(ExposedUnavailable, match="no instance ready"):
-        await kube.exposed.endpoint(service)
-    await kube.exposed.unexpose(service)
+        await exposer.endpoint(service)
+    await exposer.unexpose(service)
 
 
 async def test_state_of_a_service_without_its_deployment_says_so(exposing: Exposing) -> None:
     assert exposing.kube.exposed is not None
     with pytest.raises(ExposedUnavailable, match="no deployment"):
-        await exposing.kube.exposed.state(exposed(exposing.cluster.namespace, "missing"))
+        await exposing.exposer.state(exposed(exposing.cluster.namespace, "missing"))
