@@ -12,9 +12,10 @@ annotation on the pod template.
 
 Where the proxy sends a request: in the cluster, the Service's DNS name; outside it (tests, a manager on a
 workstation) a ready pod's address from the Service's EndpointSlices, passed through ``resolve`` (tests map
-a pod's address to a loopback server). Either way the Deployment is read first, so a stopped service, or
-one with no instance ready, is a precise 503 rather than a refused connection; a ready answer is trusted
-for :data:`READY_FOR` seconds, so busy services cost no apiserver request per proxied one.
+a pod's address to a loopback server). A stopped service, or one with no instance ready, is a precise
+503 rather than a refused connection: in the cluster the Deployment is read first (a ready answer trusted
+for :data:`READY_FOR` seconds, so busy services cost no apiserver request per proxied one); outside, it
+is read when the EndpointSlices list no ready pod, to say which.
 """
 
 from __future__ import annotations
@@ -97,7 +98,9 @@ class KubeExposer:
         for _ in range(_REPLACE_ATTEMPTS):
             current = await self._read_deployment(service)
             if current is None:  # deleted meanwhile
-                if await self._create(self._apps.create_namespaced_deployment, fresh, what=name):
+                if await self._create(
+                    self._apps.create_namespaced_deployment, fresh, what=f"deployment {name}"
+                ):
                     return False
                 continue
             stopped = _stopped(current)
