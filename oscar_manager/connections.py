@@ -78,6 +78,11 @@ async def open_kubernetes(stack: contextlib.AsyncExitStack, settings: Settings) 
                 ttl_seconds=settings.ttl_job,
                 job_timeout=math.ceil(settings.oscar_job_timeout),
                 max_body_bytes=max(settings.oscar_max_body_bytes, settings.oscar_max_run_body_bytes),
+                exposed_ingress=settings.oscar_exposed_ingress,
+                ingress_host=settings.ingress_host,
+                exposed_via_service={"auto": None, "service": True, "pods": False}[
+                    settings.oscar_exposed_endpoints
+                ],
             ),
             concurrency=settings.oscar_kubernetes_concurrency,
         )

@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -113,6 +113,14 @@ class Settings(BaseSettings):
     oscar_kubernetes_concurrency: int = Field(default=64, ge=1)
     # Job creations a second at most, in bursts of up to a second's worth; 0: no limit (the default).
     oscar_kubernetes_rate: float = Field(default=0, ge=0)
+    # Exposed services: an Ingress (ingress-nginx) per service as well, for traffic that bypasses the
+    # manager's proxy (off: the manager proxies it all); on INGRESS_HOST (upstream's name) when set.
+    oscar_exposed_ingress: bool = False
+    ingress_host: str = ""
+    # Where the proxy reaches an exposed service's instances: the Service's cluster DNS name ("service",
+    # for a manager in the cluster), a ready pod's address ("pods", for one outside it), or "auto": the
+    # former when the manager runs in the cluster it talks to.
+    oscar_exposed_endpoints: Literal["auto", "service", "pods"] = "auto"
 
     # --- MinIO (the ``minio.default`` storage provider) ------------------------------------------
     minio_endpoint: str = ""

@@ -40,9 +40,14 @@ def answers(action: str) -> Any:
         raise BackendUnavailable(f"Kubernetes API unreachable: cannot {action}: {exc}") from None
 
 
+def in_cluster(kubeconfig: Path | None) -> bool:
+    """Whether the manager talks to the cluster it runs in (as its pod's service account)."""
+    return kubeconfig is None and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
 async def new_api_client(kubeconfig: Path | None) -> client.ApiClient:
     """In a pod: its service account. Elsewhere: ``kubeconfig``, ``$KUBECONFIG`` or ``~/.kube/config``."""
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+    if in_cluster(kubeconfig):
         config.load_incluster_config()  # type: ignore[no-untyped-call]
         return client.ApiClient()
     return await config.new_client_from_config(config_file=str(kubeconfig) if kubeconfig else None)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import secrets
@@ -50,10 +51,12 @@ from oscar_manager.backends.base import (
     SyncRequest,
 )
 from oscar_manager.backends.exposed import Exposer
+from oscar_manager.backends.exposed_kube import KubeExposer, Resolve
 from oscar_manager.backends.kube_answers import reason, refused_for_now
 from oscar_manager.backends.kube_client import (
     TRANSPORT_ERRORS,
     answers,
+    in_cluster,
     new_api_client,
     without_environment_lookups,
 )
@@ -82,7 +85,7 @@ _MAX_REFUSALS_KEPT = 10_000
 class KubernetesBackend:
     durable_submissions = True
     follows_jobs = True
-    exposed: Exposer | None = None
+    exposed: Exposer | None
 
     def __init__(
         self,
@@ -91,6 +94,7 @@ class KubernetesBackend:
         namespace: str,
         cluster: manifests.ClusterConfig,
         concurrency: int = 64,
+        resolve: Resolve | None = None,
     ) -> None:
         self._api = api
         self._batch = client.BatchV1Api(api)
@@ -104,19 +108,30 @@ class KubernetesBackend:
         self._refusals: dict[str, int] = {}
         self._reporter: JobReporter | None = None
         self.watching = asyncio.Event()
+        # Exposed services (``exposed_kube``); ``resolve``: where the manager reaches a pod's address.
+        self.exposed = KubeExposer(api, namespace=namespace, cluster=cluster, resolve=resolve)
 
     @classmethod
     @contextlib.asynccontextmanager
     async def connect(
-        cls, *, kubeconfig: Path | None, namespace: str, cluster: manifests.ClusterConfig, concurrency: int
+        cls,
+        *,
+        kubeconfig: Path | None,
+        namespace: str,
+        cluster: manifests.ClusterConfig,
+        concurrency: int,
+        resolve: Resolve | None = None,
     ) -> AsyncIterator[KubernetesBackend]:
+        """A backend on the cluster of ``kubeconfig`` (None: the pod's own, else the default one)."""
         try:
             api = await new_api_client(kubeconfig)
         except (config.ConfigException, OSError) as exc:
             raise BackendUnavailable(f"no Kubernetes configuration: {exc}") from None
         without_environment_lookups(api)
+        if cluster.exposed_via_service is None:
+            cluster = dataclasses.replace(cluster, exposed_via_service=in_cluster(kubeconfig))
         async with api:
-            yield cls(api, namespace=namespace, cluster=cluster, concurrency=concurrency)
+            yield cls(api, namespace=namespace, cluster=cluster, concurrency=concurrency, resolve=resolve)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 

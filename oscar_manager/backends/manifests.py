@@ -66,14 +66,22 @@ class ClusterConfig:
     # The largest invocation body a Job may have to carry (the larger of OSCAR_MAX_BODY_BYTES and
     # OSCAR_MAX_RUN_BODY_BYTES): a service is refused if its Jobs could not carry that (``kube_limits``).
     max_body_bytes: int = 50 * 1024 * 1024
+    # Exposed services (``exposed_manifests``): an Ingress per service besides the manager's proxy (off:
+    # traffic goes through the manager), on INGRESS_HOST when set (and its TLS Secret of that name).
+    exposed_ingress: bool = False
+    ingress_host: str = ""
+    # Where the manager sends an exposed service's traffic: the Service's cluster DNS name (True: the manager
+    # runs in the cluster), or a ready pod's address from the Service's EndpointSlices (False: it runs
+    # outside). None: in the cluster when it talks to the one it runs in (``KubernetesBackend.connect``).
+    exposed_via_service: bool | None = None
 
 
-def _labels(service: Service) -> dict[str, str]:
+def service_labels(service: Service) -> dict[str, str]:
     return {**service.labels, SERVICE_LABEL: service.name}
 
 
 def _metadata(service: Service, name: str) -> dict[str, Any]:
-    return {"name": name, "namespace": service.namespace, "labels": _labels(service)}
+    return {"name": name, "namespace": service.namespace, "labels": service_labels(service)}
 
 
 def function_config(service: Service) -> str:
@@ -105,7 +113,7 @@ def secret(service: Service) -> dict[str, Any] | None:
     }
 
 
-def _resources(service: Service) -> dict[str, Any]:
+def container_resources(service: Service) -> dict[str, Any]:
     limits = {"cpu": service.cpu, "memory": service.memory}
     if service.enable_gpu:
         limits[GPU_RESOURCE] = "1"
@@ -259,7 +267,7 @@ def job(
             max_response=sync_max_response,
             timeout=None if sync else cluster.job_timeout,
         ),
-        "resources": _resources(service),
+        "resources": container_resources(service),
         "securityContext": container_security(),
         "volumeMounts": [
             {"name": "oscar-config", "mountPath": CONFIG_DIR, "readOnly": True},
@@ -287,7 +295,7 @@ def job(
         "resources": {"limits": {"cpu": "100m", "memory": "64Mi"}},
         "securityContext": init_security(),
     }
-    labels = {**_labels(service), "job-id": job_id, **({SYNC_LABEL: "true"} if sync else {})}
+    labels = {**service_labels(service), "job-id": job_id, **({SYNC_LABEL: "true"} if sync else {})}
     pod_metadata = {"labels": labels, "annotations": dict(service.annotations)}
     spec: dict[str, Any] = {
         "backoffLimit": 0,

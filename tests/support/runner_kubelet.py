@@ -90,6 +90,7 @@ class RunnerKubelet:
     _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _manual_ends: dict[str, asyncio.Future[tuple[int, str, list[str] | None]]] = field(default_factory=dict)
     _server: web.AppRunner | None = None
+    _addresses: int = 0  # pod addresses given so far
     _watch: asyncio.Task[None] | None = None
     port: int = 0
 
@@ -263,12 +264,18 @@ class RunnerKubelet:
         log = self.logs.setdefault((meta["namespace"], meta["name"]), PodLog())
         started = _now()
         running = {"running": {"startedAt": started}}
+        # An address of its own, as a CNI plugin gives (nothing listens there): what makes a pod an
+        # endpoint of the Services selecting it (the EndpointSlice controller skips pods without one).
+        self._addresses += 1
+        address = f"10.250.{self._addresses // 250}.{self._addresses % 250 + 1}"
         await self._set_status(
             pod,
             {
                 "phase": "Running",
                 "startTime": started,
                 "hostIP": "127.0.0.1",
+                "podIP": address,
+                "podIPs": [{"ip": address}],
                 "conditions": [
                     {"type": kind, "status": "True", "lastTransitionTime": started}
                     for kind in ("Initialized", "Ready", "ContainersReady", "PodScheduled")
