@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +83,25 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.bucket_policies = runtime.bucket_policies
             async with s3_face(settings, runtime.stores.default, runtime.database):
                 _announce(settings, generated=generated)
-                yield
+                with frozen_heap():
+                    yield
     finally:
         await authenticator.aclose()
+
+
+@contextmanager
+def frozen_heap() -> Iterator[None]:
+    """What start-up built (modules, models, routes, caches) is kept out of the garbage collector's walks
+    while the app serves: it lives as long as the process, and walking it made each full collection a
+    pause of a few hundred milliseconds for every request in flight (measured under load; the p99 of
+    events arriving at 300/s). Given back to the collector at shutdown, so that a process running
+    several apps one after another (the tests) can still collect them."""
+    gc.collect()  # start-up's garbage is not frozen with it
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _announce(settings: Settings, *, generated: bool) -> None:
@@ -225,13 +242,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    # Invocations first: every event's request is matched against the routes in this order, and no
+    # other router's paths can match ``/job/...`` or ``/run/...``.
     for router in (
+        invocations.router,
         health.router,
         system.router,
         services.router,
         deployment.router,
         disabled.router,
-        invocations.router,
         logs.router,
         buckets.router,
         buckets.presigned_router,

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -46,6 +47,12 @@ class Watch(watch.Watch):
         if self.resp is not None:
             self.resp.release()
             self.resp = None
+
+    def unmarshal_event(self, data: str | bytes, response_type: str | None) -> Any:
+        """Events of ``return_type="object"`` as the dicts parsed from the line: the library parses each
+        event, serialises its object again and parses that into an equal dict (three passes over every
+        Job's JSON where one does). Errors, bookmarks and the resourceVersion are the library's."""
+        return super().unmarshal_event(data, None if response_type == "object" else response_type)
 
 
 class JobWatcher:

@@ -32,11 +32,10 @@ import dataclasses
 import json
 import math
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, cast
 
-import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -56,6 +55,7 @@ from oscar_manager.backends.kube_answers import reason, refused_for_now
 from oscar_manager.backends.kube_client import (
     TRANSPORT_ERRORS,
     answers,
+    create,
     in_cluster,
     new_api_client,
     without_environment_lookups,
@@ -183,7 +183,7 @@ class KubernetesBackend:
         name = f"{service.name}-dry-run"  # no job has this name: a job id ends in hex digits
         body = manifests.job(service, job_id=name, event=b"", cluster=self._cluster)
         with answers(f"create a Job of service {service.name} (dry run)"):
-            await self._create(self._batch.create_namespaced_job, body, dry_run="All")
+            await self._create("jobs", body, dry_run="All")
 
     async def remove_service(self, service: Service) -> None:
         """Delete the service's ConfigMap, Secret (if it has one) and Jobs (their pods go with them, in
@@ -227,7 +227,7 @@ class KubernetesBackend:
         inline = manifests.body_inline(payload)
         self._inflight += 1
         try:
-            created = await self._create(self._batch.create_namespaced_job, body, parse=not inline)
+            created = await self._create("jobs", body, parse=not inline)
             if not inline:
                 # Created before (a resubmission): its Secrets may be there too, or only some of them.
                 uid = created["metadata"]["uid"] if created else await self._job_uid(name)
@@ -249,18 +249,14 @@ class KubernetesBackend:
             self._inflight -= 1
 
     async def _create(
-        self,
-        create: Callable[..., Awaitable[object]],
-        body: dict[str, Any],
-        *,
-        parse: bool = False,
-        dry_run: str | None = None,
+        self, kind: str, body: dict[str, Any], *, parse: bool = False, dry_run: str | None = None
     ) -> dict[str, Any] | None:
-        """POST ``body``; return the object created (when ``parse``, else {}), or None if it existed already
-        (409). The answer is left unparsed otherwise: no client model spares half the call's CPU. (The
-        client is typed for its models; it serialises plain dicts all the same.)"""
-        answer = await create(self._namespace, body, _preload_content=False, dry_run=dry_run)
-        async with cast("aiohttp.ClientResponse", answer) as raw:
+        """POST ``body`` (a ``jobs`` or ``secrets`` object) in the namespace; return the object created (when
+        ``parse``, else {}), or None if it existed already (409). The answer is left unparsed otherwise:
+        no client model spares half the call's CPU."""
+        group = "/apis/batch/v1" if kind == "jobs" else "/api/v1"
+        collection = f"{group}/namespaces/{self._namespace}/{kind}"
+        async with await create(self._api, collection, body, dry_run=dry_run) as raw:
             if raw.status == 409:
                 return None
             if not 200 <= raw.status <= 299:
@@ -277,7 +273,7 @@ class KubernetesBackend:
         """Store the parts of a body too large for the Job's environment, in Secrets the Job owns; its pod
         starts once they are all there. One at a time: each is hundreds of KiB."""
         for secret in manifests.body_secrets(service, job_id=job_name, job_uid=uid, event=event):
-            await self._create(self._core.create_namespaced_secret, secret)
+            await self._create("secrets", secret)
 
     async def cancel(self, job_id: str) -> None:
         with answers(f"delete job {job_id}"):

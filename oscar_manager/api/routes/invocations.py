@@ -11,10 +11,15 @@ from oscar_manager.api.deps import (
     BackendDep,
     DatabaseDep,
     IdentitiesDep,
-    IntakeDep,
     SettingsDep,
+    get_authenticator,
+    get_database,
+    get_identities,
+    get_intake,
+    get_settings,
     read_limited,
 )
+from oscar_manager.api.lean_route import LeanRoute
 from oscar_manager.auth.authenticator import Authenticator
 from oscar_manager.operations import Database, invocations
 from oscar_manager.operations.identities import StorageIdentities
@@ -60,8 +65,33 @@ async def _authorized_call(
     return invocation, await read_limited(request, limit)
 
 
-@router.post(
+async def start_job(request: Request, name: str) -> Response:
+    # A LeanRoute: the getters are called here, not declared as dependencies (see ``api.lean_route``).
+    settings = await get_settings(request)
+    invocation, body = await _authorized_call(
+        request,
+        name,
+        await get_database(request),
+        await get_authenticator(request),
+        await get_identities(request),
+        limit=settings.oscar_max_body_bytes,
+    )
+    accepted = await (await get_intake(request)).invocation(
+        service=invocation.service,
+        body=body,
+        idempotency_key=request.headers.get("idempotency-key"),
+        owner=invocation.user,
+    )
+    return Response(
+        status_code=status.HTTP_201_CREATED, headers={"X-Oscar-Job-Ids": ",".join(accepted.job_ids)}
+    )
+
+
+router.add_api_route(
     "/job/{name}",
+    start_job,
+    methods=["POST"],
+    route_class_override=LeanRoute,
     status_code=status.HTTP_201_CREATED,
     response_class=Response,
     summary="Start a job asynchronously: answered once the event is durably recorded",
@@ -77,27 +107,6 @@ async def _authorized_call(
         503: {"description": _NO_MINIO_USER},
     },
 )
-async def start_job(
-    name: str,
-    request: Request,
-    settings: SettingsDep,
-    database: DatabaseDep,
-    authenticator: AuthenticatorDep,
-    identities: IdentitiesDep,
-    intake: IntakeDep,
-) -> Response:
-    invocation, body = await _authorized_call(
-        request, name, database, authenticator, identities, limit=settings.oscar_max_body_bytes
-    )
-    accepted = await intake.invocation(
-        service=invocation.service,
-        body=body,
-        idempotency_key=request.headers.get("idempotency-key"),
-        owner=invocation.user,
-    )
-    return Response(
-        status_code=status.HTTP_201_CREATED, headers={"X-Oscar-Job-Ids": ",".join(accepted.job_ids)}
-    )
 
 
 @router.post(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import re
 import socket
 
@@ -73,6 +74,17 @@ class TestBasicAuth:
         async with app_client(custom, auth=False) as anonymous:
             assert (await anonymous.get("/system/info", auth=("admin", ADMIN_PASSWORD))).status_code == 200
             assert (await anonymous.get("/system/info", auth=("oscar", ADMIN_PASSWORD))).status_code == 401
+
+
+async def test_what_start_up_built_is_frozen_while_serving_and_given_back_at_shutdown(
+    settings: Settings,
+) -> None:
+    # Frozen, the collector's full collections skip it (they were pauses of hundreds of ms under load).
+    assert gc.get_freeze_count() == 0
+    async with app_client(settings) as http:
+        assert (await http.get("/health")).status_code == 200
+        assert gc.get_freeze_count() > 10_000  # the modules, models and routes at least
+    assert gc.get_freeze_count() == 0
 
 
 async def test_info(client: httpx.AsyncClient) -> None:
