@@ -151,8 +151,8 @@ def send_events(balancer: Balancer, service: str, names: list[str], *, every: fl
 
 
 class Stream:
-    """``/job`` events (:func:`send_events`) from ``senders`` threads at once, each its share of ``names``:
-    requests arriving together share the intake's transactions, and with them the claims."""
+    """``/job`` events (:func:`send_events`) from ``senders`` threads at once (as from several clients),
+    each its share of ``names``."""
 
     def __init__(
         self, balancer: Balancer, service: str, names: list[str], *, every: float, senders: int = 1
