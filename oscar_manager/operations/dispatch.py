@@ -65,9 +65,11 @@ async def _claim(
     lookup: Callable[[str], Awaitable[Service | None]],
     replica: str,
     lease: float,
+    rerun: bool,
 ) -> tuple[int, list[tuple[ClaimedEvent, Service]]]:
     """Claim up to ``limit`` events and prepare their job rows; events of services gone are failed.
-    Returns how many were claimed, and those to submit with their service.
+    Returns how many were claimed, and those to submit with their service. ``rerun``: another attempt
+    runs a job again from the start (see ``JobRepository.prepare``).
 
     Services come from ``lookup``: the database's cache, which a committed change to services clears (a
     claim comes after every event, so reading and validating the definition each time cost more than the
@@ -88,7 +90,8 @@ async def _claim(
             [
                 PreparedJob(job_id=event.job_id, service=event.service, event_id=event.id, owner=event.owner)
                 for event, _service in ready
-            ]
+            ],
+            rerun=rerun,
         )
     return len(claimed), ready
 
@@ -136,8 +139,15 @@ class Dispatcher:
         if slots <= 0:
             self._cut_short = True
             return 0, []
+        # A durable submission (a Kubernetes Job) claimed again may have been made, even have ended, under
+        # a replica that died before recording it done: its row keeps what the job watcher reported.
         claimed, ready = await _claim(
-            tx, limit=slots, lookup=self._database.service, replica=self.replica, lease=self.lease
+            tx,
+            limit=slots,
+            lookup=self._database.service,
+            replica=self.replica,
+            lease=self.lease,
+            rerun=not self._backend.durable_submissions,
         )
         self._cut_short = claimed == slots
         # They hold slots until handed to the backend (after the rate limit), unless this is rolled back.

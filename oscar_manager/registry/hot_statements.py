@@ -32,6 +32,8 @@ class HotStatements:
     claim: Any
     # executemany, a row dict each: creates the job rows, or resets them to Pending for another attempt
     prepare: Any
+    # the same, but a row there already only counts the attempt: it keeps its state (see ``prepare``)
+    prepare_kept: Any
     # ids (a list): those events done
     complete: Any
     # executemany of job_id, at: Pending -> Running; a late report never undoes a job's end
@@ -84,6 +86,9 @@ def hot_statements(dialect: str) -> HotStatements:
                 "finished_at": None,
                 "exit_code": None,
             },
+        ),
+        prepare_kept=dialect_insert(dialect, JOBS).on_conflict_do_update(
+            index_elements=[JOBS.c.id], set_={"attempts": JOBS.c.attempts + 1}
         ),
         complete=update(EVENTS)
         .where(EVENTS.c.id.in_(bindparam("ids", expanding=True)))

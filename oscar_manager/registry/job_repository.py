@@ -65,9 +65,11 @@ class JobRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def prepare(self, jobs: list[PreparedJob]) -> None:
-        """The job rows for (re)dispatched events: created, or reset to Pending for another attempt (one
-        executemany of an upsert)."""
+    async def prepare(self, jobs: list[PreparedJob], *, rerun: bool = True) -> None:
+        """The job rows for (re)dispatched events: created, or, for another attempt, reset to Pending when
+        it runs the job again from the start (``rerun``: a local job died with its manager); otherwise
+        (a Kubernetes Job, created once under its name: the attempt finds it if it was) the row keeps the
+        start and end reported for it, which are reported once. One executemany of an upsert."""
         if not jobs:
             return
         now = datetime.now(UTC)
@@ -85,7 +87,7 @@ class JobRepository:
             for job in jobs
         ]
         connection, hot = await on_connection(self._session)
-        await connection.execute(hot.prepare, rows)
+        await connection.execute(hot.prepare if rerun else hot.prepare_kept, rows)
 
     async def mark_running_many(self, started: dict[str, datetime]) -> None:
         """Pending -> Running, with when each job started (one executemany); a late report never undoes

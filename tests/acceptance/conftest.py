@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.components import free_port
+from tests.support.databases import PostgresDatabases
 from tests.support.server import RunningServer, start_server, stop_server
 
 
@@ -16,3 +17,13 @@ def server(tmp_path: Path) -> Iterator[RunningServer]:
         yield running
     finally:
         stop_server(running)
+
+
+@pytest.fixture
+def postgres_url(postgres_databases: PostgresDatabases) -> Iterator[str]:
+    """A freshly migrated PostgreSQL database of the test's own, for managers sharing it (replicas)."""
+    url = postgres_databases.create(migrated=True)
+    try:
+        yield url
+    finally:
+        postgres_databases.drop(url)

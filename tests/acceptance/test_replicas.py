@@ -4,26 +4,25 @@ and no request is answered with a 5xx."""
 
 from __future__ import annotations
 
-import base64
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.support.databases import PostgresDatabases
 from tests.support.minio import MinioServer, boto3_client
 from tests.support.replicas import (
     Balancer,
     Replicas,
     attempts,
     client,
+    event_counts,
     finished_jobs,
-    registry,
+    kill_holding_claims,
     replica_env,
+    send_events,
 )
 
 pytestmark = [pytest.mark.server, pytest.mark.postgres]
@@ -34,17 +33,8 @@ SCRIPT = 'sleep 0.5\ncp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/out-$(cat "$INPUT_FI
 
 
 @pytest.fixture
-def database_url(postgres_databases: PostgresDatabases) -> Iterator[str]:
-    url = postgres_databases.create(migrated=True)
-    try:
-        yield url
-    finally:
-        postgres_databases.drop(url)
-
-
-@pytest.fixture
-def replicas(tmp_path: Path, database_url: str, minio_server: MinioServer) -> Iterator[Replicas]:
-    group = Replicas(tmp_path, replica_env(database_url, minio_server, OSCAR_LOCAL_CONCURRENCY="2"))
+def replicas(tmp_path: Path, postgres_url: str, minio_server: MinioServer) -> Iterator[Replicas]:
+    group = Replicas(tmp_path, replica_env(postgres_url, minio_server, OSCAR_LOCAL_CONCURRENCY="2"))
     try:
         yield group
     finally:
@@ -71,42 +61,8 @@ def outputs(minio: MinioServer, bucket: str) -> list[str]:
     return sorted(item["Key"] for item in listed.get("Contents", []) if not item["Key"].endswith("/"))
 
 
-def send_events(balancer: Balancer, service: str, names: list[str], *, every: float) -> list[int]:
-    """``/job`` per name, each with an idempotency key: a request retried on another replica after its
-    connection dropped is the same event."""
-    statuses = []
-    for name in names:
-        statuses.append(
-            balancer.post(
-                f"/job/{service}",
-                content=base64.b64encode(name.encode()),
-                headers={"Idempotency-Key": name},
-            )
-        )
-        time.sleep(every)
-    return statuses
-
-
-def claims_by_replica(database_url: str) -> dict[str, str | None]:
-    async def read(tx: Any) -> dict[str, str | None]:
-        holders: dict[str, str | None] = await tx.events.holders()
-        return holders
-
-    result: dict[str, str | None] = registry(database_url, read)
-    return result
-
-
-def event_counts(database_url: str) -> dict[str, int]:
-    async def read(tx: Any) -> dict[str, int]:
-        counts: dict[str, int] = await tx.events.counts()
-        return counts
-
-    result: dict[str, int] = registry(database_url, read)
-    return result
-
-
 def test_a_replica_killed_mid_stream_loses_no_event_and_runs_none_twice(
-    replicas: Replicas, database_url: str, minio_server: MinioServer
+    replicas: Replicas, postgres_url: str, minio_server: MinioServer
 ) -> None:
     for _ in range(3):
         replicas.start()
@@ -118,19 +74,8 @@ def test_a_replica_killed_mid_stream_loses_no_event_and_runs_none_twice(
     sender.start()
 
     # Kill (SIGKILL) a replica while it holds claims: jobs under way in it die with it.
-    victim_claims: list[str] = []
-    deadline = time.monotonic() + 30
-    while not victim_claims and time.monotonic() < deadline:
-        held = claims_by_replica(database_url)
-        for server in replicas.servers:
-            pid = f"-{server.process.pid}-"
-            mine = [job for job, replica in held.items() if replica is not None and pid in replica]
-            if mine:
-                replicas.kill(server)
-                victim_claims = mine
-                break
-        time.sleep(0.05)
-    assert victim_claims, "no replica ever held a claim"
+    victim_claims = kill_holding_claims(replicas, postgres_url, list(replicas.servers))
+    assert victim_claims, "it died holding no claim"
     sender.join(timeout=120)
 
     assert sent == [201] * len(names)
@@ -138,14 +83,14 @@ def test_a_replica_killed_mid_stream_loses_no_event_and_runs_none_twice(
     jobs = finished_jobs(replicas, "killed", len(names))
     assert len(jobs) == len(names)  # one job per event, even for the events the killed replica held
     assert {job["status"] for job in jobs.values()} == {"Succeeded"}
-    assert event_counts(database_url) == {"done": len(names)}
+    assert event_counts(postgres_url) == {"done": len(names)}
     # The killed replica's claims lapsed and another replica ran those jobs again.
-    assert all(count >= 2 for count in attempts(database_url, "killed", victim_claims).values())
+    assert all(count >= 2 for count in attempts(postgres_url, "killed", victim_claims).values())
     assert outputs(minio_server, "killed") == [f"out/out-{name}" for name in names]
 
 
 def test_the_leader_killed_gives_a_new_leader_and_no_upload_missed(
-    replicas: Replicas, database_url: str, minio_server: MinioServer
+    replicas: Replicas, postgres_url: str, minio_server: MinioServer
 ) -> None:
     for _ in range(2):
         replicas.start()
@@ -178,7 +123,7 @@ def test_the_leader_killed_gives_a_new_leader_and_no_upload_missed(
 
 
 def test_a_rolling_restart_loses_nothing_and_answers_no_5xx(
-    replicas: Replicas, database_url: str, minio_server: MinioServer
+    replicas: Replicas, postgres_url: str, minio_server: MinioServer
 ) -> None:
     for _ in range(2):
         replicas.start()
@@ -201,6 +146,6 @@ def test_a_rolling_restart_loses_nothing_and_answers_no_5xx(
     jobs = finished_jobs(replicas, "rolling", len(names))
     assert len(jobs) == len(names)
     assert {job["status"] for job in jobs.values()} == {"Succeeded"}
-    assert event_counts(database_url) == {"done": len(names)}
+    assert event_counts(postgres_url) == {"done": len(names)}
     assert outputs(minio_server, "rolling") == sorted(f"out/out-{name}" for name in names)
     assert len(replicas.leaders()) == 1

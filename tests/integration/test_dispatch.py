@@ -13,11 +13,12 @@ import pytest
 from oscar_manager.backends.base import BackendUnavailable, JobReporter, JobRequest, SyncRequest
 from oscar_manager.backends.exposed import Exposer
 from oscar_manager.domain.cluster import NodeStatus
-from oscar_manager.domain.jobs import JobStatus
+from oscar_manager.domain.jobs import JobOutcome, JobStatus
 from oscar_manager.domain.service import MinioDefault, Service, normalise_new, parse_service
 from oscar_manager.operations import Database, dispatch
 from oscar_manager.operations.dispatch import Dispatcher, recover
 from oscar_manager.operations.intake import Intake
+from oscar_manager.operations.jobs import DatabaseJobReporter
 from oscar_manager.operations.ratelimit import RateLimiter
 from oscar_manager.supervisor.answer import SyncAnswer
 from tests.support.factories import service_body
@@ -179,6 +180,45 @@ async def test_a_live_replica_keeps_its_claims_and_a_dead_ones_go_back(database:
     assert await live.hand_back() == 2
     assert await claims(database) == {}
     assert await event_status(database) == {"pending": 2}
+
+
+class HangingBackend(FlakyBackend):
+    """Durable, and its submissions never return: a replica killed while creating its Jobs."""
+
+    async def submit(self, request: JobRequest) -> None:
+        self.accepted.append(request.job_id)
+        await asyncio.Event().wait()
+
+
+async def test_a_dead_replicas_job_already_ended_keeps_its_end_when_resubmitted(database: Database) -> None:
+    """Kubernetes, several replicas: one creates a Job and dies before its event is recorded done; the
+    leader's job watcher records the Job's end; the claim lapses and another replica submits the event
+    again (409: done). The job keeps its end: the watcher reports each end once, so a row put back to
+    Pending would stay Pending for good (as the replicas' test on the real control plane found)."""
+    job_id = await one_event(database, fresh=True)
+    dead = Dispatcher(database, HangingBackend(failures=0), max_attempts=3, replica="dead", lease=1.0)
+    assert await dead.dispatch_more() == 1
+    await asyncio.sleep(0)  # its submission under way: the Job is "created", the event still claimed
+    ended = datetime.now(UTC)
+    watcher = DatabaseJobReporter(database, complete_events_on_finish=False)
+    await watcher.finished(
+        job_id, outcome=JobOutcome(status=JobStatus.SUCCEEDED, exit_code=0, log="done\n", finished_at=ended)
+    )
+
+    live = Dispatcher(database, FlakyBackend(failures=0), max_attempts=3, replica="live", lease=1.0)
+    await asyncio.sleep(1.1)  # the dead replica's lease lapses
+    await live.keep_leases()
+    assert await live.dispatch_once() == 1
+    assert await event_status(database) == {"done": 1}
+    async with database.reading() as tx:
+        job = await tx.jobs.get("cowsay", job_id)
+        log = await tx.jobs.log("cowsay", job_id)
+    assert job is not None
+    assert (job.status, job.exit_code, job.attempts) == (JobStatus.SUCCEEDED, 0, 2)
+    assert job.finished_at is not None
+    assert log is not None
+    assert log.text == "done\n"
+    await dead.stop()
 
 
 async def test_events_of_deleted_services_fail_without_a_job(database: Database) -> None:

@@ -109,6 +109,37 @@ async def test_preparing_a_job_again_resets_it_for_another_attempt(database: Dat
     assert (other.status, other.attempts, other.owner) == (JobStatus.PENDING, 1, None)
 
 
+async def test_preparing_a_job_again_without_a_rerun_keeps_its_state(database: Database) -> None:
+    """A Kubernetes Job dispatched again (its claim lapsed) is found where it is: its row counts the
+    attempt and keeps the start and end reported for it."""
+    started = datetime.now(UTC)
+    jobs = [PreparedJob(job_id=f"cowsay-{index:04d}", service="cowsay", event_id=index) for index in range(3)]
+    async with database.transaction() as tx:
+        await tx.jobs.prepare(jobs, rerun=False)
+        await tx.jobs.mark_running_many({"cowsay-0001": started, "cowsay-0002": started})
+        await tx.jobs.finish(
+            "cowsay-0002",
+            outcome=JobOutcome(status=JobStatus.SUCCEEDED, exit_code=0, log="done\n", finished_at=started),
+        )
+        await tx.jobs.prepare(jobs, rerun=False)
+    async with database.reading() as tx:
+        found = [await tx.jobs.get("cowsay", job.job_id) for job in jobs]
+        log = await tx.jobs.log("cowsay", "cowsay-0002")
+    assert [(job.status, job.attempts) for job in found if job is not None] == [
+        (JobStatus.PENDING, 2),
+        (JobStatus.RUNNING, 2),
+        (JobStatus.SUCCEEDED, 2),
+    ]
+    assert found[2] is not None
+    assert (found[2].exit_code, found[2].finished_at is not None, found[2].started_at is not None) == (
+        0,
+        True,
+        True,
+    )
+    assert log is not None
+    assert log.text == "done\n"
+
+
 async def test_done_and_started_touch_only_their_own_rows(database: Database) -> None:
     await enqueue(database, [event(index) for index in range(4)])
     claimed = await claim(database, 4)

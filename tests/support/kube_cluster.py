@@ -151,12 +151,18 @@ async def create_namespace(
     return JobNamespace(name=name, node=node)
 
 
+def manager_kubeconfig(plane: ControlPlane, token: str, namespace: str, folder: Path) -> Path:
+    """A kubeconfig in ``folder`` for the shipped ServiceAccount's ``token``, in ``namespace``."""
+    config = folder / "manager.kubeconfig"
+    config.write_text(kubeconfig(plane.url, plane.ca, user={"token": token}, namespace=namespace))
+    return config
+
+
 def manager_settings(
     settings: Settings, plane: ControlPlane, token: str, namespace: str, folder: Path, **overrides: Any
 ) -> Settings:
     """``settings`` on the Kubernetes backend as the shipped ServiceAccount, running jobs in ``namespace``."""
-    config = folder / "manager.kubeconfig"
-    config.write_text(kubeconfig(plane.url, plane.ca, user={"token": token}, namespace=namespace))
+    config = manager_kubeconfig(plane, token, namespace, folder)
     return settings.model_copy(
         update={
             "oscar_backend": "kubernetes",
@@ -213,3 +219,14 @@ async def without_verb(http: httpx.AsyncClient, namespace: str, resource: str, v
     await until_authorised(
         http, allowed=False, verb=verb, resource=resource, group=group, namespace=namespace
     )
+
+
+def manager_environment(plane: ControlPlane, token: str, namespace: str, folder: Path) -> dict[str, str]:
+    """What :func:`manager_settings` sets, as the environment of an ``oscar-manager serve`` process."""
+    return {
+        "OSCAR_BACKEND": "kubernetes",
+        "OSCAR_KUBECONFIG": str(manager_kubeconfig(plane, token, namespace, folder)),
+        "OSCAR_SERVICES_NAMESPACE": namespace,
+        "OSCAR_MANAGER_IMAGE": "registry.example/oscar-manager:test",
+        "OSCAR_DISPATCH_INTERVAL": "0.05",
+    }

@@ -9,10 +9,12 @@ none was a 5xx.
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,12 +76,20 @@ class Replicas:
         raise AssertionError(f"expected one leader among {len(self.servers)} replicas, got {len(leaders)}")
 
 
-def replica_env(database_url: str, minio: MinioServer, **extra: str) -> dict[str, str]:
+def replica_env(database_url: str, minio: MinioServer | None, **extra: str) -> dict[str, str]:
+    """The replicas' shared environment: the database, MinIO (or other storage given in ``extra``)."""
+    storage = (
+        {
+            "MINIO_ENDPOINT": minio.endpoint,
+            "MINIO_ACCESS_KEY": minio.access_key,
+            "MINIO_SECRET_KEY": minio.secret_key,
+        }
+        if minio is not None
+        else {}
+    )
     return {
         "OSCAR_DATABASE_URL": database_url,
-        "MINIO_ENDPOINT": minio.endpoint,
-        "MINIO_ACCESS_KEY": minio.access_key,
-        "MINIO_SECRET_KEY": minio.secret_key,
+        **storage,
         "OSCAR_PASSWORD": PASSWORD,
         # Short, so that a test sees claims lapse and a leader move in seconds.
         "OSCAR_CLAIM_LEASE": "3",
@@ -124,6 +134,70 @@ class Balancer:
         raise AssertionError("no replica answered for a minute")
 
 
+def send_events(balancer: Balancer, service: str, names: list[str], *, every: float) -> list[int]:
+    """``/job`` per name, each with an idempotency key: a request retried on another replica after its
+    connection dropped is the same event."""
+    statuses = []
+    for name in names:
+        statuses.append(
+            balancer.post(
+                f"/job/{service}",
+                content=base64.b64encode(name.encode()),
+                headers={"Idempotency-Key": name},
+            )
+        )
+        time.sleep(every)
+    return statuses
+
+
+class Stream:
+    """``/job`` events (:func:`send_events`) from ``senders`` threads at once (as from several clients),
+    each its share of ``names``."""
+
+    def __init__(
+        self, balancer: Balancer, service: str, names: list[str], *, every: float, senders: int = 1
+    ) -> None:
+        self.statuses: list[int] = []
+        self._threads = [
+            threading.Thread(
+                target=lambda share=names[start::senders]: self.statuses.extend(
+                    send_events(balancer, service, share, every=every)
+                )
+            )
+            for start in range(senders)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def join(self, timeout: float = 120) -> list[int]:
+        for thread in self._threads:
+            thread.join(timeout=timeout)
+        return self.statuses
+
+
+def kill_holding_claims(
+    replicas: Replicas,
+    database_url: str,
+    among: list[RunningServer],
+    within: float = 30,
+    when: Callable[[list[str]], bool] = bool,
+) -> list[str]:
+    """SIGKILL the first of ``among`` seen holding claims (whose jobs pass ``when``); the jobs of the
+    events it died holding (read again once it is dead: it may have finished some of those seen)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        held = claims_by_replica(database_url)
+        for server in among:
+            pid = f"-{server.process.pid}-"  # in the replica's name (``runtime.replica_name``)
+            names = {replica for replica in held.values() if replica is not None and pid in replica}
+            if names and when([job for job, replica in held.items() if replica in names]):
+                replicas.kill(server)
+                left = claims_by_replica(database_url)
+                return [job for job, replica in left.items() if replica in names]
+        time.sleep(0.05)
+    raise AssertionError("no replica ever held a claim")
+
+
 def finished_jobs(replicas: Replicas, service: str, count: int, within: float = 120) -> dict[str, Any]:
     """The service's jobs once ``count`` of them have all finished, read from any live replica."""
     deadline = time.monotonic() + within
@@ -155,6 +229,24 @@ def attempts(database_url: str, service: str, job_ids: list[str]) -> dict[str, i
     async def read(tx: Any) -> dict[str, int]:
         found = {job_id: await tx.jobs.get(service, job_id) for job_id in job_ids}
         return {job_id: job.attempts for job_id, job in found.items() if job is not None}
+
+    result: dict[str, int] = registry(database_url, read)
+    return result
+
+
+def claims_by_replica(database_url: str) -> dict[str, str | None]:
+    async def read(tx: Any) -> dict[str, str | None]:
+        holders: dict[str, str | None] = await tx.events.holders()
+        return holders
+
+    result: dict[str, str | None] = registry(database_url, read)
+    return result
+
+
+def event_counts(database_url: str) -> dict[str, int]:
+    async def read(tx: Any) -> dict[str, int]:
+        counts: dict[str, int] = await tx.events.counts()
+        return counts
 
     result: dict[str, int] = registry(database_url, read)
     return result
