@@ -19,11 +19,13 @@ from fastapi.staticfiles import StaticFiles
 
 from oscar_manager import __version__
 from oscar_manager.api.error_answers import CatchAll, document_errors, install_error_handlers
+from oscar_manager.api.proxy import ExposedClients
 from oscar_manager.api.routes import (
     buckets,
     deployment,
     disabled,
     events,
+    exposed,
     health,
     invocations,
     logs,
@@ -86,6 +88,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                 with frozen_heap():
                     yield
     finally:
+        await app.state.exposed_clients.aclose()
         await authenticator.aclose()
 
 
@@ -241,6 +244,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         swagger_ui_init_oauth=swagger_oauth(settings),
     )
     app.state.settings = settings
+    app.state.exposed_clients = ExposedClients()
     install_error_handlers(app)
     # Invocations first: every event's request is matched against the routes in this order, and no
     # other router's paths can match ``/job/...`` or ``/run/...``.
@@ -250,6 +254,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         system.router,
         services.router,
         deployment.router,
+        exposed.router,
         disabled.router,
         logs.router,
         buckets.router,

@@ -25,7 +25,7 @@ from oscar_manager.events.local_watch import LocalBucketWatcher
 from oscar_manager.events.minio_listen import MinioListener
 from oscar_manager.events.minio_webhook import WEBHOOK_PATH, WebhookRules, ensure_target
 from oscar_manager.events.reconcile import reconcile
-from oscar_manager.operations import Database, readiness, service_buckets
+from oscar_manager.operations import Database, exposed, readiness, service_buckets
 from oscar_manager.operations.bucket_access import MinioBucketPolicies
 from oscar_manager.operations.buckets import BucketPolicies
 from oscar_manager.operations.dispatch import Dispatcher, recover
@@ -202,6 +202,11 @@ class Runtime:
             LoopWorker("claim leases", self.dispatcher.keep_leases, interval=settings.oscar_claim_lease / 3)
         ]
         self._leader_tasks: list[LeaderTask] = []
+        # Exposed services' instances, made again at start-up: by each replica for the instances that
+        # live in its own process (local), once by the leader for those that outlive it (Kubernetes,
+        # where it repairs what went missing).
+        self.exposing = RetryingTask("exposed services at start-up", self._expose_services)
+        (self._leader_tasks if self.backend.durable_submissions else self._tasks).append(self.exposing)
         if self.backend.follows_jobs:
             self._leader_tasks.append(SupervisedTask("job watcher", self.backend.follow_jobs))
         if minio_users is not None and self.identities is not None:
@@ -368,6 +373,13 @@ class Runtime:
         )
         await self.webhook_rules.enable(await self._routes())
         log.info("MinIO webhook delivery is set up")
+
+    async def _expose_services(self) -> None:
+        if self.backend.exposed is None:
+            return
+        failed = await exposed.expose_all(self.database, self.backend)
+        if failed:
+            log.error("%d exposed service(s) could not be started; see above", failed)
 
     async def _take_up_leadership(self) -> None:
         """Once per leadership, before the leader's tasks start."""

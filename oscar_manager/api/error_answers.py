@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from oscar_manager.errors import InternalError, OscarError
@@ -91,7 +92,11 @@ def error_name(status_code: int) -> str:
 
 
 def error_response(
-    request: Request, status_code: int, name: str, message: str, headers: Mapping[str, str] | None = None
+    request: HTTPConnection,
+    status_code: int,
+    name: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
 ) -> Response:
     """The one rendering of an error: text unless JSON is preferred (see the module's docstring)."""
     merged = {**(headers or {}), **_ALWAYS}

@@ -1,22 +1,28 @@
 """A service's deployment as upstream shows it (``types.ServiceDeploymentStatus``, ``DeploymentLogStream``).
 
-Upstream has deployment figures only for exposed, Knative and KServe services; for a service whose jobs
-are plain pods it answers "unavailable", and for one that is not exposed it refuses stop/start/restart.
-Exposed services are not implemented here, so every service is of that kind. Its "deployment logs" are
-then, upstream, the logs of its finished job pods (the last ``tailLines`` lines of them all, by time);
-here the job logs the registry keeps, which outlive the pods.
+Upstream has deployment figures only for exposed, Knative and KServe services. An exposed service's
+(``expose.api_port``) come from the backend's ``Exposer``, and only it can be stopped, started and
+restarted. For any other service the state is "unavailable" and its "deployment logs" are, upstream, the
+logs of its finished job pods (the last ``tailLines`` lines of them all, by time); here the job logs the
+registry keeps, which outlive the pods.
 """
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
 
+from oscar_manager.backends.base import Backend
+from oscar_manager.backends.exposed import DeploymentState
 from oscar_manager.domain import logtimes
 from oscar_manager.domain.access import can_change
+from oscar_manager.domain.exposure import is_exposed
 from oscar_manager.domain.jobs import JobLog
 from oscar_manager.domain.principal import Principal
+from oscar_manager.domain.service import Service
 from oscar_manager.errors import BadRequest, Forbidden
-from oscar_manager.operations import jobs, services
+from oscar_manager.operations import exposed, jobs, services
 from oscar_manager.registry import Transaction
 from oscar_manager.settings import Settings
 
@@ -29,8 +35,12 @@ LAST_ATTEMPT = (
 ACTIONS = ("stop", "start", "restart")
 
 
-async def status(tx: Transaction, *, principal: Principal, settings: Settings, name: str) -> dict[str, Any]:
+async def status(
+    tx: Transaction, *, principal: Principal, settings: Settings, backend: Backend, name: str
+) -> dict[str, Any]:
     service = await services.read(tx, principal=principal, name=name)
+    if is_exposed(service) and backend.exposed is not None:
+        return _shown(service, settings, await exposed.state(tx, backend, service))
     return {
         "service_name": service.name,
         "namespace": settings.oscar_services_namespace,
@@ -42,13 +52,47 @@ async def status(tx: Transaction, *, principal: Principal, settings: Settings, n
     }
 
 
+def _shown(service: Service, settings: Settings, state: DeploymentState) -> dict[str, Any]:
+    """Upstream's ``ServiceDeploymentStatus`` (empty ``reason`` and no transition time left out)."""
+    answer: dict[str, Any] = {
+        "service_name": service.name,
+        "namespace": service.namespace or settings.oscar_services_namespace,
+        "state": state.state,
+    }
+    if state.reason:
+        answer["reason"] = state.reason
+    if state.last_transition_time is not None:
+        answer["last_transition_time"] = _rfc3339(state.last_transition_time)
+    return {
+        **answer,
+        "active_instances": state.active_instances,
+        "affected_instances": state.affected_instances,
+        "resource_kind": "exposed_service",
+    }
+
+
+def _rfc3339(moment: datetime) -> str:
+    """As Go's ``metav1.Time`` renders: UTC, seconds."""
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 async def logs(
-    tx: Transaction, *, principal: Principal, name: str, timestamps: bool, tail_lines: int
+    tx: Transaction,
+    *,
+    principal: Principal,
+    backend: Backend,
+    name: str,
+    timestamps: bool,
+    tail_lines: int,
 ) -> dict[str, Any]:
-    """The last ``tail_lines`` non-blank lines of the service's finished jobs (those the caller may see),
-    in time order, as upstream's ``DeploymentLogStream``: each line trimmed, its time in RFC 3339 seconds
-    only with ``timestamps``."""
+    """An exposed service's: the last ``tail_lines`` lines of its instances. Any other's: the last
+    ``tail_lines`` non-blank lines of the service's finished jobs (those the caller may see). In time
+    order, as upstream's ``DeploymentLogStream``: each line trimmed, its time in RFC 3339 seconds only
+    with ``timestamps``."""
     service = await services.read(tx, principal=principal, name=name)
+    if is_exposed(service) and backend.exposed is not None:
+        return await _instance_logs(tx, backend, service, timestamps=timestamps, tail_lines=tail_lines)
     entries: list[tuple[str, str]] = []
 
     def enough(found: list[JobLog]) -> bool:
@@ -72,6 +116,37 @@ async def logs(
     return {**answer, "available": True, "message": LAST_ATTEMPT, "entries": shown}
 
 
+async def _instance_logs(
+    tx: Transaction, backend: Backend, service: Service, *, timestamps: bool, tail_lines: int
+) -> dict[str, Any]:
+    answer: dict[str, Any] = {"service_name": service.name, "available": False, "entries": []}
+    lines = await exposed.exposer_of(backend, service).logs(service, tail_lines=tail_lines)
+    kept = [(stamp, line.strip()) for stamp, line in lines if line.strip()][-tail_lines:]
+    if not kept:
+        # Upstream: no pod to read (stopped), or pods with nothing to show yet.
+        stopped = await tx.services.is_stopped(service.name)
+        return {**answer, "message": NO_LOGS if stopped else NOT_YET}
+    shown = [
+        {"timestamp": stamp, "message": message} if timestamps and stamp else {"message": message}
+        for stamp, message in ((_seconds(stamp), message) for stamp, message in kept)
+    ]
+    return {**answer, "available": True, "entries": shown}
+
+
+def _seconds(stamp: str) -> str:
+    """An RFC 3339 time (up to nanoseconds) as upstream shows it: UTC, seconds; "" if unreadable."""
+    text = stamp.strip().replace("Z", "+00:00").replace("z", "+00:00")
+    head, dot, rest = text.partition(".")
+    if dot:  # Python reads at most six fraction digits: drop them all (seconds are shown)
+        zone = next((i for i, char in enumerate(rest) if char in "+-"), len(rest))
+        text = head + rest[zone:]
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return ""
+    return _rfc3339(moment)
+
+
 def _entries(kept: JobLog) -> list[tuple[str, str]]:
     fallback = logtimes.stamp_of(kept.fallback)
     timed = logtimes.timed_lines(kept.text, kept.times, fallback=fallback)
@@ -92,9 +167,22 @@ def go_bool(value: str) -> bool:
     return value in ("1", "t", "T", "TRUE", "true", "True")
 
 
-async def lifecycle(tx: Transaction, *, principal: Principal, name: str) -> NoReturn:
-    """Stop, start or restart: only for exposed services, which none is (upstream: 400)."""
+_ACTIONS: dict[str, Callable[[Transaction, Backend, Service], Awaitable[None]]] = {
+    "stop": exposed.stop,
+    "start": exposed.start,
+    "restart": exposed.restart,
+}
+
+
+async def lifecycle(
+    tx: Transaction, *, principal: Principal, settings: Settings, backend: Backend, name: str, action: str
+) -> dict[str, Any]:
+    """Stop, start or restart an exposed service (its owner or the admin); upstream's answer, its status.
+    Any other service: 400, as upstream."""
     service = await services.read(tx, principal=principal, name=name)
     if not can_change(principal, service):
         raise Forbidden(f"User {principal.uid} doesn't have permission to manage this service")
-    raise BadRequest(f'service "{service.name}" is not exposed')
+    if not is_exposed(service):
+        raise BadRequest(f'service "{service.name}" is not exposed')
+    await _ACTIONS[action](tx, backend, service)
+    return _shown(service, settings, await exposed.state(tx, backend, service))

@@ -25,7 +25,7 @@ from oscar_manager.domain.service import (
     parse_service,
 )
 from oscar_manager.errors import BadRequest, Conflict, Forbidden, NotFound, OscarError
-from oscar_manager.operations import service_buckets
+from oscar_manager.operations import exposed, service_buckets
 from oscar_manager.operations.buckets import BucketPolicies, enforce
 from oscar_manager.operations.offload import off_loop
 from oscar_manager.operations.service_buckets import own_paths
@@ -136,6 +136,7 @@ async def create(
     ]
     for service in services:
         provisioning.stores.check_endpoints(service)
+    exposed.check(provisioning.backend, services)
     for service in services:
         if await tx.services.exists(service.name):
             raise Conflict(f"a service named {service.name!r} already exists")
@@ -149,6 +150,7 @@ async def create(
         await prepare_storage(service, stores=provisioning.stores)
         await provisioning.backend.prepare_service(service)
     await _notify_inputs(tx, provisioning.notifications, set().union(*map(input_buckets, services)))
+    await exposed.created(tx, provisioning.backend, services)
     return services
 
 
@@ -181,12 +183,14 @@ async def update(
         normalise_update(definition, current=current, minio=minio_default(settings))
     )
     provisioning.stores.check_endpoints(service)
+    exposed.check(provisioning.backend, [service])
     await service_buckets.check_ownership(tx, provisioning.stores.default, principal, [service])
     await tx.services.replace(service)
     await enforce(tx, provisioning.policies, await service_buckets.record(tx, service, previous=current))
     await prepare_storage(service, stores=provisioning.stores)
     await provisioning.backend.prepare_service(service, previous=current)
     await _notify_inputs(tx, provisioning.notifications, input_buckets(current) | input_buckets(service))
+    await exposed.updated(tx, provisioning.backend, service, previous=current)
     return service
 
 
@@ -218,6 +222,7 @@ async def delete(
     await enforce(tx, provisioning.policies, await service_buckets.release(tx, service))
     await provisioning.backend.remove_service(service)
     await _notify_inputs(tx, provisioning.notifications, input_buckets(service))
+    await exposed.deleted(provisioning.backend, service)
     if purge:
         await purge_storage(tx, service, stores=provisioning.stores)
     return service

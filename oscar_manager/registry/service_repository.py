@@ -161,3 +161,25 @@ class ServiceRepository:
             delete(ServiceRow).where(ServiceRow.name == name).returning(ServiceRow.name)
         )
         return result.scalar_one_or_none() is not None
+
+    async def set_stopped(self, name: str, stopped: bool) -> bool:
+        """Record whether the exposed service ``name`` is stopped; the answer: whether it was. Not a change
+        of its definition: its version stays (lists need not render it again)."""
+        row = await self._session.get(ServiceRow, name, with_for_update=True)
+        if row is None:
+            return False
+        was = bool(row.stopped)
+        if was != stopped:
+            row.stopped = stopped
+            await self._session.flush()
+        return was
+
+    async def is_stopped(self, name: str) -> bool:
+        found = await self._session.scalar(select(ServiceRow.stopped).where(ServiceRow.name == name))
+        return bool(found)
+
+    async def get_for_change(self, name: str) -> tuple[Service, bool] | None:
+        """The service and whether it is stopped, its row locked until the transaction ends (a change
+        made meanwhile elsewhere waits, and is seen after)."""
+        row = await self._session.get(ServiceRow, name, with_for_update=True)
+        return None if row is None else (_to_service(row), bool(row.stopped))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, Integer, LargeBinary, MetaData, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Index, Integer, LargeBinary, MetaData, String, Text, false
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -44,6 +44,9 @@ class ServiceRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # Every change moves it: the row's version, which lists read from ``ix_services_versions`` alone.
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # An exposed service its owner stopped (``POST .../stop``): kept here, not in the definition, so an
+    # update keeps it and a manager that starts again leaves the service stopped.
+    stopped: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (Index("ix_services_versions", "name", "updated_at"),)
 
