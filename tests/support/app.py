@@ -1,14 +1,21 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
+from oscar_manager import runtime
 from oscar_manager.app import create_app
+from oscar_manager.backends.exposed import Exposer
+from oscar_manager.backends.local import LocalBackend
 from oscar_manager.settings import Settings
+from oscar_manager.storage.providers import Stores
+from tests.support.components import free_port
 from tests.support.factories import ADMIN_PASSWORD, service_body
 
 # Per request: send no credentials even though the client has some.
@@ -61,3 +68,40 @@ async def create_io_service(
     assert created.status_code == 201, created.text
     token: str = (await http.get(f"/system/services/{name}", headers=headers)).json()["token"]
     return token
+
+
+def give_local_backend(monkeypatch: pytest.MonkeyPatch, exposer: Exposer) -> None:
+    """Apps started from now on run ``exposer`` as their local backend's exposed side (the backend is
+    real; only what runs exposed services is the test's)."""
+    build = runtime.local_backend
+
+    def with_exposer(settings: Settings, stores: Stores) -> LocalBackend:
+        backend = build(settings, stores)
+        backend.exposed = exposer
+        return backend
+
+    monkeypatch.setattr(runtime, "local_backend", with_exposer)
+
+
+@asynccontextmanager
+async def served_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, str]]:
+    """The app served by uvicorn on a loopback port, in this event loop: for what an in-process client
+    cannot show (bodies streamed as they come, websockets). Yields the app and its base URL."""
+    import uvicorn
+
+    app = create_app(settings)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", ws="websockets", log_level="warning")
+    )
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if serving.done():
+                serving.result()
+                raise AssertionError("uvicorn ended before it started")
+            await asyncio.sleep(0.01)
+        yield app, f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await serving
