@@ -81,6 +81,9 @@ def serve(settings: Settings) -> None:
         # would wait for them forever, and Kubernetes would SIGKILL the pod mid-shutdown.
         timeout_graceful_shutdown=settings.oscar_graceful_shutdown_timeout,
         log_level="info",
+        # Websockets (exposed services' proxy) on the websockets library's current implementation: the
+        # default is its deprecated legacy one. It also passes on an instance's refusal of an upgrade.
+        ws="websockets-sansio",
         # Not uvloop: its subprocess spawn forks the whole server per script (about 9 ms, blocking the loop)
         # and it can close a pipe's descriptor twice (MagicStack/uvloop#763).
         loop="asyncio",

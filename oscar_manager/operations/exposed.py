@@ -66,14 +66,13 @@ def _undo_on_rollback(tx: Transaction, undo: Callable[[], Awaitable[None]], what
 
 
 async def created(tx: Transaction, backend: Backend, services: Sequence[Service]) -> None:
-    """Expose each new exposed service; if one fails, those already exposed are removed again."""
+    """Expose each new exposed service; if one fails, those already exposed are removed again (and if
+    the transaction does not commit after all, all of them)."""
     done: list[Service] = []
     try:
         for service in filter(is_exposed, services):
-            exposer = exposer_of(backend, service)
-            await exposer.expose(service)
+            await exposer_of(backend, service).expose(service)
             done.append(service)
-            _undo_on_rollback(tx, functools.partial(exposer.unexpose, service), f"unexpose {service.name}")
     except BaseException:
         for service in done:
             try:
@@ -81,6 +80,9 @@ async def created(tx: Transaction, backend: Backend, services: Sequence[Service]
             except Exception:
                 log.exception("could not remove the instances of %s after a failed create", service.name)
         raise
+    for service in done:
+        exposer = exposer_of(backend, service)
+        _undo_on_rollback(tx, functools.partial(exposer.unexpose, service), f"unexpose {service.name}")
 
 
 async def updated(tx: Transaction, backend: Backend, service: Service, *, previous: Service) -> None:

@@ -92,7 +92,9 @@ async def served_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, str]]:
     app = create_app(settings)
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", ws="websockets", log_level="warning")
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, lifespan="on", ws="websockets-sansio", log_level="warning"
+        )
     )
     serving = asyncio.create_task(server.serve())
     try:

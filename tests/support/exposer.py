@@ -6,6 +6,7 @@ every call made to it, so the layers above the backends are tested against what 
 The server's routes:
 - ``/info`` (any method): the request as seen (method, path with query, headers, body size) in JSON;
 - ``/echo``: the request body sent back as it is read, chunk by chunk;
+- ``/download?mib=N``: N MiB (``download_block`` repeated), written as the client takes them;
 - ``/gated``: a first chunk, then the rest once ``release`` is set (the test sees the first first);
 - ``/upload-gated``: sets ``first_upload_chunk`` on the request body's first chunk, then counts the rest;
 - ``/ws``: a websocket echo (text and bytes), ``/ws-close``: closes at once with code 4001;
@@ -30,6 +31,7 @@ from tests.support.components import free_port
 
 GATED_FIRST = b"first chunk\n"
 GATED_REST = b"rest\n" * 1000
+DOWNLOAD_BLOCK = bytes(range(256)) * 4096  # 1 MiB
 
 
 @dataclass
@@ -59,6 +61,15 @@ def _app(server: LoopbackServer) -> web.Application:
         await answer.prepare(request)
         async for chunk in request.content.iter_any():
             await answer.write(chunk)
+        await answer.write_eof()
+        return answer
+
+    async def download(request: web.Request) -> web.StreamResponse:
+        answer = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        answer.enable_chunked_encoding()
+        await answer.prepare(request)
+        for _ in range(int(request.query["mib"])):
+            await answer.write(DOWNLOAD_BLOCK)
         await answer.write_eof()
         return answer
 
@@ -106,6 +117,7 @@ def _app(server: LoopbackServer) -> web.Application:
     app = web.Application(client_max_size=1024**3)
     app.router.add_route("*", "/echo", echo)
     app.router.add_get("/gated", gated)
+    app.router.add_get("/download", download)
     app.router.add_route("*", "/upload-gated", upload_gated)
     app.router.add_get("/ws", ws_echo)
     app.router.add_get("/ws-close", ws_close)
