@@ -20,8 +20,9 @@ import httpx
 import pytest
 
 from oscar_manager.settings import Settings
-from tests.support.app import app_client, bearer, create_io_service
+from tests.support.app import app_client, bearer, create_io_service, give_local_backend
 from tests.support.components import unavailable
+from tests.support.exposer import LoopbackExposer, loopback_server
 from tests.support.factories import service_body
 from tests.support.jobs import wait_for_jobs
 
@@ -206,9 +207,17 @@ async def test_every_answer_decodes_with_the_upstream_go_types(
     }
 
 
+@pytest.fixture
+async def exposing(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    """Apps started after it run exposed services (through the test's exposer)."""
+    async with loopback_server() as server:
+        give_local_backend(monkeypatch, LoopbackExposer(server))
+        yield
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_exposed_ports_are_v4_lists_that_v3_cannot_read(
-    scenario: httpx.AsyncClient, goconformance: Path
+    exposing: None, scenario: httpx.AsyncClient, goconformance: Path
 ) -> None:
     body = service_body("exposed", expose={"max_scale": 2, "api_port": 8080, "nodePort": 30080})
     assert (await scenario.post("/system/services", json=body)).status_code == 201
