@@ -70,9 +70,9 @@ async def create_io_service(
     return token
 
 
-def give_local_backend(monkeypatch: pytest.MonkeyPatch, exposer: Exposer) -> None:
+def give_local_backend(monkeypatch: pytest.MonkeyPatch, exposer: Exposer | None) -> None:
     """Apps started from now on run ``exposer`` as their local backend's exposed side (the backend is
-    real; only what runs exposed services is the test's)."""
+    real; only what runs exposed services is the test's; None: none)."""
     build = runtime.local_backend
 
     def with_exposer(settings: Settings, stores: Stores) -> LocalBackend:

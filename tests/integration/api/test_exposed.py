@@ -119,7 +119,10 @@ async def test_what_upstream_accepts_is_accepted(http: httpx.AsyncClient, expose
     assert exposer.calls == [("expose", "a"), ("expose", "b")]
 
 
-async def test_a_backend_without_exposed_services_refuses_an_exposed_one(settings: Settings) -> None:
+async def test_a_backend_without_exposed_services_refuses_an_exposed_one(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    give_local_backend(monkeypatch, None)
     async with app_client(settings) as http:
         refused = await http.post("/system/services", json=service_body("web", expose={"api_port": 80}))
         assert refused.status_code == 400
