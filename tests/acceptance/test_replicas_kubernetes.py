@@ -167,20 +167,30 @@ def kill_with_jobs_made(
     return victim_claims, made
 
 
+def three_replicas_streaming(
+    replicas: Replicas, control_plane: ControlPlane, service: str
+) -> tuple[RunningServer, int, Balancer, list[str], Stream]:
+    """Three replicas, ``service`` created, and a stream of 45 events to them begun: the leader, where the
+    audit log stood before the stream, the balancer, the events' names and the stream."""
+    for _ in range(3):
+        replicas.start()
+    leader = replicas.one_leader()
+    create_service(replicas, service)
+    audit_start = control_plane.audit_log.stat().st_size
+    balancer = Balancer(replicas)
+    names = [f"{service}-{n:03d}" for n in range(45)]
+    return leader, audit_start, balancer, names, Stream(balancer, service, names, every=0.02, senders=SENDERS)
+
+
 def test_the_leader_killed_mid_stream_gives_a_new_leader_whose_watcher_reports_every_job(
     replicas: Replicas,
     postgres_url: str,
     control_plane: ControlPlane,
     kwok_namespace: JobNamespace,
 ) -> None:
-    for _ in range(3):
-        replicas.start()
-    leader = replicas.one_leader()
-    create_service(replicas, "kleader")
-    audit_start = control_plane.audit_log.stat().st_size
-    balancer = Balancer(replicas)
-    names = [f"l{n:03d}" for n in range(45)]
-    stream = Stream(balancer, "kleader", names, every=0.02, senders=SENDERS)
+    leader, audit_start, balancer, names, stream = three_replicas_streaming(
+        replicas, control_plane, "kleader"
+    )
 
     # The leader killed (SIGKILL) with claims of its own, some of their Jobs made: its job watcher dies
     # with it, and another replica leads within seconds. (A watcher lists the Jobs when it starts only:
@@ -212,14 +222,9 @@ def test_a_follower_killed_mid_stream_has_its_claims_run_elsewhere_once(
     control_plane: ControlPlane,
     kwok_namespace: JobNamespace,
 ) -> None:
-    for _ in range(3):
-        replicas.start()
-    leader = replicas.one_leader()
-    create_service(replicas, "kfollower")
-    audit_start = control_plane.audit_log.stat().st_size
-    balancer = Balancer(replicas)
-    names = [f"f{n:03d}" for n in range(45)]
-    stream = Stream(balancer, "kfollower", names, every=0.02, senders=SENDERS)
+    leader, audit_start, balancer, names, stream = three_replicas_streaming(
+        replicas, control_plane, "kfollower"
+    )
 
     followers = [server for server in replicas.servers if server is not leader]
     before_kill = control_plane.audit_log.stat().st_size
