@@ -19,6 +19,7 @@ from oscar_manager.api.deps import AuthenticatorDep, BackendDep, DatabaseDep
 from oscar_manager.api.error_answers import error_response
 from oscar_manager.auth.authenticator import Authenticator
 from oscar_manager.backends.base import Backend
+from oscar_manager.backends.exposed import Endpoint
 from oscar_manager.domain.exposure import base_path, cookie_name, instance_target
 from oscar_manager.domain.service import Service
 from oscar_manager.errors import OscarError
@@ -73,9 +74,7 @@ async def _exposed_http(
     backend: BackendDep,
     authenticator: AuthenticatorDep,
 ) -> Response:
-    service, exposer = await exposed.target(database, backend, name)
-    admission = await exposed_access.admit(service, authenticator, _presented(request, name))
-    endpoint = await exposed.endpoint(database, exposer, service)
+    service, admission, endpoint = await _admitted(request, name, database, backend, authenticator)
     clients: proxy.ExposedClients = request.app.state.exposed_clients
     return await proxy.forward(
         request,
@@ -86,6 +85,19 @@ async def _exposed_http(
         target=_target(request, service),
         set_cookies=[_cookie(request, name, admission.token)] if admission.token else [],
     )
+
+
+async def _admitted(
+    connection: HTTPConnection,
+    name: str,
+    database: Database,
+    backend: Backend,
+    authenticator: Authenticator,
+) -> tuple[Service, exposed_access.Admission, Endpoint]:
+    """The service, the caller let in (or refused: raises) and the instance to send it to."""
+    service, exposer = await exposed.target(database, backend, name)
+    admission = await exposed_access.admit(service, authenticator, _presented(connection, name))
+    return service, admission, await exposed.endpoint(database, exposer, service)
 
 
 async def _exposed_root(
@@ -134,9 +146,7 @@ async def _exposed_websocket(websocket: WebSocket, name: str) -> None:
     backend: Backend = state.backend
     authenticator: Authenticator = state.authenticator
     try:
-        service, exposer = await exposed.target(database, backend, name)
-        admission = await exposed_access.admit(service, authenticator, _presented(websocket, name))
-        endpoint = await exposed.endpoint(database, exposer, service)
+        service, admission, endpoint = await _admitted(websocket, name, database, backend, authenticator)
     except OscarError as refused:
         answer = error_response(websocket, refused.status_code, type(refused).__name__, refused.message)
         for key, value in refused.headers.items():
