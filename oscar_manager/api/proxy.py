@@ -127,12 +127,15 @@ async def forward(
     endpoint: Endpoint,
     target: str,
     set_cookies: Iterable[str] = (),
+    withheld: Iterable[str] = (),
 ) -> StreamingResponse:
-    """Send ``request`` to ``endpoint`` at ``target`` (path and query), stream the answer back."""
+    """Send ``request`` to ``endpoint`` at ``target`` (path and query), stream the answer back; the
+    headers ``withheld`` are not passed on."""
     import httpx
 
     client = clients.client(endpoint)
-    headers = end_to_end(request.headers.items(), also=("content-length",) if _chunked(request) else ())
+    also = [*withheld, *(("content-length",) if _chunked(request) else ())]
+    headers = end_to_end(request.headers.items(), also=also)
     headers += forwarded(request)
     has_body = "content-length" in request.headers or _chunked(request)
     outgoing = client.build_request(

@@ -61,10 +61,14 @@ async def relay(
     endpoint: Endpoint,
     target: str,
     set_cookies: Iterable[str] = (),
+    withheld: Iterable[str] = (),
 ) -> None:
-    """Connect to the instance, then accept the caller and pass messages until either side closes."""
+    """Connect to the instance, then accept the caller and pass messages until either side closes; the
+    headers ``withheld`` are not passed on."""
     try:
-        upstream = await _connect(websocket, name=name, port=port, endpoint=endpoint, target=target)
+        upstream = await _connect(
+            websocket, name=name, port=port, endpoint=endpoint, target=target, withheld=withheld
+        )
     except Refused as refused:
         await deny(websocket, refused.answer)
         return
@@ -83,7 +87,7 @@ async def deny(websocket: WebSocket, answer: Response) -> None:
 
 
 async def _connect(
-    websocket: WebSocket, *, name: str, port: int, endpoint: Endpoint, target: str
+    websocket: WebSocket, *, name: str, port: int, endpoint: Endpoint, target: str, withheld: Iterable[str]
 ) -> ClientConnection:
     from websockets.asyncio.client import connect
     from websockets.exceptions import InvalidHandshake, InvalidStatus
@@ -95,7 +99,7 @@ async def _connect(
     # The URI gives the Host header (the caller's); where to connect is given apart.
     host = websocket.headers.get("host") or "localhost"
     uri = f"ws://{host}{target}"
-    headers = end_to_end(websocket.headers.items(), also=_HANDSHAKE) + forwarded(websocket)
+    headers = end_to_end(websocket.headers.items(), also=[*_HANDSHAKE, *withheld]) + forwarded(websocket)
     options: dict[str, Any] = {
         "additional_headers": headers,
         "user_agent_header": websocket.headers.get("user-agent"),

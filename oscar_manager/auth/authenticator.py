@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from oscar_manager.auth.basic import BasicAuthenticator
-from oscar_manager.auth.tokens import bearer_token
+from oscar_manager.auth.tokens import bearer_token, jwt_issuer
 from oscar_manager.domain.principal import Principal
 from oscar_manager.errors import Forbidden
 from oscar_manager.settings import Settings
@@ -45,6 +45,18 @@ class Authenticator:
     @property
     def oidc_enabled(self) -> bool:
         return self.oidc is not None
+
+    def own_credentials(self, authorization: str | None) -> bool:
+        """Whether ``authorization`` would authenticate to this manager: the admin's Basic credentials
+        (right or wrong), or a JWT from an issuer it trusts. Such a header never goes on to an exposed
+        service's instance, which runs a stranger's script: a browser sends the admin's cached Basic
+        credentials with every request below the manager's paths, exposed services' included."""
+        if self.basic.names_the_admin(authorization):
+            return True
+        token = bearer_token(authorization)
+        if token is None or self.oidc is None:
+            return False
+        return jwt_issuer(token) in self.oidc.issuers
 
     async def authenticate(self, authorization: str | None) -> Principal:
         """The caller, or 401 (no or bad credentials), 403 (a user of no allowed group), 503 (issuer down)."""

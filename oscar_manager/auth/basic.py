@@ -18,6 +18,17 @@ class BasicAuthenticator:
         self._username = username.encode()
         self._password = password.encode()
 
+    def names_the_admin(self, authorization: str | None) -> bool:
+        """Whether ``authorization`` is Basic credentials for the admin's user name, right or wrong."""
+        scheme, _, encoded = (authorization or "").partition(" ")
+        if scheme.lower() != "basic" or not encoded:
+            return False
+        try:
+            decoded = base64.b64decode(encoded.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        return hmac.compare_digest(decoded.partition(b":")[0], self._username)
+
     def authenticate(self, authorization: str | None) -> Principal:
         """Check an ``Authorization`` header; raise 401 with the Basic challenge on any failure."""
         scheme, _, encoded = (authorization or "").partition(" ")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
+import json
 
 SERVICE_TOKEN_LENGTH = 64
 BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="OSCAR service"'}
@@ -12,6 +15,20 @@ def bearer_token(authorization: str | None) -> str | None:
     scheme, _, token = (authorization or "").partition(" ")
     token = token.strip()
     return token if scheme.lower() == "bearer" and token else None
+
+
+def jwt_issuer(token: str) -> str | None:
+    """The ``iss`` a JWT claims, unverified, without its trailing slash (as the verifier keys issuers);
+    None for anything else. For telling whose credentials a header carries, never for admitting."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (binascii.Error, ValueError):
+        return None
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    return issuer.rstrip("/") if isinstance(issuer, str) else None
 
 
 def is_service_token(token: str) -> bool:

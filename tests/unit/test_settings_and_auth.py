@@ -1,12 +1,17 @@
 from __future__ import annotations
 
 import base64
+import json
 import stat
 from pathlib import Path
 
+import httpx
 import pytest
 
+from oscar_manager.auth.authenticator import Authenticator
 from oscar_manager.auth.basic import BasicAuthenticator
+from oscar_manager.auth.oidc import OidcVerifier
+from oscar_manager.auth.tokens import jwt_issuer
 from oscar_manager.errors import Unauthorized
 from oscar_manager.settings import BackendKind, Settings
 
@@ -94,3 +99,36 @@ def test_the_presign_key_is_hex_of_at_least_32_bytes(monkeypatch: pytest.MonkeyP
         monkeypatch.setenv("OSCAR_PRESIGN_KEY", bad)
         with pytest.raises(ValueError, match=reason):
             Settings()
+
+
+def _jwt(claims: dict[str, object]) -> str:
+    def part(value: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'RS256'})}.{part(claims)}.c2ln"
+
+
+async def test_own_credentials_are_the_admins_basic_and_trusted_issuers_jwts() -> None:
+    """What the exposed services' proxy withholds from instances (``Authenticator.own_credentials``)."""
+    basic = BasicAuthenticator(username="oscar", password="secret")
+    async with httpx.AsyncClient() as http:
+        trusting = Authenticator(basic, OidcVerifier(["https://aai.example/oidc/"], http=http))
+        plain = Authenticator(basic)
+
+        def header(user: str, password: str) -> str:
+            return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+        for authenticator in (trusting, plain):
+            assert authenticator.own_credentials(header("oscar", "secret"))
+            assert authenticator.own_credentials(header("oscar", "wrong"))  # a guess is still the admin's
+            assert not authenticator.own_credentials(header("someone", "secret"))
+            assert not authenticator.own_credentials("Basic %%%")
+            assert not authenticator.own_credentials(None)
+            assert not authenticator.own_credentials("Bearer an-apps-own-key")
+        ours = "Bearer " + _jwt({"iss": "https://aai.example/oidc", "sub": "u"})
+        theirs = "Bearer " + _jwt({"iss": "https://elsewhere.example", "sub": "u"})
+        assert trusting.own_credentials(ours)
+        assert not trusting.own_credentials(theirs)
+        assert not plain.own_credentials(ours)  # OIDC off: no JWT is this manager's
+        assert jwt_issuer("a.b") is None
+        assert jwt_issuer("a.!!!.c") is None

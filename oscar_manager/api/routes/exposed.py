@@ -84,7 +84,14 @@ async def _exposed_http(
         endpoint=endpoint,
         target=_target(request, service),
         set_cookies=[_cookie(request, name, admission.token)] if admission.token else [],
+        withheld=_withheld(request, authenticator),
     )
+
+
+def _withheld(connection: HTTPConnection, authenticator: Authenticator) -> tuple[str, ...]:
+    """The caller's headers the instance must not get: the manager's own credentials."""
+    own = authenticator.own_credentials(connection.headers.get("authorization"))
+    return ("authorization",) if own else ()
 
 
 async def _admitted(
@@ -160,6 +167,7 @@ async def _exposed_websocket(websocket: WebSocket, name: str) -> None:
         endpoint=endpoint,
         target=_target(websocket, service),
         set_cookies=[_cookie(websocket, name, admission.token)] if admission.token else [],
+        withheld=_withheld(websocket, authenticator),
     )
 
 

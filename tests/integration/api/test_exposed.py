@@ -189,6 +189,24 @@ async def test_requests_reach_the_instance_without_the_prefix_with_forwarding_he
     assert deleted.json()["method"] == "DELETE"
 
 
+async def test_the_managers_own_credentials_never_reach_an_instance(
+    http: httpx.AsyncClient, exposer: LoopbackExposer
+) -> None:
+    """A browser sends the admin's cached Basic credentials with every request below the manager's paths:
+    an instance (a stranger's script) must not get them, right or wrong; its own schemes pass."""
+    await create(http, "web")
+    as_admin = await http.get("/system/services/web/exposed/x")  # the client's auth: the admin's Basic
+    assert as_admin.status_code == 200
+    assert "authorization" not in as_admin.json()["headers"]
+    wrong = await http.get("/system/services/web/exposed/x", auth=NO_AUTH, headers=basic("oscar", "guess"))
+    assert "authorization" not in wrong.json()["headers"]
+    for own in ("Bearer the-apps-own-key", "Token abc"):
+        passed = await http.get(
+            "/system/services/web/exposed/x", auth=NO_AUTH, headers={"Authorization": own}
+        )
+        assert passed.json()["headers"]["authorization"] == own
+
+
 async def test_rewrite_target_keeps_the_prefix(http: httpx.AsyncClient, exposer: LoopbackExposer) -> None:
     await create(http, "kept", rewrite_target=True)
     answer = await http.get("/system/services/kept/exposed/p?q=1", auth=NO_AUTH)
