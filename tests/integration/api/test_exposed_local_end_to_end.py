@@ -1,6 +1,7 @@
 """An exposed service end to end on the embedded default: the real local backend runs Python's
-http.server in its sandbox, and the manager's proxy reaches it at the service's exposed path; stopped, it
-answers 503, started again, it serves."""
+http.server in its sandbox, and the manager's proxy reaches it at the service's exposed path; its
+deployment status and logs are what the dashboard reads; stopped, it answers 503, started again, it
+serves."""
 
 from __future__ import annotations
 
