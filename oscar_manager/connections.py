@@ -14,6 +14,7 @@ from oscar_manager.settings import Settings
 
 if TYPE_CHECKING:
     from oscar_manager.backends.base import Backend
+    from oscar_manager.backends.exposed_kube import Resolve
     from oscar_manager.storage.base import ObjectStore
     from oscar_manager.storage.minio import MinioEndpoint, MinioExtras
     from oscar_manager.storage.minio_users import MinioUsers
@@ -64,8 +65,12 @@ async def open_minio(stack: contextlib.AsyncExitStack, settings: Settings) -> Mi
     return MinioConnection(store=store, extras=extras, users=users)
 
 
-async def open_kubernetes(stack: contextlib.AsyncExitStack, settings: Settings) -> Backend:
-    """The Kubernetes backend of the settings, its API client closed with ``stack``."""
+async def open_kubernetes(
+    stack: contextlib.AsyncExitStack, settings: Settings, *, resolve: Resolve | None = None
+) -> Backend:
+    """The Kubernetes backend of the settings, its API client closed with ``stack``. ``resolve``: where
+    the manager reaches an exposed service's pod address (``backends.exposed_kube``); only tests give
+    one, to stand a loopback server in for pods that do not run, so it is no setting."""
     from oscar_manager.backends.kubernetes import KubernetesBackend
     from oscar_manager.backends.manifests import ClusterConfig
 
@@ -85,5 +90,6 @@ async def open_kubernetes(stack: contextlib.AsyncExitStack, settings: Settings) 
                 ],
             ),
             concurrency=settings.oscar_kubernetes_concurrency,
+            resolve=resolve,
         )
     )

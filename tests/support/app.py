@@ -1,22 +1,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
-from oscar_manager import runtime
+from oscar_manager import connections, runtime
 from oscar_manager.app import create_app
+from oscar_manager.backends.base import Backend
 from oscar_manager.backends.exposed import Exposer
 from oscar_manager.backends.local import LocalBackend
 from oscar_manager.settings import Settings
 from oscar_manager.storage.providers import Stores
 from tests.support.components import free_port
 from tests.support.factories import ADMIN_PASSWORD, service_body
+
+if TYPE_CHECKING:  # (kubernetes-asyncio is loaded only by the tests that use it)
+    from oscar_manager.backends.exposed_kube import Resolve
 
 # Per request: send no credentials even though the client has some.
 NO_AUTH = httpx.Auth()
@@ -81,6 +86,17 @@ def give_local_backend(monkeypatch: pytest.MonkeyPatch, exposer: Exposer | None)
         return backend
 
     monkeypatch.setattr(runtime, "local_backend", with_exposer)
+
+
+def give_kubernetes_resolve(monkeypatch: pytest.MonkeyPatch, resolve: Resolve) -> None:
+    """Apps started from now on with ``OSCAR_BACKEND=kubernetes`` reach an exposed service's pod at
+    ``resolve(pod address, port)`` (the backend is the real one the settings make: nothing listens at a
+    pod address on the tests' control plane, so a test maps it to a loopback server of its own)."""
+
+    async def with_resolve(stack: contextlib.AsyncExitStack, settings: Settings) -> Backend:
+        return await connections.open_kubernetes(stack, settings, resolve=resolve)
+
+    monkeypatch.setattr(runtime, "open_kubernetes", with_resolve)
 
 
 @asynccontextmanager
