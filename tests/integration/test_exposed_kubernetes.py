@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -28,6 +28,7 @@ from oscar_manager.backends.exposed_kube import KubeExposer
 from oscar_manager.backends.kubernetes import KubernetesBackend
 from oscar_manager.domain.service import Service
 from tests.support.cluster_view import Cluster, until_async
+from tests.support.exposer import Resolved
 from tests.support.factories import stored_service
 from tests.support.runner_kubelet import PodLog
 
@@ -49,18 +50,6 @@ def exposed(namespace: str, name: str = "web", **expose: Any) -> Service:
         environment={"variables": {"GREETING": "hello"}},
         expose={"api_port": [8080], "min_scale": 2, "max_scale": 4, **expose},
     )
-
-
-@dataclass
-class Resolved:
-    """The ``resolve`` hook: every pod address to one loopback server, remembering what it was asked."""
-
-    port: int
-    asked: list[tuple[str, int]] = field(default_factory=list)
-
-    def __call__(self, address: str, port: int) -> tuple[str, int]:
-        self.asked.append((address, port))
-        return "127.0.0.1", self.port
 
 
 @contextlib.asynccontextmanager

@@ -194,3 +194,16 @@ class LoopbackExposer:
 
     async def restart(self, service: Service) -> None:
         self.calls.append(("restart", service.name))
+
+
+@dataclass
+class Resolved:
+    """The Kubernetes exposer's ``resolve`` hook for tests: every pod address to one loopback server,
+    remembering what it was asked."""
+
+    port: int
+    asked: list[tuple[str, int]] = field(default_factory=list)
+
+    def __call__(self, address: str, port: int) -> tuple[str, int]:
+        self.asked.append((address, port))
+        return "127.0.0.1", self.port

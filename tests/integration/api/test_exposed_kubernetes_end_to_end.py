@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,7 +25,7 @@ from websockets.asyncio.client import connect
 
 from tests.support.app import NO_AUTH, give_kubernetes_resolve, served_app
 from tests.support.cluster_view import Cluster, until_async
-from tests.support.exposer import LoopbackServer, loopback_server
+from tests.support.exposer import LoopbackServer, Resolved, loopback_server
 from tests.support.factories import ADMIN_PASSWORD, service_body
 
 # The Kubernetes variants run on SQLite only (as ``conftest`` does for the API tests' other ones).
@@ -47,18 +47,6 @@ OPTIONAL_FIELDS = {"reason", "last_transition_time"}
 # Go's metav1.Time: UTC, seconds (the dashboard gives it to ``new Date``).
 GO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 NODE_PATCH = {"Content-Type": "application/merge-patch+json"}
-
-
-@dataclass
-class Resolved:
-    """The ``resolve`` hook: every pod address to the loopback instance, remembering what it was asked."""
-
-    port: int
-    asked: list[tuple[str, int]] = field(default_factory=list)
-
-    def __call__(self, address: str, port: int) -> tuple[str, int]:
-        self.asked.append((address, port))
-        return "127.0.0.1", self.port
 
 
 @dataclass
