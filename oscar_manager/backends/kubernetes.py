@@ -5,10 +5,11 @@ redelivered event) answers 409 AlreadyExists and counts as done. One watch on th
 job rows current: it resumes from the last resourceVersion, and lists again after 410 Gone. When a Job
 ends, its pod's log is copied into the registry, so logs outlive the pod and its TTL.
 
-A sync ``/run`` is a Job of its own, labelled so the watcher leaves it alone: the request awaits it with a
-watch on that one Job, reads the response the supervisor framed into the pod log, and deletes the Job;
-past the run's timeout the Job is deleted and the answer is 504 (Kubernetes also kills it by its
-``activeDeadlineSeconds``, should the manager be gone).
+A sync ``/run`` of a service with warm pods (``synchronous.min_scale`` > 0) goes to a free one
+(``warm_kube``). Otherwise, or when none is free, it is a Job of its own, labelled so the watcher leaves it
+alone: the request awaits it with a watch on that one Job, reads the response the supervisor framed into the
+pod log, and deletes the Job; past the run's timeout the Job is deleted and the answer is 504 (Kubernetes also
+kills it by its ``activeDeadlineSeconds``, should the manager be gone).
 
 A body too large for the Job's environment (``manifests.body_inline``) goes, after the Job, into Secrets
 the Job owns, which the garbage collector deletes with it; the pod waits for them as for any volume. A
@@ -64,6 +65,8 @@ from oscar_manager.backends.kube_jobs import job_outcome, past_deadline
 from oscar_manager.backends.kube_limits import check_job_size
 from oscar_manager.backends.kube_nodes import cluster_nodes
 from oscar_manager.backends.kube_watches import JobWatcher, await_end
+from oscar_manager.backends.warm_kube import WarmPods
+from oscar_manager.backends.warm_manifests import is_warm
 from oscar_manager.domain.cluster import NodeStatus
 from oscar_manager.domain.jobs import JobStatus
 from oscar_manager.domain.service import SERVICE_LABEL, Service
@@ -110,6 +113,8 @@ class KubernetesBackend:
         self.watching = asyncio.Event()
         # Exposed services (``exposed_kube``); ``resolve``: where the manager reaches a pod's address.
         self.exposed = KubeExposer(api, namespace=namespace, cluster=cluster, resolve=resolve)
+        # Warm sync runs (``warm_kube``): services with ``synchronous.min_scale`` > 0.
+        self.warm = WarmPods(api, namespace=namespace, cluster=cluster, resolve=resolve or _identity)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -139,7 +144,8 @@ class KubernetesBackend:
         self._reporter = reporter
 
     async def stop(self) -> None:
-        """Nothing of its own runs: the job watcher is the leader's (:meth:`follow_jobs`)."""
+        """Only the warm pods' connections to close: the job watcher is the leader's (:meth:`follow_jobs`)."""
+        await self.warm.close()
 
     async def follow_jobs(self, up: Callable[[], None]) -> None:
         """The job watcher: every service Job of the namespace, whichever replica created it."""
@@ -165,8 +171,9 @@ class KubernetesBackend:
 
     async def prepare_service(self, service: Service, *, previous: Service | None = None) -> None:
         """Check that the cluster will take the service's Jobs (their size, then a dry-run create), then
-        create or replace its ConfigMap (definition, script) and Secret (its secrets). The Secret is
-        deleted only when the version replaced had one: not a DELETE answered 404 on every change."""
+        create or replace its ConfigMap (definition, script) and Secret (its secrets), then its warm pods'
+        Deployment (``warm_kube``) when it asks for one. The Secret is deleted only when the version
+        replaced had one: not a DELETE answered 404 on every change."""
         check_job_size(service, self._cluster, body_bytes=self._cluster.max_body_bytes)
         await self._dry_run_job(service)
         await self._apply("configmap", manifests.config_map(service))
@@ -175,6 +182,7 @@ class KubernetesBackend:
             await self._apply("secret", secret)
         elif previous is not None and manifests.secret(previous) is not None:
             await self._delete_quietly("secret", service.name)
+        await self.warm.apply(service, previous=previous)
 
     async def _dry_run_job(self, service: Service) -> None:
         """Have the API server validate (and admit, not store) a Job of the service for an empty event:
@@ -186,8 +194,10 @@ class KubernetesBackend:
             await self._create("jobs", body, dry_run="All")
 
     async def remove_service(self, service: Service) -> None:
-        """Delete the service's ConfigMap, Secret (if it has one) and Jobs (their pods go with them, in
-        the background)."""
+        """Delete the service's warm pods (if it has some), ConfigMap, Secret (if it has one) and Jobs
+        (their pods go with them, in the background)."""
+        if is_warm(service):
+            await self.warm.remove(service)
         await self._delete_quietly("configmap", service.name)
         if manifests.secret(service) is not None:
             await self._delete_quietly("secret", service.name)
@@ -286,6 +296,13 @@ class KubernetesBackend:
                     raise
 
     async def run_sync(self, request: SyncRequest) -> SyncAnswer:
+        """On a warm pod when the service has one free (``warm_kube``), else in a Job of its own."""
+        warm = await self.warm.run(request)
+        if warm is not None:
+            return warm
+        return await self._run_in_job(request)
+
+    async def _run_in_job(self, request: SyncRequest) -> SyncAnswer:
         service = request.service
         # Random, not derived from the body: two identical requests are two runs.
         name = f"{service.name[:40]}-run-{secrets.token_hex(8)}"
@@ -329,6 +346,10 @@ class KubernetesBackend:
             raise RunTimeout(f"the run did not finish within {request.timeout:g} s and was killed")
         code = "unknown" if outcome.exit_code is None else outcome.exit_code
         raise ScriptFailed(f"the script exited with code {code}: {log_text[-2000:]}")
+
+
+def _identity(address: str, port: int) -> tuple[str, int]:
+    return address, port
 
 
 def _api_kind(kind: str) -> str:

@@ -13,6 +13,9 @@ It stages the input in, runs ``/bin/sh script.sh`` with the container's environm
 variables, stages the outputs out when the script succeeds, prints the sync response on standard output and
 its own log and the script's output on standard error, and exits with the script's exit code. With
 ``OSCAR_RESPONSE_FRAME`` set (sync Jobs on Kubernetes) the response is framed, to be found in the pod log.
+
+``oscar-supervisor serve`` is a warm pod's server instead: one sync run per HTTP request
+(``supervisor.serve``).
 """
 
 from __future__ import annotations
@@ -329,8 +332,14 @@ def container_environment(env: Mapping[str, str], *, frozen: bool) -> dict[str, 
 
 
 def main() -> None:
-    stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     env = container_environment(os.environ, frozen=bool(getattr(sys, "frozen", False)))
+    if sys.argv[1:] == ["serve"]:  # a warm pod's server (``supervisor.serve``), not one run
+        from oscar_manager.supervisor import serve
+
+        server = serve.WarmServer(env=env, live=sys.stderr.buffer)
+        asyncio.run(serve.serve(server, port=serve.port_of(env)))
+        return
+    stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     try:
         event = read_event(stdin, env)
     except OscarError as exc:

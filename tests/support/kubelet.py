@@ -13,7 +13,8 @@ With an ``image`` the pod runs as on a node: its "image" is a root file system h
 busybox, the init containers run (the manager's copies the self-contained supervisor executable into the
 ``emptyDir``), the volumes are mounted at their paths, and the container's command runs in that root under
 bubblewrap with only the pod's environment. Without one, the supervisor runs in this process on the
-mounted files (quicker; the image is then this machine's ``/bin/sh`` and tools).
+mounted files (quicker; the image is then this machine's ``/bin/sh`` and tools), and so does a warm pod's
+server (``supervisor serve``), on a loopback port of its own that :meth:`SupervisorKubelet.resolve` gives.
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ import errno
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Protocol
 
 from oscar_manager.backends import manifests
 from oscar_manager.errors import OscarError
-from oscar_manager.supervisor import cli
+from oscar_manager.supervisor import cli, serve
 from tests.support.supervisor import BusyboxRoot
 
 
@@ -61,6 +62,9 @@ class SupervisorKubelet:
     node: str = "double-node"
     image: BusyboxImage | None = None
     mount_timeout: float = 30.0
+    # Warm pods' servers (in-process only), by the pod's address: the port each listens on, and itself.
+    serve_ports: dict[str, int] = field(default_factory=dict)
+    warm_servers: dict[str, serve.WarmServer] = field(default_factory=dict)
 
     async def __call__(self, namespace: str, pod: dict[str, Any], log: BinaryIO) -> int:
         container = pod["spec"]["containers"][0]
@@ -85,6 +89,8 @@ class SupervisorKubelet:
         # The image's own PATH (this machine's tools) and a private temporary folder.
         env.setdefault("PATH", os.environ.get("PATH", "/usr/bin:/bin"))
         env["TMPDIR"] = str(pod_dir / "tmp")
+        if pod["spec"]["containers"][0].get("args") == ["serve"]:
+            return await self._serve_in_process(pod, env, pod_dir, log)
         try:
             event = cli.read_event(b"", env, body_dir=_inside(pod_dir, cli.BODY_DIR))
         except OscarError as exc:
@@ -98,6 +104,36 @@ class SupervisorKubelet:
             script_file=_inside(pod_dir, cli.SCRIPT_FILE),
             credentials_dir=_inside(pod_dir, cli.CREDENTIALS_DIR),
         )
+
+    async def _serve_in_process(
+        self, pod: dict[str, Any], env: dict[str, str], pod_dir: Path, log: BinaryIO
+    ) -> int:
+        """A warm pod (``supervisor serve``): its server, until the pod is deleted, on a loopback port of its
+        own (pods share this machine's network here), recorded in :attr:`serve_ports` by the pod's address
+        for the manager's ``resolve`` hook (:meth:`resolve`)."""
+        server = serve.WarmServer(
+            env=env,
+            config_file=_inside(pod_dir, cli.CONFIG_FILE),
+            script_file=_inside(pod_dir, cli.SCRIPT_FILE),
+            credentials_dir=_inside(pod_dir, cli.CREDENTIALS_DIR),
+            live=log,
+        )
+        address = pod["status"]["podIP"]
+        self.warm_servers[address] = server
+
+        def listening(port: int) -> None:
+            self.serve_ports[address] = port
+
+        try:
+            await serve.serve(server, port=0, host="127.0.0.1", listening=listening)
+        finally:
+            self.serve_ports.pop(address, None)
+            self.warm_servers.pop(address, None)
+        return 0
+
+    def resolve(self, address: str, port: int) -> tuple[str, int]:
+        """Where a warm pod's server listens here (a pod without one: a port nothing listens on)."""
+        return "127.0.0.1", self.serve_ports.get(address, 9)
 
     async def _run_in_image(
         self, namespace: str, pod: dict[str, Any], env: dict[str, str], pod_dir: Path, log: BinaryIO

@@ -294,6 +294,8 @@ class RunnerKubelet:
                 zip(stamps or [_stamp()] * len(lines), (line.encode() for line in lines), strict=False)
             )
         else:
+            # The runner is told the address it was given (a warm pod's server is reached there).
+            pod = {**pod, "status": {**pod.get("status", {}), "podIP": address}}
             try:
                 code = await self.runner(meta["namespace"], pod, _LogWriter(log))
             except Exception as exc:  # a broken pod spec: the container could not start

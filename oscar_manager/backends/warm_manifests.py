@@ -1,0 +1,109 @@
+"""The Deployment of a service's warm pods (``synchronous.min_scale`` > 0), as a plain dict: no I/O.
+
+Upstream keeps sync services warm with Knative (``autoscaling.knative.dev/min-scale`` from
+``synchronous.min_scale``, one request per container); here, on plain Kubernetes, ``min_scale`` > 0 is the
+switch for a Deployment ``<svc>-warm`` of that many pods (``backends.warm_kube`` routes ``/run`` to them).
+
+Each pod is a sync Job's pod (``manifests.job``: the same image, init container, volumes, credentials,
+security and environment), so a run in a warm pod sees what a run in a Job sees; only the container's
+argument differs: ``serve`` (``supervisor.serve``, an HTTP server on :data:`PORT`), and with it the port,
+the readiness probe (``GET /ready``: 200 while idle) and the key the manager sends with each run. What is
+per run (the body, its id, time limit, response limit, ``any_bucket``) comes with the request, not the
+environment. The pods carry the service's labels and ``app: oscar-svc-warm-<svc>``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from oscar_manager.backends import manifests
+from oscar_manager.domain.service import Service
+from oscar_manager.supervisor import deadline as deadlines
+from oscar_manager.supervisor import response_frame, serve
+
+APP_LABEL = "app"
+# Marks the warm pods' Deployment and pods.
+WARM_LABEL = "oscar_warm"
+PORT = serve.DEFAULT_PORT
+# A Job's, not a warm pod's: what is per run the server sets per request (``supervisor.serve``), and the
+# response goes back in the HTTP answer, not framed in the log.
+_JOB_ONLY = {"EVENT", "JOB_UUID", deadlines.DEADLINE_ENV, response_frame.MAX_ENV, response_frame.ENV}
+# Probed often: a pod is taken out of the ready ones soon after it starts a run, back soon after it ends.
+_READINESS = {"periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 1, "successThreshold": 1}
+
+
+def is_warm(service: Service) -> bool:
+    """Whether the service asks for warm pods: ``synchronous.min_scale`` > 0 on a service that is not
+    exposed (an exposed service's pods run its own server, ``backends.exposed``)."""
+    return service.synchronous.min_scale > 0 and not service.expose.api_port
+
+
+def deployment_name(service: Service) -> str:
+    return f"{service.name}-warm"
+
+
+def app_label(service: Service) -> str:
+    return f"oscar-svc-warm-{service.name}"
+
+
+def pod_selector(service: Service) -> str:
+    return f"{APP_LABEL}={app_label(service)}"
+
+
+def replicas(service: Service) -> int:
+    """``min_scale`` pods, kept up (``max_scale``, when set, only caps it: see ``backends.warm_kube``)."""
+    wanted = service.synchronous.min_scale
+    cap = service.synchronous.max_scale
+    return int(min(wanted, cap) if cap > 0 else wanted)
+
+
+def deployment(
+    service: Service, *, cluster: manifests.ClusterConfig, key: str | None = None
+) -> dict[str, Any]:
+    """The apps/v1 Deployment of the warm pods; ``key``: what the manager must send with each run (a new
+    random one by default)."""
+    name = deployment_name(service)
+    job = manifests.job(service, job_id=name, event=b"", cluster=cluster)
+    pod = job["spec"]["template"]
+    labels = {
+        **manifests.service_labels(service),
+        WARM_LABEL: "true",
+        APP_LABEL: app_label(service),
+    }
+    pod["metadata"]["labels"] = labels
+    spec = pod["spec"]
+    spec["restartPolicy"] = "Always"  # the only policy a Deployment takes; a crashed server comes back
+    container = spec["containers"][0]
+    container["args"] = ["serve"]
+    container["env"] = [
+        *(item for item in container["env"] if item["name"] not in _JOB_ONLY),
+        {"name": serve.PORT_ENV, "value": str(PORT)},
+        {"name": serve.KEY_ENV, "value": key or secrets.token_hex(32)},
+    ]
+    container["ports"] = [{"name": "warm", "containerPort": PORT, "protocol": "TCP"}]
+    container["readinessProbe"] = {"httpGet": {"path": "/ready", "port": PORT}, **_READINESS}
+    metadata = {
+        "name": name,
+        "namespace": service.namespace,
+        "labels": {**manifests.service_labels(service), WARM_LABEL: "true"},
+        "annotations": dict(service.annotations),
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata,
+        "spec": {
+            "replicas": replicas(service),
+            "selector": {"matchLabels": {APP_LABEL: app_label(service)}},
+            "template": pod,
+        },
+    }
+
+
+def pod_key(pod: dict[str, Any]) -> str:
+    """The key a warm pod takes (from its own spec: every manager replica that can list it knows it)."""
+    for item in pod["spec"]["containers"][0].get("env", []):
+        if item.get("name") == serve.KEY_ENV:
+            return str(item.get("value", ""))
+    return ""
