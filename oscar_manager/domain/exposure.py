@@ -63,6 +63,19 @@ def check_expose(service: Service) -> None:
         )
 
 
+def check_synchronous(service: Service) -> None:
+    """400 for ``synchronous`` scales no backend could honour (upstream's Knative would refuse them when
+    making the service, after the 201)."""
+    synchronous = service.synchronous
+    if synchronous.min_scale < 0 or synchronous.max_scale < 0:
+        raise BadRequest("synchronous.min_scale and synchronous.max_scale cannot be negative")
+    if synchronous.max_scale and synchronous.max_scale < synchronous.min_scale:
+        raise BadRequest(
+            f"synchronous.max_scale ({synchronous.max_scale}) cannot be below "
+            f"synchronous.min_scale ({synchronous.min_scale})"
+        )
+
+
 def instance_target(service: Service, raw_path: str, query: str) -> str:
     """The path and query an instance is asked for, given the path the caller asked (undecoded). As
     upstream's routes: the ``/system/services/<name>/exposed`` prefix stripped (``/`` at least), or kept

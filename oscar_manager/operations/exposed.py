@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from oscar_manager.backends.base import Backend
 from oscar_manager.backends.exposed import DeploymentState, Endpoint, ExposedUnavailable, Exposer
-from oscar_manager.domain.exposure import check_expose, is_exposed
+from oscar_manager.domain.exposure import check_expose, check_synchronous, is_exposed
 from oscar_manager.domain.service import Service, check_name_readable
 from oscar_manager.errors import BadRequest, NotFound
 from oscar_manager.registry import Database, Transaction
@@ -30,10 +30,11 @@ _UNDOING: set[asyncio.Task[None]] = set()
 
 
 def check(backend: Backend, services: Sequence[Service]) -> None:
-    """400 before anything is written: an ``expose`` block that is invalid, or that this backend cannot
-    run."""
+    """400 before anything is written: an ``expose`` block (or ``synchronous`` scales) that is invalid,
+    or that this backend cannot run."""
     for service in services:
         check_expose(service)
+        check_synchronous(service)
         if is_exposed(service) and backend.exposed is None:
             raise BadRequest(
                 f"service {service.name!r} sets expose.api_port, but this manager's backend "

@@ -109,6 +109,27 @@ async def test_an_expose_block_no_backend_could_honour_is_refused_and_nothing_is
     assert exposer.calls == [("expose", "good")]
 
 
+@pytest.mark.parametrize(
+    ("synchronous", "words"),
+    [
+        (
+            {"min_scale": 3, "max_scale": 1},
+            "synchronous.max_scale (1) cannot be below synchronous.min_scale (3)",
+        ),
+        ({"min_scale": -1}, "cannot be negative"),
+    ],
+)
+async def test_synchronous_scales_no_backend_could_honour_are_refused(
+    http: httpx.AsyncClient, synchronous: dict[str, Any], words: str
+) -> None:
+    refused = await http.post("/system/services", json=service_body("bad", synchronous=synchronous))
+    assert refused.status_code == 400, refused.text
+    assert words in refused.text
+    assert (await http.get("/system/services/bad")).status_code == 404
+    accepted = service_body("fine", synchronous={"min_scale": 1, "max_scale": 0})  # 0: not given
+    assert (await http.post("/system/services", json=accepted)).status_code == 201
+
+
 async def test_what_upstream_accepts_is_accepted(http: httpx.AsyncClient, exposer: LoopbackExposer) -> None:
     # max_scale not given (0) below min_scale, auth types in any case, and no check of a block whose
     # api_port is unset (upstream reads it only then).
