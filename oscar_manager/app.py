@@ -98,8 +98,9 @@ def frozen_heap() -> Iterator[None]:
     while the app serves: it lives as long as the process, and walking it made each full collection a
     pause of a few hundred milliseconds for every request in flight (measured under load; the p99 of
     events arriving at 300/s). Given back to the collector at shutdown, so that a process running
-    several apps one after another (the tests) can still collect them."""
-    gc.collect()  # start-up's garbage is not frozen with it
+    several apps one after another (the tests) can still collect them. No collection first: start-up's
+    little garbage is frozen with it (and freed at shutdown), while a full collection of a large heap
+    costs about a second (a test process starting an app per test paid it two thousand times)."""
     gc.freeze()
     try:
         yield
