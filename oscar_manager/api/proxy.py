@@ -146,8 +146,15 @@ async def forward(
     )
     try:
         answer = await client.send(outgoing, stream=True)
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError) as error:
-        # A relay that closes without a byte (nothing on the port) is a RemoteProtocolError here.
+    except (
+        httpx.ConnectError,
+        httpx.ConnectTimeout,
+        httpx.RemoteProtocolError,
+        httpx.ReadError,
+        httpx.WriteError,
+    ) as error:
+        # A relay that closes without a byte (nothing on the port) is a RemoteProtocolError here, or a
+        # WriteError when it closed before the request was all sent.
         raise unreachable(name, port, error) from None
     response = StreamingResponse(_relay(answer, name), status_code=answer.status_code)
     raw = [(key.lower(), value) for key, value in end_to_end(answer.headers.multi_items())]
