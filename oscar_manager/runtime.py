@@ -202,6 +202,8 @@ class Runtime:
             LoopWorker("claim leases", self.dispatcher.keep_leases, interval=settings.oscar_claim_lease / 3)
         ]
         self._leader_tasks: list[LeaderTask] = []
+        # The first list of services renders every one (seconds for 10,000): done while nobody waits.
+        self._tasks.append(RetryingTask("services listing at start-up", self._render_services))
         # Exposed services' instances, made again at start-up: by each replica for the instances that
         # live in its own process (local), once by the leader for those that outlive it (Kubernetes,
         # where it repairs what went missing).
@@ -373,6 +375,10 @@ class Runtime:
         )
         await self.webhook_rules.enable(await self._routes())
         log.info("MinIO webhook delivery is set up")
+
+    async def _render_services(self) -> None:
+        async with self.database.reading() as tx:
+            await self.rendered_services.prepare(tx)
 
     async def _expose_services(self) -> None:
         if self.backend.exposed is None:

@@ -4,8 +4,9 @@ Validating and dumping 10,000 definitions took seconds a request. Here the proce
 every service's public JSON rendered once, with the version of each row (its ``updated_at``, which every
 change moves). When services may have changed, a list reads every (name, version) from an index (a few
 milliseconds) and renders again only the services whose version moved. A change this process commits is
-seen by the next list (the database's services generation moves); one committed by another process within
-the seconds the database's service cache trusts its copies for (``SERVICE_CACHE_SECONDS``), after which
+seen by the next list (the database's services generation moves, and its journal names the services: an
+update is read again alone, without the 10,000 versions); one committed by another process within the
+seconds the database's service cache trusts its copies for (``SERVICE_CACHE_SECONDS``), after which
 the versions are read again. Who sees what is worked out per caller from each service's owner, visibility
 and allowed users (``domain.access.sees``, as ``can_view``), and kept with the listing for the caller's
 next requests (the dashboard asks three times a page load).
@@ -124,6 +125,11 @@ class RenderedServices:
                 last = await self._current(tx)
         return last.answer(principal)
 
+    async def prepare(self, tx: Transaction) -> None:
+        """Make the listing now, so that the first list after a start does not wait for it."""
+        async with self._making:
+            await self._current(tx)
+
     async def _current(self, tx: Transaction) -> _Listing:
         # Taken before the registry is read: a change committed meanwhile moves it, so what is read
         # now is checked again by the next list.
@@ -131,12 +137,40 @@ class RenderedServices:
         last = self._last
         if last is not None and last.current(generation, now):  # made while this list waited
             return last
+        if last is not None and now - last.checked < SERVICE_CACHE_SECONDS:
+            changed = self._database.services_changed_since(last.generation)
+            patched = None if changed is None else await self._patched(tx, last, changed, generation)
+            if patched is not None:
+                self._last = patched
+                return patched
         versions = await tx.services.versions()
         if last is not None and last.versions == versions:
             last.generation, last.checked = generation, now
             return last
         self._last = await self._listing(tx, versions, last, generation=generation, now=now)
         return self._last
+
+    @staticmethod
+    async def _patched(
+        tx: Transaction, last: _Listing, changed: frozenset[str], generation: int
+    ) -> _Listing | None:
+        """``last`` with the services this process changed since read again, when they were only updated
+        (None when one was created or deleted: the order of names is then the registry's to say). What
+        other processes changed is checked when ``last`` would have been: its ``checked`` stays."""
+        names = sorted(changed)
+        versions = await tx.services.versions_of(names)
+        fresh = {service.name: _rendered(service) for service in await tx.services.get_many(names)}
+        if any((name in last.entries) != (name in fresh) or name not in versions for name in names):
+            return None
+        current = dict(last.versions)
+        if any(current.get(name) != versions[name] for name in names):
+            current.update(versions)
+            versions_now: Versions = [(name, current[name]) for name, _version in last.versions]
+        else:  # changes that did not commit
+            versions_now = last.versions
+        entries = dict(last.entries)  # replacing values keeps the order
+        entries.update(fresh)
+        return _Listing(versions=versions_now, entries=entries, generation=generation, checked=last.checked)
 
     @staticmethod
     async def _listing(

@@ -30,6 +30,8 @@ T = TypeVar("T")
 # How long a cached service is trusted without a change committed by this process: a change made by
 # another replica on the same database shows within this.
 SERVICE_CACHE_SECONDS = 5.0
+# Generations whose changed names are kept (:meth:`Database.services_changed_since`).
+_JOURNAL_KEPT = 64
 
 
 class Transaction:
@@ -127,6 +129,8 @@ class Database:
         # goes up once a transaction that changed services has committed; older entries are not used.
         self._services_generation = 0
         self._services: dict[str, tuple[int, Service | None, float]] = {}
+        # The names each of the last generations changed, by the generation it led to.
+        self._services_journal: dict[int, frozenset[str]] = {}
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
@@ -157,6 +161,18 @@ class Database:
         if tx.services.changed:
             self._services_generation += 1
             self._services.clear()
+            self._services_journal[self._services_generation] = frozenset(tx.services.changed_names)
+            self._services_journal.pop(self._services_generation - _JOURNAL_KEPT, None)
+
+    def services_changed_since(self, generation: int) -> frozenset[str] | None:
+        """The services this process's transactions changed after ``generation`` (None: that is too long
+        ago to tell). Changes other processes commit are not in it."""
+        if self._services_generation - generation >= _JOURNAL_KEPT:
+            return None
+        changed: set[str] = set()
+        for later in range(generation + 1, self._services_generation + 1):
+            changed |= self._services_journal[later]
+        return frozenset(changed)
 
     async def service(self, name: str) -> Service | None:
         """The service named ``name`` (None: no such service), cached: for the lookup of every ``/job``.

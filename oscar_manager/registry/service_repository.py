@@ -48,7 +48,13 @@ def _from_columns(definition: dict[str, Any], secrets: dict[str, str]) -> Servic
 class ServiceRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
-        self.changed = False  # a service was added, replaced or deleted in this transaction
+        # The services added, replaced or deleted in this transaction (by name; those whose change did
+        # not happen too: a list reads them again for nothing, never misses one).
+        self.changed_names: set[str] = set()
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changed_names)
 
     async def get(self, name: str) -> Service | None:
         row = await self._session.get(ServiceRow, name)
@@ -106,6 +112,19 @@ class ServiceRepository:
         finally:
             result.close()
 
+    async def versions_of(self, names: Sequence[str]) -> dict[str, str]:
+        """(name, version) of those of the services ``names`` that exist, as :meth:`versions` reads them."""
+        found: dict[str, str] = {}
+        connection = await self._session.connection()
+        for chunk in range(0, len(names), _NAMES_PER_QUERY):
+            result = await connection.execute(
+                select(ServiceRow.name, _VERSION).where(
+                    ServiceRow.name.in_(names[chunk : chunk + _NAMES_PER_QUERY])
+                )
+            )
+            found.update((name, version) for name, version in result)
+        return found
+
     async def get_many(self, names: Sequence[str]) -> Sequence[Service]:
         """Those of the services ``names`` that exist."""
         found: list[Service] = []
@@ -120,7 +139,7 @@ class ServiceRepository:
         return found
 
     async def add(self, service: Service) -> None:
-        self.changed = True
+        self.changed_names.add(service.name)
         now = datetime.now(UTC)
         self._session.add(
             ServiceRow(
@@ -141,7 +160,7 @@ class ServiceRepository:
 
     async def replace(self, service: Service) -> bool:
         """Store a new definition for an existing service; False when there is no such service."""
-        self.changed = True
+        self.changed_names.add(service.name)
         row = await self._session.get(ServiceRow, service.name, with_for_update=True)
         if row is None:
             return False
@@ -156,7 +175,7 @@ class ServiceRepository:
         return True
 
     async def delete(self, name: str) -> bool:
-        self.changed = True
+        self.changed_names.add(name)
         result = await self._session.execute(
             delete(ServiceRow).where(ServiceRow.name == name).returning(ServiceRow.name)
         )

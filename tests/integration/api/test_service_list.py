@@ -17,7 +17,7 @@ from oscar_manager.domain import credentials
 from oscar_manager.domain.service import MinioDefault, normalise_new, parse_service
 from oscar_manager.operations import Database, service_listing
 from oscar_manager.settings import Settings
-from tests.support.app import app_client
+from tests.support.app import app_client, running_app
 from tests.support.factories import ADMIN_PASSWORD, service_body
 from tests.support.oidc import FakeIssuer, egi_issuer, with_egi
 
@@ -192,3 +192,55 @@ async def test_a_change_by_another_process_shows_once_checked(
     services = await listed(api, ADMIN)
     assert list(services) == ["added", "changed", "kept"]
     assert services["changed"]["image"] == "elsewhere"
+
+
+async def test_changes_made_here_do_not_hide_those_made_elsewhere(
+    api: httpx.AsyncClient, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An update made by this process is read again alone (its journal names it); what another process
+    changed meanwhile still shows once the listing's last full check is ``SERVICE_CACHE_SECONDS`` old,
+    however often this process keeps changing services in between."""
+    monkeypatch.setattr(service_listing, "SERVICE_CACHE_SECONDS", 0.5)
+    for name in ("here", "there"):
+        await post(api, ADMIN, name)
+    assert list(await listed(api, ADMIN)) == ["here", "there"]
+
+    elsewhere = Database(database_url)
+    try:
+        async with elsewhere.transaction() as tx:
+            there = await tx.services.get("there")
+            assert there is not None
+            assert await tx.services.replace(there.model_copy(update={"image": "elsewhere"}))
+    finally:
+        await elsewhere.dispose()
+
+    seen_there = []
+    for n in range(20):
+        await put(api, ADMIN, "here", memory=f"{n + 1}Mi")
+        services = await listed(api, ADMIN)
+        assert services["here"]["memory"] == f"{n + 1}Mi"
+        seen_there.append(services["there"]["image"])
+        await asyncio.sleep(0.1)
+    assert seen_there[-1] == "elsewhere"
+    assert seen_there.index("elsewhere") <= 10  # within the half-second window (0.1 s a round, or more)
+
+
+async def test_a_start_makes_the_listing_before_anyone_lists(settings: Settings) -> None:
+    """The first list after a start would render every service (seconds for 10,000): the start makes the
+    listing in the background, and that listing is what the first list answers."""
+    async with app_client(settings) as http:
+        for name in ("first", "second"):
+            answer = await http.post("/system/services", json=service_body(name))
+            assert answer.status_code == 201, answer.text
+    async with running_app(settings) as (app, http):
+        rendered: service_listing.RenderedServices = app.state.rendered_services
+        for _ in range(200):
+            if rendered._last is not None:
+                break
+            await asyncio.sleep(0.05)
+        prepared = rendered._last
+        assert prepared is not None
+        assert list(prepared.entries) == ["first", "second"]
+        answer = await http.get("/system/services")
+        assert [service["name"] for service in answer.json()] == ["first", "second"]
+        assert rendered._last is prepared  # answered from it, not made again
