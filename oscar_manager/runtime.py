@@ -30,6 +30,7 @@ from oscar_manager.operations.bucket_access import MinioBucketPolicies
 from oscar_manager.operations.buckets import BucketPolicies
 from oscar_manager.operations.dispatch import Dispatcher, recover
 from oscar_manager.operations.identities import StorageIdentities
+from oscar_manager.operations.input_routes import InputRoutes
 from oscar_manager.operations.intake import Intake
 from oscar_manager.operations.jobs import DatabaseJobReporter
 from oscar_manager.operations.ratelimit import RateLimiter
@@ -150,6 +151,7 @@ class Runtime:
         self.settings = settings
         self.database = Database(settings.database_url)
         self.rendered_services = RenderedServices(self.database)
+        self.input_routes = InputRoutes(self.database)
         self.stores = Stores(
             default_store,
             timeout=settings.oscar_provider_timeout,
@@ -290,8 +292,7 @@ class Runtime:
                 await runtime.stop()
 
     async def _routes(self) -> list[InputRoute]:
-        async with self.database.reading() as tx:
-            return await tx.services.input_routes()
+        return await self.input_routes.current()
 
     async def _enqueue(self, service: str, event: ObjectEvent) -> None:
         await self.intake.object_event(service=service, event=event)

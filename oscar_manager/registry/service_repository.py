@@ -64,21 +64,33 @@ class ServiceRepository:
         found = await self._session.scalar(select(ServiceRow.name).where(ServiceRow.name == name))
         return found is not None
 
-    async def input_routes(self) -> list[InputRoute]:
-        """Every service input as (service, provider, bucket, folder, since): what routes object events."""
-        rows = await self._session.execute(
-            select(ServiceRow.name, ServiceRow.owner, ServiceRow.definition, ServiceRow.created_at)
+    async def input_routes(self, names: Sequence[str] | None = None) -> list[InputRoute]:
+        """Every service input as (service, provider, bucket, folder, since): what routes object events.
+        Only those of the services ``names`` when given."""
+        # Only the three fields of each definition that routes depend on: decoding whole definitions was
+        # most of a second of CPU for 10,000 services, on every change of one of them (the bucket watcher
+        # and the listener read the routes again).
+        query = select(
+            ServiceRow.name,
+            ServiceRow.owner,
+            ServiceRow.definition["input"],
+            ServiceRow.definition["isolation_level"].as_string(),
+            ServiceRow.definition["allowed_users"],
+            ServiceRow.created_at,
         )
+        if names is not None:
+            query = query.where(ServiceRow.name.in_(names))
+        rows = await self._session.execute(query)
         routes = []
-        for name, owner, definition, created_at in rows:
+        for name, owner, inputs_field, isolation_level, allowed_users, created_at in rows:
             inputs = [
                 (str(entry.get("storage_provider", "")), str(entry.get("path", "")))
-                for entry in definition.get("input") or []
+                for entry in inputs_field or []
             ]
             folders = isolated_inputs(
                 inputs,
-                isolation_level=str(definition.get("isolation_level") or ""),
-                allowed_users=[str(uid) for uid in definition.get("allowed_users") or []],
+                isolation_level=isolation_level or "",
+                allowed_users=[str(uid) for uid in allowed_users or []],
                 owner=owner,
             )
             routes += [
