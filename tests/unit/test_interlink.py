@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from oscar_manager.backends import interlink, manifests, warm_manifests
+from oscar_manager.backends import exposed_manifests, interlink, manifests, warm_manifests
 from oscar_manager.errors import BadRequest, OscarError
 from oscar_manager.supervisor import cli, event_env
 from oscar_manager.supervisor.stage import EVENT_ENV_MAX_BYTES
@@ -121,6 +121,13 @@ def test_an_offloaded_service_gets_no_warm_pods() -> None:
     """Upstream makes no Knative service for it; its sync runs are Jobs on the virtual node."""
     assert warm_manifests.is_warm(make(synchronous={"min_scale": 2}))
     assert not warm_manifests.is_warm(make(synchronous={"min_scale": 2}, interlink_node_name=NODE))
+
+
+def test_an_exposed_services_pods_stay_in_the_cluster() -> None:
+    """As upstream's: they serve HTTP, which a remote batch system does not."""
+    service = make(interlink_node_name=NODE, expose={"api_port": [8080]})
+    deployment = exposed_manifests.deployment(service, cluster=CLUSTER, replicas=1)
+    assert not {"nodeSelector", "tolerations"} & set(deployment["spec"]["template"]["spec"])
 
 
 @pytest.mark.parametrize(
