@@ -4,13 +4,12 @@ Compatible with upstream OSCAR where clients or scripts can tell (container ``os
 ``oscar_service``, ``EVENT``/``JOB_UUID`` in the environment, the config at ``/oscar/config``, MinIO
 credentials at ``/var/run/secrets/providers/minio.default``). Different on purpose: the supervisor is not
 read from a shared PVC but copied by an init container from the manager's own image into an ``emptyDir``
-at ``/oscar/bin``, so the user's image needs nothing but ``/bin/sh`` (and no volume of the node's host is
-needed: that is what lets a Job run on an interLink virtual node, ``backends.interlink``); the job name
-comes from the
-intake's dedup key, so a redelivered event maps to the same Job (409 AlreadyExists = already submitted);
-and a body too large for ``EVENT`` travels in Secrets the Job owns (``body_secrets``), projected into the
-pod at ``/oscar/event``: a container cannot start with an environment string over 128 KiB, nor can etcd
-keep a Job over 1.5 MiB.
+at ``/oscar/bin``, so the user's image needs nothing but ``/bin/sh`` and the pod no volume of its node's
+host (which is what lets a Job run on an interLink virtual node, ``backends.interlink``); the job name
+comes from the intake's dedup key, so a redelivered event maps to the same Job (409 AlreadyExists =
+already submitted); and a body too large for ``EVENT`` travels in Secrets the Job owns (``body_secrets``),
+projected into the pod at ``/oscar/event``: a container cannot start with an environment string over
+128 KiB, nor can etcd keep a Job over 1.5 MiB.
 
 Pod Security: a Job's pod meets the "baseline" profile, which the services' namespace enforces, and of
 "restricted" what users' images allow. The init container (ours: it copies the supervisor) meets all of

@@ -53,7 +53,8 @@ CREDENTIALS_DIR = Path("/var/run/secrets/providers")
 BODY_DIR = Path(body_parts.BODY_DIR)
 SHELL = "/bin/sh"
 # What the container's environment says of the event, not for the script: EVENT is the supervisor's to set
-# (only when the body fits), and the parts' description is the manager's message to the supervisor.
+# (only when the body fits), and its encoding and the parts' description are the manager's message to the
+# supervisor.
 _EVENT_CARRIERS = ("EVENT", event_env.ENCODING_ENV, body_parts.PARTS_ENV, body_parts.DIGEST_ENV)
 
 

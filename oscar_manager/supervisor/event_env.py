@@ -28,10 +28,9 @@ class UndecodableEvent(OscarError):
 
 def encoded(body: bytes) -> dict[str, str] | None:
     """The variables carrying ``body`` base64-encoded, or None when that is too large for the environment."""
-    text = base64.b64encode(body).decode()
-    if len(text) > EVENT_ENV_MAX_BYTES:
+    if 4 * -(-len(body) // 3) > EVENT_ENV_MAX_BYTES:  # the encoded length, without encoding megabytes
         return None
-    return {EVENT_ENV: text, ENCODING_ENV: BASE64}
+    return {EVENT_ENV: base64.b64encode(body).decode(), ENCODING_ENV: BASE64}
 
 
 def decoded(env: Mapping[str, str]) -> bytes:

@@ -95,6 +95,9 @@ def test_a_body_whose_base64_is_too_large_for_the_environment_goes_in_parts() ->
     assert "EVENT" not in env
     assert event_env.ENCODING_ENV not in env
     assert env["OSCAR_EVENT_PARTS"] == "1"
+    largest = EVENT_ENV_MAX_BYTES // 4 * 3  # 48 KiB: its base64 is the 64 KiB the environment takes
+    assert manifests.body_inline(offloaded, b"x" * largest)
+    assert not manifests.body_inline(offloaded, b"x" * (largest + 1))
 
 
 def test_a_service_cannot_set_the_encoding_itself() -> None:
