@@ -234,7 +234,7 @@ class KubernetesBackend:
     async def submit(self, request: JobRequest) -> None:
         service, name, payload = request.service, request.job_id, request.payload
         body = manifests.job(service, job_id=name, event=payload, cluster=self._cluster)
-        inline = manifests.body_inline(payload)
+        inline = manifests.body_inline(service, payload)
         self._inflight += 1
         try:
             created = await self._create("jobs", body, parse=not inline)
@@ -319,7 +319,7 @@ class KubernetesBackend:
             created = await self._batch.create_namespaced_job(self._namespace, cast("client.V1Job", body))
         try:
             async with asyncio.timeout(request.timeout):
-                if not manifests.body_inline(request.body):
+                if not manifests.body_inline(service, request.body):
                     with answers(f"store the body of a sync run of {service.name}"):
                         await self._deliver_body(service, name, created.metadata.uid, request.body)
                 job = await await_end(

@@ -4,11 +4,12 @@ Compatible with upstream OSCAR where clients or scripts can tell (container ``os
 ``oscar_service``, ``EVENT``/``JOB_UUID`` in the environment, the config at ``/oscar/config``, MinIO
 credentials at ``/var/run/secrets/providers/minio.default``). Different on purpose: the supervisor is not
 read from a shared PVC but copied by an init container from the manager's own image into an ``emptyDir``
-at ``/oscar/bin``, so the user's image needs nothing but ``/bin/sh``; the job name comes from the
-intake's dedup key, so a redelivered event maps to the same Job (409 AlreadyExists = already submitted);
-and a body too large for ``EVENT`` travels in Secrets the Job owns (``body_secrets``), projected into the
-pod at ``/oscar/event``: a container cannot start with an environment string over 128 KiB, nor can etcd
-keep a Job over 1.5 MiB.
+at ``/oscar/bin``, so the user's image needs nothing but ``/bin/sh`` and the pod no volume of its node's
+host (which is what lets a Job run on an interLink virtual node, ``backends.interlink``); the job name
+comes from the intake's dedup key, so a redelivered event maps to the same Job (409 AlreadyExists =
+already submitted); and a body too large for ``EVENT`` travels in Secrets the Job owns (``body_secrets``),
+projected into the pod at ``/oscar/event``: a container cannot start with an environment string over
+128 KiB, nor can etcd keep a Job over 1.5 MiB.
 
 Pod Security: a Job's pod meets the "baseline" profile, which the services' namespace enforces, and of
 "restricted" what users' images allow. The init container (ours: it copies the supervisor) meets all of
@@ -31,9 +32,10 @@ from typing import Any
 
 import yaml
 
+from oscar_manager.backends import interlink
 from oscar_manager.domain.service import SERVICE_LABEL, Service
 from oscar_manager.domain.service_views import job_view
-from oscar_manager.supervisor import body_parts, reads, response_frame
+from oscar_manager.supervisor import body_parts, event_env, reads, response_frame
 from oscar_manager.supervisor import deadline as deadlines
 from oscar_manager.supervisor.stage import event_variable
 
@@ -141,17 +143,24 @@ def container_security() -> dict[str, Any]:
     return {"allowPrivilegeEscalation": False}
 
 
-def body_inline(event: bytes) -> bool:
-    """The body travels in the Job's ``EVENT`` (as upstream's): it fits there, and as it is."""
+def body_inline(service: Service, event: bytes) -> bool:
+    """The body travels in the Job's ``EVENT`` (as upstream's): it fits there, as it is or, for a Job
+    offloaded through interLink, base64-encoded (``supervisor.event_env``)."""
+    if interlink.offloaded(service):
+        return event_env.encoded(event) is not None
     text = event_variable(event)
     return text is not None and text.encode() == event
 
 
-def _event_env(event: bytes, *, inline: bool) -> list[dict[str, Any]]:
-    """``EVENT``, or the description of the body's parts for the supervisor."""
-    if inline:
-        return [{"name": "EVENT", "value": event.decode()}]
-    return [{"name": name, "value": value} for name, value in body_parts.environment(event).items()]
+def _event_env(service: Service, event: bytes, *, inline: bool) -> list[dict[str, Any]]:
+    """``EVENT`` (and its encoding), or the description of the body's parts for the supervisor."""
+    if not inline:
+        variables = body_parts.environment(event)
+    elif interlink.offloaded(service):
+        variables = event_env.encoded(event) or {}
+    else:
+        variables = {event_env.EVENT_ENV: event.decode()}
+    return [{"name": name, "value": value} for name, value in variables.items()]
 
 
 def body_volume(job_id: str, parts: int) -> dict[str, Any]:
@@ -198,13 +207,19 @@ def _env(
     service: Service,
     *,
     job_id: str,
-    event_env: list[dict[str, Any]],
+    event_variables: list[dict[str, Any]],
     sync: bool,
     any_bucket: bool,
     max_response: int | None,
     timeout: int | None,
 ) -> list[dict[str, Any]]:
-    ours = (reads.READ_ANY_BUCKET_ENV, body_parts.PARTS_ENV, body_parts.DIGEST_ENV, deadlines.DEADLINE_ENV)
+    ours = (
+        reads.READ_ANY_BUCKET_ENV,
+        event_env.ENCODING_ENV,
+        body_parts.PARTS_ENV,
+        body_parts.DIGEST_ENV,
+        deadlines.DEADLINE_ENV,
+    )
     variables = [
         {"name": name, "value": value}
         for name, value in service.environment.variables.items()
@@ -225,7 +240,7 @@ def _env(
         # cannot widen what its supervisor reads.
         {"name": reads.READ_ANY_BUCKET_ENV, "value": "true" if any_bucket else "false"},
         {"name": "OSCAR_SERVICE_NAME", "value": service.name},
-        *event_env,
+        *event_variables,
         {"name": "JOB_UUID", "value": job_id},
         {"name": "RESOURCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         *framing,
@@ -251,7 +266,7 @@ def job(
     the service's inputs (the admin's runs).
     """
     sync = sync_deadline is not None
-    inline = body_inline(event)
+    inline = body_inline(service, event)
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": service.image,
@@ -261,7 +276,7 @@ def job(
         "env": _env(
             service,
             job_id=job_id,
-            event_env=_event_env(event, inline=inline),
+            event_variables=_event_env(service, event, inline=inline),
             sync=sync,
             any_bucket=any_bucket,
             max_response=sync_max_response,
@@ -329,6 +344,7 @@ def job(
                     "initContainers": [init],
                     "containers": [container],
                     "volumes": volumes,
+                    **interlink.placement(service),
                 },
             },
         },

@@ -17,7 +17,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from oscar_manager.backends import manifests
+from oscar_manager.backends import interlink, manifests
 from oscar_manager.domain.service import Service
 from oscar_manager.supervisor import deadline as deadlines
 from oscar_manager.supervisor import response_frame, serve
@@ -35,8 +35,11 @@ _READINESS = {"periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 1, "s
 
 def is_warm(service: Service) -> bool:
     """Whether the service asks for warm pods: ``synchronous.min_scale`` > 0 on a service that is not
-    exposed (an exposed service's pods run its own server, ``backends.exposed``)."""
-    return service.synchronous.min_scale > 0 and not service.expose.api_port
+    exposed (an exposed service's pods run its own server, ``backends.exposed``) nor offloaded through
+    interLink (its runs go to the virtual node as Jobs, ``backends.interlink``)."""
+    return (
+        service.synchronous.min_scale > 0 and not service.expose.api_port and not interlink.offloaded(service)
+    )
 
 
 def deployment_name(service: Service) -> str:

@@ -64,6 +64,17 @@ def check_labels(labels: Mapping[str, str]) -> None:
             )
 
 
+def check_label_value(field: str, value: str) -> None:
+    """A field whose value Jobs carry as a label's or a node selector's value."""
+    if len(value) > MAX_LABEL_VALUE:
+        raise BadRequest(f"{field}: {value!r} is {len(value)} characters long, over {MAX_LABEL_VALUE}")
+    if not _LABEL_VALUE.match(value):
+        raise BadRequest(
+            f"{field}: invalid value {value!r}: letters, digits, '-', '_' and '.' only, starting and"
+            " ending with a letter or digit (or empty)"
+        )
+
+
 def check_annotations(annotations: Mapping[str, str]) -> None:
     for key in annotations:
         # The API server checks the key lower-cased: upper-case letters are allowed in its prefix.

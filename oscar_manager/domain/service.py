@@ -15,7 +15,7 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator
 
 from oscar_manager.domain import credentials
 from oscar_manager.domain.gomodel import GoModel, Int32, Int64, NodePortList, PortList, Quantity, TextMap
-from oscar_manager.domain.kube_metadata import check_annotations, check_labels
+from oscar_manager.domain.kube_metadata import check_annotations, check_label_value, check_labels
 from oscar_manager.domain.providers import typed_provider
 from oscar_manager.domain.quantities import check_cpu, check_memory, check_quantity
 from oscar_manager.errors import BadRequest
@@ -293,6 +293,8 @@ def _normalise_common(service: Service, *, minio: MinioDefault) -> Service:
     # As every Job will carry them (the service's own label among them).
     check_labels({**service.labels, SERVICE_LABEL: service.name})
     check_annotations(service.annotations)
+    # The virtual node's name is the value of the Jobs' node selector (``backends.interlink``).
+    check_label_value("interlink_node_name", service.interlink_node_name)
     log_level = service.log_level.strip().upper()
     if log_level not in LOG_LEVELS:
         log_level = "INFO"

@@ -3,7 +3,8 @@
 It reads what faas-supervisor reads, where faas-supervisor reads it, so OSCAR's pod layout works as is:
 
 - the event on standard input; when that is empty, from the parts the manager mounted at ``/oscar/event``
-  (a body too large for the environment: ``supervisor/body_parts.py``), else from ``EVENT``;
+  (a body too large for the environment: ``supervisor/body_parts.py``), else from ``EVENT`` (base64 when
+  ``OSCAR_EVENT_ENCODING`` says so: ``supervisor/event_env.py``);
 - the service definition from ``/oscar/config/function_config.yaml``, else ``FUNCTION_CONFIG`` (base64 YAML);
 - the script from ``SCRIPT`` (base64) if set, else ``/oscar/config/script.sh``;
 - ``minio.default`` credentials from ``/var/run/secrets/providers/minio.default/{accessKey,secretKey}``, other
@@ -38,7 +39,7 @@ from oscar_manager.errors import BadRequest, OscarError
 from oscar_manager.storage.base import ObjectStore
 from oscar_manager.storage.providers import s3_settings
 from oscar_manager.storage.s3 import S3ObjectStore
-from oscar_manager.supervisor import body_parts, response_frame
+from oscar_manager.supervisor import body_parts, event_env, response_frame
 from oscar_manager.supervisor import deadline as deadlines
 from oscar_manager.supervisor.answer import ResponseTooLarge, SyncAnswer, encoded_size, render_response
 from oscar_manager.supervisor.log import SupervisorLog
@@ -52,8 +53,9 @@ CREDENTIALS_DIR = Path("/var/run/secrets/providers")
 BODY_DIR = Path(body_parts.BODY_DIR)
 SHELL = "/bin/sh"
 # What the container's environment says of the event, not for the script: EVENT is the supervisor's to set
-# (only when the body fits), and the parts' description is the manager's message to the supervisor.
-_EVENT_CARRIERS = ("EVENT", body_parts.PARTS_ENV, body_parts.DIGEST_ENV)
+# (only when the body fits), and its encoding and the parts' description are the manager's message to the
+# supervisor.
+_EVENT_CARRIERS = ("EVENT", event_env.ENCODING_ENV, body_parts.PARTS_ENV, body_parts.DIGEST_ENV)
 
 
 class ConfigurationError(OscarError):
@@ -62,12 +64,12 @@ class ConfigurationError(OscarError):
 
 def read_event(stdin: bytes, env: Mapping[str, str], body_dir: Path = BODY_DIR) -> bytes:
     """The invocation body: standard input, else the mounted parts (when the environment describes
-    some), else ``EVENT``."""
+    some), else ``EVENT`` (decoded as ``OSCAR_EVENT_ENCODING`` says)."""
     if stdin.strip():
         return stdin
     if body_parts.PARTS_ENV in env:
         return body_parts.read(body_dir, env)
-    return env.get("EVENT", "").encode()
+    return event_env.decoded(env)
 
 
 def read_definition(env: Mapping[str, str], config_file: Path = CONFIG_FILE) -> Service:

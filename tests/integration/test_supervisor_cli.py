@@ -51,6 +51,23 @@ def test_event_from_environment_when_stdin_is_empty(run_cli: Runner) -> None:
     assert done.stdout == b"from env"
 
 
+def test_event_base64_encoded_in_the_environment_reaches_the_script_as_its_text(run_cli: Runner) -> None:
+    """As the manager sends it to a Job offloaded through interLink (``supervisor.event_env``)."""
+    body = '{"note": "it\'s \\"quoted\\" in $HOME",\n "n": 1}'
+    script = 'printf "%s|" "$EVENT" "${OSCAR_EVENT_ENCODING:-unset}"; cat "$INPUT_FILE_PATH"'
+    env = {
+        "FUNCTION_CONFIG": config(),
+        "SCRIPT": b64(script),
+        "EVENT": b64(body),
+        "OSCAR_EVENT_ENCODING": "base64",
+    }
+    done = run_cli(b"", env)
+    assert done.returncode == 0, done.stderr
+    event, encoding, input_file = done.stdout.decode().split("|")
+    assert (event, encoding) == (body, "unset")
+    assert yaml.safe_load(input_file) == {"note": 'it\'s "quoted" in $HOME', "n": 1}
+
+
 def test_failing_script_exit_code_is_the_programs(run_cli: Runner) -> None:
     done = run_cli(b64("x").encode(), {"FUNCTION_CONFIG": config(), "SCRIPT": b64("echo oops; exit 7")})
     assert done.returncode == 7

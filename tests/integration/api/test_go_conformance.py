@@ -144,6 +144,7 @@ FULL: dict[str, Any] = service_body(
     environment={"variables": {"A": 1, "B": "two"}, "secrets": {"API_KEY": "s3cr3t"}},
     annotations={"note": "x"},
     labels={"team": "a"},
+    interlink_node_name="vega-new-vk",  # stored and shown on the local backend, which does not offload
     image_pull_secrets=["registry-creds"],
     input=[{"storage_provider": "minio", "path": "full/in", "prefix": ["a"], "suffix": [".csv"]}],
     output=[

@@ -378,3 +378,13 @@ class TestRun:
         assert response.status_code == 200
         assert settings.oscar_password not in response.text
         assert "OSCAR_PASSWORD" not in response.text
+
+
+async def test_the_local_backend_keeps_an_interlink_node_and_runs_the_job_itself(settings: Settings) -> None:
+    """``interlink_node_name`` is for Kubernetes (``backends.interlink``): stored and shown, ignored here."""
+    async with app_client(settings) as client:
+        token = await make_service(client, interlink_node_name="vega-new-vk")
+        assert (await client.get("/system/services/upper")).json()["interlink_node_name"] == "vega-new-vk"
+        await client.post("/job/upper", content=b64(b"hi"), headers=bearer(token), auth=NO_AUTH)
+        jobs = await wait_for_jobs(client, "upper", count=1)
+        assert [job["status"] for job in jobs.values()] == ["Succeeded"]
