@@ -17,6 +17,7 @@ fails with it. A server that cannot be reached, is full (507) or unavailable (50
 
 from __future__ import annotations
 
+import base64
 import contextlib
 from collections.abc import AsyncIterator
 from http import HTTPStatus
@@ -31,6 +32,14 @@ from oscar_manager.storage.providers import WebDavSettings
 
 # What the server's plain error answer may add to a message: enough to see why, never a whole page.
 _BODY_SHOWN = 200
+
+
+def _basic_auth(login: str, password: str) -> dict[str, str]:
+    """The ``Authorization`` header of HTTP Basic (RFC 7617, UTF-8), or none without a login."""
+    if not login:
+        return {}
+    token = base64.b64encode(f"{login}:{password}".encode()).decode("ascii")
+    return {"Authorization": f"Basic {token}"}
 
 
 class WebDavSink:
@@ -55,10 +64,9 @@ class WebDavSink:
         and each wait for the server (seconds), not a whole upload."""
         ssl: bool = settings.verify
         connector = GuardedConnector(guard, ssl=ssl) if guard is not None else aiohttp.TCPConnector(ssl=ssl)
-        auth = aiohttp.BasicAuth(settings.login, settings.password) if settings.login else None
         session = aiohttp.ClientSession(
             connector=connector,
-            auth=auth,
+            headers=_basic_auth(settings.login, settings.password),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
             trust_env=False,  # the guard checks what is connected: no proxy from the environment
         )
