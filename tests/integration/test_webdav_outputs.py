@@ -165,6 +165,31 @@ async def test_a_loopback_server_is_refused_at_create_unless_the_operator_allows
     assert "loopback" in response.text
 
 
+async def test_the_manager_connects_to_a_loopback_server_only_while_the_operator_allows_it(
+    settings: Settings, dav: WebDavServer
+) -> None:
+    """Created while loopback was allowed, then run by a manager that no longer allows it: the write is
+    refused at connect (the guard shared with S3 providers), and nothing reaches the server."""
+    name = unique("davguard")
+    body = service(name, dav)
+    body["output"][0]["path"] = f"{OUT_PATH}/{name}"
+    async with app_client(settings) as http:
+        created = await http.post("/system/services", json=body)
+        assert created.status_code == 201, created.text
+    strict = settings.model_copy(update={"oscar_provider_allowed_networks": []})
+    async with app_client(strict) as http:
+        token = (await http.get(f"/system/services/{name}")).json()["token"]
+        posted = await http.post(f"/job/{name}", content=b64("x"), headers=bearer(token), auth=NO_AUTH)
+        assert posted.status_code == 201, posted.text
+        job_id = posted.headers["x-oscar-job-ids"]
+        jobs = await wait_for_jobs(http, name, count=1, within=60)
+        log = (await http.get(f"/system/logs/{name}/{job_id}")).text
+    assert jobs[job_id]["status"] == "Failed", log
+    assert "ProviderRefused" in log
+    assert "'webdav.dcache'" in log
+    assert not (dav.root / OUT_PATH / name).exists()
+
+
 # --- the supervisor program: what a Kubernetes Job runs ------------------------------------------------
 
 
