@@ -39,7 +39,7 @@ from oscar_manager.domain.service import Service, wants_network
 from oscar_manager.errors import OscarError
 from oscar_manager.storage.base import STORE_FAULTS
 from oscar_manager.storage.blocking import run_blocking
-from oscar_manager.storage.providers import StoreResolver, Stores
+from oscar_manager.storage.providers import ServiceProviders, Stores
 from oscar_manager.supervisor.answer import SyncAnswer, render_response
 from oscar_manager.supervisor.deadline import Deadline, StagingTimeout
 from oscar_manager.supervisor.log import SupervisorLog
@@ -56,7 +56,7 @@ class _Run:
     invocation: Invocation
     result: ScriptResult
     bounds_hit: list[str]  # the job's bounds that stopped it, as log sentences
-    stores: StoreResolver  # the service's providers, for the uploads that follow a successful run
+    stores: ServiceProviders  # the service's providers, for the uploads that follow a successful run
 
     @property
     def succeeded(self) -> bool:
@@ -230,7 +230,7 @@ class LocalBackend:
                 await stage_out(
                     service=request.service,
                     invocation=run.invocation,
-                    stores=run.stores,
+                    stores=run.stores.sink,
                     workspace=workspace,
                     log=slog,
                     deadline=deadline,
@@ -283,7 +283,7 @@ class LocalBackend:
             await stage_out(
                 service=request.service,
                 invocation=run.invocation,
-                stores=run.stores,
+                stores=run.stores.sink,
                 workspace=workspace,
                 log=slog,
                 deadline=deadline,

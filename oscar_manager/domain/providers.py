@@ -6,7 +6,7 @@ from typing import Any
 
 from oscar_manager.domain.gomodel import go_text
 
-# The fields of each upstream storage provider type: strings, but MinIO's ``verify``.
+# The fields of each upstream storage provider type: strings, but ``verify`` (MinIO's and WebDAV's).
 _PROVIDER_FIELDS: dict[str, tuple[str, ...]] = {
     "minio": ("endpoint", "access_key", "secret_key", "region"),
     "s3": ("access_key", "secret_key", "region"),
@@ -14,6 +14,8 @@ _PROVIDER_FIELDS: dict[str, tuple[str, ...]] = {
     "webdav": ("hostname", "login", "password"),
     "rucio": ("host", "account", "rse", "refresh_token", "auth_host", "oidc_audience", "token_endpoint"),
 }
+
+_VERIFY_TYPES = frozenset({"minio", "webdav"})
 
 
 def typed_provider(kind: str, provider_id: str, entry: Any) -> dict[str, Any]:
@@ -24,7 +26,7 @@ def typed_provider(kind: str, provider_id: str, entry: Any) -> dict[str, Any]:
     if not isinstance(entry, dict):
         raise ValueError(f"{where} must be a mapping")
     known = {name.lower(): name for name in _PROVIDER_FIELDS.get(kind, ())}
-    if kind == "minio":
+    if kind in _VERIFY_TYPES:
         known["verify"] = "verify"
     typed: dict[str, Any] = {}
     for key, value in entry.items():

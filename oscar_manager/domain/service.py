@@ -32,6 +32,9 @@ VISIBILITIES = ("private", "public", "restricted")
 INPUT_PROVIDER_TYPES = frozenset({"minio", "webdav", "rucio"})
 OUTPUT_PROVIDER_TYPES = frozenset({"minio", "s3", "onedata", "webdav"})
 BUCKET_PROVIDER_TYPES = frozenset({"minio", "s3"})
+# A WebDAV output is written by the manager or the job: it must name a server declared in the service's
+# ``storage_providers`` (there is no ``webdav.default``). Other ``<type>.default`` references need no entry.
+DECLARED_OUTPUT_TYPES = frozenset({"webdav"})
 
 MAX_NAME_LENGTH = 39
 # A Kubernetes label value: what upstream checks before reading a service.
@@ -249,12 +252,12 @@ def _normalise_path(service_name: str, io: StorageIOConfig, *, kind: str) -> Sto
     path = io.path.strip().strip("/").strip()
     if not path:
         raise BadRequest(f"{kind} path cannot be empty")
-    if ref.type in BUCKET_PROVIDER_TYPES:
+    if ref.type in BUCKET_PROVIDER_TYPES or ref.type == "webdav":
         segments = path.split("/")
         if any(segment in ("", ".", "..") for segment in segments):
             raise BadRequest(f"invalid {kind} path {io.path!r}: empty, '.' or '..' segments are not allowed")
-        if "/" not in path:
-            path = f"{service_name}/{path}"
+    if ref.type in BUCKET_PROVIDER_TYPES and "/" not in path:
+        path = f"{service_name}/{path}"
     return io.model_copy(update={"storage_provider": str(ref), "path": path})
 
 
@@ -271,10 +274,15 @@ def _check_providers(service: Service) -> None:
                 raise BadRequest(
                     f"unrecognized {kind} storage provider {io.storage_provider!r} (valid: {names})"
                 )
-            if ref.id != DEFAULT_PROVIDER_ID and ref.id not in declared.get(ref.type, {}):
+            must_declare = ref.id != DEFAULT_PROVIDER_ID or (
+                kind == "output" and ref.type in DECLARED_OUTPUT_TYPES
+            )
+            if must_declare and ref.id not in declared.get(ref.type, {}):
                 raise BadRequest(
                     f"{kind} storage provider {io.storage_provider!r} is not declared in storage_providers"
                 )
+            if kind == "output" and ref.type == "webdav" and not declared[ref.type][ref.id].get("hostname"):
+                raise BadRequest(f"storage_providers.webdav.{ref.id}.hostname: the WebDAV server is required")
 
 
 def _normalise_common(service: Service, *, minio: MinioDefault) -> Service:

@@ -86,6 +86,14 @@ class ObjectInfo:
     generation: str = field(compare=False)
 
 
+class ObjectSink(Protocol):
+    """Where a job's output files can be written: every ``ObjectStore``, and the write-only providers
+    (WebDAV). ``bucket`` is the first segment of the output path, ``key`` the rest and the file's name."""
+
+    async def put_stream(self, bucket: str, key: str, chunks: AsyncIterator[bytes]) -> object:
+        """Store streamed content without holding it all in memory."""
+
+
 class ObjectStore(Protocol):
     """Buckets of objects. Keys use ``/`` as separator; folders are key prefixes ending in ``/``."""
 

@@ -5,8 +5,8 @@ for the providers a service declares, where it may connect.
 ``storage`` are the only importers of aiobotocore and botocore.
 
 A guarded client (a ``ConnectGuard`` from ``storage.egress``) checks every address its connections go to,
-in aiohttp's connector, after resolution and for IP literals alike (aiohttp resolves nothing for those),
-so what is checked is what is connected: a redirect's new connection is checked the same way, and no proxy
+in aiohttp's connector (``storage.guarded_connector``), after resolution and for IP literals alike, so
+what is checked is what is connected: a redirect's new connection is checked the same way, and no proxy
 is used (neither the environment's proxy variables nor botocore's settings).
 """
 
@@ -14,46 +14,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import get_session
-from aiohttp.abc import ResolveResult
 from botocore import UNSIGNED
 from botocore.exceptions import BotoCoreError, HTTPClientError
 from botocore.httpsession import ProxyConfiguration
 
 from oscar_manager.storage.base import StorageError
 from oscar_manager.storage.egress import ConnectGuard, ProviderRefused
+from oscar_manager.storage.guarded_connector import GuardedConnector
 
 if TYPE_CHECKING:
-    from aiohttp.tracing import Trace
     from types_aiobotocore_s3.client import S3Client
-
-# The guard overrides the connector's resolution step: fail closed if aiohttp ever drops it.
-if not callable(getattr(aiohttp.TCPConnector, "_resolve_host", None)):  # pragma: no cover
-    raise ImportError("aiohttp.TCPConnector._resolve_host is gone: the provider egress guard cannot work")
-
-
-class _GuardedConnector(aiohttp.TCPConnector):
-    """Connects only to the resolved addresses its guard admits (every connection resolves here first)."""
-
-    def __init__(self, guard: ConnectGuard, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._guard = guard
-
-    async def _resolve_host(
-        self, host: str, port: int, traces: Sequence[Trace] | None = None
-    ) -> list[ResolveResult]:
-        resolved = await super()._resolve_host(host, port, traces=traces)
-        admitted = [item for item in resolved if self._guard.check(host, item["host"]) is None]
-        if not admitted:
-            first = resolved[0]["host"] if resolved else host
-            raise self._guard.refused(host, first, self._guard.check(host, first) or "refused")
-        return admitted
 
 
 class _GuardedSession(AIOHTTPSession):
@@ -71,7 +48,7 @@ class _GuardedSession(AIOHTTPSession):
         ssl_context, _ = await asyncio.to_thread(self._build_ssl_contexts, None)  # type: ignore[attr-defined]
         limit: int = self._max_pool_connections  # type: ignore[attr-defined]
         connector_args: dict[str, Any] = self._connector_args  # type: ignore[attr-defined]
-        return _GuardedConnector(self.guard, limit=limit, ssl=ssl_context, **connector_args)
+        return GuardedConnector(self.guard, limit=limit, ssl=ssl_context, **connector_args)
 
     async def send(self, request: Any) -> Any:
         try:

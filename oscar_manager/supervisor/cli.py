@@ -8,7 +8,7 @@ It reads what faas-supervisor reads, where faas-supervisor reads it, so OSCAR's 
 - the service definition from ``/oscar/config/function_config.yaml``, else ``FUNCTION_CONFIG`` (base64 YAML);
 - the script from ``SCRIPT`` (base64) if set, else ``/oscar/config/script.sh``;
 - ``minio.default`` credentials from ``/var/run/secrets/providers/minio.default/{accessKey,secretKey}``, other
-  providers' credentials from the definition's ``storage_providers``.
+  providers' credentials (``webdav.<id>`` outputs' among them) from the definition's ``storage_providers``.
 
 It stages the input in, runs ``/bin/sh script.sh`` with the container's environment plus the OSCAR
 variables, stages the outputs out when the script succeeds, prints the sync response on standard output and
@@ -35,10 +35,18 @@ from typing import Any, BinaryIO
 import yaml
 
 from oscar_manager.domain.service import DEFAULT_PROVIDER_ID, ProviderRef, Service, parse_service
-from oscar_manager.errors import BadRequest, OscarError
-from oscar_manager.storage.base import ObjectStore
-from oscar_manager.storage.providers import s3_settings
+from oscar_manager.errors import OscarError
+from oscar_manager.storage.base import ObjectSink, ObjectStore
+from oscar_manager.storage.providers import (
+    S3_PROVIDER_TYPES,
+    SINK_PROVIDER_TYPES,
+    WEBDAV,
+    ServiceProviders,
+    s3_settings,
+    webdav_settings,
+)
 from oscar_manager.storage.s3 import S3ObjectStore
+from oscar_manager.storage.webdav import WebDavSink
 from oscar_manager.supervisor import body_parts, event_env, response_frame
 from oscar_manager.supervisor import deadline as deadlines
 from oscar_manager.supervisor.answer import ResponseTooLarge, SyncAnswer, encoded_size, render_response
@@ -123,8 +131,9 @@ def provider_settings(service: Service, reference: ProviderRef, credentials_dir:
 
 async def open_stores(
     service: Service, stack: contextlib.AsyncExitStack, credentials_dir: Path
-) -> dict[str, ObjectStore]:
-    """One store per provider the service's inputs and outputs use (MinIO and S3 speak the same API).
+) -> ServiceProviders:
+    """One store per provider the service's inputs and outputs use (MinIO and S3 speak the same API), and
+    one sink per WebDAV provider its outputs use.
 
     Unlike the manager's (``Stores.for_service``), these clients are not held to the egress rule of
     ``storage.egress``: here the supervisor runs in the job's pod, beside the script, with the pod's network
@@ -132,15 +141,22 @@ async def open_stores(
     job may reach on Kubernetes is the cluster's network policy's to decide.
     """
     stores: dict[str, ObjectStore] = {}
-    for io_config in [*service.input, *service.output]:
+    sinks: dict[str, ObjectSink] = {}
+    used = [(io, S3_PROVIDER_TYPES) for io in service.input]
+    used += [(io, SINK_PROVIDER_TYPES) for io in service.output]
+    for io_config, types in used:
         reference = ProviderRef(io_config.storage_provider or "minio")
-        if str(reference) in stores or reference.type not in ("minio", "s3"):
+        name = str(reference)
+        if name in stores or name in sinks or reference.type not in types:
             continue
         entry = provider_settings(service, reference, credentials_dir)
-        stores[str(reference)] = await stack.enter_async_context(
-            S3ObjectStore.connect(**s3_settings(reference, entry))
-        )
-    return stores
+        if reference.type == WEBDAV:
+            sinks[name] = await stack.enter_async_context(WebDavSink.connect(name, webdav_settings(entry)))
+        else:
+            stores[name] = await stack.enter_async_context(
+                S3ObjectStore.connect(**s3_settings(reference, entry))
+            )
+    return ServiceProviders(stores, sinks)
 
 
 async def run_script(
@@ -202,19 +218,12 @@ async def supervise(
     try:
         async with contextlib.AsyncExitStack() as stack:
             stores = await open_stores(service, stack, credentials_dir)
-
-            def resolve(provider: str) -> ObjectStore:
-                store = stores.get(str(ProviderRef(provider)))
-                if store is None:
-                    raise BadRequest(f"storage provider {provider!r} is not configured for this service")
-                return store
-
             invocation = Invocation.read(event)
             deadline = deadlines.from_environment(env)
             input_path = await stage_in(
                 invocation=invocation,
                 service=service,
-                stores=resolve,
+                stores=stores,
                 workspace=workspace,
                 log=log,
                 any_bucket=env.get(READ_ANY_BUCKET_ENV) == "true",
@@ -249,7 +258,7 @@ async def supervise(
             await stage_out(
                 service=service,
                 invocation=invocation,
-                stores=resolve,
+                stores=stores.sink,
                 workspace=workspace,
                 log=log,
                 deadline=deadline,

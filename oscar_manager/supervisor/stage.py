@@ -11,11 +11,11 @@ from typing import Final
 
 from oscar_manager.domain.events import ObjectEvent, decode_payload, object_events, parse_json
 from oscar_manager.domain.isolation import output_bucket
-from oscar_manager.domain.service import BUCKET_PROVIDER_TYPES, ProviderRef, Service, StorageIOConfig
+from oscar_manager.domain.service import ProviderRef, Service, StorageIOConfig
 from oscar_manager.storage.base import InvalidKey
 from oscar_manager.storage.blocking import run_blocking
 from oscar_manager.storage.keys import validate_key
-from oscar_manager.storage.providers import DEFAULT_PROVIDER, StoreResolver
+from oscar_manager.storage.providers import DEFAULT_PROVIDER, SINK_PROVIDER_TYPES, SinkResolver, StoreResolver
 from oscar_manager.supervisor.deadline import NO_DEADLINE, Deadline
 from oscar_manager.supervisor.log import SupervisorLog
 from oscar_manager.supervisor.outputs import OpenFile, file_chunks, open_output, output_files, write_input
@@ -150,20 +150,21 @@ async def stage_out(
     *,
     service: Service,
     invocation: Invocation,
-    stores: StoreResolver,
+    stores: SinkResolver,
     workspace: Workspace,
     log: SupervisorLog,
     deadline: Deadline = NO_DEADLINE,
 ) -> list[str]:
-    """Upload every output file that passes an output's filters; return ``bucket/key`` of each upload.
-    A job started by an upload to a user's private bucket (USER isolation) writes its ``minio.default``
-    outputs back into that bucket (``domain.isolation``)."""
+    """Upload every output file that passes an output's filters; return ``bucket/key`` of each upload
+    (for a WebDAV output: the path under the server's base URL). A job started by an upload to a user's
+    private bucket (USER isolation) writes its ``minio.default`` outputs back into that bucket
+    (``domain.isolation``)."""
     event = invocation.storage_event
     files = await run_blocking(functools.partial(output_files, workspace, log))
     uploaded: list[str] = []
     for output in service.output:
         ref = ProviderRef(output.storage_provider)
-        if ref.type not in BUCKET_PROVIDER_TYPES:
+        if ref.type not in SINK_PROVIDER_TYPES:
             log.warning(f"Output provider '{ref}' is not supported here: skipping {output.path!r}")
             continue
         bucket, folder = split_path(output.path)
