@@ -200,9 +200,14 @@ class Runtime:
         # What makes MinIO itself enforce the bucket records (issue 16); None on the local store.
         self.bucket_policies: BucketPolicies | None = None
         # Every replica's own work; and the work one of them does, the leader (``_leader_tasks``).
-        self._tasks: list[SupervisedTask | LoopWorker | RetryingTask] = [
-            LoopWorker("claim leases", self.dispatcher.keep_leases, interval=settings.oscar_claim_lease / 3)
-        ]
+        self._tasks: list[SupervisedTask | LoopWorker | RetryingTask] = []
+        if not self.database.alone:
+            # Alone on its database (SQLite), no other replica could take a lapsed claim: nothing to renew.
+            self._tasks.append(
+                LoopWorker(
+                    "claim leases", self.dispatcher.keep_leases, interval=settings.oscar_claim_lease / 3
+                )
+            )
         self._leader_tasks: list[LeaderTask] = []
         # The first list of services renders every one (seconds for 10,000): done while nobody waits.
         self._tasks.append(RetryingTask("services listing at start-up", self._render_services))
