@@ -29,7 +29,7 @@ SERVICE_LABEL = "oscar_service"
 LOG_LEVELS = frozenset({"NOTSET", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
 VISIBILITIES = ("private", "public", "restricted")
 # Types a service may read events from, and types it may write to (upstream ``createBuckets``).
-INPUT_PROVIDER_TYPES = frozenset({"minio", "webdav", "rucio"})
+INPUT_PROVIDER_TYPES = frozenset({"minio", "s3", "webdav", "rucio"})
 OUTPUT_PROVIDER_TYPES = frozenset({"minio", "s3", "onedata", "webdav"})
 BUCKET_PROVIDER_TYPES = frozenset({"minio", "s3"})
 
@@ -274,6 +274,16 @@ def _check_providers(service: Service) -> None:
             if ref.id != DEFAULT_PROVIDER_ID and ref.id not in declared.get(ref.type, {}):
                 raise BadRequest(
                     f"{kind} storage provider {io.storage_provider!r} is not declared in storage_providers"
+                )
+            if (
+                kind == "input"
+                and ref.type == "s3"
+                and not declared.get("s3", {}).get(ref.id, {}).get("queue")
+            ):
+                # Amazon S3 reports new objects only to a queue (or topic): without one, nothing would run.
+                raise BadRequest(
+                    f"storage_providers.s3.{ref.id}.queue is required for an input on {io.storage_provider!r}"
+                    " (the SQS queue, by URL or name, that the bucket's notifications go to)"
                 )
 
 
