@@ -89,12 +89,15 @@ def start_elasticmq() -> ServerProcess:
         f'rest-sqs {{ enabled = true, bind-port = {port}, bind-hostname = "127.0.0.1",'
         " sqs-limits = strict }\n"
         "rest-stats.enabled = false\n"
+        # ARNs as AWS's in us-east-1: S3 servers (moto) take them in a bucket's notification rules.
+        'aws { region = "us-east-1", accountId = "000000000000" }\n'
     )
-    process = subprocess.Popen(
-        [java, f"-Dconfig.file={config}", "-cp", f"{jars}/*", "org.elasticmq.server.Main"],
-        stdout=(workdir / "server.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
+    with (workdir / "server.log").open("wb") as log:  # the server keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            [java, f"-Dconfig.file={config}", "-cp", f"{jars}/*", "org.elasticmq.server.Main"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         _wait_for_port(port, process, within=60, what="ElasticMQ")
     except RuntimeError:
