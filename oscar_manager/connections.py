@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from oscar_manager.domain.events import InputRoute, ObjectEvent
-from oscar_manager.domain.s3_inputs import S3_INPUT_TYPE, QueueSource
-from oscar_manager.domain.service import Service
+from oscar_manager.domain.s3_inputs import S3_INPUT_TYPE, QueueSource, queue_of
+from oscar_manager.domain.service import ProviderRef, Service
 from oscar_manager.events.s3_sqs import S3QueueConsumer
 from oscar_manager.operations import Database
 from oscar_manager.operations.intake import Intake
 from oscar_manager.settings import Settings
-from oscar_manager.storage.base import ObjectStore
+from oscar_manager.storage.base import ObjectStore, StorageError
 from oscar_manager.storage.providers import Stores
 from oscar_manager.storage.queues import MessageQueue
 
@@ -137,6 +137,20 @@ class S3QueueAccess:
         }
         return await self._stores.s3(f"the S3 buckets of queue {source.label}", settings)
 
+    async def check(self, service: Service) -> None:
+        """Each queue the service's S3 inputs name exists and answers (``QueueNotFound`` is a 400, a
+        queue that does not answer a 502), the error naming the provider's field."""
+        for provider in sorted({io.storage_provider for io in service.input}):
+            source = queue_of(service, provider)
+            if source is None:
+                continue
+            try:
+                async with self.open_queue(source) as queue:
+                    await queue.arn()
+            except StorageError as exc:
+                field = f"storage_providers.s3.{ProviderRef(provider).id}.queue"
+                raise type(exc)(f"{field}: {exc.message}") from None
+
     async def set_rules(self, store: ObjectStore, bucket: str, arn: str, prefixes: set[str]) -> bool:
         from oscar_manager.storage.s3 import S3ObjectStore
         from oscar_manager.storage.s3_queue_rules import set_queue_rules
@@ -146,10 +160,9 @@ class S3QueueAccess:
 
 
 def s3_queue_consumer(
-    database: Database, stores: Stores, intake: Intake, *, timeout: float, interval: float
+    database: Database, access: S3QueueAccess, intake: Intake, *, interval: float
 ) -> S3QueueConsumer:
     """The consumer of the queues the services' ``s3.<id>`` inputs name (idle while none does)."""
-    access = S3QueueAccess(stores, timeout=timeout)
 
     async def sources() -> tuple[list[Service], list[InputRoute]]:
         async with database.reading() as tx:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from oscar_manager.backends.base import Backend
 from oscar_manager.backends.local import LocalBackend
 from oscar_manager.backends.sandbox import Sandbox
-from oscar_manager.connections import open_kubernetes, open_minio, s3_queue_consumer
+from oscar_manager.connections import S3QueueAccess, open_kubernetes, open_minio, s3_queue_consumer
 from oscar_manager.domain.events import InputRoute, ObjectEvent
 from oscar_manager.events.local_watch import LocalBucketWatcher
 from oscar_manager.events.minio_listen import MinioListener
@@ -249,13 +249,8 @@ class Runtime:
             self._webhook_task = RetryingTask("MinIO webhook setup", self._prepare_webhook)
             self._leader_tasks.append(self._webhook_task)
         # Amazon S3 inputs through SQS: on every replica (SQS hands each message to one of them).
-        self.s3_queues = s3_queue_consumer(
-            self.database,
-            self.stores,
-            self.intake,
-            timeout=settings.oscar_provider_timeout,
-            interval=10.0,
-        )
+        self.s3_queue_access = S3QueueAccess(self.stores, timeout=settings.oscar_provider_timeout)
+        self.s3_queues = s3_queue_consumer(self.database, self.s3_queue_access, self.intake, interval=10.0)
         self._s3_queues_task = SupervisedTask("s3-queues", self.s3_queues.run)
         self._tasks.append(self._s3_queues_task)
         # On every store: whatever happened to the watcher or the streams, a missed object is found

@@ -85,6 +85,7 @@ class S3QueueConsumer:
         self._routes: dict[QueueSource, list[InputRoute]] = {}
         self._loops: dict[QueueSource, asyncio.Task[None]] = {}
         self._configured: dict[QueueSource, frozenset[tuple[str, str]]] = {}
+        self._arns: dict[QueueSource, str] = {}  # of the queues being read
         self._wake = asyncio.Event()
         self.connected: set[str] = set()
         self.errors: dict[str, str] = {}  # queue -> why it cannot be read, while it cannot
@@ -109,13 +110,21 @@ class S3QueueConsumer:
             await self._stop(set(self._loops))
 
     async def refresh(self) -> None:
-        """Consume exactly the queues the services' S3 inputs name."""
+        """Consume exactly the queues the services' S3 inputs name. A queue read already whose input
+        folders changed gets its buckets' rules now, then its folders listed (a service added on it
+        gets the objects of its first moments)."""
         services, routes = await self._sources()
         self._routes = routes_by_queue(services, routes)
         await self._stop(set(self._loops) - set(self._routes))
         for source in self._routes:
             if source not in self._loops:
                 self._loops[source] = asyncio.create_task(self._consume(source), name=f"sqs-{source.label}")
+            elif source in self._arns and self._configured.get(source) != self._folders(source):
+                try:
+                    await self._configure(source, self._arns[source])
+                    await self._reconcile(source)
+                except Exception as exc:  # its loop sets the rules again before its next poll
+                    log.warning("updating the inputs of SQS queue %s: %s", source.label, exc)
 
     async def reconcile(self) -> int:
         """List every S3 input folder for objects newer than their service and offer them to the intake."""
@@ -130,6 +139,7 @@ class S3QueueConsumer:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for source in sources:
+            self._arns.pop(source, None)
             self.connected.discard(source.label)
             self.errors.pop(source.label, None)
             self._configured.pop(source, None)
@@ -144,7 +154,8 @@ class S3QueueConsumer:
         while True:
             try:
                 async with self._open_queue(source) as queue:
-                    await self._configure(source, await queue.arn())
+                    self._arns[source] = await queue.arn()
+                    await self._configure(source, self._arns[source])
                     self.connected.add(source.label)
                     self.errors.pop(source.label, None)
                     delay = 0.5
@@ -162,12 +173,14 @@ class S3QueueConsumer:
                 self.errors[source.label] = f"{type(exc).__name__}: {exc}"
                 log.exception("reading SQS queue %s failed; retrying in %.1f s", source.label, delay)
             self.connected.discard(source.label)
+            self._arns.pop(source, None)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._max_backoff)
 
     async def _configure_if_changed(self, source: QueueSource, queue: MessageQueue) -> None:
         if self._configured.get(source) != self._folders(source):
             await self._configure(source, await queue.arn())
+            await self._reconcile(source)
 
     def _folders(self, source: QueueSource) -> frozenset[tuple[str, str]]:
         return frozenset((route.bucket, route.folder) for route in self._routes.get(source, []))

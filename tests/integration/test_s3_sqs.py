@@ -23,7 +23,7 @@ from oscar_manager.settings import Settings
 from oscar_manager.storage import sqs
 from oscar_manager.storage.s3_queue_rules import RULE_ID_PREFIX
 from tests.support.app import app_client
-from tests.support.components import unavailable
+from tests.support.components import free_port, unavailable
 from tests.support.factories import make_settings, service_body
 from tests.support.jobs import all_jobs, settle, wait_for_jobs
 from tests.support.sqs_servers import ServerProcess, start_elasticmq, start_moto
@@ -231,27 +231,44 @@ async def test_malformed_messages_are_failed_events_and_the_consumer_goes_on(
         assert len(await all_jobs(http, name)) == 1
 
 
-async def test_an_input_on_s3_needs_a_queue(settings: Settings, moto: ServerProcess) -> None:
-    body = s3_service("noqueue", bucket="photos", endpoint=moto.endpoint, queue="")
+async def test_an_input_on_s3_needs_a_queue_that_exists_and_answers(
+    settings: Settings, moto: ServerProcess
+) -> None:
+    """Refused before anything is written: no queue (400), a queue that does not exist (400), a queue
+    server that does not answer (502), each naming the provider's field."""
     async with app_client(settings) as http:
-        answer = await http.post("/system/services", json=body)
-        assert answer.status_code == 400
-        assert "storage_providers.s3.aws.queue is required" in answer.text
-        assert (await http.get("/system/services/noqueue")).status_code == 404
+        for queue, status, says in [
+            ("", 400, "storage_providers.s3.aws.queue is required"),
+            ("no-such-queue", 400, "storage_providers.s3.aws.queue: SQS"),
+            (f"http://127.0.0.1:{free_port()}/000000000000/down", 502, "storage_providers.s3.aws.queue: SQS"),
+        ]:
+            body = s3_service("noqueue", bucket="photos", endpoint=moto.endpoint, queue=queue)
+            answer = await http.post("/system/services", json=body)
+            assert answer.status_code == status, answer.text
+            assert says in answer.text
+            assert (await http.get("/system/services/noqueue")).status_code == 404
 
 
 async def test_a_queue_that_cannot_be_read_makes_readiness_say_so(
-    settings: Settings, moto: ServerProcess
+    settings: Settings, moto: ServerProcess, aws: Aws
 ) -> None:
-    body = s3_service(unique("s3gone"), bucket=unique("gone"), endpoint=moto.endpoint, queue="no-such-queue")
+    queue = unique("vanishing")
+    url = aws.queue(queue)
+    body = s3_service(unique("s3gone"), bucket=unique("gone"), endpoint=moto.endpoint, queue=url)
     async with app_client(settings) as http:
         assert (await http.post("/system/services", json=body)).status_code == 201
 
+        async def ready() -> bool:
+            return (await http.get("/health", params={"ready": "1"})).status_code == 200
+
+        await eventually(ready)
+        aws.sqs.delete_queue(QueueUrl=url)
+
         async def not_ready() -> bool:
             answer = await http.get("/health", params={"ready": "1"})
-            return answer.status_code == 503 and "no-such-queue" in answer.text
+            return answer.status_code == 503 and queue in answer.text
 
-        await eventually(not_ready)
+        await eventually(not_ready, within=60)
 
 
 async def test_elasticmq_queue_feeds_jobs_once(
