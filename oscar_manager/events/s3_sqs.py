@@ -235,6 +235,12 @@ class S3QueueConsumer:
             document = json.loads(message.body)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise _Unusable("the message is not JSON") from None
+        if isinstance(document, dict) and document.get("Type") == "Notification":
+            # S3 -> SNS -> SQS: the notification is the SNS envelope's Message, as text.
+            try:
+                document = json.loads(str(document.get("Message")))
+            except json.JSONDecodeError:
+                raise _Unusable("the SNS envelope's Message is not JSON") from None
         if isinstance(document, dict) and document.get("Event") == "s3:TestEvent":
             return []  # sent by S3 when a notification rule is set: nothing to run
         try:

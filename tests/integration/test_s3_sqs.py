@@ -275,7 +275,7 @@ async def test_elasticmq_queue_feeds_jobs_once(
     settings: Settings, moto: ServerProcess, elasticmq: ServerProcess
 ) -> None:
     """A real SQS-compatible server as the queue (S3 on moto): the notification S3 would send is posted
-    by the test, twice (a redelivery); one job runs."""
+    by the test, twice (plain, and through SNS); one job runs."""
     aws = Aws(moto.endpoint, elasticmq.endpoint)
     bucket, name = unique("emq"), unique("s3emq")
     aws.s3.create_bucket(Bucket=bucket)
@@ -296,9 +296,13 @@ async def test_elasticmq_queue_feeds_jobs_once(
                 "object": {"key": "in/from+emq.txt", "size": 6, "sequencer": "0055AED6DCD90281E5"},
             },
         }
-        for _ in range(2):
-            aws.sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"Records": [record]}))
+        notification = json.dumps({"Records": [record]})
+        aws.sqs.send_message(QueueUrl=url, MessageBody=notification)
+        # Again, as S3 -> SNS -> SQS delivers it: the same upload, the same event.
+        envelope = {"Type": "Notification", "TopicArn": "arn:aws:sns:us-east-1:0:t", "Message": notification}
+        aws.sqs.send_message(QueueUrl=url, MessageBody=json.dumps(envelope))
         await wait_for_jobs(http, name, count=1)
         await eventually(lambda: aws.left_in(url) == 0)
         await settle(1.0)
         assert len(await all_jobs(http, name)) == 1
+        assert await failed_events(settings, name) == []
