@@ -115,7 +115,13 @@ class S3QueueConsumer:
         gets the objects of its first moments)."""
         services, routes = await self._sources()
         self._routes = routes_by_queue(services, routes)
-        await self._stop(set(self._loops) - set(self._routes))
+        gone = set(self._loops) - set(self._routes)
+        for source in gone & set(self._arns):
+            try:  # no service reads the queue any more: its buckets stop sending to it
+                await self._configure(source, self._arns[source])
+            except Exception as exc:
+                log.warning("removing the bucket rules of SQS queue %s: %s", source.label, exc)
+        await self._stop(gone)
         for source in self._routes:
             if source not in self._loops:
                 self._loops[source] = asyncio.create_task(self._consume(source), name=f"sqs-{source.label}")
@@ -130,7 +136,10 @@ class S3QueueConsumer:
         """List every S3 input folder for objects newer than their service and offer them to the intake."""
         found = 0
         for source in list(self._routes):
-            found += await self._reconcile(source)
+            try:
+                found += await self._reconcile(source)
+            except StorageError as exc:  # its queue's loop reports the bucket's trouble
+                log.warning("reconciling the inputs of SQS queue %s: %s", source.label, exc.message)
         return found
 
     async def _stop(self, sources: set[QueueSource]) -> None:
@@ -186,10 +195,11 @@ class S3QueueConsumer:
         return frozenset((route.bucket, route.folder) for route in self._routes.get(source, []))
 
     async def _configure(self, source: QueueSource, arn: str) -> None:
-        """Each input bucket sends its new objects under the input folders to the queue."""
+        """Each input bucket sends its new objects under the input folders to the queue; a bucket no
+        input is on any more stops sending to it."""
         folders = self._folders(source)
         store = await self._open_store(source)
-        by_bucket: dict[str, set[str]] = {}
+        by_bucket: dict[str, set[str]] = {bucket: set() for bucket, _ in self._configured.get(source, ())}
         for bucket, folder in folders:
             by_bucket.setdefault(bucket, set()).add(f"{folder}/" if folder else "")
         for bucket, prefixes in sorted(by_bucket.items()):

@@ -87,6 +87,11 @@ class Aws:
         )
 
 
+def our_rules(aws: Aws, bucket: str) -> list[Any]:
+    rules = aws.s3.get_bucket_notification_configuration(Bucket=bucket).get("QueueConfigurations", [])
+    return [rule for rule in rules if rule["Id"].startswith(RULE_ID_PREFIX)]
+
+
 def s3_service(name: str, *, bucket: str, endpoint: str, queue: str) -> dict[str, Any]:
     provider = {"endpoint": endpoint, "access_key": "testing", "secret_key": "testing", "queue": queue}
     return service_body(
@@ -142,11 +147,7 @@ async def test_an_upload_to_s3_runs_one_job_across_a_restart(
         assert (await http.post("/system/services", json=body)).status_code == 201
 
         # The manager pointed the bucket's notifications at the queue, for the input folder only.
-        async def rules_set() -> bool:
-            rules = aws.s3.get_bucket_notification_configuration(Bucket=bucket).get("QueueConfigurations", [])
-            return any(rule["Id"].startswith(RULE_ID_PREFIX) for rule in rules)
-
-        await eventually(rules_set)
+        await eventually(lambda: bool(our_rules(aws, bucket)))
         [rule] = aws.s3.get_bucket_notification_configuration(Bucket=bucket)["QueueConfigurations"]
         assert rule["Filter"]["Key"]["FilterRules"] == [{"Name": "prefix", "Value": "in/"}]
 
@@ -163,6 +164,10 @@ async def test_an_upload_to_s3_runs_one_job_across_a_restart(
     async with app_client(settings) as http:
         await settle(2.0)
         assert len(await all_jobs(http, name)) == 1
+
+        # Deleted, the service's bucket stops sending to the queue (other rules would be kept).
+        assert (await http.delete(f"/system/services/{name}")).status_code == 204
+        await eventually(lambda: not our_rules(aws, bucket))
 
 
 async def test_a_crash_between_the_intake_and_the_delete_still_runs_one_job(
@@ -184,11 +189,7 @@ async def test_a_crash_between_the_intake_and_the_delete_still_runs_one_job(
     async with app_client(settings) as http:
         body = s3_service(name, bucket=bucket, endpoint=moto.endpoint, queue=url)
         assert (await http.post("/system/services", json=body)).status_code == 201
-        await eventually(
-            lambda: bool(
-                aws.s3.get_bucket_notification_configuration(Bucket=bucket).get("QueueConfigurations")
-            )
-        )
+        await eventually(lambda: bool(our_rules(aws, bucket)))
         # The reconcile at connect has run already (nothing there): only the queue reports the object.
         await settle(1.0)
         aws.s3.put_object(Bucket=bucket, Key="in/once.txt", Body=b"x")
