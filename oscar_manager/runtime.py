@@ -314,6 +314,7 @@ class Runtime:
         error."""
         sources = ["folder-watch"] if self.watcher is not None else []
         sources += ["listen"] if self.listener is not None else []
+        sources += ["s3-queues"] if self.s3_queues.consuming else []
         if self.webhook_rules is not None:
             sources.append("webhook" if self.webhook_rules.enabled else "webhook-pending")
         listening = sorted(self.listener.connected) if self.listener is not None else []

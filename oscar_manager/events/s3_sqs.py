@@ -22,7 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
-from oscar_manager.domain.events import InputRoute, ObjectEvent, object_records
+from oscar_manager.domain.events import InputRoute, ObjectEvent, now_rfc3339, object_records
 from oscar_manager.domain.s3_inputs import QueueSource, routes_by_queue, s3_generation
 from oscar_manager.domain.service import Service
 from oscar_manager.errors import OscarError
@@ -216,7 +216,7 @@ class S3QueueConsumer:
                 if info.last_modified >= since:
                     event = s3_event(
                         info,
-                        event_time=info.last_modified.isoformat(),
+                        event_time=now_rfc3339(),
                         event_name="s3:ObjectCreated:Put",
                         principal=PRINCIPAL,
                     )
