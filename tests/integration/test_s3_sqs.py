@@ -307,3 +307,35 @@ async def test_elasticmq_queue_feeds_jobs_once(
         await settle(1.0)
         assert len(await all_jobs(http, name)) == 1
         assert await failed_events(settings, name) == []
+
+
+async def test_two_replicas_reading_one_queue_run_each_upload_once(
+    settings: Settings, moto: ServerProcess, aws: Aws
+) -> None:
+    """Two managers on one PostgreSQL read the same queue (each takes messages; a redelivery or the other's
+    scan is the same event): every upload runs once."""
+    if not settings.database_url.startswith("postgresql"):
+        pytest.skip("replicas share a PostgreSQL registry")
+    bucket, name = unique("replicas"), unique("s3rep")
+    aws.s3.create_bucket(Bucket=bucket)
+    url = aws.queue(unique("uploads"), visibility=5)
+    async with app_client(settings) as first, app_client(settings) as second:
+        body = s3_service(name, bucket=bucket, endpoint=moto.endpoint, queue=url)
+        assert (await first.post("/system/services", json=body)).status_code == 201
+        await eventually(lambda: bool(our_rules(aws, bucket)))
+
+        async def both_read_the_queue() -> bool:
+            # The other replica sees the new service at its next look at the registry (10 s at most).
+            for http in (first, second):
+                info = (await http.get("/system/info")).json()
+                if "s3-queues" not in info["storage"]["event_sources"]:
+                    return False
+            return True
+
+        await eventually(both_read_the_queue)
+        for index in range(8):
+            aws.s3.put_object(Bucket=bucket, Key=f"in/{index}.txt", Body=b"x")
+        await wait_for_jobs(first, name, count=8, within=60)
+        await eventually(lambda: aws.left_in(url) == 0)
+        await settle(1.0)
+        assert len(await all_jobs(second, name)) == 8
