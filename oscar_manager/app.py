@@ -83,6 +83,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.readiness = runtime.readiness
             app.state.identities = runtime.identities
             app.state.bucket_policies = runtime.bucket_policies
+            app.state.queue_inputs = runtime.s3_queue_access
             async with s3_face(settings, runtime.stores.default, runtime.database):
                 _announce(settings, generated=generated)
                 with frozen_heap():

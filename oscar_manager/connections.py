@@ -10,12 +10,20 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from oscar_manager.domain.events import InputRoute, ObjectEvent
+from oscar_manager.domain.s3_inputs import S3_INPUT_TYPE, QueueSource, queue_of
+from oscar_manager.domain.service import ProviderRef, Service
+from oscar_manager.events.s3_sqs import S3QueueConsumer
+from oscar_manager.operations import Database
+from oscar_manager.operations.intake import Intake
 from oscar_manager.settings import Settings
+from oscar_manager.storage.base import ObjectStore, StorageError
+from oscar_manager.storage.providers import Stores
+from oscar_manager.storage.queues import MessageQueue
 
 if TYPE_CHECKING:
     from oscar_manager.backends.base import Backend
     from oscar_manager.backends.exposed_kube import Resolve
-    from oscar_manager.storage.base import ObjectStore
     from oscar_manager.storage.minio import MinioEndpoint, MinioExtras
     from oscar_manager.storage.minio_users import MinioUsers
 
@@ -92,4 +100,93 @@ async def open_kubernetes(
             concurrency=settings.oscar_kubernetes_concurrency,
             resolve=resolve,
         )
+    )
+
+
+class S3QueueAccess:
+    """How the consumer of Amazon S3 inputs (``events.s3_sqs``) reaches queues and buckets: SQS clients
+    and the S3 notification rules are imported on first use, so a manager whose services read no queue
+    never loads them; S3 stores come from ``stores`` (kept open, egress-guarded like a service's)."""
+
+    def __init__(self, stores: Stores, *, timeout: float) -> None:
+        self._stores = stores
+        self._timeout = timeout
+
+    def open_queue(self, source: QueueSource) -> contextlib.AbstractAsyncContextManager[MessageQueue]:
+        from oscar_manager.storage.sqs import SqsQueue, queue_endpoint
+
+        endpoint = queue_endpoint(source.queue, source.endpoint)
+        return SqsQueue.connect(
+            queue=source.queue,
+            endpoint=source.endpoint,
+            access_key=source.access_key,
+            secret_key=source.secret_key,
+            region=source.region,
+            verify=source.verify,
+            connect_timeout=self._timeout,
+            guard=self._stores.egress.guard(f"queue {source.label}", endpoint),
+        )
+
+    async def open_store(self, source: QueueSource) -> ObjectStore:
+        settings = {
+            "endpoint": source.endpoint,
+            "access_key": source.access_key,
+            "secret_key": source.secret_key,
+            "region": source.region,
+            "verify": source.verify,
+        }
+        return await self._stores.s3(f"the S3 buckets of queue {source.label}", settings)
+
+    async def check(self, service: Service) -> None:
+        """Each queue the service's S3 inputs name exists and answers (``QueueNotFound`` is a 400, a
+        queue that does not answer a 502), the error naming the provider's field."""
+        for provider in sorted({io.storage_provider for io in service.input}):
+            source = queue_of(service, provider)
+            if source is None:
+                continue
+            try:
+                async with self.open_queue(source) as queue:
+                    await queue.arn()
+            except StorageError as exc:
+                field = f"storage_providers.s3.{ProviderRef(provider).id}.queue"
+                raise type(exc)(f"{field}: {exc.message}") from None
+
+    async def set_rules(self, store: ObjectStore, bucket: str, arn: str, prefixes: set[str]) -> bool:
+        from oscar_manager.storage.s3 import S3ObjectStore
+        from oscar_manager.storage.s3_queue_rules import set_queue_rules
+
+        assert isinstance(store, S3ObjectStore)
+        return await set_queue_rules(store, bucket, queue_arn=arn, prefixes=prefixes)
+
+
+def s3_queue_consumer(
+    database: Database, access: S3QueueAccess, intake: Intake, *, interval: float
+) -> S3QueueConsumer:
+    """The consumer of the queues the services' ``s3.<id>`` inputs name (idle while none does)."""
+
+    async def sources() -> tuple[list[Service], list[InputRoute]]:
+        async with database.reading() as tx:
+            routes = [
+                r for r in await tx.services.input_routes() if r.provider.startswith(f"{S3_INPUT_TYPE}.")
+            ]
+            services = [
+                s for name in sorted({r.service for r in routes}) if (s := await tx.services.get(name))
+            ]
+        return services, routes
+
+    async def enqueue(service: str, event: ObjectEvent) -> None:
+        await intake.object_event(service=service, event=event)
+
+    async def fail(services: list[str], key: str, payload: bytes, reason: str) -> None:
+        await intake.failed_deliveries(services=services, dedup_key=key, payload=payload, reason=reason)
+
+    return S3QueueConsumer(
+        sources=sources,
+        open_queue=access.open_queue,
+        open_store=access.open_store,
+        set_rules=access.set_rules,
+        deliver=lambda events, select: intake.storage_events(events, sources=select),
+        enqueue=enqueue,
+        fail=fail,
+        refresh_interval=interval,
     )

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from oscar_manager.backends.base import Backend
 from oscar_manager.backends.local import LocalBackend
 from oscar_manager.backends.sandbox import Sandbox
-from oscar_manager.connections import open_kubernetes, open_minio
+from oscar_manager.connections import S3QueueAccess, open_kubernetes, open_minio, s3_queue_consumer
 from oscar_manager.domain.events import InputRoute, ObjectEvent
 from oscar_manager.events.local_watch import LocalBucketWatcher
 from oscar_manager.events.minio_listen import MinioListener
@@ -257,6 +257,11 @@ class Runtime:
             )
             self._webhook_task = RetryingTask("MinIO webhook setup", self._prepare_webhook)
             self._leader_tasks.append(self._webhook_task)
+        # Amazon S3 inputs through SQS: on every replica (SQS hands each message to one of them).
+        self.s3_queue_access = S3QueueAccess(self.stores, timeout=settings.oscar_provider_timeout)
+        self.s3_queues = s3_queue_consumer(self.database, self.s3_queue_access, self.intake, interval=10.0)
+        self._s3_queues_task = SupervisedTask("s3-queues", self.s3_queues.run)
+        self._tasks.append(self._s3_queues_task)
         # On every store: whatever happened to the watcher or the streams, a missed object is found
         # within the interval.
         self._reconciler: LoopWorker | None = None
@@ -306,6 +311,7 @@ class Runtime:
         found = await reconcile(
             self.stores.default, await self._routes(), self._enqueue, principal="reconciler"
         )
+        found += await self.s3_queues.reconcile()
         if found:
             log.debug("periodic reconcile offered %d object(s) to the intake", found)
         return 0  # never "more to do at once": the next round comes after the interval
@@ -316,6 +322,7 @@ class Runtime:
         error."""
         sources = ["folder-watch"] if self.watcher is not None else []
         sources += ["listen"] if self.listener is not None else []
+        sources += ["s3-queues"] if self.s3_queues.consuming else []
         if self.webhook_rules is not None:
             sources.append("webhook" if self.webhook_rules.enabled else "webhook-pending")
         listening = sorted(self.listener.connected) if self.listener is not None else []
@@ -336,6 +343,12 @@ class Runtime:
         """Each event source (and the reconciler that backs them all up): up, or why not. Only the
         leader runs them: another replica answers for none (its intake of webhook deliveries is up)."""
         checks: dict[str, readiness.Check] = {}
+        if self.s3_queues.consuming:  # every replica reads the queues
+            check = _task_check(self._s3_queues_task)
+            if check.ok and self.s3_queues.errors:
+                reason = "; ".join(f"queue {q}: {e}" for q, e in sorted(self.s3_queues.errors.items()))
+                check = readiness.Check(ok=False, state="failing", reason=reason)
+            checks["s3-queues"] = check
         if not self.leader.leading:
             return checks
         if self._watch_task is not None:
@@ -366,6 +379,7 @@ class Runtime:
             self.listener.wake()
         if self.watcher is not None:
             self.watcher.wake()
+        self.s3_queues.wake()
 
     async def _prepare_webhook(self) -> None:
         """Register the target (MinIO dials its endpoint to validate it, so this runs once the manager

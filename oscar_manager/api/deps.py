@@ -74,6 +74,7 @@ async def get_provisioning(request: Request) -> Provisioning:
         backend=await get_backend(request),
         notifications=await get_notifications(request),
         policies=await get_bucket_policies(request),
+        queues=getattr(request.app.state, "queue_inputs", None),
     )
 
 

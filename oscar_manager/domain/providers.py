@@ -9,7 +9,8 @@ from oscar_manager.domain.gomodel import go_text
 # The fields of each upstream storage provider type: strings, but ``verify`` (MinIO's and WebDAV's).
 _PROVIDER_FIELDS: dict[str, tuple[str, ...]] = {
     "minio": ("endpoint", "access_key", "secret_key", "region"),
-    "s3": ("access_key", "secret_key", "region"),
+    # ``queue``: ours, not upstream's: the SQS queue an input on the provider reads (``domain.s3_inputs``).
+    "s3": ("access_key", "secret_key", "region", "queue"),
     "onedata": ("oneprovider_host", "token", "space"),
     "webdav": ("hostname", "login", "password"),
     "rucio": ("host", "account", "rse", "refresh_token", "auth_host", "oidc_audience", "token_endpoint"),

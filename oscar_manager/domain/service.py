@@ -29,7 +29,7 @@ SERVICE_LABEL = "oscar_service"
 LOG_LEVELS = frozenset({"NOTSET", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
 VISIBILITIES = ("private", "public", "restricted")
 # Types a service may read events from, and types it may write to (upstream ``createBuckets``).
-INPUT_PROVIDER_TYPES = frozenset({"minio", "webdav", "rucio"})
+INPUT_PROVIDER_TYPES = frozenset({"minio", "s3", "webdav", "rucio"})
 OUTPUT_PROVIDER_TYPES = frozenset({"minio", "s3", "onedata", "webdav"})
 BUCKET_PROVIDER_TYPES = frozenset({"minio", "s3"})
 # A WebDAV output is written by the manager or the job: it must name a server declared in the service's
@@ -283,6 +283,16 @@ def _check_providers(service: Service) -> None:
                 )
             if kind == "output" and ref.type == "webdav" and not declared[ref.type][ref.id].get("hostname"):
                 raise BadRequest(f"storage_providers.webdav.{ref.id}.hostname: the WebDAV server is required")
+            if (
+                kind == "input"
+                and ref.type == "s3"
+                and not declared.get("s3", {}).get(ref.id, {}).get("queue")
+            ):
+                # Amazon S3 reports new objects only to a queue (or topic): without one, nothing would run.
+                raise BadRequest(
+                    f"storage_providers.s3.{ref.id}.queue is required for an input on {io.storage_provider!r}"
+                    " (the SQS queue, by URL or name, that the bucket's notifications go to)"
+                )
 
 
 def _normalise_common(service: Service, *, minio: MinioDefault) -> Service:

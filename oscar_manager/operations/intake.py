@@ -18,7 +18,9 @@ from typing import Any
 
 from oscar_manager.domain.events import (
     WATCHED_PROVIDER,
+    InputRoute,
     ObjectEvent,
+    bounded_key,
     decode_payload,
     input_folders,
     notification,
@@ -195,8 +197,16 @@ class Intake:
         events = [_new_event(service, item, None)]
         return _accepted(events, await self._batch.add(events))
 
-    async def storage_events(self, events: list[ObjectEvent]) -> Routed:
+    async def storage_events(
+        self,
+        events: list[ObjectEvent],
+        *,
+        sources: Callable[[list[InputRoute]], list[InputRoute]] = watched,
+    ) -> Routed:
         """Record each object event for every service whose input folder holds the object.
+
+        ``sources``: which inputs the events' source reports on (the manager's own storage by default; a
+        queue of Amazon S3 gives the inputs that read it).
 
         Routes are read in the same transaction as the events are written, so a service created a moment
         ago gets its events, and a deleted one none. The jobs are the uploader's (``ObjectEvent.uploader``)
@@ -209,7 +219,7 @@ class Intake:
 
         async def route(tx: Transaction) -> Routed:
             new = duplicates = ignored = 0
-            routes = watched(await tx.services.input_routes())
+            routes = sources(await tx.services.input_routes())
             for event in events:
                 targets = [route for route in routes if route.matches(event.bucket, event.key)]
                 if not targets or event.key.endswith("/"):
@@ -229,3 +239,24 @@ class Intake:
         routed = await written
         self.counters.update(new=routed.new, duplicates=routed.duplicates, ignored=routed.ignored)
         return routed
+
+    async def failed_deliveries(
+        self, *, services: Iterable[str], dedup_key: str, payload: bytes, reason: str
+    ) -> int:
+        """Record a delivery that names no object it could run on (a malformed message) as a failed event
+        of each of ``services``, with ``reason``, so it is visible and never retried; returns how many
+        were new (a redelivery of it is recorded once)."""
+        keyed = [
+            NewEvent(dedup_key=key, service=name, job_id=job_name(name, key), payload=payload)
+            for name in sorted(set(services))
+            for key in [bounded_key(f"{dedup_key}:{name}")]
+        ]
+        if not keyed:
+            return 0
+        async with self._database.transaction() as tx:
+            new = await tx.events.enqueue_many(keyed)
+            await tx.events.fail_recorded(
+                [event.dedup_key for event, fresh in zip(keyed, new, strict=True) if fresh], error=reason
+            )
+        self.counters.update(failed=sum(new))
+        return sum(new)

@@ -34,6 +34,12 @@ from oscar_manager.settings import Settings
 from oscar_manager.storage.providers import Stores
 
 
+class QueueInputs(Protocol):
+    """Checks that the queues a service's Amazon S3 inputs read can be read (``events.s3_sqs``)."""
+
+    async def check(self, service: Service) -> None: ...
+
+
 class InputNotifications(Protocol):
     """Tells the storage which input folders to report new objects of (MinIO's webhook rules)."""
 
@@ -49,6 +55,15 @@ class Provisioning:
     backend: Backend
     notifications: InputNotifications | None = None
     policies: BucketPolicies | None = None
+    queues: QueueInputs | None = None
+
+
+async def _check_queues(provisioning: Provisioning, services: Iterable[Service]) -> None:
+    """Before anything is written: a queue that is missing (400) or cannot be read (502) fails the
+    request, naming the provider's field."""
+    if provisioning.queues is not None:
+        for service in services:
+            await provisioning.queues.check(service)
 
 
 def input_buckets(service: Service) -> set[str]:
@@ -137,6 +152,7 @@ async def create(
     for service in services:
         provisioning.stores.check_endpoints(service)
     exposed.check(provisioning.backend, services)
+    await _check_queues(provisioning, services)
     for service in services:
         if await tx.services.exists(service.name):
             raise Conflict(f"a service named {service.name!r} already exists")
@@ -184,6 +200,7 @@ async def update(
     )
     provisioning.stores.check_endpoints(service)
     exposed.check(provisioning.backend, [service])
+    await _check_queues(provisioning, [service])
     await service_buckets.check_ownership(tx, provisioning.stores.default, principal, [service])
     await tx.services.replace(service)
     await enforce(tx, provisioning.policies, await service_buckets.record(tx, service, previous=current))

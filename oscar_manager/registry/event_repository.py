@@ -145,6 +145,15 @@ class EventRepository:
             update(EventRow).where(EventRow.id == event_id).values(status="failed", last_error=error)
         )
 
+    async def fail_recorded(self, dedup_keys: list[str], *, error: str) -> None:
+        """Events just recorded that can never run: failed at once, with why."""
+        if dedup_keys:
+            await self._session.execute(
+                update(EventRow)
+                .where(EventRow.dedup_key.in_(dedup_keys), EventRow.status == "pending")
+                .values(status="failed", last_error=error)
+            )
+
     async def release_claimed(self) -> int:
         """Return every claimed event to the queue: for a manager alone on its database (SQLite), whose
         claims at start-up were all left by a previous run of its own."""

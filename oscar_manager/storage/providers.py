@@ -136,6 +136,11 @@ class Stores:
                 stores[name] = await self._open(name, s3_settings(reference, entry))
         return ServiceProviders(stores, sinks)
 
+    async def s3(self, provider: str, settings: dict[str, Any]) -> ObjectStore:
+        """The store of an S3 endpoint named by ``settings`` (``S3ObjectStore.connect`` arguments) for
+        ``provider`` (as named in messages), opened once and kept like a service's."""
+        return await self._open(provider, settings)
+
     def check_endpoints(self, service: Service) -> None:
         """Refuse (400, naming the field) a declared endpoint that no connection could ever be allowed
         to: an IP literal the egress rule refuses, or ``localhost``."""

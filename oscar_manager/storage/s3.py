@@ -129,6 +129,11 @@ class S3ObjectStore:
             yield cls(client, where=describe(endpoint, region), region=region)
 
     @property
+    def client(self) -> S3Client:
+        """The open client, for the adapter's own modules (``s3_queue_rules``)."""
+        return self._client
+
+    @property
     def where(self) -> str:
         """The endpoint, as named in error messages."""
         return self._where

@@ -60,7 +60,7 @@ class _GuardedSession(AIOHTTPSession):
             raise
 
 
-def _guarded_session(guard: ConnectGuard) -> type[AIOHTTPSession]:
+def guarded_session(guard: ConnectGuard) -> type[AIOHTTPSession]:
     # aiobotocore instantiates the class itself, with fixed arguments: the guard travels as a class attribute.
     return type("GuardedSession", (_GuardedSession,), {"guard": guard})
 
@@ -104,7 +104,7 @@ async def open_client(
         options["request_checksum_calculation"] = "when_required"
         options["response_checksum_validation"] = "when_required"
     if guard is not None:
-        options["http_session_cls"] = _guarded_session(guard)
+        options["http_session_cls"] = guarded_session(guard)
         options["proxies"] = {}
     if anonymous and not access_key:
         options["signature_version"] = UNSIGNED

@@ -232,10 +232,18 @@ class TestCreateRejects:
 
     async def test_unrecognised_input_provider(self, client: httpx.AsyncClient) -> None:
         body = service_body(
+            input=[{"storage_provider": "onedata.one", "path": "b/in"}],
+            storage_providers={"onedata": {"one": {"oneprovider_host": "h", "token": "t", "space": "s"}}},
+        )
+        await self.assert_rejected(client, await create(client, body), 400, "unrecognized input")
+
+    async def test_an_input_on_s3_without_a_queue(self, client: httpx.AsyncClient) -> None:
+        """S3 reports new objects only to a queue (``test_s3_sqs``): an input without one could never run."""
+        body = service_body(
             input=[{"storage_provider": "s3.aws", "path": "b/in"}],
             storage_providers={"s3": {"aws": {"access_key": "a", "secret_key": "b", "region": "r"}}},
         )
-        await self.assert_rejected(client, await create(client, body), 400, "unrecognized input")
+        await self.assert_rejected(client, await create(client, body), 400, "storage_providers.s3.aws.queue")
 
     async def test_undeclared_provider(self, client: httpx.AsyncClient) -> None:
         body = service_body(output=[{"storage_provider": "s3.aws", "path": "b/out"}])
