@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from oscar_manager.backends.base import Backend
+from oscar_manager.backends.images.credentials import Credentials
+from oscar_manager.backends.images.service_images import ImageMode, ServiceImages
+from oscar_manager.backends.images.store import ImageStore
 from oscar_manager.backends.local import LocalBackend
 from oscar_manager.backends.sandbox import Sandbox
 from oscar_manager.connections import open_kubernetes, open_minio
@@ -108,6 +111,7 @@ def local_backend(settings: Settings, stores: Stores) -> LocalBackend:
     )
     if sandbox.refusal is not None:
         log.error("Local jobs will fail: %s", sandbox.refusal)
+    images = service_images(settings, sandboxed=sandbox.sandboxed, dropped=run_as is not None)
     return LocalBackend(
         stores=stores,
         sandbox=sandbox,
@@ -116,7 +120,42 @@ def local_backend(settings: Settings, stores: Stores) -> LocalBackend:
         job_timeout=settings.oscar_job_timeout,
         max_pids=settings.oscar_job_max_pids,
         disk_bytes=settings.oscar_job_disk_bytes,
+        images=images,
     )
+
+
+def image_dir(settings: Settings, *, dropped: bool) -> Path:
+    """The image cache's folder. Scripts run as another user reach their image's root by path (bubblewrap
+    binds it as that user): then not under the private data directory but in a folder of its own, one per
+    data directory, its parents traversable (not listable) by that user."""
+    if settings.oscar_image_dir is not None:
+        return settings.oscar_image_dir
+    if not dropped:
+        return settings.oscar_data_dir / "images"
+    digest = hashlib.sha256(str(settings.oscar_data_dir.resolve()).encode()).hexdigest()[:12]
+    top = Path("/var/cache/oscar-manager")
+    top.mkdir(parents=True, exist_ok=True)
+    os.chmod(top, 0o711)  # noqa: S103 - traversable, not listable, by the script user
+    return top / digest
+
+
+def service_images(settings: Settings, *, sandboxed: bool, dropped: bool) -> ServiceImages:
+    mode = ImageMode(settings.oscar_local_images)
+    if mode is ImageMode.HOST:
+        return ServiceImages(None, mode=mode, sandboxed=sandboxed)
+    store = ImageStore(
+        image_dir(settings, dropped=dropped),
+        max_bytes=settings.oscar_image_cache_bytes,
+        credentials=Credentials(
+            auth_file=settings.oscar_registry_auth_file, secrets_dir=settings.oscar_image_pull_secrets_dir
+        ),
+        insecure_registries=settings.oscar_insecure_registries,
+        timeout=settings.oscar_image_pull_timeout,
+    )
+    store.open()
+    if not sandboxed:
+        log.warning("Service images cannot run without bubblewrap: scripts run with this machine's tools")
+    return ServiceImages(store, mode=mode, sandboxed=sandboxed)
 
 
 def _webhook_token(settings: Settings) -> str:

@@ -132,9 +132,14 @@ class ImageStore:
 
     def open(self) -> None:
         """Make the folders, forget what a killed process left half-done, read the index."""
+        # Roots are reached by path by the sandbox, started as the scripts' user: the folders above them
+        # are traversable (not listable); the blobs, the index and unfinished work are the manager's only.
         for sub in ("blobs/sha256", "roots", "partial"):
             (self._folder / sub).mkdir(parents=True, exist_ok=True)
-        os.chmod(self._folder, 0o700)
+        for folder, mode in [(self._folder, 0o711), (self._folder / "roots", 0o711)]:
+            os.chmod(folder, mode)
+        for private in ("blobs", "partial"):
+            os.chmod(self._folder / private, 0o700)
         for leftover in (self._folder / "partial").iterdir():
             _remove_tree(leftover)
         index = self._folder / "index.json"
@@ -292,7 +297,8 @@ class ImageStore:
     def _unpack(self, ref: str, manifest: Manifest, config: ImageConfig, room: int) -> int:
         """Apply the layers onto a new folder, renamed into place once complete; returns its bytes."""
         target = self._folder / "partial" / f"root-{secrets.token_hex(6)}"
-        target.mkdir(mode=0o755)
+        target.mkdir()
+        os.chmod(target, 0o755)  # noqa: S103 - the image's root, read by scripts, whatever the umask
         try:
             root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:

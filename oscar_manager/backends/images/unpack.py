@@ -100,6 +100,7 @@ class RootWriter:
                         return
                     os.mkdir(part, 0o755, dir_fd=fd)
                     child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    os.fchmod(child, 0o755)  # whatever the manager's umask
                 except OSError as exc:
                     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                         where = "/".join(parts[: index + 1])
@@ -264,9 +265,9 @@ class RootWriter:
                 except FileNotFoundError:
                     pass
                 self._remove(fd, name)
-                os.close(
-                    os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=fd)
-                )
+                made = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=fd)
+                os.fchmod(made, 0o644)
+                os.close(made)
         if working_dir:
             with self._folder(split_name(working_dir.lstrip("/"), image=self.image), create=True):
                 pass
@@ -280,6 +281,9 @@ class RootWriter:
         except FileNotFoundError:
             pass
         os.mkdir(name, 0o755, dir_fd=self.root_fd)
+        made = os.open(name, _DIR_FLAGS, dir_fd=self.root_fd)
+        os.fchmod(made, 0o755)
+        os.close(made)
 
 
 def _mode(mode: int) -> int:
