@@ -29,6 +29,7 @@ from oscar_manager.events.minio_listen import MinioListener
 from oscar_manager.events.minio_webhook import WEBHOOK_PATH, WebhookRules, ensure_target
 from oscar_manager.events.reconcile import reconcile
 from oscar_manager.operations import Database, exposed, readiness, service_buckets
+from oscar_manager.operations import services as service_operations
 from oscar_manager.operations.bucket_access import MinioBucketPolicies
 from oscar_manager.operations.buckets import BucketPolicies
 from oscar_manager.operations.dispatch import Dispatcher, recover
@@ -246,6 +247,8 @@ class Runtime:
         # where it repairs what went missing).
         self.exposing = RetryingTask("exposed services at start-up", self._expose_services)
         (self._leader_tasks if self.backend.durable_submissions else self._tasks).append(self.exposing)
+        if settings.oscar_image_prepull and isinstance(self.backend, LocalBackend):
+            self._tasks.append(RetryingTask("image pre-pull", self._prepull_images))
         if self.backend.follows_jobs:
             self._leader_tasks.append(SupervisedTask("job watcher", self.backend.follow_jobs))
         if minio_users is not None and self.identities is not None:
@@ -419,6 +422,13 @@ class Runtime:
         failed = await exposed.expose_all(self.database, self.backend)
         if failed:
             log.error("%d exposed service(s) could not be started; see above", failed)
+
+    async def _prepull_images(self) -> None:
+        assert isinstance(self.backend, LocalBackend)
+        async with self.database.reading() as tx:
+            services = await service_operations.every_service(tx)
+        failed = await self.backend.prepull(services)
+        log.info("pre-pulled the images of %d service(s), %d failed", len(services), failed)
 
     async def _take_up_leadership(self) -> None:
         """Once per leadership, before the leader's tasks start."""

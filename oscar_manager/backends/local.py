@@ -165,8 +165,14 @@ class LocalBackend:
         self._queued.add(request.job_id)
         await self._queue.put(request)
 
+    async def prepull(self, services: list[Service]) -> int:
+        """Pull the images of ``services`` ahead of their jobs; how many could not be had (logged)."""
+        return await self._images.prepull(services)
+
     async def prepare_service(self, service: Service, *, previous: Service | None = None) -> None:
-        """Nothing to prepare: a local job reads its service from the manager itself."""
+        """Nothing to prepare (a local job reads its service from the manager itself), but its image is
+        resolved again at its next job: a tag may have been pushed again since."""
+        self._images.refresh(service)
 
     async def remove_service(self, service: Service) -> None:
         """Nothing kept per service (its jobs are cancelled one by one by the caller)."""

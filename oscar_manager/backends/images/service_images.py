@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from collections.abc import AsyncIterator, Mapping
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -21,8 +22,11 @@ from oscar_manager.backends.images.store import Image, ImageStore
 from oscar_manager.backends.images.users import resolve_user
 from oscar_manager.backends.script import ImageRoot
 from oscar_manager.domain.service import Service
+from oscar_manager.errors import OscarError
 from oscar_manager.supervisor.deadline import Deadline
 from oscar_manager.supervisor.log import SupervisorLog
+
+log = logging.getLogger(__name__)
 
 # What the manager's default script environment sets that an image's Env takes over, unless the service
 # sets it itself (as a container runtime gives the image's PATH unless the pod's env overrides it).
@@ -83,6 +87,10 @@ class ServiceImages:
             yield HOST_TOOLS
             return
         image = obtained.image
+        if obtained.stale is not None:
+            log.warning(
+                f"{obtained.stale}: running the image {image.reference} named before ({image.digest})"
+            )
         if obtained.pulled_seconds is not None:
             log.info(
                 f"Pulled image {image.reference} ({image.digest}, {image.size} bytes) in"
@@ -92,6 +100,28 @@ class ServiceImages:
         root = ImageRoot(root=image.root, working_dir=image.config.working_dir, uid=uid, gid=gid)
         with self._store.in_use(image):
             yield Chosen(root, dict(image.config.env))
+
+    def refresh(self, service: Service) -> None:
+        """The service was created or updated: its image is resolved again at its next job."""
+        if self._store is not None:
+            self._store.refresh(service.image)
+
+    async def prepull(self, services: Iterable[Service]) -> int:
+        """Pull the images of ``services`` (one at a time, jobs meanwhile join the pull of their own);
+        returns how many could not be had, each logged."""
+        if self._store is None or not self._sandboxed:
+            return 0
+        failed = 0
+        for image, secrets in {(s.image, tuple(s.image_pull_secrets)) for s in services}:
+            try:
+                obtained = await self._store.obtain(image, pull_secrets=secrets)
+            except OscarError as exc:
+                failed += 1
+                log.warning("pre-pulling image %s: %s", image, exc.message)
+                continue
+            if obtained.pulled_seconds is not None:
+                log.info("pre-pulled image %s in %.2f s", image, obtained.pulled_seconds)
+        return failed
 
     def describe(self) -> dict[str, Any]:
         if self._store is None:

@@ -33,6 +33,7 @@ from oscar_manager.backends.images.errors import ImageRefused, ImageTooLarge, Re
 from oscar_manager.backends.images.reference import parse_reference
 from oscar_manager.backends.images.registry_client import Descriptor, Manifest, RegistryClient
 from oscar_manager.backends.images.unpack import Budget, RootWriter
+from oscar_manager.errors import OscarError
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class Image:
 class Obtained:
     image: Image
     pulled_seconds: float | None  # the pull this caller waited for; None: it was cached
+    stale: str | None = None  # why the image a reference named before is used without checking it again
 
 
 @dataclass
@@ -123,6 +125,7 @@ class ImageStore:
         self._in_use: dict[str, int] = {}
         self._unreachable: dict[str, tuple[float, RegistryUnreachable]] = {}
         self._pinned: set[str] = set()
+        self._stale: dict[str, str] = {}  # reference -> the digest it named before ``refresh``
 
     @property
     def max_bytes(self) -> int:
@@ -185,8 +188,26 @@ class ImageStore:
             task = asyncio.create_task(self._pull(ref, tuple(pull_secrets)), name=f"pull {ref}")
             self._pulls[ref] = task
             task.add_done_callback(lambda _: self._pulls.pop(ref, None))
-        image = await asyncio.shield(task)
+        try:
+            image = await asyncio.shield(task)
+        except RegistryUnreachable as exc:
+            kept = self._cached(ref, self._stale.get(ref))
+            if kept is None:
+                raise
+            return Obtained(kept, None, stale=exc.message)
         return Obtained(image, time.monotonic() - started)
+
+    def refresh(self, reference: str) -> None:
+        """Resolve ``reference`` at its registry again at its next use (a service created or updated: its
+        tag may have been pushed again). Until then the image it named stays, used if the registry is
+        unreachable then."""
+        try:
+            ref = str(parse_reference(reference))
+        except OscarError:
+            return
+        digest = self._state.references.pop(ref, None)
+        if digest is not None:
+            self._stale[ref] = digest
 
     @contextlib.contextmanager
     def in_use(self, image: Image) -> Iterator[None]:
@@ -210,8 +231,8 @@ class ImageStore:
     def used_bytes(self) -> int:
         return sum(entry.size for entry in self._state.images.values())
 
-    def _cached(self, ref: str) -> Image | None:
-        digest = self._state.references.get(ref)
+    def _cached(self, ref: str, digest: str | None = None) -> Image | None:
+        digest = digest or self._state.references.get(ref)
         entry = self._state.images.get(digest) if digest else None
         if digest is None or entry is None:
             return None
@@ -236,6 +257,7 @@ class ImageStore:
                 if ref not in entry.references:
                     entry.references.append(ref)
                 self._state.references[ref] = manifest.digest
+                self._stale.pop(ref, None)
                 entry.last_used = time.time()
                 await asyncio.to_thread(self._save)
         except RegistryUnreachable as exc:

@@ -219,3 +219,50 @@ async def test_system_info_lists_cached_images_with_sizes(
     assert cached["references"] == [reference]
     assert cached["size"] > 1_000_000
     assert info["images"]["cache_bytes"] == cached["size"]
+
+
+async def test_prepull_fetches_existing_services_images_before_their_jobs(
+    registry: Registry, busybox_base: bytes, backend: LocalBackend
+) -> None:
+    reference = registry.push("runs/prepull", "v1", OciImage([busybox_base]))
+    missing = service(f"{registry.host}/runs/never-pushed:v1")
+    failed = await backend.prepull([service(reference), service(reference, "true"), missing])
+    assert failed == 1  # the missing one, logged; the others pulled once
+    assert [entry["references"] for entry in backend.describe()["images"]["cached"]] == [[reference]]
+    recorder = RecordingReporter()
+    await backend.start(recorder)
+    await backend.submit(
+        JobRequest(job_id="j", service=service(reference, "echo ran"), payload=b"", attempt=1)
+    )
+    await wait_until(lambda: "j" in recorder.outcomes)
+    assert "Pulled image" not in recorder.outcomes["j"].log
+
+
+async def test_an_updated_service_resolves_its_tag_again(
+    busybox_base: bytes, backend: LocalBackend, tmp_path: Path
+) -> None:
+    own = Registry.start(tmp_path / "registry")  # stopped below, as a registry that went away
+    try:
+        motd = "cat /etc/motd"
+        reference = own.push(
+            "runs/retag", "latest", OciImage([busybox_base, layer([Entry("etc/motd", b"one\n")])])
+        )
+        svc = service(reference, motd)
+        assert "one" in await run(backend, svc)
+        own.push("runs/retag", "latest", OciImage([busybox_base, layer([Entry("etc/motd", b"two\n")])]))
+        assert "one" in await run(backend, svc)  # resolved once, kept: no request per job
+        await backend.prepare_service(svc, previous=svc)
+        assert "two" in await run(backend, svc)
+        await backend.prepare_service(svc, previous=svc)
+    finally:
+        own.stop()
+    # Updated while its registry is gone: the image it named before still runs, said in the log.
+    recorder = RecordingReporter()
+    await backend.start(recorder)
+    await backend.submit(JobRequest(job_id="j", service=svc, payload=b"", attempt=1))
+    await wait_until(lambda: "j" in recorder.outcomes)
+    outcome = recorder.outcomes["j"]
+    assert outcome.status.value == "Succeeded", outcome.log
+    assert "two" in outcome.log
+    assert "cannot be reached" in outcome.log
+    assert "named before" in outcome.log
