@@ -23,17 +23,19 @@ import time
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
-
-import httpx
+from typing import TYPE_CHECKING, Any, Final
 
 from oscar_manager.backends.images.config import ImageConfig, parse_config
 from oscar_manager.backends.images.credentials import Credentials
 from oscar_manager.backends.images.errors import ImageRefused, ImageTooLarge, RegistryUnreachable
 from oscar_manager.backends.images.reference import parse_reference
-from oscar_manager.backends.images.registry_client import Descriptor, Manifest, RegistryClient
 from oscar_manager.backends.images.unpack import Budget, RootWriter
 from oscar_manager.errors import OscarError
+
+if TYPE_CHECKING:  # httpx is imported at the first pull: a manager that pulls nothing never loads it
+    import httpx
+
+    from oscar_manager.backends.images.registry_client import Manifest, RegistryClient
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +248,8 @@ class ImageStore:
         if known is not None and known[0] > time.monotonic():
             raise known[1]
         credential = self._credentials.for_registry(reference.registry, pull_secrets)
+        from oscar_manager.backends.images.registry_client import RegistryClient
+
         client = RegistryClient(self._client(), reference, credential=credential, insecure=self._insecure)
         try:
             manifest = await client.manifest()
@@ -396,6 +400,8 @@ class ImageStore:
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
+            import httpx  # at the first pull: see the imports
+
             self._http = httpx.AsyncClient(
                 timeout=httpx.Timeout(self._timeout, connect=min(self._timeout, 10.0)),
                 transport=self._transport,
@@ -410,4 +416,4 @@ def _remove_tree(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-__all__ = ["Descriptor", "Image", "ImageStore", "Obtained"]
+__all__ = ["Image", "ImageStore", "Obtained"]
