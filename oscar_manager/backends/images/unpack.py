@@ -269,8 +269,11 @@ class RootWriter:
                 os.fchmod(made, 0o644)
                 os.close(made)
         if working_dir:
-            with self._folder(split_name(working_dir.lstrip("/"), image=self.image), create=True):
-                pass
+            try:
+                with self._folder(split_name(working_dir.lstrip("/"), image=self.image), create=True):
+                    pass
+            except UnsafeLayer:
+                pass  # through a link of the image: left to the sandbox, which resolves it inside the image
 
     def _real_folder(self, name: str) -> None:
         try:

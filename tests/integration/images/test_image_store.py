@@ -116,6 +116,18 @@ async def test_whiteouts_and_opaque_folders(
     assert not any(".wh." in name for name in _files(root))
 
 
+async def test_a_working_directory_through_an_images_link_is_left_to_the_sandbox(
+    registry: Registry, busybox_base: bytes, store: ImageStore
+) -> None:
+    # As /bin -> usr/bin in a merged-/usr image: the working directory is reached through the link at run
+    # time, inside the sandbox; unpacking neither follows it nor refuses the image.
+    linked = layer([Entry("srv/data", kind="dir"), Entry("app", kind="symlink", link="srv")])
+    image = OciImage([busybox_base, linked], working_dir="/app/data")
+    root = (await store.obtain(registry.push("store/linked-workdir", "v1", image))).image.root
+    assert os.readlink(root / "app") == "srv"
+    assert (root / "srv" / "data").is_dir()
+
+
 async def test_permissions_and_hard_links(registry: Registry, busybox_base: bytes, store: ImageStore) -> None:
     files = layer(
         [
