@@ -112,7 +112,7 @@ def local_backend(settings: Settings, stores: Stores) -> LocalBackend:
     )
     if sandbox.refusal is not None:
         log.error("Local jobs will fail: %s", sandbox.refusal)
-    images = service_images(settings, sandboxed=sandbox.sandboxed, dropped=run_as is not None)
+    images = service_images(settings, sandboxed=sandbox.sandboxed, dropped=sandbox.runs_as is not None)
     return LocalBackend(
         stores=stores,
         sandbox=sandbox,
