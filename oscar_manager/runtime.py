@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from oscar_manager.backends.base import Backend
+from oscar_manager.backends.images.credentials import Credentials
+from oscar_manager.backends.images.service_images import ImageMode, ServiceImages
+from oscar_manager.backends.images.store import ImageStore
 from oscar_manager.backends.local import LocalBackend
 from oscar_manager.backends.sandbox import Sandbox
 from oscar_manager.connections import S3QueueAccess, open_kubernetes, open_minio, s3_queue_consumer
@@ -26,6 +29,7 @@ from oscar_manager.events.minio_listen import MinioListener
 from oscar_manager.events.minio_webhook import WEBHOOK_PATH, WebhookRules, ensure_target
 from oscar_manager.events.reconcile import reconcile
 from oscar_manager.operations import Database, exposed, readiness, service_buckets
+from oscar_manager.operations import services as service_operations
 from oscar_manager.operations.bucket_access import MinioBucketPolicies
 from oscar_manager.operations.buckets import BucketPolicies
 from oscar_manager.operations.dispatch import Dispatcher, recover
@@ -109,6 +113,7 @@ def local_backend(settings: Settings, stores: Stores) -> LocalBackend:
     )
     if sandbox.refusal is not None:
         log.error("Local jobs will fail: %s", sandbox.refusal)
+    images = service_images(settings, sandboxed=sandbox.sandboxed, dropped=sandbox.runs_as is not None)
     return LocalBackend(
         stores=stores,
         sandbox=sandbox,
@@ -117,7 +122,42 @@ def local_backend(settings: Settings, stores: Stores) -> LocalBackend:
         job_timeout=settings.oscar_job_timeout,
         max_pids=settings.oscar_job_max_pids,
         disk_bytes=settings.oscar_job_disk_bytes,
+        images=images,
     )
+
+
+def image_dir(settings: Settings, *, dropped: bool) -> Path:
+    """The image cache's folder. Scripts run as another user reach their image's root by path (bubblewrap
+    binds it as that user): then not under the private data directory but in a folder of its own, one per
+    data directory, its parents traversable (not listable) by that user."""
+    if settings.oscar_image_dir is not None:
+        return settings.oscar_image_dir
+    if not dropped:
+        return settings.oscar_data_dir / "images"
+    digest = hashlib.sha256(str(settings.oscar_data_dir.resolve()).encode()).hexdigest()[:12]
+    top = Path("/var/cache/oscar-manager")
+    top.mkdir(parents=True, exist_ok=True)
+    os.chmod(top, 0o711)  # noqa: S103 - traversable, not listable, by the script user
+    return top / digest
+
+
+def service_images(settings: Settings, *, sandboxed: bool, dropped: bool) -> ServiceImages:
+    mode = ImageMode(settings.oscar_local_images)
+    if mode is ImageMode.HOST:
+        return ServiceImages(None, mode=mode, sandboxed=sandboxed)
+    store = ImageStore(
+        image_dir(settings, dropped=dropped),
+        max_bytes=settings.oscar_image_cache_bytes,
+        credentials=Credentials(
+            auth_file=settings.oscar_registry_auth_file, secrets_dir=settings.oscar_image_pull_secrets_dir
+        ),
+        insecure_registries=settings.oscar_insecure_registries,
+        timeout=settings.oscar_image_pull_timeout,
+    )
+    store.open()
+    if not sandboxed:
+        log.warning("Service images cannot run without bubblewrap: scripts run with this machine's tools")
+    return ServiceImages(store, mode=mode, sandboxed=sandboxed)
 
 
 def _webhook_token(settings: Settings) -> str:
@@ -216,6 +256,8 @@ class Runtime:
         # where it repairs what went missing).
         self.exposing = RetryingTask("exposed services at start-up", self._expose_services)
         (self._leader_tasks if self.backend.durable_submissions else self._tasks).append(self.exposing)
+        if settings.oscar_image_prepull and isinstance(self.backend, LocalBackend):
+            self._tasks.append(RetryingTask("image pre-pull", self._prepull_images))
         if self.backend.follows_jobs:
             self._leader_tasks.append(SupervisedTask("job watcher", self.backend.follow_jobs))
         if minio_users is not None and self.identities is not None:
@@ -406,6 +448,13 @@ class Runtime:
         failed = await exposed.expose_all(self.database, self.backend)
         if failed:
             log.error("%d exposed service(s) could not be started; see above", failed)
+
+    async def _prepull_images(self) -> None:
+        assert isinstance(self.backend, LocalBackend)
+        async with self.database.reading() as tx:
+            services = await service_operations.every_service(tx)
+        failed = await self.backend.prepull(services)
+        log.info("pre-pulled the images of %d service(s), %d failed", len(services), failed)
 
     async def _take_up_leadership(self) -> None:
         """Once per leadership, before the leader's tasks start."""

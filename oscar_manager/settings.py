@@ -103,6 +103,26 @@ class Settings(BaseSettings):
     # (inputs, outputs and anything the script writes there; each file also by RLIMIT_FSIZE).
     oscar_job_max_pids: int = Field(default=1024, ge=1)
     oscar_job_disk_bytes: int = Field(default=10 * 1024**3, gt=0)
+    # Local jobs run in their service's image: "pull" always (a job fails when its image cannot be had),
+    # "host" never (scripts run with this machine's tools), "auto" when the image's registry can be reached
+    # (else this machine's tools, said in the job's log and /system/info).
+    oscar_local_images: Literal["auto", "pull", "host"] = "auto"
+    # The image cache: its bound in bytes (layers and unpacked roots; least recently used images go first),
+    # and its folder. Empty: ``images`` in the data directory, or, when the manager runs as root and scripts
+    # as ``nobody`` (who cannot reach into the private data directory), /var/cache/oscar-manager.
+    oscar_image_cache_bytes: int = Field(default=20 * 1024**3, gt=0)
+    oscar_image_dir: Path | None = None
+    # Seconds for each answer of a registry (the job's own time limit bounds the whole pull).
+    oscar_image_pull_timeout: float = Field(default=60, gt=0)
+    # Registry credentials for every service, as Docker's config.json ({"auths": {host: {"auth": ...}}}),
+    # and a folder of such files named as the services' ``image_pull_secrets`` (the content of a
+    # kubernetes.io/dockerconfigjson Secret, file named as the Secret).
+    oscar_registry_auth_file: Path | None = None
+    oscar_image_pull_secrets_dir: Path | None = None
+    # Registries reached over plain HTTP (host[:port]); loopback addresses always are, as with Docker.
+    oscar_insecure_registries: CommaList = Field(default_factory=list)
+    # At start, pull the images of the existing services (in the background; jobs wait for their own).
+    oscar_image_prepull: bool = False
 
     # --- Kubernetes (OSCAR_BACKEND=kubernetes) --------------------------------------------------
     # Empty: the pod's service account in a cluster, else $KUBECONFIG or ~/.kube/config.
@@ -188,6 +208,7 @@ class Settings(BaseSettings):
         "users_admin",
         "oscar_cors_origins",
         "oscar_provider_allowed_networks",
+        "oscar_insecure_registries",
         mode="before",
     )
     @classmethod

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Final
 
+from oscar_manager.backends.script import ImageRoot
+
 # Both inside the sandbox only: its private tmpfs /tmp, and the job's working directory under it (mount
 # points must exist, and the root is read-only).
 SANDBOX_TMP: Final = "/tmp"  # noqa: S108
@@ -50,8 +52,12 @@ def sandbox_flags(
     network: bool,
     hidden: list[str],
     sizes: tuple[int, int, int] | None = None,
+    image: ImageRoot | None = None,
 ) -> list[str]:
+    """``image``: its root as ``/`` (the host's otherwise), its working directory, and who the script
+    appears to be when this bubblewrap makes a user namespace."""
     tmp, shm, run = sizes or (None, None, None)
+    root = "/" if image is None else str(image.root)
     flags = ["--unshare-all", *(["--share-net"] if network else []), *extra]
     flags += [
         # Run as root, bwrap would otherwise leave the script every capability in its namespaces (enough
@@ -60,7 +66,7 @@ def sandbox_flags(
         "--die-with-parent",
         "--new-session",
         "--hostname", HOSTNAME,
-        "--ro-bind", "/", "/",
+        "--ro-bind", root, "/",
         "--dev", "/dev",
         # --dev's own /dev (with its /dev/shm folder) is an unbounded tmpfs the script owns: a bounded
         # /dev/shm on top, and /dev itself read-only (device nodes stay usable).
@@ -71,10 +77,21 @@ def sandbox_flags(
         *_tmpfs("/run", run),
     ]  # fmt: skip
     if network:
-        flags.extend(_resolver_binds())
+        flags.extend(_resolver_binds() if image is None else _image_resolver_binds())
+    if image is not None:
+        hidden = []  # nothing of the host is visible to hide
+        if "--unshare-user" in extra:
+            flags += ["--uid", str(image.uid), "--gid", str(image.gid)]
     flags += [*hidden, *_tmpfs(SANDBOX_TMP, tmp), "--bind", str(workdir), str(JOB_DIR)]
-    flags += ["--chdir", str(JOB_DIR), "--clearenv"]
+    chdir = image.working_dir if image is not None and image.working_dir else str(JOB_DIR)
+    flags += ["--chdir", chdir, "--clearenv"]
     return flags
+
+
+@functools.cache
+def _image_resolver_binds() -> tuple[str, ...]:
+    # The host's resolver settings on the image's /etc/resolv.conf (made a plain file when unpacked).
+    return ("--ro-bind-try", os.path.realpath("/etc/resolv.conf"), "/etc/resolv.conf")
 
 
 @functools.cache

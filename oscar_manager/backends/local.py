@@ -2,8 +2,9 @@
 
 Stage-in and stage-out run here, in the manager, through the supervisor functions and the manager's own
 storage clients; only the user's script runs in a child process, sandboxed by bubblewrap when available.
-Credentials therefore never enter the sandbox, and no interpreter is started per job. The service's
-``image`` is recorded but not pulled: scripts run with this machine's tools.
+Credentials therefore never enter the sandbox, and no interpreter is started per job. The script runs in
+its service's image (pulled once, unpacked, bound read-only as the sandbox's root) or, where images are
+off or out of reach, with this machine's tools (``backends.images.service_images``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from oscar_manager.backends.base import (
 from oscar_manager.backends.exposed import Exposer
 from oscar_manager.backends.exposed_local import LocalExposer
 from oscar_manager.backends.exposed_policy import ExposeTimings
+from oscar_manager.backends.images.service_images import ImageMode, ServiceImages, merged_env
 from oscar_manager.backends.machine import this_machine
 from oscar_manager.backends.sandbox import Sandbox, ScriptResult, ScriptRun
 from oscar_manager.domain.cluster import NodeStatus
@@ -79,8 +81,10 @@ class LocalBackend:
         max_pids: int | None = None,
         disk_bytes: int | None = None,
         expose_timings: ExposeTimings | None = None,
+        images: ServiceImages | None = None,
     ) -> None:
         self._stores = stores
+        self._images = images or ServiceImages(None, mode=ImageMode.HOST, sandboxed=sandbox.sandboxed)
         self._sandbox = sandbox
         self._work_root = work_root
         self._concurrency = concurrency
@@ -127,6 +131,8 @@ class LocalBackend:
         self._workers = []
         self._running.clear()
         await self._exposer.close()
+        if self._images.store is not None:
+            await self._images.store.close()
 
     async def follow_jobs(self, up: Callable[[], None]) -> None:
         """Nothing to follow: each job's end is reported by the process that ran it."""
@@ -141,8 +147,8 @@ class LocalBackend:
             "sandbox": "bubblewrap" if self._sandbox.sandboxed else "none",
             "scripts": self._sandbox.refusal or ("run" if self._sandbox.sandboxed else "run unsandboxed"),
             "limits": self._sandbox.describe_limits(),
-            "images_pulled": False,
-            "note": "service images are recorded, not pulled: scripts run with this machine's tools",
+            "images_pulled": self._images.store is not None,
+            "images": self._images.describe(),
             "concurrency": self._concurrency,
         }
 
@@ -159,8 +165,14 @@ class LocalBackend:
         self._queued.add(request.job_id)
         await self._queue.put(request)
 
+    async def prepull(self, services: list[Service]) -> int:
+        """Pull the images of ``services`` ahead of their jobs; how many could not be had (logged)."""
+        return await self._images.prepull(services)
+
     async def prepare_service(self, service: Service, *, previous: Service | None = None) -> None:
-        """Nothing to prepare: a local job reads its service from the manager itself."""
+        """Nothing to prepare (a local job reads its service from the manager itself), but its image is
+        resolved again at its next job: a tag may have been pushed again since."""
+        self._images.refresh(service)
 
     async def remove_service(self, service: Service) -> None:
         """Nothing kept per service (its jobs are cancelled one by one by the caller)."""
@@ -334,55 +346,60 @@ class LocalBackend:
     ) -> _Run:
         self._sandbox.check_allowed()  # at once, before anything is staged for a script that cannot run
         invocation = Invocation.read(body)
-        stores = await self._stores.for_service(service)
-        input_path = await stage_in(
-            invocation=invocation,
-            service=service,
-            stores=stores,
-            workspace=workspace,
-            log=slog,
-            any_bucket=any_bucket,
-            deadline=deadline,
-        )
-        env = script_environment(
-            service=service,
-            invocation=invocation,
-            input_path=input_path,
-            workspace=workspace,
-            job_id=job_id,
-            visible_path=lambda path: self._sandbox.job_path(workspace.root, path),
-        )
-        await asyncio.to_thread(workspace.write_script, service.script)
-        owner = self._sandbox.runs_as
-        if owner is not None:
-            # Under the private umask (077) the staged files are the manager's alone: give them to the script.
-            await asyncio.to_thread(_hand_over, workspace, owner)
-        async with contextlib.AsyncExitStack() as slot:
-            if slots is not None:
-                await deadline.run("waiting for a free slot to run the script", slots.acquire())
-                slot.callback(slots.release)
-            slog.info("Running the user script")
-            script_run = ScriptRun(
-                workdir=workspace.root,
-                script=SCRIPT_NAME,
-                env=env,
-                timeout=deadline.remaining(),  # what staging in left of the job's time
-                memory_bytes=quantity_bytes(service.memory),
-                network=wants_network(service),
-                cpu_cores=quantity_cores(service.cpu),
-                max_pids=self._max_pids,
-                disk_bytes=self._disk_bytes,
+        async with self._images.chosen(service, log=slog, deadline=deadline) as chosen:
+            stores = await self._stores.for_service(service)
+            input_path = await stage_in(
+                invocation=invocation,
+                service=service,
+                stores=stores,
+                workspace=workspace,
+                log=slog,
+                any_bucket=any_bucket,
+                deadline=deadline,
             )
-            result = await self._sandbox.run(script_run)
-        slog.output(result.output.decode("utf-8", errors="replace"), result.output_times)
-        bounds_hit = result.bounds_hit(script_run)
-        for reason in bounds_hit:
-            slog.error(reason)
-        if result.timed_out:
-            slog.error(f"The script was killed after the {deadline.seconds:g} s timeout")
-        elif result.exit_code != 0:
-            slog.error(f"The script exited with code {result.exit_code}")
-        return _Run(invocation=invocation, result=result, bounds_hit=bounds_hit, stores=stores)
+            env = script_environment(
+                service=service,
+                invocation=invocation,
+                input_path=input_path,
+                workspace=workspace,
+                job_id=job_id,
+                visible_path=lambda path: self._sandbox.job_path(workspace.root, path),
+            )
+            if chosen.root is not None:
+                env = merged_env(chosen.env, env, service)
+            await asyncio.to_thread(workspace.write_script, service.script)
+            owner = self._sandbox.runs_as
+            if owner is not None:
+                # Under the private umask (077) the staged files are the manager's alone: give them to the
+                # script.
+                await asyncio.to_thread(_hand_over, workspace, owner)
+            async with contextlib.AsyncExitStack() as slot:
+                if slots is not None:
+                    await deadline.run("waiting for a free slot to run the script", slots.acquire())
+                    slot.callback(slots.release)
+                slog.info("Running the user script")
+                script_run = ScriptRun(
+                    workdir=workspace.root,
+                    script=SCRIPT_NAME,
+                    env=env,
+                    timeout=deadline.remaining(),  # what staging in left of the job's time
+                    memory_bytes=quantity_bytes(service.memory),
+                    network=wants_network(service),
+                    cpu_cores=quantity_cores(service.cpu),
+                    max_pids=self._max_pids,
+                    disk_bytes=self._disk_bytes,
+                    image=chosen.root,
+                )
+                result = await self._sandbox.run(script_run)
+            slog.output(result.output.decode("utf-8", errors="replace"), result.output_times)
+            bounds_hit = result.bounds_hit(script_run)
+            for reason in bounds_hit:
+                slog.error(reason)
+            if result.timed_out:
+                slog.error(f"The script was killed after the {deadline.seconds:g} s timeout")
+            elif result.exit_code != 0:
+                slog.error(f"The script exited with code {result.exit_code}")
+            return _Run(invocation=invocation, result=result, bounds_hit=bounds_hit, stores=stores)
 
 
 def _hand_over(workspace: Workspace, owner: tuple[int, int]) -> None:

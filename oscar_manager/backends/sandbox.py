@@ -241,6 +241,8 @@ class Sandbox:
         ``prelude_args``); the script itself then runs with /dev/null as its stdin.
         End it with :meth:`terminate`."""
         self.check_allowed()
+        if run.image is not None and self._bwrap is None:
+            raise SandboxRefused("service images run only under bubblewrap, which does not work here")
         env = script_env(run.env)
         group = None
         if self._cgroups is not None:
@@ -398,6 +400,7 @@ class Sandbox:
             network=run.network,
             hidden=self._hidden,
             sizes=tmpfs_sizes(run.memory_bytes) if self._bwrap.sized else None,
+            image=run.image,
         )
         for key, value in env.items():
             args += ["--setenv", key, value]

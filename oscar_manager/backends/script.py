@@ -12,6 +12,18 @@ from oscar_manager.domain.logtimes import LineTimes
 
 
 @dataclass(frozen=True, slots=True)
+class ImageRoot:
+    """The service's image for a run: its unpacked root becomes the sandbox's read-only ``/``."""
+
+    root: Path  # on the host; a path only the manager can change (see ``backends.images``)
+    working_dir: str = ""  # the image's WorkingDir; empty: the job's folder
+    # Who the script appears to be inside (the image's User, root by default); it needs a user
+    # namespace, and on the host the script keeps the sandbox's unprivileged user either way.
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ScriptRun:
     workdir: Path  # the job's directory, made by the caller; the script's working directory
     script: str  # file name of the script in ``workdir``, run with /bin/sh
@@ -24,6 +36,7 @@ class ScriptRun:
     cpu_cores: float | None = None  # the cgroup's CFS quota
     max_pids: int | None = None  # processes and threads in the cgroup at once
     disk_bytes: int | None = None  # the job folder's disk use, and RLIMIT_FSIZE
+    image: ImageRoot | None = None  # None: the host's tools (its root read-only)
 
 
 @dataclass(frozen=True, slots=True)

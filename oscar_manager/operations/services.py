@@ -170,6 +170,11 @@ async def create(
     return services
 
 
+async def every_service(tx: Transaction) -> list[Service]:
+    """All services, oldest first (start-up work such as pre-pulling their images)."""
+    return list(await tx.services.list_by_creation())
+
+
 async def read(tx: Transaction, *, principal: Principal, name: str) -> Service:
     service = await _existing(tx, name)
     if not can_view(principal, service):

@@ -30,7 +30,7 @@ NOT_ON_THE_DEFAULT = {
     "aiohttp": "MinIO, Kubernetes",
     "authlib": "OIDC",
     "joserfc": "OIDC",
-    "httpx": "OIDC",
+    "httpx": "OIDC, image pulls (loaded at the first one)",
     "cryptography": "users' own MinIO identities",
     "alembic": "migrations (run in a child process that exits)",
     "mako": "migrations (run in a child process that exits)",
@@ -60,7 +60,10 @@ def test_embedded_default_serves_without_the_libraries_of_settings_that_are_off(
     workdir = tmp_path / "work"
     workdir.mkdir()
     path = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH", "")]))
-    server = start_server(workdir, free_port(), env={"PYTHONPATH": path, "IDLE_IMPORTS_RECORD": str(hook)})
+    # Images on, as by default (the test servers' own default is host tools): nothing is pulled yet.
+    env = {"PYTHONPATH": path, "IDLE_IMPORTS_RECORD": str(hook), "OSCAR_LOCAL_IMAGES": "auto"}
+    env["OSCAR_IMAGE_DIR"] = str(workdir / "images")
+    server = start_server(workdir, free_port(), env=env)
     record = hook / f"modules-{server.process.pid}"
     try:
         answer = httpx.get(f"{server.url}/system/services", auth=("oscar", server.password()), timeout=10)

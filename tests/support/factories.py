@@ -19,6 +19,9 @@ def make_settings(*, database_url: str, data_dir: Path, **overrides: Any) -> Set
         "oscar_git_commit": "0123456789ab",
         # In-process apps bind no S3 face port unless a test asks for one.
         "oscar_s3_port": 0,
+        # Scripts run with this machine's tools unless a test runs images (from its loopback registry):
+        # no test reaches out to a public registry.
+        "oscar_local_images": "host",
     }
     values.update(overrides)
     return Settings(**values)

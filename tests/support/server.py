@@ -38,6 +38,7 @@ def serve_command() -> list[str]:
 def server_environment(port: int, env: dict[str, str] | None = None) -> dict[str, str]:
     """Only what a fresh shell would have: no OSCAR_*/MINIO_*/OIDC_* settings but those given."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("OSCAR_", "MINIO_", "OIDC_"))}
+    environment["OSCAR_LOCAL_IMAGES"] = "host"  # as in make_settings: no public registry is asked
     environment.update(env or {})
     environment["OSCAR_SERVICE_PORT"] = str(port)
     # Each server its own S3 face port, so that servers of tests running side by side never collide.

@@ -1,0 +1,80 @@
+"""The parts of an OCI image configuration a runtime honours here: architecture, Env, WorkingDir, User."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from typing import Any
+
+from oscar_manager.backends.images.errors import ImagePullFailed, ImageRefused
+
+# platform.machine() -> the OCI (GOARCH) name.
+_ARCHITECTURES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm"}
+
+
+def machine_architecture() -> str:
+    machine = platform.machine().lower()
+    return _ARCHITECTURES.get(machine, machine)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageConfig:
+    architecture: str
+    os: str
+    env: tuple[tuple[str, str], ...] = ()
+    working_dir: str = ""
+    user: str = ""
+    diff_ids: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "architecture": self.architecture,
+            "os": self.os,
+            "env": [list(pair) for pair in self.env],
+            "working_dir": self.working_dir,
+            "user": self.user,
+            "diff_ids": list(self.diff_ids),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ImageConfig:
+        return cls(
+            architecture=data["architecture"],
+            os=data["os"],
+            env=tuple((str(key), str(value)) for key, value in data["env"]),
+            working_dir=data["working_dir"],
+            user=data["user"],
+            diff_ids=tuple(data["diff_ids"]),
+        )
+
+
+def parse_config(raw: bytes, *, image: str) -> ImageConfig:
+    try:
+        document = json.loads(raw)
+        inner = document.get("config") or {}
+        env = []
+        for item in inner.get("Env") or []:
+            key, sep, value = str(item).partition("=")
+            if sep and key:
+                env.append((key, value))
+        config = ImageConfig(
+            architecture=str(document.get("architecture", "")),
+            os=str(document.get("os", "")),
+            env=tuple(env),
+            working_dir=str(inner.get("WorkingDir") or ""),
+            user=str(inner.get("User") or ""),
+            diff_ids=tuple(str(d) for d in (document.get("rootfs") or {}).get("diff_ids") or []),
+        )
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise ImagePullFailed(f"image {image}: its configuration is not valid JSON: {exc}") from None
+    check_platform(config.os, config.architecture, image=image)
+    return config
+
+
+def check_platform(os_name: str, architecture: str, *, image: str) -> None:
+    here = machine_architecture()
+    if os_name and os_name != "linux":
+        raise ImageRefused(f"image {image} is for {os_name}/{architecture}: only linux images run here")
+    if architecture and architecture != here:
+        raise ImageRefused(f"image {image} is for {architecture}, and this machine is {here}")
