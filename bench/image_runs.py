@@ -31,7 +31,7 @@ from oscar_manager.backends.images.store import ImageStore
 from oscar_manager.backends.local import LocalBackend
 from oscar_manager.backends.sandbox import Sandbox
 from oscar_manager.domain.service import MinioDefault, Service, normalise_new, parse_service
-from oscar_manager.runtime import unprivileged_user
+from oscar_manager.local_runtime import unprivileged_user
 from oscar_manager.storage.local import LocalObjectStore
 from oscar_manager.storage.providers import Stores
 from tests.support.oci_registry import Entry, OciImage, Registry, layer

@@ -32,7 +32,7 @@ import httpx
 from oscar_manager.backends.sandbox import Sandbox, ScriptRun
 from oscar_manager.domain.quantities import quantity_bytes
 from oscar_manager.domain.service import DEFAULT_MEMORY
-from oscar_manager.runtime import unprivileged_user
+from oscar_manager.local_runtime import unprivileged_user
 from tests.support.components import free_port
 from tests.support.server import RunningServer, start_server, stop_server
 

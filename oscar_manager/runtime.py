@@ -4,30 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
-import pwd
 import secrets
 import socket
-import sys
-import tempfile
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from oscar_manager.backends.base import Backend
-from oscar_manager.backends.images.credentials import Credentials
-from oscar_manager.backends.images.service_images import ImageMode, ServiceImages
-from oscar_manager.backends.images.store import ImageStore
 from oscar_manager.backends.local import LocalBackend
-from oscar_manager.backends.sandbox import Sandbox
 from oscar_manager.connections import S3QueueAccess, open_kubernetes, open_minio, s3_queue_consumer
 from oscar_manager.domain.events import InputRoute, ObjectEvent
 from oscar_manager.events.local_watch import LocalBucketWatcher
 from oscar_manager.events.minio_listen import MinioListener
 from oscar_manager.events.minio_webhook import WEBHOOK_PATH, WebhookRules, ensure_target
 from oscar_manager.events.reconcile import reconcile
+from oscar_manager.local_runtime import fast_child_watcher, local_backend
 from oscar_manager.operations import Database, exposed, readiness, service_buckets
 from oscar_manager.operations import services as service_operations
 from oscar_manager.operations.bucket_access import MinioBucketPolicies
@@ -69,95 +61,6 @@ def _presign_secret(settings: Settings) -> bytes:
     if settings.oscar_presign_key:
         return bytes.fromhex(settings.oscar_presign_key)
     return bytes.fromhex(kept_secret(settings.presign_key_file, lambda: secrets.token_hex(PRESIGN_KEY_BYTES)))
-
-
-def unprivileged_user() -> tuple[int, int]:
-    """Who scripts run as when the manager runs as root: ``nobody``."""
-    try:
-        entry = pwd.getpwnam("nobody")
-    except KeyError:
-        return 65534, 65534
-    return entry.pw_uid, entry.pw_gid
-
-
-def shared_work_root(settings: Settings) -> Path:
-    """Job folders for scripts run as another user: under the system temp dir, which that user can reach
-    (the data directory may sit under a private home or temp folder)."""
-    digest = hashlib.sha256(str(settings.oscar_data_dir.resolve()).encode()).hexdigest()[:12]
-    top = Path(tempfile.gettempdir()) / "oscar-manager"
-    root = top / digest
-    for folder in (top, root):
-        folder.mkdir(exist_ok=True)
-        os.chmod(folder, 0o711)  # noqa: S103 - traversable, not listable, by the script user
-    return root
-
-
-def _fast_child_watcher() -> None:
-    """Python 3.11 waits for each subprocess with a new thread (about 2 ms a job); a pidfd needs none.
-    Python 3.12 and later use pidfds by themselves."""
-    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
-        return
-    watcher = asyncio.PidfdChildWatcher()
-    watcher.attach_loop(asyncio.get_running_loop())
-    asyncio.get_event_loop_policy().set_child_watcher(watcher)
-
-
-def local_backend(settings: Settings, stores: Stores) -> LocalBackend:
-    run_as = unprivileged_user() if os.geteuid() == 0 else None
-    # The data directory (database, admin password, presign key, every bucket) is invisible to scripts.
-    sandbox = Sandbox(
-        require=settings.oscar_require_sandbox,
-        hidden_paths=[settings.oscar_data_dir],
-        run_as=run_as,
-        allow_unsandboxed=settings.oscar_allow_unsandboxed,
-    )
-    if sandbox.refusal is not None:
-        log.error("Local jobs will fail: %s", sandbox.refusal)
-    images = service_images(settings, sandboxed=sandbox.sandboxed, dropped=sandbox.runs_as is not None)
-    return LocalBackend(
-        stores=stores,
-        sandbox=sandbox,
-        work_root=settings.work_dir if sandbox.runs_as is None else shared_work_root(settings),
-        concurrency=settings.oscar_local_concurrency,
-        job_timeout=settings.oscar_job_timeout,
-        max_pids=settings.oscar_job_max_pids,
-        disk_bytes=settings.oscar_job_disk_bytes,
-        images=images,
-    )
-
-
-def image_dir(settings: Settings, *, dropped: bool) -> Path:
-    """The image cache's folder. Scripts run as another user reach their image's root by path (bubblewrap
-    binds it as that user): then not under the private data directory but in a folder of its own, one per
-    data directory, its parents traversable (not listable) by that user."""
-    if settings.oscar_image_dir is not None:
-        return settings.oscar_image_dir
-    if not dropped:
-        return settings.oscar_data_dir / "images"
-    digest = hashlib.sha256(str(settings.oscar_data_dir.resolve()).encode()).hexdigest()[:12]
-    top = Path("/var/cache/oscar-manager")
-    top.mkdir(parents=True, exist_ok=True)
-    os.chmod(top, 0o711)  # noqa: S103 - traversable, not listable, by the script user
-    return top / digest
-
-
-def service_images(settings: Settings, *, sandboxed: bool, dropped: bool) -> ServiceImages:
-    mode = ImageMode(settings.oscar_local_images)
-    if mode is ImageMode.HOST:
-        return ServiceImages(None, mode=mode, sandboxed=sandboxed)
-    store = ImageStore(
-        image_dir(settings, dropped=dropped),
-        max_bytes=settings.oscar_image_cache_bytes,
-        credentials=Credentials(
-            auth_file=settings.oscar_registry_auth_file, secrets_dir=settings.oscar_image_pull_secrets_dir
-        ),
-        insecure_registries=settings.oscar_insecure_registries,
-        timeout=settings.oscar_image_pull_timeout,
-    )
-    store.open()
-    if not sandboxed:
-        log.warning("Service images cannot run without bubblewrap: scripts run with this machine's tools")
-    return ServiceImages(store, mode=mode, sandboxed=sandboxed)
 
 
 def _webhook_token(settings: Settings) -> str:
@@ -464,7 +367,7 @@ class Runtime:
             log.info("recorded the owners of %d bucket(s) of existing services", len(adopted))
 
     async def start(self) -> None:
-        _fast_child_watcher()
+        fast_child_watcher()
         await recover(self.database, jobs_die_with_manager=not self.backend.durable_submissions)
         await asyncio.to_thread(self._sweep_leftovers)
         reporter = DatabaseJobReporter(

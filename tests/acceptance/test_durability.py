@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from oscar_manager.runtime import shared_work_root
+from oscar_manager.local_runtime import shared_work_root
 from oscar_manager.settings import Settings
 from tests.support.components import free_port
 from tests.support.server import RunningServer, crash_server, start_server, stop_server

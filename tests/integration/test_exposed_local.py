@@ -32,7 +32,7 @@ from oscar_manager.domain.service import (
     parse_service,
 )
 from oscar_manager.errors import BadRequest
-from oscar_manager.runtime import shared_work_root, unprivileged_user
+from oscar_manager.local_runtime import shared_work_root, unprivileged_user
 from oscar_manager.storage.local import LocalObjectStore
 from oscar_manager.storage.providers import Stores
 from tests.support.components import unavailable

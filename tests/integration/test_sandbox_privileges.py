@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from oscar_manager.backends.sandbox import Sandbox, ScriptRun
-from oscar_manager.runtime import shared_work_root, unprivileged_user
+from oscar_manager.local_runtime import shared_work_root, unprivileged_user
 from tests.support.factories import make_settings
 
 pytestmark = [

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from oscar_manager import connections, runtime
+from oscar_manager import connections, local_runtime, runtime
 from oscar_manager.app import create_app
 from oscar_manager.backends.base import Backend
 from oscar_manager.backends.exposed import Exposer
@@ -78,7 +78,7 @@ async def create_io_service(
 def give_local_backend(monkeypatch: pytest.MonkeyPatch, exposer: Exposer | None) -> None:
     """Apps started from now on run ``exposer`` as their local backend's exposed side (the backend is
     real; only what runs exposed services is the test's; None: none)."""
-    build = runtime.local_backend
+    build = local_runtime.local_backend
 
     def with_exposer(settings: Settings, stores: Stores) -> LocalBackend:
         backend = build(settings, stores)

@@ -19,7 +19,7 @@ import pytest
 
 from oscar_manager.backends import cgroups
 from oscar_manager.backends.sandbox import Sandbox, SandboxUnavailable, ScriptResult, ScriptRun
-from oscar_manager.runtime import unprivileged_user
+from oscar_manager.local_runtime import unprivileged_user
 from oscar_manager.settings import Settings
 from tests.support.app import NO_AUTH, app_client
 from tests.support.components import unavailable
