@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from oscar_manager.backends.exposed import Exposer
 from oscar_manager.domain.cluster import NodeStatus
@@ -70,6 +70,16 @@ class JobReporter(Protocol):
     async def ended(self, job_ids: list[str]) -> set[str]:
         """Those of ``job_ids`` whose end is recorded already (a backend need not report them again)."""
         ...
+
+
+@runtime_checkable
+class WarmScaling(Protocol):
+    """A backend with warm pods to scale down (Kubernetes, ``backends.warm_scaling``): the leader's work,
+    every ``warm_scale_interval`` seconds, so that two replicas never undo each other's choices."""
+
+    warm_scale_interval: float
+
+    async def scale_down_warm_pods(self) -> int: ...
 
 
 class Backend(Protocol):

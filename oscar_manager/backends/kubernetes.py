@@ -158,6 +158,15 @@ class KubernetesBackend:
         finally:
             self.watching.clear()
 
+    @property
+    def warm_scale_interval(self) -> float:
+        """How often the leader looks for idle warm pods: a fraction of the idle period (within bounds)."""
+        return min(max(self._cluster.warm_idle_seconds / 4, 0.5), 30.0)
+
+    async def scale_down_warm_pods(self) -> int:
+        """The leader's: warm pods above ``min_scale`` idle for the idle period go (``warm_scaling``)."""
+        return await self.warm.scaler.scale_down_round()
+
     async def nodes(self) -> list[NodeStatus]:
         return await cluster_nodes(self._api, namespace=self._namespace)
 

@@ -32,11 +32,11 @@ not share the manager's CPU) and prints its port; ``GET /_double/created`` then 
 from __future__ import annotations
 
 import argparse
-import gc
 import asyncio
 import base64
 import bisect
 import copy
+import gc
 import json
 import sys
 import uuid

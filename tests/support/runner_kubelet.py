@@ -296,11 +296,16 @@ class RunnerKubelet:
         else:
             # The runner is told the address it was given (a warm pod's server is reached there).
             pod = {**pod, "status": {**pod.get("status", {}), "podIP": address}}
+            probing = asyncio.create_task(self._probe_readiness(pod, address))
             try:
                 code = await self.runner(meta["namespace"], pod, _LogWriter(log))
             except Exception as exc:  # a broken pod spec: the container could not start
                 log.write(f"{type(exc).__name__}: {exc}\n".encode())
                 code = 128
+            finally:
+                probing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await probing
             log.close()
         terminated = {
             "terminated": {
@@ -321,6 +326,43 @@ class RunnerKubelet:
                 "containerStatuses": self._container_statuses(pod, terminated, ready=False),
             },
         )
+
+    async def _probe_readiness(self, pod: dict[str, Any], address: str) -> None:
+        """A container's HTTP readiness probe, as a kubelet runs it: every ``periodSeconds`` a GET, and
+        the pod's Ready condition set to whether it answered 2xx. Only where the runner says where the
+        container listens (``probe_target``: a warm pod's server, once it is up); until its first
+        answer the pod keeps the Ready it started with."""
+        container = pod["spec"]["containers"][0]
+        probe = (container.get("readinessProbe") or {}).get("httpGet")
+        target = getattr(self.runner, "probe_target", None)
+        if probe is None or target is None:
+            return
+        period = container["readinessProbe"].get("periodSeconds", 10)
+        ready = True
+        async with httpx.AsyncClient(timeout=1) as http:
+            while True:
+                await asyncio.sleep(period)
+                where = target(address)
+                if where is None:
+                    continue
+                try:
+                    answer = await http.get(f"http://{where[0]}:{where[1]}{probe['path']}")
+                    now = answer.is_success
+                except httpx.HTTPError:
+                    now = False
+                if now != ready:
+                    ready = now
+                    running = {"running": {"startedAt": pod["status"].get("startTime") or _now()}}
+                    await self._set_status(
+                        pod,
+                        {
+                            "conditions": [
+                                {"type": kind, "status": str(now), "lastTransitionTime": _now()}
+                                for kind in ("Ready", "ContainersReady")
+                            ],
+                            "containerStatuses": self._container_statuses(pod, running, ready=now),
+                        },
+                    )
 
     async def finish(
         self,
