@@ -22,11 +22,13 @@ annotation). A pod in a run is never removed:
    removes, in order, pods not yet scheduled or not Running (no run in them), then not-Ready pods by
    deletion cost: a retired pod (lowest cost) before any busy one (not Ready too, but cost 0) or idle one.
 
-Why not delete the idle pods by name and lower the count after: between the two the ReplicaSet makes a
-replacement, which may be up, and ready, by the time the count drops, and the controller then removes a
-not-Ready (busy) pod before it. And lowering the count alone lets the controller pick: busy pods are not
-Ready, so they would go first. A retired pod that outlives its removal (the controller took a Pending one
-instead) is deleted by name a little later: it takes no run, so that is safe.
+Then the retired pods are also deleted by name (safe: they take no run), in case the controller took a
+pod not Running yet instead (it then makes that one again: the count is right). Why not delete the idle
+pods by name first and lower the count after: between the two the ReplicaSet makes a replacement, which
+may be up and Ready by the time the count drops, and a not-Ready (busy) pod ranks before it. And lowering
+the count alone, without retiring and costs, lets the controller pick: busy pods are not Ready, so they
+would go first. A retired pod that cannot go (the count was changed meanwhile, or the bounds) is taken
+again next round, or deleted and replaced when the bounds no longer let it go.
 """
 
 from __future__ import annotations
@@ -55,8 +57,6 @@ DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 LOWEST_COST = str(-(2**31))  # an int32: below any other pod's (0 by default)
 # How long the leader waits for a retired pod to show not Ready (its probe runs every second).
 _NOT_READY_WITHIN = 10.0
-# A retired pod still there this long after the count was lowered for it is deleted by name.
-_REMOVAL_GRACE = 20.0
 _POD_ANSWER = aiohttp.ClientTimeout(total=3)
 
 
@@ -79,7 +79,6 @@ class WarmScaler:
         self.idle_seconds = idle_seconds
         self._session = session
         self._growing: dict[str, asyncio.Task[bool]] = {}
-        self._removing: dict[str, float] = {}  # retired pods the count was lowered for -> since when
 
     async def close(self) -> None:
         for task in list(self._growing.values()):
@@ -145,42 +144,41 @@ class WarmScaler:
         wanted = int(deployment["spec"].get("replicas") or 0)
         selector = ",".join(f"{k}={v}" for k, v in deployment["spec"]["selector"]["matchLabels"].items())
         pods = [pod for pod in await self._pods(selector) if _running(pod)]
-        await self._delete_leftovers(pods)
         states = await asyncio.gather(*(self._idle_state(pod) for pod in pods))
+        known = [(pod, state) for pod, state in zip(pods, states, strict=True) if state is not None]
+        retired = [pod for pod, state in known if state["retired"]]  # by an earlier round
         idle = sorted(
             (
-                (state["idle_seconds"], pod)
-                for pod, state in zip(pods, states, strict=True)
-                if state is not None
-                and not state["busy"]
-                and (state["retired"] or state["idle_seconds"] >= self.idle_seconds)
-                and _name(pod) not in self._removing
+                (pod, state)
+                for pod, state in known
+                if not state["busy"] and not state["retired"] and state["idle_seconds"] >= self.idle_seconds
             ),
-            key=lambda pair: -pair[0],
+            key=lambda pair: -float(pair[1]["idle_seconds"]),
         )
-        fewer = min(len(idle), wanted - low)
-        if fewer <= 0:
-            return
-        retired = [pod for _, pod in idle[:fewer] if await self._retire(pod)]
-        for pod in retired:
+        fewer = max(wanted - low, 0)
+        retired += [pod for pod, _ in idle[: max(fewer - len(retired), 0)] if await self._retire(pod)]
+        # Retired beyond what may go (the bounds changed since): replaced, as they take no run.
+        await self._delete(retired[fewer:])
+        going = retired[:fewer]
+        for pod in going:
             await self._core.patch_namespaced_pod(
                 _name(pod), self._namespace, {"metadata": {"annotations": {DELETION_COST: LOWEST_COST}}}
             )
-        retired = await self._not_ready(selector, retired)
-        if retired and await self._set_replicas(_name(deployment), was=wanted, now=wanted - len(retired)):
-            now = time.monotonic()
-            self._removing.update((_name(pod), now) for pod in retired)
-            log.info("warm pods of %s: %d -> %d (idle)", _name(deployment), wanted, wanted - len(retired))
+        going = await self._not_ready(selector, going)
+        if going and await self._set_replicas(_name(deployment), was=wanted, now=wanted - len(going)):
+            log.info("warm pods of %s: %d -> %d (idle)", _name(deployment), wanted, wanted - len(going))
+            # The controller removes them (they rank first); by name too, in case it took a pod that
+            # was not Running yet instead (then it makes that one again: the count stays right).
+            await self._delete(going)
 
-    async def _delete_leftovers(self, pods: list[dict[str, Any]]) -> None:
-        """Retired pods the controller left (it took a Pending pod instead): they take no run, so they go."""
-        live = {_name(pod) for pod in pods}
-        self._removing = {name: at for name, at in self._removing.items() if name in live}
-        for name, at in list(self._removing.items()):
-            if time.monotonic() - at > _REMOVAL_GRACE:
-                with contextlib.suppress(ApiException):
-                    await self._core.delete_namespaced_pod(name, self._namespace)
-                del self._removing[name]
+    async def _delete(self, pods: list[dict[str, Any]]) -> None:
+        """Delete retired pods (they take no run, so that is safe whoever else removes them)."""
+        for pod in pods:
+            try:
+                await self._core.delete_namespaced_pod(_name(pod), self._namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
 
     async def _idle_state(self, pod: dict[str, Any]) -> dict[str, Any] | None:
         try:
