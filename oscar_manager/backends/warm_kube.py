@@ -35,6 +35,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from oscar_manager.backends import warm_manifests as objects
 from oscar_manager.backends.base import RunTimeout, ScriptFailed, SyncRequest
+from oscar_manager.backends.exposed import DeploymentState
 from oscar_manager.backends.exposed_kube import Resolve
 from oscar_manager.backends.kube_client import TRANSPORT_ERRORS, answers
 from oscar_manager.backends.manifests import ClusterConfig
@@ -129,6 +130,24 @@ class WarmPods:
             except ApiException as exc:
                 if exc.status != 404:
                     raise
+
+    async def state(self, service: Service) -> DeploymentState | None:
+        """The warm pods' state (None: the service has no warm Deployment)."""
+        name = objects.deployment_name(service)
+        with answers(f"read deployment {name}"):
+            try:
+                deployment = await self._apps.read_namespaced_deployment(name, self._namespace)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            pods = await self._core.list_namespaced_pod(
+                self._namespace, label_selector=objects.pod_selector(service)
+            )
+        return objects.state_of(
+            self._api.sanitize_for_serialization(deployment),
+            [self._api.sanitize_for_serialization(pod) for pod in pods.items],
+        )
 
     # --- runs ----------------------------------------------------------------------------------------
 

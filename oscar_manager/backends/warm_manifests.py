@@ -23,6 +23,8 @@ import secrets
 from typing import Any
 
 from oscar_manager.backends import manifests
+from oscar_manager.backends.exposed import DeploymentState, DeploymentStateName
+from oscar_manager.backends.exposed_kube_status import pod_failure
 from oscar_manager.domain.service import Service
 from oscar_manager.supervisor import deadline as deadlines
 from oscar_manager.supervisor import response_frame, serve
@@ -141,3 +143,23 @@ def deployment_bounds(deployment: dict[str, Any]) -> tuple[int, int]:
     values = (annotations.get(MIN_ANNOTATION, ""), annotations.get(MAX_ANNOTATION, ""))
     low, high = (int(value) if value.isdigit() else 0 for value in values)
     return low, high
+
+
+def state_of(deployment: dict[str, Any], pods: list[dict[str, Any]]) -> DeploymentState:
+    """The warm pods' state as upstream's deployment status words it. Not the Deployment's available
+    count: a pod in a run is not Ready (its probe says busy), yet it is up. None wanted (scaled to zero
+    while idle) is ready: the next run starts a pod."""
+    live = [pod for pod in pods if not pod["metadata"].get("deletionTimestamp")]
+    up = sum(1 for pod in live if (pod.get("status") or {}).get("phase") == "Running")
+    failures = [failure for failure in map(pod_failure, live) if failure is not None]
+    wanted = int(deployment["spec"].get("replicas") or 0)
+    if failures:
+        name: DeploymentStateName = "degraded" if up > len(failures) else "failed"
+        return DeploymentState(name, failures[0], max(up - len(failures), 0), len(failures))
+    if wanted == 0:
+        return DeploymentState("ready", "No warm pod while idle: the next run starts one.", 0, 0)
+    if up >= wanted:
+        return DeploymentState("ready", f"{up} warm pods.", up, 0)
+    if up > 0:
+        return DeploymentState("degraded", f"{up} of {wanted} warm pods are up.", up, wanted - up)
+    return DeploymentState("pending", "Waiting for the warm pods to start.", 0, wanted)

@@ -141,6 +141,9 @@ async def test_with_the_annotation_the_pods_scale_from_and_to_zero(warm: Warm) -
     service = scaled(warm.namespace, min_scale=0, max_scale=2, annotated=True)
     await warm.kube.prepare_service(service)
     assert await replicas(warm, service) == 0
+    zero = await warm.kube.warm_state(service)  # what ?include=deployment shows
+    assert zero is not None
+    assert (zero.state, zero.active_instances) == ("ready", 0)
     # No pod: the run is a Job, and asks for a pod; the next runs go to it.
     first = await warm.kube.run_sync(request(service, "cold"))
     assert b"".join(first.chunks()) == b"COLD"
@@ -149,6 +152,9 @@ async def test_with_the_annotation_the_pods_scale_from_and_to_zero(warm: Warm) -
     second = await warm.kube.run_sync(request(service, "warm"))
     assert b"".join(second.chunks()) == b"WARM"
     assert warm.runs() == 1
+    one = await warm.kube.warm_state(service)
+    assert one is not None
+    assert (one.state, one.active_instances) == ("ready", 1)
     # Idle: back to zero.
     await asyncio.sleep(1.2)
     await scale_down_until(warm, service, 0)

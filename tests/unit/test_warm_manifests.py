@@ -57,3 +57,36 @@ def test_the_bounds_annotations_win_over_the_services_own() -> None:
     deployment = objects.deployment(service, cluster=CLUSTER)
     assert objects.deployment_bounds(deployment) == (1, 3)
     assert deployment["metadata"]["labels"][objects.WARM_LABEL] == "true"  # the leader lists by it
+
+
+def pod(
+    phase: str = "Running", *, ready: bool = True, waiting: str = "", deleting: bool = False
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": "p"}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-12-01T00:00:00Z"
+    statuses = [{"state": {"waiting": {"reason": waiting, "message": "back-off"}}}] if waiting else []
+    conditions = [{"type": "Ready", "status": str(ready)}]
+    return {
+        "metadata": meta,
+        "status": {"phase": phase, "conditions": conditions, "containerStatuses": statuses},
+    }
+
+
+@pytest.mark.parametrize(
+    ("wanted", "pods", "expected"),
+    [
+        (0, [], ("ready", 0, 0)),  # scaled to zero while idle: the next run starts one
+        (1, [pod(ready=False)], ("ready", 1, 0)),  # busy (not Ready) is up, not affected
+        (2, [pod(), pod("Pending")], ("degraded", 1, 1)),
+        (1, [pod("Pending")], ("pending", 0, 1)),
+        (1, [pod(deleting=True)], ("pending", 0, 1)),  # going away: not counted
+        (1, [pod(ready=False, waiting="CrashLoopBackOff")], ("failed", 0, 1)),
+        (2, [pod(), pod(ready=False, waiting="CrashLoopBackOff")], ("degraded", 1, 1)),
+    ],
+)
+def test_the_state_of_warm_pods(
+    wanted: int, pods: list[dict[str, Any]], expected: tuple[str, int, int]
+) -> None:
+    state = objects.state_of({"spec": {"replicas": wanted}}, pods)
+    assert (state.state, state.active_instances, state.affected_instances) == expected
