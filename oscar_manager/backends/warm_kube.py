@@ -45,6 +45,8 @@ from oscar_manager.errors import OscarError
 from oscar_manager.supervisor import serve
 from oscar_manager.supervisor.answer import ResponseTooLarge, SyncAnswer, encoded_size
 
+# Tries at replacing a warm Deployment whose count changes meanwhile (a run scaling it, or the leader).
+_REPLACE_ATTEMPTS = 5
 # Beyond the run's own time limit (which the pod keeps), how long the manager waits for its answer.
 _ANSWER_GRACE = 5.0
 
@@ -104,20 +106,28 @@ class WarmPods:
                 await self._replace(service, key)
 
     async def _replace(self, service: Service, key: str) -> None:
-        """Replace the Deployment keeping the count it has now (pods may be in runs), within the new
-        bounds; as of the version read, so a scaling in between is not undone (then read again)."""
+        """Replace the Deployment's definition keeping the count it has now (pods may be in runs), within
+        the new bounds. A JSON patch that tests the count read: a scaling in between is not undone (then
+        read again), and the controllers' own status writes, frequent in a rollout, do not conflict with
+        it as a resourceVersion would."""
         name = objects.deployment_name(service)
-        for attempt in range(3):
+        for attempt in range(_REPLACE_ATTEMPTS):
             current = await self._apps.read_namespaced_deployment(name, self._namespace)
-            body = objects.deployment(
-                service, cluster=self._cluster, key=key, current_replicas=current.spec.replicas or 0
-            )
-            body["metadata"]["resourceVersion"] = current.metadata.resource_version
+            count = current.spec.replicas or 0
+            body = objects.deployment(service, cluster=self._cluster, key=key, current_replicas=count)
+            patch = [
+                {"op": "test", "path": "/spec/replicas", "value": count},
+                {"op": "replace", "path": "/spec/replicas", "value": body["spec"]["replicas"]},
+                {"op": "replace", "path": "/spec/template", "value": body["spec"]["template"]},
+                {"op": "replace", "path": "/metadata/labels", "value": body["metadata"]["labels"]},
+                {"op": "replace", "path": "/metadata/annotations", "value": body["metadata"]["annotations"]},
+            ]
             try:
-                await self._apps.replace_namespaced_deployment(name, self._namespace, cast("Any", body))
+                await self._apps.patch_namespaced_deployment(name, self._namespace, patch)
                 return
             except ApiException as exc:
-                if exc.status != 409 or attempt == 2:
+                # 422 for a failed test (or an invalid body: the last attempt says which).
+                if exc.status not in (409, 422) or attempt == _REPLACE_ATTEMPTS - 1:
                     raise
 
     async def remove(self, service: Service) -> None:

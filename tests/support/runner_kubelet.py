@@ -339,30 +339,25 @@ class RunnerKubelet:
             return
         period = container["readinessProbe"].get("periodSeconds", 10)
         ready = True
-        async with httpx.AsyncClient(timeout=1) as http:
-            while True:
-                await asyncio.sleep(period)
-                where = target(address)
-                if where is None:
-                    continue
-                try:
-                    answer = await http.get(f"http://{where[0]}:{where[1]}{probe['path']}")
-                    now = answer.is_success
-                except httpx.HTTPError:
-                    now = False
-                if now != ready:
-                    ready = now
-                    running = {"running": {"startedAt": pod["status"].get("startTime") or _now()}}
-                    await self._set_status(
-                        pod,
-                        {
-                            "conditions": [
-                                {"type": kind, "status": str(now), "lastTransitionTime": _now()}
-                                for kind in ("Ready", "ContainersReady")
-                            ],
-                            "containerStatuses": self._container_statuses(pod, running, ready=now),
-                        },
-                    )
+        while True:
+            await asyncio.sleep(period)
+            where = target(address)
+            if where is None:
+                continue
+            now = await _http_probe(where[0], where[1], probe["path"])
+            if now != ready:
+                ready = now
+                running = {"running": {"startedAt": pod["status"].get("startTime") or _now()}}
+                await self._set_status(
+                    pod,
+                    {
+                        "conditions": [
+                            {"type": kind, "status": str(now), "lastTransitionTime": _now()}
+                            for kind in ("Ready", "ContainersReady")
+                        ],
+                        "containerStatuses": self._container_statuses(pod, running, ready=now),
+                    },
+                )
 
     async def finish(
         self,
@@ -403,6 +398,24 @@ class RunnerKubelet:
             return web.Response(status=404, text=f"pod {key[1]} has no log here")
         timestamps = request.query.get("timestamps", "").lower() == "true"
         return web.Response(body=log.render(timestamps=timestamps), content_type="text/plain")
+
+
+async def _http_probe(host: str, port: int, path: str) -> bool:
+    """One GET as a kubelet's httpGet probe: success on 2xx within a second. Its own connection, closed
+    in every case (a pod deleted mid-probe cancels it)."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        status_line = await asyncio.wait_for(reader.readline(), 1)
+        code = status_line.split(b" ")[1:2]
+        return bool(code) and code[0].startswith(b"2")
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
 
 
 @dataclass
