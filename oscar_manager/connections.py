@@ -96,6 +96,8 @@ async def open_kubernetes(
                 exposed_via_service={"auto": None, "service": True, "pods": False}[
                     settings.oscar_exposed_endpoints
                 ],
+                warm_max_pods=settings.oscar_warm_max_pods,
+                warm_idle_seconds=settings.oscar_warm_idle_seconds,
             ),
             concurrency=settings.oscar_kubernetes_concurrency,
             resolve=resolve,

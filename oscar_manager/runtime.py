@@ -11,7 +11,7 @@ import socket
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from oscar_manager.backends.base import Backend
+from oscar_manager.backends.base import Backend, WarmScaling
 from oscar_manager.backends.local import LocalBackend
 from oscar_manager.connections import S3QueueAccess, open_kubernetes, open_minio, s3_queue_consumer
 from oscar_manager.domain.events import InputRoute, ObjectEvent
@@ -163,6 +163,14 @@ class Runtime:
             self._tasks.append(RetryingTask("image pre-pull", self._prepull_images))
         if self.backend.follows_jobs:
             self._leader_tasks.append(SupervisedTask("job watcher", self.backend.follow_jobs))
+        if isinstance(self.backend, WarmScaling):  # warm pods scale down on what they say: one replica's work
+            self._leader_tasks.append(
+                LoopWorker(
+                    "warm pods scale-down",
+                    self.backend.scale_down_warm_pods,
+                    interval=self.backend.warm_scale_interval,
+                )
+            )
         if minio_users is not None and self.identities is not None:
             policies = MinioBucketPolicies(self.database, minio_users, self.identities)
             self.identities.rules = policies

@@ -141,6 +141,11 @@ class Settings(BaseSettings):
     # for a manager in the cluster), a ready pod's address ("pods", for one outside it), or "auto": the
     # former when the manager runs in the cluster it talks to.
     oscar_exposed_endpoints: Literal["auto", "service", "pods"] = "auto"
+    # Warm pods of sync services (``backends.warm_scaling``): at most this many per service whose
+    # ``max_scale`` is 0; pods above ``min_scale`` (0 with the ``oscar-manager/warm`` annotation) go once
+    # idle this long.
+    oscar_warm_max_pods: int = Field(default=10, ge=1)
+    oscar_warm_idle_seconds: float = Field(default=300, gt=0)
 
     # --- MinIO (the ``minio.default`` storage provider) ------------------------------------------
     minio_endpoint: str = ""

@@ -35,6 +35,7 @@ from tests.support.kubelet import BusyboxImage, SupervisorKubelet
 from tests.support.minio import MinioServer, locate_minio_binary, start_minio
 from tests.support.runner_kubelet import ApiObjects, RunnerKubelet
 from tests.support.supervisor import BusyboxRoot, build_executable, static_busybox
+from tests.support.warm_pods import Warm, warm_backend
 
 DATABASE_KINDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
@@ -314,3 +315,16 @@ async def cluster(
             settings=manager_settings(settings, control_plane, manager_token, kube_namespace.name, tmp_path),
             audit_start=control_plane.audit_log.stat().st_size,
         )
+
+
+@pytest.fixture
+async def warm_cluster(
+    control_plane: ControlPlane,
+    kube_admin: httpx.AsyncClient,
+    manager_token: str,
+    kube_namespace: JobNamespace,
+    tmp_path: Path,
+) -> AsyncIterator[Warm]:
+    """A Kubernetes backend with warm pods that run (``tests.support.warm_pods``)."""
+    async with warm_backend(control_plane, kube_admin, manager_token, kube_namespace, tmp_path) as warm:
+        yield warm

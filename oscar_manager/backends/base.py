@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from oscar_manager.backends.exposed import Exposer
+from oscar_manager.backends.exposed import DeploymentState, Exposer
 from oscar_manager.domain.cluster import NodeStatus
 from oscar_manager.domain.jobs import JobOutcome
 from oscar_manager.domain.service import Service
@@ -69,6 +69,21 @@ class JobReporter(Protocol):
 
     async def ended(self, job_ids: list[str]) -> set[str]:
         """Those of ``job_ids`` whose end is recorded already (a backend need not report them again)."""
+        ...
+
+
+@runtime_checkable
+class WarmScaling(Protocol):
+    """A backend with warm pods (Kubernetes, ``backends.warm_kube``): their scale-down is the leader's
+    work, every ``warm_scale_interval`` seconds (``backends.warm_scaling``), so that two replicas never
+    undo each other's choices; their state is a service's deployment status."""
+
+    warm_scale_interval: float
+
+    async def scale_down_warm_pods(self) -> int: ...
+
+    async def warm_state(self, service: Service) -> DeploymentState | None:
+        """The state of the service's warm pods (None: it has none)."""
         ...
 
 

@@ -50,7 +50,7 @@ from oscar_manager.backends.base import (
     SubmissionRefused,
     SyncRequest,
 )
-from oscar_manager.backends.exposed import Exposer
+from oscar_manager.backends.exposed import DeploymentState, Exposer
 from oscar_manager.backends.exposed_kube import KubeExposer, Resolve
 from oscar_manager.backends.kube_answers import reason, refused_for_now
 from oscar_manager.backends.kube_client import (
@@ -157,6 +157,18 @@ class KubernetesBackend:
             await watcher.run()
         finally:
             self.watching.clear()
+
+    @property
+    def warm_scale_interval(self) -> float:
+        """How often the leader looks for idle warm pods: a fraction of the idle period (within bounds)."""
+        return min(max(self._cluster.warm_idle_seconds / 4, 0.5), 30.0)
+
+    async def scale_down_warm_pods(self) -> int:
+        """The leader's: warm pods above ``min_scale`` idle for the idle period go (``warm_scaling``)."""
+        return await self.warm.scaler.scale_down_round()
+
+    async def warm_state(self, service: Service) -> DeploymentState | None:
+        return await self.warm.state(service) if is_warm(service) else None
 
     async def nodes(self) -> list[NodeStatus]:
         return await cluster_nodes(self._api, namespace=self._namespace)

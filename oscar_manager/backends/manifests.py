@@ -76,6 +76,10 @@ class ClusterConfig:
     # runs in the cluster), or a ready pod's address from the Service's EndpointSlices (False: it runs
     # outside). None: in the cluster when it talks to the one it runs in (``KubernetesBackend.connect``).
     exposed_via_service: bool | None = None
+    # Warm pods (``warm_scaling``): the most a service has when its ``max_scale`` is 0 (OSCAR_WARM_MAX_PODS),
+    # and how long pods above ``min_scale`` stay idle before they go (OSCAR_WARM_IDLE_SECONDS).
+    warm_max_pods: int = 10
+    warm_idle_seconds: float = 300.0
 
 
 def service_labels(service: Service) -> dict[str, str]:

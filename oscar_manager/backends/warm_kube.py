@@ -1,22 +1,22 @@
 """Warm sync runs on Kubernetes: ``/run`` served by a service's warm pods instead of a Job per request.
 
-A service with ``synchronous.min_scale`` > 0 (``warm_manifests.is_warm``) has a Deployment of that many
-pods, each running the supervisor's server (``supervisor.serve``) in the service's image. The Deployment
-is created or replaced with the service (a new key and pod template: the pods roll over to the new
-definition) and deleted with it, or when an update no longer asks for warm pods.
+A service that asks for warm pods (``warm_manifests.is_warm``: ``synchronous.min_scale`` > 0, or the
+``oscar-manager/warm`` annotation) has a Deployment of them, each pod running the supervisor's server
+(``supervisor.serve``) in the service's image. The Deployment is created or replaced with the service (a
+new key and pod template: the pods roll over to the new definition; the count it has is kept, within the
+new bounds) and deleted with it, or when an update no longer asks for warm pods.
 
-Scaling: ``min_scale`` pods are kept up, always (the Deployment's replicas); ``max_scale`` (upstream's
-Knative bound, 0 = none) only caps that here. An HPA on CPU is the wrong signal for pods that each take
-one run at a time (an idle pod and a pod waiting on S3 both show no CPU); the right one is the manager's
-own count of busy pods, and scaling up on it (and down to zero after an idle period) is not built yet:
-when every warm pod is busy, the run is a Job, as without warm pods.
+Scaling (``warm_scaling``): ``min_scale`` pods are kept up; a run that no pod took asks for one more, up
+to ``max_scale`` (0: ``OSCAR_WARM_MAX_PODS``); the leader removes pods above ``min_scale`` once they were
+idle ``OSCAR_WARM_IDLE_SECONDS``, never one in a run. An HPA on CPU is the wrong signal for pods that each
+take one run at a time (an idle pod and a pod waiting on S3 both show no CPU).
 
 Routing, per run: the service's pods are listed (the apiserver's view; in the cluster a pod's address is
 reachable as is, outside it ``resolve`` maps it, as for exposed services), and the run goes to one that
 is Running and idle: Ready (its probe answers 200 only while idle) or, since the probe lags by up to its
 period, one whose last run from this manager has ended. This manager sends one run at a time to a pod
-(``_busy``); another replica's run is refused by the pod itself (503), and the next pod is tried. When no
-pod takes the run, :meth:`WarmPods.run` answers None and the caller starts a Job.
+(``_busy``); another replica's run, or a retired pod, is refused by the pod itself (503), and the next pod
+is tried. When no pod takes the run, :meth:`WarmPods.run` answers None and the caller starts a Job.
 
 A pod that fails mid-run: if the connection was refused (nothing reached the pod) the next pod is tried,
 then a Job; once the body was sent the script may have run, partly or whole (uploaded outputs, any side
@@ -35,14 +35,18 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from oscar_manager.backends import warm_manifests as objects
 from oscar_manager.backends.base import RunTimeout, ScriptFailed, SyncRequest
+from oscar_manager.backends.exposed import DeploymentState
 from oscar_manager.backends.exposed_kube import Resolve
 from oscar_manager.backends.kube_client import TRANSPORT_ERRORS, answers
 from oscar_manager.backends.manifests import ClusterConfig
+from oscar_manager.backends.warm_scaling import WarmScaler
 from oscar_manager.domain.service import Service
 from oscar_manager.errors import OscarError
 from oscar_manager.supervisor import serve
 from oscar_manager.supervisor.answer import ResponseTooLarge, SyncAnswer, encoded_size
 
+# Tries at replacing a warm Deployment whose count changes meanwhile (a run scaling it, or the leader).
+_REPLACE_ATTEMPTS = 5
 # Beyond the run's own time limit (which the pod keeps), how long the manager waits for its answer.
 _ANSWER_GRACE = 5.0
 
@@ -66,8 +70,17 @@ class WarmPods:
         self._busy: set[str] = set()  # pod names running a run of this manager's
         self._idle: set[str] = set()  # pod names whose last run from this manager ended
         self._session: aiohttp.ClientSession | None = None
+        self.scaler = WarmScaler(
+            api,
+            namespace=namespace,
+            resolve=resolve,
+            default_cap=cluster.warm_max_pods,
+            idle_seconds=cluster.warm_idle_seconds,
+            session=self._session_for_pods,
+        )
 
     async def close(self) -> None:
+        await self.scaler.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -81,7 +94,8 @@ class WarmPods:
             if previous is not None and objects.is_warm(previous):
                 await self.remove(previous)
             return
-        body = objects.deployment(service, cluster=self._cluster, key=secrets.token_hex(32))
+        key = secrets.token_hex(32)
+        body = objects.deployment(service, cluster=self._cluster, key=key)
         name = body["metadata"]["name"]
         with answers(f"store deployment {name}"):
             try:
@@ -89,7 +103,32 @@ class WarmPods:
             except ApiException as exc:
                 if exc.status != 409:
                     raise
-                await self._apps.replace_namespaced_deployment(name, self._namespace, cast("Any", body))
+                await self._replace(service, key)
+
+    async def _replace(self, service: Service, key: str) -> None:
+        """Replace the Deployment's definition keeping the count it has now (pods may be in runs), within
+        the new bounds. A JSON patch that tests the count read: a scaling in between is not undone (then
+        read again), and the controllers' own status writes, frequent in a rollout, do not conflict with
+        it as a resourceVersion would."""
+        name = objects.deployment_name(service)
+        for attempt in range(_REPLACE_ATTEMPTS):
+            current = await self._apps.read_namespaced_deployment(name, self._namespace)
+            count = current.spec.replicas or 0
+            body = objects.deployment(service, cluster=self._cluster, key=key, current_replicas=count)
+            patch = [
+                {"op": "test", "path": "/spec/replicas", "value": count},
+                {"op": "replace", "path": "/spec/replicas", "value": body["spec"]["replicas"]},
+                {"op": "replace", "path": "/spec/template", "value": body["spec"]["template"]},
+                {"op": "replace", "path": "/metadata/labels", "value": body["metadata"]["labels"]},
+                {"op": "replace", "path": "/metadata/annotations", "value": body["metadata"]["annotations"]},
+            ]
+            try:
+                await self._apps.patch_namespaced_deployment(name, self._namespace, patch)
+                return
+            except ApiException as exc:
+                # 422 for a failed test (or an invalid body: the last attempt says which).
+                if exc.status not in (409, 422) or attempt == _REPLACE_ATTEMPTS - 1:
+                    raise
 
     async def remove(self, service: Service) -> None:
         name = objects.deployment_name(service)
@@ -101,6 +140,24 @@ class WarmPods:
             except ApiException as exc:
                 if exc.status != 404:
                     raise
+
+    async def state(self, service: Service) -> DeploymentState | None:
+        """The warm pods' state (None: the service has no warm Deployment)."""
+        name = objects.deployment_name(service)
+        with answers(f"read deployment {name}"):
+            try:
+                deployment = await self._apps.read_namespaced_deployment(name, self._namespace)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            pods = await self._core.list_namespaced_pod(
+                self._namespace, label_selector=objects.pod_selector(service)
+            )
+        return objects.state_of(
+            self._api.sanitize_for_serialization(deployment),
+            [self._api.sanitize_for_serialization(pod) for pod in pods.items],
+        )
 
     # --- runs ----------------------------------------------------------------------------------------
 
@@ -121,6 +178,7 @@ class WarmPods:
             if answer is not None:
                 self._idle.add(name)
                 return answer
+        self.scaler.want_more(request.service)  # every pod busy, or none: one more, for the next runs
         return None
 
     async def _candidates(self, service: Service) -> list[dict[str, Any]]:

@@ -2,19 +2,22 @@
 
 Upstream has deployment figures only for exposed, Knative and KServe services. An exposed service's
 (``expose.api_port``) come from the backend's ``Exposer``, and only it can be stopped, started and
-restarted. For any other service the state is "unavailable" and its "deployment logs" are, upstream, the
+restarted. A service's warm pods (Kubernetes, ``backends.warm_kube``) are upstream's Knative service of a
+sync service: their state is shown as ``knative_service``. For any other service the state is
+"unavailable" and its "deployment logs" are, upstream, the
 logs of its finished job pods (the last ``tailLines`` lines of them all, by time); here the job logs the
 registry keeps, which outlive the pods.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from oscar_manager.backends.base import Backend
-from oscar_manager.backends.exposed import DeploymentState
+from oscar_manager.backends.base import Backend, WarmScaling
+from oscar_manager.backends.exposed import DeploymentState, ExposedUnavailable
 from oscar_manager.domain import logtimes
 from oscar_manager.domain.access import can_change
 from oscar_manager.domain.exposure import is_exposed
@@ -33,32 +36,68 @@ LAST_ATTEMPT = (
     "Returning recent logs from the last runtime attempt while deployment status remains unavailable."
 )
 ACTIONS = ("stop", "start", "restart")
+EXPOSED_KIND = "exposed_service"
+WARM_KIND = "knative_service"
+_UNAVAILABLE: dict[str, Any] = {
+    "state": "unavailable",
+    "reason": UNAVAILABLE_REASON,
+    "active_instances": 0,
+    "affected_instances": 0,
+    "resource_kind": "unavailable",
+}
+# Services whose state is read from the cluster at once, for a list with ``?include=deployment``.
+_AT_ONCE = 16
 
 
 async def status(
     tx: Transaction, *, principal: Principal, settings: Settings, backend: Backend, name: str
 ) -> dict[str, Any]:
+    """Upstream's ``ServiceDeploymentStatus``: the summary with the service's name and namespace."""
     service = await services.read(tx, principal=principal, name=name)
+    namespace = service.namespace or settings.oscar_services_namespace
+    return {"service_name": service.name, "namespace": namespace, **await summary(tx, backend, service)}
+
+
+async def summary(tx: Transaction, backend: Backend, service: Service) -> dict[str, Any]:
+    """Upstream's ``ServiceDeploymentSummary`` (``deployment`` of a service listed or read with
+    ``?include=deployment``): an exposed service's instances, a service's warm pods
+    (``backends.warm_kube``: upstream's Knative service for sync runs, so ``knative_service``), else
+    "unavailable" as upstream words it."""
     if is_exposed(service) and backend.exposed is not None:
-        return _shown(service, settings, await exposed.state(tx, backend, service))
-    return {
-        "service_name": service.name,
-        "namespace": settings.oscar_services_namespace,
-        "state": "unavailable",
-        "reason": UNAVAILABLE_REASON,
-        "active_instances": 0,
-        "affected_instances": 0,
-        "resource_kind": "unavailable",
-    }
+        return _shown(await exposed.state(tx, backend, service), EXPOSED_KIND)
+    if isinstance(backend, WarmScaling):
+        warm = await backend.warm_state(service)
+        if warm is not None:
+            return _shown(warm, WARM_KIND)
+    return dict(_UNAVAILABLE)
 
 
-def _shown(service: Service, settings: Settings, state: DeploymentState) -> dict[str, Any]:
-    """Upstream's ``ServiceDeploymentStatus`` (empty ``reason`` and no transition time left out)."""
-    answer: dict[str, Any] = {
-        "service_name": service.name,
-        "namespace": service.namespace or settings.oscar_services_namespace,
-        "state": state.state,
-    }
+async def summaries(tx: Transaction, backend: Backend, views: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``views`` (services as listed) each with its ``deployment``, read a few at a time."""
+    found = {service.name: service for service in await tx.services.get_many([v["name"] for v in views])}
+    limit = asyncio.Semaphore(_AT_ONCE)
+
+    async def one(view: dict[str, Any]) -> dict[str, Any]:
+        service = found.get(view["name"])
+        if service is None:  # deleted since it was listed
+            return {**view, "deployment": dict(_UNAVAILABLE)}
+        async with limit:
+            try:
+                return {**view, "deployment": await summary(tx, backend, service)}
+            except ExposedUnavailable as exc:  # its objects are missing: the list still answers
+                return {**view, "deployment": {**_UNAVAILABLE, "reason": exc.message}}
+
+    return list(await asyncio.gather(*map(one, views)))
+
+
+def includes_deployment(include: str) -> bool:
+    """Whether ``?include=`` asks for it: a comma-separated list, case-insensitive, as upstream reads it."""
+    return any(part.strip().lower() == "deployment" for part in include.split(","))
+
+
+def _shown(state: DeploymentState, kind: str) -> dict[str, Any]:
+    """Empty ``reason`` and no transition time left out (Go's ``omitempty``)."""
+    answer: dict[str, Any] = {"state": state.state}
     if state.reason:
         answer["reason"] = state.reason
     if state.last_transition_time is not None:
@@ -67,7 +106,7 @@ def _shown(service: Service, settings: Settings, state: DeploymentState) -> dict
         **answer,
         "active_instances": state.active_instances,
         "affected_instances": state.affected_instances,
-        "resource_kind": "exposed_service",
+        "resource_kind": kind,
     }
 
 
@@ -185,4 +224,6 @@ async def lifecycle(
     if not is_exposed(service):
         raise BadRequest(f'service "{service.name}" is not exposed')
     await _ACTIONS[action](tx, backend, service)
-    return _shown(service, settings, await exposed.state(tx, backend, service))
+    namespace = service.namespace or settings.oscar_services_namespace
+    state = _shown(await exposed.state(tx, backend, service), EXPOSED_KIND)
+    return {"service_name": service.name, "namespace": namespace, **state}

@@ -8,8 +8,15 @@ per-run settings come with the request.
 
 The contract (HTTP/1.1, one request per connection, stdlib only: the executable carries no web framework):
 
-- ``GET /ready``: 200 while idle, 503 while a run is under way (the readiness probe: a busy pod takes no
-  other run).
+- ``GET /ready``: 200 while idle, 503 while a run is under way or once retired (the readiness probe: a
+  busy pod takes no other run).
+- ``GET /idle``: ``{"busy": bool, "idle_seconds": float, "retired": bool}``, what the leader's scale-down
+  (``backends.warm_scaling``) reads: the pod alone knows every manager replica's runs on it. Idle since
+  the last run ended, or since the server started.
+- ``POST /retire`` with the key and :data:`IDLE_AT_LEAST_HEADER` (seconds): 200 and the pod takes no run
+  from then on (``/run`` 503, ``/ready`` 503) when it is idle and has been for that long; 409 otherwise.
+  Checked and set in one step of the event loop, so no run can slip in between: a retired pod is safe to
+  remove.
 - ``POST /run`` with the body (``Content-Length``), the pod's key in :data:`KEY_HEADER`, and optionally
   :data:`TIMEOUT_HEADER` (seconds), :data:`ANY_BUCKET_HEADER` (``true``), :data:`MAX_RESPONSE_HEADER`
   (bytes), :data:`RUN_ID_HEADER`. Answers: 200 and the response (what the Job path unframes from its
@@ -26,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -46,9 +54,11 @@ MAX_RESPONSE_HEADER = "x-oscar-max-response"
 RUN_ID_HEADER = "x-oscar-run-id"
 EXIT_CODE_HEADER = "x-oscar-exit-code"
 RESPONSE_SIZE_HEADER = "x-oscar-response-size"
+IDLE_AT_LEAST_HEADER = "x-oscar-idle-at-least"
 # Request line and headers: the manager sends a handful.
 _MAX_HEAD = 64 * 1024
-_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 411: "Length Required"}
+_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 409: "Conflict"}
+_REASONS |= {411: "Length Required"}
 _REASONS |= {413: "Payload Too Large", 422: "Unprocessable Content", 500: "Internal Server Error"}
 _REASONS |= {503: "Service Unavailable", 504: "Gateway Timeout"}
 
@@ -81,7 +91,19 @@ class WarmServer:
         self._credentials_dir = credentials_dir
         self._live = live  # where each run's log and script output also go (the pod log)
         self.busy = False
+        self.retired = False
         self.runs = 0
+        self._idle_since = time.monotonic()
+
+    def idle_seconds(self) -> float:
+        return 0.0 if self.busy else time.monotonic() - self._idle_since
+
+    def retire(self, *, idle_at_least: float) -> bool:
+        """Take no run from now on, if idle for ``idle_at_least`` seconds (no await: atomic in the loop)."""
+        if self.busy or self.idle_seconds() < idle_at_least:
+            return False
+        self.retired = True
+        return True
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -106,23 +128,42 @@ class WarmServer:
             return _Reply(400, b"request head too large\n")
         method, path, headers = _parse_head(head)
         if (method, path) == ("GET", "/ready"):
+            if self.retired:
+                return _Reply(503, b"retired\n")
             return _Reply(503, b"busy\n") if self.busy else _Reply(200, b"idle\n")
-        if (method, path) != ("POST", "/run"):
-            return _Reply(404, f"no {method} {path} here: GET /ready or POST /run\n".encode())
+        if (method, path) == ("GET", "/idle"):
+            state = {
+                "busy": self.busy,
+                "idle_seconds": round(self.idle_seconds(), 3),
+                "retired": self.retired,
+            }
+            return _Reply(200, json.dumps(state).encode(), **{"Content-Type": "application/json"})
+        if (method, path) not in (("POST", "/run"), ("POST", "/retire")):
+            return _Reply(
+                404, f"no {method} {path} here: GET /ready, GET /idle, POST /run or /retire\n".encode()
+            )
         if not hmac.compare_digest(headers.get(KEY_HEADER, "").encode(), self._key.encode()) or not self._key:
             return _Reply(403, b"not the manager's key\n")
+        if path == "/retire":
+            at_least = _positive(headers.get(IDLE_AT_LEAST_HEADER, "")) or 0.0
+            if self.retire(idle_at_least=at_least):
+                return _Reply(200, b"retired\n")
+            return _Reply(409, b"busy, or not idle long enough\n")
         length = headers.get("content-length", "")
         if not length.isdigit():
             return _Reply(411, b"Content-Length required\n")
         body = await reader.readexactly(int(length))
-        if self.busy:  # checked after the body is read: the caller sees an answer, not a reset
-            return _Reply(503, b"busy with another run\n")
+        if (
+            self.busy or self.retired
+        ):  # checked after the body is read: the caller sees an answer, not a reset
+            return _Reply(503, b"retired: being removed\n" if self.retired else b"busy with another run\n")
         self.busy = True
         try:
             return await self._run(body, headers)
         finally:
             self.busy = False
             self.runs += 1
+            self._idle_since = time.monotonic()
 
     async def _run(self, body: bytes, headers: Mapping[str, str]) -> _Reply:
         env = dict(self._env)

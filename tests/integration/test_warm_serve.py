@@ -169,3 +169,36 @@ def test_the_program_serves_with_the_serve_argument(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(10)
+
+
+async def test_idle_says_since_when_and_retire_takes_only_a_pod_idle_long_enough(tmp_path: Path) -> None:
+    """What the leader's scale-down reads and asks (``backends.warm_scaling``)."""
+    async with warm_server("sleep 1; echo slow\n", tmp_path) as (url, server), httpx.AsyncClient() as http:
+        retire = {serve.KEY_HEADER: KEY, serve.IDLE_AT_LEAST_HEADER: "0.4"}
+        state = (await http.get(f"{url}/idle")).json()
+        assert state["busy"] is False
+        assert state["retired"] is False
+        # Idle less than asked: not retired.
+        assert (await http.post(f"{url}/retire", headers=retire)).status_code == 409
+        # Busy: not retired, and says so.
+        run = asyncio.create_task(http.post(f"{url}/run", **post(b64("a").encode())))  # type: ignore[arg-type]
+        await asyncio.sleep(0.5)
+        assert (await http.get(f"{url}/idle")).json() == {"busy": True, "idle_seconds": 0.0, "retired": False}
+        assert (await http.post(f"{url}/retire", headers=retire)).status_code == 409
+        assert (await run).status_code == 200
+        # Idle from the end of that run: retired once idle long enough; no key, no retiring.
+        assert (await http.post(f"{url}/retire", headers=retire)).status_code == 409
+        await asyncio.sleep(0.5)
+        assert (await http.get(f"{url}/idle")).json()["idle_seconds"] >= 0.4
+        assert (
+            await http.post(f"{url}/retire", headers={**retire, serve.KEY_HEADER: "x"})
+        ).status_code == 403
+        assert not server.retired
+        assert (await http.post(f"{url}/retire", headers=retire)).status_code == 200
+        # Retired: no run, not ready (the ReplicaSet then removes it before any busy pod).
+        refused = await http.post(f"{url}/run", **post(b64("b").encode()))  # type: ignore[arg-type]
+        assert refused.status_code == 503
+        assert "retired" in refused.text
+        assert (await http.get(f"{url}/ready")).status_code == 503
+        assert (await http.get(f"{url}/idle")).json()["retired"] is True
+        assert server.runs == 1

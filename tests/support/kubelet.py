@@ -131,6 +131,11 @@ class SupervisorKubelet:
             self.warm_servers.pop(address, None)
         return 0
 
+    def probe_target(self, address: str) -> tuple[str, int] | None:
+        """Where the runner kubelet probes a warm pod's readiness (None: its server is not up yet)."""
+        port = self.serve_ports.get(address)
+        return None if port is None else ("127.0.0.1", port)
+
     def resolve(self, address: str, port: int) -> tuple[str, int]:
         """Where a warm pod's server listens here (a pod without one: a port nothing listens on)."""
         return "127.0.0.1", self.serve_ports.get(address, 9)

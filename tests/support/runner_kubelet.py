@@ -296,11 +296,16 @@ class RunnerKubelet:
         else:
             # The runner is told the address it was given (a warm pod's server is reached there).
             pod = {**pod, "status": {**pod.get("status", {}), "podIP": address}}
+            probing = asyncio.create_task(self._probe_readiness(pod, address))
             try:
                 code = await self.runner(meta["namespace"], pod, _LogWriter(log))
             except Exception as exc:  # a broken pod spec: the container could not start
                 log.write(f"{type(exc).__name__}: {exc}\n".encode())
                 code = 128
+            finally:
+                probing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await probing
             log.close()
         terminated = {
             "terminated": {
@@ -321,6 +326,38 @@ class RunnerKubelet:
                 "containerStatuses": self._container_statuses(pod, terminated, ready=False),
             },
         )
+
+    async def _probe_readiness(self, pod: dict[str, Any], address: str) -> None:
+        """A container's HTTP readiness probe, as a kubelet runs it: every ``periodSeconds`` a GET, and
+        the pod's Ready condition set to whether it answered 2xx. Only where the runner says where the
+        container listens (``probe_target``: a warm pod's server, once it is up); until its first
+        answer the pod keeps the Ready it started with."""
+        container = pod["spec"]["containers"][0]
+        probe = (container.get("readinessProbe") or {}).get("httpGet")
+        target = getattr(self.runner, "probe_target", None)
+        if probe is None or target is None:
+            return
+        period = container["readinessProbe"].get("periodSeconds", 10)
+        ready = True
+        while True:
+            await asyncio.sleep(period)
+            where = target(address)
+            if where is None:
+                continue
+            now = await _http_probe(where[0], where[1], probe["path"])
+            if now != ready:
+                ready = now
+                running = {"running": {"startedAt": pod["status"].get("startTime") or _now()}}
+                await self._set_status(
+                    pod,
+                    {
+                        "conditions": [
+                            {"type": kind, "status": str(now), "lastTransitionTime": _now()}
+                            for kind in ("Ready", "ContainersReady")
+                        ],
+                        "containerStatuses": self._container_statuses(pod, running, ready=now),
+                    },
+                )
 
     async def finish(
         self,
@@ -361,6 +398,24 @@ class RunnerKubelet:
             return web.Response(status=404, text=f"pod {key[1]} has no log here")
         timestamps = request.query.get("timestamps", "").lower() == "true"
         return web.Response(body=log.render(timestamps=timestamps), content_type="text/plain")
+
+
+async def _http_probe(host: str, port: int, path: str) -> bool:
+    """One GET as a kubelet's httpGet probe: success on 2xx within a second. Its own connection, closed
+    in every case (a pod deleted mid-probe cancels it)."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        status_line = await asyncio.wait_for(reader.readline(), 1)
+        code = status_line.split(b" ")[1:2]
+        return bool(code) and code[0].startswith(b"2")
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
 
 
 @dataclass

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import APIRouter, Depends, Query, Response, status
 
 from oscar_manager.api.deps import (
+    BackendDep,
     BodyDep,
     CallerDep,
     ProvisioningDep,
@@ -19,7 +21,7 @@ from oscar_manager.api.deps import (
 from oscar_manager.api.streaming import json_array
 from oscar_manager.domain.access import can_change
 from oscar_manager.domain.service_views import public_view
-from oscar_manager.operations import services
+from oscar_manager.operations import deployment, services
 
 router = APIRouter(prefix="/system/services", tags=["services"])
 
@@ -37,6 +39,7 @@ _DEFINITION_BODY: dict[str, Any] = {
     }
 }
 _CHANGES = [Depends(after_services_change)]
+_INCLUDE = "Optional expansions, comma-separated: deployment (each service's deployment summary)"
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Malformed or invalid definition"},
     401: {"description": "Missing or wrong credentials"},
@@ -79,8 +82,18 @@ async def create_service(
     summary="List the services the caller may see",
     responses={200: {"content": {"application/json": {"schema": {"type": "array", "items": _SERVICE_REF}}}}},
 )
-async def list_services(caller: CallerDep, tx: ReadingDep, rendered: RenderedServicesDep) -> Response:
-    return json_array(await rendered.visible(tx, principal=caller))
+async def list_services(
+    caller: CallerDep,
+    tx: ReadingDep,
+    rendered: RenderedServicesDep,
+    backend: BackendDep,
+    include: Annotated[str, Query(description=_INCLUDE)] = "",
+) -> Response:
+    listed = await rendered.visible(tx, principal=caller)
+    if not deployment.includes_deployment(include):
+        return json_array(listed)
+    views = await deployment.summaries(tx, backend, [json.loads(view) for view in listed])
+    return json_array([json.dumps(view, separators=(",", ":")).encode() for view in views])
 
 
 @router.get(
@@ -93,9 +106,18 @@ async def list_services(caller: CallerDep, tx: ReadingDep, rendered: RenderedSer
         404: {"description": "No such service"},
     },
 )
-async def read_service(name: str, caller: CallerDep, tx: TransactionDep) -> dict[str, Any]:
+async def read_service(
+    name: str,
+    caller: CallerDep,
+    tx: TransactionDep,
+    backend: BackendDep,
+    include: Annotated[str, Query(description=_INCLUDE)] = "",
+) -> dict[str, Any]:
     service = await services.read(tx, principal=caller, name=name)
-    return public_view(service, reveal_credentials=can_change(caller, service))
+    view = public_view(service, reveal_credentials=can_change(caller, service))
+    if deployment.includes_deployment(include):
+        view["deployment"] = await deployment.summary(tx, backend, service)
+    return view
 
 
 @router.put(

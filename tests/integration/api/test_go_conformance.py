@@ -42,6 +42,9 @@ ROUTES: list[tuple[str, str, str]] = [
     ("service without extras", "/system/services/plain", "service"),
     ("service with expose, secrets, clusters, providers", "/system/services/full", "service"),
     ("service as oscar-cli v1.12.2 applies it", "/system/services/from-cli", "service"),
+    # With each service's deployment summary (v4's field: v3 decoders ignore it, the rest must still hold).
+    ("services list with deployments", "/system/services?include=deployment", "services"),
+    ("service with its deployment", "/system/services/full?include=deployment", "service"),
     ("jobs of a service with jobs", "/system/logs/plain", "jobs"),
     ("jobs of a service with jobs (v3.7 type)", "/system/logs/plain", "jobs-v3.7"),
     ("jobs of a service without jobs", "/system/logs/full", "jobs"),
