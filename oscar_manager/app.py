@@ -76,14 +76,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.stores = runtime.stores
             app.state.intake = runtime.intake
             app.state.presigner = runtime.presigner
-            app.state.webhook_rules = runtime.webhook_rules
+            app.state.webhook_rules = runtime.sources.webhook_rules
             app.state.webhook_token = runtime.webhook_token
             app.state.services_changed = runtime.services_changed
             app.state.event_status = runtime.event_status
             app.state.readiness = runtime.readiness
             app.state.identities = runtime.identities
             app.state.bucket_policies = runtime.bucket_policies
-            app.state.queue_inputs = runtime.s3_queue_access
+            app.state.queue_inputs = runtime.sources.s3_queue_access
             async with s3_face(settings, runtime.stores.default, runtime.database):
                 _announce(settings, generated=generated)
                 with frozen_heap():

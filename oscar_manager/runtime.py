@@ -13,12 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from oscar_manager.backends.base import Backend, WarmScaling
 from oscar_manager.backends.local import LocalBackend
-from oscar_manager.connections import S3QueueAccess, open_kubernetes, open_minio, s3_queue_consumer
-from oscar_manager.domain.events import InputRoute, ObjectEvent
-from oscar_manager.events.local_watch import LocalBucketWatcher
-from oscar_manager.events.minio_listen import MinioListener
-from oscar_manager.events.minio_webhook import WEBHOOK_PATH, WebhookRules, ensure_target
-from oscar_manager.events.reconcile import reconcile
+from oscar_manager.connections import open_kubernetes, open_minio
+from oscar_manager.event_sources import EventSources
 from oscar_manager.local_runtime import fast_child_watcher, local_backend
 from oscar_manager.operations import Database, exposed, readiness, service_buckets
 from oscar_manager.operations import services as service_operations
@@ -26,7 +22,6 @@ from oscar_manager.operations.bucket_access import MinioBucketPolicies
 from oscar_manager.operations.buckets import BucketPolicies
 from oscar_manager.operations.dispatch import Dispatcher, recover
 from oscar_manager.operations.identities import StorageIdentities
-from oscar_manager.operations.input_routes import InputRoutes
 from oscar_manager.operations.intake import Intake
 from oscar_manager.operations.jobs import DatabaseJobReporter
 from oscar_manager.operations.ratelimit import RateLimiter
@@ -75,10 +70,6 @@ def replica_name() -> str:
     return f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def _task_check(task: SupervisedTask | LoopWorker | RetryingTask) -> readiness.Check:
-    return readiness.Check(ok=task.state == "running", state=task.state, reason=task.last_error)
-
-
 class Runtime:
     """Open with :meth:`open`, which connects the storage first (MinIO when ``MINIO_ENDPOINT`` is set)."""
 
@@ -94,7 +85,6 @@ class Runtime:
         self.settings = settings
         self.database = Database(settings.database_url)
         self.rendered_services = RenderedServices(self.database)
-        self.input_routes = InputRoutes(self.database)
         self.stores = Stores(
             default_store,
             timeout=settings.oscar_provider_timeout,
@@ -182,47 +172,17 @@ class Runtime:
             )
             self._tasks.append(repair)
             self.bucket_policies = policies
-        self.watcher: LocalBucketWatcher | None = None
-        self.listener: MinioListener | None = None
-        self.webhook_rules: WebhookRules | None = None
-        self._watch_task: SupervisedTask | None = None
-        self._listen_task: SupervisedTask | None = None
-        self._webhook_task: RetryingTask | None = None
-        if isinstance(default_store, LocalObjectStore):
-            self.watcher = LocalBucketWatcher(
-                default_store, routes=self._routes, enqueue=self._enqueue, deliver=self.intake.storage_events
-            )
-            self._watch_task = SupervisedTask("local-bucket-watcher", self.watcher.run)
-            self._leader_tasks.append(self._watch_task)
-        if minio is not None and settings.oscar_minio_listen:
-            self.listener = MinioListener(
-                minio,
-                default_store,
-                routes=self._routes,
-                enqueue=self._enqueue,
-                deliver=self.intake.storage_events,
-            )
-            self._listen_task = SupervisedTask("minio-listener", self.listener.run)
-            self._leader_tasks.append(self._listen_task)
-        if minio is not None and settings.oscar_minio_webhook_url:
-            self.webhook_rules = WebhookRules(
-                minio, default_store, target=settings.oscar_minio_webhook_target
-            )
-            self._webhook_task = RetryingTask("MinIO webhook setup", self._prepare_webhook)
-            self._leader_tasks.append(self._webhook_task)
-        # Amazon S3 inputs through SQS: on every replica (SQS hands each message to one of them).
-        self.s3_queue_access = S3QueueAccess(self.stores, timeout=settings.oscar_provider_timeout)
-        self.s3_queues = s3_queue_consumer(self.database, self.s3_queue_access, self.intake, interval=10.0)
-        self._s3_queues_task = SupervisedTask("s3-queues", self.s3_queues.run)
-        self._tasks.append(self._s3_queues_task)
-        # On every store: whatever happened to the watcher or the streams, a missed object is found
-        # within the interval.
-        self._reconciler: LoopWorker | None = None
-        if settings.oscar_reconcile_interval > 0:
-            self._reconciler = LoopWorker(
-                "reconciler", self._reconcile_all, interval=settings.oscar_reconcile_interval
-            )
-            self._leader_tasks.append(self._reconciler)
+        self.sources = EventSources(
+            settings,
+            database=self.database,
+            stores=self.stores,
+            intake=self.intake,
+            minio=minio,
+            webhook_token=self.webhook_token,
+            leading=lambda: self.leader.leading,
+        )
+        self._tasks += self.sources.tasks
+        self._leader_tasks += self.sources.leader_tasks
         self.leader = LeaderWork(
             Leadership(settings.database_url),
             self._leader_tasks,
@@ -254,70 +214,13 @@ class Runtime:
             finally:
                 await runtime.stop()
 
-    async def _routes(self) -> list[InputRoute]:
-        return await self.input_routes.current()
-
-    async def _enqueue(self, service: str, event: ObjectEvent) -> None:
-        await self.intake.object_event(service=service, event=event)
-
-    async def _reconcile_all(self) -> int:
-        found = await reconcile(
-            self.stores.default, await self._routes(), self._enqueue, principal="reconciler"
-        )
-        found += await self.s3_queues.reconcile()
-        if found:
-            log.debug("periodic reconcile offered %d object(s) to the intake", found)
-        return 0  # never "more to do at once": the next round comes after the interval
-
     def event_status(self) -> dict[str, Any]:
-        """How new objects reach the manager right now: its sources (``webhook-pending`` until MinIO has
-        the target), the buckets whose listen streams are connected, and each source's state and last
-        error."""
-        sources = ["folder-watch"] if self.watcher is not None else []
-        sources += ["listen"] if self.listener is not None else []
-        sources += ["s3-queues"] if self.s3_queues.consuming else []
-        if self.webhook_rules is not None:
-            sources.append("webhook" if self.webhook_rules.enabled else "webhook-pending")
-        listening = sorted(self.listener.connected) if self.listener is not None else []
-        states = {
-            name: {"state": check.state, "last_error": check.reason}
-            for name, check in self.source_checks().items()
-        }
-        return {
-            "event_sources": sources,
-            "listening": listening,
-            "source_states": states,
-            # The sources but webhook deliveries run on the leader only (another replica, when false).
-            "leader": self.leader.leading,
-            "replica": self.replica,
-        }
+        """How new objects reach the manager right now (``EventSources.status``), and which replica this
+        is: the sources but webhook deliveries run on the leader only (another replica, when false)."""
+        return {**self.sources.status(), "leader": self.leader.leading, "replica": self.replica}
 
     def source_checks(self) -> dict[str, readiness.Check]:
-        """Each event source (and the reconciler that backs them all up): up, or why not. Only the
-        leader runs them: another replica answers for none (its intake of webhook deliveries is up)."""
-        checks: dict[str, readiness.Check] = {}
-        if self.s3_queues.consuming:  # every replica reads the queues
-            check = _task_check(self._s3_queues_task)
-            if check.ok and self.s3_queues.errors:
-                reason = "; ".join(f"queue {q}: {e}" for q, e in sorted(self.s3_queues.errors.items()))
-                check = readiness.Check(ok=False, state="failing", reason=reason)
-            checks["s3-queues"] = check
-        if not self.leader.leading:
-            return checks
-        if self._watch_task is not None:
-            checks["folder-watch"] = _task_check(self._watch_task)
-        if self._listen_task is not None and self.listener is not None:
-            check = _task_check(self._listen_task)
-            down = self.listener.stream_errors
-            if check.ok and down:
-                reason = "; ".join(f"bucket {bucket}: {error}" for bucket, error in sorted(down.items()))
-                check = readiness.Check(ok=False, state="failing", reason=reason)
-            checks["listen"] = check
-        if self._webhook_task is not None:
-            checks["webhook"] = _task_check(self._webhook_task)
-        if self._reconciler is not None:
-            checks["reconciler"] = _task_check(self._reconciler)
-        return checks
+        return self.sources.checks()
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         return readiness.answer(
@@ -328,26 +231,7 @@ class Runtime:
 
     def services_changed(self) -> None:
         """Called once a change to services is committed: follow the input buckets as they are now."""
-        if self.listener is not None:
-            self.listener.wake()
-        if self.watcher is not None:
-            self.watcher.wake()
-        self.s3_queues.wake()
-
-    async def _prepare_webhook(self) -> None:
-        """Register the target (MinIO dials its endpoint to validate it, so this runs once the manager
-        listens), then the rules of every input bucket. Retried until it works; the listener, if on,
-        delivers meanwhile, and the reconciler catches up afterwards."""
-        assert self._minio is not None
-        assert self.webhook_rules is not None
-        await ensure_target(
-            self._minio,
-            target=self.settings.oscar_minio_webhook_target,
-            endpoint=self.settings.oscar_minio_webhook_url.rstrip("/") + WEBHOOK_PATH,
-            token=self.webhook_token,
-        )
-        await self.webhook_rules.enable(await self._routes())
-        log.info("MinIO webhook delivery is set up")
+        self.sources.services_changed()
 
     async def _render_services(self) -> None:
         async with self.database.reading() as tx:
@@ -389,9 +273,10 @@ class Runtime:
         # Alone on the database (SQLite), or no replica leads: this one leads before it serves.
         await self.leader.try_once()
         self.leader.start()
-        if self.watcher is not None and self.leader.leading:
-            await wait_or_timeout(self.watcher.ready, 30)
-            if not self.watcher.ready.is_set():
+        watcher = self.sources.watcher
+        if watcher is not None and self.leader.leading:
+            await wait_or_timeout(watcher.ready, 30)
+            if not watcher.ready.is_set():
                 log.error("the local bucket watcher did not start within 30 s")
         if self.settings.oscar_dispatch:
             self.dispatcher.claiming = True
