@@ -77,6 +77,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.intake = runtime.intake
             app.state.presigner = runtime.presigner
             app.state.webhook_rules = runtime.sources.webhook_rules
+            app.state.kafka_brokers = runtime.sources.kafka_brokers
             app.state.webhook_token = runtime.webhook_token
             app.state.services_changed = runtime.services_changed
             app.state.event_status = runtime.event_status

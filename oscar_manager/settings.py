@@ -162,6 +162,14 @@ class Settings(BaseSettings):
     # The webhook target's name in MinIO (ARN ``arn:minio:sqs::<name>:webhook``). If MinIO lacks it, the
     # manager registers it with the admin API and restarts MinIO once (not per service).
     oscar_minio_webhook_target: str = "OSCAR"
+    # ... or MinIO's Kafka target (``kafka``): MinIO publishes the notifications to a Kafka topic that the
+    # manager consumes, for a broker between storage and manager. The brokers as both reach them
+    # (host:port, comma-separated); the target is registered in MinIO (restarting it once) if missing.
+    oscar_minio_notify: Literal["", "kafka"] = ""
+    oscar_minio_kafka_brokers: str = ""
+    oscar_minio_kafka_topic: str = "oscar-minio-events"
+    oscar_minio_kafka_target: str = "OSCAR"
+    oscar_minio_kafka_group: str = "oscar-manager-minio"
     # The Bearer token MinIO sends; empty: generated once and kept in the data directory.
     oscar_minio_webhook_token: str = ""
     # With OIDC on, every user gets a MinIO user of their own (keys in ``/system/config``), made through
@@ -180,8 +188,9 @@ class Settings(BaseSettings):
 
     # --- storage providers declared by services --------------------------------------------------
     # Networks (CIDR or single addresses) and host names that a service's own ``minio.<id>``/``s3.<id>``
-    # endpoints may make the manager connect to in spite of the rule refusing loopback, link-local,
-    # unspecified and the host's own addresses (``storage/egress.py``). Empty: no exceptions.
+    # endpoints (and ``kafka.<id>`` bootstrap servers) may make the manager connect to in spite of the
+    # rule refusing loopback, link-local, unspecified and the host's own addresses (``storage/egress.py``).
+    # Empty: no exceptions.
     oscar_provider_allowed_networks: CommaList = Field(default_factory=list)
 
     # --- OIDC ------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from tests.support.components import PostgresServer, unavailable
 from tests.support.controlplane import ControlPlane, locate_binaries
 from tests.support.databases import PostgresDatabases, SqliteDatabases
 from tests.support.factories import make_settings
+from tests.support.kafka import KafkaServer, kafka_home, start_kafka
 from tests.support.kube_api import KubeApiDouble
 from tests.support.kube_cluster import (
     MOTO_KEYS,
@@ -210,6 +211,16 @@ async def s3_store(moto_endpoint: str) -> AsyncIterator[S3ObjectStore]:
         endpoint=moto_endpoint, access_key="testing", secret_key="testing", region="us-east-1"
     ) as store:
         yield store
+
+
+@pytest.fixture(scope="session")
+async def kafka_broker() -> AsyncIterator[KafkaServer]:
+    """A real Kafka broker (KRaft, one node) for the session; tests use topics of their own."""
+    server = await start_kafka(kafka_home())
+    try:
+        yield server
+    finally:
+        await asyncio.to_thread(server.stop)
 
 
 @pytest.fixture(scope="session")

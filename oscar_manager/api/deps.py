@@ -75,6 +75,7 @@ async def get_provisioning(request: Request) -> Provisioning:
         notifications=await get_notifications(request),
         policies=await get_bucket_policies(request),
         queues=getattr(request.app.state, "queue_inputs", None),
+        brokers=getattr(request.app.state, "kafka_brokers", None),
     )
 
 

@@ -13,8 +13,9 @@ from typing import Any
 MASKED = ""
 
 # Storage provider fields that are credentials, by the upstream provider types (``pkg/types/storage.go``):
-# MinIO/S3 ``secret_key``, WebDAV ``password``, Onedata ``token``, Rucio ``refresh_token``.
-PROVIDER_SECRET_KEYS = ("secret_key", "password", "token", "refresh_token")
+# MinIO/S3 ``secret_key``, WebDAV ``password``, Onedata ``token``, Rucio ``refresh_token``; Kafka's
+# ``sasl_password`` (``domain.kafka_inputs``).
+PROVIDER_SECRET_KEYS = ("secret_key", "password", "token", "refresh_token", "sasl_password")
 # ``clusters.<id>``: oscar-cli's ``apply`` stores the password of every target cluster's user there (for
 # the admin, the admin's own password). Nothing reads it back from a service: oscar-cli takes it from its
 # own configuration, and jobs never use it.

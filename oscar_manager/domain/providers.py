@@ -5,18 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from oscar_manager.domain.gomodel import go_text
+from oscar_manager.domain.kafka_inputs import KAFKA_FIELDS
 
-# The fields of each upstream storage provider type: strings, but ``verify`` (MinIO's and WebDAV's).
+# The fields of each upstream storage provider type (and ours, ``kafka``): strings, but ``verify``
+# (MinIO's, WebDAV's and Kafka's).
 _PROVIDER_FIELDS: dict[str, tuple[str, ...]] = {
     "minio": ("endpoint", "access_key", "secret_key", "region"),
     # ``queue``: ours, not upstream's: the SQS queue an input on the provider reads (``domain.s3_inputs``).
     "s3": ("access_key", "secret_key", "region", "queue"),
     "onedata": ("oneprovider_host", "token", "space"),
     "webdav": ("hostname", "login", "password"),
+    "kafka": KAFKA_FIELDS,
     "rucio": ("host", "account", "rse", "refresh_token", "auth_host", "oidc_audience", "token_endpoint"),
 }
 
-_VERIFY_TYPES = frozenset({"minio", "webdav"})
+_VERIFY_TYPES = frozenset({"minio", "webdav", "kafka"})
 
 
 def typed_provider(kind: str, provider_id: str, entry: Any) -> dict[str, Any]:

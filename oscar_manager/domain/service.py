@@ -15,6 +15,7 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator
 
 from oscar_manager.domain import credentials
 from oscar_manager.domain.gomodel import GoModel, Int32, Int64, NodePortList, PortList, Quantity, TextMap
+from oscar_manager.domain.kafka_inputs import kafka_inputs
 from oscar_manager.domain.kube_metadata import check_annotations, check_label_value, check_labels
 from oscar_manager.domain.providers import typed_provider
 from oscar_manager.domain.quantities import check_cpu, check_memory, check_quantity
@@ -29,7 +30,7 @@ SERVICE_LABEL = "oscar_service"
 LOG_LEVELS = frozenset({"NOTSET", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
 VISIBILITIES = ("private", "public", "restricted")
 # Types a service may read events from, and types it may write to (upstream ``createBuckets``).
-INPUT_PROVIDER_TYPES = frozenset({"minio", "s3", "webdav", "rucio"})
+INPUT_PROVIDER_TYPES = frozenset({"minio", "s3", "webdav", "rucio", "kafka"})
 OUTPUT_PROVIDER_TYPES = frozenset({"minio", "s3", "onedata", "webdav"})
 BUCKET_PROVIDER_TYPES = frozenset({"minio", "s3"})
 # A WebDAV output is written by the manager or the job: it must name a server declared in the service's
@@ -344,6 +345,10 @@ def _normalise_common(service: Service, *, minio: MinioDefault) -> Service:
         }
     )
     _check_providers(normalised)
+    # Topic names and the brokers' connection settings (``domain.kafka_inputs``): a 400 naming the field.
+    kafka_inputs(
+        normalised.name, [(io.storage_provider, io.path) for io in inputs], providers.get("kafka", {})
+    )
     return normalised
 
 

@@ -23,10 +23,13 @@ WEBHOOK_PATH = "/events/minio"
 
 
 class WebhookRules:
-    def __init__(self, extras: MinioExtras, store: ObjectStore, *, target: str) -> None:
+    def __init__(
+        self, extras: MinioExtras, store: ObjectStore, *, target: str, kind: str = "webhook"
+    ) -> None:
         self._extras = extras
         self._store = store
         self._target = target
+        self._kind = kind  # the target's: ``webhook``, or ``kafka`` (``events.minio_kafka``)
         # Until the target exists in MinIO (it cannot be registered before this manager answers on its
         # URL), rules naming it would be refused: :meth:`enable` applies them all once it does.
         self.enabled = False
@@ -48,7 +51,9 @@ class WebhookRules:
             }
             if not prefixes and not await self._store.bucket_exists(bucket):
                 continue  # gone already: nothing to notify about
-            await self._extras.set_webhook_rules(bucket, target=self._target, prefixes=prefixes)
+            await self._extras.set_webhook_rules(
+                bucket, target=self._target, prefixes=prefixes, kind=self._kind
+            )
 
 
 async def ensure_target(extras: MinioExtras, *, target: str, endpoint: str, token: str) -> None:

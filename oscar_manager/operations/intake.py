@@ -31,10 +31,11 @@ from oscar_manager.domain.events import (
 )
 from oscar_manager.domain.jobs import job_name
 from oscar_manager.domain.service import Service
+from oscar_manager.errors import OscarError
 from oscar_manager.operations.offload import off_loop
 from oscar_manager.operations.uploaders import Uploaders
 from oscar_manager.registry import Database, NewEvent, Transaction, WriteBatch
-from oscar_manager.supervisor.reads import storage_reads
+from oscar_manager.supervisor.reads import check_invocation, storage_reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,34 @@ class Routed:
     new: int  # (service, object) events recorded for the first time
     duplicates: int  # already recorded: a redelivery, or found by two listeners
     ignored: int  # under no service's input folder (unknown bucket or prefix, folder markers)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message of a broker for one service (``events.kafka``): its value is the job's event."""
+
+    dedup_key: str
+    value: bytes | None  # None: a tombstone (a key with no value), which no job can read
+
+
+def _message_event(service: Service, message: Message) -> NewEvent:
+    """The event of a message; one no job could ever read (a poison message) is recorded as failed with
+    the reason, so the consumer moves on past it and the failure stays visible."""
+    error = None
+    if message.value is None:
+        error = "the message has no value (a tombstone)"
+    else:
+        try:
+            check_invocation(message.value, service=service, any_bucket=False)
+        except OscarError as exc:
+            error = f"the message cannot be a job's event: {exc.message}"
+    return NewEvent(
+        dedup_key=message.dedup_key,
+        service=service.name,
+        job_id=job_name(service.name, message.dedup_key),
+        payload=message.value or b"",
+        error=error,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +214,16 @@ class Intake:
             return Accepted(job_ids=[], new=0)
         uploaded = {} if owner is not None else await self._owners(item.uploader for item in items)
         events = [_new_event(service.name, item, owner or uploaded.get(item.uploader)) for item in items]
+        return _accepted(events, await self._batch.add(events))
+
+    async def messages(self, *, service: Service, messages: list[Message]) -> Accepted:
+        """Messages a broker delivered to ``service``, recorded (poison ones as failed events) before the
+        caller acknowledges them; a redelivery has the same dedup key and is dropped. The jobs have no
+        owner: the broker does not say who wrote a message."""
+        events = await off_loop(
+            lambda: [_message_event(service, message) for message in messages],
+            size=sum(len(message.value or b"") for message in messages),
+        )
         return _accepted(events, await self._batch.add(events))
 
     async def object_event(self, *, service: str, event: ObjectEvent) -> Accepted:

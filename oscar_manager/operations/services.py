@@ -46,6 +46,12 @@ class InputNotifications(Protocol):
     async def apply(self, routes: Iterable[InputRoute], buckets: set[str]) -> None: ...
 
 
+class InputBrokers(Protocol):
+    """Checks that the message brokers of a service's inputs answer (Kafka: ``events.kafka``)."""
+
+    async def check(self, service: Service, *, previous: Service | None = None) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Provisioning:
     """What a service is set up with besides its row: buckets, the backend's objects, notifications and
@@ -56,6 +62,7 @@ class Provisioning:
     notifications: InputNotifications | None = None
     policies: BucketPolicies | None = None
     queues: QueueInputs | None = None
+    brokers: InputBrokers | None = None
 
 
 async def _check_queues(provisioning: Provisioning, services: Iterable[Service]) -> None:
@@ -156,6 +163,9 @@ async def create(
     for service in services:
         if await tx.services.exists(service.name):
             raise Conflict(f"a service named {service.name!r} already exists")
+    if provisioning.brokers is not None:
+        for service in services:
+            await provisioning.brokers.check(service)
     await service_buckets.check_ownership(tx, provisioning.stores.default, principal, services)
     changed: set[str] = set()
     for service in services:
@@ -207,6 +217,8 @@ async def update(
     exposed.check(provisioning.backend, [service])
     await _check_queues(provisioning, [service])
     await service_buckets.check_ownership(tx, provisioning.stores.default, principal, [service])
+    if provisioning.brokers is not None:
+        await provisioning.brokers.check(service, previous=current)
     await tx.services.replace(service)
     await enforce(tx, provisioning.policies, await service_buckets.record(tx, service, previous=current))
     await prepare_storage(service, stores=provisioning.stores)

@@ -33,6 +33,8 @@ class NewEvent:
     job_id: str
     payload: bytes
     owner: str | None = None
+    # Set for an event recorded as failed at once (a poison message: no job could ever run it).
+    error: str | None = None
 
 
 class EventRepository:
@@ -62,7 +64,8 @@ class EventRepository:
                 "service": event.service,
                 "job_id": event.job_id,
                 "payload": event.payload,
-                "status": "pending",
+                "status": "pending" if event.error is None else "failed",
+                "last_error": event.error,
                 "attempts": 0,
                 "available_at": now,
                 "created_at": now,
@@ -192,6 +195,15 @@ class EventRepository:
             select(EventRow.job_id, EventRow.claimed_by).where(EventRow.status == "claimed")
         )
         return {job_id: replica for job_id, replica in rows}
+
+    async def failures(self, service: str) -> dict[str, str]:
+        """dedup key -> why, for the service's events that failed."""
+        rows = await self._session.execute(
+            select(EventRow.dedup_key, EventRow.last_error).where(
+                EventRow.service == service, EventRow.status == "failed"
+            )
+        )
+        return {key: error or "" for key, error in rows}
 
     async def counts(self) -> dict[str, int]:
         rows = await self._session.execute(select(EventRow.status, func.count()).group_by(EventRow.status))

@@ -1,5 +1,6 @@
 """What only MinIO does, through miniopy-async: bucket notification streams, notification rules for a
-webhook target, and registering that target with the admin API. Objects themselves go through ``s3.py``.
+webhook or Kafka target, and registering that target with the admin API. Objects themselves go through
+``s3.py``.
 
 This is the only module that imports miniopy_async; its errors become the errors of ``storage.base``.
 """
@@ -37,9 +38,10 @@ TARGET_LOAD_GRACE = 10.0
 _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 
 
-def webhook_arn(target: str) -> str:
-    """The queue ARN of webhook target ``target`` (the region part is left empty, as MinIO stores it)."""
-    return f"arn:minio:sqs::{target}:webhook"
+def webhook_arn(target: str, kind: str = "webhook") -> str:
+    """The queue ARN of notification target ``target`` of ``kind`` (``webhook``, ``kafka``): the region part
+    is left empty, as MinIO stores it."""
+    return f"arn:minio:sqs::{target}:{kind}"
 
 
 def covering_prefixes(prefixes: set[str]) -> list[str]:
@@ -141,10 +143,13 @@ class MinioExtras:
 
     # --- notification rules for a webhook target ---------------------------------------------------
 
-    async def set_webhook_rules(self, bucket: str, *, target: str, prefixes: set[str]) -> None:
-        """Make ``bucket`` notify ``target`` of objects created under ``prefixes`` (and nothing else);
-        rules that other tools put in the bucket's configuration are kept."""
-        arn = webhook_arn(target)
+    async def set_webhook_rules(
+        self, bucket: str, *, target: str, prefixes: set[str], kind: str = "webhook"
+    ) -> None:
+        """Make ``bucket`` notify ``target`` (a target of ``kind``: ``webhook`` or ``kafka``) of objects
+        created under ``prefixes`` (and nothing else); rules that other tools put in the bucket's
+        configuration are kept, and the manager's rules for another target go."""
+        arn = webhook_arn(target, kind)
         with self._translate(f"configure notifications of bucket {bucket!r}"):
             current = await self._client.get_bucket_notification(bucket)
             foreign = [
@@ -180,10 +185,10 @@ class MinioExtras:
 
     # --- the webhook target (admin API) ------------------------------------------------------------
 
-    async def webhook_target_exists(self, target: str) -> bool:
-        with self._translate(f"read webhook target {target!r}"):
+    async def webhook_target_exists(self, target: str, kind: str = "webhook") -> bool:
+        with self._translate(f"read {kind} target {target!r}"):
             try:
-                await self._admin.config_get(f"notify_webhook:{target}")
+                await self._admin.config_get(f"notify_{kind}:{target}")
             except MinioAdminException as exc:
                 # MinIO's only signal for a missing target: XMinioConfigError "there is no target ...".
                 if "there is no target" in str(exc):
@@ -196,19 +201,33 @@ class MinioExtras:
     ) -> None:
         """Save webhook target ``target`` and restart MinIO once so that it loads it (notification targets
         are not dynamic in MinIO): done once per deployment, not per service."""
-        with self._translate(f"register webhook target {target!r}"):
-            await self._admin.config_set(
-                f"notify_webhook:{target}", {"endpoint": endpoint, "auth_token": token, "enable": "on"}
-            )
-            log.warning("restarting MinIO at %s once to load webhook target %s", self._endpoint.url, target)
+        await self._register_target(
+            "webhook", target, {"endpoint": endpoint, "auth_token": token, "enable": "on"}, ready_within
+        )
+
+    async def register_kafka_target(
+        self, target: str, *, brokers: str, topic: str, ready_within: float = 60
+    ) -> None:
+        """Save Kafka target ``target`` (MinIO publishes each notification to ``topic``) and restart MinIO
+        once so that it loads it, as for the webhook target."""
+        await self._register_target(
+            "kafka", target, {"brokers": brokers, "topic": topic, "enable": "on"}, ready_within
+        )
+
+    async def _register_target(
+        self, kind: str, target: str, settings: dict[str, str], ready_within: float
+    ) -> None:
+        with self._translate(f"register {kind} target {target!r}"):
+            await self._admin.config_set(f"notify_{kind}:{target}", settings)
+            log.warning("restarting MinIO at %s once to load %s target %s", self._endpoint.url, kind, target)
             await self._admin.service_restart()
         deadline = time.monotonic() + ready_within
         while True:
             await asyncio.sleep(0.2)
             try:
-                if await self.webhook_target_exists(target):
+                if await self.webhook_target_exists(target, kind):
                     return
             except StorageError:
                 pass  # still restarting
             if time.monotonic() > deadline:
-                raise StorageError(f"MinIO at {self._endpoint.url} did not load webhook target {target!r}")
+                raise StorageError(f"MinIO at {self._endpoint.url} did not load {kind} target {target!r}")

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.server
 # Each the top of a library that only a setting which is off by default needs.
 NOT_ON_THE_DEFAULT = {
     "kubernetes_asyncio": "the Kubernetes backend",
+    "aiokafka": "a service with a Kafka input",
     "aiobotocore": "MinIO or another S3 provider",
     "botocore": "MinIO or another S3 provider",
     "miniopy_async": "MinIO",
