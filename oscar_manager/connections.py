@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -162,19 +163,22 @@ class S3QueueAccess:
 
 
 def s3_queue_consumer(
-    database: Database, access: S3QueueAccess, intake: Intake, *, interval: float
+    database: Database,
+    access: S3QueueAccess,
+    intake: Intake,
+    *,
+    routes: Callable[[], Awaitable[list[InputRoute]]],
+    interval: float,
 ) -> S3QueueConsumer:
-    """The consumer of the queues the services' ``s3.<id>`` inputs name (idle while none does)."""
+    """The consumer of the queues the services' ``s3.<id>`` inputs name (idle while none does). ``routes``:
+    every input's, kept between reads (``operations.input_routes``): it is asked again after each change
+    to services."""
 
     async def sources() -> tuple[list[Service], list[InputRoute]]:
+        mine = [r for r in await routes() if r.provider.startswith(f"{S3_INPUT_TYPE}.")]
         async with database.reading() as tx:
-            routes = [
-                r for r in await tx.services.input_routes() if r.provider.startswith(f"{S3_INPUT_TYPE}.")
-            ]
-            services = [
-                s for name in sorted({r.service for r in routes}) if (s := await tx.services.get(name))
-            ]
-        return services, routes
+            services = [s for name in sorted({r.service for r in mine}) if (s := await tx.services.get(name))]
+        return services, mine
 
     async def enqueue(service: str, event: ObjectEvent) -> None:
         await intake.object_event(service=service, event=event)

@@ -137,7 +137,9 @@ class EventSources:
         self.leader_tasks.append(self._kafka_task)
         # Amazon S3 inputs through SQS: on every replica (SQS hands each message to one of them).
         self.s3_queue_access = S3QueueAccess(stores, timeout=settings.oscar_provider_timeout)
-        self.s3_queues = s3_queue_consumer(database, self.s3_queue_access, intake, interval=10.0)
+        self.s3_queues = s3_queue_consumer(
+            database, self.s3_queue_access, intake, routes=self.routes, interval=10.0
+        )
         self._s3_queues_task = SupervisedTask("s3-queues", self.s3_queues.run)
         self.tasks.append(self._s3_queues_task)
         # On every store: whatever happened to the watcher or the streams, a missed object is found

@@ -148,7 +148,7 @@ async def expose_all(database: Database, backend: Backend) -> int:
     never overwritten by the older definition."""
     exposer = backend.exposed
     async with database.reading() as tx:
-        names = [service.name for service in await tx.services.list_by_creation() if is_exposed(service)]
+        names = await tx.services.exposed_names()
     failed = 0
     for name in names:
         async with database.transaction() as tx:
