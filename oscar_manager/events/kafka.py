@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 from oscar_manager.domain.kafka_inputs import KafkaInput, kafka_inputs, message_dedup_key
 from oscar_manager.domain.service import Service
 from oscar_manager.errors import BadRequest
+from oscar_manager.events.following import FollowsInputs
 from oscar_manager.operations.intake import Message
 from oscar_manager.storage.base import StorageUnavailable
 from oscar_manager.storage.egress import EgressPolicy
-from oscar_manager.waiting import wait_or_timeout
 
 if TYPE_CHECKING:
     from oscar_manager.events.kafka_client import Consumer, Received
@@ -94,7 +94,7 @@ class _Follow:
     since_ms: int
 
 
-class KafkaSource:
+class KafkaSource(FollowsInputs):
     def __init__(
         self,
         *,
@@ -107,26 +107,14 @@ class KafkaSource:
         self._services = services
         self._load = load
         self._record = record
-        self._refresh_interval = refresh_interval
+        super().__init__(refresh_interval)
         self._max_backoff = max_backoff
         self._consumers: dict[str, tuple[_Follow, asyncio.Task[None]]] = {}
-        self._wake = asyncio.Event()
         self.connected: set[str] = set()  # consumers (service/provider) in their group now
         self.errors: dict[str, str] = {}  # consumer -> why it is down, while it is
 
-    def wake(self) -> None:
-        """Services changed: look at the Kafka inputs again now."""
-        self._wake.set()
-
-    async def run(self, up: Callable[[], None] = lambda: None) -> None:
-        try:
-            while True:
-                self._wake.clear()
-                await self.refresh()
-                up()
-                await wait_or_timeout(self._wake, self._refresh_interval)
-        finally:
-            await self._stop(set(self._consumers))
+    async def stop_all(self) -> None:
+        await self._stop(set(self._consumers))
 
     async def refresh(self) -> None:
         """One consumer per (service, provider); one whose input changed starts again with the change."""

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from oscar_manager.domain.events import InputRoute, object_events, watched
 from oscar_manager.errors import OscarError
+from oscar_manager.events.following import FollowsInputs
 from oscar_manager.events.reconcile import Deliver, Enqueue, Routes, reconcile
 from oscar_manager.storage.base import ObjectStore, StorageError
-from oscar_manager.waiting import wait_or_timeout
 
 if TYPE_CHECKING:  # the adapter loads miniopy-async: imported by the runtime only when MinIO is on
     from oscar_manager.storage.minio import MinioExtras
@@ -26,7 +25,7 @@ log = logging.getLogger(__name__)
 PRINCIPAL = "minio"
 
 
-class MinioListener:
+class MinioListener(FollowsInputs):
     def __init__(
         self,
         extras: MinioExtras,
@@ -43,27 +42,15 @@ class MinioListener:
         self._routes = routes
         self._enqueue = enqueue
         self._deliver = deliver
-        self._refresh_interval = refresh_interval
+        super().__init__(refresh_interval)
         self._max_backoff = max_backoff
         self._streams: dict[str, asyncio.Task[None]] = {}
         self._route_sets: dict[str, frozenset[tuple[str, str]]] = {}
-        self._wake = asyncio.Event()
         self.connected: set[str] = set()
         self.stream_errors: dict[str, str] = {}  # bucket -> why its stream is down, while it is
 
-    def wake(self) -> None:
-        """Services changed: look at the input buckets again now."""
-        self._wake.set()
-
-    async def run(self, up: Callable[[], None] = lambda: None) -> None:
-        try:
-            while True:
-                self._wake.clear()
-                await self.refresh()
-                up()
-                await wait_or_timeout(self._wake, self._refresh_interval)
-        finally:
-            await self._stop_streams(set(self._streams))
+    async def stop_all(self) -> None:
+        await self._stop_streams(set(self._streams))
 
     async def refresh(self) -> None:
         """Follow exactly the buckets that hold input folders; reconcile a followed bucket whose input

@@ -26,10 +26,10 @@ from oscar_manager.domain.events import InputRoute, ObjectEvent, now_rfc3339, ob
 from oscar_manager.domain.s3_inputs import QueueSource, routes_by_queue, s3_generation
 from oscar_manager.domain.service import Service
 from oscar_manager.errors import OscarError
+from oscar_manager.events.following import FollowsInputs
 from oscar_manager.events.reconcile import Enqueue
 from oscar_manager.storage.base import InvalidKey, ObjectInfo, ObjectStore, StorageError
 from oscar_manager.storage.queues import MessageQueue, QueueMessage
-from oscar_manager.waiting import wait_or_timeout
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def s3_event(info: ObjectInfo, *, event_time: str, event_name: str, principal: s
     )
 
 
-class S3QueueConsumer:
+class S3QueueConsumer(FollowsInputs):
     def __init__(
         self,
         *,
@@ -79,14 +79,13 @@ class S3QueueConsumer:
         self._deliver = deliver
         self._enqueue = enqueue
         self._fail = fail
-        self._refresh_interval = refresh_interval
+        super().__init__(refresh_interval)
         self._max_backoff = max_backoff
         self._wait = wait
         self._routes: dict[QueueSource, list[InputRoute]] = {}
         self._loops: dict[QueueSource, asyncio.Task[None]] = {}
         self._configured: dict[QueueSource, frozenset[tuple[str, str]]] = {}
         self._arns: dict[QueueSource, str] = {}  # of the queues being read
-        self._wake = asyncio.Event()
         self.connected: set[str] = set()
         self.errors: dict[str, str] = {}  # queue -> why it cannot be read, while it cannot
 
@@ -95,19 +94,8 @@ class S3QueueConsumer:
         """Whether any service reads a queue (else this consumer only looks for one now and then)."""
         return bool(self._loops)
 
-    def wake(self) -> None:
-        """Services changed: look at the queues again now."""
-        self._wake.set()
-
-    async def run(self, up: Callable[[], None] = lambda: None) -> None:
-        try:
-            while True:
-                self._wake.clear()
-                await self.refresh()
-                up()
-                await wait_or_timeout(self._wake, self._refresh_interval)
-        finally:
-            await self._stop(set(self._loops))
+    async def stop_all(self) -> None:
+        await self._stop(set(self._loops))
 
     async def refresh(self) -> None:
         """Consume exactly the queues the services' S3 inputs name. A queue read already whose input
