@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from oscar_manager.domain.events import InputRoute, ObjectEvent
+from oscar_manager.domain.providers import ProviderRef
 from oscar_manager.domain.s3_inputs import S3_INPUT_TYPE, QueueSource, queue_of
-from oscar_manager.domain.service import ProviderRef, Service
+from oscar_manager.domain.service import Service
 from oscar_manager.events.s3_sqs import S3QueueConsumer
 from oscar_manager.operations import Database
 from oscar_manager.operations.intake import Intake

@@ -21,7 +21,8 @@ from urllib.parse import quote, unquote_plus
 from oscar_manager.domain import generations
 from oscar_manager.domain.documents import parse_json as parse_document
 from oscar_manager.domain.isolation import user_buckets_of
-from oscar_manager.domain.service import DEFAULT_PROVIDER_ID, ProviderRef, Service
+from oscar_manager.domain.providers import DEFAULT_PROVIDER_ID, ProviderRef
+from oscar_manager.domain.service import Service
 from oscar_manager.errors import BadRequest
 
 # Whitespace, then an opening brace: matched in place, without copying a body of megabytes.

@@ -18,7 +18,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from oscar_manager.domain.service import DEFAULT_OWNER, DEFAULT_PROVIDER_ID, ProviderRef, Service
+from oscar_manager.domain.providers import DEFAULT_PROVIDER_ID, ProviderRef
+from oscar_manager.domain.service import DEFAULT_OWNER, Service
 from oscar_manager.errors import BadRequest
 
 USER_LEVEL = "USER"

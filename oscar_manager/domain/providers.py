@@ -1,11 +1,24 @@
-"""Storage provider entries of a service, typed as the upstream Go types decode them (``storage.go``)."""
+"""Storage providers of a service: the references its inputs and outputs make (``<type>[.<id>]``), which
+types each may use and what each use needs, and the entries of ``storage_providers``, typed as the upstream
+Go types decode them (``storage.go``)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 from oscar_manager.domain.gomodel import go_text
 from oscar_manager.domain.kafka_inputs import KAFKA_FIELDS
+from oscar_manager.errors import BadRequest
+
+DEFAULT_PROVIDER_ID = "default"
+# Types a service may read events from, and types it may write to (upstream ``createBuckets``).
+INPUT_PROVIDER_TYPES = frozenset({"minio", "s3", "webdav", "rucio", "kafka"})
+OUTPUT_PROVIDER_TYPES = frozenset({"minio", "s3", "onedata", "webdav"})
+BUCKET_PROVIDER_TYPES = frozenset({"minio", "s3"})
+# A WebDAV output is written by the manager or the job: it must name a server declared in the service's
+# ``storage_providers`` (there is no ``webdav.default``). Other ``<type>.default`` references need no entry.
+DECLARED_OUTPUT_TYPES = frozenset({"webdav"})
 
 # The fields of each upstream storage provider type (and ours, ``kafka``): strings, but ``verify``
 # (MinIO's, WebDAV's and Kafka's).
@@ -47,3 +60,61 @@ def typed_provider(kind: str, provider_id: str, entry: Any) -> dict[str, Any]:
                 raise ValueError(f"{where}.{name} must be a string")
         typed[name] = value
     return typed
+
+
+class ProviderRef:
+    """A parsed ``<type>[.<id>]`` storage provider reference."""
+
+    __slots__ = ("id", "type")
+
+    def __init__(self, reference: str) -> None:
+        kind, _, ident = reference.strip().partition(".")
+        self.type = kind.lower()
+        self.id = ident or DEFAULT_PROVIDER_ID
+
+    def __str__(self) -> str:
+        return f"{self.type}.{self.id}"
+
+
+class ProviderUse(Protocol):
+    """An input or output of a service, as far as its provider is concerned."""
+
+    @property
+    def storage_provider(self) -> str: ...
+
+
+def check_provider_references(
+    inputs: Sequence[ProviderUse], outputs: Sequence[ProviderUse], declared: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """Each input and output names a provider type it may use, declared where it must be, with what that
+    use needs (a WebDAV output its server, an S3 input its queue); else a 400."""
+    for kind, entries, allowed in (
+        ("input", inputs, INPUT_PROVIDER_TYPES),
+        ("output", outputs, OUTPUT_PROVIDER_TYPES),
+    ):
+        for io in entries:
+            ref = ProviderRef(io.storage_provider)
+            if ref.type not in allowed:
+                names = ", ".join(sorted(allowed))
+                raise BadRequest(
+                    f"unrecognized {kind} storage provider {io.storage_provider!r} (valid: {names})"
+                )
+            must_declare = ref.id != DEFAULT_PROVIDER_ID or (
+                kind == "output" and ref.type in DECLARED_OUTPUT_TYPES
+            )
+            if must_declare and ref.id not in declared.get(ref.type, {}):
+                raise BadRequest(
+                    f"{kind} storage provider {io.storage_provider!r} is not declared in storage_providers"
+                )
+            if kind == "output" and ref.type == "webdav" and not declared[ref.type][ref.id].get("hostname"):
+                raise BadRequest(f"storage_providers.webdav.{ref.id}.hostname: the WebDAV server is required")
+            if (
+                kind == "input"
+                and ref.type == "s3"
+                and not declared.get("s3", {}).get(ref.id, {}).get("queue")
+            ):
+                # Amazon S3 reports new objects only to a queue (or topic): without one, nothing would run.
+                raise BadRequest(
+                    f"storage_providers.s3.{ref.id}.queue is required for an input on {io.storage_provider!r}"
+                    " (the SQS queue, by URL or name, that the bucket's notifications go to)"
+                )

@@ -21,7 +21,8 @@ from typing import Any
 
 from oscar_manager.domain import generations
 from oscar_manager.domain.events import InputRoute
-from oscar_manager.domain.service import ProviderRef, Service
+from oscar_manager.domain.providers import ProviderRef
+from oscar_manager.domain.service import Service
 
 S3_INPUT_TYPE = "s3"
 

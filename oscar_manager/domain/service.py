@@ -17,25 +17,23 @@ from oscar_manager.domain import credentials
 from oscar_manager.domain.gomodel import GoModel, Int32, Int64, NodePortList, PortList, Quantity, TextMap
 from oscar_manager.domain.kafka_inputs import kafka_inputs
 from oscar_manager.domain.kube_metadata import check_annotations, check_label_value, check_labels
-from oscar_manager.domain.providers import typed_provider
+from oscar_manager.domain.providers import (
+    BUCKET_PROVIDER_TYPES,
+    DEFAULT_PROVIDER_ID,
+    ProviderRef,
+    check_provider_references,
+    typed_provider,
+)
 from oscar_manager.domain.quantities import check_cpu, check_memory, check_quantity
 from oscar_manager.errors import BadRequest
 
 DEFAULT_OWNER = "cluster_admin"
 DEFAULT_MEMORY = "256Mi"
 DEFAULT_CPU = "0.2"
-DEFAULT_PROVIDER_ID = "default"
 HIDDEN = "hidden"
 SERVICE_LABEL = "oscar_service"
 LOG_LEVELS = frozenset({"NOTSET", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
 VISIBILITIES = ("private", "public", "restricted")
-# Types a service may read events from, and types it may write to (upstream ``createBuckets``).
-INPUT_PROVIDER_TYPES = frozenset({"minio", "s3", "webdav", "rucio", "kafka"})
-OUTPUT_PROVIDER_TYPES = frozenset({"minio", "s3", "onedata", "webdav"})
-BUCKET_PROVIDER_TYPES = frozenset({"minio", "s3"})
-# A WebDAV output is written by the manager or the job: it must name a server declared in the service's
-# ``storage_providers`` (there is no ``webdav.default``). Other ``<type>.default`` references need no entry.
-DECLARED_OUTPUT_TYPES = frozenset({"webdav"})
 
 MAX_NAME_LENGTH = 39
 # A Kubernetes label value: what upstream checks before reading a service.
@@ -180,20 +178,6 @@ class Service(GoModel):
         return providers
 
 
-class ProviderRef:
-    """A parsed ``<type>[.<id>]`` storage provider reference."""
-
-    __slots__ = ("id", "type")
-
-    def __init__(self, reference: str) -> None:
-        kind, _, ident = reference.strip().partition(".")
-        self.type = kind.lower()
-        self.id = ident or DEFAULT_PROVIDER_ID
-
-    def __str__(self) -> str:
-        return f"{self.type}.{self.id}"
-
-
 class MinioDefault:
     """What the server says about its own ``minio.default`` provider in every service."""
 
@@ -262,40 +246,6 @@ def _normalise_path(service_name: str, io: StorageIOConfig, *, kind: str) -> Sto
     return io.model_copy(update={"storage_provider": str(ref), "path": path})
 
 
-def _check_providers(service: Service) -> None:
-    declared = service.storage_providers
-    for kind, entries, allowed in (
-        ("input", service.input, INPUT_PROVIDER_TYPES),
-        ("output", service.output, OUTPUT_PROVIDER_TYPES),
-    ):
-        for io in entries:
-            ref = ProviderRef(io.storage_provider)
-            if ref.type not in allowed:
-                names = ", ".join(sorted(allowed))
-                raise BadRequest(
-                    f"unrecognized {kind} storage provider {io.storage_provider!r} (valid: {names})"
-                )
-            must_declare = ref.id != DEFAULT_PROVIDER_ID or (
-                kind == "output" and ref.type in DECLARED_OUTPUT_TYPES
-            )
-            if must_declare and ref.id not in declared.get(ref.type, {}):
-                raise BadRequest(
-                    f"{kind} storage provider {io.storage_provider!r} is not declared in storage_providers"
-                )
-            if kind == "output" and ref.type == "webdav" and not declared[ref.type][ref.id].get("hostname"):
-                raise BadRequest(f"storage_providers.webdav.{ref.id}.hostname: the WebDAV server is required")
-            if (
-                kind == "input"
-                and ref.type == "s3"
-                and not declared.get("s3", {}).get(ref.id, {}).get("queue")
-            ):
-                # Amazon S3 reports new objects only to a queue (or topic): without one, nothing would run.
-                raise BadRequest(
-                    f"storage_providers.s3.{ref.id}.queue is required for an input on {io.storage_provider!r}"
-                    " (the SQS queue, by URL or name, that the bucket's notifications go to)"
-                )
-
-
 def _normalise_common(service: Service, *, minio: MinioDefault) -> Service:
     validate_name(service.name)
     if not service.image.strip():
@@ -344,7 +294,7 @@ def _normalise_common(service: Service, *, minio: MinioDefault) -> Service:
             "federation": federation,
         }
     )
-    _check_providers(normalised)
+    check_provider_references(normalised.input, normalised.output, normalised.storage_providers)
     # Topic names and the brokers' connection settings (``domain.kafka_inputs``): a 400 naming the field.
     kafka_inputs(
         normalised.name, [(io.storage_provider, io.path) for io in inputs], providers.get("kafka", {})

@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from oscar_manager.domain import credentials
-from oscar_manager.domain.service import DEFAULT_PROVIDER_ID, Service, VolumeStatus
+from oscar_manager.domain.providers import DEFAULT_PROVIDER_ID
+from oscar_manager.domain.service import Service, VolumeStatus
 
 # Keys with ``omitempty`` in upstream v4.1.2's ``pkg/types`` (service.go, storage.go), by where they sit.
 _OMIT_EMPTY_TOP = ("script", "image_pull_secrets", "storage_providers", "clusters", "namespace")

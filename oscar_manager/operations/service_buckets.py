@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from oscar_manager.domain.buckets import ADMIN_OWNER, BucketRecord, allowed_users
 from oscar_manager.domain.isolation import user_buckets, with_bucket_list
 from oscar_manager.domain.principal import Principal
-from oscar_manager.domain.service import ProviderRef, Service, StorageIOConfig
+from oscar_manager.domain.providers import ProviderRef
+from oscar_manager.domain.service import Service, StorageIOConfig
 from oscar_manager.errors import Forbidden
 from oscar_manager.registry import Transaction
 from oscar_manager.storage.base import ObjectStore

@@ -9,7 +9,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from oscar_manager.domain.service import ProviderRef, Service
+from oscar_manager.domain.providers import ProviderRef
+from oscar_manager.domain.service import Service
 from oscar_manager.errors import BadRequest
 from oscar_manager.storage.base import ObjectSink, ObjectStore
 from oscar_manager.storage.egress import SETTING, EgressPolicy

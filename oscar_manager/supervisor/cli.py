@@ -34,7 +34,8 @@ from typing import Any, BinaryIO
 
 import yaml
 
-from oscar_manager.domain.service import DEFAULT_PROVIDER_ID, ProviderRef, Service, parse_service
+from oscar_manager.domain.providers import DEFAULT_PROVIDER_ID, ProviderRef
+from oscar_manager.domain.service import Service, parse_service
 from oscar_manager.errors import OscarError
 from oscar_manager.storage.base import ObjectSink, ObjectStore
 from oscar_manager.storage.providers import (

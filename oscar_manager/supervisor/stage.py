@@ -11,7 +11,8 @@ from typing import Final
 
 from oscar_manager.domain.events import ObjectEvent, decode_payload, object_events, parse_json
 from oscar_manager.domain.isolation import output_bucket
-from oscar_manager.domain.service import ProviderRef, Service, StorageIOConfig
+from oscar_manager.domain.providers import ProviderRef
+from oscar_manager.domain.service import Service, StorageIOConfig
 from oscar_manager.storage.base import InvalidKey
 from oscar_manager.storage.blocking import run_blocking
 from oscar_manager.storage.keys import validate_key

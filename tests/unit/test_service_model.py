@@ -6,14 +6,8 @@ import pytest
 
 from oscar_manager.domain.access import can_change, can_view
 from oscar_manager.domain.principal import Principal
-from oscar_manager.domain.service import (
-    MinioDefault,
-    ProviderRef,
-    Service,
-    normalise_new,
-    normalise_update,
-    parse_service,
-)
+from oscar_manager.domain.providers import ProviderRef
+from oscar_manager.domain.service import MinioDefault, Service, normalise_new, normalise_update, parse_service
 from oscar_manager.domain.service_views import job_view, public_view
 from oscar_manager.errors import BadRequest
 from tests.support.factories import service_body

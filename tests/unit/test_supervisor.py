@@ -19,7 +19,8 @@ from urllib.parse import quote, quote_plus
 import pytest
 
 from oscar_manager.domain.events import ObjectEvent, notification
-from oscar_manager.domain.service import ProviderRef, Service, StorageIOConfig, parse_service
+from oscar_manager.domain.providers import ProviderRef
+from oscar_manager.domain.service import Service, StorageIOConfig, parse_service
 from oscar_manager.errors import BadRequest, Forbidden
 from oscar_manager.storage.base import ObjectStore
 from oscar_manager.storage.local import LocalObjectStore
