@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from oscar_manager import runtime
+from oscar_manager import local_runtime
 from oscar_manager.backends.sandbox import Sandbox
 from oscar_manager.settings import Settings
 from tests.support.app import NO_AUTH, app_client, bearer, create_io_service
@@ -76,7 +76,7 @@ async def test_a_loose_existing_data_dir_is_warned_about(tmp_path: Path) -> None
 @pytest.fixture
 def no_bubblewrap(monkeypatch: pytest.MonkeyPatch) -> None:
     """As on a machine without a working bubblewrap."""
-    monkeypatch.setattr(runtime, "Sandbox", functools.partial(Sandbox, bwrap=None))
+    monkeypatch.setattr(local_runtime, "Sandbox", functools.partial(Sandbox, bwrap=None))
 
 
 @pytest.mark.usefixtures("no_bubblewrap")
