@@ -14,8 +14,8 @@ The client library (aiokafka) is loaded only once a service has a Kafka input (`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,10 +40,6 @@ KafkaServices = Callable[[], Awaitable[list[tuple[Service, datetime]]]]
 Record = Callable[[Service, list[Message]], Awaitable[object]]
 # The service as it is now (a consumer outlives updates that leave its input alone), None once deleted.
 Load = Callable[[str], Awaitable[Service | None]]
-
-BATCH_RECORDS = 500
-# While no message comes, how often the brokers are asked whether they are still there.
-HEALTH_INTERVAL = 5.0
 
 
 def service_inputs(service: Service) -> list[KafkaInput]:
@@ -170,27 +166,16 @@ class KafkaSource(FollowsInputs):
             delay = min(delay * 2, self._max_backoff)
 
     async def _consume(self, consumer: Consumer, follow: _Follow) -> None:
-        checked = time.monotonic()
-        while True:
-            received = await consumer.batch(wait=1.0, max_records=BATCH_RECORDS)
-            if not received:
-                if time.monotonic() - checked > HEALTH_INTERVAL:
-                    await consumer.check()
-                    checked = time.monotonic()
-                continue
-            checked = time.monotonic()
-            service = await self._load(follow.item.service)
-            if service is None:
-                return  # deleted: the next refresh stops this consumer
-            messages = [self._message(follow, m) for m in received if m.timestamp >= follow.since_ms]
-            if messages:
-                await self._record(service, messages)
-            # Only now, with every message recorded: a crash before this reads them again.
-            next_offsets: dict[tuple[str, int], int] = {}
-            for m in received:
-                place = (m.topic, m.partition)
-                next_offsets[place] = max(next_offsets.get(place, 0), m.offset + 1)
-            await consumer.commit(next_offsets)
+        async with contextlib.aclosing(consumer.batches()) as batches:
+            async for received in batches:
+                service = await self._load(follow.item.service)
+                if service is None:
+                    return  # deleted: the next refresh stops this consumer
+                messages = [self._message(follow, m) for m in received if m.timestamp >= follow.since_ms]
+                if messages:
+                    await self._record(service, messages)
+                # Only now, with every message recorded: a crash before this reads them again.
+                await consumer.commit_through(received)
 
     @staticmethod
     def _message(follow: _Follow, received: Received) -> Message:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,9 @@ from oscar_manager.domain.kafka_inputs import KafkaConnection
 
 # How long one metadata request or connection attempt may take before the brokers count as unreachable.
 REQUEST_TIMEOUT_MS = 10_000
+# Messages taken at once; while none comes, how often the brokers are asked whether they are still there.
+BATCH_RECORDS = 500
+HEALTH_INTERVAL = 5.0
 # A consumer leaving its group tells the brokers; with them gone it would retry for long: given up after this.
 STOP_WITHIN = 5.0
 
@@ -117,6 +121,27 @@ class Consumer:
             for records in found.values()
             for record in records
         ]
+
+    async def batches(self) -> AsyncGenerator[list[Received], None]:
+        """Batches as they arrive, for ever. While none does, the brokers are asked every
+        :data:`HEALTH_INTERVAL` whether they are still there (a :class:`BrokerError` when they are not)."""
+        checked = time.monotonic()
+        while True:
+            received = await self.batch(wait=1.0, max_records=BATCH_RECORDS)
+            if received:
+                checked = time.monotonic()
+                yield received
+            elif time.monotonic() - checked > HEALTH_INTERVAL:
+                await self.check()
+                checked = time.monotonic()
+
+    async def commit_through(self, received: list[Received]) -> None:
+        """Record in the group that ``received`` is read: each (topic, partition) up to its last offset."""
+        next_offsets: dict[tuple[str, int], int] = {}
+        for message in received:
+            place = (message.topic, message.partition)
+            next_offsets[place] = max(next_offsets.get(place, 0), message.offset + 1)
+        await self.commit(next_offsets)
 
     async def commit(self, next_offsets: dict[tuple[str, int], int]) -> None:
         """Record in the group that each (topic, partition) is read up to (not including) its offset."""

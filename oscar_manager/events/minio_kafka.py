@@ -14,8 +14,8 @@ The buckets' notification rules are :class:`events.minio_webhook.WebhookRules` f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -28,9 +28,6 @@ if TYPE_CHECKING:
     from oscar_manager.events.kafka_client import Consumer
 
 log = logging.getLogger(__name__)
-
-BATCH_RECORDS = 500
-HEALTH_INTERVAL = 5.0
 
 
 def notification_events(value: bytes | None) -> list[ObjectEvent] | None:
@@ -84,32 +81,22 @@ class MinioKafkaSource:
             delay = min(delay * 2, self._max_backoff)
 
     async def _consume(self, consumer: Consumer) -> None:
-        checked = time.monotonic()
-        while True:
-            received = await consumer.batch(wait=1.0, max_records=BATCH_RECORDS)
-            if not received:
-                if time.monotonic() - checked > HEALTH_INTERVAL:
-                    await consumer.check()
-                    checked = time.monotonic()
-                continue
-            checked = time.monotonic()
-            events: list[ObjectEvent] = []
-            next_offsets: dict[tuple[str, int], int] = {}
-            for message in received:
-                found = notification_events(message.value)
-                if found is None:
-                    self.skipped += 1
-                    log.warning(
-                        "passing over message %s/%d/%d of MinIO's topic: not a bucket notification",
-                        message.topic,
-                        message.partition,
-                        message.offset,
-                    )
-                else:
-                    events += found
-                place = (message.topic, message.partition)
-                next_offsets[place] = max(next_offsets.get(place, 0), message.offset + 1)
-            if events:
-                await self._deliver(events)
-            # Only now, with every event recorded: a crash before this reads them again.
-            await consumer.commit(next_offsets)
+        async with contextlib.aclosing(consumer.batches()) as batches:
+            async for received in batches:
+                events: list[ObjectEvent] = []
+                for message in received:
+                    found = notification_events(message.value)
+                    if found is None:
+                        self.skipped += 1
+                        log.warning(
+                            "passing over message %s/%d/%d of MinIO's topic: not a bucket notification",
+                            message.topic,
+                            message.partition,
+                            message.offset,
+                        )
+                    else:
+                        events += found
+                if events:
+                    await self._deliver(events)
+                # Only now, with every event recorded: a crash before this reads them again.
+                await consumer.commit_through(received)
