@@ -14,20 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import secrets
 import shutil
 import time
 from collections.abc import Collection, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from oscar_manager.backends.images.config import ImageConfig, parse_config
 from oscar_manager.backends.images.credentials import Credentials
 from oscar_manager.backends.images.errors import ImageRefused, ImageTooLarge, RegistryUnreachable
+from oscar_manager.backends.images.index import Entry, IndexState, read_index, write_index
 from oscar_manager.backends.images.reference import parse_reference
 from oscar_manager.backends.images.unpack import Budget, RootWriter
 from oscar_manager.errors import OscarError
@@ -67,40 +67,6 @@ class Obtained:
     stale: str | None = None  # why the image a reference named before is used without checking it again
 
 
-@dataclass
-class _Entry:
-    references: list[str]
-    config: ImageConfig
-    blobs: list[str]
-    size: int
-    last_used: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "references": self.references,
-            "config": self.config.to_json(),
-            "blobs": self.blobs,
-            "size": self.size,
-            "last_used": self.last_used,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> _Entry:
-        return cls(
-            references=list(data["references"]),
-            config=ImageConfig.from_json(data["config"]),
-            blobs=list(data["blobs"]),
-            size=int(data["size"]),
-            last_used=float(data["last_used"]),
-        )
-
-
-@dataclass
-class _State:
-    images: dict[str, _Entry] = field(default_factory=dict)
-    references: dict[str, str] = field(default_factory=dict)
-
-
 class ImageStore:
     def __init__(
         self,
@@ -121,7 +87,7 @@ class ImageStore:
         self._timeout = timeout
         self._transport = transport
         self._http: httpx.AsyncClient | None = None
-        self._state = _State()
+        self._state = IndexState()
         self._pulls: dict[str, asyncio.Task[Image]] = {}
         self._digest_locks: dict[str, asyncio.Lock] = {}
         self._in_use: dict[str, int] = {}
@@ -147,16 +113,7 @@ class ImageStore:
             os.chmod(self._folder / private, 0o700)
         for leftover in (self._folder / "partial").iterdir():
             _remove_tree(leftover)
-        index = self._folder / "index.json"
-        if index.is_file():
-            try:
-                data = json.loads(index.read_bytes())
-                self._state = _State(
-                    images={d: _Entry.from_json(e) for d, e in data["images"].items()},
-                    references=dict(data["references"]),
-                )
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("image cache index unreadable (%s): starting empty", exc)
+        self._state = read_index(self._folder / "index.json")
         # What the index does not know (or knows but is gone) is not kept.
         for digest in list(self._state.images):
             if not self._root(digest).is_dir():
@@ -270,7 +227,7 @@ class ImageStore:
         self._unreachable.pop(host, None)
         return Image(ref, manifest.digest, self._root(manifest.digest), entry.config, entry.size)
 
-    async def _fetch(self, client: RegistryClient, ref: str, manifest: Manifest) -> _Entry:
+    async def _fetch(self, client: RegistryClient, ref: str, manifest: Manifest) -> Entry:
         blobs = [manifest.config.digest, *(layer.digest for layer in manifest.layers)]
         pinned = set(blobs) - self._pinned
         self._pinned |= pinned
@@ -282,7 +239,7 @@ class ImageStore:
 
     async def _fetch_pinned(
         self, client: RegistryClient, ref: str, manifest: Manifest, blobs: list[str]
-    ) -> _Entry:
+    ) -> Entry:
         for layer in manifest.layers:
             if layer.media_type not in LAYER_TYPES:
                 raise ImageRefused(
@@ -309,7 +266,7 @@ class ImageStore:
         # is evicted afterwards, least recently used first.
         room = self._max_bytes - download - self._pinned_bytes()
         unpacked = await asyncio.to_thread(self._unpack, ref, manifest, config, room)
-        entry = _Entry(
+        entry = Entry(
             references=[],
             config=config,
             blobs=blobs,
@@ -390,13 +347,7 @@ class ImageStore:
         return self._folder / "blobs" / "sha256" / digest.removeprefix("sha256:")
 
     def _save(self) -> None:
-        data = {
-            "images": {d: e.to_json() for d, e in self._state.images.items()},
-            "references": self._state.references,
-        }
-        temporary = self._folder / "partial" / f"index.{secrets.token_hex(4)}"
-        temporary.write_text(json.dumps(data))
-        os.replace(temporary, self._folder / "index.json")
+        write_index(self._folder / "index.json", self._state, scratch=self._folder / "partial")
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
