@@ -6,7 +6,7 @@ Like every repository, it flushes but never commits: the transaction belongs to 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,6 +25,12 @@ _VERSION = cast(ServiceRow.updated_at, String)
 
 # Names in one IN (...): well under SQLite's 32766 parameters a statement.
 _NAMES_PER_QUERY = 1000
+
+
+def _in_chunks(names: Sequence[str]) -> Iterator[Sequence[str]]:
+    """``names`` in slices small enough for one ``IN (...)``."""
+    for start in range(0, len(names), _NAMES_PER_QUERY):
+        yield names[start : start + _NAMES_PER_QUERY]
 
 
 def _definition(service: Service) -> dict[str, Any]:
@@ -78,9 +84,10 @@ class ServiceRepository:
             ServiceRow.definition["allowed_users"],
             ServiceRow.created_at,
         )
-        if names is not None:
-            query = query.where(ServiceRow.name.in_(names))
-        rows = await self._session.execute(query)
+        queries = (
+            [query] if names is None else [query.where(ServiceRow.name.in_(c)) for c in _in_chunks(names)]
+        )
+        rows = [row for query in queries for row in await self._session.execute(query)]
         routes = []
         for name, owner, inputs_field, isolation_level, allowed_users, created_at in rows:
             inputs = [
@@ -138,11 +145,9 @@ class ServiceRepository:
         """(name, version) of those of the services ``names`` that exist, as :meth:`versions` reads them."""
         found: dict[str, str] = {}
         connection = await self._session.connection()
-        for chunk in range(0, len(names), _NAMES_PER_QUERY):
+        for chunk in _in_chunks(names):
             result = await connection.execute(
-                select(ServiceRow.name, _VERSION).where(
-                    ServiceRow.name.in_(names[chunk : chunk + _NAMES_PER_QUERY])
-                )
+                select(ServiceRow.name, _VERSION).where(ServiceRow.name.in_(chunk))
             )
             found.update((name, version) for name, version in result)
         return found
@@ -151,11 +156,9 @@ class ServiceRepository:
         """Those of the services ``names`` that exist."""
         found: list[Service] = []
         connection = await self._session.connection()
-        for chunk in range(0, len(names), _NAMES_PER_QUERY):
+        for chunk in _in_chunks(names):
             rows = await connection.execute(
-                select(ServiceRow.definition, ServiceRow.secrets).where(
-                    ServiceRow.name.in_(names[chunk : chunk + _NAMES_PER_QUERY])
-                )
+                select(ServiceRow.definition, ServiceRow.secrets).where(ServiceRow.name.in_(chunk))
             )
             found += [_from_columns(definition, secrets) for definition, secrets in rows]
         return found
