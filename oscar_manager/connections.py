@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,7 +15,7 @@ from oscar_manager.domain.providers import ProviderRef
 from oscar_manager.domain.s3_inputs import S3_INPUT_TYPE, QueueSource, queue_of
 from oscar_manager.domain.service import Service
 from oscar_manager.events.s3_sqs import S3QueueConsumer
-from oscar_manager.operations import Database
+from oscar_manager.operations.input_routes import InputRoutes
 from oscar_manager.operations.intake import Intake
 from oscar_manager.settings import Settings
 from oscar_manager.storage.base import ObjectStore, StorageError
@@ -164,22 +163,14 @@ class S3QueueAccess:
 
 
 def s3_queue_consumer(
-    database: Database,
-    access: S3QueueAccess,
-    intake: Intake,
-    *,
-    routes: Callable[[], Awaitable[list[InputRoute]]],
-    interval: float,
+    access: S3QueueAccess, intake: Intake, *, inputs: InputRoutes, interval: float
 ) -> S3QueueConsumer:
-    """The consumer of the queues the services' ``s3.<id>`` inputs name (idle while none does). ``routes``:
-    every input's, kept between reads (``operations.input_routes``): it is asked again after each change
-    to services."""
+    """The consumer of the queues the services' ``s3.<id>`` inputs name (idle while none does). ``inputs``:
+    every input's route, kept between reads: they are asked for again after each change to services."""
 
     async def sources() -> tuple[list[Service], list[InputRoute]]:
-        mine = [r for r in await routes() if r.provider.startswith(f"{S3_INPUT_TYPE}.")]
-        async with database.reading() as tx:
-            services = [s for name in sorted({r.service for r in mine}) if (s := await tx.services.get(name))]
-        return services, mine
+        routes, services = await inputs.on_provider_type(S3_INPUT_TYPE)
+        return services, routes
 
     async def enqueue(service: str, event: ObjectEvent) -> None:
         await intake.object_event(service=service, event=event)

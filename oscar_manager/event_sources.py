@@ -138,7 +138,7 @@ class EventSources:
         # Amazon S3 inputs through SQS: on every replica (SQS hands each message to one of them).
         self.s3_queue_access = S3QueueAccess(stores, timeout=settings.oscar_provider_timeout)
         self.s3_queues = s3_queue_consumer(
-            database, self.s3_queue_access, intake, routes=self.routes, interval=10.0
+            self.s3_queue_access, intake, inputs=self.input_routes, interval=10.0
         )
         self._s3_queues_task = SupervisedTask("s3-queues", self.s3_queues.run)
         self.tasks.append(self._s3_queues_task)
@@ -155,10 +155,9 @@ class EventSources:
         return await self.input_routes.current()
 
     async def _kafka_services(self) -> list[tuple[Service, datetime]]:
-        since = {r.service: r.since for r in await self.routes() if r.provider.startswith(f"{KAFKA}.")}
-        async with self._database.reading() as tx:
-            found = [(await tx.services.get(name), created) for name, created in sorted(since.items())]
-        return [(service, created) for service, created in found if service is not None]
+        routes, services = await self.input_routes.on_provider_type(KAFKA)
+        since = {route.service: route.since for route in routes}
+        return [(service, since[service.name]) for service in services]
 
     async def _service(self, name: str) -> Service | None:
         async with self._database.reading() as tx:

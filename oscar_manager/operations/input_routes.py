@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 
 from oscar_manager.domain.events import InputRoute
+from oscar_manager.domain.service import Service
 from oscar_manager.registry import Database
 from oscar_manager.registry.database import SERVICE_CACHE_SECONDS
 
@@ -45,6 +46,15 @@ class InputRoutes:
             routes = await tx.services.input_routes()
         self._keep(_by_service(routes, into={}), generation, now)
         return list(self._routes)
+
+    async def on_provider_type(self, provider_type: str) -> tuple[list[InputRoute], list[Service]]:
+        """The routes of the inputs on ``provider_type`` providers, and those inputs' services by name (a
+        source that consumes them for itself: Kafka topics, S3 queues)."""
+        routes = [route for route in await self.current() if route.provider.startswith(f"{provider_type}.")]
+        names = sorted({route.service for route in routes})
+        async with self._database.reading() as tx:
+            services = sorted(await tx.services.get_many(names), key=lambda service: service.name)
+        return routes, services
 
     def _keep(self, by_service: dict[str, list[InputRoute]], generation: int, checked: float) -> None:
         self._by_service = by_service
