@@ -3,7 +3,9 @@ whether this bubblewrap works on this machine (once per process)."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import json
 import os
 import subprocess
 import tempfile
@@ -22,6 +24,8 @@ HOSTNAME: Final = "oscar-job"
 SHELL: Final = "/bin/sh"
 PAGE: Final = 4096
 MiB: Final = 1 << 20
+# bubblewrap writes its --info-fd as soon as the sandbox's first process exists.
+INFO_SECONDS: Final = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,3 +177,28 @@ def _try_bwrap(path: str, extra: tuple[str, ...], drop: tuple[str, ...], *, size
         return ""
     detail = (done.stderr or done.stdout).decode(errors="replace").strip()
     return f"{path} exited with {done.returncode}: {detail}"
+
+
+async def child_pid(fd: int, *, within: float) -> int | None:
+    """The ``child-pid`` of bubblewrap's ``--info-fd`` JSON read from ``fd`` (closed here); None if bwrap
+    ended or said nothing within ``within`` seconds. Not passed into the sandbox by bwrap: only bwrap
+    writes it."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+    )
+    data = b""
+    try:
+        async with asyncio.timeout(within):
+            while chunk := await reader.read(4096):
+                data += chunk
+                try:
+                    return int(json.loads(data)["child-pid"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # not all of it yet
+    except TimeoutError:
+        pass
+    finally:
+        transport.close()
+    return None

@@ -28,8 +28,11 @@ from oscar_manager.backends.exposed import (
 from oscar_manager.backends.exposed_instance import Instance, InstancePlaces, base_path
 from oscar_manager.backends.exposed_policy import ExposeTimings, Scaler, backoff, scale_bounds
 from oscar_manager.backends.exposed_relay import probe
+from oscar_manager.backends.linelog import LineLog
 from oscar_manager.backends.sandbox import Sandbox
 from oscar_manager.domain.service import Service, wants_network
+from oscar_manager.errors import OscarError
+from oscar_manager.supervisor.deadline import Deadline
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ class Deployment:
         self._failure = ""  # the last failure, said for people
         self._next_start = 0.0
         self._past_logs: deque[list[tuple[str, str]]] = deque(maxlen=PAST_LOGS)
+        self._notes = LineLog(max_lines=100)  # what the manager said of the service, not of one instance
         self._wake = asyncio.Event()
         # Held by a control round, and by stop and close: no round starts an instance while they run.
         self._lock = asyncio.Lock()
@@ -98,9 +102,9 @@ class Deployment:
     async def close(self) -> None:
         """Every instance ended and the controller gone."""
         self.stopped = True
+        self._task.cancel()  # first: a round may be waiting for an image, which need not finish now
+        await asyncio.gather(self._task, return_exceptions=True)
         async with self._lock:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
             await self._retire_all("the service was removed")
 
     async def endpoint(self) -> Endpoint:
@@ -167,7 +171,7 @@ class Deployment:
         )
 
     def logs(self, tail_lines: int) -> list[tuple[str, str]]:
-        lines = [line for past in self._past_logs for line in past]
+        lines = [*self._notes.lines, *(line for past in self._past_logs for line in past)]
         lines += [line for instance in self.instances for line in instance.log.lines]
         lines.sort(key=lambda line: line[0])  # RFC 3339 stamps of one width sort as text
         return lines[-tail_lines:] if tail_lines > 0 else []
@@ -177,6 +181,7 @@ class Deployment:
     async def _control(self) -> None:
         while True:
             try:
+                await self._pull_image()
                 async with self._lock:
                     if not self.stopped:
                         await self._round()
@@ -189,6 +194,17 @@ class Deployment:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._timings.probe_interval)
+
+    async def _pull_image(self) -> None:
+        """The image of instances due to start, pulled before the round (which holds the lock that stop
+        and close wait for); what fails is said again by the start that meets it."""
+        missing = self._target > len([i for i in self.instances if i.generation == self._generation])
+        if self.stopped or not missing or time.monotonic() < self._next_start:
+            return
+        with contextlib.suppress(OscarError):
+            await self._places.images.obtain(
+                self.service, log=self._notes, deadline=Deadline(self._places.pull_seconds)
+            )
 
     async def _round(self) -> None:
         for instance in [i for i in self.instances if not i.running]:

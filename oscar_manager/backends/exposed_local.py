@@ -8,9 +8,11 @@ the sandbox (``exposed_relay``): :meth:`LocalExposer.endpoint` answers a Unix so
 probed, restarted with backoff and scaled between ``min_scale`` and ``max_scale`` by one controller per
 service (``exposed_deployment``, ``exposed_policy``).
 
+Instances run in the service's image as its jobs do (``backends.images``; the relay stays on the host, so
+images need nothing but what their server needs). ``expose.default_command`` runs the image's Entrypoint
+and Cmd; it is refused (400) where images are not run (``OSCAR_LOCAL_IMAGES=host``, no bubblewrap).
+
 What differs from a cluster:
-- ``expose.default_command`` is refused (400): it means the image's own command, and images are not
-  run here; the server's command belongs in the script.
 - A service that asks for the host's network (``oscar-manager/network``), or a manager without
   bubblewrap (``OSCAR_ALLOW_UNSANDBOXED``), runs one instance only, its port on the host's network:
   several would all bind the same port, and nothing isolates it from local users.
@@ -26,6 +28,7 @@ from oscar_manager.backends.exposed import DeploymentState, Endpoint, ExposedUna
 from oscar_manager.backends.exposed_deployment import Deployment
 from oscar_manager.backends.exposed_instance import InstancePlaces
 from oscar_manager.backends.exposed_policy import ExposeTimings
+from oscar_manager.backends.images.service_images import ImageMode, ServiceImages
 from oscar_manager.backends.sandbox import Sandbox
 from oscar_manager.domain.service import Service
 from oscar_manager.errors import BadRequest
@@ -37,12 +40,15 @@ class LocalExposer:
         *,
         sandbox: Sandbox,
         work_root: Path,
+        images: ServiceImages | None = None,
         timings: ExposeTimings | None = None,
         max_pids: int | None = None,
         disk_bytes: int | None = None,
     ) -> None:
-        """``max_pids``, ``disk_bytes``: the jobs' bounds, for instances too (see ``ScriptRun``)."""
+        """``images``: where the jobs' images come from (None: this machine's tools); ``max_pids``,
+        ``disk_bytes``: the jobs' bounds, for instances too (see ``ScriptRun``)."""
         self._sandbox = sandbox
+        self._images = images or ServiceImages(None, mode=ImageMode.HOST, sandboxed=sandbox.sandboxed)
         self._work_root = work_root
         self._max_pids = max_pids
         self._disk_bytes = disk_bytes
@@ -51,13 +57,17 @@ class LocalExposer:
         self._deployments: dict[str, Deployment] = {}
 
     async def expose(self, service: Service, *, previous: Service | None = None) -> None:
-        _check_exposable(service)
+        _check_exposable(service, runs_images=self._images.runs_images)
         self._sandbox.check_allowed()
         deployment = self._deployments.get(service.name)
         if deployment is None:
             if self._places is None:
                 self._places = InstancePlaces.make(
-                    self._work_root, max_pids=self._max_pids, disk_bytes=self._disk_bytes
+                    self._work_root,
+                    images=self._images,
+                    max_pids=self._max_pids,
+                    disk_bytes=self._disk_bytes,
+                    pull_seconds=self._timings.startup_timeout,
                 )
             self._deployments[service.name] = Deployment(
                 service, sandbox=self._sandbox, places=self._places, timings=self._timings
@@ -110,11 +120,11 @@ class LocalExposer:
         return deployment
 
 
-def _check_exposable(service: Service) -> None:
+def _check_exposable(service: Service, *, runs_images: bool) -> None:
     if not service.expose.api_port:
         raise BadRequest(f"the service {service.name} has no expose.api_port: nothing to expose")
-    if service.expose.default_command:
+    if service.expose.default_command and not runs_images:
         raise BadRequest(
-            "expose.default_command runs the image's own command, and the local backend runs no images"
+            "expose.default_command runs the image's own command, and this manager runs no images"
             " (scripts run with this machine's tools): start the server from the service's script instead"
         )

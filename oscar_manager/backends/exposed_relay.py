@@ -1,12 +1,14 @@
-"""The manager's side of an instance's relay (``relay_program``): the socket handed to it, its load reports,
-and the health probe sent through it.
+"""The manager's side of an instance's relay (``relay_program``): the relay process, the socket handed to
+it, its load reports, and the health probe sent through it.
 
 Why a relay: the instance runs with bubblewrap's ``--unshare-net``, so its port exists only in a network
 namespace of its own (a loopback), and several instances all listen on ``api_port`` without colliding.
-Entering that namespace from the manager (``setns``) needs privileges the manager may not have, and
-sharing the host's network would expose the port to every local user. The relay runs inside the sandbox
-and serves the port on a Unix socket in a folder only the manager can open (mode 0700, outside every
-sandbox), so the proxy is the only way in.
+The manager cannot enter that namespace itself (``setns`` is per thread and the manager has many; as
+root it would also leave the manager's threads in a script's namespace), and sharing the host's network
+would expose the port to every local user. The relay is a process of its own, run on the host as the
+scripts' user, that joins the sandbox's network namespace only (not its files: the sandbox's root may be an
+image without Python), and serves the port on a Unix socket in a folder only the manager can open (mode
+0700, outside every sandbox), so the proxy is the only way in.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ from pathlib import Path
 from typing import Final
 
 from oscar_manager.backends import relay_program
+from oscar_manager.backends.sandbox import Sandbox
 from oscar_manager.supervisor.stage import DEFAULT_PATH
 
-# Run in the sandbox before the script: keep the control socket (our stdin) as descriptor 3 for the relay,
-# started in the background, then close it for the script (which gets /dev/null as its stdin).
-PRELUDE: Final = 'exec 3<&0; "$1" -I -S -c "$2" "$3" & exec 3<&-'
 BACKLOG: Final = 128
+# What the relay says on its way out (why it could not start) is kept up to this.
+STDERR_BYTES: Final = 4096
 
 
 @cache
@@ -36,13 +38,9 @@ def relay_source() -> str:
 
 
 def relay_python() -> str:
-    """The interpreter the relay runs with: the sandbox's ``python3`` (the host's, bound read-only), else
-    the manager's own (readable by the script's user in the usual installations)."""
+    """The interpreter the relay runs with: the system's ``python3``, else the manager's own (readable by
+    the scripts' user in the usual installations)."""
     return shutil.which("python3", path=DEFAULT_PATH) or sys.executable
-
-
-def prelude_args(python: str, api_port: int) -> list[str]:
-    return [python, relay_source(), str(api_port)]
 
 
 class RelayLink:
@@ -53,6 +51,7 @@ class RelayLink:
         self.path = path
         self.open_connections = 0
         self.up = asyncio.Event()  # the relay said its first word: it accepts connections
+        self.process: asyncio.subprocess.Process | None = None
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._control, self._relay_end = socket.socketpair()
         try:
@@ -66,14 +65,34 @@ class RelayLink:
             raise
         self._control.setblocking(False)
 
-    def relay_end(self) -> int:
-        """The descriptor to give the sandbox as its stdin."""
-        return self._relay_end.fileno()
-
-    def handed_over(self) -> None:
-        """The sandbox holds its copies now: drop ours."""
+    async def start(self, sandbox: Sandbox, *, port: int, inside_pid: int | None) -> None:
+        """Start the relay for ``port`` in the network namespace of process ``inside_pid`` (None: the
+        host's, where there is no sandbox to enter)."""
+        argv = [relay_python(), "-I", "-S", "-c", relay_source(), str(port)]
+        if inside_pid is not None:
+            argv.append(str(inside_pid))
+        program, *args = sandbox.host_command(argv)
+        self.process = await asyncio.create_subprocess_exec(
+            program,
+            *args,
+            stdin=self._relay_end.fileno(),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env={"PATH": DEFAULT_PATH, "LANG": "C.UTF-8"},
+            start_new_session=True,  # a signal to the manager's group is not the relay's
+        )
+        # The relay holds its copies now: connections made after it is gone are refused, not left waiting.
         self._relay_end.close()
         self._listener.close()
+
+    async def ended(self) -> str:
+        """Wait for the relay to end; what it said on its way out."""
+        if self.process is None:
+            return ""
+        assert self.process.stderr is not None
+        said = await self.process.stderr.read(STDERR_BYTES)
+        await self.process.wait()
+        return said.decode(errors="replace").strip()
 
     async def follow(self) -> None:
         """Read the relay's reports until it closes its end (it, or the whole instance, is gone)."""
@@ -87,8 +106,13 @@ class RelayLink:
         self.open_connections = 0
 
     def close(self) -> None:
+        """The relay ends (its control socket closed; killed too, in case it is stuck) and the socket's
+        path is removed."""
         for sock in (self._listener, self._control, self._relay_end):
             sock.close()
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 

@@ -48,6 +48,13 @@ class LineLog(asyncio.Protocol):
     def note(self, text: str) -> None:
         self.lines.append((stamp_ns(time.time_ns()), text))
 
+    # What the manager says of the process (its image pulled, say), as a ``PullLog``.
+    def info(self, message: str) -> None:
+        self.note(f"oscar-manager: {message}")
+
+    def warning(self, message: str) -> None:
+        self.note(f"oscar-manager: warning: {message}")
+
     def _flush(self) -> None:
         text = self._partial.decode("utf-8", errors="replace").rstrip("\r")
         if self._cut:

@@ -101,6 +101,7 @@ class LocalBackend:
         self._exposer = LocalExposer(
             sandbox=sandbox,
             work_root=work_root,
+            images=self._images,
             timings=expose_timings,
             max_pids=max_pids,
             disk_bytes=disk_bytes,

@@ -1,26 +1,72 @@
-"""The relay inside an exposed instance's sandbox: a program of its own, standard library only.
+"""The relay of an exposed instance: a program of its own, standard library only.
 
 The instance's server listens on ``127.0.0.1:<api_port>`` in the sandbox's own network namespace, which
-nothing outside can reach. The manager hands this relay, on descriptor 3 (a Unix socket pair), a listening
-Unix socket whose path only the manager can open; the relay accepts there, connects to the port inside the
-namespace and copies bytes both ways (HTTP, websocket upgrades, anything), closing a connection at once,
-without a byte, when nothing listens on the port. On descriptor 3 it reports the number of connections open
-through it (one line per change), which the manager reads as the instance's load.
+nothing outside can reach. The relay runs on the host, beside the sandbox: it first joins that namespace
+(``join_network_of`` the sandbox's first process), so that what it connects to is the sandbox's loopback,
+while its files, its processes and its interpreter stay the host's (the sandbox's root may be an image with
+no Python in it, and nothing in the sandbox can see or signal the relay). The manager hands it, on its
+stdin (a Unix socket pair), a listening Unix socket whose path only the manager can open; the relay accepts
+there, connects to the port inside the namespace and copies bytes both ways (HTTP, websocket upgrades,
+anything), closing a connection at once, without a byte, when nothing listens on the port. On stdin it
+reports the number of connections open through it (one line per change), which the manager reads as the
+instance's load; it ends when the manager closes that socket.
 
-It is started by ``exposed_relay`` as ``python3 -I -S -c <this file's text> <api_port>``: it imports
-nothing of the manager, so it needs no access to the manager's installation, only a host ``python3``.
+It is started by ``exposed_relay`` as ``python3 -I -S -c <this file's text> <api_port> [<pid>]``, as the
+scripts' user: it imports nothing of the manager, so it needs no access to the manager's installation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import fcntl
 import os
 import socket
 import sys
 
 CHUNK = 1 << 16
-CONTROL_FD = 3
+CONTROL_FD = 0
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+NS_GET_USERNS = 0xB701  # ioctl: the user namespace that owns a namespace
+UNPRIVILEGED_PORT_START = "/proc/sys/net/ipv4/ip_unprivileged_port_start"  # this network namespace's
+
+
+def setns(fd: int, kind: int) -> None:
+    if hasattr(os, "setns"):  # Python 3.12
+        os.setns(fd, kind)
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, kind) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def join_network_of(pid: int) -> bool:
+    """Enter the network namespace of process ``pid`` (the sandbox's first one); False when it is this
+    process's own already (the sandbox shares the host's network). Unprivileged, that takes first entering
+    the user namespace that owns it, which its creator (the scripts' user, as this relay) may; nothing
+    else of the sandbox is entered. Must run while this process has one thread."""
+    net = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    if os.fstat(net).st_ino == os.stat("/proc/self/ns/net").st_ino:
+        os.close(net)
+        return False
+    try:
+        setns(net, CLONE_NEWNET)
+    except PermissionError:
+        setns(fcntl.ioctl(net, NS_GET_USERNS), CLONE_NEWUSER)
+        setns(net, CLONE_NEWNET)
+    os.close(net)
+    return True
+
+
+def open_low_ports() -> None:
+    """Let the server bind ports below 1024 in the namespace just joined, as a container's may (its
+    capabilities, dropped, live in a user namespace that does not own the network). The manager starts
+    the script only after this relay's first report, so the server never races it."""
+    with open(UNPRIVILEGED_PORT_START, "w") as sysctl:
+        sysctl.write("0")
 
 
 class Relay:
@@ -43,6 +89,8 @@ class Relay:
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
         self.report()  # the first line says the relay is up
+        closed = asyncio.ensure_future(loop.sock_recv(self.control, 1))
+        closed.add_done_callback(lambda _: os._exit(0))  # the manager closed its end, or is gone
         while True:
             client, _ = await loop.sock_accept(self.listener)
             client.setblocking(False)
@@ -94,6 +142,12 @@ async def pump(source: socket.socket, target: socket.socket) -> None:
 
 def main() -> None:
     port = int(sys.argv[1])
+    if len(sys.argv) > 2:
+        try:
+            if join_network_of(int(sys.argv[2])):  # never the host's own sysctl
+                open_low_ports()
+        except OSError as exc:
+            sys.exit(f"oscar relay: cannot enter the sandbox's network namespace: {exc}")
     control = socket.socket(fileno=CONTROL_FD)
     _, fds, _, _ = socket.recv_fds(control, 16, 1)
     if not fds:

@@ -28,9 +28,11 @@ from typing import BinaryIO, Final, Literal
 
 from oscar_manager.backends.base import BackendUnavailable
 from oscar_manager.backends.bwrap import (
+    INFO_SECONDS,
     JOB_DIR,
     SHELL,
     Bwrap,
+    child_pid,
     hide_flags,
     needs_hiding,
     probe,
@@ -94,6 +96,7 @@ class Spawned:
     process: asyncio.subprocess.Process
     group: JobCgroup | None  # its cgroup, None without cgroups
     started: float  # time.monotonic() at its start
+    inside_pid: int | None = None  # the sandbox's first process, when asked for and under bubblewrap
 
 
 class SandboxUnavailable(OscarError):
@@ -233,13 +236,13 @@ class Sandbox:
         )
 
     async def spawn(
-        self, run: ScriptRun, *, stdin: int, output: int, prelude: str = "", prelude_args: Sequence[str] = ()
+        self, run: ScriptRun, *, stdin: int, output: int, inside_pid: bool = False, gated: bool = False
     ) -> Spawned:
         """Start ``run``'s script in the sandbox and its cgroup, and return at once (``run.timeout`` is the
         caller's to apply). ``stdin``: a descriptor, or asyncio's PIPE or DEVNULL; ``output``: where its
-        stdout and stderr go. ``prelude``: shell run in the sandbox before the script (``$1``... are
-        ``prelude_args``); the script itself then runs with /dev/null as its stdin.
-        End it with :meth:`terminate`."""
+        stdout and stderr go. ``inside_pid``: learn the pid of the sandbox's first process (whose
+        namespaces are the sandbox's), from bubblewrap's ``--info-fd``. ``gated``: the sandbox is made
+        but the script waits for a line on stdin (see ``shell_command``). End it with :meth:`terminate`."""
         self.check_allowed()
         if run.image is not None and self._bwrap is None:
             raise SandboxRefused("service images run only under bubblewrap, which does not work here")
@@ -252,10 +255,11 @@ class Sandbox:
             self.job_path(run.workdir, run.workdir / run.script),
             memory_bytes=run.memory_bytes if group is None else None,
             file_bytes=run.disk_bytes,
-            prelude=prelude,
-            prelude_args=prelude_args,
+            gated=gated,
         )
         args_fd: int | None = None
+        info_read: int | None = None  # bubblewrap's --info-fd, when inside_pid
+        info_write: int | None = None
         try:
             if self._bwrap is None:
                 program, argv = command[0], command[1:]
@@ -268,6 +272,9 @@ class Sandbox:
                 write_all(args_fd, b"".join(os.fsencode(arg) + b"\0" for arg in self._bwrap_args(run, env)))
                 os.lseek(args_fd, 0, os.SEEK_SET)
                 program, argv = self._bwrap.path, ["--args", str(args_fd), "--", *command]
+                if inside_pid:
+                    info_read, info_write = os.pipe()
+                    argv[2:2] = ["--info-fd", str(info_write)]
                 cwd, child_env = None, {}
             if self._drop:
                 program, argv = self._drop[0], [*self._drop[1:], program, *argv]
@@ -286,16 +293,24 @@ class Sandbox:
                 cwd=cwd,
                 env=child_env,
                 start_new_session=True,
-                pass_fds=() if args_fd is None else (args_fd,),
+                pass_fds=tuple(fd for fd in (args_fd, info_write) if fd is not None),
             )
         except BaseException:
             if group is not None:
                 await asyncio.shield(asyncio.to_thread(group.finish))
+            if info_read is not None:
+                os.close(info_read)
             raise
         finally:
-            if args_fd is not None:
-                os.close(args_fd)
-        return Spawned(process=proc, group=group, started=started)
+            for fd in (args_fd, info_write):
+                if fd is not None:
+                    os.close(fd)
+        pid = None if info_read is None else await child_pid(info_read, within=INFO_SECONDS)
+        return Spawned(process=proc, group=group, started=started, inside_pid=pid)
+
+    def host_command(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` as the scripts' user (the manager's own when it drops no privileges), on the host."""
+        return [*self._drop, *argv]
 
     async def terminate(self, spawned: Spawned, *, grace: float = KILL_GRACE_SECONDS) -> CgroupUsage | None:
         """SIGTERM to what :meth:`spawn` started, ``grace`` seconds, then SIGKILL to all of it; its cgroup

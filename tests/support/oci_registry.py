@@ -80,13 +80,21 @@ class OciImage:
     working_dir: str = ""
     user: str = ""
     architecture: str = "amd64"
+    entrypoint: list[str] | None = None
+    cmd: list[str] | None = None
 
     def config(self) -> bytes:
         return json.dumps(
             {
                 "architecture": self.architecture,
                 "os": "linux",
-                "config": {"Env": self.env, "WorkingDir": self.working_dir, "User": self.user},
+                "config": {
+                    "Env": self.env,
+                    "WorkingDir": self.working_dir,
+                    "User": self.user,
+                    "Entrypoint": self.entrypoint,
+                    "Cmd": self.cmd,
+                },
                 "rootfs": {
                     "type": "layers",
                     "diff_ids": [sha256(gzip.decompress(blob)) for blob in self.layers],

@@ -1,4 +1,5 @@
-"""The parts of an OCI image configuration a runtime honours here: architecture, Env, WorkingDir, User."""
+"""The parts of an OCI image configuration a runtime honours here: architecture, Env, WorkingDir, User, and
+the default command (Entrypoint then Cmd, which an exposed service with ``default_command`` runs)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class ImageConfig:
     working_dir: str = ""
     user: str = ""
     diff_ids: tuple[str, ...] = field(default=())
+    command: tuple[str, ...] = ()  # Entrypoint, then Cmd
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -35,6 +37,7 @@ class ImageConfig:
             "working_dir": self.working_dir,
             "user": self.user,
             "diff_ids": list(self.diff_ids),
+            "command": list(self.command),
         }
 
     @classmethod
@@ -46,6 +49,7 @@ class ImageConfig:
             working_dir=data["working_dir"],
             user=data["user"],
             diff_ids=tuple(data["diff_ids"]),
+            command=tuple(data.get("command", ())),  # absent from indexes written before it was kept
         )
 
 
@@ -65,6 +69,7 @@ def parse_config(raw: bytes, *, image: str) -> ImageConfig:
             working_dir=str(inner.get("WorkingDir") or ""),
             user=str(inner.get("User") or ""),
             diff_ids=tuple(str(d) for d in (document.get("rootfs") or {}).get("diff_ids") or []),
+            command=tuple(str(part) for key in ("Entrypoint", "Cmd") for part in inner.get(key) or []),
         )
     except (ValueError, AttributeError, TypeError) as exc:
         raise ImagePullFailed(f"image {image}: its configuration is not valid JSON: {exc}") from None

@@ -15,16 +15,15 @@ import enum
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from oscar_manager.backends.images.errors import ImageRefused, RegistryUnreachable
-from oscar_manager.backends.images.store import Image, ImageStore
+from oscar_manager.backends.images.store import Image, ImageStore, Obtained
 from oscar_manager.backends.images.users import resolve_user
 from oscar_manager.backends.script import ImageRoot
 from oscar_manager.domain.service import Service
 from oscar_manager.errors import OscarError
 from oscar_manager.supervisor.deadline import Deadline
-from oscar_manager.supervisor.log import SupervisorLog
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +38,19 @@ class ImageMode(enum.StrEnum):
     AUTO = "auto"
 
 
+class PullLog(Protocol):
+    """Where a run says what became of its image (a job's log, an exposed service's)."""
+
+    def info(self, message: str) -> None: ...
+
+    def warning(self, message: str) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Chosen:
     root: ImageRoot | None  # None: this machine's tools
     env: Mapping[str, str]  # the image's Env (empty for host tools)
+    command: tuple[str, ...] = ()  # the image's Entrypoint then Cmd (empty for host tools)
 
 
 HOST_TOOLS: Final = Chosen(None, {})
@@ -58,14 +66,16 @@ class ServiceImages:
     def store(self) -> ImageStore | None:
         return self._store
 
-    @contextlib.asynccontextmanager
-    async def chosen(
-        self, service: Service, *, log: SupervisorLog, deadline: Deadline
-    ) -> AsyncIterator[Chosen]:
-        """The root for one run of ``service`` (kept from eviction until the run ends)."""
+    @property
+    def runs_images(self) -> bool:
+        """Do scripts run in their images here (when their registry answers)?"""
+        return self._store is not None and self._sandboxed
+
+    async def obtain(self, service: Service, *, log: PullLog, deadline: Deadline) -> Obtained | None:
+        """``service``'s image, pulled now if it is not cached (said in ``log``); None: this machine's
+        tools are used instead (said in ``log`` too)."""
         if self._store is None:
-            yield HOST_TOOLS
-            return
+            return None
         if not self._sandboxed:
             if self._mode is ImageMode.PULL:
                 raise ImageRefused("service images run only under bubblewrap, which does not work here")
@@ -73,8 +83,7 @@ class ServiceImages:
                 f"Image {service.image} not used: no bubblewrap here, the script runs with this machine's"
                 " tools"
             )
-            yield HOST_TOOLS
-            return
+            return None
         try:
             obtained = await deadline.run(
                 f"pulling image {service.image}",
@@ -84,8 +93,7 @@ class ServiceImages:
             if self._mode is ImageMode.PULL:
                 raise
             log.warning(f"{exc.message}: the script runs with this machine's tools (OSCAR_LOCAL_IMAGES=auto)")
-            yield HOST_TOOLS
-            return
+            return None
         image = obtained.image
         if obtained.stale is not None:
             log.warning(
@@ -96,10 +104,20 @@ class ServiceImages:
                 f"Pulled image {image.reference} ({image.digest}, {image.size} bytes) in"
                 f" {obtained.pulled_seconds:.2f} s"
             )
+        return obtained
+
+    @contextlib.asynccontextmanager
+    async def chosen(self, service: Service, *, log: PullLog, deadline: Deadline) -> AsyncIterator[Chosen]:
+        """The root for one run of ``service`` (kept from eviction until the run ends)."""
+        obtained = await self.obtain(service, log=log, deadline=deadline)
+        if obtained is None or self._store is None:
+            yield HOST_TOOLS
+            return
+        image = obtained.image
         uid, gid = await asyncio.to_thread(resolve_user, image.root, image.config.user, image=image.reference)
         root = ImageRoot(root=image.root, working_dir=image.config.working_dir, uid=uid, gid=gid)
         with self._store.in_use(image):
-            yield Chosen(root, dict(image.config.env))
+            yield Chosen(root, dict(image.config.env), image.config.command)
 
     def refresh(self, service: Service) -> None:
         """The service was created or updated: its image is resolved again at its next job."""

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,3 +43,12 @@ def busybox_base() -> bytes:
         return busybox_layer(static_busybox())
     except RuntimeError as exc:
         unavailable(str(exc))
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A folder the scripts' user can traverse (pytest's own temp folders are closed to others)."""
+    folder = Path(tempfile.mkdtemp(prefix="oscar-images-test-"))
+    os.chmod(folder, 0o711)  # noqa: S103 - traversable by the script user, as the manager's own
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

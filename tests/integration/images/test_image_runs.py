@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +44,6 @@ def service(image: str, script: str = PROBE, **fields: Any) -> Service:
         namespace="ns",
         minio=MinioDefault(endpoint="", region="", verify=True),
     )
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A folder the scripts' user can traverse (pytest's own temp folders are closed to others)."""
-    folder = Path(tempfile.mkdtemp(prefix="oscar-images-test-"))
-    os.chmod(folder, 0o711)  # noqa: S103 - traversable by the script user, as the manager's own
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def sandbox() -> Sandbox:

@@ -4,6 +4,7 @@ lists it with its size."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import shutil
@@ -65,3 +66,37 @@ async def test_serve_runs_a_service_in_its_pulled_image(
             assert cached["size"] > 1_000_000
     finally:
         stop_server(server)
+
+
+async def test_serve_exposes_a_service_from_its_image(
+    registry: Registry, busybox_base: bytes, image_dir: Path, tmp_path: Path
+) -> None:
+    """The exposed service's server is the image's (busybox httpd; the host's is not on the path inside),
+    reached through the manager's proxy, without a token as its definition allows."""
+    site = layer([Entry("www/index.html", b"an image's web page\n")])
+    # Port 80, as a web server's image says: a container's server may bind it, and so may this one.
+    image = OciImage([busybox_base, site], entrypoint=["/bin/busybox", "httpd", "-f", "-h", "/www"])
+    reference = registry.push("server/site", "v1", image)
+    env = {"OSCAR_LOCAL_IMAGES": "pull", "OSCAR_IMAGE_DIR": str(image_dir)}
+    server = start_server(tmp_path, free_port(), env=env)
+    try:
+        async with httpx.AsyncClient(
+            base_url=server.url, auth=("oscar", server.password()), timeout=60
+        ) as http:
+            body = service_body("site", image=reference, script="exit 1\n")
+            body["expose"] = {"api_port": 80, "default_command": True, "set_auth": False}
+            created = await http.post("/system/services", json=body)
+            assert created.status_code == 201, created.text
+            page = await eventually_ok(http, "/system/services/site/exposed/")
+            assert page.text == "an image's web page\n"
+    finally:
+        stop_server(server)
+
+
+async def eventually_ok(http: httpx.AsyncClient, path: str) -> httpx.Response:
+    for _ in range(300):
+        answer = await http.get(path, auth=None)
+        if answer.status_code == 200:
+            return answer
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{path} never answered 200: {answer.status_code} {answer.text}")
