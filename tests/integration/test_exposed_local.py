@@ -10,7 +10,7 @@ import asyncio
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -430,3 +430,77 @@ async def test_health_path_decides_readiness(exposer: LocalExposer) -> None:
     assert await is_state(exposer, service, "pending")
     await eventually(lambda: is_state(exposer, service, "ready"))
     assert (await get(await exposer.endpoint(service), "/healthz")).text == "ok\n"
+
+
+LOW_PORTS = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
+
+
+def hosts_low_ports() -> str:
+    """The first port anyone may bind on the host's network (this test process's namespace)."""
+    return Path(LOW_PORTS).read_text()
+
+
+async def test_a_server_may_bind_port_80_in_its_own_network_and_starts_after_its_relay(
+    exposer: LocalExposer,
+) -> None:
+    """As in a container: the relay opens the low ports of the sandbox's network before the script starts
+    (the script waits for it), whatever user the server runs as; the host's setting stays as it was."""
+    before = hosts_low_ports()
+    script = f"cat {LOW_PORTS} > low-ports-at-start\n" + HTTP_SERVER.format(port=80)
+    service = exposed_service(script, port=80)
+    await exposer.expose(service)
+    answer = await get(await exposer.endpoint(service), "/low-ports-at-start")
+    assert answer.text == "0\n"  # already open when the script's first line ran
+    assert hosts_low_ports() == before
+
+
+async def test_on_the_hosts_network_low_ports_stay_closed(exposer: LocalExposer) -> None:
+    """A service sharing the host's network gets no low port there: the relay never touches the host's
+    setting, and the server (an unprivileged user) cannot bind one."""
+    if int(hosts_low_ports()) <= 80:
+        pytest.skip("this host lets anyone bind port 80 already")
+    before = hosts_low_ports()
+    service = exposed_service(
+        HTTP_SERVER.format(port=80), port=80, annotations={LOCAL_NETWORK_ANNOTATION: "true"}
+    )
+    await exposer.expose(service)
+    state = await eventually(lambda: _state_if(exposer, service, "failed"))
+    assert "Permission denied" in state.reason
+    assert hosts_low_ports() == before
+
+
+async def _state_if(exposer: LocalExposer, service: Service, name: str) -> Any:
+    state = await exposer.state(service)
+    return state if state.state == name else None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs the relay as another user, which only root may")
+async def test_a_relay_that_cannot_enter_the_sandbox_fails_the_instance_saying_why(
+    sandbox: Sandbox, work_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relay joins the sandbox's network as the user who made it; another user may not, and the
+    instance is not left running unreachable."""
+    real = sandbox.host_command
+
+    def as_someone_else(argv: Sequence[str]) -> list[str]:
+        command = real(argv)
+        return [
+            "setpriv",
+            "--reuid=65533",
+            "--regid=65533",
+            "--clear-groups",
+            "--",
+            *command[command.index("--") + 1 :],
+        ]
+
+    monkeypatch.setattr(sandbox, "host_command", as_someone_else)
+    exposer = LocalExposer(sandbox=sandbox, work_root=work_root, timings=TIMINGS)
+    service = exposed_service(HTTP_SERVER.format(port=8080))
+    try:
+        await exposer.expose(service)
+        state = await eventually(lambda: _state_if(exposer, service, "failed"))
+        assert "its relay did not start" in state.reason
+        assert "cannot enter the sandbox's network namespace" in state.reason
+        assert deployment(exposer, service).instances == []
+    finally:
+        await exposer.close()
