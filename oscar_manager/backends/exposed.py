@@ -51,7 +51,7 @@ class Endpoint:
 
     ``unix_socket``: when set, connect to this Unix socket instead of the url's host and port (the url
     still gives the scheme and the Host header). The local backend's instances have no port reachable
-    from the manager's network: a relay inside each sandbox serves the instance's port on such a socket.
+    from the manager's network: a relay in each sandbox's network serves the instance's port on such a socket.
     Bytes pass through it unchanged (HTTP, websocket upgrades). A connection the relay accepts and closes
     without a byte (the caller reads an end of file, or a reset if its request was still unread) means
     nothing listens on ``api_port`` in the instance: answer it as :class:`ExposedUnreachable`, as a

@@ -3,13 +3,14 @@
 An instance is the service's script run with /bin/sh, as a job's, in the same bubblewrap sandbox and
 cgroup limits (memory, cpu, the service's network choice), with ``OSCAR_SERVICE_BASE_PATH``,
 ``OSCAR_SERVICE_NAME``, ``OSCAR_SERVICE_TOKEN`` and the service's variables and secrets in its environment.
-Its port is in a network namespace of its own, reached by the manager's proxy only, through a relay in
-the sandbox (``exposed_relay``): :meth:`LocalExposer.endpoint` answers a Unix socket. Instances are
+Its port is in a network namespace of its own, reached by the manager's proxy only, through a relay that
+joins that namespace from the host (``exposed_relay``): :meth:`LocalExposer.endpoint` answers a Unix
+socket. Instances are
 probed, restarted with backoff and scaled between ``min_scale`` and ``max_scale`` by one controller per
 service (``exposed_deployment``, ``exposed_policy``).
 
-Instances run in the service's image as its jobs do (``backends.images``; the relay stays on the host, so
-images need nothing but what their server needs). ``expose.default_command`` runs the image's Entrypoint
+Instances run in the service's image as its jobs do (``backends.images``; the relay is not in the image,
+so images need nothing but their server). ``expose.default_command`` runs the image's Entrypoint
 and Cmd; it is refused (400) where images are not run (``OSCAR_LOCAL_IMAGES=host``, no bubblewrap).
 
 What differs from a cluster:
