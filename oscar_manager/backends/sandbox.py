@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import functools
 import logging
 import os
 import shutil
@@ -24,7 +23,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Final, Literal
+from typing import Final, Literal
 
 from oscar_manager.backends.base import BackendUnavailable
 from oscar_manager.backends.bwrap import (
@@ -47,11 +46,10 @@ from oscar_manager.backends.cgroups import (
     JobLimits,
     host_cgroups,
 )
-from oscar_manager.backends.diskguard import DiskWatch
-from oscar_manager.backends.output import BoundedOutput
-from oscar_manager.backends.processes import feed, first_child, kill_group, write_all
+from oscar_manager.backends.processes import first_child, kill_group, write_all
 from oscar_manager.backends.sandbox_shell import script_env, shell_command
 from oscar_manager.backends.script import ScriptResult, ScriptRun
+from oscar_manager.backends.supervision import supervise
 from oscar_manager.errors import OscarError
 
 __all__ = [
@@ -68,9 +66,6 @@ log = logging.getLogger(__name__)
 
 # Between SIGTERM and SIGKILL to the script's process group once the timeout expires.
 KILL_GRACE_SECONDS: Final = 1.0
-# After the script exits, how long to wait for the end of its output (only a process that escaped the
-# process group can hold the pipe open that long).
-DRAIN_SECONDS: Final = 1.0
 
 
 async def _create_cgroup(cgroups: Cgroups, limits: JobLimits) -> JobCgroup:
@@ -231,8 +226,15 @@ class Sandbox:
             raise
         finally:
             os.close(write_fd)
-        return await self._supervise(
-            spawned.process, run=run, reader=reader, started=spawned.started, group=spawned.group
+        return await supervise(
+            spawned.process,
+            run=run,
+            reader=reader,
+            started=spawned.started,
+            group=spawned.group,
+            max_output=self._max_output,
+            stop=self._stop,
+            sandboxed=self._bwrap is not None,
         )
 
     async def spawn(
@@ -319,78 +321,10 @@ class Sandbox:
         if proc.returncode is None:
             await self._stop(proc, grace=grace)
         if self._bwrap is None:
-            kill_group(proc.pid, signal.SIGKILL)  # what the script left running, as in ``_supervise``
+            kill_group(proc.pid, signal.SIGKILL)  # what the script left running, as in ``supervise``
         if spawned.group is None:
             return None
         return await asyncio.shield(asyncio.to_thread(spawned.group.finish))
-
-    async def _supervise(
-        self,
-        proc: asyncio.subprocess.Process,
-        *,
-        run: ScriptRun,
-        reader: BinaryIO,
-        started: float,
-        group: JobCgroup | None,
-    ) -> ScriptResult:
-        loop = asyncio.get_running_loop()
-        output = BoundedOutput(self._max_output, loop.create_future())
-        transport: asyncio.BaseTransport | None = None
-        feeder: asyncio.Task[None] | None = None
-        timed_out = False
-        over_disk = False
-        usage: CgroupUsage | None = None
-        disk = None
-        if run.disk_bytes is not None:
-            kill = functools.partial(kill_group, proc.pid, signal.SIGKILL)
-            disk = DiskWatch(run.workdir, run.disk_bytes, kill=kill, group=group)
-        try:
-            transport, _ = await loop.connect_read_pipe(lambda: output, reader)
-            if proc.stdin is not None:
-                feeder = asyncio.create_task(feed(proc.stdin, run.stdin))
-            if disk is not None:
-                disk.start()
-            try:
-                async with asyncio.timeout(run.timeout):
-                    await proc.wait()
-            except TimeoutError:
-                timed_out = True
-                await self._stop(proc)
-            if self._bwrap is None:
-                # Like a container whose main process ends, whatever the script left running goes too
-                # (bubblewrap's pid namespace does that by itself). The group id cannot have been reused
-                # while any of its members is left.
-                kill_group(proc.pid, signal.SIGKILL)
-            duration = time.monotonic() - started
-            if disk is not None:
-                over_disk = await disk.stop()
-            await asyncio.wait([output.closed], timeout=DRAIN_SECONDS)
-        finally:
-            if disk is not None:
-                await disk.stop()
-            if group is not None:
-                usage = await asyncio.shield(asyncio.to_thread(group.finish))
-            if proc.returncode is None:
-                kill_group(proc.pid, signal.SIGKILL)
-                await asyncio.shield(proc.wait())
-            if transport is None:
-                reader.close()
-            else:
-                transport.close()
-            if feeder is not None:
-                feeder.cancel()
-                await asyncio.gather(feeder, return_exceptions=True)
-        code = proc.returncode
-        exit_code = None if timed_out or code is None else (128 - code if code < 0 else code)
-        return ScriptResult(
-            exit_code=exit_code,
-            timed_out=timed_out,
-            output=output.result(),
-            output_times=output.times(),
-            duration=duration,
-            usage=usage,
-            over_disk=over_disk,
-        )
 
     async def _stop(self, proc: asyncio.subprocess.Process, *, grace: float = KILL_GRACE_SECONDS) -> None:
         """SIGTERM to the script's process group, a grace period, then SIGKILL."""
