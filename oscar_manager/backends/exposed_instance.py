@@ -127,6 +127,7 @@ class Instance:
         self.failed_probes = 0
         self.exit_code: int | None = None
         self._spawned: Spawned | None = None
+        self._output: asyncio.ReadTransport | None = None  # the instance's stdout and stderr
         self._image = contextlib.AsyncExitStack()  # holds the image from eviction while the instance runs
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping: asyncio.Future[None] | None = None
@@ -156,7 +157,7 @@ class Instance:
                 raise
         except BaseException:
             if link is not None:
-                link.close()
+                await link.stop()
             shutil.rmtree(home, ignore_errors=True)
             raise
         return instance
@@ -197,7 +198,7 @@ class Instance:
         finally:
             os.close(write_fd)
         self._spawned = spawned
-        await loop.connect_read_pipe(lambda: self.log, reader)
+        self._output, _ = await loop.connect_read_pipe(lambda: self.log, reader)
         self._tasks = [
             asyncio.create_task(self._watch(spawned), name=f"exposed-{self.name}"),
             asyncio.create_task(self._follow_relay(), name=f"exposed-{self.name}-relay"),
@@ -207,6 +208,7 @@ class Instance:
         except BaseException:
             await sandbox.terminate(spawned, grace=0)
             await self._end_tasks()
+            self._output.close()
             raise
         self._tasks.append(asyncio.create_task(self._watch_relay(spawned), name=f"exposed-{self.name}-end"))
         # The relay is in the sandbox's network: the script may start (its sandbox waited on this line).
@@ -284,6 +286,8 @@ class Instance:
             await self._end_tasks()
             if not self.exited.done():
                 self.exited.set_result(None)
-            self.link.close()
+            await self.link.stop()
+            if self._output is not None:
+                self._output.close()  # what a process that left the sandbox's group still writes
             await self._image.aclose()
             await asyncio.to_thread(shutil.rmtree, self.home, True)

@@ -30,6 +30,7 @@ from oscar_manager.supervisor.stage import DEFAULT_PATH
 BACKLOG: Final = 128
 # What the relay says on its way out (why it could not start) is kept up to this.
 STDERR_BYTES: Final = 4096
+REAP_SECONDS: Final = 5.0  # for a killed relay to be reaped
 
 
 @cache
@@ -104,6 +105,13 @@ class RelayLink:
                 self.open_connections = int(lines[-1])
             self.up.set()
         self.open_connections = 0
+
+    async def stop(self) -> None:
+        """:meth:`close`, and the relay's end awaited (its process reaped, its pipes closed)."""
+        self.close()
+        if self.process is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.process.wait(), REAP_SECONDS)
 
     def close(self) -> None:
         """The relay ends (its control socket closed; killed too, in case it is stuck) and the socket's

@@ -504,3 +504,20 @@ async def test_a_relay_that_cannot_enter_the_sandbox_fails_the_instance_saying_w
         assert deployment(exposer, service).instances == []
     finally:
         await exposer.close()
+
+
+async def test_without_bubblewrap_one_instance_serves_on_the_hosts_network(work_root: Path) -> None:
+    """Opted in (``OSCAR_ALLOW_UNSANDBOXED``): no namespace to enter, the relay reaches the host's port."""
+    plain = Sandbox(
+        bwrap=None, allow_unsandboxed=True, run_as=unprivileged_user() if os.geteuid() == 0 else None
+    )
+    exposer = LocalExposer(sandbox=plain, work_root=work_root, timings=TIMINGS)
+    port = free_port()
+    service = exposed_service("echo plain > where.txt\n" + HTTP_SERVER.format(port=port), port=port)
+    try:
+        await exposer.expose(service)
+        answer = await get(await exposer.endpoint(service), "/where.txt")
+        assert answer.text == "plain\n"
+        assert len(deployment(exposer, service).instances) == 1
+    finally:
+        await exposer.close()
