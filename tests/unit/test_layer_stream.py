@@ -112,7 +112,6 @@ def test_root_writer_names_the_image_of_an_unreadable_layer(tmp_path: Path) -> N
 
 
 def test_a_read_of_nothing_gives_nothing() -> None:
-    # zlib takes a max_length of 0 as no bound: asked for nothing, it would give all of a layer at once.
     reader = UncompressedLayer(io.BytesIO(gzip.compress(bytes(100_000))))
     assert reader.read(0) == b""
     assert len(reader.read(4096)) == 4096

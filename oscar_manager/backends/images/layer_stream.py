@@ -4,8 +4,9 @@
 Decompressed here rather than by tarfile (``r|*``) so that the bytes hashed are exactly the bytes tarfile
 parses, and so that what tarfile leaves unread after the end-of-archive blocks (zero blocks, record padding)
 is read and counted too. Gzip (one member or several, as Go's reader and so Docker accept) or plain tar; a
-layer compressed otherwise is refused by name. Streaming throughout: decompressed output is asked for in
-the reader's sizes (``max_length``), so a small blob of zeros never expands in memory.
+layer compressed otherwise is refused by name. Streaming throughout: zlib gives at most ``_OUT`` bytes per
+call, so a small blob of zeros never expands in memory, and is fed ``_IN`` bytes at a time, because what it
+leaves unconsumed is copied at every call (fed a whole megabyte, a large layer took seconds more).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import io
 import zlib
 from typing import IO, Final
 
-CHUNK: Final = 1 << 20  # compressed bytes read from the blob at once
 _HEAD: Final = 512  # bytes read first, to tell a compression by its magic number
+_IN: Final = 64 << 10  # compressed bytes read from the blob at once
+_OUT: Final = 256 << 10  # decompressed bytes at most per zlib call
 GZIP_MAGIC: Final = b"\x1f\x8b"
 _GZIP_WBITS: Final = 31  # zlib: a gzip header and trailer (its CRC-32 and length are checked)
 _OTHER_COMPRESSIONS: Final = {
@@ -40,6 +42,8 @@ class UncompressedLayer(io.RawIOBase):
         self._hash = hashlib.sha256()
         # Enough to tell the compression by; then what is read and not yet given to the decompressor.
         self._input = source.read(_HEAD)
+        self._output = b""  # decompressed, from ``_offset`` on not yet read
+        self._offset = 0
         self._gzip: zlib._Decompress | None = None
         if self._input.startswith(GZIP_MAGIC):
             self._gzip = zlib.decompressobj(_GZIP_WBITS)
@@ -55,16 +59,20 @@ class UncompressedLayer(io.RawIOBase):
         """At most ``size`` bytes of the tar (all that is left when negative); empty only at its end."""
         if size < 0:
             return self.readall()
-        if size == 0:  # zlib reads a max_length of 0 as no bound at all
-            return b""
-        data = self._read_plain(size) if self._gzip is None else self._read_gzip(size)
+        if self._gzip is None:
+            data = self._read_plain(size)
+        else:
+            if self._offset >= len(self._output):
+                self._output, self._offset = self._inflate(), 0
+            data = self._output[self._offset : self._offset + size]
+            self._offset += len(data)
         self._hash.update(data)
         return data
 
     def finish(self) -> str:
         """Reads the rest of the stream (hashed too: what follows the archive's last member) and returns
         the tar's digest, ``sha256:<hex>``."""
-        while self.read(CHUNK):
+        while self.read(_OUT):
             pass
         return "sha256:" + self._hash.hexdigest()
 
@@ -74,22 +82,23 @@ class UncompressedLayer(io.RawIOBase):
             return data
         return self._source.read(size)
 
-    def _read_gzip(self, size: int) -> bytes:
+    def _inflate(self) -> bytes:
+        """The next decompressed piece; empty at the end of the blob."""
         assert self._gzip is not None
         try:
             while True:
                 if self._gzip.eof:
                     # A member ended: what follows is another member, or the end of the blob.
                     if not self._input:
-                        self._input = self._source.read(CHUNK)
+                        self._input = self._source.read(_IN)
                     if not self._input:
                         return b""
                     self._gzip = zlib.decompressobj(_GZIP_WBITS)
                 if not self._input:
-                    self._input = self._source.read(CHUNK)
+                    self._input = self._source.read(_IN)
                     if not self._input:
                         raise UnreadableLayer("its gzip stream ends before its last member does")
-                data = self._gzip.decompress(self._input, size)
+                data = self._gzip.decompress(self._input, _OUT)
                 # At a member's end the input left is unused_data (unconsumed_tail may repeat it).
                 self._input = self._gzip.unused_data if self._gzip.eof else self._gzip.unconsumed_tail
                 if data:
