@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from oscar_manager.backends.images.errors import ImageRefused
-from oscar_manager.backends.images.layer_stream import UncompressedLayer, UnreadableLayer
+from oscar_manager.backends.images.layer_stream import AFTER_ARCHIVE, UncompressedLayer, UnreadableLayer
 from oscar_manager.backends.images.unpack import Budget, RootWriter
 from tests.support.oci_registry import Entry, layer
 
@@ -57,6 +57,17 @@ def test_gzip_of_several_members_is_read_to_its_last() -> None:
     names, digest = _parse_then_finish(gzip.compress(tar[:middle]) + gzip.compress(tar[middle:]))
     assert names == ["etc/motd", "bin", "big"]
     assert digest == _digest(tar)
+
+
+@pytest.mark.parametrize("compress", [True, False], ids=["gzip", "plain"])
+def test_what_follows_the_archive_is_bounded(compress: bool) -> None:
+    # Some zeros after the archive pass (up to a megabyte, with the writer's own end blocks and padding);
+    # more is refused, not hashed for ever.
+    fits = _tar() + bytes(AFTER_ARCHIVE - tarfile.RECORDSIZE)
+    assert _parse_then_finish(gzip.compress(fits) if compress else fits)[1] == _digest(fits)
+    flood = _tar() + bytes(AFTER_ARCHIVE + 1024 * 512)
+    with pytest.raises(UnreadableLayer, match=f"more than {AFTER_ARCHIVE} bytes follow the end of its tar"):
+        _parse_then_finish(gzip.compress(flood) if compress else flood)
 
 
 def test_reads_are_bounded_by_the_size_asked() -> None:

@@ -6,7 +6,11 @@ parses, and so that what tarfile leaves unread after the end-of-archive blocks (
 is read and counted too. Gzip (one member or several, as Go's reader and so Docker accept) or plain tar; a
 layer compressed otherwise is refused by name. Streaming throughout: zlib gives at most ``_OUT`` bytes per
 call, so a small blob of zeros never expands in memory, and is fed ``_IN`` bytes at a time, because what it
-leaves unconsumed is copied at every call (fed a whole megabyte, a large layer took seconds more).
+leaves unconsumed is copied at every call (fed a whole megabyte, a 200 MB layer took a second more).
+
+What follows the archive's end is bounded (``AFTER_ARCHIVE``): a tar writer leaves there a zero block and
+its record padding, some kilobytes; a blob of compressed zeros there would be hashed for hours, and the
+unpack budget (what the root takes) does not count it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import IO, Final
 _HEAD: Final = 512  # bytes read first, to tell a compression by its magic number
 _IN: Final = 64 << 10  # compressed bytes read from the blob at once
 _OUT: Final = 256 << 10  # decompressed bytes at most per zlib call
+AFTER_ARCHIVE: Final = 1 << 20  # bytes read at most after the archive's last member
 GZIP_MAGIC: Final = b"\x1f\x8b"
 _GZIP_WBITS: Final = 31  # zlib: a gzip header and trailer (its CRC-32 and length are checked)
 _OTHER_COMPRESSIONS: Final = {
@@ -70,10 +75,13 @@ class UncompressedLayer(io.RawIOBase):
         return data
 
     def finish(self) -> str:
-        """Reads the rest of the stream (hashed too: what follows the archive's last member) and returns
-        the tar's digest, ``sha256:<hex>``."""
-        while self.read(_OUT):
-            pass
+        """Reads the rest of the stream (hashed too: what follows the archive's last member, at most
+        ``AFTER_ARCHIVE`` bytes) and returns the tar's digest, ``sha256:<hex>``."""
+        after = 0
+        while piece := self.read(_OUT):
+            after += len(piece)
+            if after > AFTER_ARCHIVE:
+                raise UnreadableLayer(f"more than {AFTER_ARCHIVE} bytes follow the end of its tar archive")
         return "sha256:" + self._hash.hexdigest()
 
     def _read_plain(self, size: int) -> bytes:
