@@ -23,11 +23,21 @@ from tests.support.components import free_port
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 CONFIG = "application/vnd.oci.image.config.v1+json"
 
 
 def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _gzipped(blob: bytes) -> bool:
+    return blob[:2] == b"\x1f\x8b"
+
+
+def diff_id(blob: bytes) -> str:
+    """The digest of a layer's uncompressed tar (what a configuration's rootfs.diff_ids lists)."""
+    return sha256(gzip.decompress(blob) if _gzipped(blob) else blob)
 
 
 @dataclass
@@ -82,6 +92,7 @@ class OciImage:
     architecture: str = "amd64"
     entrypoint: list[str] | None = None
     cmd: list[str] | None = None
+    diff_ids: list[str] | None = None  # None: the layers' own (tests of refused images set others)
 
     def config(self) -> bytes:
         return json.dumps(
@@ -97,7 +108,9 @@ class OciImage:
                 },
                 "rootfs": {
                     "type": "layers",
-                    "diff_ids": [sha256(gzip.decompress(blob)) for blob in self.layers],
+                    "diff_ids": [diff_id(blob) for blob in self.layers]
+                    if self.diff_ids is None
+                    else self.diff_ids,
                 },
             }
         ).encode()
@@ -110,7 +123,11 @@ class OciImage:
                 "mediaType": OCI_MANIFEST,
                 "config": {"mediaType": CONFIG, "digest": sha256(config), "size": len(config)},
                 "layers": [
-                    {"mediaType": LAYER_GZIP, "digest": sha256(blob), "size": len(blob)}
+                    {
+                        "mediaType": LAYER_GZIP if _gzipped(blob) else LAYER_TAR,
+                        "digest": sha256(blob),
+                        "size": len(blob),
+                    }
                     for blob in self.layers
                 ],
             }

@@ -1,5 +1,6 @@
-"""The parts of an OCI image configuration a runtime honours here: architecture, Env, WorkingDir, User, and
-the default command (Entrypoint then Cmd, which an exposed service with ``default_command`` runs)."""
+"""The parts of an OCI image configuration a runtime honours here: architecture, Env, WorkingDir, User, the
+default command (Entrypoint then Cmd, which an exposed service with ``default_command`` runs), and
+``rootfs.diff_ids``, which every layer's uncompressed tar is checked against."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from oscar_manager.backends.images.errors import ImagePullFailed, ImageRefused
+from oscar_manager.backends.images.reference import DIGEST
 
 # platform.machine() -> the OCI (GOARCH) name.
 _ARCHITECTURES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm"}
@@ -83,3 +85,21 @@ def check_platform(os_name: str, architecture: str, *, image: str) -> None:
         raise ImageRefused(f"image {image} is for {os_name}/{architecture}: only linux images run here")
     if architecture and architecture != here:
         raise ImageRefused(f"image {image} is for {architecture}, and this machine is {here}")
+
+
+def check_diff_ids(config: ImageConfig, layers: int, *, image: str) -> None:
+    """One sha256 diff_id per layer of the manifest: what each unpacked layer is then checked against. A
+    configuration without any is refused too (as Docker does): its layers could not be checked."""
+    if not config.diff_ids:
+        raise ImageRefused(
+            f"image {image}: its configuration lists no rootfs.diff_ids, so its layers cannot be checked:"
+            " refused"
+        )
+    if len(config.diff_ids) != layers:
+        raise ImageRefused(
+            f"image {image}: its manifest has {layers} layers and its configuration {len(config.diff_ids)}"
+            " rootfs.diff_ids: refused"
+        )
+    for diff_id in config.diff_ids:
+        if not DIGEST.fullmatch(diff_id):
+            raise ImageRefused(f"image {image}: unsupported diff_id {diff_id!r} (sha256 only)")

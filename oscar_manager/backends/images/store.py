@@ -5,6 +5,11 @@ against its digest before it is kept), ``roots/<hex>`` (the unpacked root file s
 manifest has that digest), ``partial/`` (downloads and unpacks in progress, swept at start) and
 ``index.json`` (what is cached, which reference resolved to which digest, when each was last used).
 
+Each layer is checked twice: its blob against the manifest's digest as it is downloaded, its uncompressed
+tar against the configuration's ``rootfs.diff_ids`` as it is unpacked (one diff_id per layer). An image
+whose configuration lists no diff_ids is refused, as Docker refuses it: its layers could not be checked.
+A refused image leaves nothing: its partial root is removed, it is not recorded, its blobs are dropped.
+
 A reference is resolved at the registry once and then kept (as Kubernetes' ``IfNotPresent``): a warm job
 costs no request. Concurrent jobs of one reference wait on one pull, which a job's cancellation (its
 timeout) does not stop for the others. Past the bound, the least recently used images no job is using go.
@@ -24,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from oscar_manager.backends.images.config import ImageConfig, parse_config
+from oscar_manager.backends.images.config import ImageConfig, check_diff_ids, parse_config
 from oscar_manager.backends.images.credentials import Credentials
 from oscar_manager.backends.images.errors import ImageRefused, ImageTooLarge, RegistryUnreachable
 from oscar_manager.backends.images.index import Entry, IndexState, read_index, write_index
@@ -253,6 +258,7 @@ class ImageStore:
                 f" of {self._max_bytes} bytes (OSCAR_IMAGE_CACHE_BYTES)"
             )
         config = parse_config(await client.small_blob(manifest.config), image=ref)
+        check_diff_ids(config, len(manifest.layers), image=ref)  # before any layer is downloaded
         self._evict(room_for=download)
         partial = self._folder / "partial"
         for layer in manifest.layers:
@@ -287,9 +293,14 @@ class ImageStore:
             try:
                 budget = Budget(max(room, 0))
                 writer = RootWriter(root_fd, image=ref, budget=budget)
-                for layer in manifest.layers:
+                for layer, expected in zip(manifest.layers, config.diff_ids, strict=True):
                     with open(self._blob(layer.digest), "rb") as stream:
-                        writer.apply(stream)
+                        found = writer.apply(stream)
+                    if found != expected:
+                        raise ImageRefused(
+                            f"image {ref}: layer {layer.digest} unpacks to a tar of digest {found}, but the"
+                            f" image's configuration names {expected} (its diff_id): refused"
+                        )
                 writer.finish(working_dir=config.working_dir)
             finally:
                 os.close(root_fd)

@@ -7,8 +7,9 @@ refused, and so are hard links to what is not inside the root. Whiteouts (``.wh.
 layers made, opaque markers (``.wh..wh..opq``) empty a folder of them. Set-user and set-group bits are
 dropped (the sandbox sets no_new_privs anyway); device nodes are skipped (the sandbox has its own /dev).
 
-Python's tarfile reads the archive (gzip or plain, streamed); its ``data`` filter is not used, because it
-resolves paths on the real file system by name, which is what this module must not do.
+Python's tarfile reads the archive (streamed, decompressed and hashed by ``layer_stream``: ``apply``
+returns the layer's diff_id); its ``data`` filter is not used, because it resolves paths on the real file
+system by name, which is what this module must not do.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import IO, Final
 
 from oscar_manager.backends.images.errors import ImageRefused, ImageTooLarge
+from oscar_manager.backends.images.layer_stream import UncompressedLayer, UnreadableLayer
 
 WHITEOUT: Final = ".wh."
 OPAQUE: Final = ".wh..wh..opq"
@@ -128,13 +130,18 @@ class RootWriter:
 
     # --- layers ------------------------------------------------------------------------------------
 
-    def apply(self, stream: IO[bytes]) -> None:
-        """One layer (a tar stream, gzip-compressed or not)."""
+    def apply(self, stream: IO[bytes]) -> str:
+        """One layer (a tar stream, gzip-compressed or not); returns its diff_id, the digest of the
+        uncompressed tar (all of it, to the end of the stream)."""
         added: set[tuple[str, ...]] = set()
         try:
-            with tarfile.open(fileobj=stream, mode="r|*") as archive:
+            tar = UncompressedLayer(stream)
+            with tarfile.open(fileobj=tar, mode="r|") as archive:
                 for member in archive:
                     self._member(archive, member, added)
+            return tar.finish()
+        except UnreadableLayer as exc:
+            raise ImageRefused(f"image {self.image}: a layer cannot be read: {exc}") from None
         except tarfile.TarError as exc:
             raise ImageRefused(f"image {self.image}: a layer is not a readable tar archive: {exc}") from None
 
