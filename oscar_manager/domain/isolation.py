@@ -52,6 +52,12 @@ def user_bucket_name(bucket: str, uid: str) -> str:
     return f"{bucket}-{prefix or hashlib.sha256(uid.encode()).hexdigest()[:UID_PREFIX]}"
 
 
+def possible_sources(bucket: str) -> list[str]:
+    """The names a service that uses ``bucket`` has in its definition: ``bucket`` itself, or the input
+    bucket a user's private bucket of that name would be made from (what comes before one of its dashes)."""
+    return [bucket, *(bucket[:at] for at, char in enumerate(bucket) if char == "-" and at > 0)]
+
+
 def _input_buckets(inputs: Iterable[tuple[str, str]]) -> list[str]:
     """The buckets of (provider, path) inputs on ``minio.default``, in order, once each."""
     buckets: dict[str, None] = {}

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from oscar_manager.domain.buckets import ADMIN_OWNER, BucketRecord, allowed_users
-from oscar_manager.domain.isolation import user_buckets, with_bucket_list
+from oscar_manager.domain.buckets import ADMIN_OWNER, BucketRecord, StorageUse, allowed_users
+from oscar_manager.domain.isolation import possible_sources, user_buckets, user_buckets_of, with_bucket_list
 from oscar_manager.domain.principal import Principal
 from oscar_manager.domain.providers import ProviderRef
-from oscar_manager.domain.service import Service, StorageIOConfig
+from oscar_manager.domain.service import Service
 from oscar_manager.errors import Forbidden
 from oscar_manager.registry import Transaction
 from oscar_manager.storage.base import ObjectStore
@@ -24,21 +24,24 @@ from oscar_manager.storage.providers import DEFAULT_PROVIDER
 from oscar_manager.supervisor.stage import split_path
 
 
-def _default_paths(configs: Iterable[StorageIOConfig]) -> list[tuple[str, str]]:
-    return [
-        split_path(io_config.path)
-        for io_config in configs
-        if str(ProviderRef(io_config.storage_provider)) == DEFAULT_PROVIDER
-    ]
+def _default_paths(uses: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [split_path(path) for provider, path in uses if str(ProviderRef(provider)) == DEFAULT_PROVIDER]
 
 
 def own_paths(service: Service, kinds: str = "io") -> list[tuple[str, str]]:
     """(bucket, folder) of the inputs and/or outputs on the manager's own storage, the users' private
     buckets of USER isolation (``domain.isolation``) included: their input and output folders."""
-    inputs = _default_paths(service.input)
-    outputs = _default_paths(service.output)
+    return own_paths_of(StorageUse.of(service), kinds)
+
+
+def own_paths_of(use: StorageUse, kinds: str = "io") -> list[tuple[str, str]]:
+    inputs = _default_paths(use.inputs)
+    outputs = _default_paths(use.outputs)
     paths = [*(inputs if "i" in kinds else []), *(outputs if "o" in kinds else [])]
-    for bucket in user_buckets(service):
+    users = user_buckets_of(
+        use.inputs, isolation_level=use.isolation_level, allowed_users=use.allowed_users, owner=use.owner
+    )
+    for bucket in users:
         if "i" in kinds:
             paths += [(bucket.name, folder) for source, folder in inputs if source == bucket.source]
         if "o" in kinds:
@@ -48,6 +51,16 @@ def own_paths(service: Service, kinds: str = "io") -> list[tuple[str, str]]:
 
 def own_buckets(service: Service) -> set[str]:
     return {bucket for bucket, _folder in own_paths(service)}
+
+
+async def _users_of(tx: Transaction, bucket: str) -> list[str]:
+    """The services using ``bucket``, the oldest first: found among those whose definition names it (or
+    the input bucket it would be a user's private bucket of), from a few fields of theirs."""
+    # A stored path is normalised "<bucket>/<folder>" (``domain.service``): in the definition's JSON text
+    # a path in that bucket starts '"<bucket>/', which few other strings do.
+    starts = [f'"{name}/' for name in possible_sources(bucket)]
+    uses = await tx.services.storage_uses(mentioning=starts)
+    return [use.name for use in uses if any(bucket == used for used, _folder in own_paths_of(use))]
 
 
 def with_user_buckets(service: Service) -> Service:
@@ -135,9 +148,10 @@ async def _release(tx: Transaction, bucket: str, *, previous_service: str, now: 
     current = await tx.buckets.get(bucket)
     if current is None or current.service != previous_service:
         return  # another service made it its own since: its record stands
-    users = [service for service in await tx.services.list_by_creation() if bucket in own_buckets(service)]
-    if users:
-        await tx.buckets.put(service_records(users[-1])[bucket], now=now)
+    users = await _users_of(tx, bucket)
+    latest = await tx.services.get(users[-1]) if users else None
+    if latest is not None:
+        await tx.buckets.put(service_records(latest)[bucket], now=now)
     else:
         await tx.buckets.put(BucketRecord(name=bucket, owner=current.owner), now=now)
 
@@ -145,16 +159,19 @@ async def _release(tx: Transaction, bucket: str, *, previous_service: str, now: 
 async def adopt(tx: Transaction) -> set[str]:
     """Record the buckets of services made before buckets had records (once, at start-up): each takes
     the owner of the last service created using it. Returns the buckets recorded."""
-    latest: dict[str, BucketRecord] = {}
-    for service in await tx.services.list_by_creation():
-        latest.update(service_records(service))
+    latest: dict[str, str] = {}  # bucket -> the last service created using it
+    for use in await tx.services.storage_uses():
+        latest.update((bucket, use.name) for bucket, _folder in own_paths_of(use))
     missing = set(latest) - set(await tx.buckets.many(latest))
+    makers = {
+        service.name: service for service in await tx.services.get_many(sorted({latest[b] for b in missing}))
+    }
     now = datetime.now(UTC)
     for bucket in sorted(missing):
-        await tx.buckets.put(latest[bucket], now=now)
+        await tx.buckets.put(service_records(makers[latest[bucket]])[bucket], now=now)
     return missing
 
 
 async def using_bucket(tx: Transaction, bucket: str) -> list[str]:
     """Services whose inputs or outputs are in ``bucket`` of the manager's own storage."""
-    return [service.name for service in await tx.services.list() if bucket in own_buckets(service)]
+    return sorted(await _users_of(tx, bucket))

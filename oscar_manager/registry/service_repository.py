@@ -10,10 +10,11 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, cast, delete, select
+from sqlalchemy import String, cast, delete, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from oscar_manager.domain.buckets import StorageUse
 from oscar_manager.domain.events import InputRoute, isolated_inputs
 from oscar_manager.domain.service import Service
 from oscar_manager.errors import Conflict
@@ -37,6 +38,11 @@ def _definition(service: Service) -> dict[str, Any]:
     data = service.model_dump(mode="json", by_alias=True)
     data["environment"]["secrets"] = {}
     return data
+
+
+def _paths(field: list[dict[str, Any]] | None) -> tuple[tuple[str, str], ...]:
+    """(storage_provider, path) of each input or output of a stored definition."""
+    return tuple((str(io.get("storage_provider", "")), str(io.get("path", ""))) for io in field or [])
 
 
 def _to_service(row: ServiceRow) -> Service:
@@ -107,6 +113,35 @@ class ServiceRepository:
                 for provider, bucket, folder in folders
             ]
         return routes
+
+    async def storage_uses(self, *, mentioning: Sequence[str] = ()) -> list[StorageUse]:
+        """What each service's buckets are made from (``StorageUse``: a few fields of its definition, not
+        the whole validated), the oldest first. With ``mentioning``, only the services whose definition
+        holds one of those strings as text: a cheap superset of those using a given bucket."""
+        query = select(
+            ServiceRow.name,
+            ServiceRow.owner,
+            ServiceRow.definition["input"],
+            ServiceRow.definition["output"],
+            ServiceRow.definition["isolation_level"].as_string(),
+            ServiceRow.definition["allowed_users"],
+        ).order_by(ServiceRow.created_at, ServiceRow.name)
+        if mentioning:
+            text = cast(ServiceRow.definition, String)
+            query = query.where(or_(*(text.contains(name, autoescape=True) for name in mentioning)))
+        return [
+            StorageUse(
+                name=name,
+                owner=owner,
+                inputs=_paths(inputs),
+                outputs=_paths(outputs),
+                isolation_level=isolation_level or "",
+                allowed_users=tuple(str(uid) for uid in allowed_users or []),
+            )
+            for name, owner, inputs, outputs, isolation_level, allowed_users in await self._session.execute(
+                query
+            )
+        ]
 
     async def exposed_names(self) -> list[str]:
         """Names of the services whose definition sets ``expose.api_port``, the oldest first: that one field
