@@ -1,9 +1,10 @@
-"""The local store's blocking work on its bucket folders, always called in a worker thread.
+"""The local store's work on its bucket folders: the blocking steps (always run in a worker thread) and the
+lexical checks of the names they open.
 
 Each step walks from the storage root one directory at a time, never following a link (``local_dirs``),
 and turns what the file system answers into the store's errors: a missing bucket is ``BucketNotFound``, a
-file or folder in the way is a ``Conflict``, a segment too long for the file system an ``InvalidKey``. The
-names of buckets and keys are checked here too, lexically, before any path is opened.
+file or folder in the way is a ``Conflict``, a segment too long for the file system an ``InvalidKey``.
+Bucket names and keys are checked (``bucket_path``, ``object_path``) before any path is opened.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from oscar_manager.storage.nofollow import open_regular
 
 class BucketFolders:
     """The bucket folders under ``root`` (absolute): names checked, paths walked, files stat'ed, published
-    and removed. Every method blocks."""
+    and removed. Every method but the three name checks blocks."""
 
     def __init__(self, root: Path) -> None:
         self._root = root
