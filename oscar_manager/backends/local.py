@@ -4,7 +4,9 @@ Stage-in and stage-out run here, in the manager, through the supervisor function
 storage clients; only the user's script runs in a child process, sandboxed by bubblewrap when available.
 Credentials therefore never enter the sandbox, and no interpreter is started per job. The script runs in
 its service's image (pulled once, unpacked, bound read-only as the sandbox's root) or, where images are
-off or out of reach, with this machine's tools (``backends.images.service_images``).
+off or out of reach, with this machine's tools (``backends.images.service_images``). This module keeps the
+queue, its workers and what ends a job or a sync run; one run itself (workspace, stage-in, image, sandboxed
+script) is ``backends.local_run``.
 """
 
 from __future__ import annotations
@@ -13,9 +15,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,38 +31,24 @@ from oscar_manager.backends.base import (
 from oscar_manager.backends.exposed import Exposer
 from oscar_manager.backends.exposed_local import LocalExposer
 from oscar_manager.backends.exposed_policy import ExposeTimings
-from oscar_manager.backends.images.service_images import ImageMode, ServiceImages, merged_env
+from oscar_manager.backends.images.service_images import ImageMode, ServiceImages
+from oscar_manager.backends.local_run import LocalRunner
 from oscar_manager.backends.machine import this_machine
-from oscar_manager.backends.sandbox import Sandbox, ScriptResult, ScriptRun
+from oscar_manager.backends.sandbox import Sandbox
 from oscar_manager.domain.cluster import NodeStatus
 from oscar_manager.domain.jobs import JobOutcome, JobStatus
-from oscar_manager.domain.quantities import quantity_bytes, quantity_cores
-from oscar_manager.domain.service import Service, wants_network
+from oscar_manager.domain.service import Service
 from oscar_manager.errors import OscarError
 from oscar_manager.storage.base import STORE_FAULTS
 from oscar_manager.storage.blocking import run_blocking
-from oscar_manager.storage.providers import ServiceProviders, Stores
+from oscar_manager.storage.providers import Stores
 from oscar_manager.supervisor.answer import SyncAnswer, render_response
 from oscar_manager.supervisor.deadline import Deadline, StagingTimeout
 from oscar_manager.supervisor.log import SupervisorLog
-from oscar_manager.supervisor.stage import Invocation, script_environment, stage_in, stage_out
-from oscar_manager.supervisor.workspace import SCRIPT_NAME, Workspace
+from oscar_manager.supervisor.stage import stage_out
+from oscar_manager.supervisor.workspace import Workspace
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Run:
-    """The outcome of staging in and running the script once."""
-
-    invocation: Invocation
-    result: ScriptResult
-    bounds_hit: list[str]  # the job's bounds that stopped it, as log sentences
-    stores: ServiceProviders  # the service's providers, for the uploads that follow a successful run
-
-    @property
-    def succeeded(self) -> bool:
-        return not self.result.timed_out and self.result.exit_code == 0 and not self.bounds_hit
 
 
 class LocalBackend:
@@ -83,14 +69,19 @@ class LocalBackend:
         expose_timings: ExposeTimings | None = None,
         images: ServiceImages | None = None,
     ) -> None:
-        self._stores = stores
         self._images = images or ServiceImages(None, mode=ImageMode.HOST, sandboxed=sandbox.sandboxed)
         self._sandbox = sandbox
         self._work_root = work_root
         self._concurrency = concurrency
         self._job_timeout = job_timeout
-        self._max_pids = max_pids
-        self._disk_bytes = disk_bytes
+        self._runner = LocalRunner(
+            stores=stores,
+            sandbox=sandbox,
+            images=self._images,
+            work_root=work_root,
+            max_pids=max_pids,
+            disk_bytes=disk_bytes,
+        )
         self._queue: asyncio.Queue[JobRequest] = asyncio.Queue()
         self._queued: set[str] = set()
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -212,7 +203,7 @@ class LocalBackend:
         assert self._reporter is not None
         await self._reporter.started(request.job_id, at=datetime.now(UTC))
         supervisor_log = SupervisorLog(request.service.log_level)
-        workspace = self._workspace()
+        workspace = self._runner.workspace()
         try:
             outcome = await self._job_outcome(request, workspace, supervisor_log)
         except STORE_FAULTS as exc:
@@ -230,7 +221,7 @@ class LocalBackend:
         exit_code: int | None = None
         deadline = Deadline(self._job_timeout)
         try:
-            run = await self._run(
+            run = await self._runner.run(
                 service=request.service,
                 body=request.payload,
                 job_id=request.job_id,
@@ -272,12 +263,12 @@ class LocalBackend:
 
     async def run_sync(self, request: SyncRequest) -> SyncAnswer:
         slog = SupervisorLog(request.service.log_level)
-        workspace = self._workspace(prefix="run-")
+        workspace = self._runner.workspace(prefix="run-")
         # One deadline for staging in, the script, staging out and the response; a sync slot is held only
         # while the script runs, so a provider that never answers cannot starve other services' runs.
         deadline = Deadline(request.timeout)
         try:
-            run = await self._run(
+            run = await self._runner.run(
                 service=request.service,
                 body=request.body,
                 job_id=f"{request.service.name}-run",
@@ -317,95 +308,3 @@ class LocalBackend:
             raise RunTimeout(exc.message) from None
         finally:
             await asyncio.to_thread(workspace.cleanup)
-
-    # --- shared ------------------------------------------------------------------------------------
-
-    def _workspace(self, prefix: str = "job-") -> Workspace:
-        workspace = Workspace.create(self._work_root, prefix=prefix)
-        owner = self._sandbox.runs_as
-        if owner is not None:
-            # Scripts run as an unprivileged user: their folders must be theirs (the manager reaches them
-            # only through the descriptors the workspace holds, so what the script does there is its own).
-            try:
-                workspace.chown(*owner)
-            except BaseException:
-                workspace.cleanup()
-                raise
-        return workspace
-
-    async def _run(
-        self,
-        *,
-        service: Service,
-        body: bytes,
-        job_id: str,
-        workspace: Workspace,
-        slog: SupervisorLog,
-        deadline: Deadline,
-        any_bucket: bool = False,
-        slots: asyncio.Semaphore | None = None,
-    ) -> _Run:
-        self._sandbox.check_allowed()  # at once, before anything is staged for a script that cannot run
-        invocation = Invocation.read(body)
-        async with self._images.chosen(service, log=slog, deadline=deadline) as chosen:
-            stores = await self._stores.for_service(service)
-            input_path = await stage_in(
-                invocation=invocation,
-                service=service,
-                stores=stores,
-                workspace=workspace,
-                log=slog,
-                any_bucket=any_bucket,
-                deadline=deadline,
-            )
-            env = script_environment(
-                service=service,
-                invocation=invocation,
-                input_path=input_path,
-                workspace=workspace,
-                job_id=job_id,
-                visible_path=lambda path: self._sandbox.job_path(workspace.root, path),
-            )
-            if chosen.root is not None:
-                env = merged_env(chosen.env, env, service)
-            await asyncio.to_thread(workspace.write_script, service.script)
-            owner = self._sandbox.runs_as
-            if owner is not None:
-                # Under the private umask (077) the staged files are the manager's alone: give them to the
-                # script.
-                await asyncio.to_thread(_hand_over, workspace, owner)
-            async with contextlib.AsyncExitStack() as slot:
-                if slots is not None:
-                    await deadline.run("waiting for a free slot to run the script", slots.acquire())
-                    slot.callback(slots.release)
-                slog.info("Running the user script")
-                script_run = ScriptRun(
-                    workdir=workspace.root,
-                    script=SCRIPT_NAME,
-                    env=env,
-                    timeout=deadline.remaining(),  # what staging in left of the job's time
-                    memory_bytes=quantity_bytes(service.memory),
-                    network=wants_network(service),
-                    cpu_cores=quantity_cores(service.cpu),
-                    max_pids=self._max_pids,
-                    disk_bytes=self._disk_bytes,
-                    image=chosen.root,
-                )
-                result = await self._sandbox.run(script_run)
-            slog.output(result.output.decode("utf-8", errors="replace"), result.output_times)
-            bounds_hit = result.bounds_hit(script_run)
-            for reason in bounds_hit:
-                slog.error(reason)
-            if result.timed_out:
-                slog.error(f"The script was killed after the {deadline.seconds:g} s timeout")
-            elif result.exit_code != 0:
-                slog.error(f"The script exited with code {result.exit_code}")
-            return _Run(invocation=invocation, result=result, bounds_hit=bounds_hit, stores=stores)
-
-
-def _hand_over(workspace: Workspace, owner: tuple[int, int]) -> None:
-    """Everything in the workspace (written by the manager, before the script runs) to the script's user,
-    walked from the held root descriptor."""
-    for _, dirs, files, dir_fd in os.fwalk(".", dir_fd=workspace.root_fd, follow_symlinks=False):
-        for name in [*dirs, *files]:
-            os.chown(name, *owner, dir_fd=dir_fd, follow_symlinks=False)

@@ -12,34 +12,24 @@ because of what is already on disk (``a`` is a folder, or ``a`` is a file and ``
 ``Conflict``.
 
 The class keeps the buckets' layout and what each operation means; the steps it is built from live beside
-it: ``local_dirs`` (the no-follow walk), ``local_files`` (staged writes, copies, chunked reads) and
+it: ``local_folders`` (the blocking work on the bucket folders, each path walked without following links),
+``local_dirs`` (the no-follow walk), ``local_files`` (staged writes, copies, chunked reads) and
 ``local_listing`` (object infos and the listing walk).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import secrets
 import shutil
-import stat as stat_module
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 
-from oscar_manager.errors import Conflict
-from oscar_manager.storage import folder_marks
-from oscar_manager.storage.base import (
-    BucketNotFound,
-    InvalidKey,
-    ObjectInfo,
-    ObjectNotFound,
-    StorageError,
-)
+from oscar_manager.storage.base import BucketNotFound, ObjectInfo, ObjectNotFound
 from oscar_manager.storage.blocking import run_blocking as _blocking
 from oscar_manager.storage.keys import validate_bucket, validate_key
-from oscar_manager.storage.local_dirs import ABSENT, NOT_A_DIR, descend, open_dir
 from oscar_manager.storage.local_files import (
     COPY_CHUNK,
     READ_CHUNK,
@@ -51,8 +41,8 @@ from oscar_manager.storage.local_files import (
     storage_error,
     write_coalesced,
 )
-from oscar_manager.storage.local_listing import file_etag, list_tree, mtime, object_info
-from oscar_manager.storage.nofollow import open_regular
+from oscar_manager.storage.local_folders import BucketFolders
+from oscar_manager.storage.local_listing import file_etag, mtime, object_info
 
 STAGING = ".staging"
 
@@ -63,6 +53,7 @@ class LocalObjectStore:
     def __init__(self, root: Path) -> None:
         self._root = Path(os.path.abspath(root))
         self._staging = self._root / STAGING
+        self._folders = BucketFolders(self._root)
 
     @property
     def root(self) -> Path:
@@ -86,215 +77,40 @@ class LocalObjectStore:
 
     def bucket_path(self, bucket: str) -> Path:
         """The directory of ``bucket`` (validated; not checked to exist)."""
-        path = self._root / validate_bucket(bucket)
-        if path.parent != self._root:
-            raise InvalidKey(f"invalid bucket name {bucket!r}")
-        return path
+        return self._folders.bucket_path(bucket)
 
     def object_path(self, bucket: str, key: str) -> Path:
         """The file of ``key`` (validated, and lexically inside the bucket).
 
         Only the name is checked: whoever opens the path must not follow symlinks (``O_NOFOLLOW``).
         """
-        base = self.bucket_path(bucket)
-        path = base / validate_key(key)
-        if path == base or os.path.commonpath([base, os.path.normpath(path)]) != str(base):
-            raise InvalidKey(f"invalid object key {key!r}: it leaves the bucket")
-        return path
-
-    def _segments(self, bucket: str, key: str) -> list[str]:
-        return list(self.object_path(bucket, key).relative_to(self.bucket_path(bucket)).parts)
-
-    # --- blocking work (always called in a worker thread) ---------------------------------------
-
-    def _open_bucket(self, bucket: str, *, create: bool = False) -> int:
-        missing = BucketNotFound(f"bucket {bucket!r} does not exist")
-        try:
-            if create:
-                os.makedirs(self._root, exist_ok=True)
-            root_fd = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise missing from None
-        except OSError as exc:
-            raise storage_error(f"open the storage root {str(self._root)!r}", exc) from None
-        try:
-            return open_dir(bucket, dir_fd=root_fd, create=create)
-        except FileNotFoundError:
-            raise missing from None
-        except OSError as exc:
-            if exc.errno not in NOT_A_DIR:
-                raise storage_error(f"open bucket {bucket!r}", exc) from None
-            if create:
-                raise StorageError(f"local storage: {bucket!r} exists and is not a directory") from None
-            raise missing from None
-        finally:
-            os.close(root_fd)
-
-    def _ensure_bucket(self, bucket: str) -> None:
-        os.close(self._open_bucket(bucket, create=True))
-
-    def _ensure_folder(self, bucket: str, folder: str) -> None:
-        fd = self._open_bucket(bucket, create=True)
-        try:
-            folder_fd = descend(fd, self._segments(bucket, folder), create=True)
-            try:
-                folder_marks.mark(folder_fd)
-            finally:
-                os.close(folder_fd)
-        except OSError as exc:
-            if exc.errno in NOT_A_DIR:
-                raise Conflict(
-                    f"cannot create folder {folder!r} in bucket {bucket!r}: a file or symlink is in the way"
-                ) from None
-            if exc.errno == errno.ENAMETOOLONG:
-                raise InvalidKey(
-                    f"invalid folder {folder!r}: a segment is too long for the filesystem"
-                ) from None
-            raise storage_error(f"create folder {folder!r} in bucket {bucket!r}", exc) from None
-
-    def _bucket_exists(self, bucket: str) -> bool:
-        try:
-            return stat_module.S_ISDIR(os.lstat(self.bucket_path(bucket)).st_mode)
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            raise storage_error(f"check bucket {bucket!r}", exc) from None
-
-    def _list_buckets(self) -> list[str]:
-        try:
-            with os.scandir(self._root) as entries:
-                candidates = [entry.name for entry in entries if entry.is_dir(follow_symlinks=False)]
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise storage_error("list buckets", exc) from None
-        names = []
-        for name in candidates:
-            with contextlib.suppress(InvalidKey):  # .staging, and directories nobody could address
-                names.append(validate_bucket(name))
-        return sorted(names)
-
-    def _list_objects(self, bucket: str, prefix: str, *, markers: bool = False) -> list[ObjectInfo]:
-        fd = self._open_bucket(bucket)
-        try:
-            return list_tree(fd, bucket, prefix, markers=markers)
-        except OSError as exc:
-            raise storage_error(f"list bucket {bucket!r}", exc) from None
-        finally:
-            os.close(fd)
-
-    def _open_parent(self, bucket: str, segments: list[str]) -> int | None:
-        """The directory holding the object named by ``segments``, or ``None`` if there is none."""
-        fd = self._open_bucket(bucket)
-        try:
-            return descend(fd, segments[:-1], create=False)
-        except OSError as exc:
-            if exc.errno in ABSENT:
-                return None
-            raise
-
-    def _stat(self, bucket: str, key: str) -> ObjectInfo | None:
-        segments = self._segments(bucket, key)
-        try:
-            parent = self._open_parent(bucket, segments)
-            if parent is None:
-                return None
-            try:
-                st = os.stat(segments[-1], dir_fd=parent, follow_symlinks=False)
-            finally:
-                os.close(parent)
-        except OSError as exc:
-            if exc.errno in ABSENT:
-                return None
-            raise storage_error(f"stat {bucket}/{key}", exc) from None
-        return object_info(bucket, key, st) if stat_module.S_ISREG(st.st_mode) else None
-
-    def _open_object(self, bucket: str, key: str) -> tuple[int, os.stat_result]:
-        segments = self._segments(bucket, key)
-        opened = None
-        try:
-            parent = self._open_parent(bucket, segments)
-            if parent is not None:
-                try:
-                    opened = open_regular(segments[-1], dir_fd=parent)
-                finally:
-                    os.close(parent)
-        except OSError as exc:
-            if exc.errno not in ABSENT:
-                raise storage_error(f"read {bucket}/{key}", exc) from None
-        if opened is None:
-            raise ObjectNotFound(f"object {key!r} not found in bucket {bucket!r}")
-        return opened
-
-    def _publish(self, staged: NewFile, bucket: str, key: str) -> ObjectInfo:
-        segments = self._segments(bucket, key)
-        try:
-            # Stat before the rename: afterwards the name may already hold a concurrent put's file.
-            st = staged.close(stamp=True)
-            parent = descend(self._open_bucket(bucket), segments[:-1], create=True)
-            try:
-                os.replace(staged.path, segments[-1], dst_dir_fd=parent)
-            finally:
-                os.close(parent)
-        except OSError as exc:
-            if exc.errno in NOT_A_DIR:
-                raise Conflict(
-                    f"cannot store {key!r}: a file or symlink is in the way of its folder"
-                ) from None
-            if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
-                raise Conflict(f"cannot store {key!r}: a folder with that name exists") from None
-            if exc.errno == errno.ENAMETOOLONG:
-                raise InvalidKey(
-                    f"invalid object key {key!r}: a segment is too long for the filesystem"
-                ) from None
-            raise storage_error(f"store {bucket}/{key}", exc) from None
-        return object_info(bucket, key, st)
-
-    def _delete(self, bucket: str, key: str) -> bool:
-        segments = self._segments(bucket, key)
-        try:
-            parent = self._open_parent(bucket, segments)
-            if parent is None:
-                return False
-            try:
-                if not stat_module.S_ISREG(
-                    os.stat(segments[-1], dir_fd=parent, follow_symlinks=False).st_mode
-                ):
-                    return False
-                os.unlink(segments[-1], dir_fd=parent)
-            finally:
-                os.close(parent)
-        except OSError as exc:
-            if exc.errno in ABSENT:
-                return False
-            raise storage_error(f"delete {bucket}/{key}", exc) from None
-        return True
+        return self._folders.object_path(bucket, key)
 
     # --- the ObjectStore protocol ---------------------------------------------------------------
 
     async def ensure_bucket(self, bucket: str) -> None:
         validate_bucket(bucket)
-        await _blocking(lambda: self._ensure_bucket(bucket))
+        await _blocking(lambda: self._folders.ensure_bucket(bucket))
 
     async def ensure_folder(self, bucket: str, folder: str) -> None:
         """Create the directory ``folder`` (``"a/b"`` or ``"a/b/"``) and its parents in ``bucket``."""
         validate_bucket(bucket)
         folder = validate_key(folder, folder=True).removesuffix("/")
-        await _blocking(lambda: self._ensure_folder(bucket, folder))
+        await _blocking(lambda: self._folders.ensure_folder(bucket, folder))
 
     async def bucket_exists(self, bucket: str) -> bool:
         validate_bucket(bucket)
-        return await _blocking(lambda: self._bucket_exists(bucket))
+        return await _blocking(lambda: self._folders.bucket_exists(bucket))
 
     async def list_buckets(self) -> list[str]:
-        return await _blocking(self._list_buckets)
+        return await _blocking(self._folders.list_buckets)
 
     async def bucket_times(self) -> list[tuple[str, datetime]]:
         """Every bucket with the time its folder last changed (what S3's ListBuckets shows as created)."""
 
         def listed() -> list[tuple[str, datetime]]:
             found = []
-            for name in self._list_buckets():
+            for name in self._folders.list_buckets():
                 with contextlib.suppress(FileNotFoundError):
                     found.append((name, mtime(os.lstat(self._root / name))))
             return found
@@ -305,11 +121,11 @@ class LocalObjectStore:
         """Regular files whose key starts with ``prefix`` (a plain string match, never a path); with
         ``markers`` also the folders made by ``ensure_folder``, as empty ``folder/`` objects."""
         validate_bucket(bucket)
-        return await _blocking(lambda: self._list_objects(bucket, prefix, markers=markers))
+        return await _blocking(lambda: self._folders.list_objects(bucket, prefix, markers=markers))
 
     async def stat(self, bucket: str, key: str) -> ObjectInfo | None:
         self.object_path(bucket, key)
-        return await _blocking(lambda: self._stat(bucket, key))
+        return await _blocking(lambda: self._folders.stat(bucket, key))
 
     async def put_file(self, bucket: str, key: str, source: Path) -> ObjectInfo:
         """Store ``source``'s content; ``source`` must be a regular file (a symlink is refused)."""
@@ -323,8 +139,8 @@ class LocalObjectStore:
 
     async def put_stream(self, bucket: str, key: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
         self.object_path(bucket, key)
-        # Refuse an unknown bucket before consuming the stream (_publish checks again).
-        await _blocking(lambda: os.close(self._open_bucket(bucket)))
+        # Refuse an unknown bucket before consuming the stream (publishing checks again).
+        await _blocking(lambda: os.close(self._folders.open_bucket(bucket)))
         staged = NewFile(str(self._staging / f"{secrets.token_hex(12)}.part"))
 
         def create() -> None:
@@ -343,7 +159,7 @@ class LocalObjectStore:
             except OSError as exc:
                 raise storage_error(f"create a temporary file in {str(self._staging)!r}", exc) from None
             await write_coalesced(chunks, write)
-            return await _blocking(lambda: self._publish(staged, bucket, key))
+            return await _blocking(lambda: self._folders.publish(staged, bucket, key))
         finally:
             # After a successful publish the temporary name is gone and this only closes the file.
             await _blocking(staged.discard)
@@ -351,7 +167,9 @@ class LocalObjectStore:
     async def get_file(self, bucket: str, key: str, target: Path) -> ObjectInfo:
         """Copy the object to ``target`` (replaced atomically; parent directories are created)."""
         self.object_path(bucket, key)
-        fd, st = await _blocking(lambda: self._open_object(bucket, key), discard=lambda r: os.close(r[0]))
+        fd, st = await _blocking(
+            lambda: self._folders.open_object(bucket, key), discard=lambda r: os.close(r[0])
+        )
         try:
             await copy_out(fd, target)
         except OSError as exc:
@@ -367,7 +185,9 @@ class LocalObjectStore:
         (from a ``stat`` whose answer went out first), a file replaced since then fails the read rather
         than sending another file's bytes under the first one's headers."""
         self.object_path(bucket, key)
-        fd, st = await _blocking(lambda: self._open_object(bucket, key), discard=lambda r: os.close(r[0]))
+        fd, st = await _blocking(
+            lambda: self._folders.open_object(bucket, key), discard=lambda r: os.close(r[0])
+        )
         try:
             if etag is not None and file_etag(st) != etag:
                 raise ObjectNotFound(f"object {key!r} in bucket {bucket!r} changed while being read")
@@ -384,27 +204,12 @@ class LocalObjectStore:
     async def delete_object(self, bucket: str, key: str) -> bool:
         """Remove the file of ``key``; its folders (and the bucket) stay even when they become empty."""
         self.object_path(bucket, key)
-        return await _blocking(lambda: self._delete(bucket, key))
+        return await _blocking(lambda: self._folders.delete(bucket, key))
 
     async def remove_folder(self, bucket: str, folder: str) -> None:
         validate_bucket(bucket)
-        segments = self._segments(bucket, validate_key(folder, folder=True).removesuffix("/"))
-
-        def remove() -> None:
-            # Innermost first; a folder that still holds anything stays, and so do its parents.
-            for depth in range(len(segments), 0, -1):
-                try:
-                    parent = self._open_parent(bucket, segments[:depth])
-                    if parent is None:
-                        return
-                    try:
-                        os.rmdir(segments[depth - 1], dir_fd=parent)
-                    finally:
-                        os.close(parent)
-                except OSError:
-                    return
-
-        await _blocking(remove)
+        segments = self._folders.segments(bucket, validate_key(folder, folder=True).removesuffix("/"))
+        await _blocking(lambda: self._folders.remove_folder(bucket, segments))
 
     async def delete_bucket(self, bucket: str) -> int:
         validate_bucket(bucket)

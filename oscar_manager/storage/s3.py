@@ -29,8 +29,8 @@ listed as objects. Differences that S3 imposes:
 
 Every botocore, aiobotocore and aiohttp exception is converted to the errors of ``storage.base``
 (``storage.s3_errors``). The parts of the adapter live beside this class: ``s3_client`` (configures the
-client), ``s3_errors``, ``s3_answers`` (reads the answers), ``s3_upload`` (streamed and multipart puts) and
-``s3_files`` (upload sources and staged downloads).
+client), ``s3_errors``, ``s3_answers`` (reads the answers), ``s3_buckets`` (requests on whole buckets),
+``s3_upload`` (streamed and multipart puts) and ``s3_files`` (upload sources and staged downloads).
 """
 
 from __future__ import annotations
@@ -39,13 +39,13 @@ import contextlib
 import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, cast
+from typing import TYPE_CHECKING, BinaryIO
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from oscar_manager.errors import Conflict
 from oscar_manager.storage import s3_answers as answers
-from oscar_manager.storage.base import BucketNotFound, InvalidKey, ObjectInfo, ObjectNotFound, StorageError
+from oscar_manager.storage import s3_buckets as buckets
+from oscar_manager.storage.base import BucketNotFound, ObjectInfo, ObjectNotFound, StorageError
 from oscar_manager.storage.blocking import run_blocking as _blocking
 from oscar_manager.storage.egress import ConnectGuard
 from oscar_manager.storage.keys import is_valid_key, validate_bucket, validate_key
@@ -57,8 +57,6 @@ from oscar_manager.storage.s3_upload import upload_stream
 if TYPE_CHECKING:
     from aiobotocore.response import StreamingBody
     from types_aiobotocore_s3.client import S3Client
-    from types_aiobotocore_s3.literals import BucketLocationConstraintType
-    from types_aiobotocore_s3.type_defs import ObjectIdentifierTypeDef
 
 READ_CHUNK = 64 * 1024
 COPY_CHUNK = 1024 * 1024
@@ -148,36 +146,7 @@ class S3ObjectStore:
     async def ensure_bucket(self, bucket: str) -> None:
         """Create ``bucket``: if it exists and is ours, fine; if someone else's, a ``Conflict``."""
         validate_bucket(bucket)
-        action = f"create bucket {bucket!r}"
-        try:
-            if self._region and self._region != "us-east-1":
-                await self._client.create_bucket(
-                    Bucket=bucket,
-                    CreateBucketConfiguration={
-                        "LocationConstraint": cast("BucketLocationConstraintType", self._region)
-                    },
-                )
-            else:
-                await self._client.create_bucket(Bucket=bucket)
-        except ClientError as exc:
-            answered = code(exc)
-            if answered == "BucketAlreadyOwnedByYou":
-                return
-            # Some S3-compatible servers answer this for the caller's own buckets too.
-            if answered == "BucketAlreadyExists":
-                if await self._bucket_accessible(bucket):
-                    return
-                raise Conflict(f"bucket name {bucket!r} is already taken by another account") from None
-            self._errors.fail(action, exc, None, None)
-        except (BotoCoreError, *TRANSPORT_ERRORS) as exc:
-            self._errors.fail(action, exc, None, None)
-
-    async def _bucket_accessible(self, bucket: str) -> bool:
-        try:
-            await self._errors.call(f"check bucket {bucket!r}", self._client.head_bucket(Bucket=bucket))
-        except StorageError:
-            return False
-        return True
+        await buckets.create_bucket(self._client, self._errors, bucket, region=self._region)
 
     async def ensure_folder(self, bucket: str, folder: str) -> None:
         """Create ``bucket`` if needed and the zero-byte marker ``folder/`` unless it exists already.
@@ -201,26 +170,10 @@ class S3ObjectStore:
     async def bucket_exists(self, bucket: str) -> bool:
         """Whether ``bucket`` exists; one we may not access is a ``StorageError`` (access denied)."""
         validate_bucket(bucket)
-        try:
-            await self._client.head_bucket(Bucket=bucket)
-        except ClientError as exc:
-            if status(exc) == 404 or code(exc) in {"404", "NoSuchBucket", "NotFound"}:
-                return False
-            self._errors.fail(f"check bucket {bucket!r}", exc, None, None)
-        except (BotoCoreError, *TRANSPORT_ERRORS) as exc:
-            self._errors.fail(f"check bucket {bucket!r}", exc, None, None)
-        return True
+        return await buckets.bucket_exists(self._client, self._errors, bucket)
 
     async def list_buckets(self) -> list[str]:
-        names: list[str] = []
-        with self._errors.translate("list buckets"):
-            async for page in self._client.get_paginator("list_buckets").paginate():
-                names.extend(bucket["Name"] for bucket in page.get("Buckets", []))
-        valid = []
-        for name in names:
-            with contextlib.suppress(InvalidKey):  # legacy names we could not address
-                valid.append(validate_bucket(name))
-        return sorted(valid)
+        return await buckets.bucket_names(self._client, self._errors)
 
     async def list_objects(self, bucket: str, prefix: str = "", *, markers: bool = False) -> list[ObjectInfo]:
         """Objects whose key starts with ``prefix`` (a plain string match), sorted; folder markers (keys
@@ -369,29 +322,7 @@ class S3ObjectStore:
     async def delete_bucket(self, bucket: str) -> int:
         validate_bucket(bucket)
         await self._require_bucket(bucket)
-        count = 0
-        with self._errors.translate(f"delete bucket {bucket!r}", bucket):
-            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-            async for page in pages:
-                keys: list[ObjectIdentifierTypeDef] = [
-                    {"Key": answers.required(item, "Key", what=f"a listing of {bucket!r}", where=self._where)}
-                    for item in page.get("Contents", [])
-                ]
-                if not keys:
-                    continue
-                # A page holds at most 1,000 keys: exactly what one DeleteObjects takes.
-                answer = await self._client.delete_objects(
-                    Bucket=bucket, Delete={"Objects": keys, "Quiet": True}
-                )
-                if answer.get("Errors"):
-                    first = answer["Errors"][0]
-                    raise StorageError(
-                        f"S3 storage at {self._where}: cannot delete {bucket}/{first.get('Key')}: "
-                        f"{first.get('Code')}: {first.get('Message')}"
-                    )
-                count += sum(1 for item in keys if not item["Key"].endswith("/"))
-            await self._client.delete_bucket(Bucket=bucket)
-        return count
+        return await buckets.empty_and_delete(self._client, self._errors, bucket, where=self._where)
 
     async def presigned_url(self, bucket: str, key: str, *, method: str, expires_in: int) -> str | None:
         validate_bucket(bucket)
