@@ -248,7 +248,8 @@ class Intake:
         queue of Amazon S3 gives the inputs that read it).
 
         Routes are read in the same transaction as the events are written, so a service created a moment
-        ago gets its events, and a deleted one none. The jobs are the uploader's (``ObjectEvent.uploader``)
+        ago gets its events, and a deleted one none (those of the events' buckets only: a scan in the
+        database, not every service's inputs read). The jobs are the uploader's (``ObjectEvent.uploader``)
         when that is a user's own MinIO user: the sources calling this are MinIO's own records (the listen
         stream, the webhook) and the folder watcher, whose events name no uploader.
         """
@@ -258,7 +259,7 @@ class Intake:
 
         async def route(tx: Transaction) -> Routed:
             new = duplicates = ignored = 0
-            routes = sources(await tx.services.input_routes())
+            routes = sources(await tx.services.input_routes(buckets={event.bucket for event in events}))
             for event in events:
                 targets = [route for route in routes if route.matches(event.bucket, event.key)]
                 if not targets or event.key.endswith("/"):

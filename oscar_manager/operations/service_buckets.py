@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from oscar_manager.domain.buckets import ADMIN_OWNER, BucketRecord, StorageUse, allowed_users
-from oscar_manager.domain.isolation import possible_sources, user_buckets, user_buckets_of, with_bucket_list
+from oscar_manager.domain.isolation import user_buckets, user_buckets_of, with_bucket_list
 from oscar_manager.domain.principal import Principal
 from oscar_manager.domain.providers import ProviderRef
 from oscar_manager.domain.service import Service
@@ -56,10 +56,7 @@ def own_buckets(service: Service) -> set[str]:
 async def _users_of(tx: Transaction, bucket: str) -> list[str]:
     """The services using ``bucket``, the oldest first: found among those whose definition names it (or
     the input bucket it would be a user's private bucket of), from a few fields of theirs."""
-    # A stored path is normalised "<bucket>/<folder>" (``domain.service``): in the definition's JSON text
-    # a path in that bucket starts '"<bucket>/', which few other strings do.
-    starts = [f'"{name}/' for name in possible_sources(bucket)]
-    uses = await tx.services.storage_uses(mentioning=starts)
+    uses = await tx.services.storage_uses(bucket=bucket)
     return [use.name for use in uses if any(bucket == used for used, _folder in own_paths_of(use))]
 
 

@@ -1,6 +1,6 @@
-"""Who uses a bucket of the manager's own storage, found from a few fields of the stored definitions (and
-a text prefilter in the database) rather than by validating every definition: the same answers as the
-whole definitions give, on SQLite and PostgreSQL."""
+"""Who uses a bucket of the manager's own storage, and the input routes of a bucket's objects, found from
+a few fields of the stored definitions and a text prefilter in the database rather than from every
+definition: the same answers as the whole definitions give, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -78,10 +78,10 @@ async def test_the_users_of_each_bucket_are_those_the_definitions_give(filled: D
         for bucket in sorted(every | {"elsewhere", "nobody-uses-this"}):
             expected = sorted(s.name for s in SERVICES if bucket in service_buckets.own_buckets(s))
             assert await service_buckets.using_bucket(tx, bucket) == expected, bucket
-    # The prefilter alone would have taken the one that names them on other providers.
+    # The prefilter alone takes the one that names a bucket on another provider.
     async with filled.transaction() as tx:
-        mentioning = await tx.services.storage_uses(mentioning=['"results/'])
-    assert [use.name for use in mentioning] == ["isolated", "mentions"]
+        prefiltered = await tx.services.storage_uses(bucket="results")
+    assert [use.name for use in prefiltered] == ["isolated", "mentions"]
 
 
 async def test_a_bucket_left_by_a_deleted_service_follows_the_last_one_still_using_it(
@@ -117,3 +117,17 @@ async def test_adopt_records_each_bucket_from_the_last_service_created_using_it(
     assert private is not None
     assert private.owner == "bob"
     assert private.service == "isolated"
+
+
+async def test_the_routes_of_a_buckets_objects_are_those_every_route_gives(filled: Database) -> None:
+    """What the intake reads for a batch of events: the routes in their buckets, through the same
+    prefilter (a user's private bucket included), equal to those among every route."""
+    every = set().union(*map(service_buckets.own_buckets, SERVICES)) | {"elsewhere", "nobody-uses-this"}
+    async with filled.transaction() as tx:
+        all_routes = await tx.services.input_routes()
+        for bucket in sorted(every):
+            found = await tx.services.input_routes(buckets={bucket})
+            expected = [route for route in all_routes if route.bucket == bucket]
+            assert [route for route in found if route.bucket == bucket] == expected, bucket
+        both = await tx.services.input_routes(buckets={"data", "data-in-bob"})
+    assert {route.service for route in both} == {"plain", "isolated", "later"}
