@@ -80,6 +80,7 @@ class RelayLink:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             env={"PATH": DEFAULT_PATH, "LANG": "C.UTF-8"},
+            cwd="/",  # not the manager's folder, which the scripts' user may not enter
             start_new_session=True,  # a signal to the manager's group is not the relay's
         )
         # The relay holds its copies now: connections made after it is gone are refused, not left waiting.
