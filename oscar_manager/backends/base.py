@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from oscar_manager.backends.exposed import DeploymentState, Exposer
-from oscar_manager.domain.cluster import NodeStatus
+from oscar_manager.domain.cluster import ClusterOffers, NodeStatus
 from oscar_manager.domain.jobs import JobOutcome
 from oscar_manager.domain.service import Service
 from oscar_manager.errors import OscarError
@@ -130,6 +130,11 @@ class Backend(Protocol):
     async def nodes(self) -> list[NodeStatus]:
         """The machines jobs run on, with their capacity, what running jobs request of them and their
         measured usage (None where nothing measures it)."""
+        ...
+
+    async def offers(self) -> ClusterOffers:
+        """What jobs may ask for beyond CPU and memory (``/system/config``): cheap enough for every request
+        (kept for a while where finding out costs a call), and never raising (nothing offered instead)."""
         ...
 
     def describe(self) -> dict[str, Any]: ...

@@ -24,15 +24,23 @@ Jobs on the node.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final
 
 from oscar_manager.domain.service import Service
 
 NODE_SELECTOR_KEY: Final = "kubernetes.io/hostname"
 TAINT_KEY: Final = "virtual-node.interlink/no-schedule"
-# How interLink labels its virtual nodes (upstream also takes ``type=virtual-kubelet``).
+# How interLink labels its virtual nodes; upstream's start-up check (``CheckAvailableInterLink``) also
+# takes the generic virtual kubelet's ``type=virtual-kubelet``, as its documentation words it.
 NODE_TYPE_LABEL: Final = "virtual-node.interlink/type"
+NODE_TYPE_LABELS: Final = (NODE_TYPE_LABEL, "type")
 NODE_TYPE: Final = "virtual-kubelet"
+
+
+def is_virtual_node(labels: Mapping[str, str]) -> bool:
+    """Whether a node with ``labels`` is a virtual kubelet a service may offload to."""
+    return any(labels.get(label) == NODE_TYPE for label in NODE_TYPE_LABELS)
 
 
 def offloaded(service: Service) -> bool:

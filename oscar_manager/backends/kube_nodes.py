@@ -1,11 +1,18 @@
 """The cluster's nodes for ``/system/status``: capacity from the nodes, usage from the metrics API
-(``metrics.k8s.io``, served by metrics-server), and what the manager's own running pods request.
+(``metrics.k8s.io``, served by metrics-server), and what the manager's own running pods request; and what
+those nodes offer for ``/system/config`` (``kube_offers`` keeps it for some seconds).
 
 As upstream: only nodes that are not control-plane ones count, and only those the metrics API reports on.
 Without a metrics API (or one that refuses or fails) upstream answers 500 and the dashboard's Status page
 spins forever; here every eligible node is listed with its capacity and requests and no usage. Requests are
 summed over the pods of the services' namespace, not over every namespace as upstream does: reading every
 pod of the cluster is a permission the manager does not otherwise need.
+
+What they offer is read from the same nodes: a GPU where one has allocatable ``nvidia.com/gpu``, interLink
+where one is a virtual kubelet (``interlink.is_virtual_node``; so is a node's ``is_interlink`` in the
+status, where upstream's status looks at the ``virtual-node.interlink/type`` label alone). Upstream's
+start-up check leaves the control plane's nodes out even when they are all there is; here they count then,
+as they do in the status: on a one-node cluster the jobs run there.
 """
 
 from __future__ import annotations
@@ -17,8 +24,9 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from oscar_manager.backends.interlink import is_virtual_node
 from oscar_manager.backends.kube_answers import KubernetesError, reason
-from oscar_manager.domain.cluster import NodeStatus
+from oscar_manager.domain.cluster import ClusterOffers, NodeStatus
 from oscar_manager.domain.quantities import parse_quantity
 
 log = logging.getLogger(__name__)
@@ -26,7 +34,6 @@ log = logging.getLogger(__name__)
 GPU = "nvidia.com/gpu"
 # Upstream (utils.SelectEligibleNodes) leaves out the control plane's nodes, unless they are all there is.
 CONTROL_PLANE_LABELS = ("node-role.kubernetes.io/control-plane", "node-role.kubernetes.io/master")
-INTERLINK_LABEL = "virtual-node.interlink/type"
 
 
 def _amount(quantities: dict[str, str] | None, name: str, *, milli: bool = False) -> int:
@@ -66,6 +73,30 @@ def _control_plane(node: Any) -> bool:
     return any(label in (node.metadata.labels or {}) for label in CONTROL_PLANE_LABELS)
 
 
+def _eligible(nodes: list[Any]) -> list[Any]:
+    """The nodes jobs run on: the workers, or every node when there are none."""
+    return [node for node in nodes if not _control_plane(node)] or nodes
+
+
+def _gpus(node: Any) -> int:
+    return _amount(node.status.allocatable if node.status else None, GPU)
+
+
+def _interlink(node: Any) -> bool:
+    return is_virtual_node(node.metadata.labels or {})
+
+
+async def cluster_offers(api: client.ApiClient) -> ClusterOffers:
+    """What the nodes jobs run on offer; ``KubernetesError`` when the nodes cannot be listed."""
+    try:
+        nodes = _eligible((await client.CoreV1Api(api).list_node()).items)
+    except ApiException as exc:
+        raise KubernetesError(f"Kubernetes refused to list the nodes: {reason(exc)}") from None
+    return ClusterOffers(
+        gpu=any(_gpus(node) > 0 for node in nodes), interlink=any(_interlink(node) for node in nodes)
+    )
+
+
 async def cluster_nodes(api: client.ApiClient, *, namespace: str) -> list[NodeStatus]:
     core = client.CoreV1Api(api)
     try:
@@ -82,10 +113,8 @@ async def cluster_nodes(api: client.ApiClient, *, namespace: str) -> list[NodeSt
     except ApiException as exc:
         log.warning("status without node usage: the metrics API answered %s", reason(exc))
     requested = _requests(pods)
-    workers = [node for node in nodes if not _control_plane(node)]
     found: list[NodeStatus] = []
-    for node in workers or nodes:
-        labels = node.metadata.labels or {}
+    for node in _eligible(nodes):
         name = node.metadata.name
         if usage is not None and name not in usage:  # as upstream, only nodes the metrics API reports on
             continue
@@ -101,8 +130,8 @@ async def cluster_nodes(api: client.ApiClient, *, namespace: str) -> list[NodeSt
                 memory_used_bytes=None if used is None else _amount(used, "memory"),
                 cpu_requested_millis=cpu,
                 memory_requested_bytes=memory,
-                gpus=_amount(allocatable, GPU),
-                interlink=labels.get(INTERLINK_LABEL) == "virtual-kubelet",
+                gpus=_gpus(node),
+                interlink=_interlink(node),
                 conditions={
                     c.type: c.status == "True" for c in (node.status.conditions or []) if node.status
                 },

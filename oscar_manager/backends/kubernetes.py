@@ -19,8 +19,8 @@ A service's create or update first checks its Jobs: their size against etcd's li
 and a dry-run create of one, so what the API server would refuse in every Job is the request's 400.
 
 Beside this class: ``kube_client`` (the client and its errors), ``kube_watches`` (the job watcher and the
-sync-run watch), ``kube_jobs`` (a Job's state and outcome, its pod's log), ``kube_nodes`` (``/system/status``)
-and ``kube_answers`` (what refusals say).
+sync-run watch), ``kube_jobs`` (a Job's state and outcome, its pod's log), ``kube_nodes`` (``/system/status``
+and what the nodes offer, which ``kube_offers`` keeps a while) and ``kube_answers`` (what refusals say).
 
 Not here: per-user namespaces, Kueue.
 """
@@ -63,11 +63,12 @@ from oscar_manager.backends.kube_client import (
 )
 from oscar_manager.backends.kube_jobs import job_outcome, past_deadline
 from oscar_manager.backends.kube_limits import check_job_size
-from oscar_manager.backends.kube_nodes import cluster_nodes
+from oscar_manager.backends.kube_nodes import cluster_nodes, cluster_offers
+from oscar_manager.backends.kube_offers import KeptOffers
 from oscar_manager.backends.kube_watches import JobWatcher, await_end
 from oscar_manager.backends.warm_kube import WarmPods
 from oscar_manager.backends.warm_manifests import is_warm
-from oscar_manager.domain.cluster import NodeStatus
+from oscar_manager.domain.cluster import ClusterOffers, NodeStatus
 from oscar_manager.domain.jobs import JobStatus
 from oscar_manager.domain.service import SERVICE_LABEL, Service
 from oscar_manager.errors import OscarError
@@ -115,6 +116,7 @@ class KubernetesBackend:
         self.exposed = KubeExposer(api, namespace=namespace, cluster=cluster, resolve=resolve)
         # Warm sync runs (``warm_kube``): services with ``synchronous.min_scale`` > 0.
         self.warm = WarmPods(api, namespace=namespace, cluster=cluster, resolve=resolve or _identity)
+        self._offers = KeptOffers(lambda: cluster_offers(api))
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -172,6 +174,9 @@ class KubernetesBackend:
 
     async def nodes(self) -> list[NodeStatus]:
         return await cluster_nodes(self._api, namespace=self._namespace)
+
+    async def offers(self) -> ClusterOffers:
+        return await self._offers.get()
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "kubernetes", "namespace": self._namespace, "image_pulled": True}

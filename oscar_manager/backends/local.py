@@ -35,7 +35,7 @@ from oscar_manager.backends.images.service_images import ImageMode, ServiceImage
 from oscar_manager.backends.local_run import LocalRunner
 from oscar_manager.backends.machine import this_machine
 from oscar_manager.backends.sandbox import Sandbox
-from oscar_manager.domain.cluster import NodeStatus
+from oscar_manager.domain.cluster import ClusterOffers, NodeStatus
 from oscar_manager.domain.jobs import JobOutcome, JobStatus
 from oscar_manager.domain.service import Service
 from oscar_manager.errors import OscarError
@@ -132,6 +132,10 @@ class LocalBackend:
 
     async def nodes(self) -> list[NodeStatus]:
         return [this_machine(self._running_services.values())]
+
+    async def offers(self) -> ClusterOffers:
+        """Nothing beyond CPU and memory: scripts get no GPU scheduled, and nothing is offloaded."""
+        return ClusterOffers()
 
     def describe(self) -> dict[str, Any]:
         return {

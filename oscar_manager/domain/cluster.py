@@ -1,4 +1,5 @@
-"""What a backend knows of the machines jobs run on, for ``/system/status``."""
+"""What a backend knows of the machines jobs run on: each one for ``/system/status``, and what they offer
+beyond CPU and memory for ``/system/config``."""
 
 from __future__ import annotations
 
@@ -30,3 +31,12 @@ class NodeStatus:
         if "Ready" not in self.conditions:
             return "Unknown"
         return "Ready" if self.conditions["Ready"] else "NotReady"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterOffers:
+    """What jobs may ask of the cluster beyond CPU and memory: a GPU (a node with allocatable
+    ``nvidia.com/gpu``), and offloading to an interLink virtual node. Both False where nothing offers them."""
+
+    gpu: bool = False
+    interlink: bool = False

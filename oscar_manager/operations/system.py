@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from oscar_manager import OSCAR_API_VERSION, __version__
+from oscar_manager.domain.cluster import ClusterOffers
 from oscar_manager.domain.principal import Principal
 from oscar_manager.settings import Settings
 
@@ -61,11 +62,13 @@ def config(
     settings: Settings,
     *,
     principal: Principal,
+    offers: ClusterOffers,
     s3_endpoint: str = "",
     user_keys: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """``s3_endpoint``: the manager's own S3 face of the local buckets, as this caller reaches it;
-    ``user_keys``: an OIDC user's own MinIO keys (``operations.identities``)."""
+    """``offers``: what the backend's nodes offer (``Backend.offers``); ``s3_endpoint``: the manager's own
+    S3 face of the local buckets, as this caller reaches it; ``user_keys``: an OIDC user's own MinIO keys
+    (``operations.identities``)."""
     # The admin gets the root keys (MinIO's, as upstream; on the S3 face its own user and password), an
     # OIDC user their own MinIO user's, and none where they have no MinIO user (local storage).
     if s3_endpoint:
@@ -81,8 +84,10 @@ def config(
             "namespace": settings.oscar_namespace,
             "services_namespace": settings.oscar_services_namespace,
             "controller_service_account": settings.oscar_controller_service_account,
-            "gpu_available": False,
-            "interLink_available": False,
+            # Every caller gets them, as upstream gives users its one Config too: the dashboard's Hub warns
+            # users of a service that needs a GPU the cluster lacks, and its Info page shows both.
+            "gpu_available": offers.gpu,
+            "interLink_available": offers.interlink,
             "yunikorn_enable": False,
             "kueue_enable": False,
             "volume_enable": False,

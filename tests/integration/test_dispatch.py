@@ -12,7 +12,7 @@ import pytest
 
 from oscar_manager.backends.base import BackendUnavailable, JobReporter, JobRequest, SyncRequest
 from oscar_manager.backends.exposed import Exposer
-from oscar_manager.domain.cluster import NodeStatus
+from oscar_manager.domain.cluster import ClusterOffers, NodeStatus
 from oscar_manager.domain.jobs import JobOutcome, JobStatus
 from oscar_manager.domain.service import MinioDefault, Service, normalise_new, parse_service
 from oscar_manager.operations import Database, dispatch
@@ -64,6 +64,9 @@ class FlakyBackend:
 
     async def nodes(self) -> list[NodeStatus]:
         return []
+
+    async def offers(self) -> ClusterOffers:
+        return ClusterOffers()
 
     def describe(self) -> dict[str, Any]:
         return {}

@@ -49,6 +49,7 @@ from tests.support.kube_cluster import (
     until_authorised,
     without_verb,
 )
+from tests.support.offering_nodes import GPU, offering_node
 from tests.support.reporter import RecordingReporter
 from tests.support.runner_kubelet import RunnerKubelet
 
@@ -424,3 +425,22 @@ async def test_the_status_without_the_metrics_rule_has_no_usage_and_without_the_
             KubernetesError, match='cannot list resource "nodes" in API group "" at the cluster'
         ):
             await kube.nodes()
+
+
+async def test_config_says_nothing_is_offered_when_the_nodes_rule_is_gone_and_still_answers(
+    plane: Plane, cluster_role_rules: list[dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """``/system/config`` (asked on every dashboard page) never fails for the node list: refused, the GPU
+    node there is not reported, and the refusal is logged."""
+    async with offering_node(plane.admin, allocatable={GPU: "1"}):
+        await keep_only(plane.admin, cluster_role_rules, group="metrics.k8s.io")
+        async with app_client(plane.cluster.settings) as http:
+            answer = await http.get("/system/config")
+    assert answer.status_code == 200, answer.text
+    config = answer.json()["config"]
+    assert (config["gpu_available"], config["interLink_available"]) == (False, False)
+    assert [(r.group, r.resource, r.verb) for r in plane.requests() if r.code == 403] == [
+        ("", "nodes", "list")
+    ]
+    assert "no GPUs nor interLink reported: Kubernetes refused to list the nodes" in caplog.text
+    assert 'cannot list resource "nodes" in API group "" at the cluster scope' in caplog.text

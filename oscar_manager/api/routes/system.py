@@ -36,12 +36,20 @@ async def get_info(
 @router.get("/config", summary="Cluster configuration and the MinIO provider clients use")
 @router.get("/config/", include_in_schema=False)
 async def get_config(
-    request: Request, settings: SettingsDep, caller: CallerDep, identities: IdentitiesDep
+    request: Request,
+    settings: SettingsDep,
+    caller: CallerDep,
+    identities: IdentitiesDep,
+    backend: BackendDep,
 ) -> dict[str, Any]:
     # An OIDC user's own MinIO keys, their MinIO user checked again: the keys handed out work.
     user_keys = await identities.keys(caller.uid) if identities is not None and not caller.is_admin else None
     return system.config(
-        settings, principal=caller, s3_endpoint=s3_endpoint(settings, request), user_keys=user_keys
+        settings,
+        principal=caller,
+        offers=await backend.offers(),
+        s3_endpoint=s3_endpoint(settings, request),
+        user_keys=user_keys,
     )
 
 
