@@ -245,7 +245,9 @@ async def test_the_job_watcher_lists_again_after_410_gone(
     await asyncio.to_thread(cluster.plane.stop, "apiserver")
     await asyncio.to_thread(cluster.plane.compact_etcd)
     await asyncio.to_thread(cluster.plane.start, "apiserver")
-    await cluster.kubelet.finish(job_id, succeeded=True, log="ended after the restart\n")
+    # If the Job controller had not made the pod before the apiserver went away, it makes it after its own
+    # watches come back (client-go's reflectors back off up to 30 s): as in the outage test below.
+    await cluster.kubelet.finish(job_id, succeeded=True, log="ended after the restart\n", within=120)
     # The watcher's reconnect backoff grows to 30 s while the apiserver is away (longer on a loaded machine).
     jobs = await wait_for_jobs(manager, "relist", count=1, within=120)
     assert jobs[job_id]["status"] == "Succeeded"
