@@ -521,3 +521,16 @@ async def test_without_bubblewrap_one_instance_serves_on_the_hosts_network(work_
         assert len(deployment(exposer, service).instances) == 1
     finally:
         await exposer.close()
+
+
+async def test_the_server_holds_no_descriptor_of_the_manager(exposer: LocalExposer) -> None:
+    """Bubblewrap's info (the pid the relay enters the network of) and the pipe the script waited on are
+    not the script's: a server that wrote a forged pid there, or held the gate, could steer its relay. It
+    gets /dev/null as its stdin and its output, nothing else."""
+    script = "ls -l /proc/self/fd > fds 2>&1\n" + HTTP_SERVER.format(port=8080)
+    service = exposed_service(script)
+    await exposer.expose(service)
+    listing = (await get(await exposer.endpoint(service), "/fds")).text
+    descriptors = {line.split()[8]: line.split()[-1] for line in listing.splitlines()[1:]}
+    assert set(descriptors) == {"0", "1", "2", "3"}, listing  # 3: ls's own reading of /proc/self/fd
+    assert descriptors["0"] == "/dev/null"
