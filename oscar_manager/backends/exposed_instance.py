@@ -17,7 +17,7 @@ from typing import Final
 
 from oscar_manager.backends.exposed import ExposedUnavailable
 from oscar_manager.backends.exposed_relay import RelayLink
-from oscar_manager.backends.images.service_images import Chosen, ServiceImages, merged_env
+from oscar_manager.backends.images.service_images import Chosen, ServiceImages
 from oscar_manager.backends.linelog import LineLog
 from oscar_manager.backends.sandbox import Sandbox, ScriptRun, Spawned
 from oscar_manager.domain.quantities import quantity_bytes, quantity_cores
@@ -176,7 +176,7 @@ class Instance:
         run = ScriptRun(
             workdir=self.home,
             script=SCRIPT_NAME,
-            env=env if chosen.root is None else merged_env(chosen.env, env, service),
+            env=chosen.environment(env, service),
             timeout=None,
             memory_bytes=quantity_bytes(service.memory),
             network=wants_network(service),

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from oscar_manager.backends.images.service_images import ServiceImages, merged_env
+from oscar_manager.backends.images.service_images import ServiceImages
 from oscar_manager.backends.sandbox import Sandbox, ScriptResult, ScriptRun
 from oscar_manager.domain.quantities import quantity_bytes, quantity_cores
 from oscar_manager.domain.service import Service, wants_network
@@ -108,8 +108,7 @@ class LocalRunner:
                 job_id=job_id,
                 visible_path=lambda path: self._sandbox.job_path(workspace.root, path),
             )
-            if chosen.root is not None:
-                env = merged_env(chosen.env, env, service)
+            env = chosen.environment(env, service)
             await asyncio.to_thread(workspace.write_script, service.script)
             owner = self._sandbox.runs_as
             if owner is not None:

@@ -50,14 +50,18 @@ def own_paths_of(use: StorageUse, kinds: str = "io") -> list[tuple[str, str]]:
 
 
 def own_buckets(service: Service) -> set[str]:
-    return {bucket for bucket, _folder in own_paths(service)}
+    return own_buckets_of(StorageUse.of(service))
+
+
+def own_buckets_of(use: StorageUse) -> set[str]:
+    return {bucket for bucket, _folder in own_paths_of(use)}
 
 
 async def _users_of(tx: Transaction, bucket: str) -> list[str]:
     """The services using ``bucket``, the oldest first: found among those whose definition names it (or
     the input bucket it would be a user's private bucket of), from a few fields of theirs."""
     uses = await tx.services.storage_uses(bucket=bucket)
-    return [use.name for use in uses if any(bucket == used for used, _folder in own_paths_of(use))]
+    return [use.name for use in uses if bucket in own_buckets_of(use)]
 
 
 def with_user_buckets(service: Service) -> Service:
@@ -158,7 +162,7 @@ async def adopt(tx: Transaction) -> set[str]:
     the owner of the last service created using it. Returns the buckets recorded."""
     latest: dict[str, str] = {}  # bucket -> the last service created using it
     for use in await tx.services.storage_uses():
-        latest.update((bucket, use.name) for bucket, _folder in own_paths_of(use))
+        latest.update((bucket, use.name) for bucket in own_buckets_of(use))
     missing = set(latest) - set(await tx.buckets.many(latest))
     makers = {
         service.name: service for service in await tx.services.get_many(sorted({latest[b] for b in missing}))

@@ -113,12 +113,8 @@ class ServiceRepository:
         rows = [row for query in queries for row in await self._session.execute(query)]
         routes = []
         for name, owner, inputs_field, isolation_level, allowed_users, created_at in rows:
-            inputs = [
-                (str(entry.get("storage_provider", "")), str(entry.get("path", "")))
-                for entry in inputs_field or []
-            ]
             folders = isolated_inputs(
-                inputs,
+                _paths(inputs_field),
                 isolation_level=isolation_level or "",
                 allowed_users=[str(uid) for uid in allowed_users or []],
                 owner=owner,

@@ -52,6 +52,11 @@ class Chosen:
     env: Mapping[str, str]  # the image's Env (empty for host tools)
     command: tuple[str, ...] = ()  # the image's Entrypoint then Cmd (empty for host tools)
 
+    def environment(self, script_env: Mapping[str, str], service: Service) -> dict[str, str]:
+        """The script's environment in this root: the image's Env under it (``merged_env``), or as it is
+        with this machine's tools."""
+        return dict(script_env) if self.root is None else merged_env(self.env, script_env, service)
+
 
 HOST_TOOLS: Final = Chosen(None, {})
 
